@@ -1,0 +1,99 @@
+"""The one exception tree of cobalt.
+
+Every error cobalt raises derives from :class:`Error`, exported to users as
+``ct.Error``::
+
+    Error
+    ├── SpecError                 an electron/lattice/executor option is invalid (at decoration)
+    ├── GraphError                a workflow cannot be built (wrong arguments, bad iteration)
+    ├── ConfigError               the configuration file is invalid (file and key named)
+    ├── DispatchError             a dispatch was refused; nothing was registered
+    │   ├── PicklingError         an argument or function cannot be pickled (path named)
+    │   └── UnsatisfiableError    no configured executor can ever run a task's hardware spec
+    ├── ControllerError           talking to the controller failed
+    │   ├── ControllerUnavailableError   no controller is running at the address
+    │   └── AuthenticationError   the controller refused the token
+    ├── NotFoundError             an unknown dispatch id or node id
+    ├── WaitTimeoutError          ``get_result(..., wait=seconds)`` ran out of time
+    └── TaskFailedError           a task failed remotely (carries the remote traceback)
+
+Raw ``grpc.RpcError``, SQLAlchemy and pickle errors never reach users; they
+are translated at the boundary into one of these.
+"""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Root of every error cobalt raises."""
+
+
+class SpecError(Error, ValueError):
+    """An option of an electron, lattice or executor is invalid."""
+
+
+class GraphError(Error):
+    """A workflow cannot be built from the lattice function."""
+
+
+class ConfigError(Error):
+    """The configuration file is invalid; the message names the file and key."""
+
+
+class DispatchError(Error):
+    """The controller refused a dispatch; nothing was registered."""
+
+
+class PicklingError(DispatchError):
+    """A function or argument cannot be pickled; the message names its path."""
+
+
+class UnsatisfiableError(DispatchError):
+    """No configured executor can ever satisfy a task's hardware spec."""
+
+
+class ControllerError(Error):
+    """Talking to the controller failed."""
+
+
+class ControllerUnavailableError(ControllerError):
+    """No controller is reachable at the configured address."""
+
+
+class AuthenticationError(ControllerError):
+    """The controller refused the token."""
+
+
+class NotFoundError(Error, LookupError):
+    """An unknown dispatch id or node id."""
+
+
+class WaitTimeoutError(Error, TimeoutError):
+    """Waiting for a result ran past the given number of seconds."""
+
+
+class TaskFailedError(Error):
+    """A task failed remotely.
+
+    Attributes:
+        node_id: the failed task's node id.
+        task_name: the failed task's function name.
+        remote_traceback: the traceback text from the worker.
+        reason: one of ``exception``, ``time_limit``, ``out_of_memory``,
+            ``killed``, ``cancelled``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node_id: int | None = None,
+        task_name: str | None = None,
+        remote_traceback: str = "",
+        reason: str = "exception",
+    ) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+        self.task_name = task_name
+        self.remote_traceback = remote_traceback
+        self.reason = reason

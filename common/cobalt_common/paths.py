@@ -1,0 +1,19 @@
+"""Where cobalt keeps its files: ``$COBALT_HOME`` (default ``~/.cobalt``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cobalt_home() -> Path:
+    return Path(os.environ.get("COBALT_HOME") or Path.home() / ".cobalt").expanduser()
+
+
+def controller_file(home: Path | None = None) -> Path:
+    """The file a running controller writes its address, pid and token to."""
+    return (home or cobalt_home()) / "controller.json"
+
+
+def config_file(home: Path | None = None) -> Path:
+    return (home or cobalt_home()) / "config.toml"

@@ -1,0 +1,1 @@
+"""Generated wire types for cobalt.v1; rebuilt by scripts/gen-protos. Do not edit."""

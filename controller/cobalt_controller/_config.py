@@ -1,0 +1,120 @@
+"""The controller's configuration: ``$COBALT_HOME/config.toml``.
+
+Example::
+
+    [controller]
+    address = "127.0.0.1:0"               # host:port; port 0 picks a free one
+    database_url = "sqlite:////data/cobalt.db"
+    retry_backoff_s = 1.0                 # first retry waits this, then doubles
+    retry_backoff_max_s = 60.0
+    inline_limit = 65536                  # payloads above this go to the blob store
+
+    [executors.local]
+    type = "local"
+    emulate_gpus = { h100 = 2 }
+
+Every key is optional. Without a file the controller has one executor,
+``local``, with this machine's CPUs, memory and GPUs.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cobalt_common.errors import ConfigError
+from cobalt_common.paths import config_file
+
+_CONTROLLER_KEYS = {
+    "address",
+    "database_url",
+    "blob_dir",
+    "retry_backoff_s",
+    "retry_backoff_max_s",
+    "inline_limit",
+}
+
+
+@dataclass(slots=True)
+class ExecutorConfig:
+    name: str
+    type: str
+    options: dict[str, Any]
+
+
+@dataclass(slots=True)
+class ControllerConfig:
+    home: Path
+    address: str = "127.0.0.1:0"
+    database_url: str = ""
+    blob_dir: Path = Path()
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 60.0
+    inline_limit: int = 64 * 1024
+    executors: list[ExecutorConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'cobalt.db'}"
+        if self.blob_dir == Path():
+            self.blob_dir = self.home / "blobs"
+        if not self.executors:
+            self.executors = [ExecutorConfig("local", "local", {})]
+
+
+def _number(path: Path, key: str, value: Any, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or (positive and value <= 0):
+        raise ConfigError(f"{path}: [controller] {key} must be a positive number, got {value!r}.")
+    return float(value)
+
+
+def load_config(home: Path, path: Path | None = None) -> ControllerConfig:
+    """Reads and validates the configuration; errors name the file and key."""
+    path = path or config_file(home)
+    if not path.exists():
+        return ControllerConfig(home=home)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, OSError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    unknown = set(data) - {"controller", "executors"}
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown section(s) {', '.join(sorted(unknown))}; "
+            "known sections are [controller] and [executors.<name>]."
+        )
+    section = data.get("controller", {})
+    bad = set(section) - _CONTROLLER_KEYS
+    if bad:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(sorted(bad))} in [controller]; "
+            f"known keys are: {', '.join(sorted(_CONTROLLER_KEYS))}."
+        )
+    cfg = ControllerConfig(home=home)
+    if "address" in section:
+        cfg.address = str(section["address"])
+    if "database_url" in section:
+        cfg.database_url = str(section["database_url"])
+    if "blob_dir" in section:
+        cfg.blob_dir = Path(str(section["blob_dir"])).expanduser()
+    if "retry_backoff_s" in section:
+        cfg.retry_backoff_s = _number(path, "retry_backoff_s", section["retry_backoff_s"])
+    if "retry_backoff_max_s" in section:
+        cfg.retry_backoff_max_s = _number(
+            path, "retry_backoff_max_s", section["retry_backoff_max_s"]
+        )
+    if "inline_limit" in section:
+        cfg.inline_limit = int(_number(path, "inline_limit", section["inline_limit"]))
+    executors = data.get("executors", {})
+    if executors:
+        cfg.executors = []
+        for name, table in executors.items():
+            if not isinstance(table, dict) or "type" not in table:
+                raise ConfigError(
+                    f'{path}: [executors.{name}] needs a type, for example type = "local".'
+                )
+            options = {k: v for k, v in table.items() if k != "type"}
+            cfg.executors.append(ExecutorConfig(str(name), str(table["type"]), options))
+    return cfg

@@ -1,0 +1,151 @@
+"""Live state of dispatches and tasks, held by the scheduler."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cobalt_common.hardware import HardwareSpec
+
+if TYPE_CHECKING:
+    from cobalt_executors import Executor, HardwareGiven, PayloadRef
+
+NEW, PENDING, RUNNING, COMPLETED = "NEW", "PENDING", "RUNNING", "COMPLETED"
+FAILED, CANCELLED, TIMED_OUT, SKIPPED = "FAILED", "CANCELLED", "TIMED_OUT", "SKIPPED"
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT, SKIPPED})
+DISPATCH_ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
+
+PARAMETER, SUBLATTICE = "parameter", "sublattice"
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    parent: int
+    position: int
+    keyword: str
+    wait_only: bool
+
+
+class Task:
+    """One node of a dispatch. Kept small: a dispatch may hold 100,000."""
+
+    __slots__ = (
+        "attempts",
+        "candidates",
+        "children",
+        "ended_at",
+        "error",
+        "executor",
+        "executor_ref",
+        "fn_sha",
+        "given",
+        "hardware",
+        "inputs",
+        "kind",
+        "name",
+        "node_id",
+        "output",
+        "reason",
+        "retries",
+        "started_at",
+        "status",
+        "sublattice_dispatch_id",
+        "task_key",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        node_id: int,
+        name: str,
+        kind: str,
+        fn_sha: str,
+        inputs: tuple[Input, ...],
+        hardware: HardwareSpec,
+        retries: int,
+        executor_ref: str,
+    ) -> None:
+        self.node_id = node_id
+        self.name = name
+        self.kind = kind
+        self.fn_sha = fn_sha
+        self.inputs = inputs
+        self.hardware = hardware
+        self.retries = retries
+        self.executor_ref = executor_ref
+        self.children: list[int] = []
+        self.waiting = 0
+        self.status = PENDING
+        self.attempts = 0
+        self.output: PayloadRef | None = None
+        self.candidates: tuple[Executor, ...] = ()
+        self.executor = ""
+        self.given: HardwareGiven | None = None
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.error = ""
+        self.reason = ""
+        self.task_key = ""
+        self.sublattice_dispatch_id = ""
+
+    def inputs_json(self) -> str:
+        return json.dumps([[i.parent, i.position, i.keyword, i.wait_only] for i in self.inputs])
+
+
+class Dispatch:
+    __slots__ = (
+        "cancelled",
+        "child_dispatches",
+        "created_at",
+        "dispatch_id",
+        "done",
+        "ended_at",
+        "error",
+        "name",
+        "output_node",
+        "parent_dispatch_id",
+        "parent_node_id",
+        "remaining",
+        "started_at",
+        "status",
+        "tasks",
+    )
+
+    def __init__(
+        self,
+        dispatch_id: str,
+        name: str,
+        tasks: list[Task],
+        output_node: int,
+        created_at: float,
+        parent_dispatch_id: str | None = None,
+        parent_node_id: int | None = None,
+    ) -> None:
+        self.dispatch_id = dispatch_id
+        self.name = name
+        self.tasks = tasks
+        self.output_node = output_node
+        self.created_at = created_at
+        self.parent_dispatch_id = parent_dispatch_id
+        self.parent_node_id = parent_node_id
+        self.status = NEW
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.error = ""
+        self.remaining = sum(1 for t in tasks if t.status not in TERMINAL)
+        self.cancelled = False
+        self.done = threading.Event()
+        self.child_dispatches: set[str] = set()
+
+    def status_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.tasks:
+            if t.kind != PARAMETER:
+                counts[t.status] = counts.get(t.status, 0) + 1
+        return counts
+
+    @property
+    def task_count(self) -> int:
+        return sum(1 for t in self.tasks if t.kind != PARAMETER)

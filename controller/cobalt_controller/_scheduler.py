@@ -1,0 +1,418 @@
+"""Event-driven scheduling.
+
+One thread owns all live state. It drains a queue of events (new dispatch,
+task outcome, cancel), applies them, places every ready task that fits, and
+commits the round's changes in one transaction before anyone is told: a
+client that sees a result can rely on it being stored.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from cobalt_controller._executors import ExecutorPool
+from cobalt_controller._model import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    PARAMETER,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    SUBLATTICE,
+    TERMINAL,
+    TIMED_OUT,
+    Dispatch,
+    Task,
+)
+from cobalt_controller._payloads import Payloads
+from cobalt_controller.state import StateStore, WriteBatch
+from cobalt_executors import Executor, TaskArg, TaskOutcome, TaskSubmission
+
+log = logging.getLogger("cobalt.controller")
+
+_OUTCOME_STATUS = {"failed": FAILED, "timed_out": TIMED_OUT, "cancelled": CANCELLED}
+Listener = Callable[[Dispatch, Task | None], None]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        state: StateStore,
+        payloads: Payloads,
+        executors: ExecutorPool,
+        *,
+        retry_backoff_s: float = 1.0,
+        retry_backoff_max_s: float = 60.0,
+    ) -> None:
+        self.state = state
+        self.payloads = payloads
+        self.executors = executors
+        self.retry_backoff_s = retry_backoff_s
+        self.retry_backoff_max_s = retry_backoff_max_s
+        self.active: dict[str, Dispatch] = {}
+        self.listener: Listener | None = None
+        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._ready: dict[tuple[Any, ...], deque[tuple[Dispatch, Task]]] = {}
+        self._submitted: dict[str, tuple[Dispatch, Task, Executor]] = {}
+        self._timers: list[tuple[float, int, Dispatch, Task]] = []
+        self._deadlines: list[tuple[float, str]] = []
+        self._seq = itertools.count()
+        self._batch = WriteBatch()
+        self._finished: list[Dispatch] = []
+        self._changed: list[tuple[Dispatch, Task | None]] = []
+        self._thread = threading.Thread(target=self._run, name="cobalt-scheduler", daemon=True)
+        self._stopping = False
+
+    # -- called from other threads -------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit_dispatch(self, dispatch: Dispatch) -> None:
+        self.active[dispatch.dispatch_id] = dispatch
+        self._events.put(("dispatch", dispatch))
+
+    def report(self, outcome: TaskOutcome) -> None:
+        self._events.put(("outcome", outcome))
+
+    def cancel(self, dispatch_id: str) -> None:
+        self._events.put(("cancel", dispatch_id))
+
+    def link_sublattice(self, parent_id: str, node_id: int, child_id: str) -> None:
+        self._events.put(("link", parent_id, node_id, child_id))
+
+    def stop(self) -> None:
+        self._events.put(("stop",))
+        self._thread.join(timeout=10)
+
+    # -- the scheduling thread -----------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                event = self._events.get(timeout=self._wait_time())
+            except queue.Empty:
+                event = None
+            try:
+                if event is not None:
+                    self._handle(event)
+                    while True:
+                        try:
+                            self._handle(self._events.get_nowait())
+                        except queue.Empty:
+                            break
+                self._fire_timers()
+                self._place()
+                self._flush()
+            except Exception:  # noqa: BLE001 - the scheduler must outlive one bad round
+                log.exception("scheduling round failed")
+
+    def _wait_time(self) -> float:
+        now = time.time()
+        nearest = 0.5
+        if self._timers:
+            nearest = min(nearest, self._timers[0][0] - now)
+        if self._deadlines:
+            nearest = min(nearest, self._deadlines[0][0] - now)
+        return max(nearest, 0.0)
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "outcome":
+            self._on_outcome(event[1])
+        elif kind == "dispatch":
+            self._on_dispatch(event[1])
+        elif kind == "cancel":
+            self._on_cancel(event[1])
+        elif kind == "link":
+            self._on_link(*event[1:])
+        elif kind == "stop":
+            self._stopping = True
+
+    def _on_dispatch(self, d: Dispatch) -> None:
+        for t in d.tasks:
+            if t.status == PENDING and t.waiting == 0:
+                self._make_ready(d, t)
+        if d.remaining == 0:
+            self._finish(d)
+
+    def _make_ready(self, d: Dispatch, t: Task) -> None:
+        key = (t.candidates, t.hardware, t.kind == SUBLATTICE)
+        q = self._ready.get(key)
+        if q is None:
+            q = self._ready[key] = deque()
+        q.append((d, t))
+
+    def _place(self) -> None:
+        if not self._ready:
+            return
+        emptied = []
+        for key, q in self._ready.items():
+            while q:
+                d, t = q[0]
+                if t.status != PENDING or d.cancelled:
+                    q.popleft()
+                    continue
+                if not self._try_submit(d, t):
+                    break
+                q.popleft()
+            if not q:
+                emptied.append(key)
+        for key in emptied:
+            del self._ready[key]
+
+    def _try_submit(self, d: Dispatch, t: Task) -> bool:
+        t.attempts += 1
+        t.task_key = f"{d.dispatch_id}/{t.node_id}/{t.attempts}"
+        try:
+            submission = self._submission(d, t)
+        except KeyError as exc:
+            t.attempts -= 1
+            self._fail(d, t, FAILED, f"payload {exc} of task {t.name!r} is missing from the store.", "lost")
+            return True
+        for ex in t.candidates:
+            given = ex.try_submit(submission)
+            if given is None:
+                continue
+            now = time.time()
+            t.status = RUNNING
+            t.executor = ex.name
+            t.given = given
+            t.started_at = now
+            self._submitted[t.task_key] = (d, t, ex)
+            if t.hardware.time_limit_s:
+                heapq.heappush(self._deadlines, (now + t.hardware.time_limit_s, t.task_key))
+            if d.started_at is None:
+                d.started_at = now
+                d.status = RUNNING
+                self._batch.update_dispatch(d.dispatch_id, status=RUNNING, started_at=now)
+                self._changed.append((d, None))
+            self._batch.update_node(
+                d.dispatch_id,
+                t.node_id,
+                status=RUNNING,
+                executor=ex.name,
+                attempts=t.attempts,
+                started_at=now,
+                hardware_given=_given_json(given),
+            )
+            self._changed.append((d, t))
+            return True
+        t.attempts -= 1
+        return False
+
+    def _submission(self, d: Dispatch, t: Task) -> TaskSubmission:
+        args = []
+        tasks = d.tasks
+        for i in t.inputs:
+            if not i.wait_only:
+                out = tasks[i.parent].output
+                assert out is not None
+                ref = out if out.data is not None else self.payloads.ref(out.sha256)
+                args.append(TaskArg(i.position, i.keyword, ref))
+        return TaskSubmission(
+            task_key=t.task_key,
+            dispatch_id=d.dispatch_id,
+            node_id=t.node_id,
+            name=t.name,
+            hardware=t.hardware,
+            function=self.payloads.ref(t.fn_sha),
+            args=args,
+            env={"COBALT_DISPATCH_ID": d.dispatch_id, "COBALT_NODE_ID": str(t.node_id)},
+            long_running=t.kind == SUBLATTICE,
+        )
+
+    def _on_outcome(self, o: TaskOutcome) -> None:
+        entry = self._submitted.pop(o.task_key, None)
+        if entry is None:
+            return
+        d, t, _ = entry
+        t.ended_at = o.ended_at or time.time()
+        if o.started_at:
+            t.started_at = o.started_at
+        t.given = o.hardware_given
+        logs = {"stdout": o.stdout, "stderr": o.stderr}
+        if o.status == "completed" and o.output is not None:
+            t.status = COMPLETED
+            out = o.output
+            if out.data is not None:
+                self.payloads.remember(out.sha256, out.data)
+                self._batch.payloads[out.sha256] = out.data
+                t.output = out
+            else:
+                t.output = out
+            d.remaining -= 1
+            self._batch.update_node(
+                d.dispatch_id,
+                t.node_id,
+                status=COMPLETED,
+                started_at=t.started_at,
+                ended_at=t.ended_at,
+                output_sha256=out.sha256,
+                error="",
+                reason="",
+                **logs,
+            )
+            self._changed.append((d, t))
+            for c in t.children:
+                child = d.tasks[c]
+                child.waiting -= 1
+                if child.waiting == 0 and child.status == PENDING and not d.cancelled:
+                    self._make_ready(d, child)
+        else:
+            status = _OUTCOME_STATUS.get(o.status, FAILED)
+            retry = status in (FAILED, TIMED_OUT) and t.attempts <= t.retries and not d.cancelled
+            if retry:
+                delay = min(self.retry_backoff_s * 2 ** (t.attempts - 1), self.retry_backoff_max_s)
+                t.status = PENDING
+                t.error = o.error
+                heapq.heappush(self._timers, (time.time() + delay, next(self._seq), d, t))
+                self._batch.update_node(
+                    d.dispatch_id, t.node_id, status=PENDING, error=o.error, reason=o.reason,
+                    ended_at=t.ended_at, **logs,
+                )
+                self._changed.append((d, t))
+            else:
+                self._batch.update_node(d.dispatch_id, t.node_id, started_at=t.started_at, **logs)
+                self._fail(d, t, status, o.error, o.reason or status.lower())
+        if d.remaining == 0:
+            self._finish(d)
+
+    def _fail(self, d: Dispatch, t: Task, status: str, error: str, reason: str) -> None:
+        t.status = status
+        t.error = error
+        t.reason = reason
+        t.ended_at = t.ended_at or time.time()
+        d.remaining -= 1
+        self._batch.update_node(
+            d.dispatch_id, t.node_id, status=status, error=error, reason=reason,
+            ended_at=t.ended_at,
+        )
+        self._changed.append((d, t))
+        why = f"not run: task {t.name!r} (node {t.node_id}) ended {status}"
+        stack = list(t.children)
+        while stack:
+            child = d.tasks[stack.pop()]
+            if child.status in TERMINAL:
+                continue
+            child.status = SKIPPED
+            child.error = why
+            d.remaining -= 1
+            self._batch.update_node(d.dispatch_id, child.node_id, status=SKIPPED, error=why)
+            self._changed.append((d, child))
+            stack.extend(child.children)
+        if d.remaining == 0:
+            self._finish(d)
+
+    def _fire_timers(self) -> None:
+        now = time.time()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, d, t = heapq.heappop(self._timers)
+            if t.status == PENDING and not d.cancelled:
+                self._make_ready(d, t)
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, key = heapq.heappop(self._deadlines)
+            entry = self._submitted.get(key)
+            if entry is not None:
+                entry[2].cancel(key, "time_limit")
+
+    def _on_cancel(self, dispatch_id: str) -> None:
+        d = self.active.get(dispatch_id)
+        if d is None or d.cancelled:
+            return
+        d.cancelled = True
+        for t in d.tasks:
+            if t.status == RUNNING:
+                entry = self._submitted.get(t.task_key)
+                if entry is not None:
+                    entry[2].cancel(t.task_key, "cancelled")
+            elif t.status == PENDING:
+                t.status = CANCELLED
+                t.error = "cancelled before it started"
+                d.remaining -= 1
+                self._batch.update_node(d.dispatch_id, t.node_id, status=CANCELLED, error=t.error)
+                self._changed.append((d, t))
+        for child_id in d.child_dispatches:
+            self._on_cancel(child_id)
+        if d.remaining == 0:
+            self._finish(d)
+
+    def _on_link(self, parent_id: str, node_id: int, child_id: str) -> None:
+        d = self.active.get(parent_id)
+        if d is None:
+            return
+        d.child_dispatches.add(child_id)
+        t = d.tasks[node_id]
+        t.sublattice_dispatch_id = child_id
+        self._batch.update_node(parent_id, node_id, sublattice_dispatch_id=child_id)
+        if d.cancelled:
+            self._on_cancel(child_id)
+
+    def _finish(self, d: Dispatch) -> None:
+        if d in self._finished or d.ended_at is not None:
+            return
+        statuses = {t.status for t in d.tasks}
+        if d.cancelled:
+            d.status = CANCELLED
+        elif FAILED in statuses:
+            d.status = FAILED
+        elif TIMED_OUT in statuses:
+            d.status = TIMED_OUT
+        elif d.tasks[d.output_node].status != COMPLETED:
+            d.status = FAILED
+        else:
+            d.status = COMPLETED
+        d.ended_at = time.time()
+        d.error = _dispatch_error(d)
+        self._batch.update_dispatch(d.dispatch_id, status=d.status, ended_at=d.ended_at, error=d.error)
+        self._changed.append((d, None))
+        self._finished.append(d)
+
+    def _flush(self) -> None:
+        if self._batch:
+            batch, self._batch = self._batch, WriteBatch()
+            self.state.apply(batch)
+        changed, self._changed = self._changed, []
+        finished, self._finished = self._finished, []
+        if self.listener is not None:
+            for d, t in changed:
+                self.listener(d, t)
+        for d in finished:
+            d.done.set()
+            self.active.pop(d.dispatch_id, None)
+
+
+def _given_json(given: Any) -> str:
+    return json.dumps(
+        {
+            "cpus": given.cpus,
+            "memory_mb": given.memory_mb,
+            "gpu": given.gpu,
+            "gpu_indices": list(given.gpu_indices),
+            "emulated": given.emulated,
+        }
+    )
+
+
+def _dispatch_error(d: Dispatch) -> str:
+    if d.status == COMPLETED:
+        return ""
+    if d.status == CANCELLED:
+        return "The dispatch was cancelled."
+    failed = [t for t in d.tasks if t.status in (FAILED, TIMED_OUT)]
+    if not failed:
+        return f"The dispatch's output node {d.output_node} did not complete."
+    parts = [f"Task {t.name!r} (node {t.node_id}) {t.status}:\n{t.error}" for t in failed[:5]]
+    if len(failed) > 5:
+        parts.append(f"... and {len(failed) - 5} more failed tasks.")
+    return "\n".join(parts)

@@ -1,0 +1,186 @@
+"""The controller process: stores, executors, scheduler and gRPC server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from cobalt_common.paths import controller_file
+from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
+from cobalt_controller._config import ControllerConfig
+from cobalt_controller._convert import task_from_row
+from cobalt_controller._events import EventHub
+from cobalt_controller._executors import ExecutorPool
+from cobalt_controller._model import COMPLETED, PARAMETER, PENDING, TERMINAL, Dispatch
+from cobalt_controller._payloads import Payloads
+from cobalt_controller._scheduler import Scheduler
+from cobalt_controller._servicer import ControllerServicer
+from cobalt_controller.blobs import LocalBlobStore
+from cobalt_controller.state import SqlStateStore, StateStore
+from cobalt_executors import ExecutorContext
+
+log = logging.getLogger("cobalt.controller")
+VERSION = "0.1.0"
+MAX_MESSAGE = 1 << 30
+
+
+class _TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}"
+
+        def deny(request: Any, context: grpc.ServicerContext) -> None:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong controller token; clients read it from controller.json "
+                "in the controller's COBALT_HOME.",
+            )
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        for key, value in details.invocation_metadata:
+            if key == "authorization" and secrets.compare_digest(value, self._expected):
+                return continuation(details)
+        return self._deny
+
+
+class ControllerServer:
+    """Owns everything the controller runs; ``start()`` then ``wait()``."""
+
+    def __init__(self, config: ControllerConfig, *, state: StateStore | None = None) -> None:
+        self.config = config
+        config.home.mkdir(parents=True, exist_ok=True)
+        self.token = secrets.token_urlsafe(32)
+        self.state = state or SqlStateStore(config.database_url)
+        self.blobs = LocalBlobStore(config.blob_dir)
+        self.payloads = Payloads(self.state, self.blobs, config.inline_limit)
+        self._stopped = threading.Event()
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="cobalt-rpc"),
+            interceptors=[_TokenInterceptor(self.token)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        port = self._server.add_insecure_port(config.address)
+        if port == 0:
+            raise OSError(f"cannot listen on {config.address}")
+        self.address = f"{config.address.rsplit(':', 1)[0]}:{port}"
+        self.hub = EventHub()
+        context = ExecutorContext(
+            blob_dir=config.blob_dir,
+            inline_limit=config.inline_limit,
+            report=lambda outcome: self.scheduler.report(outcome),
+            env={"COBALT_CONTROLLER_ADDRESS": self.address, "COBALT_CONTROLLER_TOKEN": self.token},
+        )
+        self.executors = ExecutorPool(config.executors, context)
+        self.scheduler = Scheduler(
+            self.state,
+            self.payloads,
+            self.executors,
+            retry_backoff_s=config.retry_backoff_s,
+            retry_backoff_max_s=config.retry_backoff_max_s,
+        )
+        self.scheduler.listener = self.hub.publish
+        self.info = {
+            "version": VERSION,
+            "address": self.address,
+            "started_at": time.time(),
+            "database_url": config.database_url,
+        }
+        servicer = ControllerServicer(
+            self.scheduler, self.payloads, self.executors, self.hub, self.info, self.request_stop
+        )
+        pb_grpc.add_ControllerServicer_to_server(servicer, self._server)
+
+    def start(self) -> None:
+        self.scheduler.start()
+        self._recover()
+        self._server.start()
+        path = controller_file(self.config.home)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps(
+                {"address": self.address, "pid": os.getpid(), "token": self.token, "version": VERSION}
+            )
+        )
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        log.info("controller listening on %s", self.address)
+
+    def _recover(self) -> None:
+        """Resumes dispatches that had not ended when the controller last stopped.
+
+        Finished tasks keep their outputs; tasks that were running are run again.
+        """
+        for row in self.state.unfinished_dispatches():
+            try:
+                rows = self.state.get_nodes(row.dispatch_id, include_logs=False)
+                tasks = [task_from_row(n) for n in rows]
+                for t, node in zip(tasks, rows, strict=True):
+                    if t.kind == PARAMETER or node.status == COMPLETED:
+                        t.status = COMPLETED
+                        t.output = self.payloads.ref(node.output_sha256 or node.value_sha256)
+                    elif node.status in TERMINAL:
+                        t.status = node.status
+                        t.error = node.error
+                    else:
+                        t.status = PENDING
+                        t.candidates = self.executors.candidates(
+                            t.hardware, self.executors.resolve(t.executor_ref), t.name
+                        )
+                for t in tasks:
+                    parents = {i.parent for i in t.inputs if tasks[i.parent].kind != PARAMETER}
+                    for p in parents:
+                        tasks[p].children.append(t.node_id)
+                    t.waiting = sum(1 for p in parents if tasks[p].status != COMPLETED)
+                d = Dispatch(row.dispatch_id, row.name, tasks, row.output_node, row.created_at,
+                             row.parent_dispatch_id, row.parent_node_id)
+                d.status = row.status
+                d.started_at = row.started_at
+                self.scheduler.submit_dispatch(d)
+                log.info("resumed dispatch %s", row.dispatch_id)
+            except Exception:  # noqa: BLE001 - one unrecoverable dispatch must not stop the rest
+                log.exception("could not resume dispatch %s", row.dispatch_id)
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def stop(self) -> None:
+        self._server.stop(grace=1.0)
+        self.scheduler.stop()
+        self.executors.teardown()
+        self.state.close()
+        path = controller_file(self.config.home)
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def serve(config: ControllerConfig) -> None:
+    import signal
+
+    server = ControllerServer(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: server.request_stop())
+    server.start()
+    try:
+        server.wait()
+    finally:
+        server.stop()
+

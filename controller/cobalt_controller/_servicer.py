@@ -1,0 +1,238 @@
+"""The gRPC service: translates wire messages to scheduler calls and back."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import grpc
+
+from cobalt_common import errors
+from cobalt_common.v1 import controller_pb2 as pb
+from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
+from cobalt_controller._convert import dispatch_row_to_pb, dispatch_to_pb, node_row_to_pb
+from cobalt_controller._events import EventHub
+from cobalt_controller._executors import ExecutorPool
+from cobalt_controller._intake import build_dispatch
+from cobalt_controller._model import COMPLETED, DISPATCH_ENDED, PARAMETER
+from cobalt_controller._payloads import Payloads
+from cobalt_controller._scheduler import Scheduler
+from cobalt_executors._runtime.payloads import sha256_hex
+
+log = logging.getLogger("cobalt.controller")
+CHUNK = 1 << 20
+
+_CODES: dict[type[errors.Error], grpc.StatusCode] = {
+    errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.UnsatisfiableError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.SpecError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.DispatchError: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+def abort(context: grpc.ServicerContext, exc: errors.Error) -> NoReturn:
+    code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
+    context.set_trailing_metadata((("cobalt-error", type(exc).__name__),))
+    context.abort(code, str(exc))
+    raise AssertionError("unreachable")
+
+
+class ControllerServicer(pb_grpc.ControllerServicer):
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        payloads: Payloads,
+        executors: ExecutorPool,
+        hub: EventHub,
+        info: dict[str, Any],
+        on_stop: Callable[[], None],
+    ) -> None:
+        self.scheduler = scheduler
+        self.state = scheduler.state
+        self.payloads = payloads
+        self.executors = executors
+        self.hub = hub
+        self.info = info
+        self.on_stop = on_stop
+
+    # -- controller ----------------------------------------------------------------
+
+    def ControllerStatus(self, request: Any, context: Any) -> pb.ControllerStatusResponse:
+        infos = []
+        for ex in self.executors.all():
+            capacity, free = ex.describe()
+            infos.append(
+                pb.ExecutorInfo(
+                    name=ex.name, type=ex.type_name, capacity=capacity, free=free,
+                    configured=self.executors.is_configured(ex),
+                )
+            )
+        return pb.ControllerStatusResponse(
+            version=self.info["version"],
+            pid=os.getpid(),
+            address=self.info["address"],
+            started_at=self.info["started_at"],
+            database_url=self.info["database_url"],
+            executors=infos,
+            active_dispatches=len(self.scheduler.active),
+        )
+
+    def ControllerStop(self, request: Any, context: Any) -> pb.ControllerStopResponse:
+        self.on_stop()
+        return pb.ControllerStopResponse()
+
+    # -- blobs ---------------------------------------------------------------------
+
+    def BlobHas(self, request: pb.BlobHasRequest, context: Any) -> pb.BlobHasResponse:
+        return pb.BlobHasResponse(missing=sorted(self.payloads.missing(set(request.sha256))))
+
+    def BlobPut(self, request_iterator: Iterator[pb.BlobChunk], context: Any) -> pb.BlobPutResponse:
+        sha = ""
+        parts = []
+        for chunk in request_iterator:
+            sha = sha or chunk.sha256
+            parts.append(chunk.data)
+        data = b"".join(parts)
+        if sha256_hex(data) != sha:
+            context.abort(grpc.StatusCode.DATA_LOSS, f"blob content does not match sha256 {sha}")
+        self.payloads.blobs.put(sha, data)
+        return pb.BlobPutResponse(sha256=sha)
+
+    def BlobGet(self, request: pb.BlobGetRequest, context: Any) -> Iterator[pb.BlobChunk]:
+        data = self.payloads.get_bytes(request.sha256)
+        if data is None:
+            abort(context, errors.NotFoundError(f"no payload {request.sha256}"))
+        for start in range(0, max(len(data), 1), CHUNK):
+            yield pb.BlobChunk(sha256=request.sha256, data=data[start : start + CHUNK])
+
+    # -- dispatches ----------------------------------------------------------------
+
+    def DispatchCreate(
+        self, request: pb.DispatchCreateRequest, context: Any
+    ) -> pb.DispatchCreateResponse:
+        try:
+            d, batch = build_dispatch(request, self.payloads, self.executors)
+        except errors.Error as exc:
+            abort(context, exc)
+        self.state.apply(batch)
+        self.scheduler.submit_dispatch(d)
+        if d.parent_dispatch_id is not None and d.parent_node_id is not None:
+            self.scheduler.link_sublattice(d.parent_dispatch_id, d.parent_node_id, d.dispatch_id)
+        return pb.DispatchCreateResponse(dispatch_id=d.dispatch_id)
+
+    def _output(self, sha: str) -> pb.Payload:
+        data = self.payloads.get_bytes(sha)
+        if data is None:
+            return pb.Payload(sha256=sha)
+        if len(data) > self.payloads.inline_limit:
+            return pb.Payload(sha256=sha, size=len(data))
+        return pb.Payload(sha256=sha, data=data, size=len(data))
+
+    def DispatchGet(self, request: pb.DispatchGetRequest, context: Any) -> pb.DispatchGetResponse:
+        d = self.scheduler.active.get(request.dispatch_id)
+        if d is not None and request.wait_s > 0:
+            d.done.wait(request.wait_s)
+        if d is not None and (d.done.is_set() or d.status not in DISPATCH_ENDED):
+            resp = pb.DispatchGetResponse(dispatch=dispatch_to_pb(d))
+            out = d.tasks[d.output_node].output
+            if request.include_output and d.status == COMPLETED and out is not None:
+                resp.output.CopyFrom(self._output(out.sha256))
+            return resp
+        row = self.state.get_dispatch(request.dispatch_id)
+        if row is None:
+            abort(context, errors.NotFoundError(_unknown(request.dispatch_id)))
+        resp = pb.DispatchGetResponse(dispatch=dispatch_row_to_pb(row))
+        if request.include_output and row.status == COMPLETED:
+            node = self.state.get_node(row.dispatch_id, row.output_node)
+            if node is not None and node.output_sha256:
+                resp.output.CopyFrom(self._output(node.output_sha256))
+        return resp
+
+    def DispatchList(self, request: pb.DispatchListRequest, context: Any) -> pb.DispatchListResponse:
+        rows = self.state.list_dispatches(request.limit or 50)
+        return pb.DispatchListResponse(dispatches=[dispatch_row_to_pb(r) for r in rows])
+
+    def DispatchCancel(
+        self, request: pb.DispatchCancelRequest, context: Any
+    ) -> pb.DispatchCancelResponse:
+        d = self.scheduler.active.get(request.dispatch_id)
+        if d is None:
+            row = self.state.get_dispatch(request.dispatch_id)
+            if row is None:
+                abort(context, errors.NotFoundError(_unknown(request.dispatch_id)))
+            return pb.DispatchCancelResponse(dispatch=dispatch_row_to_pb(row))
+        self.scheduler.cancel(d.dispatch_id)
+        d.done.wait(5.0)
+        return pb.DispatchCancelResponse(dispatch=dispatch_to_pb(d))
+
+    def DispatchWatch(
+        self, request: pb.DispatchWatchRequest, context: Any
+    ) -> Iterator[pb.DispatchEvent]:
+        q = self.hub.subscribe(request.dispatch_id)
+        try:
+            d = self.scheduler.active.get(request.dispatch_id)
+            row = self.state.get_dispatch(request.dispatch_id)
+            if row is None and d is None:
+                abort(context, errors.NotFoundError(_unknown(request.dispatch_id)))
+            for node in self.state.get_nodes(request.dispatch_id, include_logs=False):
+                if node.kind != PARAMETER:
+                    yield pb.DispatchEvent(
+                        dispatch_id=request.dispatch_id, time=time.time(), task=node_row_to_pb(node)
+                    )
+            snapshot = dispatch_to_pb(d) if d is not None else dispatch_row_to_pb(row)  # type: ignore[arg-type]
+            yield pb.DispatchEvent(dispatch_id=request.dispatch_id, time=time.time(), dispatch=snapshot)
+            if d is None or d.done.is_set():
+                return
+            while context.is_active():
+                try:
+                    event = q.get(timeout=1.0)
+                except Exception:  # noqa: BLE001 - queue.Empty: check the client is still there
+                    if d.done.is_set():
+                        return
+                    continue
+                if event is None:
+                    return
+                yield event
+                if event.HasField("dispatch") and event.dispatch.status in _ENDED_PB:
+                    return
+        finally:
+            self.hub.unsubscribe(request.dispatch_id, q)
+
+    # -- tasks ---------------------------------------------------------------------
+
+    def TaskList(self, request: pb.TaskListRequest, context: Any) -> pb.TaskListResponse:
+        if self.state.get_dispatch(request.dispatch_id) is None:
+            abort(context, errors.NotFoundError(_unknown(request.dispatch_id)))
+        rows = self.state.get_nodes(request.dispatch_id, include_logs=request.include_logs)
+        return pb.TaskListResponse(
+            tasks=[node_row_to_pb(r) for r in rows
+                   if request.include_parameters or r.kind != PARAMETER]
+        )
+
+    def NodeGet(self, request: pb.NodeGetRequest, context: Any) -> pb.NodeGetResponse:
+        row = self.state.get_node(request.dispatch_id, request.node_id)
+        if row is None:
+            if self.state.get_dispatch(request.dispatch_id) is None:
+                abort(context, errors.NotFoundError(_unknown(request.dispatch_id)))
+            abort(context, errors.NotFoundError(
+                f"dispatch {request.dispatch_id} has no node {request.node_id}; "
+                "node ids are listed in Result.tasks."
+            ))
+        resp = pb.NodeGetResponse(task=node_row_to_pb(row))
+        if request.include_output and row.output_sha256:
+            resp.output.CopyFrom(self._output(row.output_sha256))
+        return resp
+
+
+_ENDED_PB = {pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED, pb.STATUS_TIMED_OUT}
+
+
+def _unknown(dispatch_id: str) -> str:
+    return (
+        f"no dispatch with id {dispatch_id!r} on this controller; "
+        "`cobalt dispatches` lists the known ones."
+    )
+

@@ -1,0 +1,25 @@
+"""The blob store seam: large payloads, by sha256.
+
+Backends: :mod:`.local` (a directory, the default) and :mod:`.memory` (tests).
+Small payloads travel inline and live in the state store instead.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+
+class BlobStore(ABC):
+    @abstractmethod
+    def put(self, sha256: str, data: bytes) -> None:
+        """Stores ``data`` under its sha256; idempotent."""
+
+    @abstractmethod
+    def get(self, sha256: str) -> bytes | None: ...
+
+    @abstractmethod
+    def has(self, sha256: str) -> bool: ...
+
+    def missing(self, shas: Iterable[str]) -> set[str]:
+        return {s for s in shas if not self.has(s)}

@@ -1,0 +1,61 @@
+"""An in-memory state store, for tests and throwaway controllers."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterable
+
+from cobalt_controller.state.base import DispatchRow, NodeRow, StateStore, WriteBatch
+
+_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+
+
+class MemoryStateStore(StateStore):
+    def __init__(self) -> None:
+        self._dispatches: dict[str, DispatchRow] = {}
+        self._nodes: dict[str, list[NodeRow]] = {}
+        self._payloads: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def apply(self, batch: WriteBatch) -> None:
+        with self._lock:
+            for row, nodes in batch.new_dispatches:
+                self._dispatches[row.dispatch_id] = dataclasses.replace(row)
+                self._nodes[row.dispatch_id] = [dataclasses.replace(n) for n in nodes]
+            for (dispatch_id, node_id), values in batch.node_updates.items():
+                node = self._nodes[dispatch_id][node_id]
+                for key, value in values.items():
+                    setattr(node, key, value)
+            for dispatch_id, values in batch.dispatch_updates.items():
+                for key, value in values.items():
+                    setattr(self._dispatches[dispatch_id], key, value)
+            self._payloads.update(batch.payloads)
+
+    def get_dispatch(self, dispatch_id: str) -> DispatchRow | None:
+        row = self._dispatches.get(dispatch_id)
+        return dataclasses.replace(row) if row else None
+
+    def list_dispatches(self, limit: int = 50) -> list[DispatchRow]:
+        rows = sorted(self._dispatches.values(), key=lambda r: r.created_at, reverse=True)
+        return [dataclasses.replace(r) for r in rows[:limit]]
+
+    def unfinished_dispatches(self) -> list[DispatchRow]:
+        return [dataclasses.replace(r) for r in self._dispatches.values() if r.status not in _ENDED]
+
+    def get_nodes(self, dispatch_id: str, *, include_logs: bool = True) -> list[NodeRow]:
+        nodes = [dataclasses.replace(n) for n in self._nodes.get(dispatch_id, [])]
+        if not include_logs:
+            for n in nodes:
+                n.stdout = n.stderr = ""
+        return nodes
+
+    def get_node(self, dispatch_id: str, node_id: int) -> NodeRow | None:
+        nodes = self._nodes.get(dispatch_id, [])
+        return dataclasses.replace(nodes[node_id]) if 0 <= node_id < len(nodes) else None
+
+    def get_payload(self, sha256: str) -> bytes | None:
+        return self._payloads.get(sha256)
+
+    def missing_payloads(self, shas: Iterable[str]) -> set[str]:
+        return {s for s in shas if s not in self._payloads}

@@ -1,0 +1,204 @@
+"""The SQL state store (SQLAlchemy Core): SQLite by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from cobalt_common.errors import ConfigError
+from cobalt_controller.state.base import DispatchRow, NodeRow, StateStore, WriteBatch
+
+_meta = sa.MetaData()
+
+dispatches = sa.Table(
+    "dispatches",
+    _meta,
+    sa.Column("dispatch_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.Column("output_node", sa.Integer, nullable=False),
+    sa.Column("task_count", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("error", sa.Text, nullable=False, default=""),
+    sa.Column("parent_dispatch_id", sa.String(64)),
+    sa.Column("parent_node_id", sa.Integer),
+)
+
+nodes = sa.Table(
+    "nodes",
+    _meta,
+    sa.Column("dispatch_id", sa.String(64), primary_key=True),
+    sa.Column("node_id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("function_sha256", sa.String(64), nullable=False, default=""),
+    sa.Column("value_sha256", sa.String(64), nullable=False, default=""),
+    sa.Column("inputs", sa.Text, nullable=False, default="[]"),
+    sa.Column("hardware", sa.Text, nullable=False, default="{}"),
+    sa.Column("retries", sa.Integer, nullable=False, default=0),
+    sa.Column("executor_ref", sa.Text, nullable=False, default=""),
+    sa.Column("executor", sa.String(128), nullable=False, default=""),
+    sa.Column("hardware_given", sa.Text, nullable=False, default=""),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("started_at", sa.Float),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("error", sa.Text, nullable=False, default=""),
+    sa.Column("reason", sa.String(32), nullable=False, default=""),
+    sa.Column("stdout", sa.Text, nullable=False, default=""),
+    sa.Column("stderr", sa.Text, nullable=False, default=""),
+    sa.Column("output_sha256", sa.String(64), nullable=False, default=""),
+    sa.Column("sublattice_dispatch_id", sa.String(64), nullable=False, default=""),
+)
+
+payloads = sa.Table(
+    "payloads",
+    _meta,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+_ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
+_NODE_FIELDS = [f.name for f in dataclasses.fields(NodeRow)]
+_DISPATCH_FIELDS = [f.name for f in dataclasses.fields(DispatchRow)]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+class SqlStateStore(StateStore):
+    """State in any database SQLAlchemy speaks.
+
+    SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives a
+    crash of the controller; a power loss can lose the last few rounds.
+    """
+
+    def __init__(self, url: str) -> None:
+        try:
+            self.engine: Engine = sa.create_engine(url, future=True)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise ConfigError(f"cannot open database_url {url!r}: {exc}") from exc
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        _meta.create_all(self.engine)
+
+    def apply(self, batch: WriteBatch) -> None:
+        with self.engine.begin() as conn:
+            for row, node_rows in batch.new_dispatches:
+                conn.execute(dispatches.insert(), [dataclasses.asdict(row)])
+                for start in range(0, len(node_rows), 5000):
+                    chunk = node_rows[start : start + 5000]
+                    conn.execute(nodes.insert(), [dataclasses.asdict(n) for n in chunk])
+            if batch.payloads:
+                missing = self._missing(conn, batch.payloads)
+                if missing:
+                    conn.execute(
+                        payloads.insert(),
+                        [{"sha256": s, "data": batch.payloads[s]} for s in sorted(missing)],
+                    )
+            self._update_nodes(conn, batch.node_updates)
+            for dispatch_id, values in batch.dispatch_updates.items():
+                conn.execute(
+                    dispatches.update()
+                    .where(dispatches.c.dispatch_id == dispatch_id)
+                    .values(**values)
+                )
+
+    @staticmethod
+    def _update_nodes(conn: sa.Connection, updates: dict[tuple[str, int], dict[str, Any]]) -> None:
+        # Group rows by the set of columns they change, so each group is one executemany.
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for (dispatch_id, node_id), values in updates.items():
+            keys = tuple(sorted(values))
+            groups.setdefault(keys, []).append(
+                {"_d": dispatch_id, "_n": node_id, **{f"v_{k}": v for k, v in values.items()}}
+            )
+        for keys, rows in groups.items():
+            stmt = (
+                nodes.update()
+                .where(nodes.c.dispatch_id == sa.bindparam("_d"))
+                .where(nodes.c.node_id == sa.bindparam("_n"))
+                .values({k: sa.bindparam(f"v_{k}") for k in keys})
+            )
+            conn.execute(stmt, rows)
+
+    @staticmethod
+    def _missing(conn: sa.Connection, shas: Iterable[str]) -> set[str]:
+        wanted = set(shas)
+        found: set[str] = set()
+        ordered = sorted(wanted)
+        for start in range(0, len(ordered), 500):
+            chunk = ordered[start : start + 500]
+            found.update(
+                conn.execute(sa.select(payloads.c.sha256).where(payloads.c.sha256.in_(chunk)))
+                .scalars()
+                .all()
+            )
+        return wanted - found
+
+    def get_dispatch(self, dispatch_id: str) -> DispatchRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(dispatches).where(dispatches.c.dispatch_id == dispatch_id)
+            ).first()
+        return DispatchRow(**row._asdict()) if row else None
+
+    def list_dispatches(self, limit: int = 50) -> list[DispatchRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(dispatches).order_by(dispatches.c.created_at.desc()).limit(limit)
+            ).all()
+        return [DispatchRow(**r._asdict()) for r in rows]
+
+    def unfinished_dispatches(self) -> list[DispatchRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(dispatches)
+                .where(dispatches.c.status.not_in(_ENDED))
+                .order_by(dispatches.c.created_at)
+            ).all()
+        return [DispatchRow(**r._asdict()) for r in rows]
+
+    def get_nodes(self, dispatch_id: str, *, include_logs: bool = True) -> list[NodeRow]:
+        cols = [c for c in nodes.c if include_logs or c.name not in ("stdout", "stderr")]
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(*cols).where(nodes.c.dispatch_id == dispatch_id).order_by(nodes.c.node_id)
+            ).all()
+        return [NodeRow(**r._asdict()) for r in rows]
+
+    def get_node(self, dispatch_id: str, node_id: int) -> NodeRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(nodes).where(
+                    (nodes.c.dispatch_id == dispatch_id) & (nodes.c.node_id == node_id)
+                )
+            ).first()
+        return NodeRow(**row._asdict()) if row else None
+
+    def get_payload(self, sha256: str) -> bytes | None:
+        with self.engine.connect() as conn:
+            data = conn.execute(
+                sa.select(payloads.c.data).where(payloads.c.sha256 == sha256)
+            ).scalar()
+        return bytes(data) if data is not None else None
+
+    def missing_payloads(self, shas: Iterable[str]) -> set[str]:
+        with self.engine.connect() as conn:
+            return self._missing(conn, shas)
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,123 @@
+"""Inventory accounting: what an executor has, what is free, what a task got."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from cobalt_common.hardware import GPU_TYPES, HardwareSpec, format_memory
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDevice:
+    """One GPU an executor can hand out."""
+
+    index: int
+    type: str
+    emulated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareGiven:
+    """The hardware a task was actually given."""
+
+    cpus: float = 0.0
+    memory_mb: int = 0
+    gpu: str | None = None
+    gpu_indices: tuple[int, ...] = ()
+    emulated: bool = False
+
+    def describe(self) -> str:
+        parts: list[str] = []
+        if self.gpu:
+            name = GPU_TYPES[self.gpu].display_name if self.gpu in GPU_TYPES else self.gpu
+            parts.append(f"{len(self.gpu_indices)}x {name}" + (" (emulated)" if self.emulated else ""))
+        parts.append(f"{self.cpus:g} CPU")
+        if self.memory_mb:
+            parts.append(format_memory(self.memory_mb))
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """What one task holds while it runs; released when it ends."""
+
+    cpus: float
+    memory_mb: int
+    gpus: tuple[GpuDevice, ...] = ()
+
+    def given(self) -> HardwareGiven:
+        gpu_type = self.gpus[0].type if self.gpus else None
+        return HardwareGiven(
+            cpus=self.cpus,
+            memory_mb=self.memory_mb,
+            gpu=gpu_type,
+            gpu_indices=tuple(d.index for d in self.gpus),
+            emulated=any(d.emulated for d in self.gpus),
+        )
+
+
+@dataclass(slots=True)
+class Inventory:
+    """Capacity and free resources of one executor (thread-safe)."""
+
+    cpus: float
+    memory_mb: int
+    gpus: tuple[GpuDevice, ...] = ()
+    _free_cpus: float = field(init=False)
+    _free_memory: int = field(init=False)
+    _free_gpus: list[GpuDevice] = field(init=False)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._free_cpus = self.cpus
+        self._free_memory = self.memory_mb
+        self._free_gpus = list(self.gpus)
+
+    def can_ever_fit(self, spec: HardwareSpec) -> bool:
+        """Whether the whole, idle executor could run ``spec``."""
+        if spec.cpus > self.cpus + _EPS or spec.memory_mb > self.memory_mb:
+            return False
+        if spec.gpu:
+            return sum(1 for d in self.gpus if d.type == spec.gpu) >= spec.gpus
+        return True
+
+    def allocate(self, spec: HardwareSpec) -> Allocation | None:
+        """Reserves ``spec`` if it fits in what is free now, else returns None."""
+        with self._lock:
+            if spec.cpus > self._free_cpus + _EPS or spec.memory_mb > self._free_memory:
+                return None
+            devices: tuple[GpuDevice, ...] = ()
+            if spec.gpu and spec.gpus:
+                matching = [d for d in self._free_gpus if d.type == spec.gpu]
+                if len(matching) < spec.gpus:
+                    return None
+                devices = tuple(matching[: spec.gpus])
+                for d in devices:
+                    self._free_gpus.remove(d)
+            self._free_cpus -= spec.cpus
+            self._free_memory -= spec.memory_mb
+            return Allocation(spec.cpus, spec.memory_mb, devices)
+
+    def release(self, allocation: Allocation) -> None:
+        with self._lock:
+            self._free_cpus = min(self.cpus, self._free_cpus + allocation.cpus)
+            self._free_memory = min(self.memory_mb, self._free_memory + allocation.memory_mb)
+            self._free_gpus.extend(allocation.gpus)
+            self._free_gpus.sort(key=lambda d: d.index)
+
+    def describe(self, *, free: bool = False) -> str:
+        cpus = self._free_cpus if free else self.cpus
+        memory = self._free_memory if free else self.memory_mb
+        devices = self._free_gpus if free else list(self.gpus)
+        parts = [f"{cpus:g} CPU", format_memory(memory)]
+        by_type: dict[tuple[str, bool], int] = {}
+        for d in devices:
+            by_type[(d.type, d.emulated)] = by_type.get((d.type, d.emulated), 0) + 1
+        for (gpu_type, emulated), count in sorted(by_type.items()):
+            parts.append(f"{count}x {gpu_type}" + (" (emulated)" if emulated else ""))
+        if not self.gpus:
+            parts.append("no GPU")
+        return ", ".join(parts)

@@ -1,0 +1,169 @@
+"""A warm worker process: receives tasks, runs them, reports outcomes.
+
+Started by an executor as ``python -m cobalt_executors._runtime.worker FD OUT ERR``
+where FD is a connected socket and OUT/ERR are files that receive the
+process's stdout and stderr (file descriptors 1 and 2, so output of C
+extensions and subprocesses is captured too). Both files are truncated at
+the start of every task.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from collections import OrderedDict
+from typing import Any, BinaryIO
+
+import cloudpickle
+
+from cobalt_common.v1 import worker_pb2
+from cobalt_executors._runtime.framing import encode, read_message
+from cobalt_executors._runtime.payloads import blob_path, sha256_hex, write_blob
+
+LOG_LIMIT = 1 << 20
+_FUNCTION_CACHE_SIZE = 256
+_FRAMEWORK_FILES = (os.path.dirname(__file__), os.sep + os.path.join("cobalt", "_task.py"))
+
+
+class _Capture:
+    """Per-task view of the process's stdout/stderr files."""
+
+    def __init__(self, out_path: str, err_path: str) -> None:
+        self._files = [open(out_path, "w+b"), open(err_path, "w+b")]  # noqa: SIM115
+        for fd, f in zip((1, 2), self._files, strict=True):
+            os.dup2(f.fileno(), fd)
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+
+    def reset(self) -> None:
+        for fd in (1, 2):
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+
+    def read(self) -> tuple[str, str]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return _tail(1), _tail(2)
+
+
+def _tail(fd: int) -> str:
+    size = os.lseek(fd, 0, os.SEEK_END)
+    if size == 0:
+        return ""
+    start = max(0, size - LOG_LIMIT)
+    data = os.pread(fd, size - start, start)
+    text = data.decode("utf-8", errors="replace")
+    return f"[... {start} bytes cut ...]\n{text}" if start else text
+
+
+def format_remote_traceback(exc: BaseException) -> str:
+    """The traceback of a task's exception without the runtime's own frames."""
+    te = traceback.TracebackException.from_exception(exc)
+    chain: list[traceback.TracebackException] = []
+    node: traceback.TracebackException | None = te
+    while node is not None:
+        chain.append(node)
+        node = node.__cause__ or (None if node.__suppress_context__ else node.__context__)
+    for item in chain:
+        item.stack = traceback.StackSummary.from_list(
+            [f for f in item.stack if not f.filename.startswith(_FRAMEWORK_FILES[0])
+             and not f.filename.endswith(_FRAMEWORK_FILES[1])]
+        )
+    return "".join(te.format())
+
+
+class Worker:
+    def __init__(self, stream: BinaryIO, send: Any) -> None:
+        self._stream = stream
+        self._send = send
+        self._functions: OrderedDict[str, Any] = OrderedDict()
+
+    def _function(self, task: worker_pb2.WorkerTask) -> Any:
+        fn = self._functions.get(task.function_sha256)
+        if fn is None:
+            data = task.function_data or blob_path(task.blob_dir, task.function_sha256).read_bytes()
+            fn = cloudpickle.loads(data)
+            self._functions[task.function_sha256] = fn
+            if len(self._functions) > _FUNCTION_CACHE_SIZE:
+                self._functions.popitem(last=False)
+        else:
+            self._functions.move_to_end(task.function_sha256)
+        return fn
+
+    def run(self, task: worker_pb2.WorkerTask, capture: _Capture) -> worker_pb2.WorkerResult:
+        result = worker_pb2.WorkerResult(task_key=task.task_key)
+        saved_env = {k: os.environ.get(k) for k in task.env}
+        os.environ.update(task.env)
+        capture.reset()
+        result.started_at = time.time()
+        try:
+            fn = self._function(task)
+            args: list[Any] = []
+            kwargs: dict[str, Any] = {}
+            for arg in task.args:
+                data = arg.data or blob_path(task.blob_dir, arg.sha256).read_bytes()
+                value = cloudpickle.loads(data)
+                if arg.position >= 0:
+                    args.append(value)
+                else:
+                    kwargs[arg.keyword] = value
+            value = fn(*args, **kwargs)
+            try:
+                output = cloudpickle.dumps(value)
+            except Exception as exc:
+                raise TypeError(
+                    f"the task returned a {type(value).__name__} that cannot be pickled: {exc}"
+                ) from exc
+            result.ok = True
+            sha = sha256_hex(output)
+            result.output_sha256 = sha
+            result.output_size = len(output)
+            if len(output) > task.inline_limit:
+                write_blob(task.blob_dir, sha, output)
+            else:
+                result.output_data = output
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported, none kills the worker
+            result.ok = False
+            result.reason = "exception"
+            result.error = format_remote_traceback(exc)
+        result.ended_at = time.time()
+        result.stdout, result.stderr = capture.read()
+        for key, old in saved_env.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+        return result
+
+
+def _preload() -> None:
+    """Imports what nearly every task unpickles, before the worker says it is ready."""
+    try:
+        import cobalt  # noqa: F401
+    except ImportError:
+        pass
+
+
+def main(argv: list[str]) -> int:
+    fd, out_path, err_path = int(argv[0]), argv[1], argv[2]
+    sock = socket.socket(fileno=fd)
+    stream = sock.makefile("rb", buffering=1 << 16)
+    capture = _Capture(out_path, err_path)
+    _preload()
+    worker = Worker(stream, sock.sendall)
+    sock.sendall(encode(worker_pb2.WorkerMessage(ready_pid=os.getpid())))
+    command = worker_pb2.WorkerCommand()
+    while read_message(stream, command) is not None:
+        if command.WhichOneof("command") != "task":
+            break
+        result = worker.run(command.task, capture)
+        sock.sendall(encode(worker_pb2.WorkerMessage(result=result)))
+        command.Clear()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

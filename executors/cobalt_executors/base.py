@@ -1,0 +1,176 @@
+"""The executor interface.
+
+An executor runs tasks the controller placed on it. The controller calls, in
+order of an executor's life:
+
+1. ``__init__(name, options)``: options are validated at once against
+   :attr:`Executor.accepted_options`; an unknown one raises
+   :class:`~cobalt_common.errors.SpecError` listing the accepted ones.
+2. :meth:`Executor.setup` with an :class:`ExecutorContext`: where payloads
+   live and the callbacks to report through. Start pools or connections here.
+3. :meth:`Executor.inventory`: total capacity, used by the controller to
+   reject at dispatch a task no executor could ever run.
+4. :meth:`Executor.try_submit` for each task placed here: reserve its
+   hardware from the free inventory and start it, or return ``None`` when it
+   does not fit now (the controller retries when something is released).
+5. Outcomes are pushed, not polled: the executor calls
+   ``context.report(outcome)`` exactly once per submitted task, from any
+   thread. An executor whose backend can only be polled runs its own poll
+   thread and reports from it.
+6. :meth:`Executor.cancel` with a reason (``cancelled`` or ``time_limit``):
+   stop the task and report it with that status.
+7. :meth:`Executor.teardown`: stop everything this executor started.
+
+Payloads stay opaque bytes on this side too: the controller never unpickles
+them, and neither does an executor. Only the worker runtime does.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from cobalt_common.errors import SpecError
+from cobalt_common.hardware import HardwareSpec
+from cobalt_executors._inventory import Allocation, GpuDevice, HardwareGiven, Inventory
+
+__all__ = [
+    "Allocation",
+    "Executor",
+    "ExecutorContext",
+    "GpuDevice",
+    "HardwareGiven",
+    "Inventory",
+    "OutcomeStatus",
+    "PayloadRef",
+    "TaskArg",
+    "TaskOutcome",
+    "TaskSubmission",
+]
+
+OutcomeStatus = Literal["completed", "failed", "timed_out", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadRef:
+    """Opaque bytes by content address; ``data`` is None when in the blob store."""
+
+    sha256: str
+    data: bytes | None
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskArg:
+    """One argument of a task: positional (``position >= 0``) or keyword."""
+
+    position: int
+    keyword: str
+    payload: PayloadRef
+
+
+@dataclass(slots=True)
+class TaskSubmission:
+    """Everything an executor needs to run one attempt of one task."""
+
+    task_key: str
+    dispatch_id: str
+    node_id: int
+    name: str
+    hardware: HardwareSpec
+    function: PayloadRef
+    args: list[TaskArg]
+    env: dict[str, str] = field(default_factory=dict)
+    long_running: bool = False
+    """True for tasks that mostly wait on others (sublattices): they must not
+    take a worker slot that the tasks they wait on need."""
+
+
+@dataclass(slots=True)
+class TaskOutcome:
+    """How one attempt ended, reported once per submitted task."""
+
+    task_key: str
+    status: OutcomeStatus
+    output: PayloadRef | None = None
+    error: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    reason: str = ""
+    hardware_given: HardwareGiven = field(default_factory=HardwareGiven)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorContext:
+    """What the controller gives an executor at setup."""
+
+    blob_dir: Path
+    """Where payloads larger than ``inline_limit`` live, by sha256."""
+    inline_limit: int
+    report: Callable[[TaskOutcome], None]
+    """Push one outcome; safe to call from any thread."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Variables every task gets (for example how to reach the controller)."""
+
+
+class Executor(ABC):
+    """Base class of executors. Subclasses set ``type_name`` and
+    ``accepted_options`` and implement the abstract methods."""
+
+    type_name: ClassVar[str] = ""
+    accepted_options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, name: str, options: Mapping[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        unknown = sorted(set(options) - self.accepted_options)
+        if unknown:
+            raise SpecError(
+                f"executor {name!r} of type {self.type_name!r} does not accept option(s) "
+                f"{', '.join(unknown)}; accepted options are: "
+                f"{', '.join(sorted(self.accepted_options)) or '(none)'}."
+            )
+        self.name = name
+        self.options = options
+        self._context: ExecutorContext | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def context(self) -> ExecutorContext:
+        if self._context is None:
+            raise RuntimeError(f"executor {self.name!r} used before setup()")
+        return self._context
+
+    def setup(self, context: ExecutorContext) -> None:
+        """Prepares the executor; called once before any task."""
+        self._context = context
+
+    @abstractmethod
+    def inventory(self) -> Inventory:
+        """The executor's capacity and free resources."""
+
+    def can_ever_run(self, spec: HardwareSpec) -> bool:
+        """Whether an idle executor could run a task with this spec."""
+        return self.inventory().can_ever_fit(spec)
+
+    @abstractmethod
+    def try_submit(self, task: TaskSubmission) -> HardwareGiven | None:
+        """Reserves hardware and starts the task; None when it does not fit now."""
+
+    @abstractmethod
+    def cancel(self, task_key: str, reason: str) -> None:
+        """Stops a submitted task; it is then reported with status ``reason``."""
+
+    @abstractmethod
+    def teardown(self) -> None:
+        """Stops everything this executor started."""
+
+    def describe(self) -> tuple[str, str]:
+        """Capacity and free inventory in words, for status displays."""
+        inv = self.inventory()
+        return inv.describe(), inv.describe(free=True)

@@ -1,0 +1,257 @@
+"""The local executor: warm worker processes on the controller's machine."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cobalt_common.errors import SpecError
+from cobalt_common.hardware import parse_gpu_type, parse_memory_mb
+from cobalt_common.v1 import worker_pb2
+from cobalt_executors._inventory import Allocation, GpuDevice, HardwareGiven, Inventory
+from cobalt_executors.base import (
+    Executor,
+    ExecutorContext,
+    PayloadRef,
+    TaskOutcome,
+    TaskSubmission,
+)
+from cobalt_executors.local._gpus import detect_gpus
+from cobalt_executors.local._process import WorkerProcess
+
+
+def _machine_memory_mb() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024))
+
+
+@dataclass(slots=True)
+class _Running:
+    task: TaskSubmission
+    worker: WorkerProcess
+    allocation: Allocation
+    stop_reason: str = ""
+
+
+class LocalExecutor(Executor):
+    """Runs tasks in warm worker processes on this machine.
+
+    Options:
+        workers: warm CPU workers kept started (default: the CPU count).
+        cpus: CPU capacity (default: this machine's).
+        memory: memory capacity in MB or as "64GB" (default: this machine's).
+        emulate_gpus: GPUs to pretend to have, e.g. ``{"h100": 2}``: inventory
+            only, labelled emulated in every record.
+    Real GPUs are found with ``nvidia-smi``; each GPU task gets its own
+    ``CUDA_VISIBLE_DEVICES``. No new interpreter is started per task.
+    """
+
+    type_name = "local"
+    accepted_options = frozenset({"workers", "cpus", "memory", "emulate_gpus"})
+
+    def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
+        super().__init__(name, options)
+        opts = self.options
+        self._warm = int(opts.get("workers") or os.cpu_count() or 1)
+        devices = detect_gpus()
+        next_index = max((d.index for d in devices), default=-1) + 1
+        emulate = opts.get("emulate_gpus") or {}
+        if not isinstance(emulate, dict):
+            raise SpecError(f"executor {name!r}: emulate_gpus must be a table such as {{h100 = 2}}.")
+        for gpu_type, count in emulate.items():
+            canonical = parse_gpu_type(str(gpu_type), option=f"executor {name!r} emulate_gpus")
+            for _ in range(int(count)):
+                devices.append(GpuDevice(index=next_index, type=canonical, emulated=True))
+                next_index += 1
+        memory = opts.get("memory")
+        self._inventory = Inventory(
+            cpus=float(opts.get("cpus") or os.cpu_count() or 1),
+            memory_mb=parse_memory_mb(memory, option="memory") if memory else _machine_memory_mb(),
+            gpus=tuple(devices),
+        )
+        self._idle: dict[str, list[WorkerProcess]] = {}
+        self._running: dict[str, _Running] = {}
+        self._busy_slots = 0
+        self._workers: set[WorkerProcess] = set()
+        self._log_dir = Path(tempfile.mkdtemp(prefix="cobalt-local-"))
+        self._closing = False
+
+    def setup(self, context: ExecutorContext) -> None:
+        super().setup(context)
+        with self._lock:
+            for _ in range(self._warm):
+                self._idle.setdefault("", []).append(self._spawn(""))
+
+    def inventory(self) -> Inventory:
+        return self._inventory
+
+    def _spawn(self, device_key: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            device_key, self._log_dir, dict(self.context.env), self._on_result, self._on_exit
+        )
+        self._workers.add(worker)
+        return worker
+
+    def try_submit(self, task: TaskSubmission) -> HardwareGiven | None:
+        slotted = not task.long_running
+        with self._lock:
+            if self._closing or (slotted and self._busy_slots >= max(self._warm, 1)
+                                 and task.hardware.cpus == 0):
+                return None
+            allocation = self._inventory.allocate(task.hardware)
+            if allocation is None:
+                return None
+            real = [d for d in allocation.gpus if not d.emulated]
+            device_key = ",".join(str(d.index) for d in real)
+            pool = self._idle.setdefault(device_key, [])
+            worker = pool.pop() if pool else self._spawn(device_key)
+            worker.task_key = task.task_key
+            self._running[task.task_key] = _Running(task, worker, allocation)
+            if slotted and task.hardware.cpus == 0:
+                self._busy_slots += 1
+        given = allocation.given()
+        worker.send(self._command(task, worker, given))
+        return given
+
+    def _command(
+        self, task: TaskSubmission, worker: WorkerProcess, given: HardwareGiven
+    ) -> worker_pb2.WorkerCommand:
+        ctx = self.context
+        env = dict(task.env)
+        if given.gpu:
+            env["COBALT_GPU_TYPE"] = given.gpu
+            env["COBALT_GPU_INDICES"] = ",".join(map(str, given.gpu_indices))
+            env["COBALT_GPUS_EMULATED"] = "1" if given.emulated else "0"
+        msg = worker_pb2.WorkerTask(
+            task_key=task.task_key,
+            function_sha256=task.function.sha256,
+            env=env,
+            blob_dir=str(ctx.blob_dir),
+            inline_limit=ctx.inline_limit,
+        )
+        if task.function.sha256 not in worker.known_functions and task.function.data is not None:
+            msg.function_data = task.function.data
+            worker.known_functions.add(task.function.sha256)
+        for arg in task.args:
+            msg.args.add(
+                position=arg.position,
+                keyword=arg.keyword,
+                sha256=arg.payload.sha256,
+                data=arg.payload.data or b"",
+            )
+        return worker_pb2.WorkerCommand(task=msg)
+
+    def _finish(self, worker: WorkerProcess, task_key: str | None) -> _Running | None:
+        with self._lock:
+            entry = self._running.pop(task_key, None) if task_key else None
+            if entry is None:
+                return None
+            self._inventory.release(entry.allocation)
+            if not entry.task.long_running and entry.task.hardware.cpus == 0:
+                self._busy_slots -= 1
+            worker.task_key = None
+            return entry
+
+    def _on_result(self, worker: WorkerProcess, result: worker_pb2.WorkerResult) -> None:
+        entry = self._finish(worker, result.task_key)
+        if entry is None:
+            return
+        if not entry.stop_reason:
+            with self._lock:
+                self._idle.setdefault(worker.device_key, []).append(worker)
+        output = None
+        if result.ok:
+            output = PayloadRef(
+                result.output_sha256, result.output_data or None, result.output_size
+            )
+        self.context.report(
+            TaskOutcome(
+                task_key=result.task_key,
+                status="completed" if result.ok else "failed",
+                output=output,
+                error=result.error,
+                stdout=result.stdout,
+                stderr=result.stderr,
+                started_at=result.started_at,
+                ended_at=result.ended_at,
+                reason=result.reason,
+                hardware_given=entry.allocation.given(),
+            )
+        )
+
+    def _on_exit(self, worker: WorkerProcess, returncode: int | None) -> None:
+        stdout, stderr = worker.read_logs()
+        entry = self._finish(worker, worker.task_key)
+        with self._lock:
+            self._workers.discard(worker)
+            pool = self._idle.get(worker.device_key, [])
+            if worker in pool:
+                pool.remove(worker)
+            refill = (
+                not self._closing
+                and worker.device_key == ""
+                and len(self._idle.get("", [])) + self._cpu_workers_running() < self._warm
+            )
+            if refill:
+                self._idle.setdefault("", []).append(self._spawn(""))
+        worker.cleanup()
+        if entry is None:
+            return
+        reason = entry.stop_reason
+        if reason == "time_limit":
+            status, error = "timed_out", (
+                f"{entry.task.name} exceeded its time limit of "
+                f"{entry.task.hardware.time_limit_s:g}s and was killed."
+            )
+        elif reason == "cancelled":
+            status, error = "cancelled", f"{entry.task.name} was cancelled."
+        else:
+            status, reason = "failed", "killed"
+            how = f"signal {-returncode}" if returncode and returncode < 0 else f"code {returncode}"
+            error = f"the worker running {entry.task.name} exited with {how} before finishing."
+        self.context.report(
+            TaskOutcome(
+                task_key=entry.task.task_key,
+                status=status,  # type: ignore[arg-type]
+                error=error,
+                stdout=stdout,
+                stderr=stderr,
+                ended_at=time.time(),
+                reason=reason,
+                hardware_given=entry.allocation.given(),
+            )
+        )
+
+    def _cpu_workers_running(self) -> int:
+        return sum(1 for r in self._running.values() if r.worker.device_key == "")
+
+    def cancel(self, task_key: str, reason: str) -> None:
+        with self._lock:
+            entry = self._running.get(task_key)
+            if entry is None:
+                return
+            entry.stop_reason = reason
+        entry.worker.kill()
+
+    def teardown(self) -> None:
+        with self._lock:
+            self._closing = True
+            workers = list(self._workers)
+        for worker in workers:
+            if worker.task_key is None:
+                worker.shutdown()
+            else:
+                worker.kill()
+        for worker in workers:
+            try:
+                worker.proc.wait(timeout=5)
+            except Exception:  # noqa: BLE001
+                worker.kill()
+        try:
+            os.rmdir(self._log_dir)
+        except OSError:
+            pass

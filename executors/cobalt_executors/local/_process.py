@@ -1,0 +1,109 @@
+"""One warm worker process and the thread that reads what it reports."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from cobalt_common.v1 import worker_pb2
+from cobalt_executors._runtime.framing import encode, read_message
+
+_ids = itertools.count(1)
+
+
+class WorkerProcess:
+    """A worker started with a fixed ``CUDA_VISIBLE_DEVICES`` (its ``device_key``).
+
+    A process that has touched CUDA cannot change devices, so a worker only
+    ever runs tasks given the same GPUs.
+    """
+
+    def __init__(
+        self,
+        device_key: str,
+        log_dir: Path,
+        env: dict[str, str],
+        on_result: Callable[[WorkerProcess, worker_pb2.WorkerResult], None],
+        on_exit: Callable[[WorkerProcess, int | None], None],
+    ) -> None:
+        self.id = next(_ids)
+        self.device_key = device_key
+        self.known_functions: set[str] = set()
+        self.task_key: str | None = None
+        self.out_path = log_dir / f"worker-{os.getpid()}-{self.id}.out"
+        self.err_path = log_dir / f"worker-{os.getpid()}-{self.id}.err"
+        self._on_result = on_result
+        self._on_exit = on_exit
+        parent, child = socket.socketpair()
+        proc_env = {**os.environ, **env, "CUDA_VISIBLE_DEVICES": device_key}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cobalt_executors._runtime.worker",
+             str(child.fileno()), str(self.out_path), str(self.err_path)],
+            pass_fds=[child.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=proc_env,
+            start_new_session=True,
+        )
+        child.close()
+        self._sock = parent
+        self._send_lock = threading.Lock()
+        self._reader = threading.Thread(
+            target=self._read, name=f"cobalt-worker-{self.id}", daemon=True
+        )
+        self._reader.start()
+
+    def send(self, command: worker_pb2.WorkerCommand) -> None:
+        data = encode(command)
+        with self._send_lock:
+            self._sock.sendall(data)
+
+    def _read(self) -> None:
+        stream = self._sock.makefile("rb", buffering=1 << 16)
+        message = worker_pb2.WorkerMessage()
+        try:
+            while read_message(stream, message) is not None:
+                if message.WhichOneof("message") == "result":
+                    result = worker_pb2.WorkerResult()
+                    result.CopyFrom(message.result)
+                    self._on_result(self, result)
+                message.Clear()
+        except (OSError, EOFError, ValueError):
+            pass
+        self._on_exit(self, self.proc.wait())
+
+    def read_logs(self, limit: int = 1 << 20) -> tuple[str, str]:
+        """The captured output so far (used when the worker was killed)."""
+        texts = []
+        for path in (self.out_path, self.err_path):
+            try:
+                data = path.read_bytes()[-limit:]
+            except OSError:
+                data = b""
+            texts.append(data.decode("utf-8", errors="replace"))
+        return texts[0], texts[1]
+
+    def kill(self) -> None:
+        """Kills the worker and anything it started (its own process group)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def shutdown(self) -> None:
+        try:
+            self.send(worker_pb2.WorkerCommand(shutdown=True))
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def cleanup(self) -> None:
+        self._sock.close()
+        for path in (self.out_path, self.err_path):
+            path.unlink(missing_ok=True)

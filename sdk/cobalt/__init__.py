@@ -1,0 +1,74 @@
+"""cobalt: run each Python function on the hardware it needs.
+
+Example:
+    >>> import cobalt as ct
+    >>> @ct.electron(gpu="h100", cpus=24, memory="48GB", time_limit="18h")
+    ... def finetune(model_name, data):
+    ...     return f"{model_name} tuned on {len(data)} rows"
+    >>> finetune("tiny", [1, 2])  # outside a lattice an electron is a plain call
+    'tiny tuned on 2 rows'
+"""
+
+from cobalt._deps import DepsBash, DepsCall, DepsPip
+from cobalt._dispatch import cancel, dispatch, dispatch_sync, get_result
+from cobalt._electron import Electron, electron
+from cobalt._executors import Executor, LocalExecutor
+from cobalt._graph import wait
+from cobalt._lattice import Lattice, lattice
+from cobalt._result import HardwareGiven, Result, Status, TaskRecord
+from cobalt._sentinel import UNSET
+from cobalt_common.errors import (
+    AuthenticationError,
+    ConfigError,
+    ControllerError,
+    ControllerUnavailableError,
+    DispatchError,
+    Error,
+    GraphError,
+    NotFoundError,
+    PicklingError,
+    SpecError,
+    TaskFailedError,
+    UnsatisfiableError,
+    WaitTimeoutError,
+)
+from cobalt_common.hardware import HardwareSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UNSET",
+    "AuthenticationError",
+    "ConfigError",
+    "ControllerError",
+    "ControllerUnavailableError",
+    "DepsBash",
+    "DepsCall",
+    "DepsPip",
+    "DispatchError",
+    "Electron",
+    "Error",
+    "Executor",
+    "GraphError",
+    "HardwareGiven",
+    "HardwareSpec",
+    "Lattice",
+    "LocalExecutor",
+    "NotFoundError",
+    "PicklingError",
+    "Result",
+    "SpecError",
+    "Status",
+    "TaskFailedError",
+    "TaskRecord",
+    "UnsatisfiableError",
+    "WaitTimeoutError",
+    "__version__",
+    "cancel",
+    "dispatch",
+    "dispatch_sync",
+    "electron",
+    "get_result",
+    "lattice",
+    "wait",
+]

@@ -1,0 +1,284 @@
+"""``ct.dispatch``, ``ct.dispatch_sync``, ``ct.get_result`` and ``ct.cancel``."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from cobalt._client import Client, get_client
+from cobalt._executors import Executor
+from cobalt._graph import Graph, GraphNode, NodeKind
+from cobalt._pickling import dumps, sha256_hex
+from cobalt._result import Result, TaskRecord
+from cobalt_common.errors import (
+    ControllerUnavailableError,
+    GraphError,
+    TaskFailedError,
+    WaitTimeoutError,
+)
+from cobalt_common.v1 import controller_pb2 as pb
+
+if TYPE_CHECKING:
+    from cobalt._lattice import Lattice
+
+INLINE_LIMIT = 64 * 1024
+_WAIT_CHUNK_S = 30.0
+_KIND = {
+    NodeKind.ELECTRON: pb.NODE_KIND_ELECTRON,
+    NodeKind.PARAMETER: pb.NODE_KIND_PARAMETER,
+    NodeKind.COLLECTION: pb.NODE_KIND_COLLECTION,
+    NodeKind.GETATTR: pb.NODE_KIND_GETATTR,
+    NodeKind.GETITEM: pb.NODE_KIND_GETITEM,
+    NodeKind.SUBLATTICE: pb.NODE_KIND_SUBLATTICE,
+}
+
+
+def _lattice_of(obj: Any, api: str) -> Lattice[Any, Any]:
+    from cobalt._electron import Electron
+    from cobalt._lattice import Lattice
+
+    if isinstance(obj, Lattice):
+        return obj
+    name = getattr(obj, "__name__", type(obj).__name__)
+    if isinstance(obj, Electron):
+        raise GraphError(
+            f"{api} expects a lattice, but {name!r} is an electron. Wrap the call in a "
+            "@ct.lattice function, or decorate it with @ct.lattice instead."
+        )
+    raise GraphError(f"{api} expects a @ct.lattice function; got {name!r}. Decorate it with @ct.lattice.")
+
+
+def _consumer_path(graph: Graph, node_id: int) -> tuple[str, str]:
+    """How a user names a parameter: ``args[0]`` of task ``train``."""
+    for node in graph.nodes[node_id + 1 :]:
+        for position, parent in enumerate(node.args):
+            if parent == node_id:
+                return f"args[{position}]", f"argument args[{position}] of task {node.name!r}"
+        for keyword, parent in node.kwargs.items():
+            if parent == node_id:
+                return f"kwargs[{keyword!r}]", f"argument {keyword}= of task {node.name!r}"
+    if node_id == graph.output:
+        return "return value", f"return value of lattice {graph.name!r}"
+    return f"node {node_id}", f"value of node {node_id}"
+
+
+def _executor_ref(executor: str | Executor | None) -> pb.ExecutorRef | None:
+    if executor is None:
+        return None
+    if isinstance(executor, str):
+        return pb.ExecutorRef(name=executor)
+    return pb.ExecutorRef(
+        name=executor.name, type=executor.type_name, options_json=executor.options_json()
+    )
+
+
+def build_request(graph: Graph) -> tuple[pb.DispatchCreateRequest, dict[str, bytes]]:
+    """The whole workflow as one request, plus payloads too large to send inline."""
+    req = pb.DispatchCreateRequest(name=graph.name, output_node=graph.output)
+    payloads: dict[str, bytes] = {}
+    functions: dict[int, str] = {}
+    for node in graph.nodes:
+        msg = req.nodes.add(node_id=node.node_id, kind=_KIND[node.kind], name=node.name)
+        if node.kind == NodeKind.PARAMETER:
+            path, what = _consumer_path(graph, node.node_id)
+            data = dumps(node.value, path=path, what=what)
+            sha = sha256_hex(data)
+            payloads[sha] = data
+            msg.value_sha256 = sha
+            continue
+        sha_or_none = functions.get(id(node.function))
+        if sha_or_none is None:
+            data = dumps(node.function, path=node.name, what=f"the function of task {node.name!r}")
+            sha_or_none = sha256_hex(data)
+            payloads[sha_or_none] = data
+            functions[id(node.function)] = sha_or_none
+        msg.function_sha256 = sha_or_none
+        _add_inputs(msg, node)
+        spec = node.options.hardware
+        msg.hardware.gpu = spec.gpu or ""
+        msg.hardware.gpus = spec.gpus
+        msg.hardware.cpus = spec.cpus
+        msg.hardware.memory_mb = spec.memory_mb
+        msg.hardware.time_limit_s = spec.time_limit_s or 0.0
+        msg.retries = node.options.retries
+        ref = _executor_ref(node.options.executor)
+        if ref is not None:
+            msg.executor.CopyFrom(ref)
+    large = {}
+    for sha, data in payloads.items():
+        if len(data) <= INLINE_LIMIT:
+            req.payloads.add(sha256=sha, data=data, size=len(data))
+        else:
+            large[sha] = data
+    return req, large
+
+
+def _add_inputs(msg: pb.Node, node: GraphNode) -> None:
+    for position, parent in enumerate(node.args):
+        msg.inputs.add(parent=parent, position=position)
+    for keyword, parent in node.kwargs.items():
+        msg.inputs.add(parent=parent, position=-1, keyword=keyword)
+    for parent in node.waits:
+        msg.inputs.add(parent=parent, position=-1, wait_only=True)
+
+
+def _upload(client: Client, large: dict[str, bytes]) -> None:
+    if not large:
+        return
+    missing = client.call(client.stub.BlobHas, pb.BlobHasRequest(sha256=list(large))).missing
+    for sha in missing:
+        data = large[sha]
+
+        def chunks(sha: str = sha, data: bytes = data) -> Any:
+            for start in range(0, max(len(data), 1), 1 << 20):
+                yield pb.BlobChunk(sha256=sha, data=data[start : start + (1 << 20)])
+
+        client.call(client.stub.BlobPut, chunks())
+
+
+def _create(
+    client: Client, graph: Graph, parent: tuple[str, int] | None = None
+) -> str:
+    req, large = build_request(graph)
+    if parent is not None:
+        req.parent_dispatch_id, req.parent_node_id = parent
+    _upload(client, large)
+    return client.call(client.stub.DispatchCreate, req).dispatch_id
+
+
+def _dispatch_graph(graph: Graph) -> tuple[Client, str]:
+    client = get_client(start=True)
+    try:
+        return client, _create(client, graph)
+    except ControllerUnavailableError:
+        # The controller went away since we last saw it: start a new one, once.
+        client = get_client(start=True)
+        return client, _create(client, graph)
+
+
+def dispatch(lattice: Any, **options: Any) -> Callable[..., str]:
+    """Returns a function that dispatches ``lattice`` with its arguments and
+    returns the dispatch id at once.
+
+    Example:
+        >>> import cobalt as ct
+        >>> @ct.lattice
+        ... def workflow(x):
+        ...     return x
+        >>> dispatch_id = ct.dispatch(workflow)(1)  # doctest: +SKIP
+    """
+    lat = _lattice_of(lattice, "ct.dispatch")
+    if options:
+        raise GraphError(f"ct.dispatch got unknown option(s): {', '.join(sorted(options))}.")
+
+    @functools.wraps(lat.function)
+    def submit(*args: Any, **kwargs: Any) -> str:
+        graph = lat.build_graph(*args, **kwargs)
+        return _dispatch_graph(graph)[1]
+
+    return submit
+
+
+def dispatch_sync(lattice: Any) -> Callable[..., Result]:
+    """Like :func:`dispatch`, but waits and returns the :class:`Result`."""
+    lat = _lattice_of(lattice, "ct.dispatch_sync")
+
+    @functools.wraps(lat.function)
+    def run(*args: Any, **kwargs: Any) -> Result:
+        graph = lat.build_graph(*args, **kwargs)
+        client, dispatch_id = _dispatch_graph(graph)
+        return _wait(client, dispatch_id, None)
+
+    return run
+
+
+def get_dispatch(dispatch_id: str, *, include_output: bool = False, wait_s: float = 0.0) -> pb.DispatchGetResponse:
+    client = get_client()
+    req = pb.DispatchGetRequest(dispatch_id=dispatch_id, include_output=include_output, wait_s=wait_s)
+    return client.call(client.stub.DispatchGet, req)
+
+
+def _wait(client: Client, dispatch_id: str, timeout: float | None) -> Result:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        chunk = _WAIT_CHUNK_S
+        if deadline is not None:
+            chunk = max(0.0, min(chunk, deadline - time.monotonic()))
+        req = pb.DispatchGetRequest(dispatch_id=dispatch_id, include_output=True, wait_s=chunk)
+        resp = client.call_interruptibly(client.stub.DispatchGet, req)
+        result = Result.from_pb(resp, client)
+        if result.status.ended:
+            return result
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeoutError(
+                f"dispatch {dispatch_id} is still {result.status} after {timeout:g}s; "
+                "call ct.get_result(dispatch_id, wait=True) to wait until it ends."
+            )
+
+
+def get_result(dispatch_id: str, wait: bool | float = False) -> Result:
+    """The :class:`Result` of a dispatch.
+
+    Args:
+        dispatch_id: what :func:`dispatch` returned.
+        wait: ``False`` returns the current state at once; ``True`` waits until
+            the dispatch ends; a number waits at most that many seconds and
+            then raises :class:`~cobalt.WaitTimeoutError`.
+    """
+    client = get_client()
+    if wait is False or wait == 0:
+        req = pb.DispatchGetRequest(dispatch_id=dispatch_id, include_output=True)
+        return Result.from_pb(client.call(client.stub.DispatchGet, req), client)
+    timeout = None if wait is True else float(wait)
+    return _wait(client, dispatch_id, timeout)
+
+
+def cancel(dispatch_id: str) -> Result:
+    """Cancels a dispatch: stops its running tasks and starts no more."""
+    client = get_client()
+    resp = client.call(client.stub.DispatchCancel, pb.DispatchCancelRequest(dispatch_id=dispatch_id))
+    return Result.from_pb(pb.DispatchGetResponse(dispatch=resp.dispatch), client)
+
+
+def list_tasks(dispatch_id: str) -> list[TaskRecord]:
+    client = get_client()
+    req = pb.TaskListRequest(dispatch_id=dispatch_id, include_logs=True)
+    return [TaskRecord.from_pb(t) for t in client.call(client.stub.TaskList, req).tasks]
+
+
+def get_node(dispatch_id: str, node_id: int) -> tuple[TaskRecord, bytes | None]:
+    client = get_client()
+    req = pb.NodeGetRequest(dispatch_id=dispatch_id, node_id=node_id, include_output=True)
+    resp = client.call(client.stub.NodeGet, req)
+    output = fetch_payload(client, resp.output) if resp.output.sha256 else None
+    return TaskRecord.from_pb(resp.task), output
+
+
+def fetch_payload(client: Client | None, payload: pb.Payload) -> bytes:
+    if payload.data:
+        return payload.data
+    client = client or get_client()
+    chunks = client.stream(client.stub.BlobGet, pb.BlobGetRequest(sha256=payload.sha256))
+    return b"".join(c.data for c in chunks)
+
+
+def run_sublattice(lattice: Lattice[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Runs a sublattice from inside the task that stands for it, as a child dispatch."""
+    graph = lattice.build_graph(*args, **kwargs)
+    client = get_client()
+    parent = None
+    if os.environ.get("COBALT_DISPATCH_ID"):
+        parent = (os.environ["COBALT_DISPATCH_ID"], int(os.environ.get("COBALT_NODE_ID", "0")))
+    dispatch_id = _create(client, graph, parent)
+    result = _wait(client, dispatch_id, None)
+    if result.status.value != "COMPLETED":
+        raise TaskFailedError(
+            f"sublattice {graph.name!r} (dispatch {dispatch_id}) ended {result.status}:\n{result.error}",
+            reason="exception",
+        )
+    return cloudpickle.loads(fetch_payload(client, result._output)) if result._output else None

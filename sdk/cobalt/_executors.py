@@ -1,0 +1,124 @@
+"""Executor descriptors on the client side.
+
+An electron's ``executor=`` is either the name of an executor configured in
+the controller's ``config.toml`` or one of these descriptors. A descriptor is
+plain data (type, name, options): it is validated here, when it is written,
+and sent to the controller as JSON; the controller instantiates the executor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, ClassVar
+
+from cobalt_common.errors import SpecError
+from cobalt_common.hardware import parse_gpu_type, parse_memory_mb
+
+
+class Executor:
+    """Base of executor descriptors: a type, a name and validated options."""
+
+    type_name: ClassVar[str] = ""
+    accepted_options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, name: str | None = None, **options: Any) -> None:
+        unknown = sorted(set(options) - self.accepted_options)
+        if unknown:
+            raise SpecError(
+                f"{type(self).__name__} does not accept option(s) {', '.join(unknown)}; "
+                f"accepted options are: {', '.join(sorted(self.accepted_options))}."
+            )
+        self.options: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+        self.name = name or self._derived_name()
+
+    def _derived_name(self) -> str:
+        if not self.options:
+            return self.type_name
+        digest = hashlib.sha256(self.options_json().encode()).hexdigest()[:8]
+        return f"{self.type_name}-{digest}"
+
+    def options_json(self) -> str:
+        return json.dumps(self.options, sort_keys=True)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
+        return f"{type(self).__name__}(name={self.name!r}{', ' if opts else ''}{opts})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Executor)
+            and (self.type_name, self.name, self.options_json())
+            == (other.type_name, other.name, other.options_json())
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.type_name, self.name, self.options_json()))
+
+
+class LocalExecutor(Executor):
+    """Runs tasks in warm worker processes on the controller's machine.
+
+    Args:
+        name: the executor's name in task records (derived from the options
+            when omitted).
+        workers: how many warm workers to keep started (default: CPU count).
+        cpus: CPU capacity to schedule against (default: this machine's).
+        memory: memory capacity, MB or a string such as ``"64GB"`` (default:
+            this machine's).
+        emulate_gpus: GPUs to pretend to have, for example ``{"h100": 2}``.
+            They are inventory only: tasks placed on them run on the CPU and
+            are labelled emulated in every record and display.
+
+    Example:
+        >>> import cobalt as ct
+        >>> ex = ct.LocalExecutor(emulate_gpus={"h100": 2}, memory="256GB")
+        >>> ex.options["emulate_gpus"]
+        {'h100': 2}
+    """
+
+    type_name = "local"
+    accepted_options = frozenset({"workers", "cpus", "memory", "emulate_gpus"})
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        workers: int | None = None,
+        cpus: float | None = None,
+        memory: int | str | None = None,
+        emulate_gpus: dict[str, int] | None = None,
+        **unknown: Any,
+    ) -> None:
+        options: dict[str, Any] = dict(unknown)
+        if workers is not None:
+            if not isinstance(workers, int) or workers < 1:
+                raise SpecError(f"LocalExecutor workers must be a positive integer, got {workers!r}.")
+            options["workers"] = workers
+        if cpus is not None:
+            if isinstance(cpus, bool) or not isinstance(cpus, int | float) or cpus <= 0:
+                raise SpecError(f"LocalExecutor cpus must be a positive number, got {cpus!r}.")
+            options["cpus"] = cpus
+        if memory is not None:
+            options["memory"] = parse_memory_mb(memory, option="LocalExecutor memory")
+        if emulate_gpus is not None:
+            if not isinstance(emulate_gpus, dict):
+                raise SpecError(
+                    'LocalExecutor emulate_gpus must be a dict such as {"h100": 2}, '
+                    f"got {emulate_gpus!r}."
+                )
+            gpus: dict[str, int] = {}
+            for gpu_type, count in emulate_gpus.items():
+                canonical = parse_gpu_type(gpu_type, option="LocalExecutor emulate_gpus")
+                if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                    raise SpecError(
+                        f"LocalExecutor emulate_gpus[{gpu_type!r}] must be a positive integer, "
+                        f"got {count!r}."
+                    )
+                gpus[canonical] = count
+            options["emulate_gpus"] = gpus
+        super().__init__(name, **options)
+
+
+ExecutorLike = str | Executor
+"""What ``executor=`` accepts: a configured executor's name or a descriptor."""

@@ -1,0 +1,280 @@
+"""What a dispatch returns: :class:`Result` and its per-task :class:`TaskRecord`."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from cobalt_common.errors import NotFoundError
+from cobalt_common.hardware import GPU_TYPES, HardwareSpec, format_duration, format_memory
+from cobalt_common.v1 import controller_pb2 as pb
+
+if TYPE_CHECKING:
+    from cobalt._client import Client
+
+
+class Status(str, enum.Enum):
+    """The status of a dispatch or a task."""
+
+    NEW = "NEW"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+    SKIPPED = "SKIPPED"
+    """Not run, because a task it depends on did not complete."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def ended(self) -> bool:
+        return self in _ENDED
+
+
+_ENDED = {Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT, Status.SKIPPED}
+_PB_STATUS = {getattr(pb, f"STATUS_{s.value}"): s for s in Status}
+_PB_KIND = {
+    pb.NODE_KIND_ELECTRON: "electron",
+    pb.NODE_KIND_PARAMETER: "parameter",
+    pb.NODE_KIND_COLLECTION: "collection",
+    pb.NODE_KIND_GETATTR: "getattr",
+    pb.NODE_KIND_GETITEM: "getitem",
+    pb.NODE_KIND_SUBLATTICE: "sublattice",
+}
+
+
+def status_from_pb(value: int) -> Status:
+    return _PB_STATUS.get(value, Status.NEW)
+
+
+def _time(ts: float) -> datetime | None:
+    return datetime.fromtimestamp(ts, tz=timezone.utc) if ts else None
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareGiven:
+    """The hardware a task was actually given."""
+
+    cpus: float = 0.0
+    memory_mb: int = 0
+    gpu: str | None = None
+    gpu_indices: tuple[int, ...] = ()
+    emulated: bool = False
+
+    def describe(self) -> str:
+        parts = []
+        if self.gpu:
+            name = GPU_TYPES[self.gpu].display_name if self.gpu in GPU_TYPES else self.gpu
+            parts.append(f"{len(self.gpu_indices)}x {name}" + (" (emulated)" if self.emulated else ""))
+        parts.append(f"{self.cpus:g} CPU")
+        if self.memory_mb:
+            parts.append(format_memory(self.memory_mb))
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """One task of a dispatch: what it asked for, what it got, how it went."""
+
+    node_id: int
+    name: str
+    kind: str
+    status: Status
+    executor: str
+    hardware_requested: HardwareSpec
+    hardware_given: HardwareGiven
+    start_time: datetime | None
+    end_time: datetime | None
+    duration_s: float | None
+    error: str
+    stdout: str
+    stderr: str
+    attempts: int
+    reason: str = ""
+    sublattice_dispatch_id: str = ""
+
+    @property
+    def emulated(self) -> bool:
+        """True when the task ran on emulated GPUs (inventory only, on CPU)."""
+        return self.hardware_given.emulated
+
+    @classmethod
+    def from_pb(cls, t: pb.TaskRecord) -> TaskRecord:
+        req = t.hardware_requested
+        given = t.hardware_given
+        duration = t.ended_at - t.started_at if t.started_at and t.ended_at else None
+        return cls(
+            node_id=t.node_id,
+            name=t.name,
+            kind=_PB_KIND.get(t.kind, "electron"),
+            status=status_from_pb(t.status),
+            executor=t.executor,
+            hardware_requested=HardwareSpec(
+                gpu=req.gpu or None,
+                gpus=req.gpus,
+                cpus=req.cpus,
+                memory_mb=req.memory_mb,
+                time_limit_s=req.time_limit_s or None,
+            ),
+            hardware_given=HardwareGiven(
+                cpus=given.cpus,
+                memory_mb=given.memory_mb,
+                gpu=given.gpu or None,
+                gpu_indices=tuple(given.gpu_indices),
+                emulated=given.emulated,
+            ),
+            start_time=_time(t.started_at),
+            end_time=_time(t.ended_at),
+            duration_s=duration,
+            error=t.error,
+            stdout=t.stdout,
+            stderr=t.stderr,
+            attempts=t.attempts,
+            reason=t.reason,
+            sublattice_dispatch_id=t.sublattice_dispatch_id,
+        )
+
+
+@dataclass
+class Result:
+    """The state and outcome of one dispatch (Covalent's ``Result``).
+
+    ``result`` and ``tasks`` are fetched from the controller when first read.
+    """
+
+    dispatch_id: str
+    name: str
+    status: Status
+    error: str
+    start_time: datetime | None
+    end_time: datetime | None
+    task_count: int
+    status_counts: dict[str, int]
+    _client: Client | None = field(default=None, repr=False)
+    _output: pb.Payload | None = field(default=None, repr=False)
+    _value: Any = field(default=None, repr=False)
+    _loaded: bool = field(default=False, repr=False)
+    _tasks: list[TaskRecord] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_pb(cls, resp: pb.DispatchGetResponse, client: Client) -> Result:
+        d = resp.dispatch
+        return cls(
+            dispatch_id=d.dispatch_id,
+            name=d.name,
+            status=status_from_pb(d.status),
+            error=d.error,
+            start_time=_time(d.started_at or d.created_at),
+            end_time=_time(d.ended_at),
+            task_count=d.task_count,
+            status_counts=dict(d.status_counts),
+            _client=client,
+            _output=resp.output if resp.HasField("output") else None,
+        )
+
+    @property
+    def result(self) -> Any:
+        """The lattice's return value; None until the dispatch completed."""
+        if self.status != Status.COMPLETED:
+            return None
+        if not self._loaded:
+            self._value = cloudpickle.loads(self._payload_bytes())
+            self._loaded = True
+        return self._value
+
+    def _payload_bytes(self) -> bytes:
+        from cobalt._dispatch import fetch_payload, get_dispatch
+
+        if self._output is None:
+            self._output = get_dispatch(self.dispatch_id, include_output=True).output
+        return fetch_payload(self._client, self._output)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start_time and self.end_time:
+            return (self.end_time - self.start_time).total_seconds()
+        return None
+
+    @property
+    def tasks(self) -> list[TaskRecord]:
+        """One record per electron (and sublattice), in node order."""
+        if self._tasks is None or not self.status.ended:
+            from cobalt._dispatch import list_tasks
+
+            self._tasks = [
+                t for t in list_tasks(self.dispatch_id) if t.kind in ("electron", "sublattice")
+            ]
+        return self._tasks
+
+    def get_node_result(self, node_id: int) -> dict[str, Any]:
+        """A node's output, status, error, logs and times (Covalent's keys)."""
+        from cobalt._dispatch import get_node
+
+        record, output = get_node(self.dispatch_id, node_id)
+        value = cloudpickle.loads(output) if output is not None else None
+        return {
+            "node_id": record.node_id,
+            "node_name": record.name,
+            "output": value,
+            "status": record.status,
+            "error": record.error or None,
+            "stdout": record.stdout,
+            "stderr": record.stderr,
+            "start_time": record.start_time,
+            "end_time": record.end_time,
+            "executor": record.executor,
+            "hardware_requested": record.hardware_requested,
+            "hardware_given": record.hardware_given,
+        }
+
+    def task_table(self) -> str:
+        """A plain-text table: name, hardware requested, executor, duration, status."""
+        return format_task_table(self.tasks)
+
+    def __str__(self) -> str:
+        lines = [f"Dispatch {self.dispatch_id} ({self.name}): {self.status}"]
+        if self.duration_s is not None:
+            lines[0] += f" in {format_duration(self.duration_s)}"
+        if self.error:
+            lines.append(self.error)
+        return "\n".join(lines)
+
+
+def _requested(spec: HardwareSpec) -> str:
+    parts = []
+    if spec.gpu:
+        name = GPU_TYPES[spec.gpu].display_name if spec.gpu in GPU_TYPES else spec.gpu
+        parts.append(f"{spec.gpus}x {name}")
+    parts.append(f"{spec.cpus:g} CPU")
+    if spec.memory_mb:
+        parts.append(format_memory(spec.memory_mb))
+    if spec.time_limit_s:
+        parts.append(f"limit {format_duration(spec.time_limit_s)}")
+    return ", ".join(parts)
+
+
+def format_task_table(tasks: list[TaskRecord]) -> str:
+    """Aligned columns for a terminal or a notebook's text output."""
+    header = ("node", "name", "hardware requested", "executor", "duration", "status")
+    rows = []
+    for t in tasks:
+        executor = t.executor + (" (emulated GPU)" if t.emulated else "")
+        duration = format_duration(t.duration_s) if t.duration_s is not None else "-"
+        rows.append((str(t.node_id), t.name, _requested(t.hardware_requested), executor,
+                     duration, t.status.value))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def not_found(dispatch_id: str) -> NotFoundError:
+    return NotFoundError(f"no dispatch with id {dispatch_id!r}")
