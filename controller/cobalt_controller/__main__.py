@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--home", type=Path, default=None, help="data directory ($COBALT_HOME)")
     run.add_argument("--address", default=None, help="host:port to listen on")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     home = (args.home or cobalt_home()).expanduser()
     try:
         config = load_config(home)

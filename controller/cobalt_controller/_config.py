@@ -26,6 +26,7 @@ from typing import Any
 
 from cobalt_common.errors import ConfigError
 from cobalt_common.paths import config_file
+from cobalt_executors.registry import EXECUTOR_TYPES
 
 _CONTROLLER_KEYS = {
     "address",
@@ -86,6 +87,8 @@ def load_config(home: Path, path: Path | None = None) -> ControllerConfig:
             "known sections are [controller] and [executors.<name>]."
         )
     section = data.get("controller", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [controller] must be a table of settings.")
     bad = set(section) - _CONTROLLER_KEYS
     if bad:
         raise ConfigError(
@@ -108,6 +111,8 @@ def load_config(home: Path, path: Path | None = None) -> ControllerConfig:
     if "inline_limit" in section:
         cfg.inline_limit = int(_number(path, "inline_limit", section["inline_limit"]))
     executors = data.get("executors", {})
+    if not isinstance(executors, dict):
+        raise ConfigError(f"{path}: executors must be tables such as [executors.local].")
     if executors:
         cfg.executors = []
         for name, table in executors.items():
@@ -116,5 +121,22 @@ def load_config(home: Path, path: Path | None = None) -> ControllerConfig:
                     f'{path}: [executors.{name}] needs a type, for example type = "local".'
                 )
             options = {k: v for k, v in table.items() if k != "type"}
-            cfg.executors.append(ExecutorConfig(str(name), str(table["type"]), options))
+            cfg.executors.append(_executor(path, str(name), table["type"], options))
     return cfg
+
+
+def _executor(path: Path, name: str, type_name: Any, options: dict[str, Any]) -> ExecutorConfig:
+    """Checks the type and option names here, so errors name the file and table."""
+    cls = EXECUTOR_TYPES.get(str(type_name))
+    if cls is None:
+        raise ConfigError(
+            f"{path}: [executors.{name}] type {type_name!r} is not an executor type; "
+            f"known types are: {', '.join(sorted(EXECUTOR_TYPES))}."
+        )
+    unknown = sorted(set(options) - cls.accepted_options)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)} in [executors.{name}]; "
+            f"a {cls.type_name!r} executor accepts: {', '.join(sorted(cls.accepted_options))}."
+        )
+    return ExecutorConfig(name, cls.type_name, options)

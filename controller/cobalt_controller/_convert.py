@@ -11,7 +11,16 @@ from cobalt_controller.state import DispatchRow, NodeRow
 
 STATUS_TO_PB = {
     name: getattr(pb, f"STATUS_{name}")
-    for name in ("NEW", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "SKIPPED")
+    for name in (
+        "NEW",
+        "PENDING",
+        "RUNNING",
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMED_OUT",
+        "SKIPPED",
+    )
 }
 KIND_TO_PB = {
     name.lower(): getattr(pb, f"NODE_KIND_{name}")

@@ -42,7 +42,9 @@ class EventHub:
                 dispatch_id=d.dispatch_id, time=time.time(), dispatch=dispatch_to_pb(d)
             )
         else:
-            event = pb.DispatchEvent(dispatch_id=d.dispatch_id, time=time.time(), task=task_to_pb(t))
+            event = pb.DispatchEvent(
+                dispatch_id=d.dispatch_id, time=time.time(), task=task_to_pb(t)
+            )
         with self._lock:
             for q in list(subs):
                 q.put(event)

@@ -47,12 +47,12 @@ class ExecutorPool:
             known = self._by_name.get(name)
             if known is not None:
                 ex, known_options = known
-                if type_name and (known_options or ex not in self.configured):
-                    if known_options != options_json:
-                        raise SpecError(
-                            f"an executor named {name!r} already exists with other options; "
-                            "give this one another name."
-                        )
+                redefined = type_name and known_options != options_json
+                if redefined and (known_options or ex not in self.configured):
+                    raise SpecError(
+                        f"an executor named {name!r} already exists with other options; "
+                        "give this one another name."
+                    )
                 return ex
             if not type_name:
                 raise UnsatisfiableError(
@@ -66,7 +66,9 @@ class ExecutorPool:
             self._by_name[name] = (ex, options_json)
             return ex
 
-    def candidates(self, spec: HardwareSpec, named: Executor | None, task: str) -> tuple[Executor, ...]:
+    def candidates(
+        self, spec: HardwareSpec, named: Executor | None, task: str
+    ) -> tuple[Executor, ...]:
         """Executors that could ever run ``spec``; raises when there are none."""
         pool = [named] if named is not None else self.configured
         found = tuple(ex for ex in pool if ex.can_ever_run(spec))

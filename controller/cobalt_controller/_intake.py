@@ -43,7 +43,9 @@ def build_dispatch(
         inputs = []
         for inp in node.inputs:
             if inp.parent >= i:
-                raise DispatchError(f"node {i} depends on node {inp.parent}, which is not before it.")
+                raise DispatchError(
+                    f"node {i} depends on node {inp.parent}, which is not before it."
+                )
             inputs.append(Input(inp.parent, inp.position, inp.keyword, inp.wait_only))
         ref_json = ""
         if node.HasField("executor") and node.executor.name:
@@ -58,8 +60,16 @@ def build_dispatch(
         if not sha:
             raise DispatchError(f"node {i} ({node.name}) carries no payload.")
         wanted.add(sha)
-        t = Task(i, node.name, kind, node.function_sha256, tuple(inputs),
-                 spec_from_pb(node.hardware), node.retries, ref_json)
+        t = Task(
+            i,
+            node.name,
+            kind,
+            node.function_sha256,
+            tuple(inputs),
+            spec_from_pb(node.hardware),
+            node.retries,
+            ref_json,
+        )
         if kind == PARAMETER:
             t.status = COMPLETED
             t.output = PayloadRef(sha, inline.get(sha), len(inline.get(sha, b"")))
@@ -108,8 +118,14 @@ def build_dispatch(
     batch = WriteBatch()
     batch.payloads.update({s: b for s, b in inline.items() if len(b) <= payloads.inline_limit})
     row = DispatchRow(
-        d.dispatch_id, d.name, d.status, now, d.output_node, d.task_count,
-        parent_dispatch_id=d.parent_dispatch_id, parent_node_id=d.parent_node_id,
+        d.dispatch_id,
+        d.name,
+        d.status,
+        now,
+        d.output_node,
+        d.task_count,
+        parent_dispatch_id=d.parent_dispatch_id,
+        parent_node_id=d.parent_node_id,
     )
     node_rows = [
         NodeRow(

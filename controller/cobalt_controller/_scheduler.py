@@ -24,7 +24,6 @@ from cobalt_controller._model import (
     CANCELLED,
     COMPLETED,
     FAILED,
-    PARAMETER,
     PENDING,
     RUNNING,
     SKIPPED,
@@ -114,7 +113,7 @@ class Scheduler:
                 self._fire_timers()
                 self._place()
                 self._flush()
-            except Exception:  # noqa: BLE001 - the scheduler must outlive one bad round
+            except Exception:
                 log.exception("scheduling round failed")
 
     def _wait_time(self) -> float:
@@ -178,7 +177,9 @@ class Scheduler:
             submission = self._submission(d, t)
         except KeyError as exc:
             t.attempts -= 1
-            self._fail(d, t, FAILED, f"payload {exc} of task {t.name!r} is missing from the store.", "lost")
+            self._fail(
+                d, t, FAILED, f"payload {exc} of task {t.name!r} is missing from the store.", "lost"
+            )
             return True
         for ex in t.candidates:
             given = ex.try_submit(submission)
@@ -278,8 +279,13 @@ class Scheduler:
                 t.error = o.error
                 heapq.heappush(self._timers, (time.time() + delay, next(self._seq), d, t))
                 self._batch.update_node(
-                    d.dispatch_id, t.node_id, status=PENDING, error=o.error, reason=o.reason,
-                    ended_at=t.ended_at, **logs,
+                    d.dispatch_id,
+                    t.node_id,
+                    status=PENDING,
+                    error=o.error,
+                    reason=o.reason,
+                    ended_at=t.ended_at,
+                    **logs,
                 )
                 self._changed.append((d, t))
             else:
@@ -295,7 +301,11 @@ class Scheduler:
         t.ended_at = t.ended_at or time.time()
         d.remaining -= 1
         self._batch.update_node(
-            d.dispatch_id, t.node_id, status=status, error=error, reason=reason,
+            d.dispatch_id,
+            t.node_id,
+            status=status,
+            error=error,
+            reason=reason,
             ended_at=t.ended_at,
         )
         self._changed.append((d, t))
@@ -374,7 +384,9 @@ class Scheduler:
             d.status = COMPLETED
         d.ended_at = time.time()
         d.error = _dispatch_error(d)
-        self._batch.update_dispatch(d.dispatch_id, status=d.status, ended_at=d.ended_at, error=d.error)
+        self._batch.update_dispatch(
+            d.dispatch_id, status=d.status, ended_at=d.ended_at, error=d.error
+        )
         self._changed.append((d, None))
         self._finished.append(d)
 

@@ -66,7 +66,10 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             capacity, free = ex.describe()
             infos.append(
                 pb.ExecutorInfo(
-                    name=ex.name, type=ex.type_name, capacity=capacity, free=free,
+                    name=ex.name,
+                    type=ex.type_name,
+                    capacity=capacity,
+                    free=free,
                     configured=self.executors.is_configured(ex),
                 )
             )
@@ -121,7 +124,13 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         self.scheduler.submit_dispatch(d)
         if d.parent_dispatch_id is not None and d.parent_node_id is not None:
             self.scheduler.link_sublattice(d.parent_dispatch_id, d.parent_node_id, d.dispatch_id)
-        return pb.DispatchCreateResponse(dispatch_id=d.dispatch_id)
+        resp = pb.DispatchCreateResponse(dispatch_id=d.dispatch_id)
+        if request.wait_s > 0:
+            get = pb.DispatchGetRequest(
+                dispatch_id=d.dispatch_id, wait_s=request.wait_s, include_output=True
+            )
+            resp.result.CopyFrom(self.DispatchGet(get, context))
+        return resp
 
     def _output(self, sha: str) -> pb.Payload:
         data = self.payloads.get_bytes(sha)
@@ -151,7 +160,9 @@ class ControllerServicer(pb_grpc.ControllerServicer):
                 resp.output.CopyFrom(self._output(node.output_sha256))
         return resp
 
-    def DispatchList(self, request: pb.DispatchListRequest, context: Any) -> pb.DispatchListResponse:
+    def DispatchList(
+        self, request: pb.DispatchListRequest, context: Any
+    ) -> pb.DispatchListResponse:
         rows = self.state.list_dispatches(request.limit or 50)
         return pb.DispatchListResponse(dispatches=[dispatch_row_to_pb(r) for r in rows])
 
@@ -183,13 +194,15 @@ class ControllerServicer(pb_grpc.ControllerServicer):
                         dispatch_id=request.dispatch_id, time=time.time(), task=node_row_to_pb(node)
                     )
             snapshot = dispatch_to_pb(d) if d is not None else dispatch_row_to_pb(row)  # type: ignore[arg-type]
-            yield pb.DispatchEvent(dispatch_id=request.dispatch_id, time=time.time(), dispatch=snapshot)
+            yield pb.DispatchEvent(
+                dispatch_id=request.dispatch_id, time=time.time(), dispatch=snapshot
+            )
             if d is None or d.done.is_set():
                 return
             while context.is_active():
                 try:
                     event = q.get(timeout=1.0)
-                except Exception:  # noqa: BLE001 - queue.Empty: check the client is still there
+                except Exception:
                     if d.done.is_set():
                         return
                     continue
@@ -208,8 +221,9 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             abort(context, errors.NotFoundError(_unknown(request.dispatch_id)))
         rows = self.state.get_nodes(request.dispatch_id, include_logs=request.include_logs)
         return pb.TaskListResponse(
-            tasks=[node_row_to_pb(r) for r in rows
-                   if request.include_parameters or r.kind != PARAMETER]
+            tasks=[
+                node_row_to_pb(r) for r in rows if request.include_parameters or r.kind != PARAMETER
+            ]
         )
 
     def NodeGet(self, request: pb.NodeGetRequest, context: Any) -> pb.NodeGetResponse:
@@ -217,10 +231,13 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         if row is None:
             if self.state.get_dispatch(request.dispatch_id) is None:
                 abort(context, errors.NotFoundError(_unknown(request.dispatch_id)))
-            abort(context, errors.NotFoundError(
-                f"dispatch {request.dispatch_id} has no node {request.node_id}; "
-                "node ids are listed in Result.tasks."
-            ))
+            abort(
+                context,
+                errors.NotFoundError(
+                    f"dispatch {request.dispatch_id} has no node {request.node_id}; "
+                    "node ids are listed in Result.tasks."
+                ),
+            )
         resp = pb.NodeGetResponse(task=node_row_to_pb(row))
         if request.include_output and row.output_sha256:
             resp.output.CopyFrom(self._output(row.output_sha256))
@@ -235,4 +252,3 @@ def _unknown(dispatch_id: str) -> str:
         f"no dispatch with id {dispatch_id!r} on this controller; "
         "`cobalt dispatches` lists the known ones."
     )
-

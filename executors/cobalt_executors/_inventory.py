@@ -33,7 +33,9 @@ class HardwareGiven:
         parts: list[str] = []
         if self.gpu:
             name = GPU_TYPES[self.gpu].display_name if self.gpu in GPU_TYPES else self.gpu
-            parts.append(f"{len(self.gpu_indices)}x {name}" + (" (emulated)" if self.emulated else ""))
+            parts.append(
+                f"{len(self.gpu_indices)}x {name}" + (" (emulated)" if self.emulated else "")
+            )
         parts.append(f"{self.cpus:g} CPU")
         if self.memory_mb:
             parts.append(format_memory(self.memory_mb))

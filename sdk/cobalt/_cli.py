@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 
 from cobalt._client import controller_status, get_client, read_controller_info
 from cobalt._result import status_from_pb
@@ -15,7 +17,7 @@ from cobalt_common.paths import cobalt_home
 from cobalt_common.v1 import controller_pb2 as pb
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _table(header: tuple[str, ...], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
@@ -41,10 +43,8 @@ def _stop(_: argparse.Namespace) -> int:
         client.call(client.stub.ControllerStop, pb.ControllerStopRequest(), timeout=10)
     except ControllerUnavailableError:
         if info.pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(info.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     deadline = time.monotonic() + 15
     while info.pid and time.monotonic() < deadline:
         try:
@@ -76,8 +76,9 @@ def _dispatches(args: argparse.Namespace) -> int:
     for d in resp.dispatches:
         took = f"{d.ended_at - d.started_at:.2f}s" if d.ended_at and d.started_at else "-"
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.created_at))
-        rows.append((d.dispatch_id, d.name, str(status_from_pb(d.status)), created, took,
-                     str(d.task_count)))
+        rows.append(
+            (d.dispatch_id, d.name, str(status_from_pb(d.status)), created, took, str(d.task_count))
+        )
     print(_table(("dispatch", "name", "status", "created", "duration", "tasks"), rows))
     return 0
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -91,7 +91,7 @@ class Client:
 
     def call(self, method: Callable[..., R], request: Any, timeout: float | None = None) -> R:
         try:
-            return method(request, metadata=self.metadata, timeout=timeout)  # type: ignore[no-any-return]
+            return method(request, metadata=self.metadata, timeout=timeout)
         except grpc.RpcError as exc:
             raise translate(exc, self.info.address) from None
 
@@ -162,4 +162,5 @@ def _alive(info: ControllerInfo) -> bool:
 
 
 def controller_status(client: Client) -> pb.ControllerStatusResponse:
-    return client.call(client.stub.ControllerStatus, pb.ControllerStatusRequest(), timeout=10)
+    resp = client.call(client.stub.ControllerStatus, pb.ControllerStatusRequest(), timeout=10)
+    return cast(pb.ControllerStatusResponse, resp)

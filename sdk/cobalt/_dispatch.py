@@ -6,7 +6,7 @@ import functools
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
 
@@ -50,7 +50,9 @@ def _lattice_of(obj: Any, api: str) -> Lattice[Any, Any]:
             f"{api} expects a lattice, but {name!r} is an electron. Wrap the call in a "
             "@ct.lattice function, or decorate it with @ct.lattice instead."
         )
-    raise GraphError(f"{api} expects a @ct.lattice function; got {name!r}. Decorate it with @ct.lattice.")
+    raise GraphError(
+        f"{api} expects a @ct.lattice function; got {name!r}. Decorate it with @ct.lattice."
+    )
 
 
 def _consumer_path(graph: Graph, node_id: int) -> tuple[str, str]:
@@ -85,15 +87,16 @@ def build_request(graph: Graph) -> tuple[pb.DispatchCreateRequest, dict[str, byt
     for node in graph.nodes:
         msg = req.nodes.add(node_id=node.node_id, kind=_KIND[node.kind], name=node.name)
         if node.kind == NodeKind.PARAMETER:
-            path, what = _consumer_path(graph, node.node_id)
-            data = dumps(node.value, path=path, what=what)
+            data = dumps(node.value, functools.partial(_consumer_path, graph, node.node_id))
             sha = sha256_hex(data)
             payloads[sha] = data
             msg.value_sha256 = sha
             continue
         sha_or_none = functions.get(id(node.function))
         if sha_or_none is None:
-            data = dumps(node.function, path=node.name, what=f"the function of task {node.name!r}")
+            data = dumps(
+                node.function, lambda n=node.name: (n, f"the function of task {n!r}")
+            )
             sha_or_none = sha256_hex(data)
             payloads[sha_or_none] = data
             functions[id(node.function)] = sha_or_none
@@ -142,23 +145,28 @@ def _upload(client: Client, large: dict[str, bytes]) -> None:
 
 
 def _create(
-    client: Client, graph: Graph, parent: tuple[str, int] | None = None
-) -> str:
+    client: Client, graph: Graph, parent: tuple[str, int] | None = None, wait_s: float = 0.0
+) -> pb.DispatchCreateResponse:
     req, large = build_request(graph)
     if parent is not None:
         req.parent_dispatch_id, req.parent_node_id = parent
     _upload(client, large)
-    return client.call(client.stub.DispatchCreate, req).dispatch_id
+    if wait_s:
+        req.wait_s = wait_s
+        resp = client.call_interruptibly(client.stub.DispatchCreate, req)
+    else:
+        resp = client.call(client.stub.DispatchCreate, req)
+    return cast(pb.DispatchCreateResponse, resp)
 
 
-def _dispatch_graph(graph: Graph) -> tuple[Client, str]:
+def _dispatch_graph(graph: Graph, wait_s: float = 0.0) -> tuple[Client, pb.DispatchCreateResponse]:
     client = get_client(start=True)
     try:
-        return client, _create(client, graph)
+        return client, _create(client, graph, wait_s=wait_s)
     except ControllerUnavailableError:
         # The controller went away since we last saw it: start a new one, once.
         client = get_client(start=True)
-        return client, _create(client, graph)
+        return client, _create(client, graph, wait_s=wait_s)
 
 
 def dispatch(lattice: Any, **options: Any) -> Callable[..., str]:
@@ -179,7 +187,7 @@ def dispatch(lattice: Any, **options: Any) -> Callable[..., str]:
     @functools.wraps(lat.function)
     def submit(*args: Any, **kwargs: Any) -> str:
         graph = lat.build_graph(*args, **kwargs)
-        return _dispatch_graph(graph)[1]
+        return _dispatch_graph(graph)[1].dispatch_id
 
     return submit
 
@@ -191,16 +199,24 @@ def dispatch_sync(lattice: Any) -> Callable[..., Result]:
     @functools.wraps(lat.function)
     def run(*args: Any, **kwargs: Any) -> Result:
         graph = lat.build_graph(*args, **kwargs)
-        client, dispatch_id = _dispatch_graph(graph)
-        return _wait(client, dispatch_id, None)
+        # One request creates the dispatch and waits for it (a first stretch of it).
+        client, resp = _dispatch_graph(graph, wait_s=_WAIT_CHUNK_S)
+        result = Result.from_pb(resp.result, client)
+        if result.status.ended:
+            return result
+        return _wait(client, resp.dispatch_id, None)
 
     return run
 
 
-def get_dispatch(dispatch_id: str, *, include_output: bool = False, wait_s: float = 0.0) -> pb.DispatchGetResponse:
+def get_dispatch(
+    dispatch_id: str, *, include_output: bool = False, wait_s: float = 0.0
+) -> pb.DispatchGetResponse:
     client = get_client()
-    req = pb.DispatchGetRequest(dispatch_id=dispatch_id, include_output=include_output, wait_s=wait_s)
-    return client.call(client.stub.DispatchGet, req)
+    req = pb.DispatchGetRequest(
+        dispatch_id=dispatch_id, include_output=include_output, wait_s=wait_s
+    )
+    return cast(pb.DispatchGetResponse, client.call(client.stub.DispatchGet, req))
 
 
 def _wait(client: Client, dispatch_id: str, timeout: float | None) -> Result:
@@ -241,7 +257,9 @@ def get_result(dispatch_id: str, wait: bool | float = False) -> Result:
 def cancel(dispatch_id: str) -> Result:
     """Cancels a dispatch: stops its running tasks and starts no more."""
     client = get_client()
-    resp = client.call(client.stub.DispatchCancel, pb.DispatchCancelRequest(dispatch_id=dispatch_id))
+    resp = client.call(
+        client.stub.DispatchCancel, pb.DispatchCancelRequest(dispatch_id=dispatch_id)
+    )
     return Result.from_pb(pb.DispatchGetResponse(dispatch=resp.dispatch), client)
 
 
@@ -267,18 +285,21 @@ def fetch_payload(client: Client | None, payload: pb.Payload) -> bytes:
     return b"".join(c.data for c in chunks)
 
 
-def run_sublattice(lattice: Lattice[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def run_sublattice(
+    lattice: Lattice[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Runs a sublattice from inside the task that stands for it, as a child dispatch."""
     graph = lattice.build_graph(*args, **kwargs)
     client = get_client()
     parent = None
     if os.environ.get("COBALT_DISPATCH_ID"):
         parent = (os.environ["COBALT_DISPATCH_ID"], int(os.environ.get("COBALT_NODE_ID", "0")))
-    dispatch_id = _create(client, graph, parent)
+    dispatch_id = _create(client, graph, parent).dispatch_id
     result = _wait(client, dispatch_id, None)
     if result.status.value != "COMPLETED":
         raise TaskFailedError(
-            f"sublattice {graph.name!r} (dispatch {dispatch_id}) ended {result.status}:\n{result.error}",
+            f"sublattice {graph.name!r} (dispatch {dispatch_id}) ended {result.status}:\n"
+            f"{result.error}",
             reason="exception",
         )
     return cloudpickle.loads(fetch_payload(client, result._output)) if result._output else None

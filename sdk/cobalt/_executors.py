@@ -46,10 +46,10 @@ class Executor:
         return f"{type(self).__name__}(name={self.name!r}{', ' if opts else ''}{opts})"
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, Executor)
-            and (self.type_name, self.name, self.options_json())
-            == (other.type_name, other.name, other.options_json())
+        return isinstance(other, Executor) and (self.type_name, self.name, self.options_json()) == (
+            other.type_name,
+            other.name,
+            other.options_json(),
         )
 
     def __hash__(self) -> int:
@@ -93,7 +93,9 @@ class LocalExecutor(Executor):
         options: dict[str, Any] = dict(unknown)
         if workers is not None:
             if not isinstance(workers, int) or workers < 1:
-                raise SpecError(f"LocalExecutor workers must be a positive integer, got {workers!r}.")
+                raise SpecError(
+                    f"LocalExecutor workers must be a positive integer, got {workers!r}."
+                )
             options["workers"] = workers
         if cpus is not None:
             if isinstance(cpus, bool) or not isinstance(cpus, int | float) or cpus <= 0:

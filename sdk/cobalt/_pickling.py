@@ -3,33 +3,41 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import pickle
+import sys
 import types
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import cloudpickle
 
 from cobalt_common.errors import PicklingError
 
 _MAX_DEPTH = 12
+_installed: frozenset[str] | None = None
+_modules_seen = 0
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def dumps(obj: Any, *, path: str, what: str) -> bytes:
+def dumps(obj: Any, describe: Callable[[], tuple[str, str]]) -> bytes:
     """cloudpickle bytes of ``obj``; on failure a PicklingError naming the path.
 
     Args:
         obj: the function or value to pickle.
-        path: how the user would name it, e.g. ``"args[0]"`` of task ``train``.
-        what: the phrase for the message, e.g. ``"argument of task 'train'"``.
+        describe: called only on failure; returns how the user would name the
+            object (``"args[0]"``) and a phrase for the message
+            (``"argument args[0] of task 'train'"``).
     """
+    _register_local_modules()
     try:
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:  # noqa: BLE001 - any pickling failure is reported the same way
+        return cast(bytes, cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception as exc:
+        path, what = describe()
         bad_path, bad = find_unpicklable(obj, path)
         raise PicklingError(
             f"cannot pickle {what}: {bad_path} is a {type(bad).__name__} "
@@ -39,10 +47,35 @@ def dumps(obj: Any, *, path: str, what: str) -> bytes:
         ) from None
 
 
+def _register_local_modules() -> None:
+    """Pickle by value the code of every imported module that is not installed.
+
+    Workers can import the standard library and installed distributions, but
+    not a module that sits next to a script or a notebook, so such a module's
+    functions and classes travel by value, like ``__main__``'s.
+    """
+    global _installed, _modules_seen
+    if len(sys.modules) == _modules_seen:
+        return
+    if _installed is None:
+        _installed = frozenset(
+            {*importlib.metadata.packages_distributions(), *sys.stdlib_module_names}
+        )
+    _modules_seen = len(sys.modules)
+    for name, module in list(sys.modules.items()):
+        if (
+            isinstance(module, types.ModuleType)
+            and name != "__main__"
+            and name.partition(".")[0] not in _installed
+            and getattr(module, "__file__", None)
+        ):
+            cloudpickle.register_pickle_by_value(module)
+
+
 def _picklable(obj: Any) -> bool:
     try:
         cloudpickle.dump(obj, io.BytesIO())
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
     return True
 

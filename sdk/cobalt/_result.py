@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from cobalt._client import Client
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """The status of a dispatch or a task."""
 
     NEW = "NEW"
@@ -55,7 +55,7 @@ def status_from_pb(value: int) -> Status:
 
 
 def _time(ts: float) -> datetime | None:
-    return datetime.fromtimestamp(ts, tz=timezone.utc) if ts else None
+    return datetime.fromtimestamp(ts, tz=UTC) if ts else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,9 @@ class HardwareGiven:
         parts = []
         if self.gpu:
             name = GPU_TYPES[self.gpu].display_name if self.gpu in GPU_TYPES else self.gpu
-            parts.append(f"{len(self.gpu_indices)}x {name}" + (" (emulated)" if self.emulated else ""))
+            parts.append(
+                f"{len(self.gpu_indices)}x {name}" + (" (emulated)" if self.emulated else "")
+            )
         parts.append(f"{self.cpus:g} CPU")
         if self.memory_mb:
             parts.append(format_memory(self.memory_mb))
@@ -267,8 +269,16 @@ def format_task_table(tasks: list[TaskRecord]) -> str:
     for t in tasks:
         executor = t.executor + (" (emulated GPU)" if t.emulated else "")
         duration = format_duration(t.duration_s) if t.duration_s is not None else "-"
-        rows.append((str(t.node_id), t.name, _requested(t.hardware_requested), executor,
-                     duration, t.status.value))
+        rows.append(
+            (
+                str(t.node_id),
+                t.name,
+                _requested(t.hardware_requested),
+                executor,
+                duration,
+                t.status.value,
+            )
+        )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))

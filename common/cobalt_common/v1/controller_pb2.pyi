@@ -293,11 +293,14 @@ class DispatchCreateRequest(_message.Message):
     PAYLOADS_FIELD_NUMBER: _builtins.int
     PARENT_DISPATCH_ID_FIELD_NUMBER: _builtins.int
     PARENT_NODE_ID_FIELD_NUMBER: _builtins.int
+    WAIT_S_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     output_node: _builtins.int
     parent_dispatch_id: _builtins.str
     """set for sublattices"""
     parent_node_id: _builtins.int
+    wait_s: _builtins.float
+    """also wait up to this long for the dispatch to end"""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]: ...
     @_builtins.property
@@ -313,10 +316,11 @@ class DispatchCreateRequest(_message.Message):
         payloads: _abc.Iterable[Global___Payload] | None = ...,
         parent_dispatch_id: _builtins.str = ...,
         parent_node_id: _builtins.int = ...,
+        wait_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "nodes", b"nodes", "output_node", b"output_node", "parent_dispatch_id", b"parent_dispatch_id", "parent_node_id", b"parent_node_id", "payloads", b"payloads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "nodes", b"nodes", "output_node", b"output_node", "parent_dispatch_id", b"parent_dispatch_id", "parent_node_id", b"parent_node_id", "payloads", b"payloads", "wait_s", b"wait_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -327,15 +331,21 @@ class DispatchCreateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
     dispatch_id: _builtins.str
+    @_builtins.property
+    def result(self) -> Global___DispatchGetResponse:
+        """set when wait_s was given"""
+
     def __init__(
         self,
         *,
         dispatch_id: _builtins.str = ...,
+        result: Global___DispatchGetResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

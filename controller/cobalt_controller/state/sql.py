@@ -71,6 +71,10 @@ _NODE_FIELDS = [f.name for f in dataclasses.fields(NodeRow)]
 _DISPATCH_FIELDS = [f.name for f in dataclasses.fields(DispatchRow)]
 
 
+def _as_dict(row: Any, fields: list[str]) -> dict[str, Any]:
+    return {f: getattr(row, f) for f in fields}
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -94,45 +98,61 @@ class SqlStateStore(StateStore):
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         _meta.create_all(self.engine)
+        self._statements: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._insert_payload = self._insert_ignoring_duplicates(payloads)
+
+    def _insert_ignoring_duplicates(self, table: sa.Table) -> Any:
+        name = self.engine.dialect.name
+        if name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            return sqlite_insert(table).on_conflict_do_nothing()
+        if name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table).on_conflict_do_nothing()
+        return table.insert().prefix_with("IGNORE") if name == "mysql" else table.insert()
 
     def apply(self, batch: WriteBatch) -> None:
         with self.engine.begin() as conn:
             for row, node_rows in batch.new_dispatches:
-                conn.execute(dispatches.insert(), [dataclasses.asdict(row)])
+                conn.execute(dispatches.insert(), [_as_dict(row, _DISPATCH_FIELDS)])
                 for start in range(0, len(node_rows), 5000):
                     chunk = node_rows[start : start + 5000]
-                    conn.execute(nodes.insert(), [dataclasses.asdict(n) for n in chunk])
+                    conn.execute(nodes.insert(), [_as_dict(n, _NODE_FIELDS) for n in chunk])
             if batch.payloads:
-                missing = self._missing(conn, batch.payloads)
-                if missing:
-                    conn.execute(
-                        payloads.insert(),
-                        [{"sha256": s, "data": batch.payloads[s]} for s in sorted(missing)],
-                    )
-            self._update_nodes(conn, batch.node_updates)
-            for dispatch_id, values in batch.dispatch_updates.items():
                 conn.execute(
-                    dispatches.update()
-                    .where(dispatches.c.dispatch_id == dispatch_id)
-                    .values(**values)
+                    self._insert_payload,
+                    [{"sha256": s, "data": d} for s, d in sorted(batch.payloads.items())],
                 )
+            self._update(conn, nodes, ("dispatch_id", "node_id"), batch.node_updates)
+            self._update(
+                conn,
+                dispatches,
+                ("dispatch_id",),
+                {(k,): v for k, v in batch.dispatch_updates.items()},
+            )
 
-    @staticmethod
-    def _update_nodes(conn: sa.Connection, updates: dict[tuple[str, int], dict[str, Any]]) -> None:
-        # Group rows by the set of columns they change, so each group is one executemany.
+    def _update(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        key_columns: tuple[str, ...],
+        updates: dict[Any, dict[str, Any]],
+    ) -> None:
+        """One executemany per set of changed columns, with cached statements."""
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for (dispatch_id, node_id), values in updates.items():
-            keys = tuple(sorted(values))
-            groups.setdefault(keys, []).append(
-                {"_d": dispatch_id, "_n": node_id, **{f"v_{k}": v for k, v in values.items()}}
-            )
-        for keys, rows in groups.items():
-            stmt = (
-                nodes.update()
-                .where(nodes.c.dispatch_id == sa.bindparam("_d"))
-                .where(nodes.c.node_id == sa.bindparam("_n"))
-                .values({k: sa.bindparam(f"v_{k}") for k in keys})
-            )
+        for key, values in updates.items():
+            row = {f"k_{c}": v for c, v in zip(key_columns, key, strict=True)}
+            row.update({f"v_{c}": v for c, v in values.items()})
+            groups.setdefault(tuple(sorted(values)), []).append(row)
+        for columns, rows in groups.items():
+            stmt = self._statements.get((table.name, columns))
+            if stmt is None:
+                stmt = table.update().values({c: sa.bindparam(f"v_{c}") for c in columns})
+                for c in key_columns:
+                    stmt = stmt.where(table.c[c] == sa.bindparam(f"k_{c}"))
+                self._statements[(table.name, columns)] = stmt
             conn.execute(stmt, rows)
 
     @staticmethod

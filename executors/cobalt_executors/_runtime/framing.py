@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 _HEADER = struct.Struct(">I")
 MAX_MESSAGE = 1 << 31
 
 
 class _Message(Protocol):
-    def SerializeToString(self) -> bytes: ...  # noqa: N802 (protobuf's name)
-    def ParseFromString(self, data: bytes) -> int: ...  # noqa: N802
+    def SerializeToString(self) -> bytes: ...
+    def ParseFromString(self, data: bytes) -> int: ...
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
 
 
 M = TypeVar("M", bound=_Message)
@@ -22,7 +26,7 @@ def encode(message: _Message) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
-def read_message(stream: BinaryIO, message: M) -> M | None:
+def read_message(stream: Readable, message: M) -> M | None:
     """Reads one message into ``message``; None at a clean end of stream."""
     header = stream.read(_HEADER.size)
     if not header:

@@ -9,18 +9,19 @@ the start of every task.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 import time
 import traceback
 from collections import OrderedDict
-from typing import Any, BinaryIO
+from typing import Any
 
 import cloudpickle
 
 from cobalt_common.v1 import worker_pb2
-from cobalt_executors._runtime.framing import encode, read_message
+from cobalt_executors._runtime.framing import Readable, encode, read_message
 from cobalt_executors._runtime.payloads import blob_path, sha256_hex, write_blob
 
 LOG_LIMIT = 1 << 20
@@ -69,16 +70,18 @@ def format_remote_traceback(exc: BaseException) -> str:
         node = node.__cause__ or (None if node.__suppress_context__ else node.__context__)
     for item in chain:
         item.stack = traceback.StackSummary.from_list(
-            [f for f in item.stack if not f.filename.startswith(_FRAMEWORK_FILES[0])
-             and not f.filename.endswith(_FRAMEWORK_FILES[1])]
+            [
+                f
+                for f in item.stack
+                if not f.filename.startswith(_FRAMEWORK_FILES[0])
+                and not f.filename.endswith(_FRAMEWORK_FILES[1])
+            ]
         )
     return "".join(te.format())
 
 
 class Worker:
-    def __init__(self, stream: BinaryIO, send: Any) -> None:
-        self._stream = stream
-        self._send = send
+    def __init__(self) -> None:
         self._functions: OrderedDict[str, Any] = OrderedDict()
 
     def _function(self, task: worker_pb2.WorkerTask) -> Any:
@@ -125,7 +128,7 @@ class Worker:
                 write_blob(task.blob_dir, sha, output)
             else:
                 result.output_data = output
-        except BaseException as exc:  # noqa: BLE001 - every failure is reported, none kills the worker
+        except BaseException as exc:
             result.ok = False
             result.reason = "exception"
             result.error = format_remote_traceback(exc)
@@ -141,19 +144,17 @@ class Worker:
 
 def _preload() -> None:
     """Imports what nearly every task unpickles, before the worker says it is ready."""
-    try:
+    with contextlib.suppress(ImportError):
         import cobalt  # noqa: F401
-    except ImportError:
-        pass
 
 
 def main(argv: list[str]) -> int:
     fd, out_path, err_path = int(argv[0]), argv[1], argv[2]
     sock = socket.socket(fileno=fd)
-    stream = sock.makefile("rb", buffering=1 << 16)
+    stream: Readable = sock.makefile("rb", buffering=1 << 16)
     capture = _Capture(out_path, err_path)
     _preload()
-    worker = Worker(stream, sock.sendall)
+    worker = Worker()
     sock.sendall(encode(worker_pb2.WorkerMessage(ready_pid=os.getpid())))
     command = worker_pb2.WorkerCommand()
     while read_message(stream, command) is not None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +61,9 @@ class LocalExecutor(Executor):
         next_index = max((d.index for d in devices), default=-1) + 1
         emulate = opts.get("emulate_gpus") or {}
         if not isinstance(emulate, dict):
-            raise SpecError(f"executor {name!r}: emulate_gpus must be a table such as {{h100 = 2}}.")
+            raise SpecError(
+                f"executor {name!r}: emulate_gpus must be a table such as {{h100 = 2}}."
+            )
         for gpu_type, count in emulate.items():
             canonical = parse_gpu_type(str(gpu_type), option=f"executor {name!r} emulate_gpus")
             for _ in range(int(count)):
@@ -99,8 +101,9 @@ class LocalExecutor(Executor):
     def try_submit(self, task: TaskSubmission) -> HardwareGiven | None:
         slotted = not task.long_running
         with self._lock:
-            if self._closing or (slotted and self._busy_slots >= max(self._warm, 1)
-                                 and task.hardware.cpus == 0):
+            if self._closing or (
+                slotted and self._busy_slots >= max(self._warm, 1) and task.hardware.cpus == 0
+            ):
                 return None
             allocation = self._inventory.allocate(task.hardware)
             if allocation is None:
@@ -203,9 +206,12 @@ class LocalExecutor(Executor):
             return
         reason = entry.stop_reason
         if reason == "time_limit":
-            status, error = "timed_out", (
-                f"{entry.task.name} exceeded its time limit of "
-                f"{entry.task.hardware.time_limit_s:g}s and was killed."
+            status, error = (
+                "timed_out",
+                (
+                    f"{entry.task.name} exceeded its time limit of "
+                    f"{entry.task.hardware.time_limit_s:g}s and was killed."
+                ),
             )
         elif reason == "cancelled":
             status, error = "cancelled", f"{entry.task.name} was cancelled."
@@ -249,9 +255,7 @@ class LocalExecutor(Executor):
         for worker in workers:
             try:
                 worker.proc.wait(timeout=5)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 worker.kill()
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(self._log_dir)
-        except OSError:
-            pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cobalt_common.v1 import worker_pb2
-from cobalt_executors._runtime.framing import encode, read_message
+from cobalt_executors._runtime.framing import Readable, encode, read_message
 
 _ids = itertools.count(1)
 
@@ -44,8 +45,14 @@ class WorkerProcess:
         parent, child = socket.socketpair()
         proc_env = {**os.environ, **env, "CUDA_VISIBLE_DEVICES": device_key}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cobalt_executors._runtime.worker",
-             str(child.fileno()), str(self.out_path), str(self.err_path)],
+            [
+                sys.executable,
+                "-m",
+                "cobalt_executors._runtime.worker",
+                str(child.fileno()),
+                str(self.out_path),
+                str(self.err_path),
+            ],
             pass_fds=[child.fileno()],
             stdin=subprocess.DEVNULL,
             env=proc_env,
@@ -65,7 +72,7 @@ class WorkerProcess:
             self._sock.sendall(data)
 
     def _read(self) -> None:
-        stream = self._sock.makefile("rb", buffering=1 << 16)
+        stream: Readable = self._sock.makefile("rb", buffering=1 << 16)
         message = worker_pb2.WorkerMessage()
         try:
             while read_message(stream, message) is not None:
@@ -91,10 +98,8 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """Kills the worker and anything it started (its own process group)."""
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def shutdown(self) -> None:
         try:

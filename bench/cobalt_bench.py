@@ -1,0 +1,92 @@
+"""cobalt's side of the core benchmark: fan-out throughput and round trip.
+
+Runs against a fresh controller in a temporary COBALT_HOME (SQLite state, the
+local executor), and prints one line of JSON like the peer scripts do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cobalt as ct
+
+
+@ct.electron
+def inc(x: int) -> int:
+    return x + 1
+
+
+@ct.electron
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@ct.lattice
+def fanout(n: int) -> int:
+    return total([inc(i) for i in range(n)])
+
+
+@ct.lattice
+def one(x: int) -> int:
+    return inc(x)
+
+
+def measure(fanout_n: int, roundtrip_runs: int) -> dict[str, Any]:
+    ct.dispatch_sync(fanout)(50)
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        result = ct.dispatch_sync(fanout)(fanout_n)
+        runs.append(time.perf_counter() - start)
+        assert result.result == sum(range(1, fanout_n + 1)), result
+    for _ in range(10):
+        ct.dispatch_sync(one)(1)
+    latencies = []
+    for _ in range(roundtrip_runs):
+        start = time.perf_counter()
+        result = ct.dispatch_sync(one)(1)
+        latencies.append(time.perf_counter() - start)
+        assert result.result == 2
+    latencies.sort()
+    best = min(runs)
+    return {
+        "peer": "cobalt",
+        "version": ct.__version__,
+        "fanout_n": fanout_n,
+        "fanout_s": best,
+        "fanout_runs_s": runs,
+        "fanout_tasks_per_s": (fanout_n + 1) / best,
+        "roundtrip_runs": roundtrip_runs,
+        "roundtrip_p50_ms": statistics.median(latencies) * 1000,
+        "roundtrip_p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    }
+
+
+def main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fanout", type=int, default=2000)
+    parser.add_argument("--roundtrip", type=int, default=100)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="cobalt-bench-"))
+    os.environ["COBALT_HOME"] = str(home)
+    cli = Path(sys.executable).with_name("cobalt")
+    subprocess.run([str(cli), "controller", "start"], check=True, stdout=subprocess.DEVNULL)
+    try:
+        print(json.dumps(measure(args.fanout, args.roundtrip)))
+    finally:
+        subprocess.run([str(cli), "controller", "stop"], check=False, stdout=subprocess.DEVNULL)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""What a worker calls: a task's function wrapped with its dependencies.
+
+This module is unpickled on workers, so it stays small and imports only the
+dependency kinds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cobalt._deps import Deps, DepsCall
+
+
+class TaskCallable:
+    """A task's function with the dependencies to run around it.
+
+    Args:
+        fn: the user's function.
+        before: run in order before ``fn`` (deps_bash, deps_pip, then
+            call_before); a ``DepsCall`` with ``retval_keyword`` passes its
+            return value to ``fn`` under that keyword.
+        after: run in order after ``fn`` returns (call_after); not run when
+            ``fn`` raises.
+
+    Example:
+        >>> from cobalt._deps import DepsCall
+        >>> task = TaskCallable(lambda x, scale: x * scale,
+        ...                     before=(DepsCall(int, args=["3"], retval_keyword="scale"),))
+        >>> task(2)
+        6
+    """
+
+    __slots__ = ("after", "before", "fn")
+
+    def __init__(
+        self, fn: Callable[..., Any], before: tuple[Deps, ...] = (), after: tuple[Deps, ...] = ()
+    ) -> None:
+        self.fn = fn
+        self.before = before
+        self.after = after
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for dep in self.before:
+            value = dep.run()
+            if isinstance(dep, DepsCall) and dep.retval_keyword:
+                kwargs[dep.retval_keyword] = value
+        result = self.fn(*args, **kwargs)
+        for dep in self.after:
+            dep.run()
+        return result
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        return f"TaskCallable({name}, before={list(self.before)!r}, after={list(self.after)!r})"

@@ -1,0 +1,95 @@
+"""One contract suite for every blob store backend: a local directory and memory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cobalt_controller.blobs import BlobStore, LocalBlobStore, MemoryBlobStore
+from cobalt_executors._runtime.payloads import blob_path
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(params=["local", "memory"])
+def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
+    if request.param == "local":
+        yield LocalBlobStore(tmp_path / "blobs")
+    else:
+        yield MemoryBlobStore()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_blob_reads_back_by_its_sha256(blobs: BlobStore) -> None:
+    data = b"\x80\x05pickled bytes\x00\xff"
+    blobs.put(_sha(data), data)
+    assert blobs.get(_sha(data)) == data
+    assert blobs.has(_sha(data))
+
+
+def test_an_unknown_blob_is_absent(blobs: BlobStore) -> None:
+    assert blobs.get(_sha(b"never stored")) is None
+    assert not blobs.has(_sha(b"never stored"))
+
+
+def test_missing_lists_exactly_the_blobs_not_stored(blobs: BlobStore) -> None:
+    stored = [b"one", b"two"]
+    for data in stored:
+        blobs.put(_sha(data), data)
+    absent = {_sha(b"three"), _sha(b"four")}
+    assert blobs.missing([*map(_sha, stored), *absent]) == absent
+    assert blobs.missing([]) == set()
+
+
+def test_putting_a_blob_again_is_idempotent(blobs: BlobStore) -> None:
+    data = b"same content"
+    blobs.put(_sha(data), data)
+    blobs.put(_sha(data), data)
+    assert blobs.get(_sha(data)) == data
+    assert blobs.missing([_sha(data)]) == set()
+
+
+def test_a_blob_once_stored_is_never_overwritten(blobs: BlobStore) -> None:
+    sha = _sha(b"original")
+    blobs.put(sha, b"original")
+    blobs.put(sha, b"something else under the same key")
+    assert blobs.get(sha) == b"original"
+
+
+def test_empty_and_large_blobs_round_trip(blobs: BlobStore) -> None:
+    large = os.urandom(5 * 1024 * 1024)
+    blobs.put(_sha(b""), b"")
+    blobs.put(_sha(large), large)
+    assert blobs.get(_sha(b"")) == b""
+    assert blobs.get(_sha(large)) == large
+
+
+def test_a_stored_blob_does_not_change_when_the_callers_buffer_does(blobs: BlobStore) -> None:
+    buffer = bytearray(b"mutable buffer")
+    sha = _sha(bytes(buffer))
+    blobs.put(sha, buffer)  # type: ignore[arg-type]
+    buffer[:] = b"changed afterwards"
+    assert blobs.get(sha) == b"mutable buffer"
+
+
+def test_local_blobs_use_the_layout_workers_read(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "new" / "blobs")
+    data = b"read by workers straight from disk"
+    store.put(_sha(data), data)
+    path = blob_path(tmp_path / "new" / "blobs", _sha(data))
+    assert path == tmp_path / "new" / "blobs" / _sha(data)[:2] / _sha(data)
+    assert path.read_bytes() == data
+    assert [p.name for p in path.parent.iterdir()] == [_sha(data)], "no temporary file is left"
+
+
+def test_local_blobs_outlive_the_store_object(tmp_path: Path) -> None:
+    data = b"still here after a restart"
+    LocalBlobStore(tmp_path).put(_sha(data), data)
+    assert LocalBlobStore(tmp_path).get(_sha(data)) == data

@@ -1,0 +1,137 @@
+"""Loading ``$COBALT_HOME/config.toml``: defaults, values, and errors that name file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cobalt_common.errors import ConfigError
+from cobalt_controller._config import ControllerConfig, ExecutorConfig, load_config
+
+pytestmark = pytest.mark.unit
+
+
+def _home(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "config.toml").write_text(text)
+    return tmp_path
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    home = _home(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(home)
+    message = str(info.value)
+    assert str(home / "config.toml") in message, f"the message does not name the file: {message}"
+    return message
+
+
+def test_without_a_file_the_controller_has_one_local_executor_and_embedded_storage(
+    tmp_path: Path,
+) -> None:
+    config = load_config(tmp_path)
+    assert config == ControllerConfig(home=tmp_path)
+    assert config.address == "127.0.0.1:0"
+    assert config.database_url == f"sqlite:///{tmp_path / 'cobalt.db'}"
+    assert config.blob_dir == tmp_path / "blobs"
+    assert config.executors == [ExecutorConfig("local", "local", {})]
+    assert config.retry_backoff_s == 1.0 and config.inline_limit == 64 * 1024
+
+
+def test_every_key_of_a_full_file_is_read(tmp_path: Path) -> None:
+    home = _home(
+        tmp_path,
+        """
+        [controller]
+        address = "127.0.0.1:7777"
+        database_url = "postgresql://db/cobalt"
+        blob_dir = "/data/blobs"
+        retry_backoff_s = 0.05
+        retry_backoff_max_s = 2
+        inline_limit = 1024
+
+        [executors.local]
+        type = "local"
+        workers = 4
+
+        [executors.gpu]
+        type = "local"
+        emulate_gpus = { h100 = 2 }
+        memory = "256GB"
+        """,
+    )
+    config = load_config(home)
+    assert config.address == "127.0.0.1:7777"
+    assert config.database_url == "postgresql://db/cobalt"
+    assert config.blob_dir == Path("/data/blobs")
+    assert config.retry_backoff_s == 0.05
+    assert config.retry_backoff_max_s == 2.0
+    assert config.inline_limit == 1024
+    assert config.executors == [
+        ExecutorConfig("local", "local", {"workers": 4}),
+        ExecutorConfig("gpu", "local", {"emulate_gpus": {"h100": 2}, "memory": "256GB"}),
+    ]
+
+
+def test_an_explicit_path_is_read_instead_of_the_homes_file(tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere.toml"
+    other.write_text("[controller]\ninline_limit = 10\n")
+    assert load_config(tmp_path, other).inline_limit == 10
+
+
+def test_a_file_that_is_not_toml_is_a_config_error(tmp_path: Path) -> None:
+    message = _error(tmp_path, "[controller\nretry_backoff_s = 1\n")
+    assert "not valid TOML" in message
+
+
+def test_an_unknown_section_is_named(tmp_path: Path) -> None:
+    message = _error(tmp_path, "[controler]\nretry_backoff_s = 1\n")
+    assert "controler" in message
+    assert "[controller]" in message and "[executors.<name>]" in message
+
+
+def test_an_unknown_controller_key_is_named_with_the_known_ones(tmp_path: Path) -> None:
+    message = _error(tmp_path, "[controller]\nretry_backof_s = 1\n")
+    assert "retry_backof_s" in message and "[controller]" in message
+    assert "retry_backoff_s" in message, "the known keys are listed"
+
+
+@pytest.mark.parametrize("key", ["retry_backoff_s", "retry_backoff_max_s", "inline_limit"])
+@pytest.mark.parametrize("value", ["0", "-1", '"fast"', "true"])
+def test_a_number_that_is_not_positive_is_named(tmp_path: Path, key: str, value: str) -> None:
+    message = _error(tmp_path, f"[controller]\n{key} = {value}\n")
+    assert f"[controller] {key}" in message
+    assert "positive number" in message
+
+
+def test_an_executor_without_a_type_is_named(tmp_path: Path) -> None:
+    message = _error(tmp_path, "[executors.gpu]\nemulate_gpus = { h100 = 2 }\n")
+    assert "[executors.gpu]" in message and "type" in message
+
+
+def test_an_executor_that_is_not_a_table_is_named(tmp_path: Path) -> None:
+    message = _error(tmp_path, 'executors = { gpu = "local" }\n')
+    assert "[executors.gpu]" in message
+
+
+def test_an_unknown_executor_type_is_named_with_the_known_ones(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[executors.gpu]\ntype = "slurmish"\n')
+    assert "[executors.gpu]" in message and "slurmish" in message
+    assert "local" in message, "the known types are listed"
+
+
+def test_an_unknown_executor_option_is_named_with_the_accepted_ones(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[executors.gpu]\ntype = "local"\nemulate_gpu = { h100 = 2 }\n')
+    assert "[executors.gpu]" in message and "emulate_gpu" in message
+    assert "emulate_gpus" in message, "the accepted options are listed"
+
+
+def test_a_controller_section_that_is_not_a_table_is_named(tmp_path: Path) -> None:
+    message = _error(tmp_path, "controller = 5\n")
+    assert "[controller]" in message
+
+
+def test_config_errors_are_cobalt_errors() -> None:
+    from cobalt_common.errors import Error
+
+    assert issubclass(ConfigError, Error)

@@ -1,0 +1,279 @@
+"""One contract suite for every state store backend.
+
+The backends are the in-memory store and the SQL store on a temporary SQLite
+file; the SQL store also runs on PostgreSQL when ``COBALT_TEST_POSTGRES_URL``
+names a database (each test gets its own schema, dropped afterwards).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from cobalt_controller.state import (
+    DispatchRow,
+    MemoryStateStore,
+    NodeRow,
+    SqlStateStore,
+    StateStore,
+    WriteBatch,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def _postgres_store(requires_service: Callable[..., None]) -> Iterator[StateStore]:
+    url = os.environ.get("COBALT_TEST_POSTGRES_URL", "")
+    requires_service("PostgreSQL", bool(url), "set COBALT_TEST_POSTGRES_URL to a database URL")
+    schema = f"cobalt_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    scoped = sa.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    store = SqlStateStore(scoped.render_as_string(hide_password=False))
+    try:
+        yield store
+    finally:
+        store.close()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, requires_service: Callable[..., None]
+) -> Iterator[StateStore]:
+    if request.param == "memory":
+        yield MemoryStateStore()
+    elif request.param == "sqlite":
+        sqlite = SqlStateStore(f"sqlite:///{tmp_path / 'state.db'}")
+        yield sqlite
+        sqlite.close()
+    else:
+        yield from _postgres_store(requires_service)
+
+
+def _dispatch(
+    dispatch_id: str | None = None, *, created_at: float = 1000.0, status: str = "PENDING", n: int = 3
+) -> tuple[DispatchRow, list[NodeRow]]:
+    dispatch_id = dispatch_id or uuid.uuid4().hex
+    row = DispatchRow(dispatch_id, "workflow", status, created_at, output_node=n - 1, task_count=n - 1)
+    nodes = [
+        NodeRow(dispatch_id, 0, ":parameter:", "parameter", "COMPLETED", value_sha256="a" * 64,
+                output_sha256="a" * 64),
+        *(
+            NodeRow(dispatch_id, i, f"task{i}", "electron", "PENDING", function_sha256="f" * 64,
+                    inputs=f"[[{i - 1}, 0, \"\", false]]",
+                    hardware='{"gpu": "h100", "gpus": 1, "cpus": 2.0}', retries=2)
+            for i in range(1, n)
+        ),
+    ]
+    return row, nodes
+
+
+def _apply_new(store: StateStore, *dispatches: tuple[DispatchRow, list[NodeRow]]) -> None:
+    batch = WriteBatch()
+    batch.new_dispatches.extend(dispatches)
+    store.apply(batch)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_new_dispatch_reads_back_with_all_its_fields(store: StateStore) -> None:
+    row, nodes = _dispatch()
+    row.parent_dispatch_id, row.parent_node_id = "p" * 32, 7
+    _apply_new(store, (row, nodes))
+    assert store.get_dispatch(row.dispatch_id) == row
+    assert store.get_nodes(row.dispatch_id) == nodes
+    assert store.get_node(row.dispatch_id, 1) == nodes[1]
+
+
+def test_unknown_dispatches_and_nodes_read_as_none(store: StateStore) -> None:
+    row, nodes = _dispatch()
+    _apply_new(store, (row, nodes))
+    assert store.get_dispatch("no-such-dispatch") is None
+    assert store.get_node("no-such-dispatch", 0) is None
+    assert store.get_node(row.dispatch_id, len(nodes)) is None
+    assert store.get_nodes("no-such-dispatch") == []
+
+
+def test_node_updates_change_only_the_given_fields(store: StateStore) -> None:
+    row, nodes = _dispatch()
+    _apply_new(store, (row, nodes))
+    batch = WriteBatch()
+    batch.update_node(row.dispatch_id, 1, status="RUNNING", executor="gpu", attempts=1,
+                      started_at=1001.5, hardware_given='{"gpu": "h100"}')
+    batch.update_node(row.dispatch_id, 1, status="COMPLETED", ended_at=1002.25,
+                      output_sha256="b" * 64, stdout="out\n", stderr="err\n")
+    batch.update_node(row.dispatch_id, 2, status="FAILED", error="Traceback ...", reason="exception")
+    store.apply(batch)
+    first = store.get_node(row.dispatch_id, 1)
+    assert first == dataclasses.replace(
+        nodes[1], status="COMPLETED", executor="gpu", attempts=1, started_at=1001.5,
+        ended_at=1002.25, hardware_given='{"gpu": "h100"}', output_sha256="b" * 64,
+        stdout="out\n", stderr="err\n",
+    )
+    second = store.get_node(row.dispatch_id, 2)
+    assert second == dataclasses.replace(nodes[2], status="FAILED", error="Traceback ...",
+                                         reason="exception")
+    assert store.get_node(row.dispatch_id, 0) == nodes[0]
+
+
+def test_dispatch_updates_change_only_the_given_fields(store: StateStore) -> None:
+    row, nodes = _dispatch()
+    _apply_new(store, (row, nodes))
+    batch = WriteBatch()
+    batch.update_dispatch(row.dispatch_id, status="RUNNING", started_at=1000.5)
+    store.apply(batch)
+    batch = WriteBatch()
+    batch.update_dispatch(row.dispatch_id, status="FAILED", ended_at=1003.0, error="task1 failed")
+    store.apply(batch)
+    assert store.get_dispatch(row.dispatch_id) == dataclasses.replace(
+        row, status="FAILED", started_at=1000.5, ended_at=1003.0, error="task1 failed"
+    )
+
+
+def test_one_batch_can_create_a_dispatch_and_update_it(store: StateStore) -> None:
+    row, nodes = _dispatch()
+    batch = WriteBatch()
+    batch.new_dispatches.append((row, nodes))
+    batch.update_node(row.dispatch_id, 1, status="RUNNING")
+    batch.update_dispatch(row.dispatch_id, status="RUNNING")
+    batch.payloads[_sha(b"x")] = b"x"
+    store.apply(batch)
+    assert store.get_dispatch(row.dispatch_id).status == "RUNNING"  # type: ignore[union-attr]
+    assert store.get_node(row.dispatch_id, 1).status == "RUNNING"  # type: ignore[union-attr]
+    assert store.get_payload(_sha(b"x")) == b"x"
+
+
+def test_an_empty_batch_is_falsy_and_applies_as_a_no_op(store: StateStore) -> None:
+    batch = WriteBatch()
+    assert not batch
+    store.apply(batch)
+    assert store.list_dispatches() == []
+
+
+def test_payloads_read_back_and_missing_ones_are_reported(store: StateStore) -> None:
+    small, large = b"\x80\x05small pickle", os.urandom(1 << 20)
+    batch = WriteBatch()
+    batch.payloads.update({_sha(small): small, _sha(large): large})
+    store.apply(batch)
+    assert store.get_payload(_sha(small)) == small
+    assert store.get_payload(_sha(large)) == large
+    assert store.get_payload(_sha(b"never stored")) is None
+    unknown = _sha(b"never stored")
+    assert store.missing_payloads([_sha(small), unknown, _sha(large)]) == {unknown}
+    assert store.missing_payloads([]) == set()
+
+
+def test_putting_a_payload_again_is_idempotent(store: StateStore) -> None:
+    data = b"same bytes"
+    for _ in range(2):
+        batch = WriteBatch()
+        batch.payloads[_sha(data)] = data
+        batch.payloads[_sha(b"new")] = b"new"
+        store.apply(batch)
+    assert store.get_payload(_sha(data)) == data
+    assert store.missing_payloads([_sha(data), _sha(b"new")]) == set()
+
+
+def test_missing_payloads_handles_more_shas_than_one_query_takes(store: StateStore) -> None:
+    stored = [f"{i}".encode() for i in range(600)]
+    batch = WriteBatch()
+    batch.payloads.update({_sha(d): d for d in stored})
+    store.apply(batch)
+    absent = {_sha(f"absent {i}".encode()) for i in range(700)}
+    assert store.missing_payloads([*map(_sha, stored), *absent]) == absent
+
+
+def test_dispatches_list_most_recent_first_up_to_the_limit(store: StateStore) -> None:
+    rows = [_dispatch(created_at=t) for t in (1000.0, 3000.0, 2000.0, 4000.0)]
+    _apply_new(store, *rows)
+    listed = store.list_dispatches()
+    assert [r.created_at for r in listed] == [4000.0, 3000.0, 2000.0, 1000.0]
+    assert [r.created_at for r in store.list_dispatches(limit=2)] == [4000.0, 3000.0]
+    assert listed[0] == rows[3][0]
+
+
+def test_unfinished_dispatches_are_those_that_have_not_ended(store: StateStore) -> None:
+    statuses = ["NEW", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]
+    rows = {s: _dispatch(status=s, created_at=1000.0 + i) for i, s in enumerate(statuses)}
+    _apply_new(store, *rows.values())
+    batch = WriteBatch()
+    batch.update_dispatch(rows["RUNNING"][0].dispatch_id, status="COMPLETED")
+    store.apply(batch)
+    unfinished = {r.dispatch_id for r in store.unfinished_dispatches()}
+    assert unfinished == {rows["NEW"][0].dispatch_id, rows["PENDING"][0].dispatch_id}
+
+
+def test_nodes_come_in_node_id_order_with_or_without_logs(store: StateStore) -> None:
+    row, nodes = _dispatch(n=12)
+    _apply_new(store, (row, nodes))
+    batch = WriteBatch()
+    for node in nodes[1:]:
+        batch.update_node(row.dispatch_id, node.node_id, stdout=f"out {node.node_id}",
+                          stderr=f"err {node.node_id}")
+    store.apply(batch)
+    with_logs = store.get_nodes(row.dispatch_id)
+    without = store.get_nodes(row.dispatch_id, include_logs=False)
+    assert [n.node_id for n in with_logs] == list(range(12))
+    assert [n.node_id for n in without] == list(range(12))
+    assert with_logs[5].stdout == "out 5" and with_logs[5].stderr == "err 5"
+    assert all(n.stdout == "" and n.stderr == "" for n in without)
+    assert [dataclasses.replace(n, stdout="", stderr="") for n in with_logs] == without
+
+
+def test_dispatches_do_not_see_each_others_nodes(store: StateStore) -> None:
+    first, second = _dispatch(n=2), _dispatch(n=4)
+    _apply_new(store, first, second)
+    batch = WriteBatch()
+    batch.update_node(first[0].dispatch_id, 1, status="COMPLETED")
+    store.apply(batch)
+    assert len(store.get_nodes(first[0].dispatch_id)) == 2
+    assert [n.status for n in store.get_nodes(second[0].dispatch_id)] == ["COMPLETED"] + [
+        "PENDING"
+    ] * 3
+
+
+def test_rows_read_back_are_copies_not_the_stored_state(store: StateStore) -> None:
+    row, nodes = _dispatch()
+    _apply_new(store, (row, nodes))
+    nodes[1].status = "MUTATED"
+    read = store.get_node(row.dispatch_id, 1)
+    assert read is not None and read.status == "PENDING"
+    read.status = "MUTATED"
+    assert store.get_node(row.dispatch_id, 1).status == "PENDING"  # type: ignore[union-attr]
+
+
+def test_sqlite_state_survives_reopening_the_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    first = SqlStateStore(url)
+    row, nodes = _dispatch(status="RUNNING")
+    batch = WriteBatch()
+    batch.new_dispatches.append((row, nodes))
+    batch.payloads[_sha(b"kept")] = b"kept"
+    first.apply(batch)
+    first.close()
+    reopened = SqlStateStore(url)
+    assert reopened.get_dispatch(row.dispatch_id) == row
+    assert reopened.get_nodes(row.dispatch_id) == nodes
+    assert [r.dispatch_id for r in reopened.unfinished_dispatches()] == [row.dispatch_id]
+    assert reopened.get_payload(_sha(b"kept")) == b"kept"
+    reopened.close()
+
+
+def test_a_database_url_that_cannot_be_opened_is_a_config_error() -> None:
+    from cobalt_common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="database_url"):
+        SqlStateStore("nosuchdialect://somewhere/db")
