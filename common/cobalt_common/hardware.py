@@ -344,3 +344,26 @@ class HardwareSpec:
         """
         known = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
         return cls(**known)
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareGiven:
+    """The hardware a task was actually given."""
+
+    cpus: float = 0.0
+    memory_mb: int = 0
+    gpu: str | None = None
+    gpu_indices: tuple[int, ...] = ()
+    emulated: bool = False
+
+    def describe(self) -> str:
+        parts: list[str] = []
+        if self.gpu:
+            name = GPU_TYPES[self.gpu].display_name if self.gpu in GPU_TYPES else self.gpu
+            parts.append(
+                f"{len(self.gpu_indices)}x {name}" + (" (emulated)" if self.emulated else "")
+            )
+        parts.append(f"{self.cpus:g} CPU")
+        if self.memory_mb:
+            parts.append(format_memory(self.memory_mb))
+        return ", ".join(parts)

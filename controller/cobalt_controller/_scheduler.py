@@ -8,6 +8,7 @@ client that sees a result can rely on it being stored.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import json
@@ -69,6 +70,7 @@ class Scheduler:
         self._batch = WriteBatch()
         self._finished: list[Dispatch] = []
         self._changed: list[tuple[Dispatch, Task | None]] = []
+        self._dirty: dict[tuple[str, int], tuple[Task, dict[str, str] | None]] = {}
         self._thread = threading.Thread(target=self._run, name="cobalt-scheduler", daemon=True)
         self._stopping = False
 
@@ -198,16 +200,7 @@ class Scheduler:
                 d.status = RUNNING
                 self._batch.update_dispatch(d.dispatch_id, status=RUNNING, started_at=now)
                 self._changed.append((d, None))
-            self._batch.update_node(
-                d.dispatch_id,
-                t.node_id,
-                status=RUNNING,
-                executor=ex.name,
-                attempts=t.attempts,
-                started_at=now,
-                hardware_given=_given_json(given),
-            )
-            self._changed.append((d, t))
+            self._touch(d, t)
             return True
         t.attempts -= 1
         return False
@@ -253,18 +246,8 @@ class Scheduler:
             else:
                 t.output = out
             d.remaining -= 1
-            self._batch.update_node(
-                d.dispatch_id,
-                t.node_id,
-                status=COMPLETED,
-                started_at=t.started_at,
-                ended_at=t.ended_at,
-                output_sha256=out.sha256,
-                error="",
-                reason="",
-                **logs,
-            )
-            self._changed.append((d, t))
+            t.error = t.reason = ""
+            self._touch(d, t, logs)
             for c in t.children:
                 child = d.tasks[c]
                 child.waiting -= 1
@@ -277,38 +260,29 @@ class Scheduler:
                 delay = min(self.retry_backoff_s * 2 ** (t.attempts - 1), self.retry_backoff_max_s)
                 t.status = PENDING
                 t.error = o.error
+                t.reason = o.reason
                 heapq.heappush(self._timers, (time.time() + delay, next(self._seq), d, t))
-                self._batch.update_node(
-                    d.dispatch_id,
-                    t.node_id,
-                    status=PENDING,
-                    error=o.error,
-                    reason=o.reason,
-                    ended_at=t.ended_at,
-                    **logs,
-                )
-                self._changed.append((d, t))
+                self._touch(d, t, logs)
             else:
-                self._batch.update_node(d.dispatch_id, t.node_id, started_at=t.started_at, **logs)
-                self._fail(d, t, status, o.error, o.reason or status.lower())
+                self._fail(d, t, status, o.error, o.reason or status.lower(), logs)
         if d.remaining == 0:
             self._finish(d)
 
-    def _fail(self, d: Dispatch, t: Task, status: str, error: str, reason: str) -> None:
+    def _fail(
+        self,
+        d: Dispatch,
+        t: Task,
+        status: str,
+        error: str,
+        reason: str,
+        logs: dict[str, str] | None = None,
+    ) -> None:
         t.status = status
         t.error = error
         t.reason = reason
         t.ended_at = t.ended_at or time.time()
         d.remaining -= 1
-        self._batch.update_node(
-            d.dispatch_id,
-            t.node_id,
-            status=status,
-            error=error,
-            reason=reason,
-            ended_at=t.ended_at,
-        )
-        self._changed.append((d, t))
+        self._touch(d, t, logs)
         why = f"not run: task {t.name!r} (node {t.node_id}) ended {status}"
         stack = list(t.children)
         while stack:
@@ -318,8 +292,7 @@ class Scheduler:
             child.status = SKIPPED
             child.error = why
             d.remaining -= 1
-            self._batch.update_node(d.dispatch_id, child.node_id, status=SKIPPED, error=why)
-            self._changed.append((d, child))
+            self._touch(d, child)
             stack.extend(child.children)
         if d.remaining == 0:
             self._finish(d)
@@ -350,8 +323,7 @@ class Scheduler:
                 t.status = CANCELLED
                 t.error = "cancelled before it started"
                 d.remaining -= 1
-                self._batch.update_node(d.dispatch_id, t.node_id, status=CANCELLED, error=t.error)
-                self._changed.append((d, t))
+                self._touch(d, t)
         for child_id in d.child_dispatches:
             self._on_cancel(child_id)
         if d.remaining == 0:
@@ -364,7 +336,7 @@ class Scheduler:
         d.child_dispatches.add(child_id)
         t = d.tasks[node_id]
         t.sublattice_dispatch_id = child_id
-        self._batch.update_node(parent_id, node_id, sublattice_dispatch_id=child_id)
+        self._touch(d, t, notify=False)
         if d.cancelled:
             self._on_cancel(child_id)
 
@@ -390,7 +362,40 @@ class Scheduler:
         self._changed.append((d, None))
         self._finished.append(d)
 
+    def _touch(
+        self, d: Dispatch, t: Task, logs: dict[str, str] | None = None, *, notify: bool = True
+    ) -> None:
+        """Marks a task changed: written at the end of the round, then announced."""
+        key = (d.dispatch_id, t.node_id)
+        if logs is not None or key not in self._dirty:
+            self._dirty[key] = (t, logs)
+        if notify:
+            self._changed.append((d, t))
+
+    def _write_dirty(self) -> None:
+        # Every changed task writes the same columns, so a round is one executemany
+        # (two when some rows also carry logs).
+        for (dispatch_id, node_id), (t, logs) in self._dirty.items():
+            row = {
+                "status": t.status,
+                "executor": t.executor,
+                "hardware_given": _given_json(t.given),
+                "attempts": t.attempts,
+                "started_at": t.started_at,
+                "ended_at": t.ended_at,
+                "error": t.error,
+                "reason": t.reason,
+                "output_sha256": t.output.sha256 if t.output is not None else "",
+                "sublattice_dispatch_id": t.sublattice_dispatch_id,
+            }
+            if logs is not None:
+                row.update(logs)
+            self._batch.node_updates[(dispatch_id, node_id)] = row
+        self._dirty.clear()
+
     def _flush(self) -> None:
+        if self._dirty:
+            self._write_dirty()
         if self._batch:
             batch, self._batch = self._batch, WriteBatch()
             self.state.apply(batch)
@@ -404,7 +409,10 @@ class Scheduler:
             self.active.pop(d.dispatch_id, None)
 
 
+@functools.lru_cache(maxsize=1024)
 def _given_json(given: Any) -> str:
+    if given is None:
+        return ""
     return json.dumps(
         {
             "cpus": given.cpus,

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from cobalt_common.errors import SpecError
-from cobalt_common.hardware import HardwareSpec
-from cobalt_executors._inventory import Allocation, GpuDevice, HardwareGiven, Inventory
+from cobalt_common.hardware import HardwareGiven, HardwareSpec
+from cobalt_executors._inventory import Allocation, GpuDevice, Inventory
 
 __all__ = [
     "Allocation",

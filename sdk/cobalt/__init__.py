@@ -15,7 +15,7 @@ from cobalt._electron import Electron, electron
 from cobalt._executors import Executor, LocalExecutor
 from cobalt._graph import wait
 from cobalt._lattice import Lattice, lattice
-from cobalt._result import HardwareGiven, Result, Status, TaskRecord
+from cobalt._result import Result, Status, TaskRecord
 from cobalt._sentinel import UNSET
 from cobalt_common.errors import (
     AuthenticationError,
@@ -32,7 +32,7 @@ from cobalt_common.errors import (
     UnsatisfiableError,
     WaitTimeoutError,
 )
-from cobalt_common.hardware import HardwareSpec
+from cobalt_common.hardware import HardwareGiven, HardwareSpec
 
 __version__ = "0.1.0"
 

@@ -8,21 +8,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
 
 from cobalt._client import controller_status, get_client, read_controller_info
-from cobalt._result import status_from_pb
+from cobalt._result import format_table, status_from_pb
 from cobalt_common.errors import ControllerUnavailableError, Error
 from cobalt_common.paths import cobalt_home
 from cobalt_common.v1 import controller_pb2 as pb
-
-
-def _table(header: tuple[str, ...], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 def _start(_: argparse.Namespace) -> int:
@@ -65,7 +56,7 @@ def _status(_: argparse.Namespace) -> int:
         (e.name, e.type, "config" if e.configured else "client", e.capacity, e.free)
         for e in status.executors
     ]
-    print(_table(("executor", "type", "from", "capacity", "free now"), rows))
+    print(format_table(("executor", "type", "from", "capacity", "free now"), rows))
     return 0
 
 
@@ -79,7 +70,7 @@ def _dispatches(args: argparse.Namespace) -> int:
         rows.append(
             (d.dispatch_id, d.name, str(status_from_pb(d.status)), created, took, str(d.task_count))
         )
-    print(_table(("dispatch", "name", "status", "created", "duration", "tasks"), rows))
+    print(format_table(("dispatch", "name", "status", "created", "duration", "tasks"), rows))
     return 0
 
 

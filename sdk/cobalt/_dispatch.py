@@ -69,6 +69,10 @@ def _consumer_path(graph: Graph, node_id: int) -> tuple[str, str]:
     return f"node {node_id}", f"value of node {node_id}"
 
 
+def _function_path(name: str) -> tuple[str, str]:
+    return name, f"the function of task {name!r}"
+
+
 def _executor_ref(executor: str | Executor | None) -> pb.ExecutorRef | None:
     if executor is None:
         return None
@@ -94,9 +98,7 @@ def build_request(graph: Graph) -> tuple[pb.DispatchCreateRequest, dict[str, byt
             continue
         sha_or_none = functions.get(id(node.function))
         if sha_or_none is None:
-            data = dumps(
-                node.function, lambda n=node.name: (n, f"the function of task {n!r}")
-            )
+            data = dumps(node.function, functools.partial(_function_path, node.name))
             sha_or_none = sha256_hex(data)
             payloads[sha_or_none] = data
             functions[id(node.function)] = sha_or_none

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from cobalt_common.errors import NotFoundError
-from cobalt_common.hardware import GPU_TYPES, HardwareSpec, format_duration, format_memory
+from cobalt_common.hardware import (
+    GPU_TYPES,
+    HardwareGiven,
+    HardwareSpec,
+    format_duration,
+    format_memory,
+)
 from cobalt_common.v1 import controller_pb2 as pb
 
 if TYPE_CHECKING:
@@ -56,29 +62,6 @@ def status_from_pb(value: int) -> Status:
 
 def _time(ts: float) -> datetime | None:
     return datetime.fromtimestamp(ts, tz=UTC) if ts else None
-
-
-@dataclass(frozen=True, slots=True)
-class HardwareGiven:
-    """The hardware a task was actually given."""
-
-    cpus: float = 0.0
-    memory_mb: int = 0
-    gpu: str | None = None
-    gpu_indices: tuple[int, ...] = ()
-    emulated: bool = False
-
-    def describe(self) -> str:
-        parts = []
-        if self.gpu:
-            name = GPU_TYPES[self.gpu].display_name if self.gpu in GPU_TYPES else self.gpu
-            parts.append(
-                f"{len(self.gpu_indices)}x {name}" + (" (emulated)" if self.emulated else "")
-            )
-        parts.append(f"{self.cpus:g} CPU")
-        if self.memory_mb:
-            parts.append(format_memory(self.memory_mb))
-        return ", ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +245,15 @@ def _requested(spec: HardwareSpec) -> str:
     return ", ".join(parts)
 
 
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns under a header and a rule."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
 def format_task_table(tasks: list[TaskRecord]) -> str:
     """Aligned columns for a terminal or a notebook's text output."""
     header = ("node", "name", "hardware requested", "executor", "duration", "status")
@@ -279,12 +271,4 @@ def format_task_table(tasks: list[TaskRecord]) -> str:
                 t.status.value,
             )
         )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def not_found(dispatch_id: str) -> NotFoundError:
-    return NotFoundError(f"no dispatch with id {dispatch_id!r}")
+    return format_table(header, rows)

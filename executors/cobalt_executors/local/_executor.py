@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from cobalt_common.errors import SpecError
-from cobalt_common.hardware import parse_gpu_type, parse_memory_mb
+from cobalt_common.hardware import HardwareGiven, parse_gpu_type, parse_memory_mb
 from cobalt_common.v1 import worker_pb2
-from cobalt_executors._inventory import Allocation, GpuDevice, HardwareGiven, Inventory
+from cobalt_executors._inventory import Allocation, GpuDevice, Inventory
 from cobalt_executors.base import (
     Executor,
     ExecutorContext,
