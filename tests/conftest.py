@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cobalt import _client
 from cobalt._client import get_client
 from cobalt_common.v1 import controller_pb2 as pb

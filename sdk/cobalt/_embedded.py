@@ -6,6 +6,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def start_controller(home: Path, *, timeout: float = START_TIMEOUT_S) -> Control
                 start_new_session=True,
                 close_fds=True,
             )
+        # Reap the controller when it exits, so that it does not linger as a zombie
+        # that `cobalt controller stop` (which waits for the pid to go) mistakes for alive.
+        threading.Thread(target=proc.wait, name="cobalt-controller-reaper", daemon=True).start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = read_controller_info(home)

@@ -73,7 +73,9 @@ def test_every_public_class_and_function_is_exported() -> None:
         for name, value in vars(ct).items()
         if not name.startswith("_") and not isinstance(value, type(ct))
     }
-    assert public <= set(ct.__all__), f"public but not in __all__: {sorted(public - set(ct.__all__))}"
+    assert public <= set(ct.__all__), (
+        f"public but not in __all__: {sorted(public - set(ct.__all__))}"
+    )
 
 
 def test_exceptions_derive_from_one_root() -> None:

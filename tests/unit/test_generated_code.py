@@ -45,8 +45,13 @@ def test_generated_protobuf_code_matches_the_protos_byte_for_byte(tmp_path: Path
 def test_generated_code_is_written_where_cobalt_proto_out_points(tmp_path: Path) -> None:
     out = tmp_path / "nested" / "v1"
     env = {**os.environ, "COBALT_PROTO_OUT": str(out), "PYTHON": sys.executable}
-    subprocess.run([str(ROOT / "scripts" / "gen-protos")], env=env, capture_output=True,
-                   timeout=120, check=True)
+    subprocess.run(
+        [str(ROOT / "scripts" / "gen-protos")],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert {"controller_pb2.py", "controller_pb2_grpc.py", "worker_pb2.py", "__init__.py"} <= set(
         _files(out)
     )

@@ -153,8 +153,16 @@ def test_concurrent_allocations_never_hand_out_a_device_twice() -> None:
         (HardwareSpec(gpu="b200", gpus=1), False),
         (HardwareSpec(cpus=0), True),
     ],
-    ids=["exactly-all", "too-many-cpus", "too-much-memory", "all-gpus", "too-many-gpus",
-         "other-gpu-type", "unknown-gpu-type", "nothing"],
+    ids=[
+        "exactly-all",
+        "too-many-cpus",
+        "too-much-memory",
+        "all-gpus",
+        "too-many-gpus",
+        "other-gpu-type",
+        "unknown-gpu-type",
+        "nothing",
+    ],
 )
 def test_can_ever_fit_compares_a_spec_with_the_whole_idle_executor(
     spec: HardwareSpec, fits: bool
@@ -211,12 +219,14 @@ def _fake_nvidia_smi(directory: Path, output: str, *, exit_code: int = 0) -> Pat
     """An executable ``nvidia-smi`` that records its arguments and prints ``output``."""
     directory.mkdir(parents=True, exist_ok=True)
     script = directory / "nvidia-smi"
-    script.write_text(
-        "#!/bin/sh\n"
-        f'echo "$@" > "{directory}/args"\n'
-        f"cat <<'EOF'\n{output}EOF\n"
-        f"exit {exit_code}\n"
-    )
+    lines = [
+        "#!/bin/sh",
+        f'echo "$@" > "{directory}/args"',
+        "cat <<'EOF'",
+        f"{output}EOF",
+        f"exit {exit_code}",
+    ]
+    script.write_text("\n".join(lines) + "\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return script
 

@@ -62,17 +62,38 @@ def store(
 
 
 def _dispatch(
-    dispatch_id: str | None = None, *, created_at: float = 1000.0, status: str = "PENDING", n: int = 3
+    dispatch_id: str | None = None,
+    *,
+    created_at: float = 1000.0,
+    status: str = "PENDING",
+    n: int = 3,
 ) -> tuple[DispatchRow, list[NodeRow]]:
     dispatch_id = dispatch_id or uuid.uuid4().hex
-    row = DispatchRow(dispatch_id, "workflow", status, created_at, output_node=n - 1, task_count=n - 1)
+    row = DispatchRow(
+        dispatch_id, "workflow", status, created_at, output_node=n - 1, task_count=n - 1
+    )
     nodes = [
-        NodeRow(dispatch_id, 0, ":parameter:", "parameter", "COMPLETED", value_sha256="a" * 64,
-                output_sha256="a" * 64),
+        NodeRow(
+            dispatch_id,
+            0,
+            ":parameter:",
+            "parameter",
+            "COMPLETED",
+            value_sha256="a" * 64,
+            output_sha256="a" * 64,
+        ),
         *(
-            NodeRow(dispatch_id, i, f"task{i}", "electron", "PENDING", function_sha256="f" * 64,
-                    inputs=f"[[{i - 1}, 0, \"\", false]]",
-                    hardware='{"gpu": "h100", "gpus": 1, "cpus": 2.0}', retries=2)
+            NodeRow(
+                dispatch_id,
+                i,
+                f"task{i}",
+                "electron",
+                "PENDING",
+                function_sha256="f" * 64,
+                inputs=f'[[{i - 1}, 0, "", false]]',
+                hardware='{"gpu": "h100", "gpus": 1, "cpus": 2.0}',
+                retries=2,
+            )
             for i in range(1, n)
         ),
     ]
@@ -111,21 +132,45 @@ def test_node_updates_change_only_the_given_fields(store: StateStore) -> None:
     row, nodes = _dispatch()
     _apply_new(store, (row, nodes))
     batch = WriteBatch()
-    batch.update_node(row.dispatch_id, 1, status="RUNNING", executor="gpu", attempts=1,
-                      started_at=1001.5, hardware_given='{"gpu": "h100"}')
-    batch.update_node(row.dispatch_id, 1, status="COMPLETED", ended_at=1002.25,
-                      output_sha256="b" * 64, stdout="out\n", stderr="err\n")
-    batch.update_node(row.dispatch_id, 2, status="FAILED", error="Traceback ...", reason="exception")
+    batch.update_node(
+        row.dispatch_id,
+        1,
+        status="RUNNING",
+        executor="gpu",
+        attempts=1,
+        started_at=1001.5,
+        hardware_given='{"gpu": "h100"}',
+    )
+    batch.update_node(
+        row.dispatch_id,
+        1,
+        status="COMPLETED",
+        ended_at=1002.25,
+        output_sha256="b" * 64,
+        stdout="out\n",
+        stderr="err\n",
+    )
+    batch.update_node(
+        row.dispatch_id, 2, status="FAILED", error="Traceback ...", reason="exception"
+    )
     store.apply(batch)
     first = store.get_node(row.dispatch_id, 1)
     assert first == dataclasses.replace(
-        nodes[1], status="COMPLETED", executor="gpu", attempts=1, started_at=1001.5,
-        ended_at=1002.25, hardware_given='{"gpu": "h100"}', output_sha256="b" * 64,
-        stdout="out\n", stderr="err\n",
+        nodes[1],
+        status="COMPLETED",
+        executor="gpu",
+        attempts=1,
+        started_at=1001.5,
+        ended_at=1002.25,
+        hardware_given='{"gpu": "h100"}',
+        output_sha256="b" * 64,
+        stdout="out\n",
+        stderr="err\n",
     )
     second = store.get_node(row.dispatch_id, 2)
-    assert second == dataclasses.replace(nodes[2], status="FAILED", error="Traceback ...",
-                                         reason="exception")
+    assert second == dataclasses.replace(
+        nodes[2], status="FAILED", error="Traceback ...", reason="exception"
+    )
     assert store.get_node(row.dispatch_id, 0) == nodes[0]
 
 
@@ -221,8 +266,12 @@ def test_nodes_come_in_node_id_order_with_or_without_logs(store: StateStore) -> 
     _apply_new(store, (row, nodes))
     batch = WriteBatch()
     for node in nodes[1:]:
-        batch.update_node(row.dispatch_id, node.node_id, stdout=f"out {node.node_id}",
-                          stderr=f"err {node.node_id}")
+        batch.update_node(
+            row.dispatch_id,
+            node.node_id,
+            stdout=f"out {node.node_id}",
+            stderr=f"err {node.node_id}",
+        )
     store.apply(batch)
     with_logs = store.get_nodes(row.dispatch_id)
     without = store.get_nodes(row.dispatch_id, include_logs=False)

@@ -1,0 +1,150 @@
+"""Time limits and cancellation stop real worker processes, quickly, and nothing else."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+import cobalt as ct
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("controller_home")]
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie waiting for its parent counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@ct.electron(time_limit=1)
+def sleeps_too_long() -> str:
+    time.sleep(30)
+    return "never"
+
+
+@ct.lattice
+def over_time() -> str:
+    return sleeps_too_long()
+
+
+@ct.electron
+def quick(x: int) -> int:
+    return x + 1
+
+
+@ct.lattice
+def quick_flow(x: int) -> int:
+    return quick(x)
+
+
+def test_a_task_past_its_time_limit_is_killed_and_the_dispatch_times_out() -> None:
+    started = time.monotonic()
+    result = ct.dispatch_sync(over_time)()
+    assert time.monotonic() - started < 10
+    assert result.status == ct.Status.TIMED_OUT
+    (task,) = result.tasks
+    assert task.status == ct.Status.TIMED_OUT
+    assert task.hardware_requested.time_limit_s == 1.0
+    assert task.start_time is not None and task.end_time is not None
+    ran = (task.end_time - task.start_time).total_seconds()
+    assert 1.0 <= ran < 1.0 + 1.5, f"killed {ran:.2f}s after it started"
+    assert "time limit of 1s" in task.error
+    assert "sleeps_too_long" in result.error
+
+
+def test_the_executor_still_runs_tasks_after_a_time_limit_kill() -> None:
+    assert ct.dispatch_sync(over_time)().status == ct.Status.TIMED_OUT
+    results = [ct.dispatch_sync(quick_flow)(i) for i in range(4)]
+    assert [r.result for r in results] == [1, 2, 3, 4]
+
+
+@ct.electron
+def long_running(pid_file: str, child_pid_file: str) -> str:
+    child = subprocess.Popen(["sleep", "60"])
+    Path(child_pid_file).write_text(str(child.pid))
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(60)
+    return "never"
+
+
+@ct.electron
+def after_long(x: str, started_file: str) -> str:
+    Path(started_file).write_text("started")
+    return x
+
+
+@ct.lattice
+def cancellable(pid_file: str, child_pid_file: str, started_file: str) -> str:
+    return after_long(long_running(pid_file, child_pid_file), started_file)
+
+
+def test_cancel_kills_the_running_task_and_pending_tasks_never_start(tmp_path: Path) -> None:
+    pid_file, child_file, started = (tmp_path / n for n in ("pid", "child", "started"))
+    dispatch_id = ct.dispatch(cancellable)(str(pid_file), str(child_file), str(started))
+    assert _wait_for(pid_file.exists), "the long task started"
+    pid, child_pid = int(pid_file.read_text()), int(child_file.read_text())
+    assert not _process_gone(pid)
+
+    began = time.monotonic()
+    cancelled = ct.cancel(dispatch_id)
+    result = ct.get_result(dispatch_id, wait=10)
+    assert time.monotonic() - began < 3
+    assert cancelled.status == ct.Status.CANCELLED
+    assert result.status == ct.Status.CANCELLED
+    assert "cancelled" in result.error
+    by_name = {t.name: t for t in result.tasks}
+    assert by_name["long_running"].status == ct.Status.CANCELLED
+    assert by_name["after_long"].status == ct.Status.CANCELLED
+    assert by_name["after_long"].start_time is None
+    assert _wait_for(lambda: _process_gone(pid), timeout=3), "the worker process was killed"
+    assert _wait_for(lambda: _process_gone(child_pid), timeout=3), "and what it started"
+    time.sleep(0.3)
+    assert not started.exists(), "the pending task never started"
+
+
+def test_cancelling_a_finished_dispatch_leaves_it_as_it_ended() -> None:
+    result = ct.dispatch_sync(quick_flow)(1)
+    assert ct.cancel(result.dispatch_id).status == ct.Status.COMPLETED
+    assert ct.get_result(result.dispatch_id).result == 2
+
+
+def test_the_executor_still_runs_tasks_after_a_cancel(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    dispatch_id = ct.dispatch(cancellable)(str(pid_file), str(tmp_path / "c"), str(tmp_path / "s"))
+    assert _wait_for(pid_file.exists)
+    ct.cancel(dispatch_id)
+    results = [ct.dispatch_sync(quick_flow)(i) for i in range(4)]
+    assert [r.result for r in results] == [1, 2, 3, 4]
+
+
+def test_waiting_for_a_result_gives_up_after_the_given_seconds(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    dispatch_id = ct.dispatch(cancellable)(str(pid_file), str(tmp_path / "c"), str(tmp_path / "s"))
+    try:
+        began = time.monotonic()
+        with pytest.raises(ct.WaitTimeoutError, match="still"):
+            ct.get_result(dispatch_id, wait=0.5)
+        assert 0.4 < time.monotonic() - began < 3
+        assert ct.get_result(dispatch_id).status in (ct.Status.PENDING, ct.Status.RUNNING)
+    finally:
+        ct.cancel(dispatch_id)
