@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -489,16 +490,22 @@ def test_ct_dispatch_starts_a_controller_when_none_is_running(
     assert home.info() is None
 
 
+@pytest.mark.parametrize("stop", ["cli", "sigterm"])
 def test_a_dispatch_resumes_after_the_controller_restarts(
-    make_controller_home: Callable[..., ControllerHome], tmp_path: Path
+    stop: str, make_controller_home: Callable[..., ControllerHome], tmp_path: Path
 ) -> None:
     home = make_controller_home()
     home.start()
     marker = tmp_path / "started"
     dispatch_id = ct.dispatch(slow_then_fast)(str(marker))
     _wait_for(marker.exists)
-    home.stop()
-    assert home.info() is None
+    if stop == "cli":
+        home.cli("controller", "stop")
+    else:
+        pid = home.pid
+        os.kill(pid, signal.SIGTERM)
+        _wait_for(lambda: home.info() is None)
+    assert home.info() is None, "the controller stopped and removed its controller.json"
     home.start()
     result = ct.get_result(dispatch_id, wait=60)
     assert result.status == ct.Status.COMPLETED, result.error
