@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from cobalt_common.hardware import HardwareSpec
-from cobalt_executors._inventory import GpuDevice, HardwareGiven, Inventory
+from cobalt_executors import HardwareGiven, Inventory
+from cobalt_executors.base import GpuDevice
 from cobalt_executors.local import LocalExecutor
 from cobalt_executors.local._gpus import detect_gpus, parse_nvidia_smi
 
