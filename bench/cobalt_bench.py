@@ -18,25 +18,8 @@ from typing import Any
 
 import cobalt as ct
 
-
-@ct.electron
-def inc(x: int) -> int:
-    return x + 1
-
-
-@ct.electron
-def total(xs: list[int]) -> int:
-    return sum(xs)
-
-
-@ct.lattice
-def fanout(n: int) -> int:
-    return total([inc(i) for i in range(n)])
-
-
-@ct.lattice
-def one(x: int) -> int:
-    return inc(x)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _workloads import fanout, one
 
 
 def measure(fanout_n: int, roundtrip_runs: int) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from cobalt import _client
-from cobalt._client import get_client
+from cobalt._client import get_client, pid_running
 from cobalt_common.v1 import controller_pb2 as pb
 
 CONFIG_TOML = """\
@@ -83,16 +83,6 @@ def _cli_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "cobalt._cli"]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class ControllerHome:
     """A temporary ``COBALT_HOME`` and the controller that serves it.
 
@@ -139,9 +129,9 @@ class ControllerHome:
         self.cli("controller", "stop", check=False)
         pid = int(info.get("pid", 0))
         deadline = time.monotonic() + 15
-        while pid and _pid_alive(pid) and time.monotonic() < deadline:
+        while pid and pid_running(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if pid and _pid_alive(pid):
+        if pid and pid_running(pid):
             os.kill(pid, signal.SIGKILL)
 
     def info(self) -> dict[str, Any] | None:

@@ -150,10 +150,15 @@ def get_client(*, start: bool = False) -> Client:
 def _alive(info: ControllerInfo) -> bool:
     if os.environ.get("COBALT_CONTROLLER_ADDRESS"):
         return True
-    if not info.pid:
+    return pid_running(info.pid)
+
+
+def pid_running(pid: int) -> bool:
+    """Whether a process with this pid exists (it may belong to another user)."""
+    if pid <= 0:
         return False
     try:
-        os.kill(info.pid, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:

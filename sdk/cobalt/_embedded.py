@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import fcntl
-import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from cobalt._client import ControllerInfo, read_controller_info
+from cobalt._client import ControllerInfo, pid_running, read_controller_info
 from cobalt_common.errors import ControllerUnavailableError
 
 START_TIMEOUT_S = 30.0
@@ -26,7 +25,7 @@ def start_controller(home: Path, *, timeout: float = START_TIMEOUT_S) -> Control
     with open(home / "controller.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         info = read_controller_info(home)
-        if info is not None and _running(info.pid):
+        if info is not None and pid_running(info.pid):
             return info
         log_path = home / "controller.log"
         with open(log_path, "ab") as log:
@@ -56,18 +55,6 @@ def start_controller(home: Path, *, timeout: float = START_TIMEOUT_S) -> Control
             f"the controller did not start within {timeout:g}s. Its log ({log_path}) ends with:\n"
             f"{tail}"
         )
-
-
-def _running(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _tail(path: Path, lines: int = 20) -> str:
