@@ -4,6 +4,7 @@ Example::
 
     [controller]
     address = "127.0.0.1:0"               # host:port; port 0 picks a free one
+    dashboard_address = "127.0.0.1:0"     # the web dashboard; "" turns it off
     database_url = "sqlite:////data/cobalt.db"
     retry_backoff_s = 1.0                 # first retry waits this, then doubles
     retry_backoff_max_s = 60.0
@@ -30,6 +31,7 @@ from cobalt_executors.registry import EXECUTOR_TYPES
 
 _CONTROLLER_KEYS = {
     "address",
+    "dashboard_address",
     "database_url",
     "blob_dir",
     "retry_backoff_s",
@@ -49,6 +51,7 @@ class ExecutorConfig:
 class ControllerConfig:
     home: Path
     address: str = "127.0.0.1:0"
+    dashboard_address: str = "127.0.0.1:0"
     database_url: str = ""
     blob_dir: Path = Path()
     retry_backoff_s: float = 1.0
@@ -98,6 +101,8 @@ def load_config(home: Path, path: Path | None = None) -> ControllerConfig:
     cfg = ControllerConfig(home=home)
     if "address" in section:
         cfg.address = str(section["address"])
+    if "dashboard_address" in section:
+        cfg.dashboard_address = str(section["dashboard_address"])
     if "database_url" in section:
         cfg.database_url = str(section["database_url"])
     if "blob_dir" in section:

@@ -38,7 +38,9 @@ class _StatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Status.ValueTy
     STATUS_CANCELLED: _Status.ValueType  # 6
     STATUS_TIMED_OUT: _Status.ValueType  # 7
     STATUS_SKIPPED: _Status.ValueType  # 8
-    """not run because a task it depends on did not complete"""
+    """not run: a task it depends on did not complete, or the budget ran out"""
+    STATUS_BUDGET_EXCEEDED: _Status.ValueType  # 9
+    """dispatches only: stopped because the next task could overspend"""
 
 class Status(_Status, metaclass=_StatusEnumTypeWrapper): ...
 
@@ -51,7 +53,9 @@ STATUS_FAILED: Status.ValueType  # 5
 STATUS_CANCELLED: Status.ValueType  # 6
 STATUS_TIMED_OUT: Status.ValueType  # 7
 STATUS_SKIPPED: Status.ValueType  # 8
-"""not run because a task it depends on did not complete"""
+"""not run: a task it depends on did not complete, or the budget ran out"""
+STATUS_BUDGET_EXCEEDED: Status.ValueType  # 9
+"""dispatches only: stopped because the next task could overspend"""
 Global___Status: _TypeAlias = Status  # noqa: Y015
 
 class _NodeKind:
@@ -246,6 +250,7 @@ class Node(_message.Message):
     HARDWARE_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
     EXECUTOR_FIELD_NUMBER: _builtins.int
+    FUNCTION_KEY_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     kind: Global___NodeKind.ValueType
     name: _builtins.str
@@ -254,6 +259,8 @@ class Node(_message.Message):
     value_sha256: _builtins.str
     """parameters only"""
     retries: _builtins.int
+    function_key: _builtins.str
+    """"module.qualname": the same electron across dispatches"""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Input]: ...
     @_builtins.property
@@ -274,10 +281,11 @@ class Node(_message.Message):
         hardware: Global___HardwareSpec | None = ...,
         retries: _builtins.int = ...,
         executor: Global___ExecutorRef | None = ...,
+        function_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["executor", b"executor", "hardware", b"hardware"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["executor", b"executor", "function_sha256", b"function_sha256", "hardware", b"hardware", "inputs", b"inputs", "kind", b"kind", "name", b"name", "node_id", b"node_id", "retries", b"retries", "value_sha256", b"value_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executor", b"executor", "function_key", b"function_key", "function_sha256", b"function_sha256", "hardware", b"hardware", "inputs", b"inputs", "kind", b"kind", "name", b"name", "node_id", b"node_id", "retries", b"retries", "value_sha256", b"value_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,6 +302,7 @@ class DispatchCreateRequest(_message.Message):
     PARENT_DISPATCH_ID_FIELD_NUMBER: _builtins.int
     PARENT_NODE_ID_FIELD_NUMBER: _builtins.int
     WAIT_S_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     output_node: _builtins.int
     parent_dispatch_id: _builtins.str
@@ -301,6 +310,8 @@ class DispatchCreateRequest(_message.Message):
     parent_node_id: _builtins.int
     wait_s: _builtins.float
     """also wait up to this long for the dispatch to end"""
+    budget_usd: _builtins.float
+    """hard cap on the dispatch's cost; 0: none"""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]: ...
     @_builtins.property
@@ -317,10 +328,11 @@ class DispatchCreateRequest(_message.Message):
         parent_dispatch_id: _builtins.str = ...,
         parent_node_id: _builtins.int = ...,
         wait_s: _builtins.float = ...,
+        budget_usd: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "nodes", b"nodes", "output_node", b"output_node", "parent_dispatch_id", b"parent_dispatch_id", "parent_node_id", b"parent_node_id", "payloads", b"payloads", "wait_s", b"wait_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_usd", b"budget_usd", "name", b"name", "nodes", b"nodes", "output_node", b"output_node", "parent_dispatch_id", b"parent_dispatch_id", "parent_node_id", b"parent_node_id", "payloads", b"payloads", "wait_s", b"wait_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -385,6 +397,9 @@ class Dispatch(_message.Message):
     TASK_COUNT_FIELD_NUMBER: _builtins.int
     STATUS_COUNTS_FIELD_NUMBER: _builtins.int
     PARENT_DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
+    EMULATED_FIELD_NUMBER: _builtins.int
     dispatch_id: _builtins.str
     name: _builtins.str
     status: Global___Status.ValueType
@@ -394,6 +409,12 @@ class Dispatch(_message.Message):
     error: _builtins.str
     task_count: _builtins.int
     parent_dispatch_id: _builtins.str
+    cost_usd: _builtins.float
+    """billed so far, sublattices included"""
+    budget_usd: _builtins.float
+    """0: none"""
+    emulated: _builtins.bool
+    """some of the cost is for emulated GPUs"""
     @_builtins.property
     def status_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     def __init__(
@@ -409,10 +430,13 @@ class Dispatch(_message.Message):
         task_count: _builtins.int = ...,
         status_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         parent_dispatch_id: _builtins.str = ...,
+        cost_usd: _builtins.float = ...,
+        budget_usd: _builtins.float = ...,
+        emulated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "dispatch_id", b"dispatch_id", "ended_at", b"ended_at", "error", b"error", "name", b"name", "parent_dispatch_id", b"parent_dispatch_id", "started_at", b"started_at", "status", b"status", "status_counts", b"status_counts", "task_count", b"task_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_usd", b"budget_usd", "cost_usd", b"cost_usd", "created_at", b"created_at", "dispatch_id", b"dispatch_id", "emulated", b"emulated", "ended_at", b"ended_at", "error", b"error", "name", b"name", "parent_dispatch_id", b"parent_dispatch_id", "started_at", b"started_at", "status", b"status", "status_counts", b"status_counts", "task_count", b"task_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -623,6 +647,11 @@ class TaskRecord(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     SUBLATTICE_DISPATCH_ID_FIELD_NUMBER: _builtins.int
     OUTPUT_SHA256_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    BILLED_S_FIELD_NUMBER: _builtins.int
+    RATE_USD_PER_HOUR_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    FUNCTION_KEY_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     name: _builtins.str
     kind: Global___NodeKind.ValueType
@@ -638,6 +667,15 @@ class TaskRecord(_message.Message):
     """why it failed: exception, time_limit, killed, cancelled, ..."""
     sublattice_dispatch_id: _builtins.str
     output_sha256: _builtins.str
+    cost_usd: _builtins.float
+    """all attempts; a sublattice's is its child dispatch's"""
+    billed_s: _builtins.float
+    """whole seconds billed, all attempts"""
+    rate_usd_per_hour: _builtins.float
+    """the rate of the hardware it was given"""
+    placement: _builtins.str
+    """which executor was chosen, and why"""
+    function_key: _builtins.str
     @_builtins.property
     def hardware_requested(self) -> Global___HardwareSpec: ...
     @_builtins.property
@@ -661,14 +699,173 @@ class TaskRecord(_message.Message):
         reason: _builtins.str = ...,
         sublattice_dispatch_id: _builtins.str = ...,
         output_sha256: _builtins.str = ...,
+        cost_usd: _builtins.float = ...,
+        billed_s: _builtins.float = ...,
+        rate_usd_per_hour: _builtins.float = ...,
+        placement: _builtins.str = ...,
+        function_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hardware_given", b"hardware_given", "hardware_requested", b"hardware_requested"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "ended_at", b"ended_at", "error", b"error", "executor", b"executor", "hardware_given", b"hardware_given", "hardware_requested", b"hardware_requested", "kind", b"kind", "name", b"name", "node_id", b"node_id", "output_sha256", b"output_sha256", "reason", b"reason", "started_at", b"started_at", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "sublattice_dispatch_id", b"sublattice_dispatch_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "billed_s", b"billed_s", "cost_usd", b"cost_usd", "ended_at", b"ended_at", "error", b"error", "executor", b"executor", "function_key", b"function_key", "hardware_given", b"hardware_given", "hardware_requested", b"hardware_requested", "kind", b"kind", "name", b"name", "node_id", b"node_id", "output_sha256", b"output_sha256", "placement", b"placement", "rate_usd_per_hour", b"rate_usd_per_hour", "reason", b"reason", "started_at", b"started_at", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "sublattice_dispatch_id", b"sublattice_dispatch_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskRecord: _TypeAlias = TaskRecord  # noqa: Y015
+
+@_typing.final
+class TaskEstimate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    EXECUTOR_FIELD_NUMBER: _builtins.int
+    HARDWARE_FIELD_NUMBER: _builtins.int
+    RATE_USD_PER_HOUR_FIELD_NUMBER: _builtins.int
+    WORST_USD_FIELD_NUMBER: _builtins.int
+    UNBOUNDED_FIELD_NUMBER: _builtins.int
+    EXPECTED_S_FIELD_NUMBER: _builtins.int
+    EXPECTED_USD_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    EMULATED_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.int
+    name: _builtins.str
+    executor: _builtins.str
+    """the cheapest executor able to run it"""
+    rate_usd_per_hour: _builtins.float
+    worst_usd: _builtins.float
+    """rate x time limit; meaningless when unbounded"""
+    unbounded: _builtins.bool
+    """no time limit on a priced executor"""
+    expected_s: _builtins.float
+    """median recorded run time; 0 when no runs"""
+    expected_usd: _builtins.float
+    runs: _builtins.int
+    """recorded runs behind expected_s"""
+    emulated: _builtins.bool
+    @_builtins.property
+    def hardware(self) -> Global___HardwareSpec: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.int = ...,
+        name: _builtins.str = ...,
+        executor: _builtins.str = ...,
+        hardware: Global___HardwareSpec | None = ...,
+        rate_usd_per_hour: _builtins.float = ...,
+        worst_usd: _builtins.float = ...,
+        unbounded: _builtins.bool = ...,
+        expected_s: _builtins.float = ...,
+        expected_usd: _builtins.float = ...,
+        runs: _builtins.int = ...,
+        emulated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emulated", b"emulated", "executor", b"executor", "expected_s", b"expected_s", "expected_usd", b"expected_usd", "hardware", b"hardware", "name", b"name", "node_id", b"node_id", "rate_usd_per_hour", b"rate_usd_per_hour", "runs", b"runs", "unbounded", b"unbounded", "worst_usd", b"worst_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskEstimate: _TypeAlias = TaskEstimate  # noqa: Y015
+
+@_typing.final
+class DispatchEstimateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskEstimate]: ...
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___TaskEstimate] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchEstimateResponse: _TypeAlias = DispatchEstimateResponse  # noqa: Y015
+
+@_typing.final
+class CostSummaryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    since: _builtins.float
+    """unix time; 0: all"""
+    def __init__(
+        self,
+        *,
+        since: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostSummaryRequest: _TypeAlias = CostSummaryRequest  # noqa: Y015
+
+@_typing.final
+class CostRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_FIELD_NUMBER: _builtins.int
+    EXECUTOR_FIELD_NUMBER: _builtins.int
+    GPU_FIELD_NUMBER: _builtins.int
+    EMULATED_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    BILLED_S_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    day: _builtins.str
+    """YYYY-MM-DD, controller's local time, by when tasks ended"""
+    executor: _builtins.str
+    gpu: _builtins.str
+    """GPU type; empty for CPU-only tasks"""
+    emulated: _builtins.bool
+    tasks: _builtins.int
+    billed_s: _builtins.float
+    cost_usd: _builtins.float
+    def __init__(
+        self,
+        *,
+        day: _builtins.str = ...,
+        executor: _builtins.str = ...,
+        gpu: _builtins.str = ...,
+        emulated: _builtins.bool = ...,
+        tasks: _builtins.int = ...,
+        billed_s: _builtins.float = ...,
+        cost_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["billed_s", b"billed_s", "cost_usd", b"cost_usd", "day", b"day", "emulated", b"emulated", "executor", b"executor", "gpu", b"gpu", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostRow: _TypeAlias = CostRow  # noqa: Y015
+
+@_typing.final
+class CostSummaryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___CostRow]: ...
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___CostRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostSummaryResponse: _TypeAlias = CostSummaryResponse  # noqa: Y015
 
 @_typing.final
 class TaskListRequest(_message.Message):

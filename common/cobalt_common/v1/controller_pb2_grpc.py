@@ -84,6 +84,11 @@ class ControllerStub:
                 request_serializer=cobalt_dot_v1_dot_controller__pb2.DispatchWatchRequest.SerializeToString,
                 response_deserializer=cobalt_dot_v1_dot_controller__pb2.DispatchEvent.FromString,
                 _registered_method=True)
+        self.DispatchEstimate = channel.unary_unary(
+                '/cobalt.v1.Controller/DispatchEstimate',
+                request_serializer=cobalt_dot_v1_dot_controller__pb2.DispatchCreateRequest.SerializeToString,
+                response_deserializer=cobalt_dot_v1_dot_controller__pb2.DispatchEstimateResponse.FromString,
+                _registered_method=True)
         self.TaskList = channel.unary_unary(
                 '/cobalt.v1.Controller/TaskList',
                 request_serializer=cobalt_dot_v1_dot_controller__pb2.TaskListRequest.SerializeToString,
@@ -93,6 +98,11 @@ class ControllerStub:
                 '/cobalt.v1.Controller/NodeGet',
                 request_serializer=cobalt_dot_v1_dot_controller__pb2.NodeGetRequest.SerializeToString,
                 response_deserializer=cobalt_dot_v1_dot_controller__pb2.NodeGetResponse.FromString,
+                _registered_method=True)
+        self.CostSummary = channel.unary_unary(
+                '/cobalt.v1.Controller/CostSummary',
+                request_serializer=cobalt_dot_v1_dot_controller__pb2.CostSummaryRequest.SerializeToString,
+                response_deserializer=cobalt_dot_v1_dot_controller__pb2.CostSummaryResponse.FromString,
                 _registered_method=True)
 
 
@@ -159,6 +169,12 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DispatchEstimate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def TaskList(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -166,6 +182,12 @@ class ControllerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def NodeGet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CostSummary(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -224,6 +246,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     request_deserializer=cobalt_dot_v1_dot_controller__pb2.DispatchWatchRequest.FromString,
                     response_serializer=cobalt_dot_v1_dot_controller__pb2.DispatchEvent.SerializeToString,
             ),
+            'DispatchEstimate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DispatchEstimate,
+                    request_deserializer=cobalt_dot_v1_dot_controller__pb2.DispatchCreateRequest.FromString,
+                    response_serializer=cobalt_dot_v1_dot_controller__pb2.DispatchEstimateResponse.SerializeToString,
+            ),
             'TaskList': grpc.unary_unary_rpc_method_handler(
                     servicer.TaskList,
                     request_deserializer=cobalt_dot_v1_dot_controller__pb2.TaskListRequest.FromString,
@@ -233,6 +260,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.NodeGet,
                     request_deserializer=cobalt_dot_v1_dot_controller__pb2.NodeGetRequest.FromString,
                     response_serializer=cobalt_dot_v1_dot_controller__pb2.NodeGetResponse.SerializeToString,
+            ),
+            'CostSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.CostSummary,
+                    request_deserializer=cobalt_dot_v1_dot_controller__pb2.CostSummaryRequest.FromString,
+                    response_serializer=cobalt_dot_v1_dot_controller__pb2.CostSummaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +548,33 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
+    def DispatchEstimate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cobalt.v1.Controller/DispatchEstimate',
+            cobalt_dot_v1_dot_controller__pb2.DispatchCreateRequest.SerializeToString,
+            cobalt_dot_v1_dot_controller__pb2.DispatchEstimateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def TaskList(request,
             target,
             options=(),
@@ -559,6 +618,33 @@ class Controller:
             '/cobalt.v1.Controller/NodeGet',
             cobalt_dot_v1_dot_controller__pb2.NodeGetRequest.SerializeToString,
             cobalt_dot_v1_dot_controller__pb2.NodeGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CostSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cobalt.v1.Controller/CostSummary',
+            cobalt_dot_v1_dot_controller__pb2.CostSummaryRequest.SerializeToString,
+            cobalt_dot_v1_dot_controller__pb2.CostSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,8 +45,10 @@ class ControllerStub:
     DispatchList: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DispatchListRequest, _controller_pb2.DispatchListResponse]
     DispatchCancel: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DispatchCancelRequest, _controller_pb2.DispatchCancelResponse]
     DispatchWatch: _grpc.UnaryStreamMultiCallable[_controller_pb2.DispatchWatchRequest, _controller_pb2.DispatchEvent]
+    DispatchEstimate: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DispatchCreateRequest, _controller_pb2.DispatchEstimateResponse]
     TaskList: _grpc.UnaryUnaryMultiCallable[_controller_pb2.TaskListRequest, _controller_pb2.TaskListResponse]
     NodeGet: _grpc.UnaryUnaryMultiCallable[_controller_pb2.NodeGetRequest, _controller_pb2.NodeGetResponse]
+    CostSummary: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CostSummaryRequest, _controller_pb2.CostSummaryResponse]
 
 @_typing.type_check_only
 class ControllerAsyncStub(ControllerStub):
@@ -61,8 +63,10 @@ class ControllerAsyncStub(ControllerStub):
     DispatchList: _aio.UnaryUnaryMultiCallable[_controller_pb2.DispatchListRequest, _controller_pb2.DispatchListResponse]  # type: ignore[assignment]
     DispatchCancel: _aio.UnaryUnaryMultiCallable[_controller_pb2.DispatchCancelRequest, _controller_pb2.DispatchCancelResponse]  # type: ignore[assignment]
     DispatchWatch: _aio.UnaryStreamMultiCallable[_controller_pb2.DispatchWatchRequest, _controller_pb2.DispatchEvent]  # type: ignore[assignment]
+    DispatchEstimate: _aio.UnaryUnaryMultiCallable[_controller_pb2.DispatchCreateRequest, _controller_pb2.DispatchEstimateResponse]  # type: ignore[assignment]
     TaskList: _aio.UnaryUnaryMultiCallable[_controller_pb2.TaskListRequest, _controller_pb2.TaskListResponse]  # type: ignore[assignment]
     NodeGet: _aio.UnaryUnaryMultiCallable[_controller_pb2.NodeGetRequest, _controller_pb2.NodeGetResponse]  # type: ignore[assignment]
+    CostSummary: _aio.UnaryUnaryMultiCallable[_controller_pb2.CostSummaryRequest, _controller_pb2.CostSummaryResponse]  # type: ignore[assignment]
 
 class ControllerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -136,6 +140,13 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_controller_pb2.DispatchEvent], _abc.AsyncIterator[_controller_pb2.DispatchEvent]]: ...
 
     @_abc_1.abstractmethod
+    def DispatchEstimate(
+        self,
+        request: _controller_pb2.DispatchCreateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DispatchEstimateResponse, _abc.Awaitable[_controller_pb2.DispatchEstimateResponse]]: ...
+
+    @_abc_1.abstractmethod
     def TaskList(
         self,
         request: _controller_pb2.TaskListRequest,
@@ -148,5 +159,12 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.NodeGetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.NodeGetResponse, _abc.Awaitable[_controller_pb2.NodeGetResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CostSummary(
+        self,
+        request: _controller_pb2.CostSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.CostSummaryResponse, _abc.Awaitable[_controller_pb2.CostSummaryResponse]]: ...
 
 def add_ControllerServicer_to_server(servicer: ControllerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,8 +26,15 @@ NODE_UPDATE_FIELDS = (
     "stderr",
     "output_sha256",
     "sublattice_dispatch_id",
+    "cost_usd",
+    "billed_s",
+    "rate_usd_per_hour",
+    "placement",
+    "gpu_type",
+    "emulated",
+    "ended_day",
 )
-DISPATCH_UPDATE_FIELDS = ("status", "started_at", "ended_at", "error")
+DISPATCH_UPDATE_FIELDS = ("status", "started_at", "ended_at", "error", "cost_usd", "emulated")
 
 
 @dataclass(slots=True)
@@ -43,6 +50,10 @@ class DispatchRow:
     error: str = ""
     parent_dispatch_id: str | None = None
     parent_node_id: int | None = None
+    cost_usd: float = 0.0
+    budget_usd: float | None = None
+    emulated: bool = False
+    """Some of the cost is for emulated GPUs."""
 
 
 @dataclass(slots=True)
@@ -72,6 +83,29 @@ class NodeRow:
     stderr: str = ""
     output_sha256: str = ""
     sublattice_dispatch_id: str = ""
+    function_key: str = ""
+    """``module.qualname`` of an electron: the same electron across dispatches."""
+    cost_usd: float = 0.0
+    billed_s: float = 0.0
+    rate_usd_per_hour: float = 0.0
+    placement: str = ""
+    gpu_type: str = ""
+    emulated: bool = False
+    ended_day: str = ""
+    """``YYYY-MM-DD`` in the controller's local time; groups cost by day."""
+
+
+@dataclass(frozen=True, slots=True)
+class CostRow:
+    """Spend of the tasks that ended on one day on one executor and GPU type."""
+
+    day: str
+    executor: str
+    gpu_type: str
+    emulated: bool
+    tasks: int
+    billed_s: float
+    cost_usd: float
 
 
 @dataclass(slots=True)
@@ -122,6 +156,18 @@ class StateStore(ABC):
 
     @abstractmethod
     def get_payload(self, sha256: str) -> bytes | None: ...
+
+    @abstractmethod
+    def status_counts(self, dispatch_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        """Tasks (electrons and sublattices) per status, for each dispatch."""
+
+    @abstractmethod
+    def recent_run_times(self, function_key: str, limit: int = 50) -> list[float]:
+        """Run times in seconds of the electron's latest completed tasks, newest first."""
+
+    @abstractmethod
+    def cost_summary(self, since_day: str = "") -> list[CostRow]:
+        """Spend grouped by day, executor, GPU type and emulation, from ``since_day`` on."""
 
     @abstractmethod
     def missing_payloads(self, shas: Iterable[str]) -> set[str]:

@@ -6,9 +6,9 @@ import dataclasses
 import threading
 from collections.abc import Iterable
 
-from cobalt_controller.state.base import DispatchRow, NodeRow, StateStore, WriteBatch
+from cobalt_controller.state.base import CostRow, DispatchRow, NodeRow, StateStore, WriteBatch
 
-_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "BUDGET_EXCEEDED"}
 
 
 class MemoryStateStore(StateStore):
@@ -59,3 +59,40 @@ class MemoryStateStore(StateStore):
 
     def missing_payloads(self, shas: Iterable[str]) -> set[str]:
         return {s for s in shas if s not in self._payloads}
+
+    def status_counts(self, dispatch_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for dispatch_id in set(dispatch_ids):
+            c = counts[dispatch_id] = {}
+            for n in self._nodes.get(dispatch_id, []):
+                if n.kind in ("electron", "sublattice"):
+                    c[n.status] = c.get(n.status, 0) + 1
+        return counts
+
+    def recent_run_times(self, function_key: str, limit: int = 50) -> list[float]:
+        done = [
+            n
+            for nodes in self._nodes.values()
+            for n in nodes
+            if n.function_key == function_key
+            and n.status == "COMPLETED"
+            and n.started_at is not None
+            and n.ended_at is not None
+        ]
+        done.sort(key=lambda n: n.ended_at or 0.0, reverse=True)
+        return [(n.ended_at or 0.0) - (n.started_at or 0.0) for n in done[:limit]]
+
+    def cost_summary(self, since_day: str = "") -> list[CostRow]:
+        groups: dict[tuple[str, str, str, bool], list[float]] = {}
+        for nodes in self._nodes.values():
+            for n in nodes:
+                if n.kind != "electron" or not n.ended_day or n.ended_day < since_day:
+                    continue
+                g = groups.setdefault((n.ended_day, n.executor, n.gpu_type, n.emulated), [0, 0, 0])
+                g[0] += 1
+                g[1] += n.billed_s
+                g[2] += n.cost_usd
+        return [
+            CostRow(day, ex, gpu, emulated, int(g[0]), g[1], g[2])
+            for (day, ex, gpu, emulated), g in sorted(groups.items())
+        ]

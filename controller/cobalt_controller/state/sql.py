@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cobalt_common.errors import ConfigError
-from cobalt_controller.state.base import DispatchRow, NodeRow, StateStore, WriteBatch
+from cobalt_controller.state.base import CostRow, DispatchRow, NodeRow, StateStore, WriteBatch
 
 _meta = sa.MetaData()
 
@@ -30,6 +30,9 @@ dispatches = sa.Table(
     sa.Column("error", sa.Text, nullable=False, default=""),
     sa.Column("parent_dispatch_id", sa.String(64)),
     sa.Column("parent_node_id", sa.Integer),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("budget_usd", sa.Float),
+    sa.Column("emulated", sa.Boolean, nullable=False, default=False),
 )
 
 nodes = sa.Table(
@@ -57,6 +60,14 @@ nodes = sa.Table(
     sa.Column("stderr", sa.Text, nullable=False, default=""),
     sa.Column("output_sha256", sa.String(64), nullable=False, default=""),
     sa.Column("sublattice_dispatch_id", sa.String(64), nullable=False, default=""),
+    sa.Column("function_key", sa.String(512), nullable=False, default="", index=True),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("billed_s", sa.Float, nullable=False, default=0.0),
+    sa.Column("rate_usd_per_hour", sa.Float, nullable=False, default=0.0),
+    sa.Column("placement", sa.Text, nullable=False, default=""),
+    sa.Column("gpu_type", sa.String(32), nullable=False, default=""),
+    sa.Column("emulated", sa.Boolean, nullable=False, default=False),
+    sa.Column("ended_day", sa.String(10), nullable=False, default="", index=True),
 )
 
 payloads = sa.Table(
@@ -66,7 +77,8 @@ payloads = sa.Table(
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
 
-_ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
+_ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "BUDGET_EXCEEDED")
+_TASK_KINDS = ("electron", "sublattice")
 _NODE_FIELDS = [f.name for f in dataclasses.fields(NodeRow)]
 _DISPATCH_FIELDS = [f.name for f in dataclasses.fields(DispatchRow)]
 
@@ -81,6 +93,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Brings a database made by an older cobalt up to date.
+
+    Columns are only ever added, each with a default, so this is the whole
+    migration story so far.
+    """
+    inspector = sa.inspect(engine)
+    with engine.begin() as conn:
+        for table in (dispatches, nodes):
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                default = getattr(column.default, "arg", None)
+                clause = ""
+                if default is not None and not callable(default):
+                    literal = sa.literal(default).compile(
+                        dialect=engine.dialect, compile_kwargs={"literal_binds": True}
+                    )
+                    clause = f" NOT NULL DEFAULT {literal}"
+                conn.execute(
+                    sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{clause}')
+                )
 
 
 class SqlStateStore(StateStore):
@@ -98,6 +136,7 @@ class SqlStateStore(StateStore):
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         _meta.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self._statements: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._insert_payload = self._insert_ignoring_duplicates(payloads)
 
@@ -219,6 +258,58 @@ class SqlStateStore(StateStore):
     def missing_payloads(self, shas: Iterable[str]) -> set[str]:
         with self.engine.connect() as conn:
             return self._missing(conn, shas)
+
+    def status_counts(self, dispatch_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        ids = sorted(set(dispatch_ids))
+        counts: dict[str, dict[str, int]] = {i: {} for i in ids}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    sa.select(nodes.c.dispatch_id, nodes.c.status, sa.func.count())
+                    .where(nodes.c.dispatch_id.in_(ids[start : start + 500]))
+                    .where(nodes.c.kind.in_(_TASK_KINDS))
+                    .group_by(nodes.c.dispatch_id, nodes.c.status)
+                ).all()
+                for dispatch_id, status, n in rows:
+                    counts[dispatch_id][status] = int(n)
+        return counts
+
+    def recent_run_times(self, function_key: str, limit: int = 50) -> list[float]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(nodes.c.started_at, nodes.c.ended_at)
+                .where(nodes.c.function_key == function_key)
+                .where(nodes.c.status == "COMPLETED")
+                .where(nodes.c.started_at.is_not(None) & nodes.c.ended_at.is_not(None))
+                .order_by(nodes.c.ended_at.desc())
+                .limit(limit)
+            ).all()
+        return [float(end - start) for start, end in rows]
+
+    def cost_summary(self, since_day: str = "") -> list[CostRow]:
+        query = (
+            sa.select(
+                nodes.c.ended_day,
+                nodes.c.executor,
+                nodes.c.gpu_type,
+                nodes.c.emulated,
+                sa.func.count(),
+                sa.func.sum(nodes.c.billed_s),
+                sa.func.sum(nodes.c.cost_usd),
+            )
+            .where(nodes.c.kind == "electron")
+            .where(nodes.c.ended_day != "")
+            .group_by(nodes.c.ended_day, nodes.c.executor, nodes.c.gpu_type, nodes.c.emulated)
+            .order_by(nodes.c.ended_day, nodes.c.executor, nodes.c.gpu_type)
+        )
+        if since_day:
+            query = query.where(nodes.c.ended_day >= since_day)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            CostRow(day, executor, gpu, bool(emulated), int(n), float(billed or 0), float(cost or 0))
+            for day, executor, gpu, emulated, n, billed, cost in rows
+        ]
 
     def close(self) -> None:
         self.engine.dispose()
