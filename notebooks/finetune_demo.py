@@ -14,7 +14,11 @@ import numpy as np
 
 import cobalt as ct
 
-GPU_BOX = ct.LocalExecutor(name="gpu-box", emulate_gpus={"h100": 4}, memory="256GB")
+# prices="list" bills the emulated H100s at published cloud list prices, so the
+# cost figures below are what the same run would cost on rented H100s.
+GPU_BOX = ct.LocalExecutor(
+    name="gpu-box", emulate_gpus={"h100": 4}, memory="256GB", prices="list"
+)
 
 
 def make_data(seed: int, n: int = 4000, features: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +53,7 @@ def finetune(hidden: int, lr: float, epochs: int = 60, seed: int = 0) -> dict[st
     return {"w1": w1, "b1": b1, "w2": w2, "b2": np.array(b2), "hidden": np.array(hidden)}
 
 
-@ct.electron(gpu="h100", memory="48GB", time_limit="18h")
+@ct.electron(gpu="h100", memory="48GB", time_limit="1h")
 def evaluate(model: dict[str, np.ndarray], seed: int = 1) -> float:
     """Accuracy on held-out data drawn from the same distribution."""
     x, y = make_data(seed)
@@ -58,7 +62,7 @@ def evaluate(model: dict[str, np.ndarray], seed: int = 1) -> float:
     return float(np.mean((p > 0.5) == y))
 
 
-@ct.electron(gpu=None, cpus=1)
+@ct.electron(gpu=None, cpus=1, time_limit="10m")
 def pick_best(configs: list[dict[str, float]], scores: list[float]) -> dict[str, float]:
     best = int(np.argmax(scores))
     return {**configs[best], "accuracy": scores[best]}
@@ -78,10 +82,13 @@ def main() -> None:
         {"hidden": 64, "lr": 1.0},
         {"hidden": 128, "lr": 1.0},
     ]
-    dispatch_id = ct.dispatch(finetune_and_pick)(configs)
-    print(f"dispatched {dispatch_id}; waiting for the result ...")
+    estimate = ct.estimate(finetune_and_pick)(configs)
+    print(estimate.summary())
+    # The time limits bound the worst case; the budget is a hard cap on top.
+    dispatch_id = ct.dispatch(finetune_and_pick, budget_usd=400)(configs)
+    print(f"dispatched {dispatch_id} with a $400 budget; waiting for the result ...")
     result = ct.get_result(dispatch_id, wait=True)
-    print(f"\nstatus: {result.status}")
+    print(f"\nstatus: {result.status}, {result.cost_line()}")
     if result.status != ct.Status.COMPLETED:
         raise SystemExit(result.error)
     best = result.result

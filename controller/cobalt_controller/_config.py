@@ -13,6 +13,7 @@ Example::
     [executors.local]
     type = "local"
     emulate_gpus = { h100 = 2 }
+    prices = { base = "list", gpu_hour = { h100 = 2.10 } }   # or "list"; default "zero"
 
 Every key is optional. Without a file the controller has one executor,
 ``local``, with this machine's CPUs, memory and GPUs.
@@ -25,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cobalt_common.errors import ConfigError
+from cobalt_common.errors import ConfigError, SpecError
 from cobalt_common.paths import config_file
+from cobalt_common.pricing import parse_prices
+from cobalt_executors.base import COMMON_OPTIONS
 from cobalt_executors.registry import EXECUTOR_TYPES
 
 _CONTROLLER_KEYS = {
@@ -138,10 +141,17 @@ def _executor(path: Path, name: str, type_name: Any, options: dict[str, Any]) ->
             f"{path}: [executors.{name}] type {type_name!r} is not an executor type; "
             f"known types are: {', '.join(sorted(EXECUTOR_TYPES))}."
         )
-    unknown = sorted(set(options) - cls.accepted_options)
+    accepted = cls.accepted_options | COMMON_OPTIONS
+    unknown = sorted(set(options) - accepted)
     if unknown:
         raise ConfigError(
             f"{path}: unknown key(s) {', '.join(unknown)} in [executors.{name}]; "
-            f"a {cls.type_name!r} executor accepts: {', '.join(sorted(cls.accepted_options))}."
+            f"a {cls.type_name!r} executor accepts: {', '.join(sorted(accepted))}."
         )
+    try:
+        parse_prices(
+            options.get("prices"), where=f"[executors.{name}] prices", default=cls.default_prices
+        )
+    except SpecError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     return ExecutorConfig(name, cls.type_name, options)

@@ -20,6 +20,7 @@ STATUS_TO_PB = {
         "CANCELLED",
         "TIMED_OUT",
         "SKIPPED",
+        "BUDGET_EXCEEDED",
     )
 }
 KIND_TO_PB = {
@@ -78,6 +79,9 @@ def dispatch_row_to_pb(row: DispatchRow, counts: dict[str, int] | None = None) -
         task_count=row.task_count,
         status_counts=counts or {},
         parent_dispatch_id=row.parent_dispatch_id or "",
+        cost_usd=row.cost_usd,
+        budget_usd=row.budget_usd or 0.0,
+        emulated=row.emulated,
     )
 
 
@@ -93,6 +97,9 @@ def dispatch_to_pb(d: Dispatch, *, counts: bool = True) -> pb.Dispatch:
         task_count=d.task_count,
         status_counts=d.status_counts() if counts else {},
         parent_dispatch_id=d.parent_dispatch_id or "",
+        cost_usd=d.cost_usd,
+        budget_usd=d.budget_usd or 0.0,
+        emulated=d.emulated,
     )
 
 
@@ -114,6 +121,11 @@ def node_row_to_pb(row: NodeRow) -> pb.TaskRecord:
         reason=row.reason,
         sublattice_dispatch_id=row.sublattice_dispatch_id,
         output_sha256=row.output_sha256,
+        cost_usd=row.cost_usd,
+        billed_s=row.billed_s,
+        rate_usd_per_hour=row.rate_usd_per_hour,
+        placement=row.placement,
+        function_key=row.function_key,
     )
 
 
@@ -143,6 +155,11 @@ def task_to_pb(t: Task) -> pb.TaskRecord:
         reason=t.reason,
         sublattice_dispatch_id=t.sublattice_dispatch_id,
         output_sha256=t.output.sha256 if t.output else "",
+        cost_usd=t.cost_usd,
+        billed_s=t.billed_s,
+        rate_usd_per_hour=t.rate,
+        placement=t.placement,
+        function_key=t.function_key,
     )
 
 
@@ -159,4 +176,9 @@ def task_from_row(row: NodeRow) -> Task:
         row.executor_ref,
     )
     t.attempts = row.attempts
+    t.function_key = row.function_key
+    t.cost_usd = row.cost_usd
+    t.billed_s = row.billed_s
+    t.rate = row.rate_usd_per_hour
+    t.placement = row.placement
     return t

@@ -8,29 +8,29 @@ some executor can ever run each task's hardware spec.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 
-from cobalt_common.errors import DispatchError
+from cobalt_common.errors import DispatchError, SpecError
+from cobalt_common.pricing import billed_seconds, format_usd
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_controller._convert import PB_TO_KIND, spec_from_pb, spec_to_json
 from cobalt_controller._executors import ExecutorPool
-from cobalt_controller._model import COMPLETED, PARAMETER, Dispatch, Input, Task
+from cobalt_controller._model import COMPLETED, ELECTRON, PARAMETER, Dispatch, Input, Task
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.state import DispatchRow, NodeRow, WriteBatch
 from cobalt_executors import Executor, PayloadRef
 
 
-def build_dispatch(
-    req: pb.DispatchCreateRequest, payloads: Payloads, executors: ExecutorPool
-) -> tuple[Dispatch, WriteBatch]:
+def build_tasks(req: pb.DispatchCreateRequest, executors: ExecutorPool) -> list[Task]:
+    """Checks the graph and finds each task's candidate executors, cheapest first."""
     n = len(req.nodes)
     if n == 0:
         raise DispatchError("the workflow has no nodes.")
     if req.output_node >= n:
         raise DispatchError(f"output node {req.output_node} does not exist.")
     inline = {p.sha256: p.data for p in req.payloads}
-    wanted: set[str] = set()
     tasks: list[Task] = []
     resolved: dict[str, object] = {}
     candidates: dict[tuple[str, object], tuple[Executor, ...]] = {}
@@ -59,7 +59,6 @@ def build_dispatch(
         sha = node.value_sha256 if kind == PARAMETER else node.function_sha256
         if not sha:
             raise DispatchError(f"node {i} ({node.name}) carries no payload.")
-        wanted.add(sha)
         t = Task(
             i,
             node.name,
@@ -82,13 +81,30 @@ def build_dispatch(
             if found is None:
                 named = resolved[key]
                 found = executors.candidates(t.hardware, named, node.name)  # type: ignore[arg-type]
+                spec = t.hardware
+                found = tuple(sorted(found, key=lambda ex: ex.rate_usd_per_hour(spec)))
                 candidates[ckey] = found
             t.candidates = found
+            t.function_key = node.function_key
             t.waiting = len({inp.parent for inp in inputs if tasks[inp.parent].kind != PARAMETER})
             for parent in {inp.parent for inp in inputs}:
                 if tasks[parent].kind != PARAMETER:
                     tasks[parent].children.append(i)
         tasks.append(t)
+    return tasks
+
+
+def build_dispatch(
+    req: pb.DispatchCreateRequest, payloads: Payloads, executors: ExecutorPool
+) -> tuple[Dispatch, WriteBatch]:
+    budget = req.budget_usd
+    if not (budget == 0 or (math.isfinite(budget) and budget > 0)):
+        raise SpecError(f"budget_usd must be a positive number of US dollars, got {budget!r}.")
+    tasks = build_tasks(req, executors)
+    if budget:
+        check_budget(tasks, budget)
+    inline = {p.sha256: p.data for p in req.payloads}
+    wanted = {t.output.sha256 if t.kind == PARAMETER and t.output else t.fn_sha for t in tasks}
     missing = payloads.missing(wanted - inline.keys())
     if missing:
         raise DispatchError(
@@ -115,6 +131,7 @@ def build_dispatch(
         parent_node_id=req.parent_node_id if req.parent_dispatch_id else None,
     )
     d.status = "PENDING"
+    d.budget_usd = budget or None
     batch = WriteBatch()
     batch.payloads.update({s: b for s, b in inline.items() if len(b) <= payloads.inline_limit})
     row = DispatchRow(
@@ -126,6 +143,7 @@ def build_dispatch(
         d.task_count,
         parent_dispatch_id=d.parent_dispatch_id,
         parent_node_id=d.parent_node_id,
+        budget_usd=d.budget_usd,
     )
     node_rows = [
         NodeRow(
@@ -141,8 +159,51 @@ def build_dispatch(
             retries=t.retries,
             executor_ref=t.executor_ref,
             output_sha256=t.output.sha256 if t.output else "",
+            function_key=t.function_key,
         )
         for t in tasks
     ]
     batch.new_dispatches.append((row, node_rows))
     return d, batch
+
+
+def worst_case_usd(ex: Executor, t: Task) -> float:
+    """The most ``t`` can cost on ``ex``: its rate for its whole time limit."""
+    rate = ex.rate_usd_per_hour(t.hardware)
+    if rate == 0:
+        return 0.0
+    if not t.hardware.time_limit_s:
+        return math.inf
+    return rate * billed_seconds(t.hardware.time_limit_s, t.hardware.time_limit_s) / 3600
+
+
+def check_budget(tasks: list[Task], budget: float) -> None:
+    """Refuses a dispatch that a budget could never let finish.
+
+    A priced task without a time limit has no worst case to hold against the
+    budget, and a task whose cheapest worst case is above the whole budget
+    could never start; both are refused before anything runs.
+    """
+    unbounded: dict[str, str] = {}
+    too_big: dict[str, float] = {}
+    for t in tasks:
+        if t.kind != ELECTRON or not t.candidates:
+            continue
+        worst = worst_case_usd(t.candidates[0], t)
+        if math.isinf(worst):
+            rate = t.candidates[0].rate_usd_per_hour(t.hardware)
+            unbounded.setdefault(t.name, f"{format_usd(rate)}/h on {t.candidates[0].name}")
+        elif worst > budget:
+            too_big[t.name] = max(worst, too_big.get(t.name, 0.0))
+    if unbounded:
+        names = ", ".join(f"{name!r} ({rate})" for name, rate in list(unbounded.items())[:5])
+        raise SpecError(
+            f"budget_usd needs a worst case for every priced task, but {names} "
+            'has no time_limit. Give it one, for example @ct.electron(time_limit="2h").'
+        )
+    if too_big:
+        name, worst = max(too_big.items(), key=lambda kv: kv[1])
+        raise SpecError(
+            f"task {name!r} alone could cost up to {format_usd(worst)}, more than the whole "
+            f"budget of {format_usd(budget)}. Raise budget_usd or lower its time_limit."
+        )

@@ -14,10 +14,12 @@ if TYPE_CHECKING:
 
 NEW, PENDING, RUNNING, COMPLETED = "NEW", "PENDING", "RUNNING", "COMPLETED"
 FAILED, CANCELLED, TIMED_OUT, SKIPPED = "FAILED", "CANCELLED", "TIMED_OUT", "SKIPPED"
+BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT, SKIPPED})
-DISPATCH_ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
+DISPATCH_ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT, BUDGET_EXCEEDED})
 
-PARAMETER, SUBLATTICE = "parameter", "sublattice"
+PARAMETER, SUBLATTICE, ELECTRON = "parameter", "sublattice", "electron"
+TASK_KINDS = frozenset({ELECTRON, SUBLATTICE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,13 +35,16 @@ class Task:
 
     __slots__ = (
         "attempts",
+        "billed_s",
         "candidates",
         "children",
+        "cost_usd",
         "ended_at",
         "error",
         "executor",
         "executor_ref",
         "fn_sha",
+        "function_key",
         "given",
         "hardware",
         "inputs",
@@ -47,7 +52,10 @@ class Task:
         "name",
         "node_id",
         "output",
+        "placement",
+        "rate",
         "reason",
+        "reserved",
         "retries",
         "started_at",
         "status",
@@ -89,20 +97,56 @@ class Task:
         self.reason = ""
         self.task_key = ""
         self.sublattice_dispatch_id = ""
+        self.function_key = ""
+        self.cost_usd = 0.0
+        """All attempts; for a sublattice, its child dispatch's cost."""
+        self.billed_s = 0.0
+        self.rate = 0.0
+        """USD per hour of the hardware of the latest attempt."""
+        self.placement = ""
+        self.reserved = 0.0
+        """Budget held for the running attempt: its worst-case cost."""
 
     def inputs_json(self) -> str:
         return json.dumps([[i.parent, i.position, i.keyword, i.wait_only] for i in self.inputs])
 
 
+class Ledger:
+    """The budget of a dispatch, shared with its sublattices' dispatches.
+
+    A task starts only if its worst case fits in what is left; while it runs
+    its worst case is held, and when it ends its real cost replaces the hold.
+    """
+
+    __slots__ = ("blocked", "budget_usd", "exhausted", "held", "running", "spent")
+
+    def __init__(self, budget_usd: float, spent: float = 0.0) -> None:
+        self.budget_usd = budget_usd
+        self.spent = spent
+        self.held = 0.0
+        self.running = 0
+        self.exhausted = False
+        self.blocked: dict[tuple[str, int], tuple[Dispatch, Task, str]] = {}
+        """Tasks that do not fit, with why, by (dispatch id, node id)."""
+
+    @property
+    def left(self) -> float:
+        return self.budget_usd - self.spent - self.held
+
+
 class Dispatch:
     __slots__ = (
+        "budget_usd",
         "cancelled",
         "child_dispatches",
+        "cost_usd",
         "created_at",
         "dispatch_id",
         "done",
+        "emulated",
         "ended_at",
         "error",
+        "ledger",
         "name",
         "output_node",
         "parent_dispatch_id",
@@ -138,14 +182,19 @@ class Dispatch:
         self.cancelled = False
         self.done = threading.Event()
         self.child_dispatches: set[str] = set()
+        self.budget_usd: float | None = None
+        self.cost_usd = 0.0
+        self.emulated = False
+        self.ledger: Ledger | None = None
 
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for t in self.tasks:
-            if t.kind != PARAMETER:
+            if t.kind in TASK_KINDS:
                 counts[t.status] = counts.get(t.status, 0) + 1
         return counts
 
     @property
     def task_count(self) -> int:
-        return sum(1 for t in self.tasks if t.kind != PARAMETER)
+        """Electrons and sublattices: the tasks a user sees in ``Result.tasks``."""
+        return sum(1 for t in self.tasks if t.kind in TASK_KINDS)

@@ -20,10 +20,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from cobalt_common.hardware import HardwareGiven
+from cobalt_common.pricing import billed_seconds
+from cobalt_controller._budget import budget_report, exhausted_message, placement_note
+from cobalt_controller._cost import local_day
 from cobalt_controller._executors import ExecutorPool
+from cobalt_controller._intake import worst_case_usd
 from cobalt_controller._model import (
+    BUDGET_EXCEEDED,
     CANCELLED,
     COMPLETED,
+    ELECTRON,
     FAILED,
     PENDING,
     RUNNING,
@@ -32,6 +39,7 @@ from cobalt_controller._model import (
     TERMINAL,
     TIMED_OUT,
     Dispatch,
+    Ledger,
     Task,
 )
 from cobalt_controller._payloads import Payloads
@@ -71,6 +79,10 @@ class Scheduler:
         self._finished: list[Dispatch] = []
         self._changed: list[tuple[Dispatch, Task | None]] = []
         self._dirty: dict[tuple[str, int], tuple[Task, dict[str, str] | None]] = {}
+        self._cost_changed: set[Dispatch] = set()
+        self._ledgers: set[Ledger] = set()
+        """Ledgers with tasks held back by their budget."""
+        self._rates: dict[tuple[Executor, HardwareGiven], float] = {}
         self._thread = threading.Thread(target=self._run, name="cobalt-scheduler", daemon=True)
         self._stopping = False
 
@@ -114,6 +126,8 @@ class Scheduler:
                             break
                 self._fire_timers()
                 self._place()
+                if self._ledgers:
+                    self._check_budgets()
                 self._flush()
             except Exception:
                 log.exception("scheduling round failed")
@@ -141,6 +155,11 @@ class Scheduler:
             self._stopping = True
 
     def _on_dispatch(self, d: Dispatch) -> None:
+        parent = self.active.get(d.parent_dispatch_id) if d.parent_dispatch_id else None
+        if parent is not None and parent.ledger is not None:
+            d.ledger = parent.ledger
+        elif d.budget_usd:
+            d.ledger = Ledger(d.budget_usd, spent=d.cost_usd)
         for t in d.tasks:
             if t.status == PENDING and t.waiting == 0:
                 self._make_ready(d, t)
@@ -173,6 +192,19 @@ class Scheduler:
             del self._ready[key]
 
     def _try_submit(self, d: Dispatch, t: Task) -> bool:
+        ledger = d.ledger
+        worst = 0.0
+        if ledger is not None and t.kind == ELECTRON:
+            # Candidates are sorted cheapest first: if the cheapest could
+            # overspend, every other could too.
+            worst = worst_case_usd(t.candidates[0], t)
+            if worst > ledger.left:
+                if ledger.exhausted:
+                    return False
+                ledger.blocked[(d.dispatch_id, t.node_id)] = (d, t, t.candidates[0].name)
+                self._ledgers.add(ledger)
+                return False
+            ledger.blocked.pop((d.dispatch_id, t.node_id), None)
         t.attempts += 1
         t.task_key = f"{d.dispatch_id}/{t.node_id}/{t.attempts}"
         try:
@@ -183,7 +215,11 @@ class Scheduler:
                 d, t, FAILED, f"payload {exc} of task {t.name!r} is missing from the store.", "lost"
             )
             return True
-        for ex in t.candidates:
+        for i, ex in enumerate(t.candidates):
+            if i and ledger is not None and t.kind == ELECTRON:
+                worst = worst_case_usd(ex, t)
+                if worst > ledger.left:
+                    break
             given = ex.try_submit(submission)
             if given is None:
                 continue
@@ -192,6 +228,12 @@ class Scheduler:
             t.executor = ex.name
             t.given = given
             t.started_at = now
+            t.rate = self._rate(ex, given) if t.kind == ELECTRON else 0.0
+            t.placement = placement_note(t, i)
+            if ledger is not None and worst > 0:
+                t.reserved = worst
+                ledger.held += worst
+                ledger.running += 1
             self._submitted[t.task_key] = (d, t, ex)
             if t.hardware.time_limit_s:
                 heapq.heappush(self._deadlines, (now + t.hardware.time_limit_s, t.task_key))
@@ -204,6 +246,47 @@ class Scheduler:
             return True
         t.attempts -= 1
         return False
+
+    def _rate(self, ex: Executor, given: HardwareGiven) -> float:
+        key = (ex, given)
+        rate = self._rates.get(key)
+        if rate is None:
+            rate = self._rates[key] = ex.prices.rate_usd_per_hour(
+                cpus=given.cpus,
+                memory_mb=given.memory_mb,
+                gpu=given.gpu,
+                gpus=len(given.gpu_indices),
+            )
+        return rate
+
+    def _charge(self, d: Dispatch, t: Task) -> None:
+        """Bills the attempt that just ended, and releases its budget hold."""
+        run_s = (t.ended_at or 0.0) - (t.started_at or 0.0)
+        billed = billed_seconds(run_s, t.hardware.time_limit_s)
+        t.billed_s += billed
+        cost = billed * t.rate / 3600 if t.rate else 0.0
+        ledger = d.ledger
+        if ledger is not None and t.reserved:
+            ledger.held -= t.reserved
+            ledger.running -= 1
+            t.reserved = 0.0
+        if not cost:
+            return
+        t.cost_usd += cost
+        if ledger is not None:
+            ledger.spent += cost
+        emulated = t.given is not None and t.given.emulated
+        # A sublattice's cost is its child dispatch's: roll it up the chain.
+        node: Dispatch | None = d
+        while node is not None:
+            node.cost_usd += cost
+            node.emulated = node.emulated or emulated
+            self._cost_changed.add(node)
+            parent_id, parent_node = node.parent_dispatch_id, node.parent_node_id
+            node = self.active.get(parent_id) if parent_id else None
+            if node is not None and parent_node is not None:
+                node.tasks[parent_node].cost_usd += cost
+                self._touch(node, node.tasks[parent_node], notify=False)
 
     def _submission(self, d: Dispatch, t: Task) -> TaskSubmission:
         args = []
@@ -235,6 +318,8 @@ class Scheduler:
         if o.started_at:
             t.started_at = o.started_at
         t.given = o.hardware_given
+        if t.kind == ELECTRON:
+            self._charge(d, t)
         logs = {"stdout": o.stdout, "stderr": o.stderr}
         if o.status == "completed" and o.output is not None:
             t.status = COMPLETED
@@ -329,6 +414,35 @@ class Scheduler:
         if d.remaining == 0:
             self._finish(d)
 
+    def _check_budgets(self) -> None:
+        """Ends dispatches whose held-back task can never fit.
+
+        Once nothing of the budget is held by running tasks, what is left can
+        only shrink: a task that does not fit now never will.
+        """
+        for ledger in list(self._ledgers):
+            if not ledger.blocked:
+                self._ledgers.discard(ledger)
+            elif ledger.running == 0:
+                self._ledgers.discard(ledger)
+                self._exhaust(ledger)
+
+    def _exhaust(self, ledger: Ledger) -> None:
+        ledger.exhausted = True
+        blocked = next(iter(ledger.blocked.values()))
+        ledger.blocked.clear()
+        for d in [d for d in self.active.values() if d.ledger is ledger]:
+            why = exhausted_message(ledger, blocked)
+            for t in d.tasks:
+                if t.status == PENDING:
+                    t.status = SKIPPED
+                    t.reason = "budget"
+                    t.error = f"not run: {why}"
+                    d.remaining -= 1
+                    self._touch(d, t)
+            if d.remaining == 0:
+                self._finish(d)
+
     def _on_link(self, parent_id: str, node_id: int, child_id: str) -> None:
         d = self.active.get(parent_id)
         if d is None:
@@ -346,6 +460,8 @@ class Scheduler:
         statuses = {t.status for t in d.tasks}
         if d.cancelled:
             d.status = CANCELLED
+        elif d.ledger is not None and d.ledger.exhausted:
+            d.status = BUDGET_EXCEEDED
         elif FAILED in statuses:
             d.status = FAILED
         elif TIMED_OUT in statuses:
@@ -359,6 +475,7 @@ class Scheduler:
         self._batch.update_dispatch(
             d.dispatch_id, status=d.status, ended_at=d.ended_at, error=d.error
         )
+        self._cost_changed.add(d)
         self._changed.append((d, None))
         self._finished.append(d)
 
@@ -387,6 +504,13 @@ class Scheduler:
                 "reason": t.reason,
                 "output_sha256": t.output.sha256 if t.output is not None else "",
                 "sublattice_dispatch_id": t.sublattice_dispatch_id,
+                "cost_usd": t.cost_usd,
+                "billed_s": t.billed_s,
+                "rate_usd_per_hour": t.rate,
+                "placement": t.placement,
+                "gpu_type": (t.given.gpu or "") if t.given is not None else "",
+                "emulated": t.given is not None and t.given.emulated,
+                "ended_day": local_day(t.ended_at) if t.ended_at else "",
             }
             if logs is not None:
                 row.update(logs)
@@ -396,6 +520,10 @@ class Scheduler:
     def _flush(self) -> None:
         if self._dirty:
             self._write_dirty()
+        if self._cost_changed:
+            for d in self._cost_changed:
+                self._batch.update_dispatch(d.dispatch_id, cost_usd=d.cost_usd, emulated=d.emulated)
+            self._cost_changed.clear()
         if self._batch:
             batch, self._batch = self._batch, WriteBatch()
             self.state.apply(batch)
@@ -429,6 +557,8 @@ def _dispatch_error(d: Dispatch) -> str:
         return ""
     if d.status == CANCELLED:
         return "The dispatch was cancelled."
+    if d.status == BUDGET_EXCEEDED:
+        return budget_report(d)
     failed = [t for t in d.tasks if t.status in (FAILED, TIMED_OUT)]
     if not failed:
         return f"The dispatch's output node {d.output_node} did not complete."

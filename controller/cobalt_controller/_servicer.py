@@ -11,9 +11,11 @@ from typing import Any, NoReturn
 import grpc
 
 from cobalt_common import errors
+from cobalt_common.pricing import describe_prices
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
 from cobalt_controller._convert import dispatch_row_to_pb, dispatch_to_pb, node_row_to_pb
+from cobalt_controller._cost import estimate, local_day
 from cobalt_controller._events import EventHub
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._intake import build_dispatch
@@ -71,6 +73,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
                     capacity=capacity,
                     free=free,
                     configured=self.executors.is_configured(ex),
+                    prices=describe_prices(ex.prices),
                 )
             )
         return pb.ControllerStatusResponse(
@@ -81,6 +84,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             database_url=self.info["database_url"],
             executors=infos,
             active_dispatches=len(self.scheduler.active),
+            dashboard=str(self.info.get("dashboard", "")),
         )
 
     def ControllerStop(self, request: Any, context: Any) -> pb.ControllerStopResponse:
@@ -164,7 +168,18 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         self, request: pb.DispatchListRequest, context: Any
     ) -> pb.DispatchListResponse:
         rows = self.state.list_dispatches(request.limit or 50)
-        return pb.DispatchListResponse(dispatches=[dispatch_row_to_pb(r) for r in rows])
+        counts = self.state.status_counts(r.dispatch_id for r in rows)
+        return pb.DispatchListResponse(
+            dispatches=[dispatch_row_to_pb(r, counts.get(r.dispatch_id)) for r in rows]
+        )
+
+    def DispatchEstimate(
+        self, request: pb.DispatchCreateRequest, context: Any
+    ) -> pb.DispatchEstimateResponse:
+        try:
+            return estimate(request, self.executors, self.state)
+        except errors.Error as exc:
+            abort(context, exc)
 
     def DispatchCancel(
         self, request: pb.DispatchCancelRequest, context: Any
@@ -243,8 +258,33 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             resp.output.CopyFrom(self._output(row.output_sha256))
         return resp
 
+    # -- cost ----------------------------------------------------------------------
 
-_ENDED_PB = {pb.STATUS_COMPLETED, pb.STATUS_FAILED, pb.STATUS_CANCELLED, pb.STATUS_TIMED_OUT}
+    def CostSummary(self, request: pb.CostSummaryRequest, context: Any) -> pb.CostSummaryResponse:
+        since = local_day(request.since) if request.since else ""
+        return pb.CostSummaryResponse(
+            rows=[
+                pb.CostRow(
+                    day=r.day,
+                    executor=r.executor,
+                    gpu=r.gpu_type,
+                    emulated=r.emulated,
+                    tasks=r.tasks,
+                    billed_s=r.billed_s,
+                    cost_usd=r.cost_usd,
+                )
+                for r in self.state.cost_summary(since)
+            ]
+        )
+
+
+_ENDED_PB = {
+    pb.STATUS_COMPLETED,
+    pb.STATUS_FAILED,
+    pb.STATUS_CANCELLED,
+    pb.STATUS_TIMED_OUT,
+    pb.STATUS_BUDGET_EXCEEDED,
+}
 
 
 def _unknown(dispatch_id: str) -> str:

@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal
 
 from cobalt_common.errors import SpecError
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
+from cobalt_common.pricing import PriceTable, parse_prices
 from cobalt_executors._inventory import Allocation, GpuDevice, Inventory
 
 __all__ = [
@@ -119,24 +120,37 @@ class ExecutorContext:
     """Variables every task gets (for example how to reach the controller)."""
 
 
+COMMON_OPTIONS = frozenset({"prices"})
+"""Options every executor accepts, besides its own ``accepted_options``."""
+
+
 class Executor(ABC):
     """Base class of executors. Subclasses set ``type_name`` and
-    ``accepted_options`` and implement the abstract methods."""
+    ``accepted_options`` and implement the abstract methods.
+
+    Every executor has a :class:`~cobalt_common.pricing.PriceTable` from its
+    ``prices`` option; ``default_prices`` is what it costs unset: ``"zero"``
+    for hardware the user owns, ``"list"`` for rented hardware.
+    """
 
     type_name: ClassVar[str] = ""
     accepted_options: ClassVar[frozenset[str]] = frozenset()
+    default_prices: ClassVar[str] = "zero"
 
     def __init__(self, name: str, options: Mapping[str, Any] | None = None) -> None:
         options = dict(options or {})
-        unknown = sorted(set(options) - self.accepted_options)
+        unknown = sorted(set(options) - self.accepted_options - COMMON_OPTIONS)
         if unknown:
             raise SpecError(
                 f"executor {name!r} of type {self.type_name!r} does not accept option(s) "
                 f"{', '.join(unknown)}; accepted options are: "
-                f"{', '.join(sorted(self.accepted_options)) or '(none)'}."
+                f"{', '.join(sorted(self.accepted_options | COMMON_OPTIONS))}."
             )
         self.name = name
         self.options = options
+        self.prices: PriceTable = parse_prices(
+            options.get("prices"), where=f"executor {name!r} prices", default=self.default_prices
+        )
         self._context: ExecutorContext | None = None
         self._lock = threading.Lock()
 
@@ -169,6 +183,12 @@ class Executor(ABC):
     @abstractmethod
     def teardown(self) -> None:
         """Stops everything this executor started."""
+
+    def rate_usd_per_hour(self, spec: HardwareSpec) -> float:
+        """What running ``spec`` here costs per hour, before it is placed."""
+        return self.prices.rate_usd_per_hour(
+            cpus=spec.cpus, memory_mb=spec.memory_mb, gpu=spec.gpu, gpus=spec.gpus
+        )
 
     def describe(self) -> tuple[str, str]:
         """Capacity and free inventory in words, for status displays."""

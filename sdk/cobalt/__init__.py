@@ -12,6 +12,7 @@ Example:
 from cobalt._deps import DepsBash, DepsCall, DepsPip
 from cobalt._dispatch import cancel, dispatch, dispatch_sync, get_result
 from cobalt._electron import Electron, electron
+from cobalt._estimate import Estimate, TaskEstimate, estimate
 from cobalt._executors import Executor, LocalExecutor
 from cobalt._graph import wait
 from cobalt._lattice import Lattice, lattice
@@ -48,6 +49,7 @@ __all__ = [
     "DispatchError",
     "Electron",
     "Error",
+    "Estimate",
     "Executor",
     "GraphError",
     "HardwareGiven",
@@ -59,6 +61,7 @@ __all__ = [
     "Result",
     "SpecError",
     "Status",
+    "TaskEstimate",
     "TaskFailedError",
     "TaskRecord",
     "UnsatisfiableError",
@@ -68,6 +71,7 @@ __all__ = [
     "dispatch",
     "dispatch_sync",
     "electron",
+    "estimate",
     "get_result",
     "lattice",
     "wait",

@@ -8,11 +8,14 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 
 from cobalt._client import controller_status, get_client, read_controller_info
-from cobalt._result import format_table, status_from_pb
+from cobalt._result import format_cost, format_table, status_from_pb
 from cobalt_common.errors import ControllerUnavailableError, Error
+from cobalt_common.hardware import GPU_TYPES, format_duration
 from cobalt_common.paths import cobalt_home
+from cobalt_common.pricing import format_usd
 from cobalt_common.v1 import controller_pb2 as pb
 
 
@@ -52,12 +55,19 @@ def _status(_: argparse.Namespace) -> int:
     print(f"controller {status.version} at {status.address} (pid {status.pid})")
     print(f"state: {status.database_url}")
     print(f"active dispatches: {status.active_dispatches}\n")
+    if status.dashboard:
+        print(f"dashboard: {status.dashboard} (`cobalt dashboard` opens it)")
     rows = [
-        (e.name, e.type, "config" if e.configured else "client", e.capacity, e.free)
+        (e.name, e.type, "config" if e.configured else "client", e.capacity, e.free, e.prices)
         for e in status.executors
     ]
-    print(format_table(("executor", "type", "from", "capacity", "free now"), rows))
+    print(format_table(("executor", "type", "from", "capacity", "free now", "prices"), rows))
     return 0
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    order = ("COMPLETED", "RUNNING", "PENDING", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED")
+    return ", ".join(f"{counts[s]} {s.lower()}" for s in order if counts.get(s))
 
 
 def _dispatches(args: argparse.Namespace) -> int:
@@ -65,12 +75,86 @@ def _dispatches(args: argparse.Namespace) -> int:
     resp = client.call(client.stub.DispatchList, pb.DispatchListRequest(limit=args.limit))
     rows = []
     for d in resp.dispatches:
-        took = f"{d.ended_at - d.started_at:.2f}s" if d.ended_at and d.started_at else "-"
+        took = format_duration(d.ended_at - d.started_at) if d.ended_at and d.started_at else "-"
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.created_at))
+        cost = format_cost(d.cost_usd, d.emulated)
+        if d.budget_usd:
+            cost += f" of {format_usd(d.budget_usd)}"
         rows.append(
-            (d.dispatch_id, d.name, str(status_from_pb(d.status)), created, took, str(d.task_count))
+            (
+                d.dispatch_id,
+                d.name,
+                str(status_from_pb(d.status)),
+                created,
+                took,
+                cost,
+                str(d.task_count),
+                _counts(d.status_counts),
+            )
         )
-    print(format_table(("dispatch", "name", "status", "created", "duration", "tasks"), rows))
+    header = ("dispatch", "name", "status", "created", "duration", "cost", "tasks", "by status")
+    print(format_table(header, rows, right=(4, 5, 6)))
+    return 0
+
+
+def _cost(args: argparse.Namespace) -> int:
+    client = get_client()
+    since = time.time() - args.days * 86400 if args.days else 0.0
+    rows = client.call(client.stub.CostSummary, pb.CostSummaryRequest(since=since)).rows
+    if not rows:
+        print("no spend recorded" + (f" in the last {args.days} days" if args.days else ""))
+        return 0
+    emulated = any(r.emulated and r.cost_usd for r in rows)
+    for title, key in (
+        ("day", lambda r: r.day),
+        ("executor", lambda r: r.executor),
+        ("GPU type", lambda r: _gpu_label(r.gpu, r.emulated)),
+    ):
+        groups: dict[str, list[float]] = {}
+        for r in rows:
+            g = groups.setdefault(key(r), [0, 0.0, 0.0])
+            g[0] += r.tasks
+            g[1] += r.billed_s
+            g[2] += r.cost_usd
+        table = [
+            (name, str(int(g[0])), format_duration(g[1]), format_usd(g[2]))
+            for name, g in sorted(groups.items())
+        ]
+        total = [sum(g[i] for g in groups.values()) for i in range(3)]
+        table.append(("total", str(int(total[0])), format_duration(total[1]), format_usd(total[2])))
+        print(format_table((title, "tasks", "billed", "cost"), table, right=(1, 2, 3)))
+        print()
+    if emulated:
+        print("Emulated GPUs are priced as the GPUs they stand for.")
+    return 0
+
+
+def _gpu_label(gpu: str, emulated: bool) -> str:
+    if not gpu:
+        return "(CPU only)"
+    label = GPU_TYPES[gpu].label if gpu in GPU_TYPES else gpu
+    return label + (" (emulated)" if emulated else "")
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    client = get_client()
+    status = controller_status(client)
+    if not status.dashboard:
+        print(
+            "cobalt: this controller serves no dashboard; set [controller] dashboard_address "
+            'in config.toml (for example "127.0.0.1:8470") and restart it.',
+            file=sys.stderr,
+        )
+        return 1
+    url = f"{status.dashboard.rstrip('/')}/?token={client.info.token}"
+    print(url)
+    graphical = sys.platform in ("darwin", "win32") or any(
+        os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY")
+    )
+    if graphical and not args.no_open:
+        import webbrowser
+
+        webbrowser.open(url)
     return 0
 
 
@@ -84,9 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     ctl_sub.add_parser("status", help="show the controller and its executors").set_defaults(
         fn=_status
     )
-    ls = sub.add_parser("dispatches", help="list recent dispatches")
+    ls = sub.add_parser("dispatches", help="list recent dispatches with their cost")
     ls.add_argument("--limit", type=int, default=20)
     ls.set_defaults(fn=_dispatches)
+    cost = sub.add_parser("cost", help="spend per day, executor and GPU type")
+    cost.add_argument("--days", type=int, default=30, help="how far back; 0 for all time")
+    cost.set_defaults(fn=_cost)
+    dash = sub.add_parser("dashboard", help="print the web dashboard's address and open it")
+    dash.add_argument("--no-open", action="store_true", help="only print the address")
+    dash.set_defaults(fn=_dashboard)
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args))

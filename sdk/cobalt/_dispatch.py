@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from cobalt._result import Result, TaskRecord
 from cobalt_common.errors import (
     ControllerUnavailableError,
     GraphError,
+    SpecError,
     TaskFailedError,
     WaitTimeoutError,
 )
@@ -103,6 +105,8 @@ def build_request(graph: Graph) -> tuple[pb.DispatchCreateRequest, dict[str, byt
             payloads[sha_or_none] = data
             functions[id(node.function)] = sha_or_none
         msg.function_sha256 = sha_or_none
+        if node.kind in (NodeKind.ELECTRON, NodeKind.SUBLATTICE):
+            msg.function_key = _function_key(node)
         _add_inputs(msg, node)
         spec = node.options.hardware
         msg.hardware.gpu = spec.gpu or ""
@@ -121,6 +125,13 @@ def build_request(graph: Graph) -> tuple[pb.DispatchCreateRequest, dict[str, byt
         else:
             large[sha] = data
     return req, large
+
+
+def _function_key(node: GraphNode) -> str:
+    """``module.qualname`` of the user's function: the same electron across dispatches."""
+    fn = getattr(node.function, "fn", node.function)
+    module = getattr(fn, "__module__", None) or "?"
+    return f"{module}.{getattr(fn, '__qualname__', node.name)}"
 
 
 def _add_inputs(msg: pb.Node, node: GraphNode) -> None:
@@ -147,11 +158,17 @@ def _upload(client: Client, large: dict[str, bytes]) -> None:
 
 
 def _create(
-    client: Client, graph: Graph, parent: tuple[str, int] | None = None, wait_s: float = 0.0
+    client: Client,
+    graph: Graph,
+    parent: tuple[str, int] | None = None,
+    wait_s: float = 0.0,
+    budget_usd: float | None = None,
 ) -> pb.DispatchCreateResponse:
     req, large = build_request(graph)
     if parent is not None:
         req.parent_dispatch_id, req.parent_node_id = parent
+    if budget_usd is not None:
+        req.budget_usd = budget_usd
     _upload(client, large)
     if wait_s:
         req.wait_s = wait_s
@@ -161,48 +178,78 @@ def _create(
     return cast(pb.DispatchCreateResponse, resp)
 
 
-def _dispatch_graph(graph: Graph, wait_s: float = 0.0) -> tuple[Client, pb.DispatchCreateResponse]:
+def _dispatch_graph(
+    graph: Graph, wait_s: float = 0.0, budget_usd: float | None = None
+) -> tuple[Client, pb.DispatchCreateResponse]:
     client = get_client(start=True)
     try:
-        return client, _create(client, graph, wait_s=wait_s)
+        return client, _create(client, graph, wait_s=wait_s, budget_usd=budget_usd)
     except ControllerUnavailableError:
         # The controller went away since we last saw it: start a new one, once.
         client = get_client(start=True)
-        return client, _create(client, graph, wait_s=wait_s)
+        return client, _create(client, graph, wait_s=wait_s, budget_usd=budget_usd)
 
 
-def dispatch(lattice: Any, **options: Any) -> Callable[..., str]:
+def check_budget(budget_usd: Any) -> float | None:
+    """A budget is a positive, finite number of US dollars, or None for none."""
+    if budget_usd is None:
+        return None
+    if (
+        isinstance(budget_usd, bool)
+        or not isinstance(budget_usd, int | float)
+        or not math.isfinite(budget_usd)
+        or budget_usd <= 0
+    ):
+        raise SpecError(
+            f"budget_usd must be a positive number of US dollars, such as 25.0; got "
+            f"{budget_usd!r}. Leave it out for no budget."
+        )
+    return float(budget_usd)
+
+
+def dispatch(
+    lattice: Any, *, budget_usd: float | None = None, **options: Any
+) -> Callable[..., str]:
     """Returns a function that dispatches ``lattice`` with its arguments and
     returns the dispatch id at once.
+
+    Args:
+        lattice: a ``@ct.lattice`` function.
+        budget_usd: a hard cap on what the dispatch may cost. A task starts
+            only if its worst case (its rate for its whole time limit) fits in
+            what is left; when the next task cannot fit, the dispatch ends
+            ``BUDGET_EXCEEDED`` and keeps the results it has.
 
     Example:
         >>> import cobalt as ct
         >>> @ct.lattice
         ... def workflow(x):
         ...     return x
-        >>> dispatch_id = ct.dispatch(workflow)(1)  # doctest: +SKIP
+        >>> dispatch_id = ct.dispatch(workflow, budget_usd=5.0)(1)  # doctest: +SKIP
     """
     lat = _lattice_of(lattice, "ct.dispatch")
     if options:
         raise GraphError(f"ct.dispatch got unknown option(s): {', '.join(sorted(options))}.")
+    budget = check_budget(budget_usd)
 
     @functools.wraps(lat.function)
     def submit(*args: Any, **kwargs: Any) -> str:
         graph = lat.build_graph(*args, **kwargs)
-        return _dispatch_graph(graph)[1].dispatch_id
+        return _dispatch_graph(graph, budget_usd=budget)[1].dispatch_id
 
     return submit
 
 
-def dispatch_sync(lattice: Any) -> Callable[..., Result]:
+def dispatch_sync(lattice: Any, *, budget_usd: float | None = None) -> Callable[..., Result]:
     """Like :func:`dispatch`, but waits and returns the :class:`Result`."""
     lat = _lattice_of(lattice, "ct.dispatch_sync")
+    budget = check_budget(budget_usd)
 
     @functools.wraps(lat.function)
     def run(*args: Any, **kwargs: Any) -> Result:
         graph = lat.build_graph(*args, **kwargs)
         # One request creates the dispatch and waits for it (a first stretch of it).
-        client, resp = _dispatch_graph(graph, wait_s=_WAIT_CHUNK_S)
+        client, resp = _dispatch_graph(graph, wait_s=_WAIT_CHUNK_S, budget_usd=budget)
         result = Result.from_pb(resp.result, client)
         if result.status.ended:
             return result

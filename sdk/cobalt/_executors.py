@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from cobalt_common.errors import SpecError
 from cobalt_common.hardware import parse_gpu_type, parse_memory_mb
+from cobalt_common.pricing import parse_prices
 
 
 class Executor:
@@ -69,6 +70,11 @@ class LocalExecutor(Executor):
         emulate_gpus: GPUs to pretend to have, for example ``{"h100": 2}``.
             They are inventory only: tasks placed on them run on the CPU and
             are labelled emulated in every record and display.
+        prices: what this machine's hardware costs: ``"zero"`` (the default:
+            hardware you own), ``"list"`` (published cloud list prices) or a
+            dict of overrides such as ``{"base": "list", "gpu_hour":
+            {"h100": 2.1}, "cpu_core_hour": 0.05, "memory_gb_hour": 0.01}``.
+            Emulated GPUs are priced as the GPUs they stand for.
 
     Example:
         >>> import cobalt as ct
@@ -78,7 +84,7 @@ class LocalExecutor(Executor):
     """
 
     type_name = "local"
-    accepted_options = frozenset({"workers", "cpus", "memory", "emulate_gpus"})
+    accepted_options = frozenset({"workers", "cpus", "memory", "emulate_gpus", "prices"})
 
     def __init__(
         self,
@@ -88,6 +94,7 @@ class LocalExecutor(Executor):
         cpus: float | None = None,
         memory: int | str | None = None,
         emulate_gpus: dict[str, int] | None = None,
+        prices: str | dict[str, Any] | None = None,
         **unknown: Any,
     ) -> None:
         options: dict[str, Any] = dict(unknown)
@@ -119,6 +126,9 @@ class LocalExecutor(Executor):
                     )
                 gpus[canonical] = count
             options["emulate_gpus"] = gpus
+        if prices is not None:
+            parse_prices(prices, where="LocalExecutor prices")
+            options["prices"] = prices
         super().__init__(name, **options)
 
 

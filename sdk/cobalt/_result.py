@@ -17,6 +17,7 @@ from cobalt_common.hardware import (
     format_duration,
     format_memory,
 )
+from cobalt_common.pricing import format_usd
 from cobalt_common.v1 import controller_pb2 as pb
 
 if TYPE_CHECKING:
@@ -34,7 +35,9 @@ class Status(enum.StrEnum):
     CANCELLED = "CANCELLED"
     TIMED_OUT = "TIMED_OUT"
     SKIPPED = "SKIPPED"
-    """Not run, because a task it depends on did not complete."""
+    """Not run: a task it depends on did not complete, or the budget ran out."""
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    """A dispatch stopped because its next task could have overspent its budget."""
 
     def __str__(self) -> str:
         return self.value
@@ -44,7 +47,14 @@ class Status(enum.StrEnum):
         return self in _ENDED
 
 
-_ENDED = {Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT, Status.SKIPPED}
+_ENDED = {
+    Status.COMPLETED,
+    Status.FAILED,
+    Status.CANCELLED,
+    Status.TIMED_OUT,
+    Status.SKIPPED,
+    Status.BUDGET_EXCEEDED,
+}
 _PB_STATUS = {getattr(pb, f"STATUS_{s.value}"): s for s in Status}
 _PB_KIND = {
     pb.NODE_KIND_ELECTRON: "electron",
@@ -84,6 +94,14 @@ class TaskRecord:
     attempts: int
     reason: str = ""
     sublattice_dispatch_id: str = ""
+    cost_usd: float = 0.0
+    """What the task cost, all attempts; a sublattice's is its child dispatch's."""
+    billed_s: float = 0.0
+    """Whole seconds billed, all attempts."""
+    rate_usd_per_hour: float = 0.0
+    """The hourly price of the hardware it was given."""
+    placement: str = ""
+    """Which executor was chosen, and why."""
 
     @property
     def emulated(self) -> bool:
@@ -124,6 +142,10 @@ class TaskRecord:
             attempts=t.attempts,
             reason=t.reason,
             sublattice_dispatch_id=t.sublattice_dispatch_id,
+            cost_usd=t.cost_usd,
+            billed_s=t.billed_s,
+            rate_usd_per_hour=t.rate_usd_per_hour,
+            placement=t.placement,
         )
 
 
@@ -142,6 +164,11 @@ class Result:
     end_time: datetime | None
     task_count: int
     status_counts: dict[str, int]
+    cost_usd: float = 0.0
+    """What the dispatch cost so far: the sum of its tasks' ``cost_usd``."""
+    budget_usd: float | None = None
+    cost_emulated: bool = False
+    """Some of the cost is for emulated GPUs, priced as the GPUs they stand for."""
     _client: Client | None = field(default=None, repr=False)
     _output: pb.Payload | None = field(default=None, repr=False)
     _value: Any = field(default=None, repr=False)
@@ -160,6 +187,9 @@ class Result:
             end_time=_time(d.ended_at),
             task_count=d.task_count,
             status_counts=dict(d.status_counts),
+            cost_usd=d.cost_usd,
+            budget_usd=d.budget_usd or None,
+            cost_emulated=d.emulated,
             _client=client,
             _output=resp.output if resp.HasField("output") else None,
         )
@@ -220,13 +250,23 @@ class Result:
         }
 
     def task_table(self) -> str:
-        """A plain-text table: name, hardware requested, executor, duration, status."""
+        """A plain-text table: hardware requested and given, duration, cost, status."""
         return format_task_table(self.tasks)
+
+    def cost_line(self) -> str:
+        """The dispatch's cost in words, with its budget and emulation label."""
+        text = f"cost {format_usd(self.cost_usd)}"
+        if self.budget_usd:
+            text += f" of a {format_usd(self.budget_usd)} budget"
+        if self.cost_emulated:
+            text += " (includes emulated GPUs, priced as the GPUs they stand for)"
+        return text
 
     def __str__(self) -> str:
         lines = [f"Dispatch {self.dispatch_id} ({self.name}): {self.status}"]
         if self.duration_s is not None:
             lines[0] += f" in {format_duration(self.duration_s)}"
+        lines[0] += f", {self.cost_line()}"
         if self.error:
             lines.append(self.error)
         return "\n".join(lines)
@@ -245,30 +285,49 @@ def _requested(spec: HardwareSpec) -> str:
     return ", ".join(parts)
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns under a header and a rule."""
+def format_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()
+) -> str:
+    """Columns under a header and a rule; the columns in ``right`` (numbers) align right."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    lines = [line(header), "  ".join("-" * w for w in widths)]
+    lines += [line(r) for r in rows]
     return "\n".join(lines)
 
 
+def format_cost(amount: float, emulated: bool) -> str:
+    """A cost, labelled when it is for emulated GPUs."""
+    return format_usd(amount) + (" (emulated)" if emulated else "")
+
+
 def format_task_table(tasks: list[TaskRecord]) -> str:
-    """Aligned columns for a terminal or a notebook's text output."""
-    header = ("node", "name", "hardware requested", "executor", "duration", "status")
+    """Aligned columns for a terminal or a notebook's text output, with a total cost."""
+    header = ("node", "name", "requested", "given", "executor", "duration", "cost", "status")
     rows = []
     for t in tasks:
-        executor = t.executor + (" (emulated GPU)" if t.emulated else "")
+        given = t.hardware_given.describe() if t.executor else "-"
         duration = format_duration(t.duration_s) if t.duration_s is not None else "-"
         rows.append(
             (
                 str(t.node_id),
                 t.name,
                 _requested(t.hardware_requested),
-                executor,
+                given,
+                t.executor or "-",
                 duration,
+                format_cost(t.cost_usd, t.emulated),
                 t.status.value,
             )
         )
-    return format_table(header, rows)
+    total = sum(t.cost_usd for t in tasks)
+    rows.append(
+        ("", "total", "", "", "", "", format_cost(total, any(t.emulated for t in tasks)), "")
+    )
+    return format_table(header, rows, right=(0, 5, 6))

@@ -38,8 +38,9 @@ def test_readme_example_runs_and_prints_a_task_table(fresh_home: dict[str, str])
     )
     assert out.returncode == 0, out.stderr
     assert "COMPLETED {'width': 128" in out.stdout
-    assert "hardware requested" in out.stdout
-    assert "emulated GPU" in out.stdout
+    assert "requested" in out.stdout and "H100 80GB (emulated)" in out.stdout
+    assert "worst case $" in out.stdout, "the estimate is printed before the run"
+    assert re.search(r"cost \$[0-9.]+ of a \$250\.00 budget", out.stdout)
 
 
 def test_readme_pitch_decorator_block_is_valid_python(fresh_home: dict[str, str]) -> None:
@@ -61,7 +62,8 @@ def test_demo_finetunes_on_emulated_h100s_and_picks_the_best_on_cpu(
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert "status: COMPLETED" in out.stdout
+    assert re.search(r"worst case \$3\d\d\.\d\d", out.stdout), "estimate from the time limits"
+    assert re.search(r"status: COMPLETED, cost \$[0-9.]+ of a \$400\.00 budget", out.stdout)
     assert "best model:" in out.stdout
     table = out.stdout.split("best model:")[1]
     assert table.count("finetune") == 4 and table.count("evaluate") == 4

@@ -411,7 +411,7 @@ def test_concurrent_gpu_tasks_get_distinct_emulated_h100s(tmp_path: Path) -> Non
         assert env["COBALT_GPU_INDICES"] == ",".join(map(str, task.hardware_given.gpu_indices))
         assert env["COBALT_GPUS_EMULATED"] == "1"
         assert env["CUDA_VISIBLE_DEVICES"] == "", "emulated GPUs make no real device visible"
-    assert "emulated GPU" in result.task_table()
+    assert "H100 80GB (emulated)" in result.task_table()
 
 
 @ct.electron

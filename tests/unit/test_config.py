@@ -135,3 +135,28 @@ def test_config_errors_are_cobalt_errors() -> None:
     from cobalt_common.errors import Error
 
     assert issubclass(ConfigError, Error)
+
+
+@pytest.mark.parametrize(
+    ("prices", "named"),
+    [
+        ("{ cpu_core_hour = -0.5 }", "[executors.box] prices.cpu_core_hour must be a finite price"),
+        ('{ memory_gb_hour = "cheap" }', "[executors.box] prices.memory_gb_hour must be a number"),
+        ("{ gpu_hour = { h999 = 2.0 } }", "[executors.box] prices.gpu_hour='h999' is not a known"),
+        ('"aws"', '[executors.box] prices must be "list", "zero" or a table'),
+    ],
+)
+def test_bad_prices_are_named_with_file_executor_and_key(
+    tmp_path: Path, prices: str, named: str
+) -> None:
+    message = _error(tmp_path, f'[executors.box]\ntype = "local"\nprices = {prices}\n')
+    assert named in message
+
+
+def test_prices_are_read_per_executor(tmp_path: Path) -> None:
+    home = _home(
+        tmp_path,
+        '[executors.box]\ntype = "local"\nprices = { base = "list", gpu_hour = { h100 = 2.5 } }\n',
+    )
+    (box,) = load_config(home).executors
+    assert box.options["prices"] == {"base": "list", "gpu_hour": {"h100": 2.5}}

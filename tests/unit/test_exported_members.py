@@ -33,6 +33,10 @@ PUBLIC_SURFACE = {
     "Status",
     "TaskRecord",
     "HardwareGiven",
+    # cost
+    "estimate",
+    "Estimate",
+    "TaskEstimate",
     # the exception tree
     "Error",
     "SpecError",

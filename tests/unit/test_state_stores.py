@@ -326,3 +326,109 @@ def test_a_database_url_that_cannot_be_opened_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="database_url"):
         SqlStateStore("nosuchdialect://somewhere/db")
+
+
+def _ended(store: StateStore, row: DispatchRow, updates: dict[int, dict[str, object]]) -> None:
+    batch = WriteBatch()
+    for node_id, values in updates.items():
+        batch.update_node(row.dispatch_id, node_id, **values)
+    store.apply(batch)
+
+
+def test_status_counts_count_tasks_per_status_for_each_dispatch(store: StateStore) -> None:
+    a, a_nodes = _dispatch(n=4)
+    b, b_nodes = _dispatch(n=2)
+    _apply_new(store, (a, a_nodes), (b, b_nodes))
+    _ended(store, a, {1: {"status": "COMPLETED"}, 2: {"status": "FAILED"}})
+    counts = store.status_counts([a.dispatch_id, b.dispatch_id, "unknown"])
+    assert counts[a.dispatch_id] == {"COMPLETED": 1, "FAILED": 1, "PENDING": 1}
+    assert counts[b.dispatch_id] == {"PENDING": 1}, "parameters are not tasks"
+    assert counts.get("unknown", {}) == {}
+
+
+def test_recent_run_times_are_the_electron_s_completed_runs_newest_first(
+    store: StateStore,
+) -> None:
+    row, nodes = _dispatch(n=5)
+    for n in nodes[1:]:
+        n.function_key = "pkg.train"
+    nodes[4].function_key = "pkg.other"
+    _apply_new(store, (row, nodes))
+    _ended(
+        store,
+        row,
+        {
+            1: {"status": "COMPLETED", "started_at": 10.0, "ended_at": 12.0},
+            2: {"status": "COMPLETED", "started_at": 10.0, "ended_at": 15.0},
+            3: {"status": "FAILED", "started_at": 10.0, "ended_at": 11.0},
+            4: {"status": "COMPLETED", "started_at": 10.0, "ended_at": 19.0},
+        },
+    )
+    assert store.recent_run_times("pkg.train") == [5.0, 2.0]
+    assert store.recent_run_times("pkg.train", limit=1) == [5.0]
+    assert store.recent_run_times("pkg.none") == []
+
+
+def test_cost_summary_groups_spend_by_day_executor_and_gpu(store: StateStore) -> None:
+    row, nodes = _dispatch(n=5)
+    _apply_new(store, (row, nodes))
+    spend = {"status": "COMPLETED", "executor": "gpu", "gpu_type": "h100", "emulated": True}
+    _ended(
+        store,
+        row,
+        {
+            1: {**spend, "ended_day": "2026-11-20", "billed_s": 10.0, "cost_usd": 0.5},
+            2: {**spend, "ended_day": "2026-11-20", "billed_s": 20.0, "cost_usd": 1.0},
+            3: {**spend, "ended_day": "2026-11-21", "billed_s": 5.0, "cost_usd": 0.25},
+            4: {"status": "COMPLETED", "executor": "cpu", "ended_day": "2026-11-21"},
+        },
+    )
+    rows = store.cost_summary()
+    assert [(r.day, r.executor, r.gpu_type, r.emulated, r.tasks) for r in rows] == [
+        ("2026-11-20", "gpu", "h100", True, 2),
+        ("2026-11-21", "cpu", "", False, 1),
+        ("2026-11-21", "gpu", "h100", True, 1),
+    ]
+    assert rows[0].cost_usd == pytest.approx(1.5) and rows[0].billed_s == 30.0
+    assert [r.day for r in store.cost_summary("2026-11-21")] == ["2026-11-21", "2026-11-21"]
+
+
+def test_cost_fields_of_dispatches_and_nodes_read_back(store: StateStore) -> None:
+    row, nodes = _dispatch()
+    row.budget_usd = 12.5
+    _apply_new(store, (row, nodes))
+    batch = WriteBatch()
+    batch.update_dispatch(row.dispatch_id, cost_usd=0.75, emulated=True)
+    batch.update_node(row.dispatch_id, 1, cost_usd=0.75, billed_s=3.0, placement="gpu: cheapest")
+    store.apply(batch)
+    read = store.get_dispatch(row.dispatch_id)
+    assert read is not None and (read.cost_usd, read.budget_usd, read.emulated) == (
+        0.75,
+        12.5,
+        True,
+    )
+    node = store.get_node(row.dispatch_id, 1)
+    assert node is not None and (node.cost_usd, node.billed_s) == (0.75, 3.0)
+    assert node.placement == "gpu: cheapest"
+
+
+def test_an_older_sqlite_database_gains_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE dispatches (dispatch_id VARCHAR(64) PRIMARY KEY, name VARCHAR(256) "
+            "NOT NULL, status VARCHAR(16) NOT NULL, created_at FLOAT NOT NULL, output_node "
+            "INTEGER NOT NULL, task_count INTEGER NOT NULL, started_at FLOAT, ended_at FLOAT, "
+            "error TEXT NOT NULL, parent_dispatch_id VARCHAR(64), parent_node_id INTEGER)"
+        )
+        db.execute(
+            "INSERT INTO dispatches VALUES ('old', 'wf', 'COMPLETED', 1.0, 0, 0, 1.0, 2.0, '', "
+            "NULL, NULL)"
+        )
+    store = SqlStateStore(f"sqlite:///{path}")
+    read = store.get_dispatch("old")
+    assert read is not None and read.cost_usd == 0.0 and read.budget_usd is None
+    assert read.emulated is False
+    store.close()

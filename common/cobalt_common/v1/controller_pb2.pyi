@@ -1088,12 +1088,15 @@ class ControllerStatusResponse(_message.Message):
     DATABASE_URL_FIELD_NUMBER: _builtins.int
     EXECUTORS_FIELD_NUMBER: _builtins.int
     ACTIVE_DISPATCHES_FIELD_NUMBER: _builtins.int
+    DASHBOARD_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     pid: _builtins.int
     address: _builtins.str
     started_at: _builtins.float
     database_url: _builtins.str
     active_dispatches: _builtins.int
+    dashboard: _builtins.str
+    """the web dashboard's address; empty when it is off"""
     @_builtins.property
     def executors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutorInfo]: ...
     def __init__(
@@ -1106,10 +1109,11 @@ class ControllerStatusResponse(_message.Message):
         database_url: _builtins.str = ...,
         executors: _abc.Iterable[Global___ExecutorInfo] | None = ...,
         active_dispatches: _builtins.int = ...,
+        dashboard: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_dispatches", b"active_dispatches", "address", b"address", "database_url", b"database_url", "executors", b"executors", "pid", b"pid", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_dispatches", b"active_dispatches", "address", b"address", "dashboard", b"dashboard", "database_url", b"database_url", "executors", b"executors", "pid", b"pid", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1124,6 +1128,7 @@ class ExecutorInfo(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     FREE_FIELD_NUMBER: _builtins.int
     CONFIGURED_FIELD_NUMBER: _builtins.int
+    PRICES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     type: _builtins.str
     capacity: _builtins.str
@@ -1131,6 +1136,8 @@ class ExecutorInfo(_message.Message):
     free: _builtins.str
     configured: _builtins.bool
     """from config.toml (placed automatically) or sent by a client"""
+    prices: _builtins.str
+    """the price table in words"""
     def __init__(
         self,
         *,
@@ -1139,10 +1146,11 @@ class ExecutorInfo(_message.Message):
         capacity: _builtins.str = ...,
         free: _builtins.str = ...,
         configured: _builtins.bool = ...,
+        prices: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "configured", b"configured", "free", b"free", "name", b"name", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "configured", b"configured", "free", b"free", "name", b"name", "prices", b"prices", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

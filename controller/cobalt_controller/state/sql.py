@@ -307,7 +307,9 @@ class SqlStateStore(StateStore):
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [
-            CostRow(day, executor, gpu, bool(emulated), int(n), float(billed or 0), float(cost or 0))
+            CostRow(
+                day, executor, gpu, bool(emulated), int(n), float(billed or 0), float(cost or 0)
+            )
             for day, executor, gpu, emulated, n, billed, cost in rows
         ]
 

@@ -1,0 +1,82 @@
+"""Words for cost decisions: why a task went where it did, and why a budget stopped a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections import Counter
+
+from cobalt_common.hardware import HardwareSpec, format_duration
+from cobalt_common.pricing import format_usd
+from cobalt_controller._intake import worst_case_usd
+from cobalt_controller._model import ELECTRON, SKIPPED, Dispatch, Ledger, Task
+from cobalt_executors import Executor
+
+
+def placement_note(t: Task, chosen: int) -> str:
+    """Why ``t`` went to its ``chosen`` candidate (candidates are cheapest first)."""
+    return _placement_note(t.candidates, t.hardware, chosen)
+
+
+@functools.lru_cache(maxsize=4096)
+def _placement_note(candidates: tuple[Executor, ...], spec: HardwareSpec, chosen: int) -> str:
+    rates = [(ex.name, format_usd(ex.rate_usd_per_hour(spec))) for ex in candidates]
+    name, rate = rates[chosen]
+    if len(rates) == 1:
+        return f"{name} at {rate}/h: the only executor able to run it"
+    if chosen == 0:
+        others = ", ".join(f"{n} {r}/h" for n, r in rates[1:])
+        return f"{name} at {rate}/h: the cheapest of {len(rates)} able to run it (also: {others})"
+    busy = ", ".join(f"{n} {r}/h" for n, r in rates[:chosen])
+    return f"{name} at {rate}/h: the cheapest free now; cheaper but busy: {busy}"
+
+
+def exhausted_message(ledger: Ledger, blocked: tuple[Dispatch, Task, str]) -> str:
+    """One sentence: which task the budget stopped, and by how much."""
+    _, t, executor = blocked
+    worst = worst_case_usd(t.candidates[0], t)
+    limit = format_duration(t.hardware.time_limit_s or 0)
+    return (
+        f"the budget of {format_usd(ledger.budget_usd)} ran out: task {t.name!r} "
+        f"(node {t.node_id}) could cost up to {format_usd(worst)} "
+        f"({dataclasses.replace(t.hardware, time_limit_s=None).describe()} on "
+        f"{executor} for its {limit} time limit), and {format_usd(max(ledger.left, 0.0))} "
+        "was left."
+    )
+
+
+def _names(tasks: list[Task]) -> str:
+    counts = Counter(t.name for t in tasks)
+    shown = [f"{name} x{n}" if n > 1 else name for name, n in counts.most_common(6)]
+    if len(counts) > 6:
+        shown.append(f"{len(counts) - 6} more")
+    return ", ".join(shown)
+
+
+def budget_report(d: Dispatch) -> str:
+    """The error of a dispatch stopped by its budget: what ran, and what did not."""
+    ledger = d.ledger
+    assert ledger is not None
+    tasks = [t for t in d.tasks if t.kind == ELECTRON]
+    ran = [t for t in tasks if t.attempts > 0]
+    not_run = [t for t in tasks if t.status == SKIPPED]
+    first = next((t for t in not_run if t.reason == "budget"), None)
+    lines = [
+        f"Budget exceeded: {format_usd(ledger.budget_usd)} budget, "
+        f"{format_usd(ledger.spent)} spent."
+    ]
+    if first is not None:
+        why = first.error.removeprefix("not run: ")
+        lines.append(why[:1].upper() + why[1:])
+    lines.append(
+        f"Ran {len(ran)} task(s) for {format_usd(d.cost_usd)}: {_names(ran) or 'none'}."
+        if ran
+        else "No task ran."
+    )
+    if not_run:
+        lines.append(f"Did not run {len(not_run)} task(s): {_names(not_run)}.")
+    lines.append(
+        "Results of completed tasks are kept (Result.get_node_result). Raise budget_usd, "
+        "or lower time limits, which set each task's worst case, to run the rest."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""``ct.estimate``: what a workflow would cost, before it runs."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from cobalt._client import get_client
+from cobalt._result import format_cost, format_table
+from cobalt_common.hardware import HardwareSpec, format_duration
+from cobalt_common.pricing import format_usd
+from cobalt_common.v1 import controller_pb2 as pb
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEstimate:
+    """The cost bounds of one task, priced on the cheapest executor able to run it."""
+
+    node_id: int
+    name: str
+    executor: str
+    hardware_requested: HardwareSpec
+    rate_usd_per_hour: float
+    worst_usd: float
+    """Rate times the whole time limit; ``inf`` for a priced task without a time limit."""
+    expected_usd: float | None
+    """From the median recorded run time of the same electron; None without history."""
+    expected_s: float | None
+    runs: int
+    """How many recorded runs ``expected_usd`` rests on."""
+    emulated: bool
+    sublattice: bool = False
+    """A sublattice's tasks are known only once it runs; it is not priced here."""
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """Worst-case and expected cost of a workflow, per task and in total.
+
+    Example:
+        >>> est = ct.estimate(workflow)(data)  # doctest: +SKIP
+        >>> est.worst_usd, est.expected_usd  # doctest: +SKIP
+        (12.64, 1.37)
+    """
+
+    name: str
+    tasks: list[TaskEstimate]
+
+    @property
+    def worst_usd(self) -> float:
+        """The most the workflow can cost: ``inf`` when a priced task has no time limit."""
+        return sum(t.worst_usd for t in self.tasks)
+
+    @property
+    def expected_usd(self) -> float:
+        """The sum of the expected costs of the tasks that have recorded runs."""
+        return sum(t.expected_usd or 0.0 for t in self.tasks)
+
+    @property
+    def without_history(self) -> list[TaskEstimate]:
+        """Tasks with no recorded runs, left out of :attr:`expected_usd`."""
+        return [t for t in self.tasks if t.expected_usd is None and not t.sublattice]
+
+    def summary(self) -> str:
+        emulated = " (emulated GPUs priced as the GPUs they stand for)" if self._emulated else ""
+        text = (
+            f"Estimate for {self.name!r}: worst case {format_usd(self.worst_usd)}, "
+            f"expected {format_usd(self.expected_usd)}{emulated}"
+        )
+        missing = self.without_history
+        if missing:
+            text += (
+                f"; {len(missing)} of {len(self.tasks)} tasks have no recorded runs "
+                "and are not in the expected cost"
+            )
+        sublattices = sum(1 for t in self.tasks if t.sublattice)
+        if sublattices:
+            text += f"; {sublattices} sublattice(s) are priced only when they run"
+        return text + "."
+
+    @property
+    def _emulated(self) -> bool:
+        return any(t.emulated for t in self.tasks)
+
+    def table(self) -> str:
+        """One row per task: hardware, executor, rate, time limit, worst and expected cost."""
+        header = ("node", "name", "hardware", "executor", "rate/h", "limit", "worst", "expected")
+        rows = []
+        for t in self.tasks:
+            limit = t.hardware_requested.time_limit_s
+            if t.sublattice:
+                worst = expected = "when it runs"
+            else:
+                worst = format_cost(t.worst_usd, t.emulated)
+                expected = (
+                    "no runs yet"
+                    if t.expected_usd is None
+                    else f"{format_usd(t.expected_usd)} ({t.runs} run{'s' if t.runs > 1 else ''})"
+                )
+            rows.append(
+                (
+                    str(t.node_id),
+                    t.name,
+                    t.hardware_requested.describe(),
+                    t.executor,
+                    format_usd(t.rate_usd_per_hour),
+                    format_duration(limit) if limit else "none",
+                    worst,
+                    expected,
+                )
+            )
+        return format_table(header, rows, right=(0, 4, 5, 6, 7))
+
+    def __str__(self) -> str:
+        return f"{self.table()}\n\n{self.summary()}"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+
+def _task(t: pb.TaskEstimate, sublattice: bool) -> TaskEstimate:
+    hw = t.hardware
+    return TaskEstimate(
+        node_id=t.node_id,
+        name=t.name,
+        executor=t.executor,
+        hardware_requested=HardwareSpec(
+            gpu=hw.gpu or None,
+            gpus=hw.gpus,
+            cpus=hw.cpus,
+            memory_mb=hw.memory_mb,
+            time_limit_s=hw.time_limit_s or None,
+        ),
+        rate_usd_per_hour=t.rate_usd_per_hour,
+        worst_usd=math.inf if t.unbounded else t.worst_usd,
+        expected_usd=t.expected_usd if t.runs else None,
+        expected_s=t.expected_s if t.runs else None,
+        runs=t.runs,
+        emulated=t.emulated,
+        sublattice=sublattice,
+    )
+
+
+def estimate(lattice: Any) -> Callable[..., Estimate]:
+    """Returns a function that prices ``lattice`` with its arguments, without running it.
+
+    Each task is priced on the cheapest executor able to run it. The worst
+    case takes each task's whole time limit; the expected cost takes the
+    median run time of the same electron's recorded runs.
+
+    Example:
+        >>> est = ct.estimate(workflow)(data)  # doctest: +SKIP
+        >>> print(est)  # doctest: +SKIP
+    """
+    from cobalt._dispatch import _lattice_of, build_request
+
+    lat = _lattice_of(lattice, "ct.estimate")
+
+    @functools.wraps(lat.function)
+    def price(*args: Any, **kwargs: Any) -> Estimate:
+        graph = lat.build_graph(*args, **kwargs)
+        req, _ = build_request(graph)
+        del req.payloads[:]  # pricing needs the graph, not the data
+        client = get_client(start=True)
+        resp = cast(pb.DispatchEstimateResponse, client.call(client.stub.DispatchEstimate, req))
+        kinds = {n.node_id: n.kind for n in req.nodes}
+        return Estimate(
+            graph.name,
+            [_task(t, kinds[t.node_id] == pb.NODE_KIND_SUBLATTICE) for t in resp.tasks],
+        )
+
+    return price
