@@ -21,7 +21,7 @@ from cobalt_executors.base import (
     TaskOutcome,
     TaskSubmission,
 )
-from cobalt_executors.local._gpus import detect_gpus
+from cobalt_executors.local._gpus import LocalInventory, detect_gpus
 from cobalt_executors.local._process import WorkerProcess
 
 
@@ -47,7 +47,8 @@ class LocalExecutor(Executor):
         emulate_gpus: GPUs to pretend to have, e.g. ``{"h100": 2}``: inventory
             only, labelled emulated in every record.
     Real GPUs are found with ``nvidia-smi``; each GPU task gets its own
-    ``CUDA_VISIBLE_DEVICES``. No new interpreter is started per task.
+    ``CUDA_VISIBLE_DEVICES``, and a real GPU runs one task at a time even when
+    several local executors list it. No new interpreter is started per task.
     """
 
     type_name = "local"
@@ -70,7 +71,7 @@ class LocalExecutor(Executor):
                 devices.append(GpuDevice(index=next_index, type=canonical, emulated=True))
                 next_index += 1
         memory = opts.get("memory")
-        self._inventory = Inventory(
+        self._inventory = LocalInventory(
             cpus=float(opts.get("cpus") or os.cpu_count() or 1),
             memory_mb=parse_memory_mb(memory, option="memory") if memory else _machine_memory_mb(),
             gpus=tuple(devices),

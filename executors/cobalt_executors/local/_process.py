@@ -20,7 +20,8 @@ _ids = itertools.count(1)
 
 
 class WorkerProcess:
-    """A worker started with a fixed ``CUDA_VISIBLE_DEVICES`` (its ``device_key``).
+    """A worker started with a fixed ``CUDA_VISIBLE_DEVICES`` (its ``device_key``),
+    with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so CUDA numbers GPUs as nvidia-smi does.
 
     A process that has touched CUDA cannot change devices, so a worker only
     ever runs tasks given the same GPUs.
@@ -43,7 +44,15 @@ class WorkerProcess:
         self._on_result = on_result
         self._on_exit = on_exit
         parent, child = socket.socketpair()
-        proc_env = {**os.environ, **env, "CUDA_VISIBLE_DEVICES": device_key}
+        # device_key holds nvidia-smi's indices, which follow PCI bus order. CUDA
+        # numbers devices fastest first unless told otherwise, so on a machine with
+        # mixed GPUs CUDA_VISIBLE_DEVICES=1 could name another GPU than index 1.
+        proc_env = {
+            **os.environ,
+            **env,
+            "CUDA_VISIBLE_DEVICES": device_key,
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        }
         self.proc = subprocess.Popen(
             [
                 sys.executable,
