@@ -75,12 +75,22 @@ class ExecutorPool:
         if found:
             return found
         described = "; ".join(f"{ex.name} ({ex.inventory().describe()})" for ex in pool)
-        hint = (
-            " To try GPU workflows on this machine, emulate them: "
-            'executor=ct.LocalExecutor(emulate_gpus={"' + spec.gpu + '": ' + str(spec.gpus) + "})."
-            if spec.gpu
-            else ""
+        most = max(
+            (sum(1 for d in ex.inventory().gpus if d.type == spec.gpu) for ex in pool), default=0
         )
+        if spec.gpu and most:
+            hint = f" The most {spec.gpu} GPUs any of them has is {most}."
+        elif spec.gpu:
+            hint = (
+                " To try GPU workflows on this machine, emulate them: "
+                'executor=ct.LocalExecutor(emulate_gpus={"'
+                + spec.gpu
+                + '": '
+                + str(spec.gpus)
+                + "})."
+            )
+        else:
+            hint = ""
         raise UnsatisfiableError(
             f"task {task!r} asks for {spec.describe()}, which no executor can ever provide. "
             f"{'Executor' if named else 'Configured executors'}: {described}.{hint}"

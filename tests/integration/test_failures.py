@@ -65,6 +65,25 @@ def test_a_spec_no_executor_can_satisfy_fails_at_dispatch_and_registers_nothing(
     assert registered_dispatches() == before
 
 
+@ct.electron(gpu="h100", gpus=3)
+def needs_three_h100s(x: int) -> int:
+    return x
+
+
+@ct.lattice
+def three_h100_flow(x: int) -> int:
+    return needs_three_h100s(x)
+
+
+def test_asking_for_more_gpus_than_any_executor_has_says_how_many_there_are() -> None:
+    with pytest.raises(ct.UnsatisfiableError) as info:
+        ct.dispatch(three_h100_flow)(1)
+    message = str(info.value)
+    assert "3x H100" in message
+    assert "The most h100 GPUs any of them has is 2." in message
+    assert "emulate" not in message, "no advice to emulate what the executors have"
+
+
 class Model:
     def __init__(self) -> None:
         self.weights = [1.0, 2.0]
