@@ -81,7 +81,7 @@ def test_asking_for_more_gpus_than_any_executor_has_says_how_many_there_are() ->
     message = str(info.value)
     assert "3x H100" in message
     assert "The most h100 GPUs any of them has is 2." in message
-    assert "emulate" not in message, "no advice to emulate what the executors have"
+    assert "emulate_gpus" not in message, "no advice to emulate what the executors have"
 
 
 class Model:
