@@ -19,11 +19,12 @@ from cobalt_controller._config import ControllerConfig
 from cobalt_controller._convert import task_from_row
 from cobalt_controller._events import EventHub
 from cobalt_controller._executors import ExecutorPool
-from cobalt_controller._model import COMPLETED, PARAMETER, PENDING, TERMINAL, Dispatch
+from cobalt_controller._model import COMPLETED, PARAMETER, PENDING, TERMINAL, Dispatch, Task
 from cobalt_controller._payloads import Payloads
 from cobalt_controller._scheduler import Scheduler
 from cobalt_controller._servicer import ControllerServicer
 from cobalt_controller.blobs import LocalBlobStore
+from cobalt_controller.dashboard import Dashboard
 from cobalt_controller.state import SqlStateStore, StateStore
 from cobalt_executors import ExecutorContext
 
@@ -92,6 +93,16 @@ class ControllerServer:
             retry_backoff_max_s=config.retry_backoff_max_s,
         )
         self.scheduler.listener = self.hub.publish
+        self.dashboard: Dashboard | None = None
+        if config.dashboard_address:
+            self.dashboard = Dashboard(self.state, self.token, config.dashboard_address)
+            publish, notify = self.hub.publish, self.dashboard.notify
+
+            def listener(d: Dispatch, t: Task | None) -> None:
+                publish(d, t)
+                notify(d, t)
+
+            self.scheduler.listener = listener
         self.info = {
             "version": VERSION,
             "address": self.address,
@@ -106,19 +117,15 @@ class ControllerServer:
     def start(self) -> None:
         self.scheduler.start()
         self._recover()
+        info = {"address": self.address, "pid": os.getpid(), "token": self.token}
+        if self.dashboard is not None:
+            self.dashboard.start()
+            info["dashboard"] = self.info["dashboard"] = self.dashboard.url
+            log.info("dashboard at %s", self.dashboard.url)
         self._server.start()
         path = controller_file(self.config.home)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps(
-                {
-                    "address": self.address,
-                    "pid": os.getpid(),
-                    "token": self.token,
-                    "version": VERSION,
-                }
-            )
-        )
+        tmp.write_text(json.dumps({**info, "version": VERSION}))
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
         log.info("controller listening on %s", self.address)
@@ -172,6 +179,8 @@ class ControllerServer:
         self._stopped.wait()
 
     def stop(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.stop()
         self._server.stop(grace=1.0)
         self.scheduler.stop()
         self.executors.teardown()

@@ -1,0 +1,197 @@
+"""Live updates for open dashboard pages, coalesced so a big fan-out cannot flood them.
+
+The scheduler calls :meth:`LiveFeed.notify` after each committed round. That
+call only records which dispatch and task changed (a set insert under an
+uncontended lock), so the scheduling thread never waits on a browser. A
+separate thread wakes at most :data:`PUSH_INTERVAL_S` apart, reads the changed
+rows back from the store, and hands each watching page one message with every
+change since the last: a 2,000-task fan-out finishing reaches a page as a few
+messages of many rows, not 2,000 messages. When reading takes long (a huge
+dispatch), the pushes space out further.
+
+Messages are JSON texts for Server-Sent Events:
+
+- ``{"type": "dispatches", "dispatches": [...]}`` for the list of dispatches;
+- ``{"type": "dispatch", "dispatch": {...}, "tasks": [...]}`` for one dispatch,
+  with only the task rows that changed;
+- ``{"type": "resync"}`` when a page may have missed changes (it subscribed
+  after reading, or it fell behind): it reads the whole view again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cobalt_controller.dashboard import _views
+
+if TYPE_CHECKING:
+    from cobalt_controller._model import Dispatch, Task
+    from cobalt_controller.state import StateStore
+
+log = logging.getLogger("cobalt.dashboard")
+
+PUSH_INTERVAL_S = 0.25
+"""Changes reach a page at most four times a second."""
+QUEUE_LIMIT = 64
+"""Messages a page may fall behind before it is told to read everything again."""
+ALL = "*"
+"""The subscription key of the dispatch list: every dispatch."""
+RESYNC = json.dumps({"type": "resync"})
+_FORGET_AFTER_S = 120.0
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One open page: its key (a dispatch id or :data:`ALL`) and its message queue."""
+
+    key: str
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+
+    def deliver(self, message: str | None) -> None:
+        """Queues a message; runs on the page's event loop."""
+        if message is not None and self.queue.qsize() >= QUEUE_LIMIT:
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            message = RESYNC
+        self.queue.put_nowait(message)
+
+
+class LiveFeed:
+    """Collects changes from the scheduler and pushes them to subscribed pages."""
+
+    def __init__(self, state: StateStore, *, interval_s: float = PUSH_INTERVAL_S) -> None:
+        self.state = state
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._dirty_dispatches: set[str] = set()
+        self._dirty_tasks: dict[str, set[int]] = {}
+        self._changed_at: dict[str, float] = {}
+        self._any_changed_at = 0.0
+        self._subscriptions: dict[str, list[Subscription]] = {}
+        self._watching = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cobalt-dashboard-live", daemon=True)
+
+    # -- the scheduler thread ------------------------------------------------------
+
+    def notify(self, dispatch: Dispatch, task: Task | None) -> None:
+        """Records a committed change. Constant time; never blocks on a page."""
+        now = time.time()
+        dispatch_id = dispatch.dispatch_id
+        with self._lock:
+            self._changed_at[dispatch_id] = now
+            self._any_changed_at = now
+            if not self._watching:
+                return
+            self._dirty_dispatches.add(dispatch_id)
+            if task is not None:
+                self._dirty_tasks.setdefault(dispatch_id, set()).add(task.node_id)
+
+    # -- pages (the web server's event loop) -----------------------------------------
+
+    def subscribe(self, key: str, since: float | None = None) -> Subscription:
+        """Registers a page. ``since``: when the page read its data; a change after
+        that which this feed may not carry to it makes its first message a resync."""
+        sub = Subscription(key, asyncio.get_running_loop())
+        with self._lock:
+            self._subscriptions.setdefault(key, []).append(sub)
+            self._watching += 1
+            changed = self._any_changed_at if key == ALL else self._changed_at.get(key, 0.0)
+        if since is not None and changed >= since:
+            sub.deliver(RESYNC)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            subs = self._subscriptions.get(sub.key, [])
+            if sub in subs:
+                subs.remove(sub)
+                self._watching -= 1
+            if not subs:
+                self._subscriptions.pop(sub.key, None)
+
+    # -- the push thread ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ends the push thread and every open stream."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        with self._lock:
+            subs = [s for group in self._subscriptions.values() for s in group]
+        for sub in subs:
+            self._send(sub, None)
+
+    def _run(self) -> None:
+        delay = self.interval_s
+        while not self._stop.wait(delay):
+            started = time.monotonic()
+            try:
+                self.push()
+            except Exception:
+                log.exception("could not push dashboard updates")
+            delay = max(self.interval_s, 2 * (time.monotonic() - started))
+
+    def push(self) -> None:
+        """Sends every change recorded since the last push (the thread calls this)."""
+        with self._lock:
+            dirty, self._dirty_dispatches = self._dirty_dispatches, set()
+            dirty_tasks, self._dirty_tasks = self._dirty_tasks, {}
+            subs = {key: list(group) for key, group in self._subscriptions.items()}
+            cutoff = time.time() - _FORGET_AFTER_S
+            if len(self._changed_at) > 1000:
+                self._changed_at = {k: t for k, t in self._changed_at.items() if t > cutoff}
+        if not dirty:
+            return
+        if subs.get(ALL):
+            self._broadcast(subs[ALL], self._dispatches_message(sorted(dirty)))
+        for dispatch_id in dirty:
+            watchers = subs.get(dispatch_id)
+            if watchers:
+                message = self._dispatch_message(dispatch_id, dirty_tasks.get(dispatch_id, set()))
+                if message is not None:
+                    self._broadcast(watchers, message)
+
+    def _dispatches_message(self, ids: list[str]) -> str:
+        rows = [r for r in (self.state.get_dispatch(i) for i in ids) if r is not None]
+        counts = self.state.status_counts(ids)
+        return _dumps({"type": "dispatches", "dispatches": _views.dispatches(rows, counts)})
+
+    def _dispatch_message(self, dispatch_id: str, node_ids: set[int]) -> str | None:
+        row = self.state.get_dispatch(dispatch_id)
+        if row is None:
+            return None
+        nodes = self.state.get_nodes(dispatch_id, include_logs=False)
+        now = time.time()
+        changed = [n for n in nodes if n.node_id in node_ids] if node_ids else []
+        return _dumps(
+            {
+                "type": "dispatch",
+                "dispatch": _views.dispatch(row, _views.count_statuses(nodes), now),
+                "tasks": _views.tasks(changed, now),
+            }
+        )
+
+    def _broadcast(self, subs: list[Subscription], message: str) -> None:
+        for sub in subs:
+            self._send(sub, message)
+
+    @staticmethod
+    def _send(sub: Subscription, message: str | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the page's loop has closed
+            sub.loop.call_soon_threadsafe(sub.deliver, message)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)

@@ -1,0 +1,186 @@
+"""Stored rows as the JSON the dashboard's pages render.
+
+Only electrons and sublattices are tasks here: parameters, collections and
+attribute or item access are plumbing of the graph, not work anyone pays for.
+Hardware is described with :mod:`cobalt_common.hardware`, the words every
+other part of cobalt uses; emulated GPUs are marked wherever a GPU or a cost
+appears.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from cobalt_common.errors import SpecError
+from cobalt_common.hardware import GPU_TYPES, HardwareGiven, HardwareSpec
+from cobalt_controller.state import CostRow, DispatchRow, NodeRow
+
+TASK_KINDS = frozenset({"electron", "sublattice"})
+
+Json = dict[str, Any]
+
+
+@functools.lru_cache(maxsize=4096)
+def describe_requested(hardware: str) -> str:
+    """``"1x H100, 24 CPUs, 48 GB, limit 18h"`` from a stored spec (JSON)."""
+    try:
+        return HardwareSpec.from_dict(json.loads(hardware or "{}")).describe()
+    except (ValueError, TypeError, SpecError):
+        return hardware
+
+
+@functools.lru_cache(maxsize=4096)
+def given_hardware(hardware_given: str) -> HardwareGiven | None:
+    """The hardware a task got, from its stored JSON; ``None`` before placement."""
+    if not hardware_given:
+        return None
+    try:
+        data = json.loads(hardware_given)
+        return HardwareGiven(
+            cpus=float(data.get("cpus") or 0.0),
+            memory_mb=int(data.get("memory_mb") or 0),
+            gpu=data.get("gpu") or None,
+            gpu_indices=tuple(data.get("gpu_indices") or ()),
+            emulated=bool(data.get("emulated")),
+        )
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def gpu_label(gpu_type: str, emulated: bool) -> str:
+    """``"H100 (emulated)"``, ``"A100 80GB"``, or ``"no GPU"``."""
+    if not gpu_type:
+        return "no GPU"
+    label = GPU_TYPES[gpu_type].label if gpu_type in GPU_TYPES else gpu_type
+    return f"{label} (emulated)" if emulated else label
+
+
+def _duration(started: float | None, ended: float | None, now: float) -> float | None:
+    if started is None:
+        return None
+    return max((ended if ended is not None else now) - started, 0.0)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def task(node: NodeRow, now: float | None = None) -> Json:
+    """One row of a dispatch's task table (kept small: a page may hold 100,000)."""
+    given = given_hardware(node.hardware_given)
+    emulated = node.emulated or (given is not None and given.emulated)
+    return {
+        "id": node.node_id,
+        "name": node.name,
+        "status": node.status,
+        "executor": node.executor,
+        "requested": describe_requested(node.hardware),
+        "given": given.describe() if given is not None else "",
+        "emulated": emulated,
+        "started_at": _ms(node.started_at),
+        "ended_at": _ms(node.ended_at),
+        "duration_s": _ms(_duration(node.started_at, node.ended_at, now or time.time())),
+        "cost_usd": node.cost_usd,
+        "reason": node.reason,
+        "child": node.sublattice_dispatch_id,
+    }
+
+
+def tasks(nodes: Iterable[NodeRow], now: float | None = None) -> list[Json]:
+    """The task rows of a dispatch, in node order."""
+    now = now or time.time()
+    return [task(n, now) for n in nodes if n.kind in TASK_KINDS]
+
+
+def task_detail(node: NodeRow) -> Json:
+    """A task with everything the detail panel shows: logs, error and billing."""
+    detail = task(node)
+    given = given_hardware(node.hardware_given)
+    gpu_type = node.gpu_type or (given.gpu if given is not None and given.gpu else "")
+    detail.update(
+        kind=node.kind,
+        gpu=gpu_label(gpu_type, detail["emulated"]) if gpu_type else "",
+        attempts=node.attempts,
+        stdout=node.stdout,
+        stderr=node.stderr,
+        error=node.error,
+        billed_s=node.billed_s,
+        rate_usd_per_hour=node.rate_usd_per_hour,
+        placement=node.placement,
+    )
+    return detail
+
+
+def count_statuses(nodes: Iterable[NodeRow]) -> dict[str, int]:
+    """Tasks per status, as the store's ``status_counts`` counts them."""
+    counts: dict[str, int] = {}
+    for n in nodes:
+        if n.kind in TASK_KINDS:
+            counts[n.status] = counts.get(n.status, 0) + 1
+    return counts
+
+
+def dispatch(row: DispatchRow, counts: dict[str, int], now: float | None = None) -> Json:
+    """One dispatch: status, duration, cost and its tasks counted by status."""
+    return {
+        "id": row.dispatch_id,
+        "name": row.name,
+        "status": row.status,
+        "created_at": row.created_at,
+        "started_at": row.started_at,
+        "ended_at": row.ended_at,
+        "duration_s": _duration(row.started_at, row.ended_at, now or time.time()),
+        "cost_usd": row.cost_usd,
+        "budget_usd": row.budget_usd,
+        "emulated": row.emulated,
+        "counts": dict(sorted(counts.items())),
+        "tasks": sum(counts.values()),
+        "error": row.error,
+        "parent": row.parent_dispatch_id or "",
+        "parent_node": row.parent_node_id,
+    }
+
+
+def dispatches(rows: Sequence[DispatchRow], counts: dict[str, dict[str, int]]) -> list[Json]:
+    now = time.time()
+    return [dispatch(r, counts.get(r.dispatch_id, {}), now) for r in rows]
+
+
+def _totals(rows: Iterable[CostRow]) -> Json:
+    items = list(rows)
+    return {
+        "tasks": sum(r.tasks for r in items),
+        "billed_s": sum(r.billed_s for r in items),
+        "cost_usd": sum(r.cost_usd for r in items),
+        "emulated": any(r.emulated for r in items),
+    }
+
+
+def cost(rows: Sequence[CostRow], since_day: str) -> Json:
+    """Spend by day, by executor and by GPU type (emulated GPUs apart from real ones)."""
+    by_day: dict[str, list[CostRow]] = {}
+    by_executor: dict[str, list[CostRow]] = {}
+    by_gpu: dict[tuple[str, bool], list[CostRow]] = {}
+    for r in rows:
+        by_day.setdefault(r.day, []).append(r)
+        by_executor.setdefault(r.executor, []).append(r)
+        by_gpu.setdefault((r.gpu_type, r.emulated), []).append(r)
+    return {
+        "since": since_day,
+        "total": _totals(rows),
+        "by_day": [{"day": d, **_totals(g)} for d, g in sorted(by_day.items())],
+        "by_executor": [
+            {"executor": e, **_totals(g)}
+            for e, g in sorted(by_executor.items(), key=lambda kv: -sum(r.cost_usd for r in kv[1]))
+        ],
+        "by_gpu": [
+            {"gpu_type": gpu, "label": gpu_label(gpu, emulated), **_totals(g)}
+            for (gpu, emulated), g in sorted(
+                by_gpu.items(), key=lambda kv: -sum(r.cost_usd for r in kv[1])
+            )
+        ],
+    }

@@ -1,0 +1,291 @@
+"""What the dashboard shows, read from a state store holding dispatches with costs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from cobalt_controller.dashboard import _views
+from cobalt_controller.dashboard._live import ALL, LiveFeed
+from cobalt_controller.state import DispatchRow, MemoryStateStore, NodeRow, WriteBatch
+
+pytestmark = pytest.mark.unit
+
+H100 = json.dumps({"gpu": "h100", "gpus": 1, "cpus": 4, "memory_mb": 49152, "time_limit_s": 3600})
+H100_GIVEN = json.dumps(
+    {"cpus": 4, "memory_mb": 49152, "gpu": "h100", "gpu_indices": [1], "emulated": True}
+)
+CPU = json.dumps({"gpu": None, "gpus": 0, "cpus": 1, "memory_mb": 0, "time_limit_s": None})
+CPU_GIVEN = json.dumps(
+    {"cpus": 1, "memory_mb": 0, "gpu": None, "gpu_indices": [], "emulated": False}
+)
+
+
+def sweep(store: MemoryStateStore, dispatch_id: str, costs: list[float], day: str) -> None:
+    """A parameter, one emulated-H100 task per cost, their list, and a free CPU reduce."""
+    now = time.time()
+    n = len(costs)
+    rows = [NodeRow(dispatch_id, 0, "widths", "parameter", "COMPLETED")]
+    for i, cost in enumerate(costs, start=1):
+        rows.append(
+            NodeRow(
+                dispatch_id,
+                i,
+                "train",
+                "electron",
+                "COMPLETED",
+                inputs=json.dumps([[0, 0, "", False]]),
+                hardware=H100,
+                hardware_given=H100_GIVEN,
+                executor="gpu",
+                started_at=now - 10,
+                ended_at=now - 4,
+                stdout=f"training {i}\n",
+                cost_usd=cost,
+                billed_s=6.0,
+                rate_usd_per_hour=cost / 6 * 3600,
+                gpu_type="h100",
+                emulated=True,
+                ended_day=day,
+            )
+        )
+    rows.append(
+        NodeRow(
+            dispatch_id,
+            n + 1,
+            "[...]",
+            "collection",
+            "COMPLETED",
+            inputs=json.dumps([[i, i - 1, "", False] for i in range(1, n + 1)]),
+        )
+    )
+    rows.append(
+        NodeRow(
+            dispatch_id,
+            n + 2,
+            "best",
+            "electron",
+            "COMPLETED",
+            inputs=json.dumps([[n + 1, 0, "", False]]),
+            hardware=CPU,
+            hardware_given=CPU_GIVEN,
+            executor="local",
+            started_at=now - 3,
+            ended_at=now - 2,
+            ended_day=day,
+        )
+    )
+    batch = WriteBatch()
+    row = DispatchRow(
+        dispatch_id,
+        "sweep",
+        "COMPLETED",
+        now - 11,
+        n + 2,
+        n + 1,
+        started_at=now - 10,
+        ended_at=now - 2,
+        cost_usd=sum(costs),
+        emulated=True,
+    )
+    batch.new_dispatches.append((row, rows))
+    store.apply(batch)
+
+
+@pytest.fixture
+def store() -> MemoryStateStore:
+    s = MemoryStateStore()
+    sweep(s, "d1", [0.25, 1.5, 0.125], "2026-11-01")
+    sweep(s, "d2", [2.0], "2026-11-02")
+    return s
+
+
+def test_only_electrons_and_sublattices_are_tasks(store: MemoryStateStore) -> None:
+    rows = _views.tasks(store.get_nodes("d1", include_logs=False))
+
+    assert [(r["id"], r["name"]) for r in rows] == [
+        (1, "train"),
+        (2, "train"),
+        (3, "train"),
+        (5, "best"),
+    ]
+
+
+def test_a_task_row_describes_hardware_in_cobalts_words_and_marks_emulation(
+    store: MemoryStateStore,
+) -> None:
+    train, *_, best = _views.tasks(store.get_nodes("d1"))
+
+    assert train["requested"] == "1x H100, 4 CPUs, 48 GB, limit 1h"
+    assert train["given"] == "1x H100 80GB (emulated), 4 CPU, 48 GB"
+    assert train["emulated"] is True and train["cost_usd"] == 0.25
+    assert train["duration_s"] == pytest.approx(6.0)
+    assert best["requested"] == "1 CPU" and best["emulated"] is False
+
+
+def test_the_per_task_costs_sum_to_the_dispatchs_cost(store: MemoryStateStore) -> None:
+    nodes = store.get_nodes("d1")
+    row = store.get_dispatch("d1")
+    assert row is not None
+
+    view = _views.dispatch(row, _views.count_statuses(nodes))
+
+    assert sum(t["cost_usd"] for t in _views.tasks(nodes)) == pytest.approx(view["cost_usd"])
+    assert view["cost_usd"] == pytest.approx(1.875)
+    assert view["counts"] == {"COMPLETED": 4} and view["tasks"] == 4
+    assert view["emulated"] is True
+    assert view["duration_s"] == pytest.approx(8.0)
+
+
+def test_the_dispatch_list_counts_tasks_by_status_as_the_store_does(
+    store: MemoryStateStore,
+) -> None:
+    rows = store.list_dispatches()
+
+    views = _views.dispatches(rows, store.status_counts([r.dispatch_id for r in rows]))
+
+    assert {v["id"]: v["counts"] for v in views} == {
+        "d1": {"COMPLETED": 4},
+        "d2": {"COMPLETED": 2},
+    }
+
+
+def test_a_task_detail_carries_its_logs_and_billing(store: MemoryStateStore) -> None:
+    node = store.get_node("d1", 2)
+    assert node is not None
+
+    detail = _views.task_detail(node)
+
+    assert detail["stdout"] == "training 2\n"
+    assert detail["billed_s"] == 6.0
+    assert detail["gpu"] == "H100 (emulated)"
+
+
+def test_cost_is_totalled_by_day_by_executor_and_by_gpu_type(store: MemoryStateStore) -> None:
+    view = _views.cost(store.cost_summary(""), "")
+
+    assert view["total"]["cost_usd"] == pytest.approx(3.875)
+    assert [(d["day"], d["cost_usd"]) for d in view["by_day"]] == [
+        ("2026-11-01", pytest.approx(1.875)),
+        ("2026-11-02", pytest.approx(2.0)),
+    ]
+    assert [(e["executor"], e["tasks"]) for e in view["by_executor"]] == [("gpu", 4), ("local", 2)]
+    gpus = {g["label"]: g["cost_usd"] for g in view["by_gpu"]}
+    assert gpus == {"H100 (emulated)": pytest.approx(3.875), "no GPU": 0.0}
+    for table in ("by_day", "by_executor", "by_gpu"):
+        assert sum(r["cost_usd"] for r in view[table]) == pytest.approx(view["total"]["cost_usd"])
+
+
+def test_a_real_gpu_and_an_emulated_one_are_totalled_apart() -> None:
+    s = MemoryStateStore()
+    sweep(s, "d1", [1.0], "2026-11-01")
+    batch = WriteBatch()
+    batch.update_node("d1", 1, emulated=False)
+    s.apply(batch)
+    sweep(s, "d2", [2.0], "2026-11-01")
+
+    labels = {g["label"]: g["cost_usd"] for g in _views.cost(s.cost_summary(""), "")["by_gpu"]}
+
+    assert labels["H100"] == 1.0 and labels["H100 (emulated)"] == 2.0
+
+
+def test_unreadable_hardware_is_shown_as_stored_rather_than_failing() -> None:
+    assert _views.describe_requested('{"gpu": "tpu9", "gpus": 1}') == '{"gpu": "tpu9", "gpus": 1}'
+    assert _views.given_hardware("not json") is None
+
+
+# -- live updates ---------------------------------------------------------------------
+
+
+def changed(dispatch_id: str, node_id: int | None) -> tuple[Any, Any]:
+    task = None if node_id is None else SimpleNamespace(node_id=node_id)
+    return SimpleNamespace(dispatch_id=dispatch_id), task
+
+
+def test_a_burst_of_changes_reaches_a_page_as_one_message(store: MemoryStateStore) -> None:
+    feed = LiveFeed(store)
+
+    async def scenario() -> list[str]:
+        sub = feed.subscribe("d1")
+        for _ in range(500):
+            for node_id in (1, 2, 3, 5):
+                feed.notify(*changed("d1", node_id))
+        feed.notify(*changed("d1", None))
+        await asyncio.to_thread(feed.push)
+        await asyncio.sleep(0.05)
+        return [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+
+    messages = asyncio.run(scenario())
+
+    assert len(messages) == 1
+    message = json.loads(messages[0])
+    assert message["type"] == "dispatch"
+    assert message["dispatch"]["counts"] == {"COMPLETED": 4}
+    assert sorted(t["id"] for t in message["tasks"]) == [1, 2, 3, 5]
+
+
+def test_the_dispatch_list_hears_of_every_dispatch_and_others_only_of_theirs(
+    store: MemoryStateStore,
+) -> None:
+    feed = LiveFeed(store)
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        everything, other = feed.subscribe(ALL), feed.subscribe("d2")
+        feed.notify(*changed("d1", 1))
+        await asyncio.to_thread(feed.push)
+        await asyncio.sleep(0.05)
+        drain = [everything.queue.get_nowait() for _ in range(everything.queue.qsize())]
+        return drain, [other.queue.get_nowait() for _ in range(other.queue.qsize())]
+
+    everything, other = asyncio.run(scenario())
+
+    assert other == []
+    assert [d["id"] for d in json.loads(everything[0])["dispatches"]] == ["d1"]
+
+
+def test_a_page_that_read_before_a_change_it_was_not_subscribed_for_resyncs(
+    store: MemoryStateStore,
+) -> None:
+    feed = LiveFeed(store)
+    read_at = time.time()
+    feed.notify(*changed("d1", 1))
+
+    async def first_messages() -> tuple[str | None, int]:
+        stale = feed.subscribe("d1", since=read_at)
+        fresh = feed.subscribe("d1", since=time.time() + 1)
+        return stale.queue.get_nowait(), fresh.queue.qsize()
+
+    stale, fresh = asyncio.run(first_messages())
+
+    assert stale is not None and json.loads(stale) == {"type": "resync"}
+    assert fresh == 0
+
+
+def test_nothing_is_recorded_while_no_page_watches(store: MemoryStateStore) -> None:
+    feed = LiveFeed(store)
+    for node_id in range(1000):
+        feed.notify(*changed("d1", node_id))
+
+    assert not feed._dirty_dispatches and not feed._dirty_tasks
+
+
+def test_a_page_that_falls_behind_is_told_to_read_everything_again(
+    store: MemoryStateStore,
+) -> None:
+    feed = LiveFeed(store)
+
+    async def scenario() -> list[str | None]:
+        sub = feed.subscribe("d1")
+        for _ in range(200):
+            sub.deliver('{"type": "dispatch"}')
+        return [sub.queue.get_nowait() for _ in range(sub.queue.qsize())]
+
+    messages = asyncio.run(scenario())
+
+    assert len(messages) < 100
+    assert '{"type": "resync"}' in messages
