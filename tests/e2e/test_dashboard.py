@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -380,14 +379,14 @@ def test_a_running_dispatch_updates_in_place_without_a_reload(
 
 
 def test_a_2000_task_dispatch_page_loads_in_under_a_second_with_a_readable_graph(
-    browser: Browser, dashboard: tuple[str, str]
+    browser: Browser, dashboard: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     result = ct.dispatch_sync(fan_out)(2000)
     assert result.status == ct.Status.COMPLETED, result.error
     assert result.result == sum(i * i for i in range(2000))
 
     loads = []
-    for _ in range(3):  # each in a fresh browser context: nothing cached
+    for _ in range(3):  # each in a fresh browser context: nothing cached in the browser
         context = _context(browser, dashboard, logged_in=True)
         try:
             tab = context.new_page()
@@ -401,12 +400,14 @@ def test_a_2000_task_dispatch_page_loads_in_under_a_second_with_a_readable_graph
         finally:
             context.close()
 
-    median = statistics.median(loads)
-    print(
-        f"\n2,000-task dispatch page, navigation start to task table and graph rendered: "
-        f"{', '.join(f'{ms:.0f} ms' for ms in loads)} (median {median:.0f} ms)"
-    )
-    assert median < PAGE_LOAD_BUDGET_MS
+    first, *again = loads
+    with capsys.disabled():  # the figure belongs in every run's output, not only failures'
+        print(
+            "\n2,000-task dispatch page, navigation start to task table and graph rendered: "
+            f"{first:.0f} ms the first time (nothing cached), "
+            f"then {' and '.join(f'{ms:.0f} ms' for ms in again)}"
+        )
+    assert max(loads) < PAGE_LOAD_BUDGET_MS
     assert labels == [f"square {TIMES}2000", "total"]
     assert 20 <= rows < 200, "only the rows in view (and a few more) are drawn"
     assert shown == "2,001 of 2,001 tasks"

@@ -9,8 +9,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from starlette.requests import Request
 
 from cobalt_controller.dashboard import _views
+from cobalt_controller.dashboard._app import _Api
 from cobalt_controller.dashboard._live import ALL, LiveFeed
 from cobalt_controller.state import DispatchRow, MemoryStateStore, NodeRow, WriteBatch
 
@@ -289,3 +291,67 @@ def test_a_page_that_falls_behind_is_told_to_read_everything_again(
 
     assert len(messages) < 100
     assert '{"type": "resync"}' in messages
+
+
+# -- the dispatch view's JSON ------------------------------------------------------------
+
+
+class CountingStore(MemoryStateStore):
+    """Counts how often a dispatch's nodes are read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def get_nodes(self, dispatch_id: str, *, include_logs: bool = True) -> list[NodeRow]:
+        self.reads += 1
+        return super().get_nodes(dispatch_id, include_logs=include_logs)
+
+
+def read_view(api: _Api, dispatch_id: str) -> dict[str, Any]:
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": f"/api/dispatches/{dispatch_id}",
+        "headers": [],
+        "query_string": b"",
+        "path_params": {"dispatch_id": dispatch_id},
+    }
+    response = api.dispatch(Request(scope))
+    assert response.status_code == 200
+    data: dict[str, Any] = json.loads(bytes(response.body))
+    return data
+
+
+def test_a_running_dispatch_is_read_afresh_and_an_ended_one_once() -> None:
+    store = CountingStore()
+    sweep(store, "d1", [0.5, 0.25], "2026-11-01")
+    running = WriteBatch()
+    running.update_dispatch("d1", status="RUNNING", ended_at=None)
+    running.update_node("d1", 2, status="RUNNING", ended_at=None, cost_usd=0.0)
+    store.apply(running)
+    api = _Api(store)
+
+    first = read_view(api, "d1")
+    done = WriteBatch()
+    done.update_node("d1", 2, status="COMPLETED", ended_at=time.time(), cost_usd=0.25)
+    done.update_dispatch("d1", status="COMPLETED", ended_at=time.time())
+    store.apply(done)
+    second, third = read_view(api, "d1"), read_view(api, "d1")
+
+    assert first["tasks"][1]["status"] == "RUNNING"
+    assert second["tasks"][1]["status"] == "COMPLETED"
+    assert third["dispatch"] == second["dispatch"] and third["tasks"] == second["tasks"]
+    assert third["as_of"] > second["as_of"] > first["as_of"]
+    assert store.reads == 2
+
+
+def test_an_unknown_dispatch_is_a_404_that_says_where_to_look() -> None:
+    api = _Api(MemoryStateStore())
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+    scope["path_params"] = {"dispatch_id": "nope"}
+
+    response = api.dispatch(Request(scope))
+
+    assert response.status_code == 404
+    assert "cobalt dispatches" in json.loads(bytes(response.body))["error"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -39,7 +40,10 @@ from cobalt_controller.state import NodeRow, StateStore
 STATIC = Path(__file__).with_name("static")
 KEEPALIVE_S = 15.0
 NO_STORE = {"Cache-Control": "no-store"}
-GRAPH_CACHE = 32
+CACHED = 16
+"""Dispatches whose graph, and once ended whose whole view, are kept in memory."""
+CACHED_BYTES = 64 << 20
+"""At most this much text of ended dispatches' views is kept."""
 
 
 class _Static:
@@ -95,6 +99,7 @@ class _Api:
     def __init__(self, state: StateStore) -> None:
         self.state = state
         self._graphs: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        self._ended: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
 
     def _graph(self, dispatch_id: str, nodes: list[NodeRow]) -> dict[str, Any]:
@@ -108,7 +113,7 @@ class _Api:
         graph = _graph.build(nodes)
         with self._lock:
             self._graphs[key] = graph
-            while len(self._graphs) > GRAPH_CACHE:
+            while len(self._graphs) > CACHED:
                 self._graphs.popitem(last=False)
         return graph
 
@@ -122,22 +127,46 @@ class _Api:
     def dispatch(self, request: Request) -> Response:
         dispatch_id = request.path_params["dispatch_id"]
         as_of = time.time()
-        row = self.state.get_dispatch(dispatch_id)
-        if row is None:
+        view = self._view(dispatch_id, as_of)
+        if view is None:
             return _not_found(
                 f"No dispatch {dispatch_id!r} on this controller; "
                 "`cobalt dispatches` lists the ones it has."
             )
+        # ``view`` is a JSON object's text; the read time goes in front of its fields.
+        body = f'{{"as_of":{as_of!r},{view[1:]}'
+        return Response(body, media_type="application/json", headers=NO_STORE)
+
+    def _view(self, dispatch_id: str, as_of: float) -> str | None:
+        """A dispatch, its tasks and its graph as JSON text; ``None`` if there is none.
+
+        The store commits a dispatch's end together with its tasks' last changes,
+        so the view of an ended dispatch never changes: it is kept and reused.
+        """
+        with self._lock:
+            kept = self._ended.get(dispatch_id)
+        if kept is not None:
+            return kept
+        row = self.state.get_dispatch(dispatch_id)
+        if row is None:
+            return None
         nodes = self.state.get_nodes(dispatch_id, include_logs=False)
-        graph = self._graph(dispatch_id, nodes)
-        return _json(
+        view = json.dumps(
             {
-                "as_of": as_of,
                 "dispatch": _views.dispatch(row, _views.count_statuses(nodes), as_of),
                 "tasks": _views.tasks(nodes, as_of),
-                "graph": graph,
-            }
+                "graph": self._graph(dispatch_id, nodes),
+            },
+            separators=(",", ":"),
+            allow_nan=False,
         )
+        if row.status in _views.ENDED and len(view) <= CACHED_BYTES // 4:
+            with self._lock:
+                self._ended[dispatch_id] = view
+                size = sum(len(v) for v in self._ended.values())
+                while len(self._ended) > CACHED or size > CACHED_BYTES:
+                    size -= len(self._ended.popitem(last=False)[1])
+        return view
 
     def task(self, request: Request) -> Response:
         dispatch_id = request.path_params["dispatch_id"]

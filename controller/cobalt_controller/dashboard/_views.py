@@ -20,6 +20,8 @@ from cobalt_common.hardware import GPU_TYPES, HardwareGiven, HardwareSpec
 from cobalt_controller.state import CostRow, DispatchRow, NodeRow
 
 TASK_KINDS = frozenset({"electron", "sublattice"})
+ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "BUDGET_EXCEEDED"})
+"""Dispatch statuses after which nothing about a dispatch changes."""
 
 Json = dict[str, Any]
 
