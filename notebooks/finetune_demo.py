@@ -16,9 +16,7 @@ import cobalt as ct
 
 # prices="list" bills the emulated H100s at published cloud list prices, so the
 # cost figures below are what the same run would cost on rented H100s.
-GPU_BOX = ct.LocalExecutor(
-    name="gpu-box", emulate_gpus={"h100": 4}, memory="256GB", prices="list"
-)
+GPU_BOX = ct.LocalExecutor(name="gpu-box", emulate_gpus={"h100": 4}, memory="256GB", prices="list")
 
 
 def make_data(seed: int, n: int = 4000, features: int = 16) -> tuple[np.ndarray, np.ndarray]:

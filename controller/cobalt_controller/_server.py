@@ -167,6 +167,9 @@ class ControllerServer:
                 )
                 d.status = row.status
                 d.started_at = row.started_at
+                d.budget_usd = row.budget_usd
+                d.cost_usd = row.cost_usd
+                d.emulated = row.emulated
                 self.scheduler.submit_dispatch(d)
                 log.info("resumed dispatch %s", row.dispatch_id)
             except Exception:
