@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -87,6 +87,10 @@ def _as_dict(row: Any, fields: list[str]) -> dict[str, Any]:
     return {f: getattr(row, f) for f in fields}
 
 
+def _insert(table: sa.Table) -> Callable[[], Any]:
+    return lambda: table.insert().values({c.name: sa.bindparam(c.name) for c in table.columns})
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -137,7 +141,7 @@ class SqlStateStore(StateStore):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         _meta.create_all(self.engine)
         _add_missing_columns(self.engine)
-        self._statements: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._statements: dict[Any, tuple[str, Any]] = {}
         self._insert_payload = self._insert_ignoring_duplicates(payloads)
 
     def _insert_ignoring_duplicates(self, table: sa.Table) -> Any:
@@ -155,13 +159,25 @@ class SqlStateStore(StateStore):
     def apply(self, batch: WriteBatch) -> None:
         with self.engine.begin() as conn:
             for row, node_rows in batch.new_dispatches:
-                conn.execute(dispatches.insert(), [_as_dict(row, _DISPATCH_FIELDS)])
+                self._many(
+                    conn,
+                    "insert dispatches",
+                    _insert(dispatches),
+                    [_as_dict(row, _DISPATCH_FIELDS)],
+                )
                 for start in range(0, len(node_rows), 5000):
                     chunk = node_rows[start : start + 5000]
-                    conn.execute(nodes.insert(), [_as_dict(n, _NODE_FIELDS) for n in chunk])
+                    self._many(
+                        conn,
+                        "insert nodes",
+                        _insert(nodes),
+                        [_as_dict(n, _NODE_FIELDS) for n in chunk],
+                    )
             if batch.payloads:
-                conn.execute(
-                    self._insert_payload,
+                self._many(
+                    conn,
+                    "insert payloads",
+                    lambda: self._insert_payload,
                     [{"sha256": s, "data": d} for s, d in sorted(batch.payloads.items())],
                 )
             self._update(conn, nodes, ("dispatch_id", "node_id"), batch.node_updates)
@@ -179,31 +195,40 @@ class SqlStateStore(StateStore):
         key_columns: tuple[str, ...],
         updates: dict[Any, dict[str, Any]],
     ) -> None:
-        """One executemany per set of changed columns.
-
-        The statement is compiled once per column set and run as driver SQL:
-        per-row parameter processing in SQLAlchemy would otherwise be most of
-        the cost of a round of a large fan-out.
-        """
+        """One executemany per set of changed columns."""
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for key, values in updates.items():
             row = {f"k_{c}": v for c, v in zip(key_columns, key, strict=True)}
             row.update({f"v_{c}": v for c, v in values.items()})
             groups.setdefault(tuple(sorted(values)), []).append(row)
         for columns, rows in groups.items():
-            cached = self._statements.get((table.name, columns))
-            if cached is None:
+
+            def build(columns: tuple[str, ...] = columns) -> Any:
                 stmt = table.update().values({c: sa.bindparam(f"v_{c}") for c in columns})
                 for c in key_columns:
                     stmt = stmt.where(table.c[c] == sa.bindparam(f"k_{c}"))
-                compiled = stmt.compile(dialect=self.engine.dialect)
-                cached = (str(compiled), compiled.positiontup)
-                self._statements[(table.name, columns)] = cached
-            sql, order = cached
-            if order:
-                conn.exec_driver_sql(sql, [tuple(r[k] for k in order) for r in rows])
-            else:
-                conn.exec_driver_sql(sql, rows)
+                return stmt
+
+            self._many(conn, ("update", table.name, columns), build, rows)
+
+    def _many(
+        self, conn: sa.Connection, key: Any, build: Callable[[], Any], rows: list[dict[str, Any]]
+    ) -> None:
+        """Runs a statement for many rows as driver SQL, compiled once per ``key``.
+
+        SQLAlchemy's per-row parameter processing was most of the cost of a
+        large fan-out's writes; the values here are plain numbers, strings
+        and bytes that every driver takes as they are.
+        """
+        cached = self._statements.get(key)
+        if cached is None:
+            compiled = build().compile(dialect=self.engine.dialect)
+            cached = self._statements[key] = (str(compiled), compiled.positiontup)
+        sql, order = cached
+        if order:
+            conn.exec_driver_sql(sql, [tuple(r[k] for k in order) for r in rows])
+        else:
+            conn.exec_driver_sql(sql, rows)
 
     @staticmethod
     def _missing(conn: sa.Connection, shas: Iterable[str]) -> set[str]:
