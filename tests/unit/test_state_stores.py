@@ -432,3 +432,11 @@ def test_an_older_sqlite_database_gains_the_new_columns(tmp_path: Path) -> None:
     assert read is not None and read.cost_usd == 0.0 and read.budget_usd is None
     assert read.emulated is False
     store.close()
+
+
+def test_nodes_can_be_read_by_id(store: StateStore) -> None:
+    row, nodes = _dispatch(n=6)
+    _apply_new(store, (row, nodes))
+    read = store.get_nodes(row.dispatch_id, include_logs=False, node_ids={4, 1, 99})
+    assert [n.node_id for n in read] == [1, 4]
+    assert store.get_nodes(row.dispatch_id, node_ids=[]) == []

@@ -172,13 +172,19 @@ class LiveFeed:
         row = self.state.get_dispatch(dispatch_id)
         if row is None:
             return None
-        nodes = self.state.get_nodes(dispatch_id, include_logs=False)
+        # Only the changed rows are read: a page watching a large fan-out must
+        # not make the controller re-read every row four times a second.
+        changed = (
+            self.state.get_nodes(dispatch_id, include_logs=False, node_ids=node_ids)
+            if node_ids
+            else []
+        )
+        counts = self.state.status_counts([dispatch_id]).get(dispatch_id, {})
         now = time.time()
-        changed = [n for n in nodes if n.node_id in node_ids] if node_ids else []
         return _dumps(
             {
                 "type": "dispatch",
-                "dispatch": _views.dispatch(row, _views.count_statuses(nodes), now),
+                "dispatch": _views.dispatch(row, counts, now),
                 "tasks": _views.tasks(changed, now),
             }
         )

@@ -9,7 +9,7 @@ costs one transaction however many tasks changed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,8 +148,14 @@ class StateStore(ABC):
         """Dispatches that had not ended when the controller last stopped."""
 
     @abstractmethod
-    def get_nodes(self, dispatch_id: str, *, include_logs: bool = True) -> list[NodeRow]:
-        """All nodes of a dispatch in node-id order."""
+    def get_nodes(
+        self,
+        dispatch_id: str,
+        *,
+        include_logs: bool = True,
+        node_ids: Collection[int] | None = None,
+    ) -> list[NodeRow]:
+        """The nodes of a dispatch in node-id order: all, or only ``node_ids``."""
 
     @abstractmethod
     def get_node(self, dispatch_id: str, node_id: int) -> NodeRow | None: ...

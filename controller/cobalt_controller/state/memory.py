@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from cobalt_controller.state.base import CostRow, DispatchRow, NodeRow, StateStore, WriteBatch
 
@@ -43,8 +43,19 @@ class MemoryStateStore(StateStore):
     def unfinished_dispatches(self) -> list[DispatchRow]:
         return [dataclasses.replace(r) for r in self._dispatches.values() if r.status not in _ENDED]
 
-    def get_nodes(self, dispatch_id: str, *, include_logs: bool = True) -> list[NodeRow]:
-        nodes = [dataclasses.replace(n) for n in self._nodes.get(dispatch_id, [])]
+    def get_nodes(
+        self,
+        dispatch_id: str,
+        *,
+        include_logs: bool = True,
+        node_ids: Collection[int] | None = None,
+    ) -> list[NodeRow]:
+        wanted = None if node_ids is None else set(node_ids)
+        nodes = [
+            dataclasses.replace(n)
+            for n in self._nodes.get(dispatch_id, [])
+            if wanted is None or n.node_id in wanted
+        ]
         if not include_logs:
             for n in nodes:
                 n.stdout = n.stderr = ""

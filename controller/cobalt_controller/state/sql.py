@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -267,12 +267,26 @@ class SqlStateStore(StateStore):
             ).all()
         return [DispatchRow(**r._asdict()) for r in rows]
 
-    def get_nodes(self, dispatch_id: str, *, include_logs: bool = True) -> list[NodeRow]:
+    def get_nodes(
+        self,
+        dispatch_id: str,
+        *,
+        include_logs: bool = True,
+        node_ids: Collection[int] | None = None,
+    ) -> list[NodeRow]:
         cols = [c for c in nodes.c if include_logs or c.name not in ("stdout", "stderr")]
+        query = sa.select(*cols).where(nodes.c.dispatch_id == dispatch_id)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(*cols).where(nodes.c.dispatch_id == dispatch_id).order_by(nodes.c.node_id)
-            ).all()
+            if node_ids is None:
+                rows = conn.execute(query.order_by(nodes.c.node_id)).all()
+            else:
+                wanted = sorted(set(node_ids))
+                rows = []
+                for start in range(0, len(wanted), 500):
+                    chunk = wanted[start : start + 500]
+                    rows += conn.execute(
+                        query.where(nodes.c.node_id.in_(chunk)).order_by(nodes.c.node_id)
+                    ).all()
         return [NodeRow(**r._asdict()) for r in rows]
 
     def get_node(self, dispatch_id: str, node_id: int) -> NodeRow | None:

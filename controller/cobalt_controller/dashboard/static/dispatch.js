@@ -26,11 +26,11 @@ function costCell(value, emulated) {
 
 function taskRow(t) {
   const child = t.child
-    ? ` <a class="tag" href="/dispatches/${encodeURIComponent(t.child)}" title="This sublattice's own dispatch">sublattice ↗</a>`
+    ? `<a class="tag" href="/dispatches/${encodeURIComponent(t.child)}" title="This sublattice's own dispatch">sublattice ↗</a> `
     : "";
   const running = t.started_at != null && t.ended_at == null;
   return `<tr data-id="${t.id}" class="row-${esc(t.status)}">
-<td class="name"><a href="#task-${t.id}" class="task-link">${esc(t.name)}</a> <span class="muted">#${t.id}</span>${child}</td>
+<td class="name">${child}<a href="#task-${t.id}" class="task-link">${esc(t.name)}</a> <span class="muted">#${t.id}</span></td>
 <td>${badge(t.status)}${t.reason ? ` <span class="muted">${esc(t.reason)}</span>` : ""}</td>
 <td>${esc(t.executor)}</td>
 <td>${esc(t.requested)}</td>
