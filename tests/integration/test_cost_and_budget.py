@@ -276,3 +276,39 @@ def test_cli_lists_dispatch_costs_and_sums_spend(cost_home: ControllerHome) -> N
         for m in re.finditer(r"^total .*\$([0-9.,e-]+)$", spend, flags=re.M)
     ]
     assert len(totals) == 3 and len(set(totals)) == 1, spend
+
+
+@ct.electron(gpu="h100", time_limit="10s", executor="gpu")
+def slow_after(marker: str, x: int) -> int:
+    Path(marker).touch()
+    time.sleep(1.5)
+    return x + 1
+
+
+@ct.lattice
+def spend_then_wait(marker: str) -> int:
+    return slow_after(marker, train(1))
+
+
+def test_a_resumed_dispatch_keeps_its_budget_and_what_it_spent(tmp_path: Path) -> None:
+    home = ControllerHome(tmp_path / "home", COST_TOML)
+    home.start()
+    marker = tmp_path / "started"
+    try:
+        with home.active():
+            dispatch_id = ct.dispatch(spend_then_wait, budget_usd=1.0)(str(marker))
+            deadline = time.monotonic() + 30
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            before = ct.get_result(dispatch_id)
+            assert before.cost_usd > 0, "the first task was billed before the restart"
+            home.cli("controller", "stop")
+            home.start()
+            result = ct.get_result(dispatch_id, wait=60)
+            assert result.status == ct.Status.COMPLETED, result.error
+            assert result.result == 3
+            assert result.budget_usd == 1.0
+            assert result.cost_usd >= before.cost_usd
+            assert result.cost_usd == pytest.approx(sum(t.cost_usd for t in result.tasks))
+    finally:
+        home.stop()
