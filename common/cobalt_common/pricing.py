@@ -38,7 +38,8 @@ LIST_PRICES_SOURCE = (
     "list (cloud.google.com/compute/gpus-pricing, us-central1)."
 )
 LIST_PRICES_AS_OF = "2025-06"
-"""When the list prices were read. Cloud prices change: override them in config.toml."""
+"""The month the list prices are from; they have not been re-checked since, and
+cloud prices change: override them in config.toml."""
 
 _LIST_GPU_HOUR: Mapping[str, float] = MappingProxyType(
     {
