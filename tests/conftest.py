@@ -162,6 +162,22 @@ class ControllerHome:
         return "\n".join(text.splitlines()[-lines:])
 
     @contextlib.contextmanager
+    def serving(self) -> Iterator[ControllerHome]:
+        """Start the controller, point the SDK at it, and stop it afterwards.
+
+        Its log's tail is printed at the end (pytest shows it for failures),
+        and payload blobs are removed.
+        """
+        self.start()
+        try:
+            with self.active():
+                yield self
+        finally:
+            self.stop()
+            print(f"controller log of {self.path}:\n{self.log_tail()}")
+            shutil.rmtree(self.path / "blobs", ignore_errors=True)
+
+    @contextlib.contextmanager
     def active(self) -> Iterator[ControllerHome]:
         """Point the SDK at this home for the duration of the block."""
         saved = {k: os.environ.get(k) for k in ("COBALT_HOME", *_CONNECTION_VARIABLES)}
@@ -195,15 +211,8 @@ def _isolated_cobalt_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 @pytest.fixture(scope="module")
 def controller_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerHome]:
     """A controller with :data:`CONFIG_TOML`, shared by the tests of one module."""
-    home = ControllerHome(tmp_path_factory.mktemp("cobalt-home"))
-    home.start()
-    try:
-        with home.active():
-            yield home
-    finally:
-        home.stop()
-        print(f"controller log of {home.path}:\n{home.log_tail()}")
-        shutil.rmtree(home.path / "blobs", ignore_errors=True)
+    with ControllerHome(tmp_path_factory.mktemp("cobalt-home")).serving() as home:
+        yield home
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 
 from cobalt_common.hardware import HardwareSpec
 from cobalt_common.v1 import controller_pb2 as pb
+from cobalt_common.wire import spec_to_pb
 from cobalt_controller._model import Dispatch, Input, Task
 from cobalt_controller.state import DispatchRow, NodeRow
 
@@ -28,26 +29,6 @@ KIND_TO_PB = {
     for name in ("ELECTRON", "PARAMETER", "COLLECTION", "GETATTR", "GETITEM", "SUBLATTICE")
 }
 PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}
-
-
-def spec_from_pb(msg: pb.HardwareSpec) -> HardwareSpec:
-    return HardwareSpec(
-        gpu=msg.gpu or None,
-        gpus=msg.gpus,
-        cpus=msg.cpus,
-        memory_mb=msg.memory_mb,
-        time_limit_s=msg.time_limit_s or None,
-    )
-
-
-def spec_to_pb(spec: HardwareSpec) -> pb.HardwareSpec:
-    return pb.HardwareSpec(
-        gpu=spec.gpu or "",
-        gpus=spec.gpus,
-        cpus=spec.cpus,
-        memory_mb=spec.memory_mb,
-        time_limit_s=spec.time_limit_s or 0.0,
-    )
 
 
 def spec_to_json(spec: HardwareSpec) -> str:

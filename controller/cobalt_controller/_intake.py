@@ -15,7 +15,8 @@ import uuid
 from cobalt_common.errors import DispatchError, SpecError
 from cobalt_common.pricing import billed_seconds, format_usd
 from cobalt_common.v1 import controller_pb2 as pb
-from cobalt_controller._convert import PB_TO_KIND, spec_from_pb, spec_to_json
+from cobalt_common.wire import spec_from_pb
+from cobalt_controller._convert import PB_TO_KIND, spec_to_json
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._model import COMPLETED, ELECTRON, PARAMETER, Dispatch, Input, Task
 from cobalt_controller._payloads import Payloads

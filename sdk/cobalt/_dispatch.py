@@ -24,6 +24,7 @@ from cobalt_common.errors import (
     WaitTimeoutError,
 )
 from cobalt_common.v1 import controller_pb2 as pb
+from cobalt_common.wire import spec_to_pb
 
 if TYPE_CHECKING:
     from cobalt._lattice import Lattice
@@ -108,12 +109,7 @@ def build_request(graph: Graph) -> tuple[pb.DispatchCreateRequest, dict[str, byt
         if node.kind in (NodeKind.ELECTRON, NodeKind.SUBLATTICE):
             msg.function_key = _function_key(node)
         _add_inputs(msg, node)
-        spec = node.options.hardware
-        msg.hardware.gpu = spec.gpu or ""
-        msg.hardware.gpus = spec.gpus
-        msg.hardware.cpus = spec.cpus
-        msg.hardware.memory_mb = spec.memory_mb
-        msg.hardware.time_limit_s = spec.time_limit_s or 0.0
+        msg.hardware.CopyFrom(spec_to_pb(node.options.hardware))
         msg.retries = node.options.retries
         ref = _executor_ref(node.options.executor)
         if ref is not None:

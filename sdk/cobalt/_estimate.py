@@ -13,6 +13,7 @@ from cobalt._result import format_cost, format_table
 from cobalt_common.hardware import HardwareSpec, format_duration
 from cobalt_common.pricing import format_usd
 from cobalt_common.v1 import controller_pb2 as pb
+from cobalt_common.wire import spec_from_pb
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,18 +123,11 @@ class Estimate:
 
 
 def _task(t: pb.TaskEstimate, sublattice: bool) -> TaskEstimate:
-    hw = t.hardware
     return TaskEstimate(
         node_id=t.node_id,
         name=t.name,
         executor=t.executor,
-        hardware_requested=HardwareSpec(
-            gpu=hw.gpu or None,
-            gpus=hw.gpus,
-            cpus=hw.cpus,
-            memory_mb=hw.memory_mb,
-            time_limit_s=hw.time_limit_s or None,
-        ),
+        hardware_requested=spec_from_pb(t.hardware),
         rate_usd_per_hour=t.rate_usd_per_hour,
         worst_usd=math.inf if t.unbounded else t.worst_usd,
         expected_usd=t.expected_usd if t.runs else None,

@@ -19,6 +19,7 @@ from cobalt_common.hardware import (
 )
 from cobalt_common.pricing import format_usd
 from cobalt_common.v1 import controller_pb2 as pb
+from cobalt_common.wire import spec_from_pb
 
 if TYPE_CHECKING:
     from cobalt._client import Client
@@ -119,13 +120,7 @@ class TaskRecord:
             kind=_PB_KIND.get(t.kind, "electron"),
             status=status_from_pb(t.status),
             executor=t.executor,
-            hardware_requested=HardwareSpec(
-                gpu=req.gpu or None,
-                gpus=req.gpus,
-                cpus=req.cpus,
-                memory_mb=req.memory_mb,
-                time_limit_s=req.time_limit_s or None,
-            ),
+            hardware_requested=spec_from_pb(req),
             hardware_given=HardwareGiven(
                 cpus=given.cpus,
                 memory_mb=given.memory_mb,

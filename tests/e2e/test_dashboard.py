@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -158,14 +157,8 @@ def home(tmp_path_factory: pytest.TempPathFactory, pricing: bool) -> Iterator[Co
     from conftest import CONFIG_TOML, ControllerHome
 
     config = PRICED_CONFIG if pricing else CONFIG_TOML
-    home = ControllerHome(tmp_path_factory.mktemp("cobalt-dashboard-home"), config)
-    home.start()
-    try:
-        with home.active():
-            yield home
-    finally:
-        home.stop()
-        shutil.rmtree(home.path / "blobs", ignore_errors=True)
+    with ControllerHome(tmp_path_factory.mktemp("cobalt-dashboard-home"), config).serving() as home:
+        yield home
 
 
 @pytest.fixture(scope="module")

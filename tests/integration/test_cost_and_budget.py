@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,14 +48,8 @@ H100_RATE = LIST_PRICES.gpu_hour["h100"] + LIST_PRICES.cpu_core_hour
 
 @pytest.fixture(scope="module", autouse=True)
 def cost_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerHome]:
-    home = ControllerHome(tmp_path_factory.mktemp("cobalt-cost-home"), COST_TOML)
-    home.start()
-    try:
-        with home.active():
-            yield home
-    finally:
-        home.stop()
-        shutil.rmtree(Path(home.path) / "blobs", ignore_errors=True)
+    with ControllerHome(tmp_path_factory.mktemp("cobalt-cost-home"), COST_TOML).serving() as home:
+        yield home
 
 
 @ct.electron(gpu="h100", time_limit="10s", executor="gpu")

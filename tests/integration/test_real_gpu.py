@@ -132,14 +132,8 @@ def gpu_controller(machine: Machine, tmp_path_factory: pytest.TempPathFactory) -
     """A controller whose one local executor holds this machine's real GPUs."""
     from conftest import ControllerHome
 
-    home = ControllerHome(tmp_path_factory.mktemp("cobalt-gpu-home"), CONFIG_TOML)
-    home.start()
-    try:
-        with home.active():
-            yield home
-    finally:
-        home.stop()
-        print(f"controller log of {home.path}:\n{home.log_tail()}")
+    with ControllerHome(tmp_path_factory.mktemp("cobalt-gpu-home"), CONFIG_TOML).serving() as home:
+        yield home
 
 
 # -- what a task sees, run inside the worker -------------------------------------------
