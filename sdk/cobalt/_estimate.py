@@ -67,12 +67,18 @@ class Estimate:
 
     def summary(self) -> str:
         emulated = " (emulated GPUs priced as the GPUs they stand for)" if self._emulated else ""
+        missing = self.without_history
+        priced = [t for t in self.tasks if not t.sublattice]
+        expected = (
+            "no expected cost yet (none of these electrons has recorded runs)"
+            if priced and len(missing) == len(priced)
+            else f"expected {format_usd(self.expected_usd)}"
+        )
         text = (
             f"Estimate for {self.name!r}: worst case {format_usd(self.worst_usd)}, "
-            f"expected {format_usd(self.expected_usd)}{emulated}"
+            f"{expected}{emulated}"
         )
-        missing = self.without_history
-        if missing:
+        if missing and len(missing) < len(priced):
             text += (
                 f"; {len(missing)} of {len(self.tasks)} tasks have no recorded runs "
                 "and are not in the expected cost"

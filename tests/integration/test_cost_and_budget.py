@@ -205,7 +205,7 @@ def test_estimate_gives_worst_case_from_limits_and_expected_cost_from_history() 
     assert est.worst_usd == pytest.approx(3 * worst_one)
     assert all(t.executor == "gpu" and t.emulated for t in est.tasks)
     assert est.expected_usd == 0 and len(est.without_history) == 3
-    assert "no recorded runs" in est.summary()
+    assert "no expected cost yet" in est.summary()
 
     assert ct.dispatch_sync(fresh)(2).status == ct.Status.COMPLETED
     est = ct.estimate(fresh)(3)
