@@ -96,6 +96,7 @@ def main() -> None:
     print(result.task_table())
     emulated = sum(1 for t in result.tasks if t.emulated)
     print(f"\n{emulated} of {len(result.tasks)} tasks ran on emulated H100s (CPU underneath).")
+    print("The graph, each task's logs and the cost by day: run `cobalt dashboard`.")
 
 
 if __name__ == "__main__":

@@ -66,11 +66,11 @@ class Estimate:
         return [t for t in self.tasks if t.expected_usd is None and not t.sublattice]
 
     def summary(self) -> str:
-        emulated = " (emulated GPUs priced as the GPUs they stand for)" if self._emulated else ""
+        emulated = "; emulated GPUs are priced as the GPUs they stand for" if self._emulated else ""
         missing = self.without_history
         priced = [t for t in self.tasks if not t.sublattice]
         expected = (
-            "no expected cost yet (none of these electrons has recorded runs)"
+            "no expected cost yet, as none of these electrons has recorded runs"
             if priced and len(missing) == len(priced)
             else f"expected {format_usd(self.expected_usd)}"
         )
