@@ -37,6 +37,7 @@ from cobalt._lattice import (
 from cobalt._task import TaskCallable
 from cobalt_common.errors import GraphError, SpecError
 from cobalt_common.hardware import HardwareSpec
+from cobalt_common.pricing import LIST_PRICES, format_usd, parse_prices
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -120,6 +121,31 @@ class Electron(Generic[P, R]):
         task = TaskCallable(self.function, before, after)
         options = merged.task_options(owner=owner)
         return _Prepared(NodeKind.ELECTRON, self._name, task, options, injected)
+
+    def _repr_html_(self) -> str:
+        """Its hardware spec and what that costs per hour, for a notebook cell."""
+        from cobalt import _html as h
+
+        try:
+            spec = self.hardware()
+        except SpecError:
+            return f"<div><b>{h.esc(self._name)}</b>: GPU type from its lattice</div>"
+        executor = self.options.given().get("executor")
+        options = getattr(executor, "options", {})
+        if "prices" in options:
+            table = parse_prices(options["prices"])
+            where = f"on {getattr(executor, 'name', 'its executor')}"
+        else:
+            table, where = LIST_PRICES, "at list prices (your own hardware is free unless priced)"
+        rate = table.rate_usd_per_hour(
+            cpus=spec.cpus, memory_mb=spec.memory_mb, gpu=spec.gpu, gpus=spec.gpus
+        )
+        kind = "sublattice electron" if self._sublattice is not None else "electron"
+        return (
+            f"<div><b>{h.esc(self._name)}</b> <span style='color:#757575'>{kind}</span>"
+            f"<div>{h.esc(spec.describe())}</div>"
+            f"<div>{h.esc(format_usd(rate))}/h {h.esc(where)}</div></div>"
+        )
 
     def __repr__(self) -> str:
         try:

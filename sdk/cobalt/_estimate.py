@@ -124,6 +124,40 @@ class Estimate:
     def __str__(self) -> str:
         return f"{self.table()}\n\n{self.summary()}"
 
+    def _repr_html_(self) -> str:
+        from cobalt import _html as h
+
+        rows = []
+        for t in self.tasks:
+            limit = t.hardware_requested.time_limit_s
+            tag = " " + h.emulated_tag() if t.emulated else ""
+            if t.sublattice:
+                worst = expected = "<i>when it runs</i>"
+            else:
+                worst = h.esc(format_usd(t.worst_usd)) + tag
+                expected = (
+                    "<i>no runs yet</i>"
+                    if t.expected_usd is None
+                    else h.esc(f"{format_usd(t.expected_usd)} ({t.runs} runs)")
+                )
+            rows.append(
+                (
+                    str(t.node_id),
+                    h.esc(t.name),
+                    h.esc(t.hardware_requested.describe()),
+                    h.esc(t.executor),
+                    h.esc(format_usd(t.rate_usd_per_hour)),
+                    h.esc(format_duration(limit) if limit else "none"),
+                    worst,
+                    expected,
+                )
+            )
+        header = ("node", "name", "hardware", "executor", "rate/h", "limit", "worst", "expected")
+        return (
+            f"<div><div>{h.esc(self.summary())}</div>"
+            f"{h.table(header, rows, right=(0, 4, 5, 6, 7))}</div>"
+        )
+
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from cobalt_common.errors import Error
 from cobalt_common.hardware import (
     GPU_TYPES,
     HardwareGiven,
@@ -257,6 +258,47 @@ class Result:
             text += " (includes emulated GPUs, priced as the GPUs they stand for)"
         return text
 
+    def _repr_html_(self) -> str:
+        """The status, cost, error and task table, for a notebook cell."""
+        from cobalt import _html as h
+
+        facts = [h.badge(self.status.value)]
+        if self.duration_s is not None:
+            facts.append(h.esc(format_duration(self.duration_s)))
+        cost = h.esc(format_usd(self.cost_usd))
+        if self.budget_usd:
+            cost += h.esc(f" of a {format_usd(self.budget_usd)} budget")
+        if self.cost_emulated:
+            cost += " " + h.emulated_tag()
+        facts.append(cost)
+        link = self._dashboard_link()
+        if link:
+            # No token in the link: notebooks are saved and shared with their outputs.
+            facts.append(f'<a href="{h.esc(link)}" target="_blank">open in the dashboard</a>')
+        parts = [
+            f"<div><b>{h.esc(self.name)}</b> <code>{h.esc(self.dispatch_id)}</code></div>",
+            f"<div>{' &middot; '.join(facts)}</div>",
+        ]
+        if self.error:
+            parts.append(h.pre(self.error))
+        try:
+            tasks = self.tasks
+        except Error as exc:
+            parts.append(f"<div><i>{h.esc(f'tasks unavailable: {exc}')}</i></div>")
+            return "".join(parts)
+        parts.append(task_table_html(tasks))
+        return f"<div>{''.join(parts)}</div>"
+
+    def _dashboard_link(self) -> str:
+        """This dispatch's dashboard page, or "" when there is none to reach."""
+        from cobalt._client import controller_status, get_client
+
+        try:
+            base = controller_status(self._client or get_client()).dashboard
+        except Error:
+            return ""
+        return f"{base.rstrip('/')}/dispatches/{self.dispatch_id}" if base else ""
+
     def __str__(self) -> str:
         lines = [f"Dispatch {self.dispatch_id} ({self.name}): {self.status}"]
         if self.duration_s is not None:
@@ -300,6 +342,32 @@ def format_table(
 def format_cost(amount: float, emulated: bool) -> str:
     """A cost, labelled when it is for emulated GPUs."""
     return format_usd(amount) + (" (emulated)" if emulated else "")
+
+
+def task_table_html(tasks: list[TaskRecord]) -> str:
+    """The task table as HTML, with a total cost row."""
+    from cobalt import _html as h
+
+    def cost(amount: float, emulated: bool) -> str:
+        return h.esc(format_usd(amount)) + (" " + h.emulated_tag() if emulated else "")
+
+    rows = [
+        (
+            str(t.node_id),
+            h.esc(t.name),
+            h.badge(t.status.value),
+            h.esc(_requested(t.hardware_requested)),
+            h.esc(t.hardware_given.describe() if t.executor else "-"),
+            h.esc(t.executor or "-"),
+            h.esc(format_duration(t.duration_s) if t.duration_s is not None else "-"),
+            cost(t.cost_usd, t.emulated),
+        )
+        for t in tasks
+    ]
+    header = ("node", "name", "status", "requested", "given", "executor", "duration", "cost")
+    total = cost(sum(t.cost_usd for t in tasks), any(t.emulated for t in tasks))
+    footer = ("", "total", "", "", "", "", "", total)
+    return h.table(header, rows, right=(0, 6, 7), footer=footer)
 
 
 def format_task_table(tasks: list[TaskRecord]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -534,3 +535,12 @@ def test_a_dispatch_resumes_after_the_controller_restarts(
     slow = _records_by_name(result)["slow_start"][0]
     assert slow.status == ct.Status.COMPLETED
     assert slow.attempts >= 2, "the task that was running when the controller stopped ran again"
+
+
+def test_a_result_in_a_notebook_links_to_its_dashboard_page_without_the_token() -> None:
+    result = ct.dispatch_sync(fan_out_and_reduce)(3)
+    markup = result._repr_html_()
+    link = re.search(r'href="(http://127\.0\.0\.1:\d+/dispatches/([0-9a-f]+))"', markup)
+    assert link is not None and link.group(2) == result.dispatch_id, markup[:500]
+    assert "token" not in markup
+    assert "completed" in markup and "fan_out_and_reduce" in markup
