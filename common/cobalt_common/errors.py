@@ -81,6 +81,11 @@ class TaskFailedError(Error):
         remote_traceback: the traceback text from the worker.
         reason: one of ``exception``, ``time_limit``, ``out_of_memory``,
             ``killed``, ``cancelled``.
+        dispatch_id: the dispatch the task belongs to, when known.
+        stdout: the last lines the task printed to stdout.
+        stderr: the last lines the task printed to stderr.
+        result: the dispatch's ``Result``, when raised for a whole dispatch;
+            ``exc.result.rerun_locally(exc.node_id)`` runs the task here.
     """
 
     def __init__(
@@ -91,9 +96,17 @@ class TaskFailedError(Error):
         task_name: str | None = None,
         remote_traceback: str = "",
         reason: str = "exception",
+        dispatch_id: str = "",
+        stdout: str = "",
+        stderr: str = "",
+        result: object = None,
     ) -> None:
         super().__init__(message)
         self.node_id = node_id
         self.task_name = task_name
         self.remote_traceback = remote_traceback
         self.reason = reason
+        self.dispatch_id = dispatch_id
+        self.stdout = stdout
+        self.stderr = stderr
+        self.result = result

@@ -107,6 +107,11 @@ def node_row_to_pb(row: NodeRow) -> pb.TaskRecord:
         rate_usd_per_hour=row.rate_usd_per_hour,
         placement=row.placement,
         function_key=row.function_key,
+        inputs=[
+            pb.Input(parent=p, position=pos, keyword=kw, wait_only=bool(w))
+            for p, pos, kw, w in json.loads(row.inputs)
+        ],
+        function_sha256=row.function_sha256,
     )
 
 

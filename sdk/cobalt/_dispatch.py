@@ -236,8 +236,17 @@ def dispatch(
     return submit
 
 
-def dispatch_sync(lattice: Any, *, budget_usd: float | None = None) -> Callable[..., Result]:
-    """Like :func:`dispatch`, but waits and returns the :class:`Result`."""
+def dispatch_sync(
+    lattice: Any, *, budget_usd: float | None = None, raise_on_failure: bool = True
+) -> Callable[..., Result]:
+    """Like :func:`dispatch`, but waits and returns the :class:`Result`.
+
+    When a task fails or hits its time limit, it raises
+    :class:`~cobalt.TaskFailedError` with the remote traceback, the task's
+    name, node id, reason and the end of its output; ``exc.result`` is the
+    Result. ``raise_on_failure=False`` returns the failed Result instead.
+    A cancelled dispatch, or one stopped by its budget, is returned either way.
+    """
     lat = _lattice_of(lattice, "ct.dispatch_sync")
     budget = check_budget(budget_usd)
 
@@ -247,9 +256,9 @@ def dispatch_sync(lattice: Any, *, budget_usd: float | None = None) -> Callable[
         # One request creates the dispatch and waits for it (a first stretch of it).
         client, resp = _dispatch_graph(graph, wait_s=_WAIT_CHUNK_S, budget_usd=budget)
         result = Result.from_pb(resp.result, client)
-        if result.status.ended:
-            return result
-        return _wait(client, resp.dispatch_id, None)
+        if not result.status.ended:
+            result = _wait(client, resp.dispatch_id, None)
+        return result.raise_for_status() if raise_on_failure else result
 
     return run
 
@@ -282,7 +291,9 @@ def _wait(client: Client, dispatch_id: str, timeout: float | None) -> Result:
             )
 
 
-def get_result(dispatch_id: str, wait: bool | float = False) -> Result:
+def get_result(
+    dispatch_id: str, wait: bool | float = False, *, raise_on_failure: bool = False
+) -> Result:
     """The :class:`Result` of a dispatch.
 
     Args:
@@ -290,13 +301,17 @@ def get_result(dispatch_id: str, wait: bool | float = False) -> Result:
         wait: ``False`` returns the current state at once; ``True`` waits until
             the dispatch ends; a number waits at most that many seconds and
             then raises :class:`~cobalt.WaitTimeoutError`.
+        raise_on_failure: raise :class:`~cobalt.TaskFailedError` (with the
+            remote traceback) when a task failed, instead of returning.
     """
     client = get_client()
     if wait is False or wait == 0:
         req = pb.DispatchGetRequest(dispatch_id=dispatch_id, include_output=True)
-        return Result.from_pb(client.call(client.stub.DispatchGet, req), client)
-    timeout = None if wait is True else float(wait)
-    return _wait(client, dispatch_id, timeout)
+        result = Result.from_pb(client.call(client.stub.DispatchGet, req), client)
+    else:
+        timeout = None if wait is True else float(wait)
+        result = _wait(client, dispatch_id, timeout)
+    return result.raise_for_status() if raise_on_failure else result
 
 
 def cancel(dispatch_id: str) -> Result:

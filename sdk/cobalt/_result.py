@@ -104,6 +104,9 @@ class TaskRecord:
     """The hourly price of the hardware it was given."""
     placement: str = ""
     """Which executor was chosen, and why."""
+    inputs: tuple[tuple[int, int, str, bool], ...] = ()
+    """Where its arguments came from: (parent node, position or -1, keyword, wait only)."""
+    function_sha256: str = ""
 
     @property
     def emulated(self) -> bool:
@@ -142,6 +145,8 @@ class TaskRecord:
             billed_s=t.billed_s,
             rate_usd_per_hour=t.rate_usd_per_hour,
             placement=t.placement,
+            inputs=tuple((i.parent, i.position, i.keyword, i.wait_only) for i in t.inputs),
+            function_sha256=t.function_sha256,
         )
 
 
@@ -223,6 +228,26 @@ class Result:
                 t for t in list_tasks(self.dispatch_id) if t.kind in ("electron", "sublattice")
             ]
         return self._tasks
+
+    def rerun_locally(self, node_id: int) -> Any:
+        """Runs the electron at ``node_id`` in this process, with the inputs it received.
+
+        Made for a failed task: the remote exception is raised here, where a
+        debugger (``%debug`` in a notebook) can step into it. Hooks that pass a
+        value (``call_before`` with ``retval_keyword``) run too; ``deps_pip`` and
+        ``deps_bash`` do not, as they prepared the remote machine.
+        """
+        from cobalt._failures import rerun_locally
+
+        return rerun_locally(self, node_id)
+
+    def raise_for_status(self) -> Result:
+        """Raises :class:`~cobalt.TaskFailedError` if a task failed; returns self otherwise."""
+        if self.status in (Status.FAILED, Status.TIMED_OUT):
+            from cobalt._failures import failure_of
+
+            raise failure_of(self)
+        return self
 
     def get_node_result(self, node_id: int) -> dict[str, Any]:
         """A node's output, status, error, logs and times (Covalent's keys)."""

@@ -338,7 +338,7 @@ def test_a_tasks_stdout_is_one_click_away(
 def test_a_failed_tasks_error_and_stderr_are_one_click_away(
     page: Page, dashboard: tuple[str, str]
 ) -> None:
-    result = ct.dispatch_sync(failing)("the data was empty")
+    result = ct.dispatch_sync(failing, raise_on_failure=False)("the data was empty")
     assert result.status == ct.Status.FAILED
     open_dispatch(page, dashboard, result.dispatch_id)
 

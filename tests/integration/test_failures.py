@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -170,7 +171,7 @@ def partly_failing(x: int) -> dict[str, int]:
 
 
 def test_an_exception_fails_its_task_skips_dependants_and_spares_other_branches() -> None:
-    result = ct.dispatch_sync(partly_failing)(7)
+    result = ct.dispatch_sync(partly_failing, raise_on_failure=False)(7)
     assert result.status == ct.Status.FAILED
     assert result.result is None
     statuses = {(t.name, t.status) for t in result.tasks}
@@ -185,18 +186,92 @@ def test_an_exception_fails_its_task_skips_dependants_and_spares_other_branches(
     assert result.get_node_result(fine.node_id)["output"] == 107
 
 
-def test_a_remote_exception_carries_the_users_traceback_without_cobalts_frames() -> None:
-    result = ct.dispatch_sync(partly_failing)(7)
+def test_a_remote_exception_raises_in_the_caller_with_the_users_traceback() -> None:
+    with pytest.raises(ct.TaskFailedError) as info:
+        ct.dispatch_sync(partly_failing)(7)
+    exc = info.value
+    result = exc.result
+    assert isinstance(result, ct.Result) and result.status == ct.Status.FAILED
     failed = next(t for t in result.tasks if t.name == "explode")
-    for text in (result.error, failed.error, result.get_node_result(failed.node_id)["error"]):
+    assert (exc.task_name, exc.node_id, exc.reason) == ("explode", failed.node_id, "exception")
+    assert exc.dispatch_id == result.dispatch_id
+    texts = (str(exc), exc.remote_traceback, result.error, failed.error)
+    for text in (*texts, result.get_node_result(failed.node_id)["error"]):
         assert "Traceback (most recent call last)" in text
         assert "ValueError: bad input 7" in text
         assert 'raise ValueError(f"bad input {x}")' in text
         assert "in explode" in text and "test_failures.py" in text
         assert "cobalt_executors" not in text and "_task.py" not in text
-    assert "explode" in result.error and f"node {failed.node_id}" in result.error
+    assert f"task 'explode' (node {failed.node_id})" in str(exc)
+    assert "raised an exception" in str(exc)
+    assert f"rerun_locally({failed.node_id})" in str(exc)
     assert failed.reason == "exception"
     assert failed.attempts == 1
+
+
+@ct.electron
+def chatty_failure(lines: int) -> None:
+    import sys
+
+    for i in range(lines):
+        print(f"step {i}")
+    print("warning: loss is nan", file=sys.stderr)
+    raise FloatingPointError("loss diverged")
+
+
+@ct.lattice
+def chatty(lines: int) -> None:
+    return chatty_failure(lines)
+
+
+def test_the_exception_carries_the_last_20_lines_of_stdout_and_stderr() -> None:
+    with pytest.raises(ct.TaskFailedError) as info:
+        ct.dispatch_sync(chatty)(30)
+    message = str(info.value)
+    assert "--- last 20 lines of its stdout ---" in message
+    assert "step 29" in message and "step 10" in message and "step 9\n" not in message
+    assert info.value.stdout.splitlines() == [f"step {i}" for i in range(10, 30)]
+    assert "warning: loss is nan" in info.value.stderr and "its stderr" in message
+    assert "FloatingPointError: loss diverged" in message
+
+
+def test_get_result_raises_only_when_asked() -> None:
+    dispatch_id = ct.dispatch(partly_failing)(7)
+    result = ct.get_result(dispatch_id, wait=True)
+    assert result.status == ct.Status.FAILED
+    with pytest.raises(ct.TaskFailedError, match="task 'explode'"):
+        ct.get_result(dispatch_id, wait=True, raise_on_failure=True)
+
+
+@ct.electron
+def scale(values: list[int], factor: int = 1) -> list[int]:
+    if sum(values) > 10:
+        raise ValueError(f"too large: {sum(values)}")
+    return [v * factor for v in values]
+
+
+@ct.electron
+def make_values(n: int) -> list[int]:
+    return list(range(n))
+
+
+@ct.lattice
+def scaled(n: int) -> list[int]:
+    return scale(make_values(n), factor=3)
+
+
+def test_a_failed_task_reruns_locally_with_the_inputs_it_received() -> None:
+    with pytest.raises(ct.TaskFailedError) as info:
+        ct.dispatch_sync(scaled)(6)
+    exc = info.value
+    with pytest.raises(ValueError, match="too large: 15") as local:
+        exc.result.rerun_locally(exc.node_id)
+    frames = [f.name for f in traceback.extract_tb(local.value.__traceback__)]
+    assert frames[-1] == "scale", "the exception comes from the user's own function, here"
+    made = next(t for t in exc.result.tasks if t.name == "make_values")
+    assert exc.result.rerun_locally(made.node_id) == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(ct.NotFoundError, match="not an electron"):
+        exc.result.rerun_locally(0)
 
 
 @ct.electron(retries=2)
@@ -229,7 +304,9 @@ def test_a_task_that_fails_twice_completes_on_its_third_attempt(tmp_path: Path) 
 
 
 def test_a_task_that_runs_out_of_retries_fails_with_its_last_error(tmp_path: Path) -> None:
-    result = ct.dispatch_sync(flaky_flow_one_retry)(str(tmp_path / "counter"))
+    result = ct.dispatch_sync(flaky_flow_one_retry, raise_on_failure=False)(
+        str(tmp_path / "counter")
+    )
     assert result.status == ct.Status.FAILED
     (task,) = result.tasks
     assert task.attempts == 2

@@ -59,7 +59,7 @@ def quick_flow(x: int) -> int:
 
 def test_a_task_past_its_time_limit_is_killed_and_the_dispatch_times_out() -> None:
     started = time.monotonic()
-    result = ct.dispatch_sync(over_time)()
+    result = ct.dispatch_sync(over_time, raise_on_failure=False)()
     assert time.monotonic() - started < 10
     assert result.status == ct.Status.TIMED_OUT
     (task,) = result.tasks
@@ -73,7 +73,7 @@ def test_a_task_past_its_time_limit_is_killed_and_the_dispatch_times_out() -> No
 
 
 def test_the_executor_still_runs_tasks_after_a_time_limit_kill() -> None:
-    assert ct.dispatch_sync(over_time)().status == ct.Status.TIMED_OUT
+    assert ct.dispatch_sync(over_time, raise_on_failure=False)().status == ct.Status.TIMED_OUT
     results = [ct.dispatch_sync(quick_flow)(i) for i in range(4)]
     assert [r.result for r in results] == [1, 2, 3, 4]
 
@@ -148,3 +148,10 @@ def test_waiting_for_a_result_gives_up_after_the_given_seconds(tmp_path: Path) -
         assert ct.get_result(dispatch_id).status in (ct.Status.PENDING, ct.Status.RUNNING)
     finally:
         ct.cancel(dispatch_id)
+
+
+def test_a_time_limit_raises_in_the_caller_with_its_reason() -> None:
+    with pytest.raises(ct.TaskFailedError, match="hit its time limit") as info:
+        ct.dispatch_sync(over_time)()
+    assert info.value.reason == "time_limit"
+    assert info.value.result.status == ct.Status.TIMED_OUT

@@ -652,6 +652,8 @@ class TaskRecord(_message.Message):
     RATE_USD_PER_HOUR_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
     FUNCTION_KEY_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    FUNCTION_SHA256_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     name: _builtins.str
     kind: Global___NodeKind.ValueType
@@ -676,10 +678,16 @@ class TaskRecord(_message.Message):
     placement: _builtins.str
     """which executor was chosen, and why"""
     function_key: _builtins.str
+    function_sha256: _builtins.str
+    """its pickled function (empty for parameters)"""
     @_builtins.property
     def hardware_requested(self) -> Global___HardwareSpec: ...
     @_builtins.property
     def hardware_given(self) -> Global___HardwareGiven: ...
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Input]:
+        """where its arguments came from"""
+
     def __init__(
         self,
         *,
@@ -704,10 +712,12 @@ class TaskRecord(_message.Message):
         rate_usd_per_hour: _builtins.float = ...,
         placement: _builtins.str = ...,
         function_key: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___Input] | None = ...,
+        function_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hardware_given", b"hardware_given", "hardware_requested", b"hardware_requested"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "billed_s", b"billed_s", "cost_usd", b"cost_usd", "ended_at", b"ended_at", "error", b"error", "executor", b"executor", "function_key", b"function_key", "hardware_given", b"hardware_given", "hardware_requested", b"hardware_requested", "kind", b"kind", "name", b"name", "node_id", b"node_id", "output_sha256", b"output_sha256", "placement", b"placement", "rate_usd_per_hour", b"rate_usd_per_hour", "reason", b"reason", "started_at", b"started_at", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "sublattice_dispatch_id", b"sublattice_dispatch_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "billed_s", b"billed_s", "cost_usd", b"cost_usd", "ended_at", b"ended_at", "error", b"error", "executor", b"executor", "function_key", b"function_key", "function_sha256", b"function_sha256", "hardware_given", b"hardware_given", "hardware_requested", b"hardware_requested", "inputs", b"inputs", "kind", b"kind", "name", b"name", "node_id", b"node_id", "output_sha256", b"output_sha256", "placement", b"placement", "rate_usd_per_hour", b"rate_usd_per_hour", "reason", b"reason", "started_at", b"started_at", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "sublattice_dispatch_id", b"sublattice_dispatch_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

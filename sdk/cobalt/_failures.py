@@ -1,0 +1,128 @@
+"""Remote failures as exceptions in the notebook, and re-running a task locally."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from cobalt_common.errors import NotFoundError, TaskFailedError
+
+if TYPE_CHECKING:
+    from cobalt._result import Result, TaskRecord
+
+TAIL_LINES = 20
+_REASONS = {
+    "exception": "raised an exception",
+    "time_limit": "hit its time limit",
+    "timed_out": "hit its time limit",
+    "out_of_memory": "ran out of memory",
+    "killed": "was killed by a signal",
+    "cancelled": "was cancelled",
+    "lost": "lost its inputs",
+}
+
+
+def _tail(text: str, lines: int = TAIL_LINES) -> str:
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+def failure_of(result: Result) -> TaskFailedError:
+    """The exception for a failed dispatch: its first failed task, with its traceback and logs.
+
+    A failed sublattice is followed into its child dispatch, so the error is
+    the task that actually raised.
+    """
+    failed = [t for t in result.tasks if t.status.value in ("FAILED", "TIMED_OUT")]
+    if not failed:
+        return TaskFailedError(
+            f"dispatch {result.dispatch_id} ({result.name}) ended {result.status}:\n{result.error}",
+            dispatch_id=result.dispatch_id,
+            result=result,
+        )
+    task = failed[0]
+    if task.kind == "sublattice" and task.sublattice_dispatch_id:
+        from cobalt._dispatch import get_result
+
+        child = get_result(task.sublattice_dispatch_id)
+        if any(t.status.value in ("FAILED", "TIMED_OUT") for t in child.tasks):
+            inner = failure_of(child)
+            inner.args = (f"in sublattice {task.name!r} (node {task.node_id}): {inner.args[0]}",)
+            return inner
+    return _task_failure(result, task, more=len(failed) - 1)
+
+
+def _task_failure(result: Result, task: TaskRecord, more: int = 0) -> TaskFailedError:
+    reason = task.reason or ("time_limit" if task.status.value == "TIMED_OUT" else "exception")
+    lines = [
+        f"task {task.name!r} (node {task.node_id}) of dispatch {result.dispatch_id} "
+        f"{_REASONS.get(reason, reason)}.",
+    ]
+    if task.error:
+        lines += ["", task.error.rstrip("\n")]
+    for stream, text in (("stdout", task.stdout), ("stderr", task.stderr)):
+        if text.strip():
+            lines += ["", f"--- last {TAIL_LINES} lines of its {stream} ---", _tail(text)]
+    if more:
+        lines += ["", f"{more} other task(s) failed too; result.tasks lists them all."]
+    lines += [
+        "",
+        f"exc.result holds the Result; exc.result.rerun_locally({task.node_id}) runs this task "
+        "here, with the inputs it received, so you can step into it with a debugger.",
+    ]
+    return TaskFailedError(
+        "\n".join(lines),
+        node_id=task.node_id,
+        task_name=task.name,
+        remote_traceback=task.error,
+        reason=reason,
+        dispatch_id=result.dispatch_id,
+        stdout=_tail(task.stdout),
+        stderr=_tail(task.stderr),
+        result=result,
+    )
+
+
+def rerun_locally(result: Result, node_id: int) -> Any:
+    """Runs one task of ``result`` in this process with the inputs it actually received."""
+    from cobalt._client import get_client
+    from cobalt._deps import DepsCall
+    from cobalt._dispatch import fetch_payload, get_node
+    from cobalt._task import TaskCallable
+    from cobalt_common.v1 import controller_pb2 as pb
+
+    record, _ = get_node(result.dispatch_id, node_id)
+    if record.kind != "electron" or not record.function_sha256:
+        raise NotFoundError(
+            f"node {node_id} of dispatch {result.dispatch_id} is a {record.kind}, not an "
+            "electron; rerun_locally takes the node id of an electron from result.tasks."
+        )
+    function = cloudpickle.loads(
+        fetch_payload(get_client(), pb.Payload(sha256=record.function_sha256))
+    )
+    args: dict[int, Any] = {}
+    kwargs: dict[str, Any] = {}
+    for parent, position, keyword, wait_only in record.inputs:
+        if wait_only:
+            continue
+        parent_record, output = get_node(result.dispatch_id, parent)
+        if output is None:
+            raise NotFoundError(
+                f"task {record.name!r} (node {node_id}) never received the output of node "
+                f"{parent} ({parent_record.name}, {parent_record.status}), so it cannot be "
+                "re-run with the inputs it had."
+            )
+        value = cloudpickle.loads(output)
+        if position >= 0:
+            args[position] = value
+        else:
+            kwargs[keyword] = value
+    ordered = [args[i] for i in sorted(args)]
+    if isinstance(function, TaskCallable):
+        # Only the hooks that hand the function a value run here; deps_pip and
+        # deps_bash prepared the remote machine, not this one.
+        for dep in function.before:
+            if isinstance(dep, DepsCall) and dep.retval_keyword:
+                kwargs[dep.retval_keyword] = dep.run()
+        function = function.fn
+    return function(*ordered, **kwargs)
