@@ -15,6 +15,7 @@ from cobalt._client import Client, get_client
 from cobalt._executors import Executor
 from cobalt._graph import Graph, GraphNode, NodeKind
 from cobalt._pickling import dumps, sha256_hex
+from cobalt._progress import LiveProgress, choose_view, wants_view
 from cobalt._result import Result, TaskRecord
 from cobalt_common.errors import (
     ControllerUnavailableError,
@@ -237,7 +238,11 @@ def dispatch(
 
 
 def dispatch_sync(
-    lattice: Any, *, budget_usd: float | None = None, raise_on_failure: bool = True
+    lattice: Any,
+    *,
+    budget_usd: float | None = None,
+    raise_on_failure: bool = True,
+    progress: bool | None = None,
 ) -> Callable[..., Result]:
     """Like :func:`dispatch`, but waits and returns the :class:`Result`.
 
@@ -246,6 +251,9 @@ def dispatch_sync(
     name, node id, reason and the end of its output; ``exc.result`` is the
     Result. ``raise_on_failure=False`` returns the failed Result instead.
     A cancelled dispatch, or one stopped by its budget, is returned either way.
+
+    While it waits it shows live progress: a widget in a notebook, a bar on a
+    terminal (``progress=False`` turns that off, ``True`` forces the bar).
     """
     lat = _lattice_of(lattice, "ct.dispatch_sync")
     budget = check_budget(budget_usd)
@@ -253,11 +261,15 @@ def dispatch_sync(
     @functools.wraps(lat.function)
     def run(*args: Any, **kwargs: Any) -> Result:
         graph = lat.build_graph(*args, **kwargs)
-        # One request creates the dispatch and waits for it (a first stretch of it).
-        client, resp = _dispatch_graph(graph, wait_s=_WAIT_CHUNK_S, budget_usd=budget)
-        result = Result.from_pb(resp.result, client)
-        if not result.status.ended:
-            result = _wait(client, resp.dispatch_id, None)
+        if wants_view(progress):
+            client, resp = _dispatch_graph(graph, budget_usd=budget)
+            result = _wait_showing(client, resp.dispatch_id, None, progress)
+        else:
+            # One request creates the dispatch and waits for it (a first stretch of it).
+            client, resp = _dispatch_graph(graph, wait_s=_WAIT_CHUNK_S, budget_usd=budget)
+            result = Result.from_pb(resp.result, client)
+            if not result.status.ended:
+                result = _wait(client, resp.dispatch_id, None)
         return result.raise_for_status() if raise_on_failure else result
 
     return run
@@ -273,6 +285,20 @@ def get_dispatch(
     return cast(pb.DispatchGetResponse, client.call(client.stub.DispatchGet, req))
 
 
+def _wait_showing(
+    client: Client, dispatch_id: str, timeout: float | None, progress: bool | None
+) -> Result:
+    """:func:`_wait`, with live progress where there is somewhere to show it."""
+    view = choose_view(client, dispatch_id, progress)
+    if view is None:
+        return _wait(client, dispatch_id, timeout)
+    live = LiveProgress(client, dispatch_id, view)
+    try:
+        return _wait(client, dispatch_id, timeout)
+    finally:
+        live.stop()
+
+
 def _wait(client: Client, dispatch_id: str, timeout: float | None) -> Result:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -280,7 +306,14 @@ def _wait(client: Client, dispatch_id: str, timeout: float | None) -> Result:
         if deadline is not None:
             chunk = max(0.0, min(chunk, deadline - time.monotonic()))
         req = pb.DispatchGetRequest(dispatch_id=dispatch_id, include_output=True, wait_s=chunk)
-        resp = client.call_interruptibly(client.stub.DispatchGet, req)
+        try:
+            resp = client.call_interruptibly(client.stub.DispatchGet, req)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                f"stopped waiting; dispatch {dispatch_id} goes on running. "
+                f"ct.cancel({dispatch_id!r}) stops it, and "
+                f"ct.get_result({dispatch_id!r}, wait=True) waits again."
+            ) from None
         result = Result.from_pb(resp, client)
         if result.status.ended:
             return result
@@ -292,7 +325,11 @@ def _wait(client: Client, dispatch_id: str, timeout: float | None) -> Result:
 
 
 def get_result(
-    dispatch_id: str, wait: bool | float = False, *, raise_on_failure: bool = False
+    dispatch_id: str,
+    wait: bool | float = False,
+    *,
+    raise_on_failure: bool = False,
+    progress: bool | None = None,
 ) -> Result:
     """The :class:`Result` of a dispatch.
 
@@ -303,6 +340,8 @@ def get_result(
             then raises :class:`~cobalt.WaitTimeoutError`.
         raise_on_failure: raise :class:`~cobalt.TaskFailedError` (with the
             remote traceback) when a task failed, instead of returning.
+        progress: while waiting, show live progress (a widget in a notebook,
+            a bar on a terminal); ``False`` turns it off.
     """
     client = get_client()
     if wait is False or wait == 0:
@@ -310,7 +349,10 @@ def get_result(
         result = Result.from_pb(client.call(client.stub.DispatchGet, req), client)
     else:
         timeout = None if wait is True else float(wait)
-        result = _wait(client, dispatch_id, timeout)
+        if wants_view(progress):
+            result = _wait_showing(client, dispatch_id, timeout, progress)
+        else:
+            result = _wait(client, dispatch_id, timeout)
     return result.raise_for_status() if raise_on_failure else result
 
 

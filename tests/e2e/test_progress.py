@@ -1,0 +1,103 @@
+"""Live progress while waiting: a widget in a real Jupyter kernel, a bar on a terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import ControllerHome
+from nbclient import NotebookClient
+
+pytestmark = pytest.mark.e2e
+
+WORKFLOW = """\
+import time
+import cobalt as ct
+
+@ct.electron(gpu="h100", time_limit="1m")
+def work(i):
+    time.sleep(0.3)
+    return i
+
+@ct.lattice(executor=ct.LocalExecutor(name="box", emulate_gpus={"h100": 2}, prices="list"))
+def wf(n):
+    return [work(i) for i in range(n)]
+"""
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> ControllerHome:
+    return ControllerHome(tmp_path / "home", config=None)
+
+
+def _env(home: ControllerHome) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COBALT_CONTROLLER_")}
+    env["COBALT_HOME"] = str(home.path)
+    return env
+
+
+def test_a_notebook_shows_a_live_widget_while_dispatch_sync_waits(home: ControllerHome) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(WORKFLOW),
+        nbformat.v4.new_code_cell("result = ct.dispatch_sync(wf)(4)\nresult.status"),
+        nbformat.v4.new_code_cell("result"),
+    ]
+    saved = dict(os.environ)
+    os.environ.update(_env(home))
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        home.stop()
+    outputs = nb.cells[1].outputs
+    widgets = [
+        o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    assert widgets, f"no widget was displayed: {outputs}"
+    assert "COMPLETED" in json.dumps(outputs)
+    state = json.dumps(nb.metadata.get("widgets", {}))
+    assert "4 completed" in state, "the widget's last state counts the finished tasks"
+    assert "emulated" in state and "$" in state, "it shows the running cost, labelled"
+    html = nb.cells[2].outputs[0]["data"]["text/html"]
+    assert "completed" in html and "total" in html, "a Result renders as HTML"
+
+
+def test_a_terminal_shows_a_progress_bar(home: ControllerHome) -> None:
+    script = WORKFLOW + "print(ct.dispatch_sync(wf, progress=True)(3).status)\n"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            env=_env(home),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        home.stop()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "COMPLETED"
+    assert "wf" in out.stderr and "3/3" in out.stderr and "3 completed" in out.stderr
+    assert "(emulated)" in out.stderr
+
+
+def test_without_a_terminal_or_notebook_nothing_is_drawn(home: ControllerHome) -> None:
+    script = WORKFLOW + "print(ct.dispatch_sync(wf)(2).status)\n"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            env=_env(home),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        home.stop()
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
