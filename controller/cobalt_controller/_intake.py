@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 
@@ -22,6 +23,8 @@ from cobalt_controller._model import COMPLETED, ELECTRON, PARAMETER, Dispatch, I
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.state import DispatchRow, NodeRow, WriteBatch
 from cobalt_executors import Executor, PayloadRef
+
+_DISPATCH_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def build_tasks(req: pb.DispatchCreateRequest, executors: ExecutorPool) -> list[Task]:
@@ -122,8 +125,13 @@ def build_dispatch(
         if t.kind == PARAMETER and t.output is not None and t.output.data is None:
             t.output = payloads.ref(t.output.sha256)
     now = time.time()
+    dispatch_id = req.dispatch_id or uuid.uuid4().hex
+    if not _DISPATCH_ID.fullmatch(dispatch_id):
+        raise DispatchError(f"dispatch id {dispatch_id!r} is not 32 lowercase hex digits.")
+    if payloads.state.get_dispatch(dispatch_id) is not None:
+        raise DispatchError(f"a dispatch with id {dispatch_id} already exists.")
     d = Dispatch(
-        uuid.uuid4().hex,
+        dispatch_id,
         req.name or "workflow",
         tasks,
         req.output_node,

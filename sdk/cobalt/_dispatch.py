@@ -6,6 +6,7 @@ import functools
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -166,13 +167,27 @@ def _create(
         req.parent_dispatch_id, req.parent_node_id = parent
     if budget_usd is not None:
         req.budget_usd = budget_usd
+    # The id is chosen here, so that a wait interrupted before the answer
+    # arrives can still say which dispatch goes on running.
+    req.dispatch_id = uuid.uuid4().hex
     _upload(client, large)
     if wait_s:
         req.wait_s = wait_s
-        resp = client.call_interruptibly(client.stub.DispatchCreate, req)
+        try:
+            resp = client.call_interruptibly(client.stub.DispatchCreate, req)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(_interrupted(req.dispatch_id)) from None
     else:
         resp = client.call(client.stub.DispatchCreate, req)
     return cast(pb.DispatchCreateResponse, resp)
+
+
+def _interrupted(dispatch_id: str) -> str:
+    return (
+        f"stopped waiting; dispatch {dispatch_id} goes on running. "
+        f"ct.cancel({dispatch_id!r}) stops it, and "
+        f"ct.get_result({dispatch_id!r}, wait=True) waits again."
+    )
 
 
 def _dispatch_graph(
@@ -309,11 +324,7 @@ def _wait(client: Client, dispatch_id: str, timeout: float | None) -> Result:
         try:
             resp = client.call_interruptibly(client.stub.DispatchGet, req)
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(
-                f"stopped waiting; dispatch {dispatch_id} goes on running. "
-                f"ct.cancel({dispatch_id!r}) stops it, and "
-                f"ct.get_result({dispatch_id!r}, wait=True) waits again."
-            ) from None
+            raise KeyboardInterrupt(_interrupted(dispatch_id)) from None
         result = Result.from_pb(resp, client)
         if result.status.ended:
             return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,51 @@ def test_without_a_terminal_or_notebook_nothing_is_drawn(home: ControllerHome) -
         home.stop()
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
+
+
+def test_interrupting_the_wait_leaves_the_dispatch_running_and_says_how_to_cancel(
+    home: ControllerHome, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    import cobalt as ct
+
+    marker = tmp_path / "started"
+    script = (
+        "import pathlib, time\nimport cobalt as ct\n"
+        "@ct.electron\n"
+        "def slow(marker):\n"
+        "    pathlib.Path(marker).touch()\n"
+        "    time.sleep(30)\n"
+        "@ct.lattice\n"
+        "def wf(marker):\n"
+        "    return slow(marker)\n"
+        f"ct.dispatch_sync(wf)({str(marker)!r})\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the task started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode != 0
+        found = re.search(r"stopped waiting; dispatch ([0-9a-f]+) goes on running", err)
+        assert found, err
+        dispatch_id = found.group(1)
+        assert f"ct.cancel('{dispatch_id}')" in err
+        with home.active():
+            assert ct.get_result(dispatch_id).status == ct.Status.RUNNING
+            assert ct.cancel(dispatch_id).status == ct.Status.CANCELLED
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        home.stop()

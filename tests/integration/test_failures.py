@@ -356,3 +356,22 @@ def test_a_controller_that_died_without_cleaning_up_is_reported_unavailable(
 @ct.lattice
 def calls_double_once(x: int) -> int:
     return double(x)
+
+
+def test_a_dispatch_id_chosen_by_the_client_must_be_new_and_well_formed() -> None:
+    from cobalt import _client
+    from cobalt._dispatch import build_request
+    from cobalt_common.v1 import controller_pb2 as pb
+
+    client = _client.get_client()
+    req, _ = build_request(partly_failing.build_graph(1))
+    for bad in ("not-hex", "A" * 32, "0" * 31):
+        req.dispatch_id = bad
+        with pytest.raises(ct.DispatchError, match="32 lowercase hex digits"):
+            client.call(client.stub.DispatchCreate, req)
+    req.dispatch_id = "ab" * 16
+    created = client.call(client.stub.DispatchCreate, req)
+    assert created.dispatch_id == "ab" * 16
+    with pytest.raises(ct.DispatchError, match="already exists"):
+        client.call(client.stub.DispatchCreate, req)
+    assert isinstance(created, pb.DispatchCreateResponse)
