@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import linecache
+import re
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -12,6 +14,7 @@ if TYPE_CHECKING:
     from cobalt._result import Result, TaskRecord
 
 TAIL_LINES = 20
+_FRAME = re.compile(r'^(\s*)File "(.+)", line (\d+), in .+$')
 _REASONS = {
     "exception": "raised an exception",
     "time_limit": "hit its time limit",
@@ -52,14 +55,38 @@ def failure_of(result: Result) -> TaskFailedError:
     return _task_failure(result, task, more=len(failed) - 1)
 
 
+def with_local_source(traceback_text: str) -> str:
+    """Fills in source lines the worker could not show, from this process's caches.
+
+    Code defined in a notebook cell lives in the kernel, not on the worker:
+    the remote traceback names the cell's file and line but shows no code.
+    The kernel that dispatched has the cell's text, so the line is added here.
+    """
+    lines = traceback_text.splitlines()
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        frame = _FRAME.match(line)
+        if frame is None:
+            continue
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        if following.startswith(frame.group(1) + "  ") and not _FRAME.match(following):
+            continue  # the worker showed the line itself
+        source = linecache.getline(frame.group(2), int(frame.group(3))).strip()
+        if source:
+            out.append(f"{frame.group(1)}  {source}")
+    return "\n".join(out) + ("\n" if traceback_text.endswith("\n") else "")
+
+
 def _task_failure(result: Result, task: TaskRecord, more: int = 0) -> TaskFailedError:
     reason = task.reason or ("time_limit" if task.status.value == "TIMED_OUT" else "exception")
+    error = with_local_source(task.error)
     lines = [
         f"task {task.name!r} (node {task.node_id}) of dispatch {result.dispatch_id} "
         f"{_REASONS.get(reason, reason)}.",
     ]
-    if task.error:
-        lines += ["", task.error.rstrip("\n")]
+    if error:
+        lines += ["", error.rstrip("\n")]
     for stream, text in (("stdout", task.stdout), ("stderr", task.stderr)):
         if text.strip():
             lines += ["", f"--- last {TAIL_LINES} lines of its {stream} ---", _tail(text)]
@@ -74,7 +101,7 @@ def _task_failure(result: Result, task: TaskRecord, more: int = 0) -> TaskFailed
         "\n".join(lines),
         node_id=task.node_id,
         task_name=task.name,
-        remote_traceback=task.error,
+        remote_traceback=error,
         reason=reason,
         dispatch_id=result.dispatch_id,
         stdout=_tail(task.stdout),

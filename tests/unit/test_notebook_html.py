@@ -156,3 +156,23 @@ def test_an_electron_shows_its_spec_and_hourly_rate() -> None:
         return None
 
     assert "$2.00/h on box" in _text(priced._repr_html_())
+
+
+def test_a_remote_traceback_gets_the_source_lines_this_process_knows(tmp_path: object) -> None:
+    import linecache
+
+    from cobalt._failures import with_local_source
+
+    cell = "/tmp/ipykernel_1/cell.py"
+    linecache.cache[cell] = (40, None, ["def f(x):\n", "    return 1 / x\n"], cell)
+    remote = (
+        "Traceback (most recent call last):\n"
+        f'  File "{cell}", line 2, in f\n'
+        '  File "/opt/lib/known.py", line 9, in g\n'
+        "    already_shown()\n"
+        "ZeroDivisionError: division by zero\n"
+    )
+    filled = with_local_source(remote)
+    assert f'  File "{cell}", line 2, in f\n    return 1 / x\n' in filled
+    assert filled.count("already_shown()") == 1, "lines the worker showed are kept as they are"
+    assert filled.endswith("ZeroDivisionError: division by zero\n")
