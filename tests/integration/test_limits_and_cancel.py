@@ -155,3 +155,28 @@ def test_a_time_limit_raises_in_the_caller_with_its_reason() -> None:
         ct.dispatch_sync(over_time)()
     assert info.value.reason == "time_limit"
     assert info.value.result.status == ct.Status.TIMED_OUT
+
+
+@ct.electron(memory="300MB", time_limit="1m")
+def hog(megabytes: int) -> int:
+    held = b"x" * (megabytes * 1024 * 1024)  # every page touched
+    time.sleep(5 if megabytes > 300 else 0)
+    return len(held)
+
+
+@ct.lattice
+def hog_flow(megabytes: int) -> int:
+    return hog(megabytes)
+
+
+def test_a_task_over_its_memory_is_stopped_and_says_so() -> None:
+    started = time.monotonic()
+    with pytest.raises(ct.TaskFailedError, match="ran out of memory") as info:
+        ct.dispatch_sync(hog_flow)(600)
+    assert time.monotonic() - started < 5, "stopped when it went over, not when it ended"
+    exc = info.value
+    assert exc.reason == "out_of_memory"
+    assert "more than the 300 MB it asked for" in str(exc)
+    assert "memory=" in str(exc)
+    # The executor goes on running tasks within their memory.
+    assert ct.dispatch_sync(hog_flow)(10).result == 10 * 1024 * 1024

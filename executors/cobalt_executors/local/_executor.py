@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cobalt_common.errors import SpecError
-from cobalt_common.hardware import HardwareGiven, parse_gpu_type, parse_memory_mb
+from cobalt_common.hardware import HardwareGiven, format_memory, parse_gpu_type, parse_memory_mb
 from cobalt_common.v1 import worker_pb2
 from cobalt_executors._inventory import Allocation, GpuDevice, Inventory
 from cobalt_executors.base import (
@@ -35,6 +36,20 @@ class _Running:
     worker: WorkerProcess
     allocation: Allocation
     stop_reason: str = ""
+    peak_mb: int = 0
+
+
+_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+_MEMORY_CHECK_S = 0.2
+
+
+def _rss_mb(pid: int) -> int:
+    """Resident memory of a process in MB; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(int(f.read().split()[1]) * _PAGE_MB)
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class LocalExecutor(Executor):
@@ -82,6 +97,7 @@ class LocalExecutor(Executor):
         self._workers: set[WorkerProcess] = set()
         self._log_dir = Path(tempfile.mkdtemp(prefix="cobalt-local-"))
         self._closing = False
+        self._watchdog: threading.Thread | None = None
 
     def setup(self, context: ExecutorContext) -> None:
         super().setup(context)
@@ -119,7 +135,29 @@ class LocalExecutor(Executor):
                 self._busy_slots += 1
         given = allocation.given()
         worker.send(self._command(task, worker, given))
+        if task.hardware.memory_mb and self._watchdog is None:
+            self._watchdog = threading.Thread(
+                target=self._watch_memory, name=f"cobalt-memory-{self.name}", daemon=True
+            )
+            self._watchdog.start()
         return given
+
+    def _watch_memory(self) -> None:
+        """Stops a task whose worker holds more memory than the task asked for.
+
+        Without it, one task could take the machine's memory from the others
+        and the kernel's out-of-memory killer would pick who dies.
+        """
+        while not self._closing:
+            time.sleep(_MEMORY_CHECK_S)
+            with self._lock:
+                limited = [r for r in self._running.values() if r.task.hardware.memory_mb]
+            for entry in limited:
+                rss = _rss_mb(entry.worker.proc.pid)
+                entry.peak_mb = max(entry.peak_mb, rss)
+                if rss > entry.task.hardware.memory_mb and not entry.stop_reason:
+                    entry.stop_reason = "out_of_memory"
+                    entry.worker.kill()
 
     def _command(
         self, task: TaskSubmission, worker: WorkerProcess, given: HardwareGiven
@@ -216,6 +254,13 @@ class LocalExecutor(Executor):
             )
         elif reason == "cancelled":
             status, error = "cancelled", f"{entry.task.name} was cancelled."
+        elif reason == "out_of_memory":
+            status = "failed"
+            error = (
+                f"{entry.task.name} used {format_memory(entry.peak_mb)} of memory, more than "
+                f"the {format_memory(entry.task.hardware.memory_mb)} it asked for, and was "
+                "stopped. Ask for more, for example @ct.electron(memory=...)."
+            )
         else:
             status, reason = "failed", "killed"
             how = f"signal {-returncode}" if returncode and returncode < 0 else f"code {returncode}"
