@@ -141,6 +141,7 @@ def build_dispatch(
     )
     d.status = "PENDING"
     d.budget_usd = budget or None
+    d.working_dir = req.working_dir
     batch = WriteBatch()
     batch.payloads.update({s: b for s, b in inline.items() if len(b) <= payloads.inline_limit})
     row = DispatchRow(
@@ -153,6 +154,7 @@ def build_dispatch(
         parent_dispatch_id=d.parent_dispatch_id,
         parent_node_id=d.parent_node_id,
         budget_usd=d.budget_usd,
+        working_dir=d.working_dir,
     )
     node_rows = [
         NodeRow(

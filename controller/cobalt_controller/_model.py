@@ -155,6 +155,7 @@ class Dispatch:
         "started_at",
         "status",
         "tasks",
+        "working_dir",
     )
 
     def __init__(
@@ -186,6 +187,7 @@ class Dispatch:
         self.cost_usd = 0.0
         self.emulated = False
         self.ledger: Ledger | None = None
+        self.working_dir = ""
 
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -305,7 +305,11 @@ class Scheduler:
             hardware=t.hardware,
             function=self.payloads.ref(t.fn_sha),
             args=args,
-            env={"COBALT_DISPATCH_ID": d.dispatch_id, "COBALT_NODE_ID": str(t.node_id)},
+            env={
+                "COBALT_DISPATCH_ID": d.dispatch_id,
+                "COBALT_NODE_ID": str(t.node_id),
+                "COBALT_WORKING_DIR": d.working_dir,
+            },
             long_running=t.kind == SUBLATTICE,
         )
 

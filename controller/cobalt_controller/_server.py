@@ -168,6 +168,7 @@ class ControllerServer:
                 d.status = row.status
                 d.started_at = row.started_at
                 d.budget_usd = row.budget_usd
+                d.working_dir = row.working_dir
                 d.cost_usd = row.cost_usd
                 d.emulated = row.emulated
                 self.scheduler.submit_dispatch(d)

@@ -170,6 +170,7 @@ def _create(
     # The id is chosen here, so that a wait interrupted before the answer
     # arrives can still say which dispatch goes on running.
     req.dispatch_id = uuid.uuid4().hex
+    req.working_dir = os.getcwd()
     _upload(client, large)
     if wait_s:
         req.wait_s = wait_s

@@ -544,3 +544,25 @@ def test_a_result_in_a_notebook_links_to_its_dashboard_page_without_the_token() 
     assert link is not None and link.group(2) == result.dispatch_id, markup[:500]
     assert "token" not in markup
     assert "completed" in markup and "fan_out_and_reduce" in markup
+
+
+@ct.electron
+def read_relative(name: str) -> tuple[str, str]:
+    return os.getcwd(), Path(name).read_text()
+
+
+@ct.lattice
+def reads_relative(name: str) -> tuple[str, str]:
+    return read_relative(name)
+
+
+def test_tasks_start_in_the_directory_the_client_dispatched_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for sub in ("first", "second"):
+        here = tmp_path / sub
+        here.mkdir()
+        (here / "data.csv").write_text(f"rows of {sub}")
+        monkeypatch.chdir(here)
+        cwd, text = ct.dispatch_sync(reads_relative)("data.csv").result
+        assert (cwd, text) == (str(here), f"rows of {sub}")

@@ -304,6 +304,7 @@ class DispatchCreateRequest(_message.Message):
     WAIT_S_FIELD_NUMBER: _builtins.int
     BUDGET_USD_FIELD_NUMBER: _builtins.int
     DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    WORKING_DIR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     output_node: _builtins.int
     parent_dispatch_id: _builtins.str
@@ -315,6 +316,8 @@ class DispatchCreateRequest(_message.Message):
     """hard cap on the dispatch's cost; 0: none"""
     dispatch_id: _builtins.str
     """chosen by the client (32 hex digits), or empty"""
+    working_dir: _builtins.str
+    """the client's directory: tasks start there when it exists"""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]: ...
     @_builtins.property
@@ -333,10 +336,11 @@ class DispatchCreateRequest(_message.Message):
         wait_s: _builtins.float = ...,
         budget_usd: _builtins.float = ...,
         dispatch_id: _builtins.str = ...,
+        working_dir: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_usd", b"budget_usd", "dispatch_id", b"dispatch_id", "name", b"name", "nodes", b"nodes", "output_node", b"output_node", "parent_dispatch_id", b"parent_dispatch_id", "parent_node_id", b"parent_node_id", "payloads", b"payloads", "wait_s", b"wait_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_usd", b"budget_usd", "dispatch_id", b"dispatch_id", "name", b"name", "nodes", b"nodes", "output_node", b"output_node", "parent_dispatch_id", b"parent_dispatch_id", "parent_node_id", b"parent_node_id", "payloads", b"payloads", "wait_s", b"wait_s", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

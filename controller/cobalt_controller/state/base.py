@@ -54,6 +54,8 @@ class DispatchRow:
     budget_usd: float | None = None
     emulated: bool = False
     """Some of the cost is for emulated GPUs."""
+    working_dir: str = ""
+    """The client's directory when it dispatched; tasks start there when it exists."""
 
 
 @dataclass(slots=True)

@@ -33,6 +33,7 @@ dispatches = sa.Table(
     sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
     sa.Column("budget_usd", sa.Float),
     sa.Column("emulated", sa.Boolean, nullable=False, default=False),
+    sa.Column("working_dir", sa.Text, nullable=False, default=""),
 )
 
 nodes = sa.Table(

@@ -83,6 +83,7 @@ def format_remote_traceback(exc: BaseException) -> str:
 class Worker:
     def __init__(self) -> None:
         self._functions: OrderedDict[str, Any] = OrderedDict()
+        self._home = os.getcwd()
 
     def _function(self, task: worker_pb2.WorkerTask) -> Any:
         fn = self._functions.get(task.function_sha256)
@@ -100,6 +101,11 @@ class Worker:
         result = worker_pb2.WorkerResult(task_key=task.task_key)
         saved_env = {k: os.environ.get(k) for k in task.env}
         os.environ.update(task.env)
+        # A task starts where its client dispatched from, when that directory
+        # exists here: relative paths in a notebook's electrons mean the same.
+        working_dir = task.env.get("COBALT_WORKING_DIR", "")
+        if working_dir and os.path.isdir(working_dir):
+            os.chdir(working_dir)
         capture.reset()
         result.started_at = time.time()
         try:
@@ -139,6 +145,7 @@ class Worker:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = old
+        os.chdir(self._home)
         return result
 
 
