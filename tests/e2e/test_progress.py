@@ -150,3 +150,35 @@ def test_interrupting_the_wait_leaves_the_dispatch_running_and_says_how_to_cance
         if proc.poll() is None:
             proc.kill()
         home.stop()
+
+
+def test_classes_and_lambdas_defined_in_cells_run_as_electrons(home: ControllerHome) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import dataclasses\nimport cobalt as ct\n\n"
+            "@dataclasses.dataclass\nclass Point:\n    x: float\n    y: float\n"
+            "    def norm2(self):\n        return self.x ** 2 + self.y ** 2\n\n"
+            "square = ct.electron(lambda p: Point(p.x * p.x, p.y * p.y))\n\n"
+            "@ct.electron\ndef norms(points):\n    return [p.norm2() for p in points]\n\n"
+            "@ct.lattice\ndef wf(points):\n    return norms([square(p) for p in points])\n"
+        ),
+        nbformat.v4.new_code_cell(
+            "r = ct.dispatch_sync(wf, progress=False)([Point(1, 2), Point(3, 4)])\nprint(r.result)"
+        ),
+        nbformat.v4.new_code_cell(
+            "@dataclasses.dataclass\nclass Point:\n    x: float\n    y: float\n"
+            "    def norm2(self):\n        return -1.0\n\n"
+            "print(ct.dispatch_sync(wf, progress=False)([Point(1, 2)]).result)"
+        ),
+    ]
+    saved = dict(os.environ)
+    os.environ.update(_env(home))
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        home.stop()
+    assert nb.cells[1].outputs[0]["text"].strip() == "[17, 337]"
+    assert nb.cells[2].outputs[0]["text"].strip() == "[-1.0]", "the redefined class is used"
