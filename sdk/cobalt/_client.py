@@ -169,3 +169,17 @@ def pid_running(pid: int) -> bool:
 def controller_status(client: Client) -> pb.ControllerStatusResponse:
     resp = client.call(client.stub.ControllerStatus, pb.ControllerStatusRequest(), timeout=10)
     return cast(pb.ControllerStatusResponse, resp)
+
+
+def dashboard_page(client: Client | None = None, dispatch_id: str = "") -> str:
+    """The dashboard's address, or a dispatch's page on it; "" when there is none to reach.
+
+    The address carries no token: it may end up in a saved notebook.
+    """
+    try:
+        base = controller_status(client or get_client()).dashboard
+    except errors.Error:
+        return ""
+    if not base or not dispatch_id:
+        return base
+    return f"{base.rstrip('/')}/dispatches/{dispatch_id}"

@@ -226,11 +226,9 @@ def choose_view(client: Client, dispatch_id: str, progress: bool | None) -> _Vie
         return None
     try:
         if _in_notebook():
-            from cobalt._client import controller_status
+            from cobalt._client import dashboard_page
 
-            base = controller_status(client).dashboard
-            link = f"{base.rstrip('/')}/dispatches/{dispatch_id}" if base else ""
-            return _WidgetView(link)
+            return _WidgetView(dashboard_page(client, dispatch_id))
         if progress or sys.stderr.isatty():
             return _TerminalView()
     except ImportError:

@@ -296,7 +296,9 @@ class Result:
         if self.cost_emulated:
             cost += " " + h.emulated_tag()
         facts.append(cost)
-        link = self._dashboard_link()
+        from cobalt._client import dashboard_page
+
+        link = dashboard_page(self._client, self.dispatch_id)
         if link:
             # No token in the link: notebooks are saved and shared with their outputs.
             facts.append(f'<a href="{h.esc(link)}" target="_blank">open in the dashboard</a>')
@@ -313,16 +315,6 @@ class Result:
             return "".join(parts)
         parts.append(task_table_html(tasks))
         return f"<div>{''.join(parts)}</div>"
-
-    def _dashboard_link(self) -> str:
-        """This dispatch's dashboard page, or "" when there is none to reach."""
-        from cobalt._client import controller_status, get_client
-
-        try:
-            base = controller_status(self._client or get_client()).dashboard
-        except Error:
-            return ""
-        return f"{base.rstrip('/')}/dispatches/{self.dispatch_id}" if base else ""
 
     def __str__(self) -> str:
         lines = [f"Dispatch {self.dispatch_id} ({self.name}): {self.status}"]
