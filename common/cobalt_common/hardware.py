@@ -346,6 +346,19 @@ class HardwareSpec:
         return cls(**known)
 
 
+def gpu_label(gpu: str | None, emulated: bool = False) -> str:
+    """How a GPU type is shown: ``"H100 (emulated)"``, ``"A100 80GB"`` or ``"no GPU"``.
+
+    Example:
+        >>> gpu_label("h100", emulated=True), gpu_label("")
+        ('H100 (emulated)', 'no GPU')
+    """
+    if not gpu:
+        return "no GPU"
+    label = GPU_TYPES[gpu].label if gpu in GPU_TYPES else gpu
+    return f"{label} (emulated)" if emulated else label
+
+
 @dataclass(frozen=True, slots=True)
 class HardwareGiven:
     """The hardware a task was actually given."""

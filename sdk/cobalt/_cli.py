@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from cobalt._client import controller_status, get_client, read_controller_info
 from cobalt._result import format_cost, format_table, status_from_pb
 from cobalt_common.errors import ControllerUnavailableError, Error
-from cobalt_common.hardware import GPU_TYPES, format_duration
+from cobalt_common.hardware import format_duration, gpu_label
 from cobalt_common.paths import cobalt_home
 from cobalt_common.pricing import format_usd
+from cobalt_common.spend import spend_by, total
 from cobalt_common.v1 import controller_pb2 as pb
 
 
@@ -105,35 +106,22 @@ def _cost(args: argparse.Namespace) -> int:
         print("no spend recorded" + (f" in the last {args.days} days" if args.days else ""))
         return 0
     emulated = any(r.emulated and r.cost_usd for r in rows)
-    for title, key in (
-        ("day", lambda r: r.day),
-        ("executor", lambda r: r.executor),
-        ("GPU type", lambda r: _gpu_label(r.gpu, r.emulated)),
+    for title, by_cost, key in (
+        ("day", False, lambda r: r.day),
+        ("executor", True, lambda r: r.executor),
+        ("GPU type", True, lambda r: gpu_label(r.gpu, r.emulated)),
     ):
-        groups: dict[str, list[float]] = {}
-        for r in rows:
-            g = groups.setdefault(key(r), [0, 0.0, 0.0])
-            g[0] += r.tasks
-            g[1] += r.billed_s
-            g[2] += r.cost_usd
         table = [
-            (name, str(int(g[0])), format_duration(g[1]), format_usd(g[2]))
-            for name, g in sorted(groups.items())
+            (name, str(s.tasks), format_duration(s.billed_s), format_usd(s.cost_usd))
+            for name, s in spend_by(rows, key, most_first=by_cost)
         ]
-        total = [sum(g[i] for g in groups.values()) for i in range(3)]
-        table.append(("total", str(int(total[0])), format_duration(total[1]), format_usd(total[2])))
+        t = total(rows)
+        table.append(("total", str(t.tasks), format_duration(t.billed_s), format_usd(t.cost_usd)))
         print(format_table((title, "tasks", "billed", "cost"), table, right=(1, 2, 3)))
         print()
     if emulated:
         print("Emulated GPUs are priced as the GPUs they stand for.")
     return 0
-
-
-def _gpu_label(gpu: str, emulated: bool) -> str:
-    if not gpu:
-        return "(CPU only)"
-    label = GPU_TYPES[gpu].label if gpu in GPU_TYPES else gpu
-    return label + (" (emulated)" if emulated else "")
 
 
 def _dashboard(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ appears.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -16,7 +17,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from cobalt_common.errors import SpecError
-from cobalt_common.hardware import GPU_TYPES, HardwareGiven, HardwareSpec
+from cobalt_common.hardware import HardwareGiven, HardwareSpec, gpu_label
+from cobalt_common.spend import Spend, spend_by, total
 from cobalt_controller.state import CostRow, DispatchRow, NodeRow
 
 TASK_KINDS = frozenset({"electron", "sublattice"})
@@ -51,14 +53,6 @@ def given_hardware(hardware_given: str) -> HardwareGiven | None:
         )
     except (ValueError, TypeError, AttributeError):
         return None
-
-
-def gpu_label(gpu_type: str, emulated: bool) -> str:
-    """``"H100 (emulated)"``, ``"A100 80GB"``, or ``"no GPU"``."""
-    if not gpu_type:
-        return "no GPU"
-    label = GPU_TYPES[gpu_type].label if gpu_type in GPU_TYPES else gpu_type
-    return f"{label} (emulated)" if emulated else label
 
 
 def _duration(started: float | None, ended: float | None, now: float) -> float | None:
@@ -152,37 +146,28 @@ def dispatches(rows: Sequence[DispatchRow], counts: dict[str, dict[str, int]]) -
     return [dispatch(r, counts.get(r.dispatch_id, {}), now) for r in rows]
 
 
-def _totals(rows: Iterable[CostRow]) -> Json:
-    items = list(rows)
-    return {
-        "tasks": sum(r.tasks for r in items),
-        "billed_s": sum(r.billed_s for r in items),
-        "cost_usd": sum(r.cost_usd for r in items),
-        "emulated": any(r.emulated for r in items),
-    }
+def _totals(spend: Spend) -> Json:
+    return dataclasses.asdict(spend)
 
 
 def cost(rows: Sequence[CostRow], since_day: str) -> Json:
     """Spend by day, by executor and by GPU type (emulated GPUs apart from real ones)."""
-    by_day: dict[str, list[CostRow]] = {}
-    by_executor: dict[str, list[CostRow]] = {}
-    by_gpu: dict[tuple[str, bool], list[CostRow]] = {}
-    for r in rows:
-        by_day.setdefault(r.day, []).append(r)
-        by_executor.setdefault(r.executor, []).append(r)
-        by_gpu.setdefault((r.gpu_type, r.emulated), []).append(r)
     return {
         "since": since_day,
-        "total": _totals(rows),
-        "by_day": [{"day": d, **_totals(g)} for d, g in sorted(by_day.items())],
+        "total": _totals(total(rows)),
+        "by_day": [{"day": d, **_totals(s)} for d, s in spend_by(rows, lambda r: r.day)],
         "by_executor": [
-            {"executor": e, **_totals(g)}
-            for e, g in sorted(by_executor.items(), key=lambda kv: -sum(r.cost_usd for r in kv[1]))
+            {"executor": e, **_totals(s)}
+            for e, s in spend_by(rows, lambda r: r.executor, most_first=True)
         ],
         "by_gpu": [
-            {"gpu_type": gpu, "label": gpu_label(gpu, emulated), **_totals(g)}
-            for (gpu, emulated), g in sorted(
-                by_gpu.items(), key=lambda kv: -sum(r.cost_usd for r in kv[1])
-            )
+            {"gpu_type": gpu, "label": gpu_label(gpu, emulated), **_totals(s)}
+            for (gpu, emulated), s in _by_gpu(rows)
         ],
     }
+
+
+def _by_gpu(rows: Sequence[CostRow]) -> list[tuple[tuple[str, bool], Spend]]:
+    keyed = {gpu_label(r.gpu_type, r.emulated): (r.gpu_type, r.emulated) for r in rows}
+    grouped = spend_by(rows, lambda r: gpu_label(r.gpu_type, r.emulated), most_first=True)
+    return [(keyed[label], s) for label, s in grouped]
