@@ -12,6 +12,7 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Mapping
 
 from cobalt_common.errors import DispatchError, SpecError
 from cobalt_common.pricing import billed_seconds, format_usd
@@ -27,14 +28,21 @@ from cobalt_executors import Executor, PayloadRef
 _DISPATCH_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def build_tasks(req: pb.DispatchCreateRequest, executors: ExecutorPool) -> list[Task]:
-    """Checks the graph and finds each task's candidate executors, cheapest first."""
+def build_tasks(
+    req: pb.DispatchCreateRequest,
+    executors: ExecutorPool,
+    inline: Mapping[str, bytes] | None = None,
+) -> list[Task]:
+    """Checks the graph and finds each task's candidate executors, cheapest first.
+
+    ``inline`` holds the payloads sent with the request, by sha256.
+    """
     n = len(req.nodes)
     if n == 0:
         raise DispatchError("the workflow has no nodes.")
     if req.output_node >= n:
         raise DispatchError(f"output node {req.output_node} does not exist.")
-    inline = {p.sha256: p.data for p in req.payloads}
+    inline = inline or {}
     tasks: list[Task] = []
     resolved: dict[str, object] = {}
     candidates: dict[tuple[str, object], tuple[Executor, ...]] = {}
@@ -104,10 +112,10 @@ def build_dispatch(
     budget = req.budget_usd
     if not (budget == 0 or (math.isfinite(budget) and budget > 0)):
         raise SpecError(f"budget_usd must be a positive number of US dollars, got {budget!r}.")
-    tasks = build_tasks(req, executors)
+    inline = {p.sha256: p.data for p in req.payloads}
+    tasks = build_tasks(req, executors, inline)
     if budget:
         check_budget(tasks, budget)
-    inline = {p.sha256: p.data for p in req.payloads}
     wanted = {t.output.sha256 if t.kind == PARAMETER and t.output else t.fn_sha for t in tasks}
     missing = payloads.missing(wanted - inline.keys())
     if missing:
