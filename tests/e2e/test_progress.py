@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -32,14 +33,38 @@ def wf(n):
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> ControllerHome:
-    return ControllerHome(tmp_path / "home", config=None)
+def home(tmp_path: Path) -> Iterator[ControllerHome]:
+    """A fresh home; the controller a test's code starts there is stopped afterwards."""
+    home = ControllerHome(tmp_path / "home", config=None)
+    yield home
+    home.stop()
 
 
 def _env(home: ControllerHome) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COBALT_CONTROLLER_")}
     env["COBALT_HOME"] = str(home.path)
     return env
+
+
+def _execute(nb: nbformat.NotebookNode, home: ControllerHome) -> None:
+    """Runs a notebook on a real kernel that uses ``home``."""
+    saved = dict(os.environ)
+    os.environ.update(_env(home))
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _run(script: str, home: ControllerHome) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_a_notebook_shows_a_live_widget_while_dispatch_sync_waits(home: ControllerHome) -> None:
@@ -49,14 +74,7 @@ def test_a_notebook_shows_a_live_widget_while_dispatch_sync_waits(home: Controll
         nbformat.v4.new_code_cell("result = ct.dispatch_sync(wf)(4)\nresult.status"),
         nbformat.v4.new_code_cell("result"),
     ]
-    saved = dict(os.environ)
-    os.environ.update(_env(home))
-    try:
-        NotebookClient(nb, timeout=120, kernel_name="python3").execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        home.stop()
+    _execute(nb, home)
     outputs = nb.cells[1].outputs
     widgets = [
         o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
@@ -72,16 +90,7 @@ def test_a_notebook_shows_a_live_widget_while_dispatch_sync_waits(home: Controll
 
 def test_a_terminal_shows_a_progress_bar(home: ControllerHome) -> None:
     script = WORKFLOW + "print(ct.dispatch_sync(wf, progress=True)(3).status)\n"
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", script],
-            env=_env(home),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        home.stop()
+    out = _run(script, home)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "COMPLETED"
     assert "wf" in out.stderr and "3/3" in out.stderr and "3 completed" in out.stderr
@@ -90,16 +99,7 @@ def test_a_terminal_shows_a_progress_bar(home: ControllerHome) -> None:
 
 def test_without_a_terminal_or_notebook_nothing_is_drawn(home: ControllerHome) -> None:
     script = WORKFLOW + "print(ct.dispatch_sync(wf)(2).status)\n"
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", script],
-            env=_env(home),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        home.stop()
+    out = _run(script, home)
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
 
@@ -149,7 +149,6 @@ def test_interrupting_the_wait_leaves_the_dispatch_running_and_says_how_to_cance
     finally:
         if proc.poll() is None:
             proc.kill()
-        home.stop()
 
 
 def test_classes_and_lambdas_defined_in_cells_run_as_electrons(home: ControllerHome) -> None:
@@ -172,13 +171,6 @@ def test_classes_and_lambdas_defined_in_cells_run_as_electrons(home: ControllerH
             "print(ct.dispatch_sync(wf, progress=False)([Point(1, 2)]).result)"
         ),
     ]
-    saved = dict(os.environ)
-    os.environ.update(_env(home))
-    try:
-        NotebookClient(nb, timeout=120, kernel_name="python3").execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        home.stop()
+    _execute(nb, home)
     assert nb.cells[1].outputs[0]["text"].strip() == "[17, 337]"
     assert nb.cells[2].outputs[0]["text"].strip() == "[-1.0]", "the redefined class is used"
