@@ -433,10 +433,9 @@ class Scheduler:
 
     def _exhaust(self, ledger: Ledger) -> None:
         ledger.exhausted = True
-        blocked = next(iter(ledger.blocked.values()))
+        why = exhausted_message(ledger, next(iter(ledger.blocked.values())))
         ledger.blocked.clear()
         for d in [d for d in self.active.values() if d.ledger is ledger]:
-            why = exhausted_message(ledger, blocked)
             for t in d.tasks:
                 if t.status == PENDING:
                     t.status = SKIPPED
