@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from cobalt._client import get_client
-from cobalt._result import format_cost, format_table
+from cobalt._result import format_table
 from cobalt_common.hardware import HardwareSpec, format_duration
 from cobalt_common.pricing import format_usd
 from cobalt_common.v1 import controller_pb2 as pb
@@ -92,34 +92,42 @@ class Estimate:
     def _emulated(self) -> bool:
         return any(t.emulated for t in self.tasks)
 
-    def table(self) -> str:
-        """One row per task: hardware, executor, rate, time limit, worst and expected cost."""
-        header = ("node", "name", "hardware", "executor", "rate/h", "limit", "worst", "expected")
-        rows = []
+    _HEADER = ("node", "name", "hardware", "executor", "rate/h", "limit", "worst", "expected")
+
+    def _rows(self) -> list[tuple[tuple[str, ...], bool]]:
+        """Each task's cells as plain text, and whether its worst case is for emulated GPUs."""
+        rows: list[tuple[tuple[str, ...], bool]] = []
         for t in self.tasks:
             limit = t.hardware_requested.time_limit_s
             if t.sublattice:
                 worst = expected = "when it runs"
             else:
-                worst = format_cost(t.worst_usd, t.emulated)
+                worst = format_usd(t.worst_usd)
                 expected = (
                     "no runs yet"
                     if t.expected_usd is None
                     else f"{format_usd(t.expected_usd)} ({t.runs} run{'s' if t.runs > 1 else ''})"
                 )
-            rows.append(
-                (
-                    str(t.node_id),
-                    t.name,
-                    t.hardware_requested.describe(),
-                    t.executor,
-                    format_usd(t.rate_usd_per_hour),
-                    format_duration(limit) if limit else "none",
-                    worst,
-                    expected,
-                )
+            cells = (
+                str(t.node_id),
+                t.name,
+                t.hardware_requested.describe(),
+                t.executor,
+                format_usd(t.rate_usd_per_hour),
+                format_duration(limit) if limit else "none",
+                worst,
+                expected,
             )
-        return format_table(header, rows, right=(0, 4, 5, 6, 7))
+            rows.append((cells, t.emulated and not t.sublattice))
+        return rows
+
+    def table(self) -> str:
+        """One row per task: hardware, executor, rate, time limit, worst and expected cost."""
+        rows = [
+            (*cells[:6], cells[6] + (" (emulated)" if emulated else ""), cells[7])
+            for cells, emulated in self._rows()
+        ]
+        return format_table(self._HEADER, rows, right=(0, 4, 5, 6, 7))
 
     def __str__(self) -> str:
         return f"{self.table()}\n\n{self.summary()}"
@@ -127,35 +135,17 @@ class Estimate:
     def _repr_html_(self) -> str:
         from cobalt import _html as h
 
-        rows = []
-        for t in self.tasks:
-            limit = t.hardware_requested.time_limit_s
-            tag = " " + h.emulated_tag() if t.emulated else ""
-            if t.sublattice:
-                worst = expected = "<i>when it runs</i>"
-            else:
-                worst = h.esc(format_usd(t.worst_usd)) + tag
-                expected = (
-                    "<i>no runs yet</i>"
-                    if t.expected_usd is None
-                    else h.esc(f"{format_usd(t.expected_usd)} ({t.runs} runs)")
-                )
-            rows.append(
-                (
-                    str(t.node_id),
-                    h.esc(t.name),
-                    h.esc(t.hardware_requested.describe()),
-                    h.esc(t.executor),
-                    h.esc(format_usd(t.rate_usd_per_hour)),
-                    h.esc(format_duration(limit) if limit else "none"),
-                    worst,
-                    expected,
-                )
+        rows = [
+            (
+                *(h.esc(c) for c in cells[:6]),
+                h.esc(cells[6]) + (" " + h.emulated_tag() if emulated else ""),
+                h.esc(cells[7]),
             )
-        header = ("node", "name", "hardware", "executor", "rate/h", "limit", "worst", "expected")
+            for cells, emulated in self._rows()
+        ]
         return (
             f"<div><div>{h.esc(self.summary())}</div>"
-            f"{h.table(header, rows, right=(0, 4, 5, 6, 7))}</div>"
+            f"{h.table(self._HEADER, rows, right=(0, 4, 5, 6, 7))}</div>"
         )
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:

@@ -361,28 +361,41 @@ def format_cost(amount: float, emulated: bool) -> str:
     return format_usd(amount) + (" (emulated)" if emulated else "")
 
 
+def _task_cells(t: TaskRecord) -> tuple[str, ...]:
+    """Node, name, requested, given, executor, duration and cost of a task, as plain text."""
+    return (
+        str(t.node_id),
+        t.name,
+        _requested(t.hardware_requested),
+        t.hardware_given.describe() if t.executor else "-",
+        t.executor or "-",
+        format_duration(t.duration_s) if t.duration_s is not None else "-",
+        format_usd(t.cost_usd),
+    )
+
+
 def task_table_html(tasks: list[TaskRecord]) -> str:
     """The task table as HTML, with a total cost row."""
     from cobalt import _html as h
 
-    def cost(amount: float, emulated: bool) -> str:
-        return h.esc(format_usd(amount)) + (" " + h.emulated_tag() if emulated else "")
+    def tagged(cost: str, emulated: bool) -> str:
+        return h.esc(cost) + (" " + h.emulated_tag() if emulated else "")
 
-    rows = [
-        (
-            str(t.node_id),
-            h.esc(t.name),
-            h.badge(t.status.value),
-            h.esc(_requested(t.hardware_requested)),
-            h.esc(t.hardware_given.describe() if t.executor else "-"),
-            h.esc(t.executor or "-"),
-            h.esc(format_duration(t.duration_s) if t.duration_s is not None else "-"),
-            cost(t.cost_usd, t.emulated),
+    rows = []
+    for t in tasks:
+        cells = _task_cells(t)
+        escaped = [h.esc(c) for c in cells[2:6]]
+        rows.append(
+            (
+                cells[0],
+                h.esc(cells[1]),
+                h.badge(t.status.value),
+                *escaped,
+                tagged(cells[6], t.emulated),
+            )
         )
-        for t in tasks
-    ]
     header = ("node", "name", "status", "requested", "given", "executor", "duration", "cost")
-    total = cost(sum(t.cost_usd for t in tasks), any(t.emulated for t in tasks))
+    total = tagged(format_usd(sum(t.cost_usd for t in tasks)), any(t.emulated for t in tasks))
     footer = ("", "total", "", "", "", "", "", total)
     return h.table(header, rows, right=(0, 6, 7), footer=footer)
 
@@ -392,20 +405,9 @@ def format_task_table(tasks: list[TaskRecord]) -> str:
     header = ("node", "name", "requested", "given", "executor", "duration", "cost", "status")
     rows = []
     for t in tasks:
-        given = t.hardware_given.describe() if t.executor else "-"
-        duration = format_duration(t.duration_s) if t.duration_s is not None else "-"
-        rows.append(
-            (
-                str(t.node_id),
-                t.name,
-                _requested(t.hardware_requested),
-                given,
-                t.executor or "-",
-                duration,
-                format_cost(t.cost_usd, t.emulated),
-                t.status.value,
-            )
-        )
+        cells = _task_cells(t)
+        label = " (emulated)" if t.emulated else ""
+        rows.append((*cells[:6], cells[6] + label, t.status.value))
     total = sum(t.cost_usd for t in tasks)
     rows.append(
         ("", "total", "", "", "", "", format_cost(total, any(t.emulated for t in tasks)), "")
