@@ -88,13 +88,6 @@ class PriceTable:
             rate += gpus * self.gpu_hour.get(gpu, 0.0)
         return round(rate, 10)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "gpu_hour": dict(self.gpu_hour),
-            "cpu_core_hour": self.cpu_core_hour,
-            "memory_gb_hour": self.memory_gb_hour,
-        }
-
 
 ZERO_PRICES = PriceTable()
 """On-premises hardware that the user has not priced."""

@@ -8,10 +8,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
 
 from cobalt._client import controller_status, get_client, read_controller_info
-from cobalt._result import format_cost, format_table, status_from_pb
+from cobalt._result import count_words, format_cost, format_table, status_from_pb
 from cobalt_common.errors import ControllerUnavailableError, Error
 from cobalt_common.hardware import format_duration, gpu_label
 from cobalt_common.paths import cobalt_home
@@ -66,11 +65,6 @@ def _status(_: argparse.Namespace) -> int:
     return 0
 
 
-def _counts(counts: Mapping[str, int]) -> str:
-    order = ("COMPLETED", "RUNNING", "PENDING", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED")
-    return ", ".join(f"{counts[s]} {s.lower()}" for s in order if counts.get(s))
-
-
 def _dispatches(args: argparse.Namespace) -> int:
     client = get_client()
     resp = client.call(client.stub.DispatchList, pb.DispatchListRequest(limit=args.limit))
@@ -90,7 +84,7 @@ def _dispatches(args: argparse.Namespace) -> int:
                 took,
                 cost,
                 str(d.task_count),
-                _counts(d.status_counts),
+                count_words(d.status_counts),
             )
         )
     header = ("dispatch", "name", "status", "created", "duration", "cost", "tasks", "by status")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-_STATUS_COLORS = {
+STATUS_COLORS = {
     "COMPLETED": "#2e7d32",
     "RUNNING": "#1565c0",
     "PENDING": "#757575",
@@ -29,7 +29,7 @@ def esc(value: object) -> str:
 
 def badge(status: str) -> str:
     """A status as a small coloured label."""
-    color = _STATUS_COLORS.get(status, "#757575")
+    color = STATUS_COLORS.get(status, "#757575")
     return (
         f'<span style="background:{color};color:#fff;border-radius:8px;padding:0 7px;'
         f'font-size:0.85em;font-weight:600">{esc(status.lower())}</span>'

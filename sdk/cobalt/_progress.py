@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 
 from cobalt import _html as h
-from cobalt._result import Status, TaskRecord, status_from_pb
+from cobalt._result import STATUS_ORDER, Status, TaskRecord, count_words, status_from_pb
 from cobalt_common.hardware import format_duration
 from cobalt_common.pricing import format_usd
 from cobalt_common.v1 import controller_pb2 as pb
@@ -24,16 +24,6 @@ from cobalt_common.v1 import controller_pb2 as pb
 if TYPE_CHECKING:
     from cobalt._client import Client
 
-_ORDER = ("COMPLETED", "RUNNING", "PENDING", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED")
-_COLORS = {
-    "COMPLETED": "#2e7d32",
-    "RUNNING": "#1565c0",
-    "PENDING": "#bdbdbd",
-    "FAILED": "#c62828",
-    "TIMED_OUT": "#c62828",
-    "CANCELLED": "#6d4c41",
-    "SKIPPED": "#9e9e9e",
-}
 _TABLE_ROWS = 40
 _REFRESH_S = 0.25
 
@@ -140,7 +130,7 @@ class _TerminalView:
             name = state.name or "dispatch"
             cost = format_usd(state.cost_usd) + (" (emulated)" if state.emulated else "")
         done = sum(n for s, n in counts.items() if s not in ("RUNNING", "PENDING"))
-        detail = ", ".join(f"{counts[s]} {s.lower()}" for s in _ORDER if counts.get(s))
+        detail = count_words(counts)
         self._progress.update(
             self._task,
             description=name,
@@ -162,11 +152,11 @@ def _interest(t: TaskRecord) -> tuple[int, int]:
 def _bar_html(counts: dict[str, int], total: int) -> str:
     segments = "".join(
         f'<div title="{counts[s]} {s.lower()}" style="width:{100 * counts[s] / total:.2f}%;'
-        f'background:{_COLORS[s]}"></div>'
-        for s in _ORDER
+        f'background:{h.STATUS_COLORS[s]}"></div>'
+        for s in STATUS_ORDER
         if counts.get(s) and total
     )
-    legend = " &middot; ".join(f"{counts[s]} {s.lower()}" for s in _ORDER if counts.get(s))
+    legend = count_words(counts, " &middot; ")
     return (
         '<div style="display:flex;height:12px;width:100%;max-width:720px;background:#eee;'
         f'border-radius:6px;overflow:hidden">{segments}</div>'

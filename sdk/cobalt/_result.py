@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -66,6 +66,15 @@ _PB_KIND = {
     pb.NODE_KIND_GETITEM: "getitem",
     pb.NODE_KIND_SUBLATTICE: "sublattice",
 }
+
+
+STATUS_ORDER = ("COMPLETED", "RUNNING", "PENDING", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED")
+"""The order task counts are shown in."""
+
+
+def count_words(counts: Mapping[str, int], sep: str = ", ") -> str:
+    """Task counts by status in words: ``"3 completed, 1 running"``."""
+    return sep.join(f"{counts[s]} {s.lower()}" for s in STATUS_ORDER if counts.get(s))
 
 
 def status_from_pb(value: int) -> Status:
