@@ -136,8 +136,6 @@ def build_dispatch(
     dispatch_id = req.dispatch_id or uuid.uuid4().hex
     if not _DISPATCH_ID.fullmatch(dispatch_id):
         raise DispatchError(f"dispatch id {dispatch_id!r} is not 32 lowercase hex digits.")
-    if payloads.state.get_dispatch(dispatch_id) is not None:
-        raise DispatchError(f"a dispatch with id {dispatch_id} already exists.")
     d = Dispatch(
         dispatch_id,
         req.name or "workflow",

@@ -124,7 +124,17 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             d, batch = build_dispatch(request, self.payloads, self.executors)
         except errors.Error as exc:
             abort(context, exc)
-        self.state.apply(batch)
+        try:
+            self.state.apply(batch)
+        except Exception:
+            # A reused id is the one way a checked dispatch fails to store;
+            # asking first would cost every dispatch a query.
+            if self.state.get_dispatch(d.dispatch_id) is not None:
+                abort(
+                    context,
+                    errors.DispatchError(f"a dispatch with id {d.dispatch_id} already exists."),
+                )
+            raise
         self.scheduler.submit_dispatch(d)
         if d.parent_dispatch_id is not None and d.parent_node_id is not None:
             self.scheduler.link_sublattice(d.parent_dispatch_id, d.parent_node_id, d.dispatch_id)

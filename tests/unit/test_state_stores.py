@@ -440,3 +440,13 @@ def test_nodes_can_be_read_by_id(store: StateStore) -> None:
     read = store.get_nodes(row.dispatch_id, include_logs=False, node_ids={4, 1, 99})
     assert [n.node_id for n in read] == [1, 4]
     assert store.get_nodes(row.dispatch_id, node_ids=[]) == []
+
+
+def test_storing_a_dispatch_id_twice_fails_and_keeps_the_first(store: StateStore) -> None:
+    row, nodes = _dispatch()
+    _apply_new(store, (row, nodes))
+    again = dataclasses.replace(row, name="other")
+    with pytest.raises(Exception):  # noqa: B017 - each backend raises its own error
+        _apply_new(store, (again, nodes))
+    stored = store.get_dispatch(row.dispatch_id)
+    assert stored is not None and stored.name == "workflow"

@@ -20,6 +20,9 @@ class MemoryStateStore(StateStore):
 
     def apply(self, batch: WriteBatch) -> None:
         with self._lock:
+            for row, _ in batch.new_dispatches:
+                if row.dispatch_id in self._dispatches:
+                    raise ValueError(f"dispatch {row.dispatch_id} is already stored")
             for row, nodes in batch.new_dispatches:
                 self._dispatches[row.dispatch_id] = dataclasses.replace(row)
                 self._nodes[row.dispatch_id] = [dataclasses.replace(n) for n in nodes]
