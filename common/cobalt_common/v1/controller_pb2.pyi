@@ -83,6 +83,36 @@ NODE_KIND_GETITEM: NodeKind.ValueType  # 5
 NODE_KIND_SUBLATTICE: NodeKind.ValueType  # 6
 Global___NodeKind: _TypeAlias = NodeKind  # noqa: Y015
 
+class _DeploymentStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeploymentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeploymentStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEPLOYMENT_STATUS_UNSPECIFIED: _DeploymentStatus.ValueType  # 0
+    DEPLOYMENT_STATUS_STARTING: _DeploymentStatus.ValueType  # 1
+    """no replica of its current version has been ready yet"""
+    DEPLOYMENT_STATUS_ACTIVE: _DeploymentStatus.ValueType  # 2
+    """serving; with min_replicas=0 it may have no replica now"""
+    DEPLOYMENT_STATUS_FAILED: _DeploymentStatus.ValueType  # 3
+    """replicas could not start; error says why"""
+    DEPLOYMENT_STATUS_STOPPED: _DeploymentStatus.ValueType  # 4
+    """torn down"""
+
+class DeploymentStatus(_DeploymentStatus, metaclass=_DeploymentStatusEnumTypeWrapper):
+    """---- deployments ---------------------------------------------------------------"""
+
+DEPLOYMENT_STATUS_UNSPECIFIED: DeploymentStatus.ValueType  # 0
+DEPLOYMENT_STATUS_STARTING: DeploymentStatus.ValueType  # 1
+"""no replica of its current version has been ready yet"""
+DEPLOYMENT_STATUS_ACTIVE: DeploymentStatus.ValueType  # 2
+"""serving; with min_replicas=0 it may have no replica now"""
+DEPLOYMENT_STATUS_FAILED: DeploymentStatus.ValueType  # 3
+"""replicas could not start; error says why"""
+DEPLOYMENT_STATUS_STOPPED: DeploymentStatus.ValueType  # 4
+"""torn down"""
+Global___DeploymentStatus: _TypeAlias = DeploymentStatus  # noqa: Y015
+
 @_typing.final
 class HardwareSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -1107,6 +1137,7 @@ class ControllerStatusResponse(_message.Message):
     EXECUTORS_FIELD_NUMBER: _builtins.int
     ACTIVE_DISPATCHES_FIELD_NUMBER: _builtins.int
     DASHBOARD_FIELD_NUMBER: _builtins.int
+    GATEWAY_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     pid: _builtins.int
     address: _builtins.str
@@ -1115,6 +1146,8 @@ class ControllerStatusResponse(_message.Message):
     active_dispatches: _builtins.int
     dashboard: _builtins.str
     """the web dashboard's address; empty when it is off"""
+    gateway: _builtins.str
+    """the deployments gateway's base URL; empty when it is off"""
     @_builtins.property
     def executors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutorInfo]: ...
     def __init__(
@@ -1128,10 +1161,11 @@ class ControllerStatusResponse(_message.Message):
         executors: _abc.Iterable[Global___ExecutorInfo] | None = ...,
         active_dispatches: _builtins.int = ...,
         dashboard: _builtins.str = ...,
+        gateway: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_dispatches", b"active_dispatches", "address", b"address", "dashboard", b"dashboard", "database_url", b"database_url", "executors", b"executors", "pid", b"pid", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_dispatches", b"active_dispatches", "address", b"address", "dashboard", b"dashboard", "database_url", b"database_url", "executors", b"executors", "gateway", b"gateway", "pid", b"pid", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1203,3 +1237,426 @@ class ControllerStopResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ControllerStopResponse: _TypeAlias = ControllerStopResponse  # noqa: Y015
+
+@_typing.final
+class DeploymentArg(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    KEYWORD_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """positional index, or -1 for a keyword"""
+    keyword: _builtins.str
+    sha256: _builtins.str
+    """pickled value, inline in payloads or sent with BlobPut"""
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        keyword: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keyword", b"keyword", "position", b"position", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentArg: _TypeAlias = DeploymentArg  # noqa: Y015
+
+@_typing.final
+class DeploymentCreateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MANIFEST_JSON_FIELD_NUMBER: _builtins.int
+    SERVICE_SHA256_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    PAYLOADS_FIELD_NUMBER: _builtins.int
+    HARDWARE_FIELD_NUMBER: _builtins.int
+    EXECUTOR_FIELD_NUMBER: _builtins.int
+    WAIT_S_FIELD_NUMBER: _builtins.int
+    WORKING_DIR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    manifest_json: _builtins.str
+    """plain data: routes, autoscaling, auth (cobalt_common.deploy)"""
+    service_sha256: _builtins.str
+    """the pickled replica entry; opaque to the controller"""
+    wait_s: _builtins.float
+    """also wait up to this long for it to leave STARTING"""
+    working_dir: _builtins.str
+    @_builtins.property
+    def args(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentArg]:
+        """the initializer's arguments"""
+
+    @_builtins.property
+    def payloads(self) -> _containers.RepeatedCompositeFieldContainer[Global___Payload]:
+        """inline payloads; others were sent with BlobPut"""
+
+    @_builtins.property
+    def hardware(self) -> Global___HardwareSpec:
+        """what each replica gets"""
+
+    @_builtins.property
+    def executor(self) -> Global___ExecutorRef:
+        """unset: the controller places replicas"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        manifest_json: _builtins.str = ...,
+        service_sha256: _builtins.str = ...,
+        args: _abc.Iterable[Global___DeploymentArg] | None = ...,
+        payloads: _abc.Iterable[Global___Payload] | None = ...,
+        hardware: Global___HardwareSpec | None = ...,
+        executor: Global___ExecutorRef | None = ...,
+        wait_s: _builtins.float = ...,
+        working_dir: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["executor", b"executor", "hardware", b"hardware"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "executor", b"executor", "hardware", b"hardware", "manifest_json", b"manifest_json", "name", b"name", "payloads", b"payloads", "service_sha256", b"service_sha256", "wait_s", b"wait_s", "working_dir", b"working_dir"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentCreateRequest: _TypeAlias = DeploymentCreateRequest  # noqa: Y015
+
+@_typing.final
+class DeploymentRoute(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    STREAMING_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """the endpoint function's name: the client's method name"""
+    path: _builtins.str
+    """"/predict" """
+    streaming: _builtins.bool
+    """answers with server-sent events"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        path: _builtins.str = ...,
+        streaming: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "path", b"path", "streaming", b"streaming"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentRoute: _TypeAlias = DeploymentRoute  # noqa: Y015
+
+@_typing.final
+class Replica(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EXECUTOR_FIELD_NUMBER: _builtins.int
+    HARDWARE_GIVEN_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    READY_AT_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    replica_id: _builtins.str
+    status: _builtins.str
+    """starting, ready, draining, stopped, failed"""
+    url: _builtins.str
+    executor: _builtins.str
+    started_at: _builtins.float
+    ready_at: _builtins.float
+    in_flight: _builtins.int
+    version: _builtins.int
+    error: _builtins.str
+    @_builtins.property
+    def hardware_given(self) -> Global___HardwareGiven: ...
+    def __init__(
+        self,
+        *,
+        replica_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        url: _builtins.str = ...,
+        executor: _builtins.str = ...,
+        hardware_given: Global___HardwareGiven | None = ...,
+        started_at: _builtins.float = ...,
+        ready_at: _builtins.float = ...,
+        in_flight: _builtins.int = ...,
+        version: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hardware_given", b"hardware_given"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "executor", b"executor", "hardware_given", b"hardware_given", "in_flight", b"in_flight", "ready_at", b"ready_at", "replica_id", b"replica_id", "started_at", b"started_at", "status", b"status", "url", b"url", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Replica: _TypeAlias = Replica  # noqa: Y015
+
+@_typing.final
+class Deployment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    AUTH_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
+    READY_REPLICAS_FIELD_NUMBER: _builtins.int
+    DESIRED_REPLICAS_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    MANIFEST_JSON_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    EMULATED_FIELD_NUMBER: _builtins.int
+    HARDWARE_FIELD_NUMBER: _builtins.int
+    EXECUTOR_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    status: Global___DeploymentStatus.ValueType
+    url: _builtins.str
+    """<gateway>/<name>"""
+    token: _builtins.str
+    """empty when auth is off"""
+    auth: _builtins.bool
+    ready_replicas: _builtins.int
+    desired_replicas: _builtins.int
+    manifest_json: _builtins.str
+    error: _builtins.str
+    created_at: _builtins.float
+    updated_at: _builtins.float
+    cost_usd: _builtins.float
+    """replica time billed so far"""
+    emulated: _builtins.bool
+    executor: _builtins.str
+    version: _builtins.int
+    """bumped by each redeploy under the same name"""
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentRoute]: ...
+    @_builtins.property
+    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___Replica]: ...
+    @_builtins.property
+    def hardware(self) -> Global___HardwareSpec: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        status: Global___DeploymentStatus.ValueType = ...,
+        url: _builtins.str = ...,
+        token: _builtins.str = ...,
+        auth: _builtins.bool = ...,
+        routes: _abc.Iterable[Global___DeploymentRoute] | None = ...,
+        ready_replicas: _builtins.int = ...,
+        desired_replicas: _builtins.int = ...,
+        replicas: _abc.Iterable[Global___Replica] | None = ...,
+        manifest_json: _builtins.str = ...,
+        error: _builtins.str = ...,
+        created_at: _builtins.float = ...,
+        updated_at: _builtins.float = ...,
+        cost_usd: _builtins.float = ...,
+        emulated: _builtins.bool = ...,
+        hardware: Global___HardwareSpec | None = ...,
+        executor: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "cost_usd", b"cost_usd", "created_at", b"created_at", "desired_replicas", b"desired_replicas", "emulated", b"emulated", "error", b"error", "executor", b"executor", "hardware", b"hardware", "manifest_json", b"manifest_json", "name", b"name", "ready_replicas", b"ready_replicas", "replicas", b"replicas", "routes", b"routes", "status", b"status", "token", b"token", "updated_at", b"updated_at", "url", b"url", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
+
+@_typing.final
+class DeploymentGetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    WAIT_S_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    wait_s: _builtins.float
+    """block until it leaves STARTING or this many seconds pass"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        wait_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "wait_s", b"wait_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentGetRequest: _TypeAlias = DeploymentGetRequest  # noqa: Y015
+
+@_typing.final
+class DeploymentListRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_STOPPED_FIELD_NUMBER: _builtins.int
+    include_stopped: _builtins.bool
+    def __init__(
+        self,
+        *,
+        include_stopped: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_stopped", b"include_stopped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentListRequest: _TypeAlias = DeploymentListRequest  # noqa: Y015
+
+@_typing.final
+class DeploymentListResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deployment]: ...
+    def __init__(
+        self,
+        *,
+        deployments: _abc.Iterable[Global___Deployment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployments", b"deployments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentListResponse: _TypeAlias = DeploymentListResponse  # noqa: Y015
+
+@_typing.final
+class DeploymentEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    INPUTS_JSON_FIELD_NUMBER: _builtins.int
+    time: _builtins.float
+    kind: _builtins.str
+    """scale_up, scale_down, replica_started, replica_failed, ..."""
+    message: _builtins.str
+    """the decision and its reason in words"""
+    inputs_json: _builtins.str
+    """the metrics and settings the decision was made from"""
+    def __init__(
+        self,
+        *,
+        time: _builtins.float = ...,
+        kind: _builtins.str = ...,
+        message: _builtins.str = ...,
+        inputs_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs_json", b"inputs_json", "kind", b"kind", "message", b"message", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentEvent: _TypeAlias = DeploymentEvent  # noqa: Y015
+
+@_typing.final
+class DeploymentEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    limit: _builtins.int
+    """newest first; 0: the default"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentEventsRequest: _TypeAlias = DeploymentEventsRequest  # noqa: Y015
+
+@_typing.final
+class DeploymentEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___DeploymentEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentEventsResponse: _TypeAlias = DeploymentEventsResponse  # noqa: Y015
+
+@_typing.final
+class ReplicaReadyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    deployment: _builtins.str
+    replica_id: _builtins.str
+    url: _builtins.str
+    """where the replica's server listens"""
+    pid: _builtins.int
+    def __init__(
+        self,
+        *,
+        deployment: _builtins.str = ...,
+        replica_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        pid: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "pid", b"pid", "replica_id", b"replica_id", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaReadyRequest: _TypeAlias = ReplicaReadyRequest  # noqa: Y015
+
+@_typing.final
+class ReplicaReadyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEEP_FIELD_NUMBER: _builtins.int
+    keep: _builtins.bool
+    """false: no longer wanted; the replica exits"""
+    def __init__(
+        self,
+        *,
+        keep: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep", b"keep"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaReadyResponse: _TypeAlias = ReplicaReadyResponse  # noqa: Y015

@@ -104,6 +104,41 @@ class ControllerStub:
                 request_serializer=cobalt_dot_v1_dot_controller__pb2.CostSummaryRequest.SerializeToString,
                 response_deserializer=cobalt_dot_v1_dot_controller__pb2.CostSummaryResponse.FromString,
                 _registered_method=True)
+        self.DeploymentCreate = channel.unary_unary(
+                '/cobalt.v1.Controller/DeploymentCreate',
+                request_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentCreateRequest.SerializeToString,
+                response_deserializer=cobalt_dot_v1_dot_controller__pb2.Deployment.FromString,
+                _registered_method=True)
+        self.DeploymentGet = channel.unary_unary(
+                '/cobalt.v1.Controller/DeploymentGet',
+                request_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentGetRequest.SerializeToString,
+                response_deserializer=cobalt_dot_v1_dot_controller__pb2.Deployment.FromString,
+                _registered_method=True)
+        self.DeploymentList = channel.unary_unary(
+                '/cobalt.v1.Controller/DeploymentList',
+                request_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentListRequest.SerializeToString,
+                response_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentListResponse.FromString,
+                _registered_method=True)
+        self.DeploymentTeardown = channel.unary_unary(
+                '/cobalt.v1.Controller/DeploymentTeardown',
+                request_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentGetRequest.SerializeToString,
+                response_deserializer=cobalt_dot_v1_dot_controller__pb2.Deployment.FromString,
+                _registered_method=True)
+        self.DeploymentTokenRotate = channel.unary_unary(
+                '/cobalt.v1.Controller/DeploymentTokenRotate',
+                request_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentGetRequest.SerializeToString,
+                response_deserializer=cobalt_dot_v1_dot_controller__pb2.Deployment.FromString,
+                _registered_method=True)
+        self.DeploymentEvents = channel.unary_unary(
+                '/cobalt.v1.Controller/DeploymentEvents',
+                request_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentEventsRequest.SerializeToString,
+                response_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentEventsResponse.FromString,
+                _registered_method=True)
+        self.ReplicaReady = channel.unary_unary(
+                '/cobalt.v1.Controller/ReplicaReady',
+                request_serializer=cobalt_dot_v1_dot_controller__pb2.ReplicaReadyRequest.SerializeToString,
+                response_deserializer=cobalt_dot_v1_dot_controller__pb2.ReplicaReadyResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -193,6 +228,50 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeploymentCreate(self, request, context):
+        """Deployments: services served over HTTP through the controller's gateway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeploymentGet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeploymentList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeploymentTeardown(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeploymentTokenRotate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeploymentEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplicaReady(self, request, context):
+        """Called by a replica once its initializer ran and its server listens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +344,41 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.CostSummary,
                     request_deserializer=cobalt_dot_v1_dot_controller__pb2.CostSummaryRequest.FromString,
                     response_serializer=cobalt_dot_v1_dot_controller__pb2.CostSummaryResponse.SerializeToString,
+            ),
+            'DeploymentCreate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeploymentCreate,
+                    request_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentCreateRequest.FromString,
+                    response_serializer=cobalt_dot_v1_dot_controller__pb2.Deployment.SerializeToString,
+            ),
+            'DeploymentGet': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeploymentGet,
+                    request_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentGetRequest.FromString,
+                    response_serializer=cobalt_dot_v1_dot_controller__pb2.Deployment.SerializeToString,
+            ),
+            'DeploymentList': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeploymentList,
+                    request_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentListRequest.FromString,
+                    response_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentListResponse.SerializeToString,
+            ),
+            'DeploymentTeardown': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeploymentTeardown,
+                    request_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentGetRequest.FromString,
+                    response_serializer=cobalt_dot_v1_dot_controller__pb2.Deployment.SerializeToString,
+            ),
+            'DeploymentTokenRotate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeploymentTokenRotate,
+                    request_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentGetRequest.FromString,
+                    response_serializer=cobalt_dot_v1_dot_controller__pb2.Deployment.SerializeToString,
+            ),
+            'DeploymentEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeploymentEvents,
+                    request_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentEventsRequest.FromString,
+                    response_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentEventsResponse.SerializeToString,
+            ),
+            'ReplicaReady': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplicaReady,
+                    request_deserializer=cobalt_dot_v1_dot_controller__pb2.ReplicaReadyRequest.FromString,
+                    response_serializer=cobalt_dot_v1_dot_controller__pb2.ReplicaReadyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -645,6 +759,195 @@ class Controller:
             '/cobalt.v1.Controller/CostSummary',
             cobalt_dot_v1_dot_controller__pb2.CostSummaryRequest.SerializeToString,
             cobalt_dot_v1_dot_controller__pb2.CostSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeploymentCreate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cobalt.v1.Controller/DeploymentCreate',
+            cobalt_dot_v1_dot_controller__pb2.DeploymentCreateRequest.SerializeToString,
+            cobalt_dot_v1_dot_controller__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeploymentGet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cobalt.v1.Controller/DeploymentGet',
+            cobalt_dot_v1_dot_controller__pb2.DeploymentGetRequest.SerializeToString,
+            cobalt_dot_v1_dot_controller__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeploymentList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cobalt.v1.Controller/DeploymentList',
+            cobalt_dot_v1_dot_controller__pb2.DeploymentListRequest.SerializeToString,
+            cobalt_dot_v1_dot_controller__pb2.DeploymentListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeploymentTeardown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cobalt.v1.Controller/DeploymentTeardown',
+            cobalt_dot_v1_dot_controller__pb2.DeploymentGetRequest.SerializeToString,
+            cobalt_dot_v1_dot_controller__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeploymentTokenRotate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cobalt.v1.Controller/DeploymentTokenRotate',
+            cobalt_dot_v1_dot_controller__pb2.DeploymentGetRequest.SerializeToString,
+            cobalt_dot_v1_dot_controller__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeploymentEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cobalt.v1.Controller/DeploymentEvents',
+            cobalt_dot_v1_dot_controller__pb2.DeploymentEventsRequest.SerializeToString,
+            cobalt_dot_v1_dot_controller__pb2.DeploymentEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplicaReady(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cobalt.v1.Controller/ReplicaReady',
+            cobalt_dot_v1_dot_controller__pb2.ReplicaReadyRequest.SerializeToString,
+            cobalt_dot_v1_dot_controller__pb2.ReplicaReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,

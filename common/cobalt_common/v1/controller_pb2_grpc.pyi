@@ -49,6 +49,15 @@ class ControllerStub:
     TaskList: _grpc.UnaryUnaryMultiCallable[_controller_pb2.TaskListRequest, _controller_pb2.TaskListResponse]
     NodeGet: _grpc.UnaryUnaryMultiCallable[_controller_pb2.NodeGetRequest, _controller_pb2.NodeGetResponse]
     CostSummary: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CostSummaryRequest, _controller_pb2.CostSummaryResponse]
+    DeploymentCreate: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentCreateRequest, _controller_pb2.Deployment]
+    """Deployments: services served over HTTP through the controller's gateway."""
+    DeploymentGet: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.Deployment]
+    DeploymentList: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentListRequest, _controller_pb2.DeploymentListResponse]
+    DeploymentTeardown: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.Deployment]
+    DeploymentTokenRotate: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.Deployment]
+    DeploymentEvents: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentEventsRequest, _controller_pb2.DeploymentEventsResponse]
+    ReplicaReady: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ReplicaReadyRequest, _controller_pb2.ReplicaReadyResponse]
+    """Called by a replica once its initializer ran and its server listens."""
 
 @_typing.type_check_only
 class ControllerAsyncStub(ControllerStub):
@@ -67,6 +76,15 @@ class ControllerAsyncStub(ControllerStub):
     TaskList: _aio.UnaryUnaryMultiCallable[_controller_pb2.TaskListRequest, _controller_pb2.TaskListResponse]  # type: ignore[assignment]
     NodeGet: _aio.UnaryUnaryMultiCallable[_controller_pb2.NodeGetRequest, _controller_pb2.NodeGetResponse]  # type: ignore[assignment]
     CostSummary: _aio.UnaryUnaryMultiCallable[_controller_pb2.CostSummaryRequest, _controller_pb2.CostSummaryResponse]  # type: ignore[assignment]
+    DeploymentCreate: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentCreateRequest, _controller_pb2.Deployment]  # type: ignore[assignment]
+    """Deployments: services served over HTTP through the controller's gateway."""
+    DeploymentGet: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.Deployment]  # type: ignore[assignment]
+    DeploymentList: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentListRequest, _controller_pb2.DeploymentListResponse]  # type: ignore[assignment]
+    DeploymentTeardown: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.Deployment]  # type: ignore[assignment]
+    DeploymentTokenRotate: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.Deployment]  # type: ignore[assignment]
+    DeploymentEvents: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentEventsRequest, _controller_pb2.DeploymentEventsResponse]  # type: ignore[assignment]
+    ReplicaReady: _aio.UnaryUnaryMultiCallable[_controller_pb2.ReplicaReadyRequest, _controller_pb2.ReplicaReadyResponse]  # type: ignore[assignment]
+    """Called by a replica once its initializer ran and its server listens."""
 
 class ControllerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -166,5 +184,56 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.CostSummaryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.CostSummaryResponse, _abc.Awaitable[_controller_pb2.CostSummaryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeploymentCreate(
+        self,
+        request: _controller_pb2.DeploymentCreateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Deployment, _abc.Awaitable[_controller_pb2.Deployment]]:
+        """Deployments: services served over HTTP through the controller's gateway."""
+
+    @_abc_1.abstractmethod
+    def DeploymentGet(
+        self,
+        request: _controller_pb2.DeploymentGetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Deployment, _abc.Awaitable[_controller_pb2.Deployment]]: ...
+
+    @_abc_1.abstractmethod
+    def DeploymentList(
+        self,
+        request: _controller_pb2.DeploymentListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DeploymentListResponse, _abc.Awaitable[_controller_pb2.DeploymentListResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeploymentTeardown(
+        self,
+        request: _controller_pb2.DeploymentGetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Deployment, _abc.Awaitable[_controller_pb2.Deployment]]: ...
+
+    @_abc_1.abstractmethod
+    def DeploymentTokenRotate(
+        self,
+        request: _controller_pb2.DeploymentGetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Deployment, _abc.Awaitable[_controller_pb2.Deployment]]: ...
+
+    @_abc_1.abstractmethod
+    def DeploymentEvents(
+        self,
+        request: _controller_pb2.DeploymentEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DeploymentEventsResponse, _abc.Awaitable[_controller_pb2.DeploymentEventsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReplicaReady(
+        self,
+        request: _controller_pb2.ReplicaReadyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ReplicaReadyResponse, _abc.Awaitable[_controller_pb2.ReplicaReadyResponse]]:
+        """Called by a replica once its initializer ran and its server listens."""
 
 def add_ControllerServicer_to_server(servicer: ControllerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
