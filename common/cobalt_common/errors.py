@@ -15,7 +15,9 @@ Every error cobalt raises derives from :class:`Error`, exported to users as
     │   └── AuthenticationError   the controller refused the token
     ├── NotFoundError             an unknown dispatch id or node id
     ├── WaitTimeoutError          ``get_result(..., wait=seconds)`` ran out of time
-    └── TaskFailedError           a task failed remotely (carries the remote traceback)
+    ├── TaskFailedError           a task failed remotely (carries the remote traceback)
+    ├── DeploymentError           a deployment's replicas could not start (traceback attached)
+    └── EndpointError             an endpoint answered with an error (status, error id)
 
 Raw ``grpc.RpcError``, SQLAlchemy and pickle errors never reach users; they
 are translated at the boundary into one of these.
@@ -110,3 +112,44 @@ class TaskFailedError(Error):
         self.stdout = stdout
         self.stderr = stderr
         self.result = result
+
+
+class DeploymentError(Error):
+    """A deployment could not start or was stopped; the message says why.
+
+    Attributes:
+        name: the deployment.
+        remote_traceback: the failing replica's traceback, when one failed to start.
+    """
+
+    def __init__(self, message: str, *, name: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+        self.remote_traceback = remote_traceback
+
+
+class EndpointError(Error):
+    """An endpoint answered with an error.
+
+    Attributes:
+        status_code: the HTTP status (422 bad input, 413 too large, 500 the
+            endpoint raised, 503 no replica could take it in time, ...).
+        error_id: for 500s, the id the replica logged the traceback under.
+        field: for 422s, the request field that was wrong.
+        retry_after: for 503s, the seconds the gateway asked to wait.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        error_id: str = "",
+        field: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_id = error_id
+        self.field = field
+        self.retry_after = retry_after

@@ -1620,11 +1620,14 @@ class ReplicaReadyRequest(_message.Message):
     REPLICA_ID_FIELD_NUMBER: _builtins.int
     URL_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
+    OPENAPI_JSON_FIELD_NUMBER: _builtins.int
     deployment: _builtins.str
     replica_id: _builtins.str
     url: _builtins.str
     """where the replica's server listens"""
     pid: _builtins.int
+    openapi_json: _builtins.str
+    """the service's OpenAPI description, known once it initialized"""
     def __init__(
         self,
         *,
@@ -1632,10 +1635,11 @@ class ReplicaReadyRequest(_message.Message):
         replica_id: _builtins.str = ...,
         url: _builtins.str = ...,
         pid: _builtins.int = ...,
+        openapi_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "pid", b"pid", "replica_id", b"replica_id", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "openapi_json", b"openapi_json", "pid", b"pid", "replica_id", b"replica_id", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
