@@ -9,6 +9,8 @@ Example:
     'tiny tuned on 2 rows'
 """
 
+from cobalt._deploy import deploy, get_deployment, list_deployments
+from cobalt._deployment import Deployment
 from cobalt._deps import DepsBash, DepsCall, DepsPip
 from cobalt._dispatch import cancel, dispatch, dispatch_sync, get_result
 from cobalt._electron import Electron, electron
@@ -18,12 +20,16 @@ from cobalt._graph import wait
 from cobalt._lattice import Lattice, lattice
 from cobalt._result import Result, Status, TaskRecord
 from cobalt._sentinel import UNSET
+from cobalt._service import Service, service
+from cobalt_common.deploy import Autoscaling, Schedule
 from cobalt_common.errors import (
     AuthenticationError,
     ConfigError,
     ControllerError,
     ControllerUnavailableError,
+    DeploymentError,
     DispatchError,
+    EndpointError,
     Error,
     GraphError,
     NotFoundError,
@@ -40,14 +46,18 @@ __version__ = "0.1.0"
 __all__ = [
     "UNSET",
     "AuthenticationError",
+    "Autoscaling",
     "ConfigError",
     "ControllerError",
     "ControllerUnavailableError",
+    "Deployment",
+    "DeploymentError",
     "DepsBash",
     "DepsCall",
     "DepsPip",
     "DispatchError",
     "Electron",
+    "EndpointError",
     "Error",
     "Estimate",
     "Executor",
@@ -59,6 +69,8 @@ __all__ = [
     "NotFoundError",
     "PicklingError",
     "Result",
+    "Schedule",
+    "Service",
     "SpecError",
     "Status",
     "TaskEstimate",
@@ -68,11 +80,15 @@ __all__ = [
     "WaitTimeoutError",
     "__version__",
     "cancel",
+    "deploy",
     "dispatch",
     "dispatch_sync",
     "electron",
     "estimate",
+    "get_deployment",
     "get_result",
     "lattice",
+    "list_deployments",
+    "service",
     "wait",
 ]

@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 
+from cobalt._cli_deployments import add_parser as add_deployments_parser
 from cobalt._client import controller_status, get_client, read_controller_info
 from cobalt._result import count_words, format_cost, format_table, status_from_pb
 from cobalt_common.errors import ControllerUnavailableError, Error
@@ -57,6 +58,8 @@ def _status(_: argparse.Namespace) -> int:
     print(f"active dispatches: {status.active_dispatches}\n")
     if status.dashboard:
         print(f"dashboard: {status.dashboard} (`cobalt dashboard` opens it)")
+    if status.gateway:
+        print(f"gateway:   {status.gateway} (`cobalt deployments` lists what it serves)")
     rows = [
         (e.name, e.type, "config" if e.configured else "client", e.capacity, e.free, e.prices)
         for e in status.executors
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     dash = sub.add_parser("dashboard", help="print the web dashboard's address and open it")
     dash.add_argument("--no-open", action="store_true", help="only print the address")
     dash.set_defaults(fn=_dashboard)
+    add_deployments_parser(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args))

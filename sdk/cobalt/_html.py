@@ -19,6 +19,9 @@ STATUS_COLORS = {
     "CANCELLED": "#6d4c41",
     "SKIPPED": "#9e9e9e",
     "BUDGET_EXCEEDED": "#ef6c00",
+    "ACTIVE": "#2e7d32",
+    "STARTING": "#1565c0",
+    "STOPPED": "#6d4c41",
 }
 _CELL = "padding:2px 10px;text-align:{align};white-space:nowrap;border-bottom:1px solid #ddd"
 

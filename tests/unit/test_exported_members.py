@@ -37,6 +37,15 @@ PUBLIC_SURFACE = {
     "estimate",
     "Estimate",
     "TaskEstimate",
+    # deployments
+    "service",
+    "Service",
+    "deploy",
+    "Deployment",
+    "get_deployment",
+    "list_deployments",
+    "Autoscaling",
+    "Schedule",
     # the exception tree
     "Error",
     "SpecError",
@@ -51,6 +60,8 @@ PUBLIC_SURFACE = {
     "NotFoundError",
     "WaitTimeoutError",
     "TaskFailedError",
+    "DeploymentError",
+    "EndpointError",
     "__version__",
 }
 

@@ -1,0 +1,122 @@
+"""Calling a deployment over HTTP: clients, error mapping and server-sent events.
+
+Answers of 400 and above become cobalt exceptions: 401 ->
+:class:`~cobalt.AuthenticationError`, 404 -> :class:`~cobalt.NotFoundError`,
+any other -> :class:`~cobalt.EndpointError` with the status, error id, field
+and ``Retry-After`` set. A stream is read as server-sent events: each
+``data:`` line is a JSON value; ``event: error`` raises, ``event: end`` stops.
+
+Example:
+    >>> events = list(parse_sse(["data: 1", "", "data: [2]", "", "event: end", "data: null", ""]))
+    >>> events
+    [('message', '1'), ('message', '[2]'), ('end', 'null')]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import httpx
+
+from cobalt_common.errors import AuthenticationError, EndpointError, Error, NotFoundError
+
+TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+"""Connect within 5 s; an endpoint may take up to 10 minutes to answer."""
+LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=60)
+
+
+def sync_client() -> httpx.Client:
+    return httpx.Client(timeout=TIMEOUT, limits=LIMITS, trust_env=False)
+
+
+def async_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS, trust_env=False)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def error_for(status: int, content: bytes, headers: httpx.Headers, where: str) -> Error:
+    """The exception for an error answer of a deployment (the body is its JSON error)."""
+    try:
+        data = json.loads(content) if content else {}
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    text = content.decode("utf-8", "replace").strip()[:500]
+    message = str(data.get("error") or text or f"HTTP {status}")
+    if status == 401:
+        return AuthenticationError(
+            f"{where}: {message} (the deployment's token is dep.token; "
+            "ct.get_deployment(name) gives a handle with the current one)"
+        )
+    if status == 404:
+        return NotFoundError(f"{where}: {message}")
+    return EndpointError(
+        f"{where}: {message}",
+        status_code=status,
+        error_id=str(data.get("error_id") or ""),
+        field=str(data.get("field") or ""),
+        retry_after=_retry_after(headers.get("retry-after")),
+    )
+
+
+def check(response: httpx.Response, where: str) -> httpx.Response:
+    """``response`` when it succeeded; the mapped exception otherwise (body already read)."""
+    if response.status_code >= 400:
+        raise error_for(response.status_code, response.content, response.headers, where)
+    return response
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) pairs from the lines of an event stream."""
+    event, data = "message", list[str]()
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", list[str]()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+    if data:
+        yield event, "\n".join(data)
+
+
+def sse_value(event: str, data: str, where: str) -> tuple[bool, Any]:
+    """(done, value) for one event; raises for ``event: error``."""
+    if event == "end":
+        return True, None
+    value = json.loads(data)
+    if event == "error":
+        info = value if isinstance(value, dict) else {}
+        raise EndpointError(
+            f"{where}: {info.get('error', data)}",
+            status_code=500,
+            error_id=str(info.get("error_id", "")),
+        )
+    return False, value
+
+
+async def aparse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """:func:`parse_sse` over an async iterator of lines."""
+    event, data = "message", list[str]()
+    async for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", list[str]()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+    if data:
+        yield event, "\n".join(data)

@@ -1,0 +1,123 @@
+"""``@ct.service``, ``@svc.endpoint`` and ``ct.deploy`` keep signatures for type checkers."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from mypy import api
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SNIPPET = textwrap.dedent(
+    """
+    from collections.abc import Iterator
+
+    import cobalt as ct
+
+
+    @ct.service(gpu="l4", memory="16GB", min_replicas=0, max_replicas=8)
+    def classifier(model_name: str, size: int = 1) -> dict[str, object]:
+        return {"model": model_name}
+
+
+    @ct.service
+    def bare() -> dict[str, int]:
+        return {}
+
+
+    @classifier.endpoint("/predict")
+    def predict(model: object, text: str) -> dict[str, str]:
+        return {"label": text}
+
+
+    @classifier.endpoint("/stream", streaming=True)
+    def stream(text: str) -> Iterator[str]:
+        yield text
+
+
+    @ct.deploy(cpus=2, min_replicas=1)
+    def double(x: int) -> int:
+        return 2 * x
+
+
+    reveal_type(classifier)  # service
+    reveal_type(bare)  # bare service
+    reveal_type(predict)  # endpoint
+    reveal_type(ct.deploy(classifier))  # deployer
+    reveal_type(ct.deploy(classifier, wait=False)("small"))  # deploy call
+    reveal_type(double)  # deployed function
+    ct.deploy(classifier)(3)  # wrong init argument
+    ct.service(gpux="h100")  # unknown option
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def mypy_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Run mypy on the snippet once; map each line's trailing comment to mypy's message."""
+    folder = tmp_path_factory.mktemp("typing")
+    snippet = folder / "snippet.py"
+    snippet.write_text(SNIPPET)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)
+        stdout, stderr, _ = api.run(
+            [
+                str(snippet),
+                f"--config-file={ROOT / 'pyproject.toml'}",
+                f"--cache-dir={folder / 'mypy_cache'}",
+                "--no-error-summary",
+            ]
+        )
+    assert not stderr, stderr
+    lines = SNIPPET.splitlines()
+    report: dict[str, str] = {}
+    for match in re.finditer(rf"^{re.escape(str(snippet))}:(\d+): (.*)$", stdout, re.MULTILINE):
+        comment = lines[int(match[1]) - 1].partition("# ")[2]
+        report[comment] = f"{report.get(comment, '')}{match[2]}\n"
+    return report
+
+
+@pytest.mark.parametrize(
+    ("line", "revealed"),
+    [
+        ("service", "cobalt._service.Service[[model_name: str, size: int =]]"),
+        ("bare service", "cobalt._service.Service[[]]"),
+        ("endpoint", "def (model: object, text: str) -> dict"),
+        ("deployer", "def (model_name: str, size: int =) -> cobalt._deployment.Deployment"),
+        ("deploy call", '"cobalt._deployment.Deployment"'),
+        ("deployed function", '"cobalt._deployment.Deployment"'),
+    ],
+)
+def test_decorators_keep_the_signature(
+    mypy_report: dict[str, str], line: str, revealed: str
+) -> None:
+    assert revealed in mypy_report[line]
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("wrong init argument", 'incompatible type "int"; expected "str"'),
+        ("unknown option", 'Unexpected keyword argument "gpux"'),
+    ],
+)
+def test_type_checkers_catch_misuse(mypy_report: dict[str, str], line: str, error: str) -> None:
+    assert error in mypy_report[line]
+
+
+def test_the_rest_of_the_snippet_type_checks_cleanly(mypy_report: dict[str, str]) -> None:
+    assert set(mypy_report) == {
+        "service",
+        "bare service",
+        "endpoint",
+        "deployer",
+        "deploy call",
+        "deployed function",
+        "wrong init argument",
+        "unknown option",
+    }
