@@ -5,6 +5,9 @@ Example::
     [controller]
     address = "127.0.0.1:0"               # host:port; port 0 picks a free one
     dashboard_address = "127.0.0.1:0"     # the web dashboard; "" turns it off
+    gateway_address = "127.0.0.1:0"       # deployments' HTTP gateway; "" turns it off.
+                                          # Port 0 reuses the port of the last run when free
+    autoscale_interval_s = 1.0            # seconds between autoscaling decisions
     database_url = "sqlite:////data/cobalt.db"
     retry_backoff_s = 1.0                 # first retry waits this, then doubles
     retry_backoff_max_s = 60.0
@@ -35,6 +38,8 @@ from cobalt_executors.registry import EXECUTOR_TYPES
 _CONTROLLER_KEYS = {
     "address",
     "dashboard_address",
+    "gateway_address",
+    "autoscale_interval_s",
     "database_url",
     "blob_dir",
     "retry_backoff_s",
@@ -55,6 +60,11 @@ class ControllerConfig:
     home: Path
     address: str = "127.0.0.1:0"
     dashboard_address: str = "127.0.0.1:0"
+    gateway_address: str = "127.0.0.1:0"
+    """Where deployments are served; "" turns the gateway (and deployments) off.
+    Port 0 reuses the port the gateway had last time for this home when it is
+    free, so deployment URLs survive restarts."""
+    autoscale_interval_s: float = 1.0
     database_url: str = ""
     blob_dir: Path = Path()
     retry_backoff_s: float = 1.0
@@ -75,6 +85,21 @@ def _number(path: Path, key: str, value: Any, *, positive: bool = True) -> float
     if isinstance(value, bool) or not isinstance(value, int | float) or (positive and value <= 0):
         raise ConfigError(f"{path}: [controller] {key} must be a positive number, got {value!r}.")
     return float(value)
+
+
+def _address(path: Path, key: str, value: Any) -> str:
+    """``host:port`` with a port from 0 to 65535, or "" for off."""
+    if not isinstance(value, str):
+        raise ConfigError(f'{path}: [controller] {key} must be text such as "127.0.0.1:0".')
+    if value == "":
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f'{path}: [controller] {key} must be "host:port" (port 0 picks a free one) or "" '
+            f"to turn it off, got {value!r}."
+        )
+    return value
 
 
 def load_config(home: Path, path: Path | None = None) -> ControllerConfig:
@@ -106,6 +131,12 @@ def load_config(home: Path, path: Path | None = None) -> ControllerConfig:
         cfg.address = str(section["address"])
     if "dashboard_address" in section:
         cfg.dashboard_address = str(section["dashboard_address"])
+    if "gateway_address" in section:
+        cfg.gateway_address = _address(path, "gateway_address", section["gateway_address"])
+    if "autoscale_interval_s" in section:
+        cfg.autoscale_interval_s = _number(
+            path, "autoscale_interval_s", section["autoscale_interval_s"]
+        )
     if "database_url" in section:
         cfg.database_url = str(section["database_url"])
     if "blob_dir" in section:

@@ -25,8 +25,9 @@ from cobalt_controller._scheduler import Scheduler
 from cobalt_controller._servicer import ControllerServicer
 from cobalt_controller.blobs import LocalBlobStore
 from cobalt_controller.dashboard import Dashboard
+from cobalt_controller.deploy import DeploymentManager, Gateway, recover
 from cobalt_controller.state import SqlStateStore, StateStore
-from cobalt_executors import ExecutorContext
+from cobalt_executors import ExecutorContext, TaskOutcome
 
 log = logging.getLogger("cobalt.controller")
 VERSION = "0.1.0"
@@ -78,10 +79,24 @@ class ControllerServer:
             raise OSError(f"cannot listen on {config.address}")
         self.address = f"{config.address.rsplit(':', 1)[0]}:{port}"
         self.hub = EventHub()
+        self.deployments = DeploymentManager(self.state, self.payloads, None)
+        self.gateway: Gateway | None = None
+        if config.gateway_address:
+            self.gateway = Gateway(
+                self.deployments, autoscale_interval_s=config.autoscale_interval_s
+            )
+            self.deployments.gateway = self.gateway
+
+        def report(outcome: TaskOutcome) -> None:
+            if outcome.task_key.startswith("replica/"):
+                self.deployments.report(outcome)
+            else:
+                self.scheduler.report(outcome)
+
         context = ExecutorContext(
             blob_dir=config.blob_dir,
             inline_limit=config.inline_limit,
-            report=lambda outcome: self.scheduler.report(outcome),
+            report=report,
             env={"COBALT_CONTROLLER_ADDRESS": self.address, "COBALT_CONTROLLER_TOKEN": self.token},
         )
         self.executors = ExecutorPool(config.executors, context)
@@ -110,7 +125,13 @@ class ControllerServer:
             "database_url": config.database_url,
         }
         servicer = ControllerServicer(
-            self.scheduler, self.payloads, self.executors, self.hub, self.info, self.request_stop
+            self.scheduler,
+            self.payloads,
+            self.executors,
+            self.hub,
+            self.info,
+            self.request_stop,
+            self.deployments,
         )
         pb_grpc.add_ControllerServicer_to_server(servicer, self._server)
 
@@ -122,13 +143,35 @@ class ControllerServer:
             self.dashboard.start()
             info["dashboard"] = self.info["dashboard"] = self.dashboard.url
             log.info("dashboard at %s", self.dashboard.url)
+        if self.gateway is not None:
+            info["gateway"] = self.info["gateway"] = self._start_gateway(self.gateway)
+            log.info("deployments gateway at %s", self.gateway.url)
         self._server.start()
+        self.deployments.start()
+        recover(self.deployments, self.executors)
         path = controller_file(self.config.home)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**info, "version": VERSION}))
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
         log.info("controller listening on %s", self.address)
+
+    def _start_gateway(self, gateway: Gateway) -> str:
+        """Starts the gateway; port 0 reuses the last run's port for this home when free."""
+        host, _, port_text = self.config.gateway_address.rpartition(":")
+        port = int(port_text)
+        remembered = self.config.home / "gateway.json"
+        fallback = False
+        if port == 0:
+            try:
+                port = int(json.loads(remembered.read_text())["port"])
+                fallback = True
+            except (OSError, ValueError, KeyError, TypeError):
+                port = 0
+        url = gateway.start(host, port, fallback=fallback)
+        if self.config.gateway_address.endswith(":0"):
+            remembered.write_text(json.dumps({"port": gateway.port}))
+        return url
 
     def _recover(self) -> None:
         """Resumes dispatches that had not ended when the controller last stopped.
@@ -186,6 +229,9 @@ class ControllerServer:
         if self.dashboard is not None:
             self.dashboard.stop()
         self._server.stop(grace=1.0)
+        if self.gateway is not None:
+            self.gateway.stop()
+        self.deployments.stop()
         self.scheduler.stop()
         self.executors.teardown()
         self.state.close()

@@ -16,12 +16,14 @@ from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
 from cobalt_controller._convert import dispatch_row_to_pb, dispatch_to_pb, node_row_to_pb
 from cobalt_controller._cost import estimate, local_day
+from cobalt_controller._deploy_rpc import DeploymentRpcs
 from cobalt_controller._events import EventHub
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._intake import build_dispatch
 from cobalt_controller._model import COMPLETED, DISPATCH_ENDED, PARAMETER
 from cobalt_controller._payloads import Payloads
 from cobalt_controller._scheduler import Scheduler
+from cobalt_controller.deploy import DeploymentManager
 from cobalt_executors._runtime.payloads import sha256_hex
 
 log = logging.getLogger("cobalt.controller")
@@ -32,6 +34,7 @@ _CODES: dict[type[errors.Error], grpc.StatusCode] = {
     errors.UnsatisfiableError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.SpecError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.DispatchError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.DeploymentError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -42,7 +45,7 @@ def abort(context: grpc.ServicerContext, exc: errors.Error) -> NoReturn:
     raise AssertionError("unreachable")
 
 
-class ControllerServicer(pb_grpc.ControllerServicer):
+class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
     def __init__(
         self,
         scheduler: Scheduler,
@@ -51,6 +54,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         hub: EventHub,
         info: dict[str, Any],
         on_stop: Callable[[], None],
+        deployments: DeploymentManager | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.state = scheduler.state
@@ -59,6 +63,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         self.hub = hub
         self.info = info
         self.on_stop = on_stop
+        self.deployments = deployments
 
     # -- controller ----------------------------------------------------------------
 
@@ -85,6 +90,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             executors=infos,
             active_dispatches=len(self.scheduler.active),
             dashboard=str(self.info.get("dashboard", "")),
+            gateway=str(self.info.get("gateway", "")),
         )
 
     def ControllerStop(self, request: Any, context: Any) -> pb.ControllerStopResponse:

@@ -160,3 +160,26 @@ def test_prices_are_read_per_executor(tmp_path: Path) -> None:
     )
     (box,) = load_config(home).executors
     assert box.options["prices"] == {"base": "list", "gpu_hour": {"h100": 2.5}}
+
+
+def test_the_gateway_defaults_to_loopback_and_can_be_turned_off(tmp_path: Path) -> None:
+    default = load_config(tmp_path)
+    assert (default.gateway_address, default.autoscale_interval_s) == ("127.0.0.1:0", 1.0)
+    home = _home(tmp_path, '[controller]\ngateway_address = ""\nautoscale_interval_s = 0.2\n')
+    config = load_config(home)
+    assert (config.gateway_address, config.autoscale_interval_s) == ("", 0.2)
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ('gateway_address = "localhost"', "gateway_address must be"),
+        ('gateway_address = "127.0.0.1:99999"', "gateway_address must be"),
+        ("gateway_address = 8080", "gateway_address must be text"),
+        ("autoscale_interval_s = 0", "autoscale_interval_s must be a positive number"),
+    ],
+)
+def test_bad_gateway_settings_are_named_with_file_and_key(
+    tmp_path: Path, line: str, named: str
+) -> None:
+    assert named in _error(tmp_path, f"[controller]\n{line}\n")

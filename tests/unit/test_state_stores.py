@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,9 +19,12 @@ import pytest
 import sqlalchemy as sa
 
 from cobalt_controller.state import (
+    DeploymentEventRow,
+    DeploymentRow,
     DispatchRow,
     MemoryStateStore,
     NodeRow,
+    ReplicaRow,
     SqlStateStore,
     StateStore,
     WriteBatch,
@@ -450,3 +454,131 @@ def test_storing_a_dispatch_id_twice_fails_and_keeps_the_first(store: StateStore
         _apply_new(store, (again, nodes))
     stored = store.get_dispatch(row.dispatch_id)
     assert stored is not None and stored.name == "workflow"
+
+
+# -- deployments ------------------------------------------------------------------------
+
+
+def _deployment(name: str = "classifier", **values: object) -> DeploymentRow:
+    row = DeploymentRow(
+        name,
+        "STARTING",
+        1,
+        json.dumps({"name": name}),
+        "s" * 64,
+        args_json=json.dumps([[0, "", "a" * 64]]),
+        hardware='{"gpu": "l4", "gpus": 1}',
+        token="tok",
+        working_dir="/tmp",
+        created_at=100.0,
+        updated_at=100.0,
+        desired_replicas=1,
+    )
+    for key, value in values.items():
+        setattr(row, key, value)
+    return row
+
+
+def test_a_deployment_reads_back_with_all_its_fields(store: StateStore) -> None:
+    row = _deployment(openapi_json='{"openapi": "3.1.0"}', cost_usd=0.5, emulated=True)
+    store.put_deployment(row)
+    assert store.get_deployment("classifier") == row
+    assert store.get_deployment("unknown") is None
+
+
+def test_putting_a_deployment_again_replaces_it(store: StateStore) -> None:
+    store.put_deployment(_deployment())
+    store.put_deployment(_deployment(version=2, status="ACTIVE"))
+    read = store.get_deployment("classifier")
+    assert read is not None and (read.version, read.status) == (2, "ACTIVE")
+    assert len(store.list_deployments(include_stopped=True)) == 1
+
+
+def test_deployment_updates_change_only_the_given_fields(store: StateStore) -> None:
+    store.put_deployment(_deployment())
+    store.update_deployment("classifier", status="FAILED", error="boom", cost_usd=1.25)
+    read = store.get_deployment("classifier")
+    assert read is not None
+    assert (read.status, read.error, read.cost_usd, read.token) == ("FAILED", "boom", 1.25, "tok")
+
+
+def test_stopped_deployments_are_listed_only_when_asked(store: StateStore) -> None:
+    store.put_deployment(_deployment("b"))
+    store.put_deployment(_deployment("a", status="STOPPED"))
+    store.put_deployment(_deployment("c", status="ACTIVE"))
+    assert [d.name for d in store.list_deployments()] == ["b", "c"]
+    assert [d.name for d in store.list_deployments(include_stopped=True)] == ["a", "b", "c"]
+
+
+def test_replicas_read_back_oldest_first_and_live_ones_on_their_own(store: StateStore) -> None:
+    first = ReplicaRow("r1", "classifier", 1, "ready", url="http://127.0.0.1:1", secret="x")
+    first.started_at, first.ready_at, first.pid = 10.0, 11.0, 42
+    second = ReplicaRow("r2", "classifier", 2, "starting", started_at=20.0)
+    other = ReplicaRow("r3", "other", 1, "ready", started_at=5.0)
+    for r in (second, first, other):
+        store.put_replica(r)
+    assert store.get_replicas("classifier") == [first, second]
+    store.update_replica("r1", status="stopped", ended_at=30.0, cost_usd=0.1)
+    live = store.get_replicas("classifier", live_only=True)
+    assert [r.replica_id for r in live] == ["r2"]
+    ended = store.get_replicas("classifier")[0]
+    assert (ended.status, ended.ended_at, ended.url) == ("stopped", 30.0, "http://127.0.0.1:1")
+
+
+def test_deployment_events_come_newest_first_up_to_the_limit(store: StateStore) -> None:
+    store.add_deployment_events(
+        [
+            DeploymentEventRow("classifier", float(t), "scale_up", f"event {t}", "{}")
+            for t in range(5)
+        ]
+    )
+    store.add_deployment_events([DeploymentEventRow("other", 9.0, "scale_up", "elsewhere")])
+    events = store.deployment_events("classifier", limit=3)
+    assert [e.message for e in events] == ["event 4", "event 3", "event 2"]
+    assert events[0] == DeploymentEventRow("classifier", 4.0, "scale_up", "event 4", "{}")
+    assert store.deployment_events("nobody") == []
+
+
+def test_cost_summary_counts_ended_replicas_with_tasks(store: StateStore) -> None:
+    row, nodes = _dispatch(n=2)
+    _apply_new(store, (row, nodes))
+    _ended(
+        store,
+        row,
+        {
+            1: {
+                "status": "COMPLETED",
+                "executor": "gpu",
+                "gpu_type": "l4",
+                "ended_day": "2026-11-20",
+                "billed_s": 10.0,
+                "cost_usd": 0.5,
+            }
+        },
+    )
+    billed = {"executor": "gpu", "gpu_type": "l4", "ended_day": "2026-11-20"}
+    store.put_replica(ReplicaRow("r1", "svc", 1, "stopped", billed_s=60.0, cost_usd=2.0, **billed))
+    store.put_replica(ReplicaRow("r2", "svc", 1, "ready", started_at=1.0))
+    rows = store.cost_summary()
+    assert [(r.day, r.executor, r.gpu_type, r.tasks) for r in rows] == [
+        ("2026-11-20", "gpu", "l4", 2)
+    ]
+    assert rows[0].cost_usd == pytest.approx(2.5) and rows[0].billed_s == 70.0
+
+
+def test_an_older_sqlite_database_gains_the_deployment_tables(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE deployments (name VARCHAR(64) PRIMARY KEY, status VARCHAR(16) "
+            "NOT NULL, version INTEGER NOT NULL, manifest_json TEXT NOT NULL, "
+            "service_sha256 VARCHAR(64) NOT NULL)"
+        )
+        db.execute("INSERT INTO deployments VALUES ('old', 'ACTIVE', 3, '{}', 'abc')")
+    store = SqlStateStore(f"sqlite:///{path}")
+    read = store.get_deployment("old")
+    assert read is not None and (read.version, read.cost_usd, read.openapi_json) == (3, 0.0, "")
+    assert store.get_replicas("old") == [] and store.deployment_events("old") == []
+    store.close()

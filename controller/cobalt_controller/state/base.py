@@ -1,15 +1,18 @@
-"""The state store seam: where dispatches, tasks and small payloads persist.
+"""The state store seam: where dispatches, tasks, deployments and small payloads persist.
 
 Backends: :mod:`.sql` (SQLAlchemy; SQLite by default, PostgreSQL by URL) and
 :mod:`.memory` (for tests). The scheduler keeps live state in memory and
 writes through a :class:`WriteBatch` once per scheduling round, so a round
 costs one transaction however many tasks changed.
+
+Deployments change rarely (a deploy, a replica starting or ending, a scaling
+decision), so they are written row by row as they change.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,9 +100,80 @@ class NodeRow:
     """``YYYY-MM-DD`` in the controller's local time; groups cost by day."""
 
 
+@dataclass(slots=True)
+class DeploymentRow:
+    """A deployment: what to run (manifest, payloads, hardware) and how it stands."""
+
+    name: str
+    status: str
+    """STARTING, ACTIVE, FAILED or STOPPED."""
+    version: int
+    manifest_json: str
+    service_sha256: str
+    args_json: str = "[]"
+    """JSON list of [position, keyword, sha256] of the initializer's arguments."""
+    hardware: str = "{}"
+    """JSON of the HardwareSpec each replica gets."""
+    executor_ref: str = ""
+    token: str = ""
+    working_dir: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    error: str = ""
+    cost_usd: float = 0.0
+    """Replica time billed so far, all versions."""
+    emulated: bool = False
+    openapi_json: str = ""
+    """The OpenAPI description the first ready replica reported."""
+    desired_replicas: int = 0
+
+
+@dataclass(slots=True)
+class ReplicaRow:
+    """One replica of a deployment: one long-running task on an executor."""
+
+    replica_id: str
+    deployment: str
+    version: int
+    status: str
+    """starting, ready, draining, stopped or failed."""
+    url: str = ""
+    secret: str = ""
+    executor: str = ""
+    hardware_given: str = ""
+    pid: int = 0
+    started_at: float | None = None
+    ready_at: float | None = None
+    ended_at: float | None = None
+    error: str = ""
+    billed_s: float = 0.0
+    cost_usd: float = 0.0
+    rate_usd_per_hour: float = 0.0
+    gpu_type: str = ""
+    emulated: bool = False
+    ended_day: str = ""
+    """``YYYY-MM-DD`` in the controller's local time; groups cost by day."""
+
+
+@dataclass(slots=True)
+class DeploymentEventRow:
+    """Something that happened to a deployment, with the inputs of a decision."""
+
+    deployment: str
+    time: float
+    kind: str
+    message: str
+    inputs_json: str = ""
+
+
+LIVE_REPLICA_STATUSES = ("starting", "ready", "draining")
+
+
 @dataclass(frozen=True, slots=True)
 class CostRow:
-    """Spend of the tasks that ended on one day on one executor and GPU type."""
+    """Spend of the tasks and replicas that ended on one day on one executor and GPU type.
+
+    ``tasks`` counts both: a replica is billed like one long task."""
 
     day: str
     executor: str
@@ -180,6 +254,43 @@ class StateStore(ABC):
     @abstractmethod
     def missing_payloads(self, shas: Iterable[str]) -> set[str]:
         """Which of these payloads the store does not hold."""
+
+    # -- deployments -------------------------------------------------------------
+
+    @abstractmethod
+    def put_deployment(self, row: DeploymentRow) -> None:
+        """Stores a deployment, replacing any stored under the same name."""
+
+    @abstractmethod
+    def update_deployment(self, name: str, **values: Any) -> None:
+        """Changes only the given fields of a stored deployment."""
+
+    @abstractmethod
+    def get_deployment(self, name: str) -> DeploymentRow | None: ...
+
+    @abstractmethod
+    def list_deployments(self, *, include_stopped: bool = False) -> list[DeploymentRow]:
+        """By name; STOPPED ones only when asked."""
+
+    @abstractmethod
+    def put_replica(self, row: ReplicaRow) -> None:
+        """Stores a replica, replacing any stored under the same id."""
+
+    @abstractmethod
+    def update_replica(self, replica_id: str, **values: Any) -> None:
+        """Changes only the given fields of a stored replica."""
+
+    @abstractmethod
+    def get_replicas(self, deployment: str, *, live_only: bool = False) -> list[ReplicaRow]:
+        """A deployment's replicas, oldest first; only starting, ready and
+        draining ones with ``live_only``."""
+
+    @abstractmethod
+    def add_deployment_events(self, events: Sequence[DeploymentEventRow]) -> None: ...
+
+    @abstractmethod
+    def deployment_events(self, deployment: str, limit: int = 100) -> list[DeploymentEventRow]:
+        """Newest first."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Releases connections."""

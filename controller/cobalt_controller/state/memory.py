@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
-from cobalt_controller.state.base import CostRow, DispatchRow, NodeRow, StateStore, WriteBatch
+from cobalt_controller.state.base import (
+    LIVE_REPLICA_STATUSES,
+    CostRow,
+    DeploymentEventRow,
+    DeploymentRow,
+    DispatchRow,
+    NodeRow,
+    ReplicaRow,
+    StateStore,
+    WriteBatch,
+)
 
 _ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "BUDGET_EXCEEDED"}
 
@@ -16,6 +27,9 @@ class MemoryStateStore(StateStore):
         self._dispatches: dict[str, DispatchRow] = {}
         self._nodes: dict[str, list[NodeRow]] = {}
         self._payloads: dict[str, bytes] = {}
+        self._deployments: dict[str, DeploymentRow] = {}
+        self._replicas: dict[str, ReplicaRow] = {}
+        self._events: list[DeploymentEventRow] = []
         self._lock = threading.Lock()
 
     def apply(self, batch: WriteBatch) -> None:
@@ -106,7 +120,69 @@ class MemoryStateStore(StateStore):
                 g[0] += 1
                 g[1] += n.billed_s
                 g[2] += n.cost_usd
+        for r in self._replicas.values():
+            if not r.ended_day or r.ended_day < since_day:
+                continue
+            g = groups.setdefault((r.ended_day, r.executor, r.gpu_type, r.emulated), [0, 0, 0])
+            g[0] += 1
+            g[1] += r.billed_s
+            g[2] += r.cost_usd
         return [
             CostRow(day, ex, gpu, emulated, int(g[0]), g[1], g[2])
             for (day, ex, gpu, emulated), g in sorted(groups.items())
         ]
+
+    # -- deployments -------------------------------------------------------------
+
+    def put_deployment(self, row: DeploymentRow) -> None:
+        with self._lock:
+            self._deployments[row.name] = dataclasses.replace(row)
+
+    def update_deployment(self, name: str, **values: Any) -> None:
+        with self._lock:
+            row = self._deployments.get(name)
+            for key, value in values.items():
+                if row is not None:
+                    setattr(row, key, value)
+
+    def get_deployment(self, name: str) -> DeploymentRow | None:
+        row = self._deployments.get(name)
+        return dataclasses.replace(row) if row else None
+
+    def list_deployments(self, *, include_stopped: bool = False) -> list[DeploymentRow]:
+        return [
+            dataclasses.replace(r)
+            for _, r in sorted(self._deployments.items())
+            if include_stopped or r.status != "STOPPED"
+        ]
+
+    def put_replica(self, row: ReplicaRow) -> None:
+        with self._lock:
+            self._replicas[row.replica_id] = dataclasses.replace(row)
+
+    def update_replica(self, replica_id: str, **values: Any) -> None:
+        with self._lock:
+            row = self._replicas.get(replica_id)
+            for key, value in values.items():
+                if row is not None:
+                    setattr(row, key, value)
+
+    def get_replicas(self, deployment: str, *, live_only: bool = False) -> list[ReplicaRow]:
+        with self._lock:
+            rows = [
+                dataclasses.replace(r)
+                for r in self._replicas.values()
+                if r.deployment == deployment
+                and (not live_only or r.status in LIVE_REPLICA_STATUSES)
+            ]
+        rows.sort(key=lambda r: (r.started_at or 0.0, r.replica_id))
+        return rows
+
+    def add_deployment_events(self, events: Sequence[DeploymentEventRow]) -> None:
+        with self._lock:
+            self._events.extend(dataclasses.replace(e) for e in events)
+
+    def deployment_events(self, deployment: str, limit: int = 100) -> list[DeploymentEventRow]:
+        with self._lock:
+            mine = [e for e in self._events if e.deployment == deployment]
+        return [dataclasses.replace(e) for e in reversed(mine[-limit:])] if limit > 0 else []

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cobalt_common.errors import ConfigError
+from cobalt_controller.state._sql_deploy import DEPLOY_TABLES, DeploymentSqlMixin, deploy_meta
 from cobalt_controller.state.base import CostRow, DispatchRow, NodeRow, StateStore, WriteBatch
 
 _meta = sa.MetaData()
@@ -108,7 +109,7 @@ def _add_missing_columns(engine: Engine) -> None:
     """
     inspector = sa.inspect(engine)
     with engine.begin() as conn:
-        for table in (dispatches, nodes):
+        for table in (dispatches, nodes, *DEPLOY_TABLES):
             have = {c["name"] for c in inspector.get_columns(table.name)}
             for column in table.columns:
                 if column.name in have:
@@ -126,7 +127,7 @@ def _add_missing_columns(engine: Engine) -> None:
                 )
 
 
-class SqlStateStore(StateStore):
+class SqlStateStore(DeploymentSqlMixin, StateStore):
     """State in any database SQLAlchemy speaks.
 
     SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives a
@@ -141,6 +142,7 @@ class SqlStateStore(StateStore):
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         _meta.create_all(self.engine)
+        deploy_meta.create_all(self.engine)
         _add_missing_columns(self.engine)
         self._statements: dict[Any, tuple[str, Any]] = {}
         self._insert_payload = self._insert_ignoring_duplicates(payloads)
@@ -356,12 +358,18 @@ class SqlStateStore(StateStore):
         if since_day:
             query = query.where(nodes.c.ended_day >= since_day)
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
+            rows = [tuple(r) for r in conn.execute(query).all()]
+        groups: dict[tuple[str, str, str, bool], list[float]] = {}
+        for day, executor, gpu, emulated, n, billed, cost in rows + self.replica_cost_rows(
+            since_day
+        ):
+            g = groups.setdefault((day, executor, gpu, bool(emulated)), [0, 0.0, 0.0])
+            g[0] += int(n)
+            g[1] += float(billed or 0)
+            g[2] += float(cost or 0)
         return [
-            CostRow(
-                day, executor, gpu, bool(emulated), int(n), float(billed or 0), float(cost or 0)
-            )
-            for day, executor, gpu, emulated, n, billed, cost in rows
+            CostRow(day, executor, gpu, emulated, int(g[0]), g[1], g[2])
+            for (day, executor, gpu, emulated), g in sorted(groups.items())
         ]
 
     def close(self) -> None:
