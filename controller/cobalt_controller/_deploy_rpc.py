@@ -24,6 +24,7 @@ DEPLOYMENT_STATUS_TO_PB = {
     "STOPPED": pb.DEPLOYMENT_STATUS_STOPPED,
 }
 EVENTS_DEFAULT_LIMIT = 100
+LOG_TAIL_DEFAULT = 64 * 1024
 
 
 def _abort(context: Any, exc: errors.Error) -> NoReturn:
@@ -168,6 +169,27 @@ class DeploymentRpcs:
                     time=e.time, kind=e.kind, message=e.message, inputs_json=e.inputs_json
                 )
                 for e in rows
+            ]
+        )
+
+    def DeploymentLogs(
+        self, request: pb.DeploymentLogsRequest, context: Any
+    ) -> pb.DeploymentLogsResponse:
+        manager = self._manager(context)
+        try:
+            found = manager.logs(request.name, request.tail_bytes or LOG_TAIL_DEFAULT)
+        except errors.Error as exc:
+            _abort(context, exc)
+        return pb.DeploymentLogsResponse(
+            replicas=[
+                pb.ReplicaLog(
+                    replica_id=r.replica_id,
+                    status=r.status,
+                    stdout=r.stdout,
+                    stderr=r.stderr,
+                    ended_at=r.ended_at,
+                )
+                for r in found
             ]
         )
 

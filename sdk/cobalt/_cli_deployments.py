@@ -131,6 +131,19 @@ def _events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logs(args: argparse.Namespace) -> int:
+    from cobalt._deployment import format_logs
+
+    client = get_client()
+    resp = client.call(
+        client.stub.DeploymentLogs,
+        pb.DeploymentLogsRequest(name=args.name, tail_bytes=args.tail_bytes),
+        timeout=60,
+    )
+    print(format_logs(resp.replicas))
+    return 0
+
+
 def _teardown(args: argparse.Namespace) -> int:
     client = get_client()
     d = client.call(
@@ -171,6 +184,10 @@ def add_parser(sub: Any) -> None:
     ev.add_argument("--limit", type=int, default=100)
     ev.add_argument("--inputs", action="store_true", help="also print each decision's inputs")
     ev.set_defaults(fn=_events)
+    lg = dsub.add_parser("logs", help="what the replicas printed, endpoint errors included")
+    lg.add_argument("name")
+    lg.add_argument("--tail-bytes", type=int, default=64 * 1024, help="per replica and stream")
+    lg.set_defaults(fn=_logs)
     td = dsub.add_parser("teardown", help="stop a deployment's replicas and its routes")
     td.add_argument("name")
     td.set_defaults(fn=_teardown)

@@ -20,7 +20,7 @@ import asyncio
 import functools
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -190,6 +190,16 @@ class Deployment:
             DeploymentEvent(e.time, e.kind, e.message, json.loads(e.inputs_json or "{}"))
             for e in resp.events
         ]
+
+    def logs(self, tail_bytes: int = 64 * 1024) -> str:
+        """What the replicas printed: live ones first, then recently ended ones.
+
+        An endpoint that raised logged its traceback here under the error id
+        its 500 answer carried (``EndpointError.error_id``).
+        """
+        req = pb.DeploymentLogsRequest(name=self.name, tail_bytes=tail_bytes)
+        resp = cast(pb.DeploymentLogsResponse, self._rpc("DeploymentLogs", req))
+        return format_logs(resp.replicas)
 
     def _rpc(self, method: str, request: Any) -> Any:
         from cobalt._client import get_client
@@ -388,3 +398,14 @@ class Deployment:
         if self._error and self._status == "failed":
             rows.append(["error", h.pre(self._error)])
         return f"<div><b>deployment {h.esc(self.name)}</b>{h.table(['', ''], rows)}</div>"
+
+
+def format_logs(replicas: Iterable[pb.ReplicaLog]) -> str:
+    """Replica logs as text, one section per replica and stream."""
+    parts = []
+    for r in replicas:
+        parts.append(f"=== replica {r.replica_id} ({r.status}) ===")
+        for stream, text in (("stdout", r.stdout), ("stderr", r.stderr)):
+            if text.strip():
+                parts.append(f"--- {stream} ---\n{text.rstrip()}")
+    return "\n".join(parts) if parts else "no replica has printed anything yet"

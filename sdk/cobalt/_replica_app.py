@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import hmac
 import inspect
@@ -59,7 +60,11 @@ _SSE = [
 ]
 _END = object()
 _TOO_LARGE = object()
-_FRAMEWORK = (os.path.dirname(__file__), os.path.dirname(asyncio.__file__))
+_FRAMEWORK = (
+    os.path.dirname(__file__),
+    os.path.dirname(asyncio.__file__),
+    os.path.dirname(concurrent.futures.__file__),
+)
 
 
 def dump(value: Any) -> bytes:
@@ -146,6 +151,7 @@ class ReplicaApp:
             ("GET", "/_cobalt/metrics"): self._metrics_answer,
             ("POST", "/_cobalt/policy"): self._policy_answer,
             ("POST", "/_cobalt/shutdown"): self._shutdown_answer,
+            ("GET", "/_cobalt/logs"): self._logs_answer,
         }
 
     def openapi(self) -> dict[str, Any]:
@@ -352,10 +358,37 @@ class ReplicaApp:
             )
         return 200, dump({"replicas": replicas})
 
+    async def _logs_answer(self, body: bytes) -> tuple[int, bytes]:
+        stdout, stderr = log_tails()
+        return 200, dump({"stdout": stdout, "stderr": stderr})
+
     async def _shutdown_answer(self, body: bytes) -> tuple[int, bytes]:
         if self.on_shutdown is not None:
             asyncio.get_running_loop().call_later(0.05, self.on_shutdown)
         return 202, dump({"stopping": True})
+
+
+LOG_TAIL_BYTES = 64 * 1024
+
+
+def log_tails(limit: int = LOG_TAIL_BYTES) -> tuple[str, str]:
+    """The last ``limit`` bytes this process wrote to stdout and stderr.
+
+    A worker points file descriptors 1 and 2 at files, so a replica can read
+    back what it printed; where they are a pipe or terminal, it returns "".
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    tails = []
+    for fd in (1, 2):
+        try:
+            size = os.fstat(fd).st_size
+            start = max(0, size - limit)
+            text = os.pread(fd, size - start, start).decode("utf-8", errors="replace")
+        except OSError:
+            text = ""
+        tails.append(text)
+    return tails[0], tails[1]
 
 
 async def _read_body(receive: Receive, limit: int) -> Any:

@@ -1613,6 +1613,85 @@ class DeploymentEventsResponse(_message.Message):
 Global___DeploymentEventsResponse: _TypeAlias = DeploymentEventsResponse  # noqa: Y015
 
 @_typing.final
+class DeploymentLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TAIL_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    tail_bytes: _builtins.int
+    """of each stream, per replica; 0: the default (64 KiB)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        tail_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "tail_bytes", b"tail_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentLogsRequest: _TypeAlias = DeploymentLogsRequest  # noqa: Y015
+
+@_typing.final
+class ReplicaLog(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STDOUT_FIELD_NUMBER: _builtins.int
+    STDERR_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
+    replica_id: _builtins.str
+    status: _builtins.str
+    """ready, draining, or how it ended (stopped, failed)"""
+    stdout: _builtins.str
+    stderr: _builtins.str
+    """endpoint errors are logged here under their error id"""
+    ended_at: _builtins.float
+    """0 while it runs"""
+    def __init__(
+        self,
+        *,
+        replica_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        stdout: _builtins.str = ...,
+        stderr: _builtins.str = ...,
+        ended_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "replica_id", b"replica_id", "status", b"status", "stderr", b"stderr", "stdout", b"stdout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaLog: _TypeAlias = ReplicaLog  # noqa: Y015
+
+@_typing.final
+class DeploymentLogsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaLog]:
+        """live replicas first, then recently ended ones"""
+
+    def __init__(
+        self,
+        *,
+        replicas: _abc.Iterable[Global___ReplicaLog] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replicas", b"replicas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentLogsResponse: _TypeAlias = DeploymentLogsResponse  # noqa: Y015
+
+@_typing.final
 class ReplicaReadyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

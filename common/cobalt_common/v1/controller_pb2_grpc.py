@@ -134,6 +134,11 @@ class ControllerStub:
                 request_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentEventsRequest.SerializeToString,
                 response_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentEventsResponse.FromString,
                 _registered_method=True)
+        self.DeploymentLogs = channel.unary_unary(
+                '/cobalt.v1.Controller/DeploymentLogs',
+                request_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentLogsRequest.SerializeToString,
+                response_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentLogsResponse.FromString,
+                _registered_method=True)
         self.ReplicaReady = channel.unary_unary(
                 '/cobalt.v1.Controller/ReplicaReady',
                 request_serializer=cobalt_dot_v1_dot_controller__pb2.ReplicaReadyRequest.SerializeToString,
@@ -265,6 +270,12 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeploymentLogs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReplicaReady(self, request, context):
         """Called by a replica once its initializer ran and its server listens.
         """
@@ -374,6 +385,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.DeploymentEvents,
                     request_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentEventsRequest.FromString,
                     response_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentEventsResponse.SerializeToString,
+            ),
+            'DeploymentLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeploymentLogs,
+                    request_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentLogsRequest.FromString,
+                    response_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentLogsResponse.SerializeToString,
             ),
             'ReplicaReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ReplicaReady,
@@ -921,6 +937,33 @@ class Controller:
             '/cobalt.v1.Controller/DeploymentEvents',
             cobalt_dot_v1_dot_controller__pb2.DeploymentEventsRequest.SerializeToString,
             cobalt_dot_v1_dot_controller__pb2.DeploymentEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeploymentLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cobalt.v1.Controller/DeploymentLogs',
+            cobalt_dot_v1_dot_controller__pb2.DeploymentLogsRequest.SerializeToString,
+            cobalt_dot_v1_dot_controller__pb2.DeploymentLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

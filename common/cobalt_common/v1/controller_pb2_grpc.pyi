@@ -56,6 +56,7 @@ class ControllerStub:
     DeploymentTeardown: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.Deployment]
     DeploymentTokenRotate: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.Deployment]
     DeploymentEvents: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentEventsRequest, _controller_pb2.DeploymentEventsResponse]
+    DeploymentLogs: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentLogsRequest, _controller_pb2.DeploymentLogsResponse]
     ReplicaReady: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ReplicaReadyRequest, _controller_pb2.ReplicaReadyResponse]
     """Called by a replica once its initializer ran and its server listens."""
 
@@ -83,6 +84,7 @@ class ControllerAsyncStub(ControllerStub):
     DeploymentTeardown: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.Deployment]  # type: ignore[assignment]
     DeploymentTokenRotate: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.Deployment]  # type: ignore[assignment]
     DeploymentEvents: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentEventsRequest, _controller_pb2.DeploymentEventsResponse]  # type: ignore[assignment]
+    DeploymentLogs: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentLogsRequest, _controller_pb2.DeploymentLogsResponse]  # type: ignore[assignment]
     ReplicaReady: _aio.UnaryUnaryMultiCallable[_controller_pb2.ReplicaReadyRequest, _controller_pb2.ReplicaReadyResponse]  # type: ignore[assignment]
     """Called by a replica once its initializer ran and its server listens."""
 
@@ -227,6 +229,13 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.DeploymentEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.DeploymentEventsResponse, _abc.Awaitable[_controller_pb2.DeploymentEventsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeploymentLogs(
+        self,
+        request: _controller_pb2.DeploymentLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DeploymentLogsResponse, _abc.Awaitable[_controller_pb2.DeploymentLogsResponse]]: ...
 
     @_abc_1.abstractmethod
     def ReplicaReady(

@@ -32,6 +32,8 @@ import queue
 import secrets
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 
 from cobalt_common.deploy import Manifest
 from cobalt_common.errors import DeploymentError, NotFoundError
@@ -60,6 +62,19 @@ RETRY_S = 0.5
 HEALTH_EVERY_S = 5.0
 """How often adopted replicas (no executor watches them) are health-checked."""
 STDERR_LINES = 20
+ENDED_LOGS_KEPT = 8
+"""Ended replicas whose last output is kept per deployment (until a restart)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLogs:
+    """What one replica printed; endpoint errors are in ``stderr`` under their id."""
+
+    replica_id: str
+    status: str
+    stdout: str
+    stderr: str
+    ended_at: float = 0.0
 
 
 class DeploymentManager(ReplicaLifecycle):
@@ -84,6 +99,7 @@ class DeploymentManager(ReplicaLifecycle):
         self._outcomes: queue.SimpleQueue[TaskOutcome] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cobalt-deployments", daemon=True)
         self._rates: dict[tuple[Executor, HardwareGiven], float] = {}
+        self._ended_logs: dict[str, deque[ReplicaLogs]] = {}
 
     # -- deployments (RPC threads) ------------------------------------------------------
 
@@ -246,6 +262,10 @@ class DeploymentManager(ReplicaLifecycle):
             ended_at = o.ended_at or time.time()
             if o.hardware_given.cpus or o.hardware_given.gpu:
                 r.given = o.hardware_given
+            if o.stdout or o.stderr:
+                kept = self._ended_logs.setdefault(d.name, deque(maxlen=ENDED_LOGS_KEPT))
+                status = "stopped" if r.stopping or self._closing else "failed"
+                kept.appendleft(ReplicaLogs(r.replica_id, status, o.stdout, o.stderr, ended_at))
             if r.stopping or self._closing:
                 self._ended(d, r, "stopped", ended_at)
                 self.event(d, "replica_stopped", f"replica {r.replica_id} stopped.")
@@ -264,6 +284,38 @@ class DeploymentManager(ReplicaLifecycle):
                     {"status": o.status, "reason": o.reason},
                 )
             self.reconcile(d)
+
+    def logs(self, name: str, tail_bytes: int) -> list[ReplicaLogs]:
+        """The output of live replicas (asked over HTTP), then of recently ended ones."""
+        with self._lock:
+            d = self.live.get(name)
+            if d is None and self.state.get_deployment(name) is None:
+                raise NotFoundError(
+                    f"no deployment named {name!r}; `cobalt deployments` lists them."
+                )
+            live = [r for r in (d.replicas.values() if d else ()) if r.url and r.live]
+            ended = list(self._ended_logs.get(name, ()))
+        found = []
+        for r in live:
+            answer = replica_http(r.url, "/_cobalt/logs", r.secret, timeout=2.0)
+            if answer is None and r.status != "ready":
+                continue  # stopping: its output arrives with its end
+            answer = answer or {}
+            found.append(
+                ReplicaLogs(
+                    r.replica_id,
+                    r.status,
+                    str(answer.get("stdout", ""))[-tail_bytes:],
+                    str(answer.get("stderr", "(the replica did not answer)"))[-tail_bytes:],
+                )
+            )
+        found += [
+            ReplicaLogs(
+                e.replica_id, e.status, e.stdout[-tail_bytes:], e.stderr[-tail_bytes:], e.ended_at
+            )
+            for e in ended
+        ]
+        return found
 
     def on_replica_ready(
         self, name: str, replica_id: str, url: str, pid: int, openapi_json: str
