@@ -161,7 +161,8 @@ class DeploymentManager(ReplicaLifecycle):
                 d,
                 "deployed",
                 f"deployment {name} {what}: {len(manifest.routes)} route(s), "
-                f"{spec.describe()} per replica, starting {d.desired} replica(s).",
+                f"{spec.describe()} per replica, starting {d.desired} replica(s) "
+                f"({initial_reason(manifest, time.time())}).",
                 {"hardware": spec.to_dict(), "autoscaling": manifest.autoscaling.to_dict()},
             )
             self.gateway.configure(d.target())
@@ -174,10 +175,7 @@ class DeploymentManager(ReplicaLifecycle):
         """``max(min_replicas, open schedule floors, 1)``: a new version always
         starts one replica, so that a broken initializer fails the deploy."""
         a = manifest.autoscaling
-        floor = 0
-        if a.schedules:
-            floor = Schedules(tuple(a.schedules)).floor(Metrics(now=now))
-        return min(a.max_replicas, max(a.min_replicas, floor, 1))
+        return min(a.max_replicas, max(a.min_replicas, _schedule_floor(manifest, now), 1))
 
     def find(self, name: str) -> LiveDeployment:
         d = self.live.get(name)
@@ -482,6 +480,22 @@ class DeploymentManager(ReplicaLifecycle):
         with self._lock:
             for d, r in list(self._by_key.values()):
                 self._ended(d, r, "stopped", time.time())
+
+
+def _schedule_floor(manifest: Manifest, now: float) -> int:
+    schedules = manifest.autoscaling.schedules
+    return Schedules(tuple(schedules)).floor(Metrics(now=now)) if schedules else 0
+
+
+def initial_reason(manifest: Manifest, now: float) -> str:
+    """Why a new version starts with the replicas it does, in words."""
+    a = manifest.autoscaling
+    floor = _schedule_floor(manifest, now)
+    parts = [f"min_replicas {a.min_replicas}"]
+    if floor:
+        parts.append(f"an open schedule's floor of {floor}")
+    parts.append(f"at least 1 to check the initializer, at most max_replicas {a.max_replicas}")
+    return ", ".join(parts)
 
 
 def _with_stderr(text: str, stderr: str) -> str:
