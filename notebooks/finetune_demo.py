@@ -1,5 +1,6 @@
 """The pitch's workflow: fine-tune several small models in parallel on H100s,
-evaluate each, pick the best on a CPU, and print what every task ran on.
+evaluate each, pick the best on a CPU, deploy it behind an HTTP endpoint, and
+print what every task ran on. Then call the deployment, and tear it down.
 
 This machine has no GPU, so the executor emulates four H100s (inventory only:
 the training runs on the CPU, and every record says so). On a machine with
@@ -9,6 +10,11 @@ Run it with ``scripts/demo``.
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,16 +67,41 @@ def evaluate(model: dict[str, np.ndarray], seed: int = 1) -> float:
 
 
 @ct.electron(gpu=None, cpus=1, time_limit="10m")
-def pick_best(configs: list[dict[str, float]], scores: list[float]) -> dict[str, float]:
+def pick_best(
+    configs: list[dict[str, float]], scores: list[float], models: list[dict[str, np.ndarray]]
+) -> dict[str, Any]:
     best = int(np.argmax(scores))
-    return {**configs[best], "accuracy": scores[best]}
+    return {**configs[best], "accuracy": scores[best], "weights": models[best]}
+
+
+# The best model, served: each replica holds an (emulated) H100 on the same box and
+# loads the weights once; POST <url>/predict answers with class probabilities.
+@ct.service(
+    name="mlp-classifier",
+    gpu="h100",
+    memory="16GB",
+    executor=GPU_BOX,
+    autoscaling=ct.Autoscaling(min_replicas=1, max_replicas=2),
+)
+def mlp_classifier(best: dict[str, Any]) -> dict[str, Any]:
+    return {"weights": best["weights"]}
+
+
+@mlp_classifier.endpoint("/predict")
+def predict(weights: dict[str, np.ndarray], features: list[list[float]]) -> dict[str, list[float]]:
+    x = np.asarray(features, dtype=np.float64)
+    h = np.tanh(x @ weights["w1"] + weights["b1"])
+    p = 1 / (1 + np.exp(-(h @ weights["w2"] + weights["b2"])))
+    return {"p_class_1": np.round(p, 3).tolist()}
 
 
 @ct.lattice(executor=GPU_BOX)
-def finetune_and_pick(configs: list[dict[str, float]]) -> dict[str, float]:
+def finetune_and_deploy(configs: list[dict[str, float]]) -> dict[str, Any]:
     models = [finetune(int(c["hidden"]), c["lr"]) for c in configs]
     scores = [evaluate(m) for m in models]
-    return pick_best(configs, scores)
+    best = pick_best(configs, scores, models)
+    # Inside a lattice, deploying is a task too: it runs once the best model is known.
+    return {"best": best, "deployment": ct.deploy(mlp_classifier)(best)}
 
 
 def main() -> None:
@@ -80,23 +111,41 @@ def main() -> None:
         {"hidden": 64, "lr": 1.0},
         {"hidden": 128, "lr": 1.0},
     ]
-    estimate = ct.estimate(finetune_and_pick)(configs)
+    estimate = ct.estimate(finetune_and_deploy)(configs)
     print(estimate.summary())
     # The time limits bound the worst case; the budget is a hard cap on top.
-    dispatch_id = ct.dispatch(finetune_and_pick, budget_usd=400)(configs)
+    dispatch_id = ct.dispatch(finetune_and_deploy, budget_usd=400)(configs)
     print(f"dispatched {dispatch_id} with a $400 budget; waiting for the result ...")
     result = ct.get_result(dispatch_id, wait=True)
     print(f"\nstatus: {result.status}, {result.cost_line()}")
     if result.status != ct.Status.COMPLETED:
         raise SystemExit(result.error)
-    best = result.result
+    best, dep = result.result["best"], result.result["deployment"]
     print(
         f"best model: hidden={best['hidden']:g} lr={best['lr']:g} accuracy={best['accuracy']:.3f}\n"
     )
     print(result.task_table())
     emulated = sum(1 for t in result.tasks if t.emulated)
     print(f"\n{emulated} of {len(result.tasks)} tasks ran on emulated H100s (CPU underneath).")
+    serve(dep)
     print("The graph, each task's logs and the cost by day: run `cobalt dashboard`.")
+
+
+def serve(dep: ct.Deployment) -> None:
+    """Calls the deployed model, shows what it runs on and costs, and tears it down."""
+    print(f"\ndeployed {dep.name} at {dep.url} ({dep.replicas} replica ready)")
+    x, y = make_data(seed=2, n=1000)
+    for features, label in zip(x[:3].tolist(), y[:3], strict=True):
+        answer = dep.predict(features=[features])
+        print(f"POST {dep.url}/predict -> {answer} (true class {label:g})")
+    p = np.asarray(dep.predict(features=x.tolist())["p_class_1"])
+    print(f"accuracy of the deployed model on 1000 new samples: {np.mean((p > 0.5) == y):.3f}")
+    # The command line's view: URL, replicas and what they have cost so far.
+    print(f"\n$ cobalt deployments show {dep.name}")
+    cli = [str(Path(sys.executable).with_name("cobalt")), "deployments", "show", dep.name]
+    print(subprocess.run(cli, check=True, capture_output=True, text=True).stdout, end="")
+    dep.teardown()
+    print(f"\ndep.teardown(): {dep.name} is {dep.status}")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,35 @@ EXPECTED = {
         },
         controller_elsewhere=True,
     ),
+    "deploy.ipynb": Expected(
+        {
+            "deploy": (
+                r"^active after \d+\.\d s$",
+                r">active<",
+                r"active, 1 replica ready, http://127\.0\.0\.1:\d+/sentiment",
+            ),
+            "call": (
+                r"^\{'label': 'positive', 'p_positive': 0\.\d+\}$",
+                r"^\{'label': 'negative', 'p_positive': 0\.\d+\}$",
+            ),
+            "http": (
+                r"^200 \{'label': 'positive', 'p_positive': 0\.\d+\}$",
+                r"^without the token: 401$",
+            ),
+            "stream": (r"^ +awful  p_positive=0\.\d+$", r"^ +service  p_positive=0\.\d+$"),
+            "burst": (r"^\d+ requests in 5 s; most replicas at once: [2-4]$",),
+            "events": (
+                r"^replicas ready after the burst: 1$",
+                r"^scale_up +1 -> [2-4] replica\(s\): target_concurrency: \d+ ongoing",
+                r"^scale_down +[2-4] -> 1 replica\(s\)",
+            ),
+            "errors": (
+                r"^422 field 'text' is required by predict",
+                r"^EndpointError 422 field='text': sentiment/predict: field 'text'",
+            ),
+            "teardown": (r"^status: stopped$", r"^after teardown: 404 "),
+        }
+    ),
 }
 
 

@@ -51,7 +51,7 @@ def test_readme_pitch_decorator_block_is_valid_python(fresh_home: dict[str, str]
     assert out.returncode == 0, out.stderr
 
 
-def test_demo_finetunes_on_emulated_h100s_and_picks_the_best_on_cpu(
+def test_demo_finetunes_on_emulated_h100s_picks_the_best_on_cpu_and_deploys_it(
     fresh_home: dict[str, str],
 ) -> None:
     out = subprocess.run(
@@ -68,4 +68,30 @@ def test_demo_finetunes_on_emulated_h100s_and_picks_the_best_on_cpu(
     table = out.stdout.split("best model:")[1]
     assert table.count("finetune") == 4 and table.count("evaluate") == 4
     assert "1x H100 80GB, 1 CPU, 48 GB, limit 18h" in table
-    assert "8 of 9 tasks ran on emulated H100s" in out.stdout
+    assert re.search(r"deploy mlp-classifier .* COMPLETED", table), "deploying is the last task"
+    assert "8 of 10 tasks ran on emulated H100s" in out.stdout
+    url = r"http://127\.0\.0\.1:\d+/mlp-classifier"
+    assert re.search(rf"deployed mlp-classifier at {url} \(1 replica ready\)", out.stdout)
+    calls = re.findall(rf"POST {url}/predict -> \{{'p_class_1': \[0\.\d+\]\}}", out.stdout)
+    assert len(calls) == 3, "the deployed model answers over HTTP"
+    assert re.search(r"accuracy of the deployed model on 1000 new samples: 0\.[6-9]", out.stdout)
+    assert re.search(r"replicas: 1 ready of 1 wanted\ncost: +\$[0-9.]+ \(emulated\)", out.stdout)
+    assert "dep.teardown(): mlp-classifier is stopped" in out.stdout
+
+
+def test_readme_deployment_example_serves_streams_answers_http_and_tears_down(
+    fresh_home: dict[str, str],
+) -> None:
+    blocks = _python_blocks((ROOT / "README.md").read_text())
+    example = next(b for b in blocks if "ct.deploy" in b)
+    out = subprocess.run(
+        [sys.executable, "-c", example], env=fresh_home, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/classifier \['/predict', '/stream'\]", lines[0])
+    assert lines[1] == "{'label': 'positive', 'score': 2.0}"
+    words = [("good", 1.0), ("but", 0.0), ("awful", -2.0)]
+    assert lines[2] == str([{"word": w, "score": s} for w, s in words]), "one value per yield"
+    assert lines[3] == "200 {'label': 'negative', 'score': -2.0}", "plain HTTP with the token"
+    assert lines[4:] == ["stopped"]
