@@ -1,7 +1,8 @@
 """The gateway: an async reverse proxy in front of every deployment's replicas.
 
-It runs an aiohttp server and one keep-alive client session on its own
-thread and event loop (uvloop when importable). A request to
+It runs an aiohttp server on its own thread and event loop (uvloop when
+importable), and reaches replicas through per-replica pools of keep-alive
+connections (``_upstream``: one socket write per request, llhttp parsing). A request to
 ``POST <base>/<name><route>``:
 
 1. finds the deployment (404), checks its bearer token with
@@ -40,6 +41,7 @@ from aiohttp import web
 from cobalt_controller.deploy._autoscaler import ScaleEvent
 from cobalt_controller.deploy._gateway_scaling import GatewayScaling
 from cobalt_controller.deploy._routing import Entry, Target, Upstream
+from cobalt_controller.deploy._upstream import Response, Unreachable, UpstreamError
 
 log = logging.getLogger("cobalt.gateway")
 
@@ -49,7 +51,7 @@ WAKE_REPEAT_S = 1.0
 """How often requests waiting at zero replicas may ask again for one."""
 _PROBE_TIMEOUT_S = 2.0
 _HOP_HEADERS = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
+    {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"server", b"date"}
 )
 
 
@@ -69,8 +71,7 @@ class Backend(Protocol):
         """The autoscaler changed the replica count (``target``) and/or has events."""
 
 
-class _Unreachable(Exception):
-    pass
+_Unreachable = Unreachable
 
 
 class _QueueTimeout(Exception):
@@ -188,6 +189,9 @@ class Gateway(GatewayScaling):
                 await self._runner.cleanup()
             if self._session is not None:
                 await self._session.close()
+            for entry in self._entries.values():
+                for up in entry.upstreams:
+                    up.pool.close()
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
@@ -295,6 +299,7 @@ class Gateway(GatewayScaling):
         if up.drain_reported:
             return
         up.drain_reported = True
+        up.pool.close()
         with contextlib.suppress(ValueError):
             entry.upstreams.remove(up)
         self._offload(self.backend.replica_drained, entry.target.name, up.replica_id)
@@ -304,6 +309,7 @@ class Gateway(GatewayScaling):
         up = _find(entry, replica_id)
         if entry is not None and up is not None:
             up.drain_reported = True
+            up.pool.close()
             entry.upstreams.remove(up)
 
     def _clear_suspect(self, name: str, replica_id: str) -> None:
@@ -395,13 +401,17 @@ class Gateway(GatewayScaling):
         loop = self._loop
         started = loop.time()
         entry.stats.arrived(started)
-        request_id = request.headers.get("x-request-id") or f"{self._prefix}{next(self._ids):x}"
-        headers = {
-            "Content-Type": request.headers.get("Content-Type", "application/json"),
-            "Accept": request.headers.get("Accept", "*/*"),
-            "x-request-id": request_id,
-            "x-cobalt-replica-secret": "",
-        }
+        in_headers = request.headers
+        request_id = in_headers.get("x-request-id") or f"{self._prefix}{next(self._ids):x}"
+        # Everything after the request line and Host but the secret, which is the
+        # chosen replica's: request headers arrive parsed, so hold no CR or LF.
+        common = (
+            f"Content-Type: {in_headers.get('Content-Type', 'application/json')}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"Accept: {in_headers.get('Accept', '*/*')}\r\n"
+            f"x-request-id: {request_id}\r\n"
+            "x-cobalt-replica-secret: "
+        )
         for attempt in (0, 1):
             try:
                 up = await self._acquire(entry)
@@ -411,8 +421,14 @@ class Gateway(GatewayScaling):
                 return _error(503, str(exc), {"Retry-After": "5"})
             entry.in_flight += 1
             try:
-                headers["x-cobalt-replica-secret"] = up.secret
-                return await self._forward(request, up, route, body, headers, request_id)
+                data = b"".join(
+                    (
+                        up.pool.head(route),
+                        f"{common}{up.secret}\r\n\r\n".encode("utf-8", "surrogateescape"),
+                        body,
+                    )
+                )
+                return await self._forward(request, up, data, request_id)
             except _Unreachable:
                 if not up.suspect and not up.draining:
                     up.suspect = True
@@ -464,42 +480,38 @@ class Gateway(GatewayScaling):
             timer.cancel()
 
     async def _forward(
-        self,
-        request: web.BaseRequest,
-        up: Upstream,
-        route: str,
-        body: bytes,
-        headers: dict[str, str],
-        request_id: str,
+        self, request: web.BaseRequest, up: Upstream, data: bytes, request_id: str
     ) -> web.StreamResponse:
-        assert self._session is not None
         try:
-            resp = await self._session.post(up.url_for(route), data=body, headers=headers)
-        except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-            raise _Unreachable(str(exc)) from exc
+            resp = await up.pool.request(data)  # Unreachable: the caller retries
+        except UpstreamError:
+            return _error(
+                502, f"replica {up.replica_id} failed while answering request {request_id}."
+            )
         try:
-            out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
+            out_headers = _pass_headers(resp)
             out_headers.setdefault("x-request-id", request_id)
-            content_type = resp.headers.get("Content-Type", "")
-            if resp.content_length is not None and not content_type.startswith("text/event-stream"):
-                try:
-                    data = await resp.read()
-                except aiohttp.ClientError:
-                    return _error(
-                        502,
-                        f"replica {up.replica_id} failed while answering request {request_id}.",
-                    )
-                return web.Response(status=resp.status, body=data, headers=out_headers)
+            if resp.body is not None:
+                return web.Response(status=resp.status, body=resp.body, headers=out_headers)
             out = web.StreamResponse(status=resp.status, headers=out_headers)
             await out.prepare(request)
-            with contextlib.suppress(aiohttp.ClientError, ConnectionError):
-                async for chunk in resp.content.iter_any():
+            with contextlib.suppress(UpstreamError, ConnectionError):
+                async for chunk in resp:
                     await out.write(chunk)
             with contextlib.suppress(ConnectionError):
                 await out.write_eof()
             return out
         finally:
-            resp.release()
+            resp.close()
+
+
+def _pass_headers(resp: Response) -> dict[str, str]:
+    """The replica's headers but the hop-by-hop ones (aiohttp sets its own)."""
+    return {
+        k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+        for k, v in resp.headers
+        if k.lower() not in _HOP_HEADERS
+    }
 
 
 def _find(entry: Entry | None, replica_id: str) -> Upstream | None:

@@ -17,6 +17,7 @@ from yarl import URL
 from cobalt_common.deploy import Autoscaling
 from cobalt_controller.deploy._autoscaler import Autoscaler
 from cobalt_controller.deploy._stats import RequestStats
+from cobalt_controller.deploy._upstream import Pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,11 @@ class Upstream:
     """A request failed to reach it; left out until the manager says it lives."""
     drain_reported: bool = False
     urls: dict[str, URL] = field(default_factory=dict)
+    pool: Pool = field(init=False)
+    """Keep-alive connections to it; closed when the gateway forgets it."""
+
+    def __post_init__(self) -> None:
+        self.pool = Pool(self.url, f"replica {self.replica_id}")
 
     def url_for(self, path: str) -> URL:
         url = self.urls.get(path)
