@@ -90,6 +90,7 @@ class Deployment:
         self._status = status
         self._ready = ready_replicas
         self._error = ""
+        self._cost = (0.0, False)
         self._params = tuple(params) if params is not None else None
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
@@ -106,6 +107,7 @@ class Deployment:
         self._status = STATUS_NAMES.get(msg.status, "starting")
         self._ready = msg.ready_replicas
         self._error = msg.error
+        self._cost = (msg.cost_usd, msg.emulated)
         self.token = msg.token or None
         if msg.url:
             self.url = msg.url.rstrip("/")
@@ -161,6 +163,17 @@ class Deployment:
     def replicas(self) -> int:
         """How many replicas are ready now, asked of the controller."""
         return self.refresh()._ready
+
+    @property
+    def cost_usd(self) -> float:
+        """What its replicas have cost so far (billed per started second), asked of the
+        controller; see :attr:`cost_emulated`."""
+        return self.refresh()._cost[0]
+
+    @property
+    def cost_emulated(self) -> bool:
+        """Whether some of :attr:`cost_usd` is for emulated GPUs, priced as the real ones."""
+        return self._cost[1]
 
     @property
     def error(self) -> str:

@@ -56,8 +56,21 @@ def _loc_text(loc: Sequence[str | int]) -> str:
 def _hints(function: Callable[..., Any]) -> dict[str, Any]:
     try:
         return typing.get_type_hints(function, include_extras=True)
-    except Exception:  # an unresolvable forward reference: accept any JSON there
-        return {}
+    except Exception:
+        pass
+    # One hint that does not resolve must not drop the others: a function pickled by
+    # value keeps only the globals its code uses, so ``Any`` in ``model: dict[str, Any]``
+    # is gone in a replica. Resolve each alone, with typing's names as a fallback;
+    # one that still fails accepts any JSON.
+    namespace = {n: getattr(typing, n) for n in typing.__all__}
+    namespace.update(getattr(function, "__globals__", {}))
+    hints: dict[str, Any] = {}
+    for name, annotation in getattr(function, "__annotations__", {}).items():
+        try:
+            hints[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation
+        except Exception:
+            continue
+    return hints
 
 
 class RequestBody:
