@@ -319,7 +319,8 @@ class HardwareSpec:
         if self.gpu is not None:
             parts.append(f"{self.gpus}x {GPU_TYPES[self.gpu].label}")
         if self.cpus:
-            parts.append(f"{_trim(self.cpus)} CPU{'s' if self.cpus > 1 else ''}")
+            cpus = f"{self.cpus:.2f}".rstrip("0").removesuffix(".")  # 0.25 CPU, 1.5 CPUs
+            parts.append(f"{cpus} CPU{'s' if self.cpus > 1 else ''}")
         if self.memory_mb:
             parts.append(format_memory(self.memory_mb))
         if self.time_limit_s is not None:
