@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
-from cobalt_common.hardware import HardwareSpec
+from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.wire import spec_to_pb
 from cobalt_controller._model import Dispatch, Input, Task
@@ -33,6 +34,40 @@ PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}
 
 def spec_to_json(spec: HardwareSpec) -> str:
     return json.dumps(spec.to_dict())
+
+
+@functools.lru_cache(maxsize=1024)
+def given_to_json(given: HardwareGiven | None) -> str:
+    """The hardware a task or replica got, as stored; "" before placement."""
+    if given is None:
+        return ""
+    return json.dumps(
+        {
+            "cpus": given.cpus,
+            "memory_mb": given.memory_mb,
+            "gpu": given.gpu,
+            "gpu_indices": list(given.gpu_indices),
+            "emulated": given.emulated,
+        }
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def given_from_json(text: str) -> HardwareGiven | None:
+    """The stored hardware back; ``None`` before placement or when unreadable."""
+    if not text:
+        return None
+    try:
+        g = json.loads(text)
+        return HardwareGiven(
+            cpus=float(g.get("cpus") or 0.0),
+            memory_mb=int(g.get("memory_mb") or 0),
+            gpu=g.get("gpu") or None,
+            gpu_indices=tuple(g.get("gpu_indices") or ()),
+            emulated=bool(g.get("emulated")),
+        )
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def given_to_pb(text: str) -> pb.HardwareGiven:

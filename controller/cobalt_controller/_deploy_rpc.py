@@ -10,11 +10,10 @@ from cobalt_common import errors
 from cobalt_common.deploy import Manifest
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.wire import spec_from_pb, spec_to_pb
-from cobalt_controller._convert import given_to_pb
+from cobalt_controller._convert import given_to_json, given_to_pb
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.deploy import DeploymentManager, LiveDeployment, candidates_for
-from cobalt_controller.deploy._live import _given_json
 from cobalt_controller.state import DeploymentRow
 
 DEPLOYMENT_STATUS_TO_PB = {
@@ -220,7 +219,7 @@ class DeploymentRpcs:
                     status=r.status,
                     url=r.url,
                     executor=r.executor_name,
-                    hardware_given=given_to_pb(_given_json(r.given)),
+                    hardware_given=given_to_pb(given_to_json(r.given)),
                     started_at=r.started_at or 0.0,
                     ready_at=r.ready_at or 0.0,
                     in_flight=in_flight.get(r.replica_id, 0),

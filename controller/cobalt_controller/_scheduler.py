@@ -8,10 +8,8 @@ client that sees a result can rely on it being stored.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
-import json
 import logging
 import queue
 import threading
@@ -20,9 +18,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from cobalt_common.hardware import HardwareGiven
 from cobalt_common.pricing import billed_seconds
 from cobalt_controller._budget import budget_report, exhausted_message, placement_note
+from cobalt_controller._convert import given_to_json
 from cobalt_controller._cost import local_day
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._intake import worst_case_usd
@@ -82,7 +80,6 @@ class Scheduler:
         self._cost_changed: set[Dispatch] = set()
         self._ledgers: set[Ledger] = set()
         """Ledgers with tasks held back by their budget."""
-        self._rates: dict[tuple[Executor, HardwareGiven], float] = {}
         self._thread = threading.Thread(target=self._run, name="cobalt-scheduler", daemon=True)
         self._stopping = False
 
@@ -228,7 +225,7 @@ class Scheduler:
             t.executor = ex.name
             t.given = given
             t.started_at = now
-            t.rate = self._rate(ex, given) if t.kind == ELECTRON else 0.0
+            t.rate = ex.given_rate_usd_per_hour(given) if t.kind == ELECTRON else 0.0
             t.placement = placement_note(t, i)
             if ledger is not None and worst > 0:
                 t.reserved = worst
@@ -246,18 +243,6 @@ class Scheduler:
             return True
         t.attempts -= 1
         return False
-
-    def _rate(self, ex: Executor, given: HardwareGiven) -> float:
-        key = (ex, given)
-        rate = self._rates.get(key)
-        if rate is None:
-            rate = self._rates[key] = ex.prices.rate_usd_per_hour(
-                cpus=given.cpus,
-                memory_mb=given.memory_mb,
-                gpu=given.gpu,
-                gpus=len(given.gpu_indices),
-            )
-        return rate
 
     def _charge(self, d: Dispatch, t: Task) -> None:
         """Bills the attempt that just ended, and releases its budget hold."""
@@ -499,7 +484,7 @@ class Scheduler:
             row = {
                 "status": t.status,
                 "executor": t.executor,
-                "hardware_given": _given_json(t.given),
+                "hardware_given": given_to_json(t.given),
                 "attempts": t.attempts,
                 "started_at": t.started_at,
                 "ended_at": t.ended_at,
@@ -538,21 +523,6 @@ class Scheduler:
         for d in finished:
             d.done.set()
             self.active.pop(d.dispatch_id, None)
-
-
-@functools.lru_cache(maxsize=1024)
-def _given_json(given: Any) -> str:
-    if given is None:
-        return ""
-    return json.dumps(
-        {
-            "cpus": given.cpus,
-            "memory_mb": given.memory_mb,
-            "gpu": given.gpu,
-            "gpu_indices": list(given.gpu_indices),
-            "emulated": given.emulated,
-        }
-    )
 
 
 def _dispatch_error(d: Dispatch) -> str:

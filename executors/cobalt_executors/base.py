@@ -153,6 +153,7 @@ class Executor(ABC):
         )
         self._context: ExecutorContext | None = None
         self._lock = threading.Lock()
+        self._given_rates: dict[HardwareGiven, float] = {}
 
     @property
     def context(self) -> ExecutorContext:
@@ -189,6 +190,18 @@ class Executor(ABC):
         return self.prices.rate_usd_per_hour(
             cpus=spec.cpus, memory_mb=spec.memory_mb, gpu=spec.gpu, gpus=spec.gpus
         )
+
+    def given_rate_usd_per_hour(self, given: HardwareGiven) -> float:
+        """What the hardware actually given costs per hour; asked once per task, so cached."""
+        rate = self._given_rates.get(given)
+        if rate is None:
+            rate = self._given_rates[given] = self.prices.rate_usd_per_hour(
+                cpus=given.cpus,
+                memory_mb=given.memory_mb,
+                gpu=given.gpu,
+                gpus=len(given.gpu_indices),
+            )
+        return rate
 
     def describe(self) -> tuple[str, str]:
         """Capacity and free inventory in words, for status displays."""

@@ -198,7 +198,7 @@ def test_a_real_gpu_and_an_emulated_one_are_totalled_apart() -> None:
 
 def test_unreadable_hardware_is_shown_as_stored_rather_than_failing() -> None:
     assert _views.describe_requested('{"gpu": "tpu9", "gpus": 1}') == '{"gpu": "tpu9", "gpus": 1}'
-    assert _views.given_hardware("not json") is None
+    assert _views.given_from_json("not json") is None
 
 
 # -- live updates ---------------------------------------------------------------------

@@ -17,8 +17,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from cobalt_common.errors import SpecError
-from cobalt_common.hardware import HardwareGiven, HardwareSpec, gpu_label
+from cobalt_common.hardware import HardwareSpec, gpu_label
 from cobalt_common.spend import Spend, spend_by, total
+from cobalt_controller._convert import given_from_json
 from cobalt_controller.state import CostRow, DispatchRow, NodeRow
 
 TASK_KINDS = frozenset({"electron", "sublattice"})
@@ -37,24 +38,6 @@ def describe_requested(hardware: str) -> str:
         return hardware
 
 
-@functools.lru_cache(maxsize=4096)
-def given_hardware(hardware_given: str) -> HardwareGiven | None:
-    """The hardware a task got, from its stored JSON; ``None`` before placement."""
-    if not hardware_given:
-        return None
-    try:
-        data = json.loads(hardware_given)
-        return HardwareGiven(
-            cpus=float(data.get("cpus") or 0.0),
-            memory_mb=int(data.get("memory_mb") or 0),
-            gpu=data.get("gpu") or None,
-            gpu_indices=tuple(data.get("gpu_indices") or ()),
-            emulated=bool(data.get("emulated")),
-        )
-    except (ValueError, TypeError, AttributeError):
-        return None
-
-
 def _duration(started: float | None, ended: float | None, now: float) -> float | None:
     if started is None:
         return None
@@ -67,7 +50,7 @@ def _ms(value: float | None) -> float | None:
 
 def task(node: NodeRow, now: float | None = None) -> Json:
     """One row of a dispatch's task table (kept small: a page may hold 100,000)."""
-    given = given_hardware(node.hardware_given)
+    given = given_from_json(node.hardware_given)
     emulated = node.emulated or (given is not None and given.emulated)
     return {
         "id": node.node_id,
@@ -95,7 +78,7 @@ def tasks(nodes: Iterable[NodeRow], now: float | None = None) -> list[Json]:
 def task_detail(node: NodeRow) -> Json:
     """A task with everything the detail panel shows: logs, error and billing."""
     detail = task(node)
-    given = given_hardware(node.hardware_given)
+    given = given_from_json(node.hardware_given)
     gpu_type = node.gpu_type or (given.gpu if given is not None and given.gpu else "")
     detail.update(
         kind=node.kind,

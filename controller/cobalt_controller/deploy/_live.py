@@ -11,6 +11,7 @@ from typing import Any
 from cobalt_common.deploy import Manifest
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.pricing import billed_seconds
+from cobalt_controller._convert import given_from_json, given_to_json
 from cobalt_controller._cost import local_day
 from cobalt_controller.deploy._routing import Target
 from cobalt_controller.state import DeploymentRow, ReplicaRow
@@ -84,7 +85,7 @@ class LiveReplica:
             url=self.url,
             secret=self.secret,
             executor=self.executor_name,
-            hardware_given=_given_json(g),
+            hardware_given=given_to_json(g),
             pid=self.pid,
             started_at=self.started_at,
             ready_at=self.ready_at,
@@ -103,7 +104,7 @@ class LiveReplica:
         r = cls(row.replica_id, row.deployment, row.version, row.secret, status=row.status)
         r.url, r.pid, r.executor_name = row.url, row.pid, row.executor
         r.started_at, r.ready_at, r.rate = row.started_at, row.ready_at, row.rate_usd_per_hour
-        r.given = _given_from_json(row.hardware_given)
+        r.given = given_from_json(row.hardware_given)
         return r
 
 
@@ -176,33 +177,6 @@ class LiveDeployment:
             openapi_json=self.openapi_json,
             desired_replicas=self.desired,
         )
-
-
-def _given_json(given: HardwareGiven | None) -> str:
-    if given is None:
-        return ""
-    return json.dumps(
-        {
-            "cpus": given.cpus,
-            "memory_mb": given.memory_mb,
-            "gpu": given.gpu,
-            "gpu_indices": list(given.gpu_indices),
-            "emulated": given.emulated,
-        }
-    )
-
-
-def _given_from_json(text: str) -> HardwareGiven | None:
-    if not text:
-        return None
-    g = json.loads(text)
-    return HardwareGiven(
-        cpus=float(g.get("cpus") or 0.0),
-        memory_mb=int(g.get("memory_mb") or 0),
-        gpu=g.get("gpu") or None,
-        gpu_indices=tuple(g.get("gpu_indices") or ()),
-        emulated=bool(g.get("emulated")),
-    )
 
 
 def replica_http(

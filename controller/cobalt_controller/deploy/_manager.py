@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from cobalt_common.deploy import Manifest
 from cobalt_common.errors import DeploymentError, NotFoundError
-from cobalt_common.hardware import HardwareGiven, HardwareSpec
+from cobalt_common.hardware import HardwareSpec
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.deploy._autoscaler import ScaleEvent
 from cobalt_controller.deploy._gateway import Gateway
@@ -98,7 +98,6 @@ class DeploymentManager(ReplicaLifecycle):
         self._stop = threading.Event()
         self._outcomes: queue.SimpleQueue[TaskOutcome] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cobalt-deployments", daemon=True)
-        self._rates: dict[tuple[Executor, HardwareGiven], float] = {}
         self._ended_logs: dict[str, deque[ReplicaLogs]] = {}
 
     # -- deployments (RPC threads) ------------------------------------------------------

@@ -13,7 +13,6 @@ import threading
 import time
 from typing import Any
 
-from cobalt_common.hardware import HardwareGiven
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.deploy._gateway import Gateway
 from cobalt_controller.deploy._live import (
@@ -24,7 +23,7 @@ from cobalt_controller.deploy._live import (
     replica_http,
 )
 from cobalt_controller.state import DeploymentEventRow, StateStore
-from cobalt_executors import Executor, TaskArg, TaskSubmission
+from cobalt_executors import TaskArg, TaskSubmission
 
 log = logging.getLogger("cobalt.deployments")
 
@@ -42,7 +41,6 @@ class ReplicaLifecycle:
     _changed: threading.Condition
     _closing: bool
     _by_key: dict[str, tuple[LiveDeployment, LiveReplica]]
-    _rates: dict[tuple[Executor, HardwareGiven], float]
 
     def reconcile(self, d: LiveDeployment) -> None:
         """Starts or stops replicas toward ``d.desired``; old versions roll over."""
@@ -120,7 +118,7 @@ class ReplicaLifecycle:
                 continue
             r.executor, r.executor_name, r.given = ex, ex.name, given
             r.started_at = time.time()
-            r.rate = self._rate(ex, given)
+            r.rate = ex.given_rate_usd_per_hour(given)
             self.state.put_replica(r.to_row())
             self.event(
                 d,
@@ -140,18 +138,6 @@ class ReplicaLifecycle:
                 f"{d.spec.describe()} free now; it starts as soon as one does.",
             )
         return False
-
-    def _rate(self, ex: Executor, given: HardwareGiven) -> float:
-        key = (ex, given)
-        rate = self._rates.get(key)
-        if rate is None:
-            rate = self._rates[key] = ex.prices.rate_usd_per_hour(
-                cpus=given.cpus,
-                memory_mb=given.memory_mb,
-                gpu=given.gpu,
-                gpus=len(given.gpu_indices),
-            )
-        return rate
 
     def _stop_replica(self, d: LiveDeployment, r: LiveReplica, drain: bool | None = None) -> None:
         """Stops a replica: ready ones drain in the gateway first (``drain=None``: when ready)."""
