@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar, Unpack, cast, overload
 
 from cobalt._client import Client, get_client
 from cobalt._deployment import Deployment
-from cobalt._dispatch import INLINE_LIMIT, _executor_ref, _upload
+from cobalt._dispatch import _executor_ref, _upload, split_payloads
 from cobalt._graph import NodeKind, TaskOptions, current_builder
 from cobalt._lattice import check_arguments, signature_of
 from cobalt._pickling import dumps, sha256_hex
@@ -100,13 +100,7 @@ def build_create_request(
     ref = _executor_ref(None if executor is UNSET else executor)
     if ref is not None:
         req.executor.CopyFrom(ref)
-    large = {}
-    for sha, data in payloads.items():
-        if len(data) <= INLINE_LIMIT:
-            req.payloads.add(sha256=sha, data=data, size=len(data))
-        else:
-            large[sha] = data
-    return req, large
+    return req, split_payloads(req.payloads, payloads)
 
 
 def _interrupted(name: str) -> str:

@@ -116,13 +116,19 @@ def build_request(graph: Graph) -> tuple[pb.DispatchCreateRequest, dict[str, byt
         ref = _executor_ref(node.options.executor)
         if ref is not None:
             msg.executor.CopyFrom(ref)
+    return req, split_payloads(req.payloads, payloads)
+
+
+def split_payloads(inline: Any, payloads: dict[str, bytes]) -> dict[str, bytes]:
+    """Adds the small payloads to ``inline`` (a request's repeated Payload field) and
+    returns the large ones, which go to the blob store before the request."""
     large = {}
     for sha, data in payloads.items():
         if len(data) <= INLINE_LIMIT:
-            req.payloads.add(sha256=sha, data=data, size=len(data))
+            inline.add(sha256=sha, data=data, size=len(data))
         else:
             large[sha] = data
-    return req, large
+    return large
 
 
 def _function_key(node: GraphNode) -> str:

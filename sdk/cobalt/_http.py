@@ -75,20 +75,36 @@ def check(response: httpx.Response, where: str) -> httpx.Response:
     return response
 
 
+class _SseDecoder:
+    """Collects the lines of one event; a blank line ends it."""
+
+    def __init__(self) -> None:
+        self.event, self.data = "message", list[str]()
+
+    def feed(self, line: str) -> tuple[str, str] | None:
+        """The finished (event, data) pair when ``line`` ends one, else None."""
+        if not line:
+            return self.flush()
+        if line.startswith("data:"):
+            self.data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            self.event = line[6:].strip()
+        return None
+
+    def flush(self) -> tuple[str, str] | None:
+        done = (self.event, "\n".join(self.data)) if self.data else None
+        self.event, self.data = "message", []
+        return done
+
+
 def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
     """(event, data) pairs from the lines of an event stream."""
-    event, data = "message", list[str]()
+    decoder = _SseDecoder()
     for line in lines:
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "message", list[str]()
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-    if data:
-        yield event, "\n".join(data)
+        if (pair := decoder.feed(line)) is not None:
+            yield pair
+    if (pair := decoder.flush()) is not None:
+        yield pair
 
 
 def sse_value(event: str, data: str, where: str) -> tuple[bool, Any]:
@@ -108,15 +124,9 @@ def sse_value(event: str, data: str, where: str) -> tuple[bool, Any]:
 
 async def aparse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
     """:func:`parse_sse` over an async iterator of lines."""
-    event, data = "message", list[str]()
+    decoder = _SseDecoder()
     async for line in lines:
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "message", list[str]()
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-    if data:
-        yield event, "\n".join(data)
+        if (pair := decoder.feed(line)) is not None:
+            yield pair
+    if (pair := decoder.flush()) is not None:
+        yield pair
