@@ -88,6 +88,7 @@ class FakeReplica:
         app.router.add_post("/slow", self.slow)
         app.router.add_post("/stream", self.stream)
         app.router.add_post("/bad", self.bad)
+        app.router.add_post("/cut", self.cut)
         self.runner = web.AppRunner(app)
         self.url = loop.run(self._start())
 
@@ -124,6 +125,16 @@ class FakeReplica:
             await out.write(f"data: {i}\n\n".encode())
             await asyncio.sleep(0.3)
         await out.write(b"event: end\ndata: null\n\n")
+        return out
+
+    async def cut(self, request: web.Request) -> web.StreamResponse:
+        """Starts a stream, then dies part-way (the connection drops)."""
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        await out.write(b"data: 0\n\n")
+        await asyncio.sleep(0.1)
+        assert request.transport is not None
+        request.transport.abort()
         return out
 
     async def bad(self, request: web.Request) -> web.Response:
@@ -194,7 +205,7 @@ def target(name: str = "svc", auth: bool = True, **autoscaling: Any) -> Target:
     return Target(
         name=name,
         token=TOKEN if auth else "",
-        routes={"/predict": False, "/slow": False, "/stream": True, "/bad": False},
+        routes={"/predict": False, "/slow": False, "/stream": True, "/bad": False, "/cut": True},
         max_body_bytes=1000,
         autoscaling=Autoscaling(**autoscaling),
         openapi=b'{"openapi": "3.1.0"}',
@@ -389,6 +400,21 @@ def test_server_sent_events_arrive_as_they_are_sent(
                 arrivals.append((time.monotonic() - started, line))
     assert [line for _, line in arrivals] == ["data: 0", "data: 1", "data: 2", "data: null"]
     assert arrivals[0][0] < 0.5 and arrivals[-1][0] >= 0.8
+
+
+def test_a_stream_cut_short_by_its_replica_is_cut_short_for_the_client_too(
+    gateway: Gateway, replicas: Callable[..., FakeReplica]
+) -> None:
+    serve(gateway, target(), replicas("a"))
+    lines = []
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream("POST", gateway.url + "/svc/cut", json={}, headers=AUTH) as r,
+    ):
+        for line in r.iter_lines():
+            lines.append(line)
+    assert "data: 0" in lines  # what arrived before the failure was passed on
+    assert post(gateway, "/svc/predict").status_code == 200
 
 
 def test_a_draining_replica_gets_no_new_requests_and_is_reported_when_idle(

@@ -1,9 +1,10 @@
 """The gateway: an async reverse proxy in front of every deployment's replicas.
 
-It runs an aiohttp server on its own thread and event loop (uvloop when
-importable), and reaches replicas through per-replica pools of keep-alive
-connections (``_upstream``: one socket write per request, llhttp parsing). A request to
-``POST <base>/<name><route>``:
+It runs a lean HTTP/1.1 server (``_server``: llhttp parsing, one socket
+write per answer) on its own thread and event loop (uvloop when importable),
+and reaches replicas through per-replica pools of keep-alive connections
+(``_upstream``: the same, client side). A request to ``POST <base>/<name><route>``
+(handled in ``_gateway_requests``):
 
 1. finds the deployment (404), checks its bearer token with
    ``secrets.compare_digest`` (401), the route (404 naming the known ones)
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import threading
@@ -36,23 +36,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import aiohttp
-from aiohttp import web
 
 from cobalt_controller.deploy._autoscaler import ScaleEvent
+from cobalt_controller.deploy._gateway_requests import GatewayRequests
 from cobalt_controller.deploy._gateway_scaling import GatewayScaling
 from cobalt_controller.deploy._routing import Entry, Target, Upstream
-from cobalt_controller.deploy._upstream import Response, Unreachable, UpstreamError
+from cobalt_controller.deploy._server import Server
+from cobalt_controller.deploy._upstream import Unreachable
 
 log = logging.getLogger("cobalt.gateway")
 
 DRAIN_GRACE_S = 30.0
 """A draining replica is stopped when its last request ends, or after this."""
-WAKE_REPEAT_S = 1.0
-"""How often requests waiting at zero replicas may ask again for one."""
-_PROBE_TIMEOUT_S = 2.0
-_HOP_HEADERS = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"server", b"date"}
-)
 
 
 class Backend(Protocol):
@@ -71,22 +66,6 @@ class Backend(Protocol):
         """The autoscaler changed the replica count (``target``) and/or has events."""
 
 
-_Unreachable = Unreachable
-
-
-class _QueueTimeout(Exception):
-    pass
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps({"error": message}).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -95,7 +74,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-class Gateway(GatewayScaling):
+class Gateway(GatewayRequests, GatewayScaling):
     """The HTTP front of all deployments.
 
     Args:
@@ -121,7 +100,7 @@ class Gateway(GatewayScaling):
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cobalt-gateway")
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.ServerRunner | None = None
+        self._server: Server | None = None
         self._ids = itertools.count(1)
         self._prefix = os.urandom(4).hex() + "-"
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -164,18 +143,13 @@ class Gateway(GatewayScaling):
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        server = web.Server(self._handle, access_log=None)
-        self._runner = web.ServerRunner(server, access_log=None)
-        await self._runner.setup()
+        self._server = Server(self._handle)
         try:
-            site = web.TCPSite(self._runner, host, port, backlog=1024)
-            await site.start()
+            self.port = await self._server.listen(host, port, backlog=1024)
         except OSError:
             if not fallback or port == 0:
                 raise
-            site = web.TCPSite(self._runner, host, 0, backlog=1024)
-            await site.start()
-        self.port = int(self._runner.addresses[0][1])
+            self.port = await self._server.listen(host, 0, backlog=1024)
         self._spawn(self._autoscale_forever())
 
     def stop(self) -> None:
@@ -185,8 +159,8 @@ class Gateway(GatewayScaling):
         async def close() -> None:
             for task in list(self._tasks):
                 task.cancel()
-            if self._runner is not None:
-                await self._runner.cleanup()
+            if self._server is not None:
+                await self._server.close()
             if self._session is not None:
                 await self._session.close()
             for entry in self._entries.values():
@@ -323,7 +297,7 @@ class Gateway(GatewayScaling):
         while entry.waiters:
             fut = entry.waiters.popleft()
             if not fut.done():
-                fut.set_exception(_Unreachable(message))
+                fut.set_exception(Unreachable(message))
 
     def _failed_message(self, entry: Entry) -> str:
         return (
@@ -347,196 +321,8 @@ class Gateway(GatewayScaling):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # -- requests (loop thread) -------------------------------------------------------
-
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        path = request.path
-        if path == "/healthz":
-            return web.Response(body=b'{"ok": true}', content_type="application/json")
-        name, _, rest = path[1:].partition("/")
-        entry = self._entries.get(name)
-        if entry is None:
-            return _error(
-                404,
-                f"no deployment named {name!r} on this gateway; `cobalt deployments` lists them.",
-            )
-        target = entry.target
-        if not entry.authorized(request.headers.get("Authorization")):
-            return _error(
-                401,
-                f"deployment {name!r} needs 'Authorization: Bearer <token>'; the token is "
-                f"dep.token, or `cobalt deployments token {name}`.",
-                {"WWW-Authenticate": "Bearer"},
-            )
-        route = "/" + rest
-        streaming = target.routes.get(route)
-        if streaming is None:
-            if route == "/openapi.json" and request.method == "GET":
-                return web.Response(body=target.openapi or b"{}", content_type="application/json")
-            known = ", ".join(sorted(target.routes)) or "(none)"
-            return _error(
-                404, f"deployment {name!r} has no route {route!r}; its routes are: {known}."
-            )
-        if request.method != "POST":
-            return _error(
-                405,
-                f"{route} takes POST with a JSON body, not {request.method}.",
-                {"Allow": "POST"},
-            )
-        limit = target.max_body_bytes
-        length = request.content_length
-        if length is not None and length > limit:
-            return _too_large(length, limit)
-        if length is not None:
-            body = await request.content.read()
-        else:
-            parts = []
-            size = 0
-            async for chunk in request.content.iter_any():
-                size += len(chunk)
-                if size > limit:
-                    return _too_large(size, limit)
-                parts.append(chunk)
-            body = b"".join(parts)
-        loop = self._loop
-        started = loop.time()
-        entry.stats.arrived(started)
-        in_headers = request.headers
-        request_id = in_headers.get("x-request-id") or f"{self._prefix}{next(self._ids):x}"
-        # Everything after the request line and Host but the secret, which is the
-        # chosen replica's: request headers arrive parsed, so hold no CR or LF.
-        common = (
-            f"Content-Type: {in_headers.get('Content-Type', 'application/json')}\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            f"Accept: {in_headers.get('Accept', '*/*')}\r\n"
-            f"x-request-id: {request_id}\r\n"
-            "x-cobalt-replica-secret: "
-        )
-        for attempt in (0, 1):
-            try:
-                up = await self._acquire(entry)
-            except _QueueTimeout as exc:
-                return _error(503, str(exc), {"Retry-After": "1"})
-            except _Unreachable as exc:
-                return _error(503, str(exc), {"Retry-After": "5"})
-            entry.in_flight += 1
-            try:
-                data = b"".join(
-                    (
-                        up.pool.head(route),
-                        f"{common}{up.secret}\r\n\r\n".encode("utf-8", "surrogateescape"),
-                        body,
-                    )
-                )
-                return await self._forward(request, up, data, request_id)
-            except _Unreachable:
-                if not up.suspect and not up.draining:
-                    up.suspect = True
-                    self._offload(self.backend.replica_suspect, name, up.replica_id)
-                if attempt:
-                    return _error(
-                        502,
-                        f"deployment {name!r}: two replicas failed before answering request "
-                        f"{request_id}; it was not completed. Try again.",
-                    )
-            finally:
-                entry.in_flight -= 1
-                up.in_flight -= 1
-                entry.stats.finished(started, loop.time())
-                if up.draining and up.in_flight == 0:
-                    self._drained(entry, up)
-                if entry.waiters:
-                    entry.dispatch()
-        raise AssertionError("unreachable")
-
-    async def _acquire(self, entry: Entry) -> Upstream:
-        up = entry.pick()
-        if up is not None and not entry.waiters:
-            up.in_flight += 1
-            return up
-        target = entry.target
-        settings = target.autoscaling
-        if target.failed and not entry.usable():
-            raise _Unreachable(self._failed_message(entry))
-        loop = self._loop
-        if not entry.usable() and loop.time() - entry.last_wake >= WAKE_REPEAT_S:
-            entry.last_wake = loop.time()
-            entry.scaler.woke()
-            self._offload(self.backend.wake, target.name)
-        if len(entry.waiters) >= settings.max_queue:
-            raise _QueueTimeout(
-                f"deployment {target.name!r} is at capacity: {len(entry.waiters)} request(s) "
-                "already wait. Retry after the time in Retry-After, or raise max_replicas "
-                "or max_queue."
-            )
-        fut: asyncio.Future[Upstream] = loop.create_future()
-        entry.waiters.append(fut)
-        entry.dispatch()
-        timeout = settings.seconds("queue_timeout")
-        timer = loop.call_later(timeout, _expire, entry, fut, timeout)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
-
-    async def _forward(
-        self, request: web.BaseRequest, up: Upstream, data: bytes, request_id: str
-    ) -> web.StreamResponse:
-        try:
-            resp = await up.pool.request(data)  # Unreachable: the caller retries
-        except UpstreamError:
-            return _error(
-                502, f"replica {up.replica_id} failed while answering request {request_id}."
-            )
-        try:
-            out_headers = _pass_headers(resp)
-            out_headers.setdefault("x-request-id", request_id)
-            if resp.body is not None:
-                return web.Response(status=resp.status, body=resp.body, headers=out_headers)
-            out = web.StreamResponse(status=resp.status, headers=out_headers)
-            await out.prepare(request)
-            with contextlib.suppress(UpstreamError, ConnectionError):
-                async for chunk in resp:
-                    await out.write(chunk)
-            with contextlib.suppress(ConnectionError):
-                await out.write_eof()
-            return out
-        finally:
-            resp.close()
-
-
-def _pass_headers(resp: Response) -> dict[str, str]:
-    """The replica's headers but the hop-by-hop ones (aiohttp sets its own)."""
-    return {
-        k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
-        for k, v in resp.headers
-        if k.lower() not in _HOP_HEADERS
-    }
-
 
 def _find(entry: Entry | None, replica_id: str) -> Upstream | None:
     if entry is None:
         return None
     return next((u for u in entry.upstreams if u.replica_id == replica_id), None)
-
-
-def _expire(entry: Entry, fut: asyncio.Future[Upstream], timeout: float) -> None:
-    name = entry.target.name
-    if not fut.done():
-        with contextlib.suppress(ValueError):
-            entry.waiters.remove(fut)
-        fut.set_exception(
-            _QueueTimeout(
-                f"no replica of deployment {name!r} could take the request within its "
-                f"queue_timeout of {timeout:g} s. Retry after the time in Retry-After; "
-                "raise max_replicas or queue_timeout if this persists."
-            )
-        )
-
-
-def _too_large(size: int, limit: int) -> web.Response:
-    return _error(
-        413,
-        f"the request body is {size} bytes or more, over this deployment's limit of "
-        f"{limit} bytes; send less, or raise max_body_bytes.",
-    )

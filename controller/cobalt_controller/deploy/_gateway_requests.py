@@ -1,0 +1,264 @@
+"""The gateway's request path (a mixin of :class:`~._gateway.Gateway`).
+
+``POST <base>/<name><route>`` finds the deployment (404), checks its bearer
+token (401) before the route (404 naming the known ones) and the method
+(405), so that nobody learns a deployment's routes without its token; reads
+the body up to ``max_body_bytes`` (413); takes a replica slot or waits in the
+deployment's queue (503 with ``Retry-After``); and forwards the request,
+retrying once on another replica when the first could not be reached.
+
+Answers are written through :class:`~._server.HttpConnection`: whole ones as
+one socket write, streamed ones chunk by chunk as the replica sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from cobalt_controller.deploy._http import Request
+from cobalt_controller.deploy._routing import Entry, Upstream
+from cobalt_controller.deploy._server import HttpConnection
+from cobalt_controller.deploy._upstream import Response, Unreachable, UpstreamError
+
+WAKE_REPEAT_S = 1.0
+"""How often requests waiting at zero replicas may ask again for one."""
+_HOP_HEADERS = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"server", b"date"}
+)
+_JSON = b"Content-Type: application/json\r\n"
+
+
+class QueueTimeout(Exception):
+    """No replica slot came free in time, or the queue is full: 503, retry soon."""
+
+
+class GatewayRequests:
+    """Serves requests on the gateway's loop; the gateway provides the attributes."""
+
+    backend: Any
+    _entries: dict[str, Entry]
+    _loop: asyncio.AbstractEventLoop
+    _prefix: str
+    _ids: Iterator[int]
+
+    def _offload(self, fn: Callable[..., None], *args: Any) -> None:
+        raise NotImplementedError
+
+    def _drained(self, entry: Entry, up: Upstream) -> None:
+        raise NotImplementedError
+
+    def _failed_message(self, entry: Entry) -> str:
+        raise NotImplementedError
+
+    async def _handle(self, req: Request, conn: HttpConnection) -> None:
+        path = req.path
+        if path == "/healthz":
+            conn.respond(200, _JSON, b'{"ok": true}')
+            return
+        name, _, rest = path[1:].partition("/")
+        entry = self._entries.get(name)
+        if entry is None:
+            _error(
+                conn,
+                404,
+                f"no deployment named {name!r} on this gateway; `cobalt deployments` lists them.",
+            )
+            return
+        target = entry.target
+        headers = req.headers
+        if not entry.authorized(headers.get("authorization")):
+            _error(
+                conn,
+                401,
+                f"deployment {name!r} needs 'Authorization: Bearer <token>'; the token is "
+                f"dep.token, or `cobalt deployments token {name}`.",
+                b"WWW-Authenticate: Bearer\r\n",
+            )
+            return
+        route = "/" + rest
+        streaming = target.routes.get(route)
+        if streaming is None:
+            if route == "/openapi.json" and req.method == "GET":
+                conn.respond(200, _JSON, target.openapi or b"{}")
+                return
+            known = ", ".join(sorted(target.routes)) or "(none)"
+            _error(
+                conn, 404, f"deployment {name!r} has no route {route!r}; its routes are: {known}."
+            )
+            return
+        if req.method != "POST":
+            _error(
+                conn,
+                405,
+                f"{route} takes POST with a JSON body, not {req.method}.",
+                b"Allow: POST\r\n",
+            )
+            return
+        limit = target.max_body_bytes
+        body = await req.read(limit, conn)
+        if isinstance(body, int):
+            _error(
+                conn,
+                413,
+                f"the request body is {body} bytes or more, over this deployment's limit of "
+                f"{limit} bytes; send less, or raise max_body_bytes.",
+            )
+            return
+        loop = self._loop
+        started = loop.time()
+        entry.stats.arrived(started)
+        request_id = headers.get("x-request-id") or f"{self._prefix}{next(self._ids):x}"
+        # Everything after the request line and Host but the secret, which is the
+        # chosen replica's: llhttp refuses CR and LF inside header values.
+        common = (
+            f"Content-Type: {headers.get('content-type', 'application/json')}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"Accept: {headers.get('accept', '*/*')}\r\n"
+            f"x-request-id: {request_id}\r\n"
+            "x-cobalt-replica-secret: "
+        )
+        for attempt in (0, 1):
+            try:
+                up = await self._acquire(entry)
+            except QueueTimeout as exc:
+                _error(conn, 503, str(exc), b"Retry-After: 1\r\n")
+                return
+            except Unreachable as exc:
+                _error(conn, 503, str(exc), b"Retry-After: 5\r\n")
+                return
+            entry.in_flight += 1
+            try:
+                data = b"".join(
+                    (
+                        up.pool.head(route),
+                        f"{common}{up.secret}\r\n\r\n".encode("utf-8", "surrogateescape"),
+                        body,
+                    )
+                )
+                await self._forward(conn, up, data, request_id)
+                return
+            except Unreachable:
+                if not up.suspect and not up.draining:
+                    up.suspect = True
+                    self._offload(self.backend.replica_suspect, name, up.replica_id)
+                if attempt:
+                    _error(
+                        conn,
+                        502,
+                        f"deployment {name!r}: two replicas failed before answering request "
+                        f"{request_id}; it was not completed. Try again.",
+                    )
+                    return
+            finally:
+                entry.in_flight -= 1
+                entry.stats.finished(started, loop.time())
+                self._release(entry, up)
+
+    def _release(self, entry: Entry, up: Upstream) -> None:
+        up.in_flight -= 1
+        if up.draining and up.in_flight == 0:
+            self._drained(entry, up)
+        if entry.waiters:
+            entry.dispatch()
+
+    async def _acquire(self, entry: Entry) -> Upstream:
+        up = entry.pick()
+        if up is not None and not entry.waiters:
+            up.in_flight += 1
+            return up
+        target = entry.target
+        settings = target.autoscaling
+        if target.failed and not entry.usable():
+            raise Unreachable(self._failed_message(entry))
+        loop = self._loop
+        if not entry.usable() and loop.time() - entry.last_wake >= WAKE_REPEAT_S:
+            entry.last_wake = loop.time()
+            entry.scaler.woke()
+            self._offload(self.backend.wake, target.name)
+        if len(entry.waiters) >= settings.max_queue:
+            raise QueueTimeout(
+                f"deployment {target.name!r} is at capacity: {len(entry.waiters)} request(s) "
+                "already wait. Retry after the time in Retry-After, or raise max_replicas "
+                "or max_queue."
+            )
+        fut: asyncio.Future[Upstream] = loop.create_future()
+        entry.waiters.append(fut)
+        entry.dispatch()
+        timeout = settings.seconds("queue_timeout")
+        timer = loop.call_later(timeout, _expire, entry, fut, timeout)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # The client went away; a slot handed over just before is given back.
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(entry, fut.result())
+            raise
+        finally:
+            timer.cancel()
+
+    async def _forward(
+        self, conn: HttpConnection, up: Upstream, data: bytes, request_id: str
+    ) -> None:
+        try:
+            resp = await up.pool.request(data)  # Unreachable: the caller retries
+        except UpstreamError:
+            _error(
+                conn, 502, f"replica {up.replica_id} failed while answering request {request_id}."
+            )
+            return
+        try:
+            head = _pass_headers(resp, request_id)
+            if resp.body is not None:
+                conn.respond(resp.status, head, resp.body)
+                return
+            conn.start_stream(resp.status, head)
+            try:
+                async for chunk in resp:
+                    await conn.write(chunk)
+            except UpstreamError:
+                # The replica failed part-way: cut the connection rather than end the
+                # stream cleanly, so that any HTTP client can tell the answer is incomplete.
+                conn.abort()
+                return
+            except ConnectionError:
+                return  # the client went away
+            conn.end_stream()
+        finally:
+            resp.close()  # drops the replica connection when the answer was cut short
+
+
+def _pass_headers(resp: Response, request_id: str) -> bytes:
+    """The replica's header lines but the hop-by-hop ones, with ``x-request-id``."""
+    lines = []
+    has_id = False
+    for k, v in resp.headers:
+        lower = k.lower()
+        if lower in _HOP_HEADERS:
+            continue
+        has_id = has_id or lower == b"x-request-id"
+        lines.append(b"%s: %s\r\n" % (k, v))
+    if not has_id:
+        lines.append(f"x-request-id: {request_id}\r\n".encode("utf-8", "surrogateescape"))
+    return b"".join(lines)
+
+
+def _error(conn: HttpConnection, status: int, message: str, headers: bytes = b"") -> None:
+    conn.respond(status, _JSON + headers, json.dumps({"error": message}).encode())
+
+
+def _expire(entry: Entry, fut: asyncio.Future[Upstream], timeout: float) -> None:
+    name = entry.target.name
+    if not fut.done():
+        with contextlib.suppress(ValueError):
+            entry.waiters.remove(fut)
+        fut.set_exception(
+            QueueTimeout(
+                f"no replica of deployment {name!r} could take the request within its "
+                f"queue_timeout of {timeout:g} s. Retry after the time in Retry-After; "
+                "raise max_replicas or queue_timeout if this persists."
+            )
+        )
