@@ -237,13 +237,19 @@ def test_a_dip_shorter_than_the_downscale_delay_changes_nothing() -> None:
 def test_scale_to_zero_waits_for_the_scaledown_window_without_requests() -> None:
     scaler = Autoscaler(Autoscaling(min_replicas=0, scaledown_window=60), current=1)
     clock = Clock()
-    assert tick(scaler, clock, ongoing=0, idle_s=30)[0] is None
+    assert tick(scaler, clock, ongoing=0, idle_s=30, replicas=1)[0] is None
     clock.now += 29
-    assert tick(scaler, clock, ongoing=0, idle_s=59)[0] is None
+    assert tick(scaler, clock, ongoing=0, idle_s=59, replicas=1)[0] is None
     assert scaler.current == 1
     clock.now += 2
-    new, events = tick(scaler, clock, ongoing=0, idle_s=61)
+    new, events = tick(scaler, clock, ongoing=0, idle_s=61, replicas=1)
     assert new == 0 and "no request for 61 s" in events[0].message
+
+
+def test_a_replica_still_starting_is_not_scaled_to_zero_however_long_it_takes() -> None:
+    scaler = Autoscaler(Autoscaling(min_replicas=0, scaledown_window=1), current=1)
+    new, _ = tick(scaler, Clock(), ongoing=0, idle_s=600, replicas=0)
+    assert new is None and scaler.current == 1
 
 
 def test_a_replica_woken_from_zero_is_kept_and_not_scaled_away_at_once() -> None:

@@ -120,7 +120,10 @@ class Autoscaler:
             target = a.max_replicas
             reason += f"; capped at max_replicas={a.max_replicas}"
         window = a.seconds("scaledown_window")
-        if target == 0 and self.current > 0 and metrics.idle_s < window:
+        if target == 0 and self.current > 0 and metrics.replicas == 0:
+            target = 1
+            reason += "; a replica is starting: it is not stopped before it has served"
+        elif target == 0 and self.current > 0 and metrics.idle_s < window:
             target = 1
             reason += (
                 f"; one replica stays until {window:g} s pass without a request "

@@ -251,6 +251,10 @@ class Gateway(GatewayRequests, GatewayScaling):
             return
         if any(u.replica_id == replica_id for u in entry.upstreams):
             return
+        if not entry.usable():
+            # The idle clock of scaledown_window starts when a replica can serve,
+            # not when the deployment was created or the last one stopped.
+            entry.stats.last_request = max(entry.stats.last_request, self._loop.time())
         entry.upstreams.append(Upstream(replica_id, url, secret))
         entry.dispatch()
 
