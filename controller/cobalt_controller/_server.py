@@ -24,7 +24,7 @@ from cobalt_controller._payloads import Payloads
 from cobalt_controller._scheduler import Scheduler
 from cobalt_controller._servicer import ControllerServicer
 from cobalt_controller.blobs import LocalBlobStore
-from cobalt_controller.dashboard import Dashboard
+from cobalt_controller.dashboard import Dashboard, deployments_reader
 from cobalt_controller.deploy import DeploymentManager, Gateway, recover
 from cobalt_controller.state import SqlStateStore, StateStore
 from cobalt_executors import ExecutorContext, TaskOutcome
@@ -110,7 +110,13 @@ class ControllerServer:
         self.scheduler.listener = self.hub.publish
         self.dashboard: Dashboard | None = None
         if config.dashboard_address:
-            self.dashboard = Dashboard(self.state, self.token, config.dashboard_address)
+            self.dashboard = Dashboard(
+                self.state,
+                self.token,
+                config.dashboard_address,
+                deployments=deployments_reader(self.deployments),
+            )
+            self.deployments.listener = self.dashboard.notify_deployment
             publish, notify = self.hub.publish, self.dashboard.notify
 
             def listener(d: Dispatch, t: Task | None) -> None:

@@ -144,6 +144,26 @@ def nested(n: int) -> int:
     return total(ct.electron(squares)(n))
 
 
+@ct.service(name="dash-classifier", cpus=0.25, min_replicas=1, max_replicas=1)
+def dash_classifier(bias: float) -> dict[str, Any]:
+    return {"bias": bias}
+
+
+@dash_classifier.endpoint("/predict")
+def dash_predict(bias: float, text: str) -> dict[str, Any]:
+    return {"label": text, "score": bias}
+
+
+@ct.service(name="dash-open", cpus=0.25, min_replicas=1, max_replicas=1, auth=False)
+def dash_open() -> dict[str, Any]:
+    return {}
+
+
+@dash_open.endpoint("/hello")
+def dash_hello(name: str) -> str:
+    return f"hello {name}"
+
+
 # -- fixtures ---------------------------------------------------------------------------
 
 
@@ -456,3 +476,108 @@ def test_the_cost_page_totals_by_day_executor_and_gpu_type(
         assert total > 0
         h100 = page.locator("#by-gpu tr", has_text="H100 (emulated)").locator("td.cost")
         assert "emulated" in h100.inner_text()
+
+
+# -- deployments ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def classifier(home: ControllerHome) -> Iterator[ct.Deployment]:
+    dep = ct.deploy(dash_classifier)(0.5)
+    try:
+        yield dep
+    finally:
+        dep.teardown()
+        dep.close()
+
+
+def open_deployments(page: Page, dashboard: tuple[str, str], path: str = "") -> None:
+    page.goto(f"{dashboard[0]}/deployments{path}")
+    page.wait_for_selector("body[data-rendered]", state="attached")
+
+
+def test_the_deployments_page_lists_a_deployment_with_its_replicas_and_status(
+    page: Page, dashboard: tuple[str, str], classifier: ct.Deployment
+) -> None:
+    open_deployments(page, dashboard)
+
+    assert page.get_attribute("nav a.current", "data-nav") == "deployments"
+    row = page.locator("#deployments tr[data-name='dash-classifier']")
+    row.wait_for()
+    cells = row.locator("td").all_inner_texts()
+    name, status, replicas, auth, routes, version, _cost, url, created = cells
+    assert (name, status, replicas, auth) == ("dash-classifier", "active", "1/1", "token")
+    assert routes == "/predict" and version == "v1" and created
+    assert url == classifier.url and url.endswith("/dash-classifier")
+    assert classifier.token and classifier.token not in page.content()
+
+
+def test_a_deployments_page_shows_its_replica_and_what_happened(
+    page: Page, dashboard: tuple[str, str], classifier: ct.Deployment
+) -> None:
+    open_deployments(page, dashboard)
+
+    with page.expect_navigation():
+        page.click("#deployments a:text-is('dash-classifier')")
+    page.wait_for_selector("#replicas tbody tr")
+
+    assert "1/1" in page.inner_text("#deployment-replicas")
+    assert page.inner_text("#deployment-url") == classifier.url
+    assert classifier.replicas == 1
+    rows = page.locator("#replicas tbody tr")
+    assert rows.count() == 1
+    row = rows.first
+    assert re.fullmatch(r"r1-[0-9a-f]{6}", row.get_attribute("data-id") or "")
+    text = row.inner_text()
+    assert "ready" in text and "local" in text and "0.25 CPU" in text
+    assert re.search(r"after \d+(\.\d)? s|after \d+ ms", text), text
+    assert row.locator("td").nth(6).inner_text() == "0", "no request in flight"
+    kinds = page.locator("#events tbody tr").evaluate_all("rows => rows.map(r => r.dataset.kind)")
+    assert "deployed" in kinds and "replica_ready" in kinds
+    assert kinds.index("replica_ready") < kinds.index("deployed"), "newest first"
+    deployed = page.locator("#events tr[data-kind='deployed']")
+    assert not deployed.locator("pre.inputs").is_visible()
+    deployed.locator("summary").click()
+    assert "autoscaling" in deployed.locator("pre.inputs").inner_text()
+    assert classifier.token and classifier.token not in page.content()
+
+
+def test_an_open_deployment_is_marked_and_its_teardown_shows_without_a_reload(
+    page: Page, dashboard: tuple[str, str]
+) -> None:
+    dep = ct.deploy(dash_open)()
+    try:
+        open_deployments(page, dashboard)
+        row = page.locator("#deployments tr[data-name='dash-open']")
+        assert row.locator("td.auth").inner_text() == "OPEN (no auth)"
+        open_deployments(page, dashboard, "/dash-open")
+        assert "OPEN (no auth)" in page.inner_text("#summary h1")
+        page.evaluate("window.stillTheSamePage = true")
+
+        dep.teardown()
+
+        # Pushed by the live feed: well before the page's own few-second re-read.
+        page.wait_for_selector("#summary h1 .st-STOPPED", timeout=4000)
+        page.wait_for_selector("#events tr[data-kind='teardown']", timeout=4000)
+        assert page.evaluate("window.stillTheSamePage") is True
+    finally:
+        dep.teardown()
+        dep.close()
+
+
+def test_the_deployments_api_needs_the_token(
+    browser: Browser, dashboard: tuple[str, str], classifier: ct.Deployment
+) -> None:
+    context = _context(browser, dashboard, logged_in=False)
+    try:
+        for path in ("/api/deployments", "/api/deployments/dash-classifier", "/deployments"):
+            assert context.request.get(dashboard[0] + path).status == 401, path
+        token = {"Authorization": f"Bearer {dashboard[1]}"}
+        reply = context.request.get(dashboard[0] + "/api/deployments", headers=token)
+        assert reply.status == 200
+        names = [d["name"] for d in reply.json()["deployments"]]
+        assert "dash-classifier" in names
+        post = context.request.post(dashboard[0] + "/api/deployments", headers=token)
+        assert post.status == 405
+    finally:
+        context.close()

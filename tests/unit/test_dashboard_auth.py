@@ -15,9 +15,16 @@ from dataclasses import dataclass
 
 import pytest
 
+from cobalt_common.deploy import Manifest, Route
 from cobalt_common.errors import ConfigError
 from cobalt_controller.dashboard import Dashboard
-from cobalt_controller.state import DispatchRow, MemoryStateStore, NodeRow, WriteBatch
+from cobalt_controller.state import (
+    DeploymentRow,
+    DispatchRow,
+    MemoryStateStore,
+    NodeRow,
+    WriteBatch,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -32,6 +39,11 @@ PATHS = [
     "/api/dispatches/d1/tasks/1",
     "/api/cost",
     "/api/events",
+    "/deployments",
+    "/deployments/classifier",
+    "/api/deployments",
+    "/api/deployments/classifier",
+    "/api/events?deployment=classifier",
 ]
 
 
@@ -68,6 +80,10 @@ def serve(address: str) -> Dashboard:
         )
     )
     store.apply(batch)
+    manifest = Manifest("classifier", (Route("predict", "/predict"),))
+    store.put_deployment(
+        DeploymentRow("classifier", "ACTIVE", 1, manifest.to_json(), "sha", token="dep-token")
+    )
     dashboard = Dashboard(store, TOKEN, address)
     dashboard.start()
     return dashboard

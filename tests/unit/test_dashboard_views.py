@@ -1,4 +1,5 @@
-"""What the dashboard shows, read from a state store holding dispatches with costs."""
+"""What the dashboard shows, read from a state store holding dispatches with costs and
+deployments."""
 
 from __future__ import annotations
 
@@ -11,10 +12,24 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
+from cobalt_common.deploy import Autoscaling, Manifest, Route
 from cobalt_controller.dashboard import _views
 from cobalt_controller.dashboard._app import _Api
-from cobalt_controller.dashboard._live import ALL, LiveFeed
-from cobalt_controller.state import DispatchRow, MemoryStateStore, NodeRow, WriteBatch
+from cobalt_controller.dashboard._deployments import (
+    ENDED_REPLICAS_SHOWN,
+    LiveDeployment,
+    LiveDeployments,
+)
+from cobalt_controller.dashboard._live import ALL, DEPLOYMENTS, LiveFeed, deployment_key
+from cobalt_controller.state import (
+    DeploymentEventRow,
+    DeploymentRow,
+    DispatchRow,
+    MemoryStateStore,
+    NodeRow,
+    ReplicaRow,
+    WriteBatch,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -355,3 +370,226 @@ def test_an_unknown_dispatch_is_a_404_that_says_where_to_look() -> None:
 
     assert response.status_code == 404
     assert "cobalt dispatches" in json.loads(bytes(response.body))["error"]
+
+
+# -- deployments ---------------------------------------------------------------------------
+
+DEPLOY_TOKEN = "dep-token-never-shown"
+
+
+def deployed(
+    store: MemoryStateStore, name: str, *, auth: bool = True, ended: int = 0, ids: str = ""
+) -> None:
+    """A deployment with one ready emulated-H100 replica, one starting, ``ended`` stopped
+    ones, and three events; ``ids`` prefixes its replicas' ids (unique per store)."""
+    now = time.time()
+    manifest = Manifest(
+        name,
+        (Route("predict", "/predict"), Route("stream", "/stream", streaming=True)),
+        Autoscaling(min_replicas=1, max_replicas=3),
+        auth=auth,
+    )
+    store.put_deployment(
+        DeploymentRow(
+            name,
+            "ACTIVE",
+            2,
+            manifest.to_json(),
+            "sha",
+            hardware=H100,
+            executor_ref=json.dumps({"name": "gpu", "type": "local", "options_json": ""}),
+            token=DEPLOY_TOKEN,
+            created_at=now - 60,
+            updated_at=now - 30,
+            cost_usd=0.5,
+            desired_replicas=2,
+        )
+    )
+    store.put_replica(
+        ReplicaRow(
+            f"{ids}r2-ready",
+            name,
+            2,
+            "ready",
+            url="http://127.0.0.1:4100",
+            secret="replica-secret",
+            executor="gpu",
+            hardware_given=H100_GIVEN,
+            started_at=now - 40,
+            ready_at=now - 37.5,
+            gpu_type="h100",
+            emulated=True,
+        )
+    )
+    store.put_replica(ReplicaRow(f"{ids}r2-new", name, 2, "starting", started_at=now - 1))
+    for i in range(ended):
+        store.put_replica(
+            ReplicaRow(
+                f"{ids}r1-{i:03d}", name, 1, "stopped", started_at=now - 500 + i, ended_at=now - 100
+            )
+        )
+    store.add_deployment_events(
+        [
+            DeploymentEventRow(name, now - 40, "deployed", "deployment created", '{"a": 1}'),
+            DeploymentEventRow(name, now - 37, "replica_ready", "replica r2-ready is ready"),
+            DeploymentEventRow(name, now - 2, "scale_up", "1 -> 2 replica(s)", "not json"),
+        ]
+    )
+
+
+def api_get(api: _Api, path: str, query: bytes = b"", **params: str) -> tuple[int, Any]:
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "headers": [],
+        "query_string": query,
+        "path_params": params,
+    }
+    response = (api.deployment if params else api.deployments)(Request(scope))
+    return response.status_code, json.loads(bytes(response.body))
+
+
+def test_the_deployment_list_reads_replicas_auth_routes_and_cost_from_the_store() -> None:
+    store = MemoryStateStore()
+    deployed(store, "classifier")
+    deployed(store, "public", auth=False, ids="p-")
+
+    status, data = api_get(_Api(store), "/api/deployments")
+
+    assert status == 200
+    views = {d["name"]: d for d in data["deployments"]}
+    c = views["classifier"]
+    assert (c["status"], c["ready"], c["desired"], c["version"]) == ("ACTIVE", 1, 2, 2)
+    assert c["auth"] is True and views["public"]["auth"] is False
+    assert [(r["path"], r["streaming"]) for r in c["routes"]] == [
+        ("/predict", False),
+        ("/stream", True),
+    ]
+    assert c["cost_usd"] == 0.5 and c["emulated"] is True
+    assert c["hardware"] == "1x H100, 4 CPUs, 48 GB, limit 1h" and c["executor"] == "gpu"
+    assert c["url"] == "", "without the manager the gateway's address is unknown"
+
+
+def test_no_deployment_token_or_replica_secret_reaches_a_page() -> None:
+    store = MemoryStateStore()
+    deployed(store, "classifier")
+    api = _Api(store, lambda: LiveDeployments("http://gw:9000"))
+
+    texts = [
+        json.dumps(api_get(api, "/api/deployments")[1]),
+        json.dumps(api_get(api, "/api/deployments/classifier", name="classifier")[1]),
+    ]
+
+    for text in texts:
+        assert DEPLOY_TOKEN not in text and "replica-secret" not in text
+    assert '"url": "http://gw:9000/classifier"' in texts[0]
+
+
+def test_the_managers_live_counts_in_flight_and_accrued_cost_win_over_the_store() -> None:
+    store = MemoryStateStore()
+    deployed(store, "classifier")
+    live = LiveDeployment("ACTIVE", 2, 3, 0.75, True, {"r2-ready": 5})
+    api = _Api(store, lambda: LiveDeployments("http://gw:9000", {"classifier": live}))
+
+    _, listed = api_get(api, "/api/deployments")
+    _, page = api_get(api, "/api/deployments/classifier", name="classifier")
+
+    (d,) = listed["deployments"]
+    assert (d["ready"], d["desired"], d["cost_usd"]) == (2, 3, 0.75)
+    assert page["deployment"]["ready"] == 2
+    in_flight = {r["id"]: r["in_flight"] for r in page["replicas"]}
+    assert in_flight == {"r2-ready": 5, "r2-new": 0}
+
+
+def test_a_deployments_page_lists_live_replicas_first_with_hardware_and_readiness() -> None:
+    store = MemoryStateStore()
+    deployed(store, "classifier", ended=25)
+
+    _, page = api_get(_Api(store), "/api/deployments/classifier", name="classifier")
+
+    replicas = page["replicas"]
+    assert [r["id"] for r in replicas[:2]] == ["r2-new", "r2-ready"]
+    ready = replicas[1]
+    assert ready["status"] == "ready" and ready["executor"] == "gpu"
+    assert ready["given"] == "1x H100 80GB (emulated), 4 CPU, 48 GB" and ready["emulated"]
+    assert ready["ready_after_s"] == pytest.approx(2.5)
+    assert ready["url"] == "http://127.0.0.1:4100"
+    assert ready["in_flight"] is None, "unknown without the manager"
+    assert replicas[0]["ready_after_s"] is None
+    ended = replicas[2:]
+    assert len(ended) == ENDED_REPLICAS_SHOWN and ended[0]["id"] == "r1-024"
+    assert page["ended_replicas_left_out"] == 25 - ENDED_REPLICAS_SHOWN
+    assert page["deployment"]["autoscaling"]["max_replicas"] == 3
+
+
+def test_a_deployments_events_are_newest_first_with_their_inputs() -> None:
+    store = MemoryStateStore()
+    deployed(store, "classifier")
+
+    _, page = api_get(_Api(store), "/api/deployments/classifier", name="classifier")
+
+    events = page["events"]
+    assert [e["kind"] for e in events] == ["scale_up", "replica_ready", "deployed"]
+    assert events[2]["inputs"] == {"a": 1}
+    assert events[1]["inputs"] is None
+    assert events[0]["inputs"] == "not json", "shown as stored rather than failing"
+
+
+def test_torn_down_deployments_are_listed_only_when_asked() -> None:
+    store = MemoryStateStore()
+    deployed(store, "classifier")
+    store.update_deployment("classifier", status="STOPPED")
+    api = _Api(store)
+
+    assert api_get(api, "/api/deployments")[1]["deployments"] == []
+    (d,) = api_get(api, "/api/deployments", b"all=1")[1]["deployments"]
+    assert d["status"] == "STOPPED"
+
+
+def test_an_unknown_deployment_is_a_404_that_says_where_to_look() -> None:
+    status, body = api_get(_Api(MemoryStateStore()), "/api/deployments/nope", name="nope")
+
+    assert status == 404
+    assert "cobalt deployments" in body["error"]
+
+
+def test_a_deployment_change_reaches_the_list_and_that_deployments_page_only(
+    store: MemoryStateStore,
+) -> None:
+    feed = LiveFeed(store)
+
+    async def scenario() -> list[list[str | None]]:
+        subs = [
+            feed.subscribe(DEPLOYMENTS),
+            feed.subscribe(deployment_key("classifier")),
+            feed.subscribe(deployment_key("public")),
+            feed.subscribe(ALL),
+        ]
+        for _ in range(50):
+            feed.notify_deployment("classifier")
+        await asyncio.to_thread(feed.push)
+        await asyncio.sleep(0.05)
+        return [[s.queue.get_nowait() for _ in range(s.queue.qsize())] for s in subs]
+
+    listing, mine, other, dispatches = asyncio.run(scenario())
+
+    assert [json.loads(m or "") for m in listing] == [
+        {"type": "deployments", "names": ["classifier"]}
+    ]
+    assert [json.loads(m or "") for m in mine] == [{"type": "deployment", "name": "classifier"}]
+    assert other == [] and dispatches == []
+
+
+def test_a_deployment_page_that_read_before_a_change_resyncs(store: MemoryStateStore) -> None:
+    feed = LiveFeed(store)
+    read_at = time.time()
+    feed.notify_deployment("classifier")
+
+    async def first() -> tuple[int, int, int]:
+        stale = feed.subscribe(deployment_key("classifier"), since=read_at)
+        listing = feed.subscribe(DEPLOYMENTS, since=read_at)
+        other = feed.subscribe(deployment_key("public"), since=read_at)
+        return stale.queue.qsize(), listing.queue.qsize(), other.queue.qsize()
+
+    assert asyncio.run(first()) == (1, 1, 0)

@@ -1,9 +1,11 @@
-"""The dashboard's routes: three pages, their JSON, and a stream of changes.
+"""The dashboard's routes: five pages, their JSON, and a stream of changes.
 
 Pages (one HTML shell; the browser renders from the JSON):
 
 - ``/``: dispatches, with status, duration, cost and tasks counted by status;
 - ``/dispatches/{id}``: the workflow graph, the task table and each task's logs;
+- ``/deployments``: deployments, with status, replicas, auth, routes and cost;
+- ``/deployments/{name}``: one deployment, its replicas and its event log;
 - ``/cost``: spend by day, by executor and by GPU type.
 
 JSON under ``/api/``, and ``/api/events`` streams changes as Server-Sent
@@ -32,9 +34,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from cobalt_controller.dashboard import _graph, _views
+from cobalt_controller.dashboard import _deployments, _graph, _views
 from cobalt_controller.dashboard._auth import TokenGate
-from cobalt_controller.dashboard._live import ALL, LiveFeed
+from cobalt_controller.dashboard._deployments import LiveReader, no_live
+from cobalt_controller.dashboard._live import ALL, LiveFeed, deployment_key
 from cobalt_controller.state import NodeRow, StateStore
 
 STATIC = Path(__file__).with_name("static")
@@ -96,8 +99,9 @@ def _since(value: str | None) -> float | None:
 class _Api:
     """The JSON endpoints; plain functions, so Starlette runs them off the event loop."""
 
-    def __init__(self, state: StateStore) -> None:
+    def __init__(self, state: StateStore, live: LiveReader = no_live) -> None:
         self.state = state
+        self.live = live
         self._graphs: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
         self._ended: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
@@ -184,6 +188,39 @@ class _Api:
         as_of = time.time()
         return _json({"as_of": as_of, **_views.cost(self.state.cost_summary(since), since)})
 
+    def deployments(self, request: Request) -> Response:
+        include_stopped = request.query_params.get("all", "") not in ("", "0")
+        as_of = time.time()
+        snapshot = self.live()
+        views = [
+            _deployments.deployment(
+                row,
+                self.state.get_replicas(row.name, live_only=True),
+                snapshot.deployments.get(row.name),
+                snapshot.gateway_url,
+            )
+            for row in self.state.list_deployments(include_stopped=include_stopped)
+        ]
+        return _json({"as_of": as_of, "deployments": views})
+
+    def deployment(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        limit = _int(request.query_params.get("limit"), 100, 1, 1000)
+        as_of = time.time()
+        row = self.state.get_deployment(name)
+        if row is None:
+            return _not_found(
+                f"No deployment {name!r} on this controller; "
+                "`cobalt deployments list --all` lists the ones it has."
+            )
+        view = _deployments.detail(
+            row,
+            self.state.get_replicas(name),
+            self.state.deployment_events(name, limit),
+            self.live(),
+        )
+        return _json({"as_of": as_of, **view})
+
 
 def _not_found(message: str) -> JSONResponse:
     return _json({"error": message}, 404)
@@ -194,7 +231,11 @@ def _events(feed: LiveFeed) -> Callable[[Request], Awaitable[Response]]:
         headers = {**NO_STORE, "X-Accel-Buffering": "no"}
         if request.method == "HEAD":
             return Response(media_type="text/event-stream", headers=headers)
-        key = request.query_params.get("dispatch") or ALL
+        deployment = request.query_params.get("deployment")
+        if deployment is not None:
+            key = deployment_key(deployment)
+        else:
+            key = request.query_params.get("dispatch") or ALL
         sub = feed.subscribe(key, _since(request.query_params.get("since")))
 
         async def stream() -> AsyncIterator[str]:
@@ -217,16 +258,31 @@ def _events(feed: LiveFeed) -> Callable[[Request], Awaitable[Response]]:
     return events
 
 
-def build_app(state: StateStore, feed: LiveFeed, *, token: str, cookie: str) -> ASGIApp:
-    """The dashboard as an ASGI app, behind the token gate."""
+def build_app(
+    state: StateStore,
+    feed: LiveFeed,
+    *,
+    token: str,
+    cookie: str,
+    live: LiveReader = no_live,
+) -> ASGIApp:
+    """The dashboard as an ASGI app, behind the token gate.
+
+    ``live`` reads what only the deployment manager knows (see :mod:`._deployments`).
+    """
     shell = (STATIC / "index.html").read_text()
 
     async def page(request: Request) -> Response:
         html = shell
         dispatch_id = request.path_params.get("dispatch_id")
-        if dispatch_id is not None:
+        name = request.path_params.get("name")
+        if dispatch_id is not None or name is not None:
             # The browser fetches the data while it loads the scripts, not after.
-            api = escape(f"/api/dispatches/{quote(dispatch_id, safe='')}")
+            api = escape(
+                f"/api/dispatches/{quote(dispatch_id, safe='')}"
+                if dispatch_id is not None
+                else f"/api/deployments/{quote(name or '', safe='')}"
+            )
             link = f'<link rel="preload" href="{api}" as="fetch" crossorigin>\n</head>'
             html = shell.replace("</head>", link, 1)
         return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
@@ -238,15 +294,19 @@ def build_app(state: StateStore, feed: LiveFeed, *, token: str, cookie: str) -> 
             return _json({"error": message}, status)
         return Response(message + "\n", status_code=status, media_type="text/plain")
 
-    api = _Api(state)
+    api = _Api(state, live)
     app = Starlette(
         routes=[
             Route("/", page),
             Route("/dispatches/{dispatch_id}", page),
+            Route("/deployments", page),
+            Route("/deployments/{name}", page),
             Route("/cost", page),
             Route("/api/dispatches", api.dispatches),
             Route("/api/dispatches/{dispatch_id}", api.dispatch),
             Route("/api/dispatches/{dispatch_id}/tasks/{node_id:int}", api.task),
+            Route("/api/deployments", api.deployments),
+            Route("/api/deployments/{name}", api.deployment),
             Route("/api/cost", api.cost),
             Route("/api/events", _events(feed)),
             Route("/static/{name}", _Static(STATIC).serve),

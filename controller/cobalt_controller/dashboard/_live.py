@@ -14,6 +14,10 @@ Messages are JSON texts for Server-Sent Events:
 - ``{"type": "dispatches", "dispatches": [...]}`` for the list of dispatches;
 - ``{"type": "dispatch", "dispatch": {...}, "tasks": [...]}`` for one dispatch,
   with only the task rows that changed;
+- ``{"type": "deployments", "names": [...]}`` for the deployments list, and
+  ``{"type": "deployment", "name": ...}`` for one deployment's page: which
+  deployments changed (the manager records an event with every change); the
+  page reads them again, as they change rarely;
 - ``{"type": "resync"}`` when a page may have missed changes (it subscribed
   after reading, or it fell behind): it reads the whole view again.
 """
@@ -43,13 +47,21 @@ QUEUE_LIMIT = 64
 """Messages a page may fall behind before it is told to read everything again."""
 ALL = "*"
 """The subscription key of the dispatch list: every dispatch."""
+DEPLOYMENTS = "deployment:*"
+"""The subscription key of the deployments list: every deployment."""
 RESYNC = json.dumps({"type": "resync"})
 _FORGET_AFTER_S = 120.0
 
 
+def deployment_key(name: str) -> str:
+    """The subscription key of one deployment's page; of the list for ``""``."""
+    return f"deployment:{name}" if name else DEPLOYMENTS
+
+
 @dataclass(eq=False)
 class Subscription:
-    """One open page: its key (a dispatch id or :data:`ALL`) and its message queue."""
+    """One open page: its key (a dispatch id, :data:`ALL`, :data:`DEPLOYMENTS` or a
+    :func:`deployment_key`) and its message queue."""
 
     key: str
     loop: asyncio.AbstractEventLoop
@@ -73,6 +85,7 @@ class LiveFeed:
         self._lock = threading.Lock()
         self._dirty_dispatches: set[str] = set()
         self._dirty_tasks: dict[str, set[int]] = {}
+        self._dirty_deployments: set[str] = set()
         self._changed_at: dict[str, float] = {}
         self._any_changed_at = 0.0
         self._subscriptions: dict[str, list[Subscription]] = {}
@@ -94,6 +107,16 @@ class LiveFeed:
             self._dirty_dispatches.add(dispatch_id)
             if task is not None:
                 self._dirty_tasks.setdefault(dispatch_id, set()).add(task.node_id)
+
+    def notify_deployment(self, name: str) -> None:
+        """Records that a deployment changed (the deployment manager calls this with
+        each event it records, under its lock). Constant time; never blocks on a page."""
+        now = time.time()
+        with self._lock:
+            self._changed_at[deployment_key(name)] = now
+            self._changed_at[DEPLOYMENTS] = now
+            if self._watching:
+                self._dirty_deployments.add(name)
 
     # -- pages (the web server's event loop) -----------------------------------------
 
@@ -150,10 +173,13 @@ class LiveFeed:
         with self._lock:
             dirty, self._dirty_dispatches = self._dirty_dispatches, set()
             dirty_tasks, self._dirty_tasks = self._dirty_tasks, {}
+            deployments, self._dirty_deployments = self._dirty_deployments, set()
             subs = {key: list(group) for key, group in self._subscriptions.items()}
             cutoff = time.time() - _FORGET_AFTER_S
             if len(self._changed_at) > 1000:
                 self._changed_at = {k: t for k, t in self._changed_at.items() if t > cutoff}
+        if deployments:
+            self._push_deployments(sorted(deployments), subs)
         if not dirty:
             return
         if subs.get(ALL):
@@ -164,6 +190,14 @@ class LiveFeed:
                 message = self._dispatch_message(dispatch_id, dirty_tasks.get(dispatch_id, set()))
                 if message is not None:
                     self._broadcast(watchers, message)
+
+    def _push_deployments(self, names: list[str], subs: dict[str, list[Subscription]]) -> None:
+        if subs.get(DEPLOYMENTS):
+            self._broadcast(subs[DEPLOYMENTS], _dumps({"type": "deployments", "names": names}))
+        for name in names:
+            watchers = subs.get(deployment_key(name))
+            if watchers:
+                self._broadcast(watchers, _dumps({"type": "deployment", "name": name}))
 
     def _dispatches_message(self, ids: list[str]) -> str:
         rows = [r for r in (self.state.get_dispatch(i) for i in ids) if r is not None]

@@ -17,6 +17,7 @@ import uvicorn
 from cobalt_common.errors import ConfigError
 from cobalt_controller.dashboard._app import build_app
 from cobalt_controller.dashboard._auth import cookie_name
+from cobalt_controller.dashboard._deployments import LiveReader, no_live
 from cobalt_controller.dashboard._live import LiveFeed
 
 if TYPE_CHECKING:
@@ -46,11 +47,23 @@ class Dashboard:
         state: the controller's state store, read only.
         token: the controller's token; every request must carry it.
         address: ``host:port`` to listen on; port 0 picks a free one.
+        deployments: reads the deployment manager's live state (replicas ready,
+            requests in flight, cost accrued, the gateway's address), read only;
+            see :func:`cobalt_controller.dashboard.deployments_reader`. Without
+            it the deployment pages show what the store holds.
     """
 
-    def __init__(self, state: StateStore, token: str, address: str) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        token: str,
+        address: str,
+        *,
+        deployments: LiveReader | None = None,
+    ) -> None:
         self.state = state
         self.token = token
+        self.deployments = deployments or no_live
         self.host, self.port = split_address(address)
         self.feed = LiveFeed(state)
         self._server: uvicorn.Server | None = None
@@ -59,6 +72,10 @@ class Dashboard:
     def notify(self, dispatch: Dispatch, task: Task | None) -> None:
         """The scheduler's listener: records a committed change for open pages."""
         self.feed.notify(dispatch, task)
+
+    def notify_deployment(self, name: str) -> None:
+        """The deployment manager's listener: records that a deployment changed."""
+        self.feed.notify_deployment(name)
 
     @property
     def url(self) -> str:
@@ -71,7 +88,13 @@ class Dashboard:
     def start(self) -> None:
         sock = self._bind()
         self.port = sock.getsockname()[1]
-        app = build_app(self.state, self.feed, token=self.token, cookie=cookie_name(self.port))
+        app = build_app(
+            self.state,
+            self.feed,
+            token=self.token,
+            cookie=cookie_name(self.port),
+            live=self.deployments,
+        )
         config = uvicorn.Config(
             app,
             host=self.host,

@@ -33,6 +33,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cobalt_common.deploy import Manifest
@@ -99,6 +100,9 @@ class DeploymentManager(ReplicaLifecycle):
         self._outcomes: queue.SimpleQueue[TaskOutcome] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cobalt-deployments", daemon=True)
         self._ended_logs: dict[str, deque[ReplicaLogs]] = {}
+        self.listener: Callable[[str], None] | None = None
+        """Called with a deployment's name after each event recorded for it, under the
+        manager's lock: it must return at once (the dashboard's live feed)."""
 
     # -- deployments (RPC threads) ------------------------------------------------------
 

@@ -11,6 +11,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cobalt_controller._payloads import Payloads
@@ -41,6 +42,7 @@ class ReplicaLifecycle:
     _changed: threading.Condition
     _closing: bool
     _by_key: dict[str, tuple[LiveDeployment, LiveReplica]]
+    listener: Callable[[str], None] | None
 
     def reconcile(self, d: LiveDeployment) -> None:
         """Starts or stops replicas toward ``d.desired``; old versions roll over."""
@@ -232,3 +234,5 @@ class ReplicaLifecycle:
                 )
             ]
         )
+        if self.listener is not None:
+            self.listener(d.name)

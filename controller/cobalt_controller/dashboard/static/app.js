@@ -3,6 +3,8 @@ import { showError } from "./util.js";
 import { renderDispatches } from "./dispatches.js";
 import { renderDispatch } from "./dispatch.js";
 import { renderCost } from "./cost.js";
+import { renderDeployments } from "./deployments.js";
+import { renderDeployment } from "./deployment.js";
 
 const main = document.getElementById("main");
 const path = location.pathname;
@@ -18,6 +20,12 @@ async function route() {
   if (dispatch) {
     mark("dispatches");
     await renderDispatch(main, decodeURIComponent(dispatch[1]));
+  } else if (path === "/deployments") {
+    mark("deployments");
+    await renderDeployments(main);
+  } else if (path.match(/^\/deployments\/[^/]+$/)) {
+    mark("deployments");
+    await renderDeployment(main, decodeURIComponent(path.slice("/deployments/".length)));
   } else if (path === "/cost") {
     mark("cost");
     await renderCost(main);

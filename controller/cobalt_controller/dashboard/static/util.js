@@ -74,6 +74,28 @@ export function countPills(counts) {
     .join(" ");
 }
 
+/** How a deployment takes requests: with its token, or open to anyone who reaches the gateway. */
+export function authTag(auth) {
+  return auth
+    ? '<span class="tag" title="Requests need the deployment\'s token">token</span>'
+    : '<span class="tag open" title="auth=False: anyone who reaches the gateway can call it">OPEN (no auth)</span>';
+}
+
+/** How often an open deployment page reads again what accrues without an event: cost, requests in flight. */
+export const ACCRUE_MS = 5000;
+
+/** Re-reads a page's data at most every `ms` however often it is asked to. */
+export function throttled(read, ms = 250) {
+  let pending = null;
+  return () => {
+    if (pending) return;
+    pending = setTimeout(async () => {
+      pending = null;
+      await read();
+    }, ms);
+  };
+}
+
 export const EMULATED = '<span class="tag emu" title="Emulated GPUs: the task ran on the CPU">emulated</span>';
 
 export class HttpError extends Error {
@@ -104,12 +126,14 @@ export function showError(main, err) {
 
 /**
  * Subscribes to live updates: `onMessage(msg)` for changes, `onResync()` when
- * the page may have missed some and should read everything again.
+ * the page may have missed some and should read everything again. `key`: a
+ * dispatch id (`kind` "dispatch"), or a deployment's name, "" for all of them
+ * (`kind` "deployment").
  */
-export function live(key, since, onMessage, onResync) {
+export function live(key, since, onMessage, onResync, kind = "dispatch") {
   const dot = document.getElementById("live");
   const params = new URLSearchParams();
-  if (key) params.set("dispatch", key);
+  if (key || kind !== "dispatch") params.set(kind, key ?? "");
   if (since) params.set("since", String(since));
   const source = new EventSource(`/api/events?${params}`);
   source.onopen = () => {
