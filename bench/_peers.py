@@ -1,6 +1,10 @@
-"""Install and measure peer frameworks (Ray, Dask, Covalent), each in its own venv.
+"""Install and measure peer frameworks (Ray, Dask, Covalent, Ray Serve), each in its own venv.
 
 Usage: python bench/_peers.py [ray dask covalent] --fanout N --roundtrip R
+
+Task peers (``"bench": "tasks"``) are measured by bench/core.py; the
+deployment peer ``ray-serve`` by bench/deploy.py (``run_peer``). A peer's
+script is ``bench/peers/<name with - as _>_bench.py``.
 """
 
 from __future__ import annotations
@@ -26,13 +30,27 @@ INSTALL_TIMEOUT_S = 1200.0
 KILL_GRACE_S = 30.0
 
 PEERS: dict[str, dict[str, Any]] = {
-    "ray": {"requirements": ["ray>=2.9,<3"], "module": "ray"},
-    "dask": {"requirements": ["dask[distributed]", "distributed>=2024.1"], "module": "distributed"},
+    "ray": {"requirements": ["ray>=2.9,<3"], "module": "ray", "bench": "tasks"},
+    "dask": {
+        "requirements": ["dask[distributed]", "distributed>=2024.1"],
+        "module": "distributed",
+        "bench": "tasks",
+    },
     "covalent": {
         "requirements": ["covalent==0.240.0", "fastapi==0.115.14", "pydantic==2.10.6"],
         "module": "covalent",
+        "bench": "tasks",
+    },
+    # The serve extra resolves here to ray 2.60.0 with fastapi 0.165, starlette
+    # 1.10, uvicorn 0.54 and pydantic 2.14, which work together: no extra pins.
+    # The import check loads the HTTP stack the extra brings.
+    "ray-serve": {
+        "requirements": ["ray[serve]>=2.9,<3"],
+        "module": "ray.serve, fastapi, starlette, uvicorn",
+        "bench": "deploy",
     },
 }
+TASK_PEERS = [name for name, spec in PEERS.items() if spec["bench"] == "tasks"]
 
 
 class PeerError(RuntimeError):
@@ -148,7 +166,7 @@ def _end_group(proc: subprocess.Popen[str], grace_s: float) -> None:
 
 def _run_script(python: Path, name: str, args: list[str], timeout_s: float) -> dict[str, Any]:
     log_path = PEERS_DIR / name / "last_run.log"
-    cmd = [str(python), str(SCRIPTS_DIR / f"{name}_bench.py"), *args]
+    cmd = [str(python), str(SCRIPTS_DIR / f"{name.replace('-', '_')}_bench.py"), *args]
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True
@@ -171,21 +189,29 @@ def _run_script(python: Path, name: str, args: list[str], timeout_s: float) -> d
     return {"error": f"{name} benchmark printed no JSON (log: {log_path})"}
 
 
-def measure_peer(
-    name: str, *, fanout_n: int, roundtrip_runs: int, timeout_s: float
-) -> dict[str, Any]:
-    """Run the peer's benchmark script in its venv; return its JSON or {"error": reason}."""
+def run_peer(name: str, args: list[str], timeout_s: float) -> dict[str, Any]:
+    """Install the peer if needed and run its script with `args` (timeout_s for the run only).
+
+    Returns the script's JSON line, or {"error": reason}.
+    """
     try:
         python = ensure_peer(name)
-        args = ["--fanout", str(fanout_n), "--roundtrip", str(roundtrip_runs)]
         return _run_script(python, name, args, timeout_s)
     except Exception as exc:
         return {"error": f"{name}: {type(exc).__name__}: {exc}"}
 
 
+def measure_peer(
+    name: str, *, fanout_n: int, roundtrip_runs: int, timeout_s: float
+) -> dict[str, Any]:
+    """Run a task peer's benchmark script in its venv; return its JSON or {"error": reason}."""
+    args = ["--fanout", str(fanout_n), "--roundtrip", str(roundtrip_runs)]
+    return run_peer(name, args, timeout_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("peers", nargs="*", default=list(PEERS), choices=list(PEERS))
+    parser.add_argument("peers", nargs="*", default=TASK_PEERS, choices=TASK_PEERS)
     parser.add_argument("--fanout", type=int, default=2000)
     parser.add_argument("--roundtrip", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=900.0)

@@ -13,6 +13,12 @@ Prints figures and ratios; these are measurements, not pass/fail tests:
 - cold start: first response from zero replicas (target: <= 1.5 s);
 - step load: 1 then 64 concurrent clients, then idle: time to the target
   replica count (target <= 10 s), failed requests (target 0), time back to zero.
+
+Peers (``--peers``, default ``ray-serve``; ``--peers`` alone skips them) are
+installed in their own venvs (bench/_peers.py) and measured in the same run,
+after cobalt's phases, with the same tools: Ray Serve's p50/p99 through its
+HTTP proxy beside cobalt's through its gateway, its wrk throughput and its
+cold start from zero replicas, with the ratios cobalt / peer.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _http_load import post_once, require_wrk, run_wrk, sequential_latency  # noqa: E402
+from _peers import PEERS, run_peer  # noqa: E402
+
+DEPLOY_PEERS = [name for name, spec in PEERS.items() if spec["bench"] == "deploy"]
+PEER_TIMEOUT_S = 300.0
 
 
 def _serve_outside(kind: str) -> tuple[subprocess.Popen[str], str]:
@@ -152,6 +162,13 @@ def bench_step(ct: Any, step_s: float, work_ms: float) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter load phases")
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        default=DEPLOY_PEERS,
+        choices=DEPLOY_PEERS,
+        help="peers to measure after cobalt (none: skip them)",
+    )
     args = parser.parse_args()
     require_wrk()
     home = tempfile.mkdtemp(prefix="cobalt-bench-deploy-")
@@ -168,6 +185,13 @@ def main() -> int:
         cli = Path(sys.executable).with_name("cobalt")
         subprocess.run([str(cli), "controller", "stop"], check=False, capture_output=True)
 
+    seconds, rounds = (5, 3) if args.quick else (10, 5)
+    peers: dict[str, dict[str, Any]] = {}
+    for peer in args.peers:
+        print(f"measuring {peer} ...", file=sys.stderr, flush=True)
+        peer_args = ["--seconds", str(seconds), "--cold-rounds", str(rounds)]
+        peers[peer] = run_peer(peer, peer_args, timeout_s=PEER_TIMEOUT_S)
+
     print("\ngateway overhead (one request at a time, 2,000 requests)")
     print(f"  direct to replica  p50 {tp['direct_p50']:.3f} ms  p99 {tp['direct_p99']:.3f} ms")
     print(f"  through gateway    p50 {tp['gw_p50']:.3f} ms  p99 {tp['gw_p99']:.3f} ms")
@@ -175,15 +199,37 @@ def main() -> int:
         f"  added              p50 {tp['gw_p50'] - tp['direct_p50']:+.3f} ms  "
         f"p99 {tp['gw_p99'] - tp['direct_p99']:+.3f} ms   (target: p50 <= +1 ms)"
     )
+    for peer, r in peers.items():
+        if "error" in r:
+            continue
+        print(
+            f"  {peer + ' proxy':<18} p50 {r['seq_p50_ms']:.3f} ms  p99 {r['seq_p99_ms']:.3f} ms"
+            f"   cobalt gateway / {peer}: p50 {tp['gw_p50'] / r['seq_p50_ms']:.2f}, "
+            f"p99 {tp['gw_p99'] / r['seq_p99_ms']:.2f}"
+        )
     print("\nthroughput (wrk, 32 connections)")
     for name in ("bare", "direct", "gateway"):
         print(f"  {name:<8} {tp[f'{name}_rps']:>9,.0f} req/s  failed {tp[f'{name}_failed']:.0f}")
+    for peer, r in peers.items():
+        if "error" not in r:
+            print(f"  {peer:<8} {r['rps']:>9,.0f} req/s  failed {r['failed']:.0f}")
     print(f"  gateway / bare uvicorn = {tp['gateway_rps'] / tp['bare_rps']:.2f}   (target >= 0.50)")
+    for peer, r in peers.items():
+        if "error" not in r and r["rps"]:
+            print(f"  gateway / {peer} = {tp['gateway_rps'] / r['rps']:.2f}")
     print("\ncold start from zero replicas")
     print(
         f"  median {statistics.median(cold):.3f} s, max {max(cold):.3f} s over {len(cold)} "
         "(target <= 1.5 s)"
     )
+    for peer, r in peers.items():
+        if "error" in r:
+            continue
+        print(
+            f"  {peer}: median {r['cold_median_s']:.3f} s, max {r['cold_max_s']:.3f} s over "
+            f"{len(r['cold_s'])}   cobalt / {peer}: median "
+            f"{statistics.median(cold) / r['cold_median_s']:.2f}"
+        )
     print(f"\nstep load: 1 then 64 clients, {step['requests']:,} requests")
     reached = f"{step['reached_s']:.1f} s" if step["reached_s"] is not None else "not reached"
     print(f"  target {step['want']} replicas reached after {reached} (peak {step['peak']})")
@@ -193,6 +239,17 @@ def main() -> int:
     )
     zero = step["back_to_zero_s"]
     print(f"  back to zero {zero:.1f} s after the load stopped" if zero else "  never back to zero")
+    for peer, r in peers.items():
+        if "error" in r:
+            print(f"\n{peer}: not measured: {r['error']}")
+        else:
+            took = f"measured in {r['total_s']:.0f} s, after cobalt's phases"
+            print(f"\n{peer} {r['version']}: {took}")
+    if peers:
+        print(
+            "ratios are cobalt / peer: under 1 is better for cobalt in latency and cold start, "
+            "over 1 in throughput"
+        )
     return 0
 
 
