@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,8 @@ from cobalt import _client
 from cobalt._client import get_client, pid_running
 from cobalt_common.v1 import controller_pb2 as pb
 
+ROOT = Path(__file__).resolve().parents[1]
+
 CONFIG_TOML = """\
 [controller]
 retry_backoff_s = 0.05
@@ -41,6 +44,48 @@ type = "local"
 emulate_gpus = { h100 = 2 }
 memory = "256GB"
 """
+
+DEPLOY_CONFIG_TOML = """\
+[controller]
+retry_backoff_s = 0.05
+autoscale_interval_s = 0.2
+
+[executors.local]
+type = "local"
+workers = 1
+cpus = 16
+memory = "64GB"
+"""
+"""For deployment tests: fast autoscaling ticks, and room for many small replicas
+(``cpus=0.25``) on a 2-core machine."""
+
+
+def mypy_by_comment(snippet: str, folder: Path) -> dict[str, str]:
+    """Runs mypy on ``snippet`` with the project's settings; maps the trailing comment of
+    each line it reports on to its messages (``reveal_type`` lines included)."""
+    from mypy import api
+
+    path = folder / "snippet.py"
+    path.write_text(snippet)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)
+        stdout, stderr, _ = api.run(
+            [
+                str(path),
+                f"--config-file={ROOT / 'pyproject.toml'}",
+                f"--cache-dir={folder / 'mypy_cache'}",
+                "--no-error-summary",
+            ]
+        )
+    assert not stderr, stderr
+    lines = snippet.splitlines()
+    report: dict[str, str] = {}
+    for match in re.finditer(rf"^{re.escape(str(path))}:(\d+): (.*)$", stdout, re.MULTILINE):
+        comment = lines[int(match[1]) - 1].partition("# ")[2]
+        report[comment] = f"{report.get(comment, '')}{match[2]}\n"
+    return report
+
+
 """The test controller: the default ``local`` executor plus ``gpu``, which
 emulates two H100s; retries wait 50 ms instead of a second."""
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from conftest import DEPLOY_CONFIG_TOML
 
 import cobalt as ct
 from cobalt._client import get_client
@@ -26,18 +27,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-CONFIG = """\
-[controller]
-retry_backoff_s = 0.05
-autoscale_interval_s = 0.2
-
-[executors.local]
-type = "local"
-workers = 1
-cpus = 16
-memory = "64GB"
-"""
-"""Fast autoscaling ticks, and room for many small replicas on a 2-core machine."""
+CONFIG = DEPLOY_CONFIG_TOML
 
 BODY_LIMIT = 2048
 

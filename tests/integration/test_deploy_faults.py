@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from conftest import DEPLOY_CONFIG_TOML
 
 import cobalt as ct
 from cobalt._client import get_client
@@ -27,17 +28,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-CONFIG = """\
-[controller]
-retry_backoff_s = 0.05
-autoscale_interval_s = 0.2
-
-[executors.local]
-type = "local"
-workers = 1
-cpus = 16
-memory = "64GB"
-"""
+CONFIG = DEPLOY_CONFIG_TOML
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import DEPLOY_CONFIG_TOML
 
 import cobalt as ct
 
@@ -20,14 +21,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-CONFIG = """\
-[controller]
-autoscale_interval_s = 0.2
-
-[executors.local]
-type = "local"
-workers = 1
-"""
+CONFIG = DEPLOY_CONFIG_TOML
 
 
 @pytest.fixture

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import re
 import textwrap
 from pathlib import Path
 
 import pytest
-from mypy import api
+from conftest import mypy_by_comment
 
 pytestmark = pytest.mark.unit
 
@@ -57,26 +56,7 @@ SNIPPET = textwrap.dedent(
 @pytest.fixture(scope="module")
 def mypy_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Run mypy on the snippet once; map each line's trailing comment to mypy's message."""
-    folder = tmp_path_factory.mktemp("typing")
-    snippet = folder / "snippet.py"
-    snippet.write_text(SNIPPET)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(ROOT)
-        stdout, stderr, _ = api.run(
-            [
-                str(snippet),
-                f"--config-file={ROOT / 'pyproject.toml'}",
-                f"--cache-dir={folder / 'mypy_cache'}",
-                "--no-error-summary",
-            ]
-        )
-    assert not stderr, stderr
-    lines = SNIPPET.splitlines()
-    report: dict[str, str] = {}
-    for match in re.finditer(rf"^{re.escape(str(snippet))}:(\d+): (.*)$", stdout, re.MULTILINE):
-        comment = lines[int(match[1]) - 1].partition("# ")[2]
-        report[comment] = f"{report.get(comment, '')}{match[2]}\n"
-    return report
+    return mypy_by_comment(SNIPPET, tmp_path_factory.mktemp("typing"))
 
 
 @pytest.mark.parametrize(
