@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -110,6 +111,7 @@ class GatewayRequests:
             return
         loop = self._loop
         started = loop.time()
+        clock = time.perf_counter()
         entry.stats.arrived(started)
         request_id = headers.get("x-request-id") or f"{self._prefix}{next(self._ids):x}"
         # Everything after the request line and Host but the secret, which is the
@@ -155,7 +157,7 @@ class GatewayRequests:
                     return
             finally:
                 entry.in_flight -= 1
-                entry.stats.finished(started, loop.time())
+                entry.stats.finished(loop.time(), time.perf_counter() - clock)
                 self._release(entry, up)
 
     def _release(self, entry: Entry, up: Upstream) -> None:

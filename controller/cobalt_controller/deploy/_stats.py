@@ -30,8 +30,10 @@ class RequestStats:
         self.last_request = now
         self.requests += 1
 
-    def finished(self, started: float, now: float) -> None:
-        self.latencies.append((now, now - started))
+    def finished(self, now: float, latency_s: float) -> None:
+        """A request ended at loop time ``now`` after ``latency_s`` (measured with
+        ``time.perf_counter``: uvloop's clock only moves once per loop iteration)."""
+        self.latencies.append((now, latency_s))
 
     def snapshot(self, now: float) -> tuple[float, float, float]:
         """Requests per second, p50 and p99 latency in ms, over the last window."""
