@@ -27,6 +27,7 @@ from cobalt_common.hardware import parse_duration_s
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "Autoscaling",
+    "Batch",
     "DurationLike",
     "Manifest",
     "Route",
@@ -258,12 +259,53 @@ def _remote_policy(metrics: dict[str, Any]) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Batch:
+    """Coalesce concurrent requests to one endpoint into one call over lists.
+
+    Each client still sends one item; a replica gathers the requests that
+    arrive together and calls the endpoint once with each body field as a
+    list, then sends element ``i`` of the returned list back to request ``i``.
+    A replica is given at most ``Autoscaling.max_concurrency`` requests at
+    once, so that also bounds a batch.
+
+    Args:
+        max_size: the most requests in one call (default 32).
+        max_wait_ms: how long the first waiting request waits for others
+            before its batch runs with fewer (default 5 ms; 0: run with
+            whatever is waiting).
+
+    Example:
+        >>> Batch(max_size=8)
+        Batch(max_size=8, max_wait_ms=5.0)
+    """
+
+    max_size: int = 32
+    max_wait_ms: float = 5.0
+
+    def __post_init__(self) -> None:
+        _count(self.max_size, "Batch(max_size=...)", minimum=1)
+        wait = self.max_wait_ms
+        if (
+            isinstance(wait, bool)
+            or not isinstance(wait, int | float)
+            or not math.isfinite(wait)
+            or wait < 0
+        ):
+            raise SpecError(
+                f"Batch(max_wait_ms=...) must be a number of milliseconds >= 0, such as 5, "
+                f"not {wait!r}."
+            )
+        object.__setattr__(self, "max_wait_ms", float(wait))
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
-    """One endpoint: ``POST <gateway>/<deployment><path>``."""
+    """One endpoint: ``POST <gateway>/<deployment><path>``; ``batch`` when it is batched."""
 
     name: str
     path: str
     streaming: bool = False
+    batch: Batch | None = None
 
     def __post_init__(self) -> None:
         if not _ROUTE.match(self.path) or "//" in self.path or ".." in self.path:
@@ -271,6 +313,22 @@ class Route:
                 f"endpoint path {self.path!r} is not valid: start with '/' and use letters, "
                 "digits, '-', '_', '.' and '/' (for example '/predict')."
             )
+        if self.batch is not None and not isinstance(self.batch, Batch):
+            raise SpecError(
+                f"endpoint {self.path!r}: batch= takes ct.Batch(max_size=..., max_wait_ms=...), "
+                f"not {type(self.batch).__name__}."
+            )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Route:
+        """The inverse of ``dataclasses.asdict(route)``."""
+        batch = data.get("batch")
+        return cls(
+            name=data["name"],
+            path=data["path"],
+            streaming=bool(data.get("streaming", False)),
+            batch=Batch(**batch) if batch else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +375,7 @@ class Manifest:
         data = json.loads(text)
         return cls(
             name=data["name"],
-            routes=tuple(Route(**r) for r in data["routes"]),
+            routes=tuple(Route.from_dict(r) for r in data["routes"]),
             autoscaling=Autoscaling.from_dict(data.get("autoscaling", {})),
             auth=bool(data.get("auth", True)),
             max_body_bytes=int(data.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)),

@@ -17,7 +17,8 @@ Every error cobalt raises derives from :class:`Error`, exported to users as
     ├── WaitTimeoutError          ``get_result(..., wait=seconds)`` ran out of time
     ├── TaskFailedError           a task failed remotely (carries the remote traceback)
     ├── DeploymentError           a deployment's replicas could not start (traceback attached)
-    └── EndpointError             an endpoint answered with an error (status, error id)
+    ├── EndpointError             an endpoint answered with an error (status, error id)
+    └── FidelityError             ``ct.optimize`` fell below ``min_fidelity`` (report attached)
 
 Raw ``grpc.RpcError``, SQLAlchemy and pickle errors never reach users; they
 are translated at the boundary into one of these.
@@ -153,3 +154,20 @@ class EndpointError(Error):
         self.error_id = error_id
         self.field = field
         self.retry_after = retry_after
+
+
+class FidelityError(Error):
+    """An optimized model's outputs drifted further from the original's than allowed.
+
+    ``ct.optimize(..., min_fidelity=...)`` raises it rather than hand back a
+    worse model; the message names the measured value, the threshold and what
+    to try instead.
+
+    Attributes:
+        report: the ``ct.OptimizationReport`` of the rejected attempt (sizes,
+            latencies, fidelity and what was applied).
+    """
+
+    def __init__(self, message: str, *, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report

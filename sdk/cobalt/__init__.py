@@ -18,10 +18,12 @@ from cobalt._estimate import Estimate, TaskEstimate, estimate
 from cobalt._executors import Executor, LocalExecutor
 from cobalt._graph import wait
 from cobalt._lattice import Lattice, lattice
+from cobalt._optimize import optimize
+from cobalt._optimize_report import OptimizationReport
 from cobalt._result import Result, Status, TaskRecord
 from cobalt._sentinel import UNSET
 from cobalt._service import Service, service
-from cobalt_common.deploy import Autoscaling, Schedule
+from cobalt_common.deploy import Autoscaling, Batch, Schedule
 from cobalt_common.errors import (
     AuthenticationError,
     ConfigError,
@@ -31,6 +33,7 @@ from cobalt_common.errors import (
     DispatchError,
     EndpointError,
     Error,
+    FidelityError,
     GraphError,
     NotFoundError,
     PicklingError,
@@ -47,6 +50,7 @@ __all__ = [
     "UNSET",
     "AuthenticationError",
     "Autoscaling",
+    "Batch",
     "ConfigError",
     "ControllerError",
     "ControllerUnavailableError",
@@ -61,12 +65,14 @@ __all__ = [
     "Error",
     "Estimate",
     "Executor",
+    "FidelityError",
     "GraphError",
     "HardwareGiven",
     "HardwareSpec",
     "Lattice",
     "LocalExecutor",
     "NotFoundError",
+    "OptimizationReport",
     "PicklingError",
     "Result",
     "Schedule",
@@ -89,6 +95,7 @@ __all__ = [
     "get_result",
     "lattice",
     "list_deployments",
+    "optimize",
     "service",
     "wait",
 ]

@@ -7,6 +7,8 @@ threads as the service's ``max_concurrency``), ``async def`` endpoints and
 async generators on the event loop, sync generators one item at a time in
 the pool. An endpoint that raises gets a 500 carrying an error id, its
 traceback goes to stderr under that id, and the replica goes on serving.
+Batched endpoints queue each checked request in their
+:class:`~cobalt._batching.Batcher`, which calls them once per batch.
 
 Example:
     >>> import asyncio
@@ -40,9 +42,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_jsonable_python
 
+from cobalt._batching import Answer, Batcher, BatchReturnError
 from cobalt._metrics import UsageMeter
 from cobalt._validation import BadRequest, RequestBody, openapi_document
-from cobalt_common.deploy import Route
+from cobalt_common.deploy import Batch, Route
 
 if TYPE_CHECKING:
     from cobalt._service import Service
@@ -85,14 +88,15 @@ def _user_traceback(exc: BaseException) -> str:
 
 
 class _Endpoint:
-    __slots__ = ("body", "function", "injected", "kind", "route")
+    __slots__ = ("batcher", "body", "function", "injected", "kind", "route")
 
     def __init__(self, route: Route, function: Callable[..., Any], values: Mapping[str, Any]):
         self.route = route
         self.function = function
         names = inspect.signature(function).parameters
         self.injected = {k: v for k, v in values.items() if k in names}
-        self.body = RequestBody.of(function, self.injected)
+        self.body = RequestBody.of(function, self.injected, batched=route.batch is not None)
+        self.batcher: Batcher | None = None
         if inspect.isasyncgenfunction(function):
             self.kind = "asyncgen"
         elif inspect.iscoroutinefunction(function):
@@ -128,6 +132,9 @@ class ReplicaApp:
         self._routes = {
             e.route.path: _Endpoint(e.route, e.function, values) for e in service.endpoints
         }
+        for endpoint in self._routes.values():
+            if endpoint.route.batch is not None:
+                endpoint.batcher = self._batcher(endpoint, endpoint.route.batch)
         self._secret = secret.encode() if secret else None
         self._max_body = service.max_body_bytes
         self._pool = ThreadPoolExecutor(
@@ -207,42 +214,78 @@ class ReplicaApp:
             if endpoint.route.streaming:
                 await self._stream(endpoint, body, receive, send, request_id)
             else:
-                status, data = await self._call(endpoint, body, request_id)
-                await _send(send, status, data)
+                answer = await self._call(endpoint, body, request_id, receive)
+                if answer is not None:
+                    await _send(send, *answer)
         finally:
             self.in_flight -= 1
 
-    async def handle_json(self, path: str, body: bytes, request_id: str = "") -> tuple[int, bytes]:
+    async def handle_json(self, path: str, body: bytes, request_id: str = "") -> Answer:
         """Call a non-streaming route with ``body``: (status, JSON answer)."""
-        return await self._call(self._routes[path], body, request_id)
+        answer = await self._call(self._routes[path], body, request_id)
+        assert answer is not None  # only a client that can leave gets none
+        return answer
 
-    async def _call(self, endpoint: _Endpoint, body: bytes, request_id: str) -> tuple[int, bytes]:
+    async def _call(
+        self, endpoint: _Endpoint, body: bytes, request_id: str, receive: Receive | None = None
+    ) -> Answer | None:
+        """The answer to one request; ``None`` when its client left while it was queued."""
         try:
             kwargs = endpoint.body.parse(body)
         except BadRequest as exc:
             return 422, dump(exc.body())
+        if endpoint.batcher is not None:
+            return await _batched(endpoint.batcher, kwargs, request_id, receive)
         kwargs.update(endpoint.injected)
         try:
-            if endpoint.kind == "async":
-                value = await endpoint.function(**kwargs)
-            else:
-                call = functools.partial(endpoint.function, **kwargs)
-                value = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+            value = await self._invoke(endpoint, kwargs)
+        except Exception as exc:
+            return 500, dump(self._failed(endpoint, exc, request_id))
+        return self._value(endpoint, value, request_id)
+
+    async def _invoke(self, endpoint: _Endpoint, kwargs: dict[str, Any]) -> Any:
+        if endpoint.kind == "async":
+            return await endpoint.function(**kwargs)
+        call = functools.partial(endpoint.function, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    def _value(self, endpoint: _Endpoint, value: Any, request_id: str) -> Answer:
+        try:
             return 200, dump(value)
         except Exception as exc:
             return 500, dump(self._failed(endpoint, exc, request_id))
 
+    def _batcher(self, endpoint: _Endpoint, batch: Batch) -> Batcher:
+        async def run(columns: dict[str, list[Any]]) -> Any:
+            return await self._invoke(endpoint, {**columns, **endpoint.injected})
+
+        def fail(exc: BaseException, request_ids: str) -> Answer:
+            return 500, dump(self._failed(endpoint, exc, request_ids))
+
+        return Batcher(
+            endpoint.route.name,
+            batch,
+            run,
+            answer=functools.partial(self._value, endpoint),
+            fail=fail,
+        )
+
     def _failed(self, endpoint: _Endpoint, exc: BaseException, request_id: str) -> dict[str, str]:
         eid = error_id()
         name = endpoint.route.name
+        which = f"requests {request_id}" if ", " in request_id else f"request {request_id or '-'}"
         print(
-            f"error {eid} in {name} (request {request_id or '-'}):\n{_user_traceback(exc)}",
+            f"error {eid} in {name} ({which}):\n{_user_traceback(exc)}",
             file=sys.stderr,
             flush=True,
         )
         text = str(exc)
-        if isinstance(exc, TypeError | ValueError) and "JSON serializable" in text:
+        if isinstance(exc, BatchReturnError):
+            what = text
+        elif isinstance(exc, TypeError | ValueError) and "JSON serializable" in text:
             what = f"the endpoint {name} returned a value that cannot be sent as JSON: {text}"
+        elif exc.__traceback__ is None:  # a batched endpoint's result for this request
+            what = f"the endpoint {name} returned {type(exc).__name__}: {text}"
         else:
             what = f"the endpoint {name} raised {type(exc).__name__}: {text}"
         return {"error": what, "error_id": eid}
@@ -330,6 +373,11 @@ class ReplicaApp:
                 "gpu_utilization": gpu,
                 "in_flight": self.in_flight,
                 "requests": self.requests,
+                "batch_sizes": {
+                    path: e.batcher.sizes()
+                    for path, e in self._routes.items()
+                    if e.batcher is not None
+                },
             }
         )
 
@@ -411,6 +459,33 @@ async def _read_body(receive: Receive, limit: int) -> Any:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _batched(
+    batcher: Batcher, kwargs: dict[str, Any], request_id: str, receive: Receive | None
+) -> Answer | None:
+    """Queue a request in its batcher; ``None`` when the client left before the answer.
+
+    A client that leaves before its batch runs is dropped from the batch.
+    """
+    if receive is None:
+        return await batcher.submit(kwargs, request_id)
+    answer = asyncio.ensure_future(batcher.submit(kwargs, request_id))
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not answer.done():
+            answer.cancel()
+    if not answer.done() or answer.cancelled():
+        return None  # cancelling it takes it out of the queue, if its batch has not run
+    return answer.result()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:

@@ -19,7 +19,7 @@ Example:
     >>> say(">", "hi")  # a plain function here
     '>hi'
     >>> load.manifest().routes, load.manifest().autoscaling.max_replicas
-    ((Route(name='say', path='/say', streaming=False),), 3)
+    ((Route(name='say', path='/say', streaming=False, batch=None),), 3)
     >>> load.hardware().describe()
     '2 CPUs'
 """
@@ -40,6 +40,7 @@ from cobalt._lattice import Options, misuse_message, parse_options
 from cobalt_common.deploy import (
     DEFAULT_MAX_BODY_BYTES,
     Autoscaling,
+    Batch,
     DurationLike,
     Manifest,
     Route,
@@ -186,7 +187,9 @@ class Service(Generic[P]):
         """Run the initializer here, as a plain function (for tests)."""
         return self.initializer(*args, **kwargs)
 
-    def endpoint(self, path: str, *, streaming: bool = False) -> Callable[[F], F]:
+    def endpoint(
+        self, path: str, *, streaming: bool = False, batch: Batch | None = None
+    ) -> Callable[[F], F]:
         """Serve the decorated function at ``POST <deployment url><path>``.
 
         Its parameters named like keys of the initializer's dict receive those
@@ -197,9 +200,24 @@ class Service(Generic[P]):
             path: where it is served, such as ``"/predict"``.
             streaming: answer with server-sent events, one per value the
                 (sync or async) generator yields.
+            batch: coalesce concurrent requests into one call
+                (``ct.Batch(max_size=32, max_wait_ms=5)``). Each request still
+                sends one item; the function takes each body field as a
+                ``list[...]``, one element per request, and returns a list of
+                the same length, whose element ``i`` answers request ``i`` (an
+                ``Exception`` there fails that request alone).
 
         Raises:
-            SpecError: the path is missing or invalid, or taken already.
+            SpecError: the path is missing or invalid, or taken already, or
+                ``batch`` does not fit the function.
+
+        Example:
+            >>> svc = service(lambda: {"scale": 2}, name="scaler")
+            >>> @svc.endpoint("/scale", batch=Batch(max_size=16, max_wait_ms=2))
+            ... def scale(scale: int, x: list[float]) -> list[float]:
+            ...     return [scale * v for v in x]
+            >>> scale(2, [1.0, 2.5])
+            [2.0, 5.0]
         """
         if not isinstance(path, str):
             what = getattr(path, "__name__", repr(path))
@@ -209,22 +227,34 @@ class Service(Generic[P]):
             )
         if not isinstance(streaming, bool):
             raise SpecError(f"endpoint {path!r}: streaming={streaming!r} must be True or False.")
-        Route("endpoint", path)  # a bad path fails here, before the function is seen
+        if batch is True:  # type: ignore[comparison-overlap]  # untyped callers
+            raise SpecError(
+                f"endpoint {path!r}: batch= takes ct.Batch(...). "
+                f'Did you mean @{self.__name__}.endpoint("{path}", batch=ct.Batch())?'
+            )
+        Route("endpoint", path, batch=batch)  # a bad path or batch fails here
 
         def decorate(function: F) -> F:
-            self.add_endpoint(function, path, streaming=streaming)
+            self.add_endpoint(function, path, streaming=streaming, batch=batch)
             return function
 
         return decorate
 
-    def add_endpoint(self, function: Callable[..., Any], path: str, *, streaming: bool) -> None:
+    def add_endpoint(
+        self,
+        function: Callable[..., Any],
+        path: str,
+        *,
+        streaming: bool,
+        batch: Batch | None = None,
+    ) -> None:
         """Register ``function`` at ``path`` (what :meth:`endpoint` does)."""
         if not callable(function):
             raise SpecError(f"@{self.name}.endpoint({path!r}) decorates a function.")
         name = getattr(function, "__name__", "")
         if not name.isidentifier():
             raise SpecError(f"endpoint {path!r} must be a named function (def ...), not {name!r}.")
-        route = Route(name, path, streaming)
+        route = Route(name, path, streaming, batch)
         check_endpoint_signature(function, route)
         for other in self.endpoints:
             if other.route.path == path:
@@ -278,10 +308,47 @@ def check_endpoint_signature(function: Callable[..., Any], route: Route) -> None
                 f"parameter instead ({param.name}: list[...])."
             )
     generator = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
+    if route.batch is not None:
+        check_batched_signature(owner, function, signature, route, generator=generator)
     if generator and not route.streaming:
         raise SpecError(
             f"{owner} is a generator; serve it as a stream with "
             f'@service.endpoint("{route.path}", streaming=True), or return a value.'
+        )
+
+
+def check_batched_signature(
+    owner: str,
+    function: Callable[..., Any],
+    signature: inspect.Signature,
+    route: Route,
+    *,
+    generator: bool,
+) -> None:
+    """What can be known of a batched endpoint before the initializer has run.
+
+    Which parameters the initializer fills is known only in a replica, so
+    that each body parameter is a ``list[...]`` is checked there, when the
+    request model is built (:meth:`cobalt._validation.RequestBody.of`).
+    """
+    if route.streaming or generator:
+        raise SpecError(
+            f"{owner}: a streaming endpoint cannot be batched, since a batch call returns "
+            "one list of results; drop batch= or streaming=True."
+        )
+    params = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        raise SpecError(
+            f"{owner} is batched, so each request field must be a named list parameter; "
+            "replace **kwargs with parameters such as text: list[str]."
+        )
+    from cobalt._validation import hints_of, list_element  # pydantic: only when batching
+
+    hints = hints_of(function)
+    if not any(list_element(hints.get(p.name, Any)) is not None for p in params):
+        raise SpecError(
+            f"{owner} is batched, so it takes the request fields as lists, one element per "
+            "request, such as text: list[str]; none of its parameters is a list."
         )
 
 

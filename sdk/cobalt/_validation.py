@@ -6,6 +6,9 @@ honoured, unknown fields are refused, and parameters the initializer's dict
 provides are left out (they are injected, not read from the body). Fields
 are named ``f0``, ``f1``... with the parameter names as aliases, so that any
 parameter name works, even one pydantic reserves (``json``, ``schema``...).
+A batched endpoint takes each body field as a list, one element per request,
+so its model checks one request's element: ``text: list[str]`` reads
+``{"text": "hi"}``.
 
 Example:
     >>> def predict(model, text: str, n: int = 1) -> list[str]:
@@ -22,7 +25,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import inspect
+import operator
+import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -31,6 +37,7 @@ import pydantic
 from pydantic_core import ErrorDetails
 
 from cobalt_common.deploy import Route
+from cobalt_common.errors import SpecError
 
 
 class BadRequest(Exception):
@@ -53,7 +60,8 @@ def _loc_text(loc: Sequence[str | int]) -> str:
     return text
 
 
-def _hints(function: Callable[..., Any]) -> dict[str, Any]:
+def hints_of(function: Callable[..., Any]) -> dict[str, Any]:
+    """``function``'s type hints by parameter name; one that cannot be resolved is left out."""
     try:
         return typing.get_type_hints(function, include_extras=True)
     except Exception:
@@ -71,6 +79,41 @@ def _hints(function: Callable[..., Any]) -> dict[str, Any]:
         except Exception:
             continue
     return hints
+
+
+def list_element(annotation: Any) -> Any:
+    """``T`` for ``list[T]``, ``Any`` for ``list`` or ``Any``; ``None`` for anything else."""
+    if annotation is Any or annotation is list:
+        return Any
+    if typing.get_origin(annotation) is typing.Annotated:
+        return list_element(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) is list:
+        args = typing.get_args(annotation)
+        return args[0] if args else Any
+    return None
+
+
+def _result_element(annotation: Any) -> Any:
+    """What one request of a batched endpoint gets back: ``T`` of ``list[T]``, without
+    the exception types a batch function may return in place of a result."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _result_element(args[0])
+    sequence = origin in (list, Sequence) and len(args) == 1
+    if not (sequence or (origin is tuple and len(args) == 2 and args[1] is Ellipsis)):
+        return None
+    element = args[0]
+    if typing.get_origin(element) in (typing.Union, types.UnionType):
+        kept = [
+            a
+            for a in typing.get_args(element)
+            if not (isinstance(a, type) and issubclass(a, BaseException))
+        ]
+        if not kept:
+            return None
+        return functools.reduce(operator.or_, kept) if len(kept) > 1 else kept[0]
+    return element
 
 
 class RequestBody:
@@ -98,10 +141,19 @@ class RequestBody:
         self.accepted = ", ".join(alias for _, alias in fields) or "no fields"
 
     @classmethod
-    def of(cls, function: Callable[..., Any], injected: Iterable[str] = ()) -> RequestBody:
-        """The body model of ``function``, leaving out parameters named in ``injected``."""
+    def of(
+        cls, function: Callable[..., Any], injected: Iterable[str] = (), *, batched: bool = False
+    ) -> RequestBody:
+        """The body model of ``function``, leaving out parameters named in ``injected``.
+
+        With ``batched``, each body parameter must be a ``list[T]`` (or have no
+        hint) and the model reads one request's ``T``.
+
+        Raises:
+            SpecError: ``batched``, and a body parameter is not a list.
+        """
         name = getattr(function, "__name__", "endpoint")
-        hints = _hints(function)
+        hints = hints_of(function)
         skip = set(injected)
         definitions: dict[str, Any] = {}
         fields: list[tuple[str, str]] = []
@@ -115,6 +167,8 @@ class RequestBody:
             field = f"f{len(fields)}"
             default = ... if param.default is inspect.Parameter.empty else param.default
             annotation = hints.get(param.name, Any)
+            if batched:
+                annotation = _batched_element(name, param.name, annotation)
             definitions[field] = (annotation, pydantic.Field(default, alias=param.name))
             fields.append((field, param.name))
         config = pydantic.ConfigDict(
@@ -188,10 +242,26 @@ _ERRORS = {
 }
 
 
-def _return_schema(function: Callable[..., Any], streaming: bool) -> dict[str, Any]:
-    annotation = _hints(function).get("return")
-    if annotation is None or streaming:
+def _batched_element(name: str, param: str, annotation: Any) -> Any:
+    element = list_element(annotation)
+    if element is None:
+        shown = getattr(annotation, "__name__", None) or repr(annotation)
+        raise SpecError(
+            f"endpoint {name} is batched, so its body parameter {param!r} receives one value "
+            f"per request as a list: annotate it {param}: list[{shown}], not {shown}. If it "
+            "should come from the initializer, return it in the initializer's dict."
+        )
+    return element
+
+
+def _return_schema(function: Callable[..., Any], route: Route) -> dict[str, Any]:
+    annotation = hints_of(function).get("return")
+    if annotation is None or route.streaming:
         return {}
+    if route.batch is not None:
+        annotation = _result_element(annotation)
+        if annotation is None:
+            return {}
     try:
         schema: dict[str, Any] = pydantic.TypeAdapter(annotation).json_schema(
             ref_template="#/components/schemas/{model}"
@@ -214,7 +284,7 @@ def openapi_document(
     for route, function, body in endpoints:
         request = body.model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(request.pop("$defs", {}))
-        result = _return_schema(function, route.streaming)
+        result = _return_schema(function, route)
         schemas.update(result.pop("$defs", {}))
         if route.streaming:
             content = {
@@ -244,6 +314,11 @@ def openapi_document(
         }
         if doc:
             operation["description"] = doc
+        if route.batch is not None:
+            operation["x-cobalt-batch"] = {
+                "max_size": route.batch.max_size,
+                "max_wait_ms": route.batch.max_wait_ms,
+            }
         paths[route.path] = {"post": operation}
     components: dict[str, Any] = {"schemas": schemas}
     document: dict[str, Any] = {

@@ -95,3 +95,15 @@ def test_readme_deployment_example_serves_streams_answers_http_and_tears_down(
     assert lines[2] == str([{"word": w, "score": s} for w, s in words]), "one value per yield"
     assert lines[3] == "200 {'label': 'negative', 'score': -2.0}", "plain HTTP with the token"
     assert lines[4:] == ["stopped"]
+
+
+def test_readme_batching_example_deploys_a_batched_endpoint_and_answers(
+    fresh_home: dict[str, str],
+) -> None:
+    blocks = _python_blocks((ROOT / "README.md").read_text())
+    example = next(b for b in blocks if "ct.Batch" in b)
+    out = subprocess.run(
+        [sys.executable, "-c", example], env=fresh_home, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[1.0, 1.0, 0.0]"]

@@ -45,7 +45,11 @@ PUBLIC_SURFACE = {
     "get_deployment",
     "list_deployments",
     "Autoscaling",
+    "Batch",
     "Schedule",
+    # model optimization
+    "optimize",
+    "OptimizationReport",
     # the exception tree
     "Error",
     "SpecError",
@@ -62,6 +66,7 @@ PUBLIC_SURFACE = {
     "TaskFailedError",
     "DeploymentError",
     "EndpointError",
+    "FidelityError",
     "__version__",
 }
 

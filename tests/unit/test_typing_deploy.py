@@ -39,6 +39,11 @@ SNIPPET = textwrap.dedent(
         yield text
 
 
+    @classifier.endpoint("/embed", batch=ct.Batch(max_size=16, max_wait_ms=2))
+    def embed(model: object, text: list[str]) -> list[list[float]]:
+        return [[0.0] for _ in text]
+
+
     @ct.deploy(cpus=2, min_replicas=1)
     def double(x: int) -> int:
         return 2 * x
@@ -47,11 +52,13 @@ SNIPPET = textwrap.dedent(
     reveal_type(classifier)  # service
     reveal_type(bare)  # bare service
     reveal_type(predict)  # endpoint
+    reveal_type(embed)  # batched endpoint
     reveal_type(ct.deploy(classifier))  # deployer
     reveal_type(ct.deploy(classifier, wait=False)("small"))  # deploy call
     reveal_type(double)  # deployed function
     ct.deploy(classifier)(3)  # wrong init argument
     ct.service(gpux="h100")  # unknown option
+    classifier.endpoint("/e", batch=32)  # batch not a Batch
     """
 )
 
@@ -68,6 +75,7 @@ def mypy_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         ("service", "cobalt._service.Service[[model_name: str, size: int =]]"),
         ("bare service", "cobalt._service.Service[[]]"),
         ("endpoint", "def (model: object, text: str) -> dict"),
+        ("batched endpoint", "def (model: object, text: list[str]) -> list[list[float]]"),
         ("deployer", "def (model_name: str, size: int =) -> cobalt._deployment.Deployment"),
         ("deploy call", '"cobalt._deployment.Deployment"'),
         ("deployed function", '"cobalt._deployment.Deployment"'),
@@ -84,6 +92,7 @@ def test_decorators_keep_the_signature(
     [
         ("wrong init argument", 'incompatible type "int"; expected "str"'),
         ("unknown option", 'Unexpected keyword argument "gpux"'),
+        ("batch not a Batch", 'incompatible type "int"; expected "Batch | None"'),
     ],
 )
 def test_type_checkers_catch_misuse(mypy_report: dict[str, str], line: str, error: str) -> None:
@@ -95,9 +104,11 @@ def test_the_rest_of_the_snippet_type_checks_cleanly(mypy_report: dict[str, str]
         "service",
         "bare service",
         "endpoint",
+        "batched endpoint",
         "deployer",
         "deploy call",
         "deployed function",
         "wrong init argument",
         "unknown option",
+        "batch not a Batch",
     }
