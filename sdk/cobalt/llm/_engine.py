@@ -1,0 +1,321 @@
+"""``ct.llm.Engine``: text generation with continuous batching, for service code.
+
+Example:
+    >>> import cobalt as ct
+    >>> model, tokenizer = ct.llm.random_model(seed=0)
+    >>> engine = ct.llm.Engine(model, tokenizer)
+    >>> out = engine.generate("Hello", max_tokens=5, temperature=0)
+    >>> out.completion_tokens, out.finish_reason
+    (5, 'length')
+    >>> engine.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, overload
+
+import torch
+
+from cobalt.llm._backend import Backend, int8_copy, load, resolve_backend
+from cobalt.llm._prefix import PrefixCache
+from cobalt.llm._runner import Runner
+from cobalt.llm._sequence import Sequence as Running
+from cobalt.llm._stats import Stats
+from cobalt.llm._types import Chunk, Completion, Prompt, SamplingParams
+from cobalt_common.errors import SpecError
+
+_FALLBACK_CHAT = "{role}: {content}\n"
+
+
+class Engine:
+    """Serves a causal language model to many concurrent callers.
+
+    Requests join the running batch as soon as they arrive and leave it as
+    soon as they end (continuous batching over a shared key/value cache);
+    prompts that start like an earlier one reuse its cached keys and values;
+    with ``draft=`` every step is speculative, and greedy output stays token
+    for token what the target alone would give.
+
+    Args:
+        model: a ``transformers`` causal LM, or the path of one saved with
+            ``save_pretrained`` (read without a network).
+        tokenizer: its tokenizer (read from ``model``'s path when it is one).
+        backend: ``"torch"`` runs the model with ``transformers`` on its
+            device (CPU or CUDA); ``"vllm"`` hands a model path to vLLM;
+            ``"auto"`` picks vLLM when it is installed, a CUDA GPU is present
+            and ``model`` is a path, and ``"torch"`` otherwise.
+        draft: a smaller causal LM with the same tokenizer, or ``"int8"`` for
+            an int8 copy of ``model``; ``None`` turns speculation off.
+        speculative_tokens: tokens the draft proposes per step.
+        max_batch_size: most sequences decoded together; more wait their turn.
+        prefix_cache: keep prompts' keys and values for reuse.
+        prefix_cache_tokens: how many prompt tokens the prefix cache holds.
+        name: the model name reported to clients (``/v1/models``).
+
+    Raises:
+        SpecError: an option is out of range, or the backend is not available.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        backend: Backend = "auto",
+        draft: Any = None,
+        speculative_tokens: int = 4,
+        max_batch_size: int = 32,
+        prefix_cache: bool = True,
+        prefix_cache_tokens: int = 16384,
+        name: str | None = None,
+    ) -> None:
+        for option, value in (
+            ("speculative_tokens", speculative_tokens),
+            ("max_batch_size", max_batch_size),
+            ("prefix_cache_tokens", prefix_cache_tokens),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpecError(f"{option} must be a whole number of at least 1, not {value!r}.")
+        self.backend = resolve_backend(backend, model)
+        if self.backend == "vllm":
+            raise SpecError(
+                "backend='vllm' is chosen, but this engine runs vLLM models only through "
+                "vLLM's own server for now; use backend='torch' to serve with transformers."
+            )
+        model, tokenizer = load(model, tokenizer)
+        model.eval()
+        if draft == "int8":
+            draft = int8_copy(model)
+        elif isinstance(draft, str):
+            draft, _ = load(draft, tokenizer)
+        if draft is not None:
+            draft.eval()
+            if draft.config.vocab_size != model.config.vocab_size:
+                raise SpecError(
+                    f"the draft's vocabulary has {draft.config.vocab_size} tokens and the "
+                    f"model's {model.config.vocab_size}; a draft must share the tokenizer."
+                )
+        self.model, self.tokenizer, self.draft = model, tokenizer, draft
+        config = model.config
+        self.name = name or str(getattr(config, "_name_or_path", "") or config.model_type)
+        self.max_length = int(
+            getattr(config, "max_position_embeddings", None)
+            or getattr(config, "n_positions", None)
+            or 2048
+        )
+        self._eos = _eos_ids(model, tokenizer)
+        self._stats = Stats("text")
+        self._runner = Runner(
+            model,
+            draft=draft,
+            speculative_tokens=speculative_tokens,
+            max_batch_size=max_batch_size,
+            prefix_cache=PrefixCache(prefix_cache_tokens) if prefix_cache else None,
+            stats=self._stats,
+        )
+
+    def __repr__(self) -> str:
+        draft = ", speculative" if self.draft is not None else ""
+        return f"Engine({self.name!r}, backend={self.backend!r}{draft})"
+
+    # -- text ---------------------------------------------------------------
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """A prompt's token ids (strings are tokenized; id lists are checked)."""
+        if isinstance(prompt, str):
+            ids = list(self.tokenizer(prompt)["input_ids"])
+        else:
+            ids = list(prompt)
+            vocab = int(self.model.config.vocab_size)
+            if any(
+                isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in ids
+            ):
+                raise SpecError(f"a prompt given as token ids takes whole numbers in [0, {vocab}).")
+        if not ids:
+            raise SpecError("the prompt is empty; give at least one token of text.")
+        if len(ids) >= self.max_length:
+            raise SpecError(
+                f"the prompt has {len(ids)} tokens and the model reads at most "
+                f"{self.max_length}; shorten it."
+            )
+        return ids
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text)) if text else 0
+
+    def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> str:
+        """The prompt for a chat, by the tokenizer's chat template (or ``role: content`` lines)."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return str(
+                self.tokenizer.apply_chat_template(
+                    list(messages), tokenize=False, add_generation_prompt=True
+                )
+            )
+        lines = [_FALLBACK_CHAT.format(role=m["role"], content=m["content"]) for m in messages]
+        return "".join(lines) + "assistant:"
+
+    def _start(self, prompt: Prompt, params: SamplingParams, sink: Any) -> Running:
+        sequence = Running.new(
+            self.encode(prompt), params, sink, self.tokenizer, self._eos, self.max_length
+        )
+        self._runner.submit(sequence)
+        return sequence
+
+    def stream(
+        self, prompt: Prompt, params: SamplingParams | None = None, **sampling: Any
+    ) -> Iterator[Chunk]:
+        """Generate, yielding text as it comes; the last chunk has ``finish_reason``.
+
+        Takes a :class:`SamplingParams` or its fields as keywords
+        (``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``).
+        """
+        params = params or SamplingParams.checked(**sampling)
+        items: queue.SimpleQueue[Chunk | Completion | BaseException] = queue.SimpleQueue()
+        sequence = self._start(prompt, params, items.put)
+        return _drain(items, sequence)
+
+    def astream(
+        self, prompt: Prompt, params: SamplingParams | None = None, **sampling: Any
+    ) -> AsyncIterator[Chunk]:
+        """:meth:`stream` for ``async for``; the event loop is never blocked."""
+        params = params or SamplingParams.checked(**sampling)
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Chunk | Completion | BaseException] = asyncio.Queue()
+
+        def sink(item: Chunk | Completion | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+            except RuntimeError:  # the loop has closed: nobody is listening
+                sequence.cancelled = True
+
+        sequence = self._start(prompt, params, sink)
+        return _adrain(items, sequence)
+
+    @overload
+    def generate(
+        self, prompt: Prompt, params: SamplingParams | None = None, **sampling: Any
+    ) -> Completion: ...
+
+    @overload
+    def generate(
+        self, prompt: list[str], params: SamplingParams | None = None, **sampling: Any
+    ) -> list[Completion]: ...
+
+    def generate(
+        self, prompt: Prompt | list[str], params: SamplingParams | None = None, **sampling: Any
+    ) -> Completion | list[Completion]:
+        """Generate to the end; a list of string prompts runs as one batch."""
+        params = params or SamplingParams.checked(**sampling)
+        many = isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], str)
+        prompts: list[Prompt] = list(prompt) if many else [prompt]  # type: ignore[arg-type,list-item]
+        waits = []
+        for one in prompts:
+            items: queue.SimpleQueue[Chunk | Completion | BaseException] = queue.SimpleQueue()
+            waits.append((items, self._start(one, params, items.put)))
+        done = [_completion(items, sequence) for items, sequence in waits]
+        return done if many else done[0]
+
+    async def agenerate(
+        self, prompt: Prompt, params: SamplingParams | None = None, **sampling: Any
+    ) -> Completion:
+        """:meth:`generate` for one prompt, awaited."""
+        params = params or SamplingParams.checked(**sampling)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Completion] = loop.create_future()
+
+        def sink(item: Chunk | Completion | BaseException) -> None:
+            if isinstance(item, Chunk):
+                return
+            loop.call_soon_threadsafe(_settle, future, item)
+
+        self._start(prompt, params, sink)
+        return await future
+
+    # -- embeddings ---------------------------------------------------------
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Unit-length mean-pooled last hidden states, one vector per text."""
+        from cobalt.llm._embedder import mean_pooled
+
+        batch = self.tokenizer(list(texts), padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model(**batch, output_hidden_states=True)
+        self._stats.embedded(len(texts), int(batch["attention_mask"].sum()))
+        return mean_pooled(out.hidden_states[-1], batch["attention_mask"]).tolist()
+
+    async def aembed(self, texts: Sequence[str]) -> list[list[float]]:
+        return await asyncio.get_running_loop().run_in_executor(None, self.embed, list(texts))
+
+    # -- the rest -----------------------------------------------------------
+
+    def metrics(self) -> dict[str, Any]:
+        """Cumulative counters: requests, tokens, batch sizes, latency histograms."""
+        return self._stats.snapshot()
+
+    def close(self) -> None:
+        """Stop the engine's thread; requests still running fail."""
+        self._runner.close()
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    found: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            found.add(value)
+        elif isinstance(value, list | tuple):
+            found.update(v for v in value if isinstance(v, int))
+    return frozenset(found)
+
+
+def _drain(
+    items: queue.SimpleQueue[Chunk | Completion | BaseException], sequence: Running
+) -> Iterator[Chunk]:
+    try:
+        while True:
+            item = items.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, Completion):
+                return
+            yield item
+    finally:
+        sequence.cancelled = True
+
+
+async def _adrain(
+    items: asyncio.Queue[Chunk | Completion | BaseException], sequence: Running
+) -> AsyncIterator[Chunk]:
+    try:
+        while True:
+            item = await items.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, Completion):
+                return
+            yield item
+    finally:
+        sequence.cancelled = True
+
+
+def _completion(
+    items: queue.SimpleQueue[Chunk | Completion | BaseException], sequence: Running
+) -> Completion:
+    while True:
+        item = items.get()
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, Completion):
+            return item
+
+
+def _settle(future: asyncio.Future[Completion], item: Completion | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(item, BaseException):
+        future.set_exception(item)
+    else:
+        future.set_result(item)

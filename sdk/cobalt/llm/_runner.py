@@ -1,0 +1,206 @@
+"""The engine's loop: continuous batching over a shared key/value cache.
+
+One thread owns the model. Each turn it admits waiting requests (prefilling
+their prompts, reusing cached prefixes), then runs one decoding step for
+every running sequence together, so a request joins the batch as soon as it
+arrives and leaves it as soon as it ends, instead of waiting for a whole
+batch to finish. With a draft model each step is speculative: the draft
+proposes tokens and the target checks them all in one pass
+(:mod:`cobalt.llm._speculative`).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+import torch
+
+from cobalt.llm._kv import BatchKV, row_layers
+from cobalt.llm._prefix import PrefixCache
+from cobalt.llm._sampling import pick
+from cobalt.llm._sequence import Sequence
+from cobalt.llm._speculative import speculative_step
+from cobalt.llm._stats import Stats
+
+
+class Runner:
+    """Runs sequences on a causal LM (and optionally a draft) in one background thread."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        draft: Any | None,
+        speculative_tokens: int,
+        max_batch_size: int,
+        prefix_cache: PrefixCache | None,
+        stats: Stats,
+    ) -> None:
+        self.model = model
+        self.draft = draft
+        self.speculative_tokens = speculative_tokens
+        self.max_batch_size = max_batch_size
+        self.prefix_cache = prefix_cache
+        self.stats = stats
+        self.device = next(model.parameters()).device
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._next = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._kv = BatchKV.empty()
+        self._draft_kv = BatchKV.empty() if draft is not None else None
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="cobalt-llm-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, sequence: Sequence) -> None:
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._waiting.append(sequence)
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._waiting and not self._running:
+                    self._wake.wait()
+                if self._closed:
+                    failed = list(self._waiting) + self._running
+                    self._waiting.clear()
+                    break
+                admitted: list[Sequence] = []
+                while self._waiting and len(self._running) + len(admitted) < self.max_batch_size:
+                    admitted.append(self._waiting.popleft())
+            try:
+                started = time.perf_counter()
+                with torch.inference_mode():
+                    self._admit(admitted)
+                    self._retire()
+                    if self._running:
+                        self._step()
+                        self._retire()
+                self.stats.busy(time.perf_counter() - started)
+            except Exception as exc:  # a model error fails the requests it touched, not the engine
+                print(f"the engine's step failed:\n{traceback.format_exc()}", file=sys.stderr)
+                for sequence in admitted + self._running:
+                    if not sequence.done:
+                        sequence.sink(exc)
+                self._running, self._kv = [], BatchKV.empty()
+                self._next = self._next[:0]
+                if self._draft_kv is not None:
+                    self._draft_kv = BatchKV.empty()
+        for sequence in failed:
+            sequence.sink(RuntimeError("the engine was closed before this request ended"))
+
+    def _admit(self, sequences: list[Sequence]) -> None:
+        rows, lengths, firsts, draft_rows = [], [], [], []
+        for sequence in sequences:
+            if sequence.cancelled:
+                continue
+            layers, logits = self._prefill(self.model, sequence, self.prefix_cache)
+            first = int(pick(logits, [sequence.params], [sequence.generator])[0])
+            self.stats.first_token(sequence, time.perf_counter())
+            sequence.add([first], time.perf_counter())
+            if sequence.done:
+                self._finish(sequence)
+                continue
+            rows.append(layers)
+            lengths.append(len(sequence.prompt_ids))
+            firsts.append(first)
+            if self.draft is not None:
+                draft_layers, _ = self._prefill(self.draft, sequence, None)
+                draft_rows.append(draft_layers)
+            self._running.append(sequence)
+        if not rows:
+            return
+        self._kv.add_rows(rows, lengths)
+        if self._draft_kv is not None:
+            self._draft_kv.add_rows(draft_rows, lengths)
+        added = torch.tensor(firsts, dtype=torch.long, device=self.device)
+        self._next = torch.cat([self._next, added])
+
+    def _prefill(
+        self, model: Any, sequence: Sequence, cache: PrefixCache | None
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """Run a prompt (or what a cached prefix leaves of it); its layers and last logits."""
+        prompt = sequence.prompt_ids
+        reused, past_layers = cache.lookup(prompt) if cache is not None else (0, [])
+        past = None
+        if reused:
+            from transformers import DynamicCache
+
+            past = DynamicCache(ddp_cache_data=past_layers)
+            if cache is self.prefix_cache:
+                sequence.cached_tokens = reused
+        ids = torch.tensor([prompt[reused:]], dtype=torch.long, device=self.device)
+        positions = torch.arange(reused, len(prompt), device=self.device)[None, :]
+        out = model(input_ids=ids, past_key_values=past, position_ids=positions, use_cache=True)
+        layers = row_layers(out.past_key_values)
+        if cache is not None:
+            cache.store(prompt, layers)
+        return layers, out.logits[:, -1]
+
+    def _step(self) -> None:
+        rows = len(self._running)
+        self.stats.batch(rows)
+        now: float
+        if self.draft is not None and self._draft_kv is not None:
+            emitted, self._next = speculative_step(
+                self.model,
+                self.draft,
+                self._kv,
+                self._draft_kv,
+                self._next,
+                self._running,
+                self.speculative_tokens,
+                self.stats,
+            )
+        else:
+            mask, positions = self._kv.step_inputs(1)
+            out = self.model(
+                input_ids=self._next[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=self._kv.cache,
+                use_cache=True,
+            )
+            self._kv.appended(1, torch.ones(rows, dtype=torch.long, device=self.device))
+            params = [s.params for s in self._running]
+            generators = [s.generator for s in self._running]
+            self._next = pick(out.logits[:, -1], params, generators)
+            emitted = [[t] for t in self._next.tolist()]
+        now = time.perf_counter()
+        for sequence, tokens in zip(self._running, emitted, strict=True):
+            for gap in sequence.add(tokens, now):
+                self.stats.gap(gap)
+
+    def _retire(self) -> None:
+        """Drop finished and cancelled rows from the batch."""
+        keep = [i for i, s in enumerate(self._running) if not s.done]
+        if len(keep) == len(self._running):
+            return
+        for sequence in self._running:
+            if sequence.done:
+                self._finish(sequence)
+        self._running = [self._running[i] for i in keep]
+        self._kv.keep_rows(keep)
+        if self._draft_kv is not None:
+            self._draft_kv.keep_rows(keep)
+        self._next = self._next[keep] if keep else self._next[:0]
+
+    def _finish(self, sequence: Sequence) -> None:
+        if sequence.finish_reason is not None:
+            self.stats.finished(sequence)
+            sequence.sink(sequence.completion())
