@@ -298,14 +298,34 @@ class Batch:
         object.__setattr__(self, "max_wait_ms", float(wait))
 
 
+_METHODS = ("GET", "POST")
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One endpoint: ``POST <gateway>/<deployment><path>``; ``batch`` when it is batched."""
+    """One endpoint: ``POST <gateway>/<deployment><path>``; ``batch`` when it is batched.
+
+    Attributes:
+        name: the endpoint's name; the deployment handle's method name.
+        path: where it is served, such as ``"/predict"``.
+        streaming: it answers with server-sent events.
+        batch: concurrent requests are coalesced into one call.
+        methods: the HTTP methods it takes (``"GET"``, ``"POST"``).
+        raw: its handler reads the request and writes the answer itself
+            (status, content type, JSON or a stream, as the request asks),
+            such as the OpenAI-compatible routes of :mod:`cobalt.llm`.
+
+    Example:
+        >>> Route("models", "/v1/models", methods=("GET", "POST"), raw=True).methods
+        ('GET', 'POST')
+    """
 
     name: str
     path: str
     streaming: bool = False
     batch: Batch | None = None
+    methods: tuple[str, ...] = ("POST",)
+    raw: bool = False
 
     def __post_init__(self) -> None:
         if not _ROUTE.match(self.path) or "//" in self.path or ".." in self.path:
@@ -318,16 +338,30 @@ class Route:
                 f"endpoint {self.path!r}: batch= takes ct.Batch(max_size=..., max_wait_ms=...), "
                 f"not {type(self.batch).__name__}."
             )
+        methods = tuple(self.methods)
+        if not methods or any(m not in _METHODS for m in methods):
+            raise SpecError(
+                f"endpoint {self.path!r}: methods={methods!r} must name one or more of "
+                f"{', '.join(_METHODS)}."
+            )
+        object.__setattr__(self, "methods", methods)
+        if self.raw and (self.streaming or self.batch is not None):
+            raise SpecError(
+                f"endpoint {self.path!r} is raw: its handler decides whether to stream, and "
+                "it cannot be batched; drop streaming= and batch=."
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Route:
-        """The inverse of ``dataclasses.asdict(route)``."""
+        """The inverse of ``dataclasses.asdict(route)``; fields added later take defaults."""
         batch = data.get("batch")
         return cls(
             name=data["name"],
             path=data["path"],
             streaming=bool(data.get("streaming", False)),
             batch=Batch(**batch) if batch else None,
+            methods=tuple(data.get("methods", ("POST",))),
+            raw=bool(data.get("raw", False)),
         )
 
 

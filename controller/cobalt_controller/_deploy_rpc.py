@@ -14,6 +14,7 @@ from cobalt_controller._convert import given_to_json, given_to_pb
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.deploy import DeploymentManager, LiveDeployment, candidates_for
+from cobalt_controller.deploy._model_metrics import MetricsSummary
 from cobalt_controller.state import DeploymentRow
 
 DEPLOYMENT_STATUS_TO_PB = {
@@ -192,6 +193,21 @@ class DeploymentRpcs:
             ]
         )
 
+    def DeploymentMetrics(
+        self, request: pb.DeploymentGetRequest, context: Any
+    ) -> pb.DeploymentMetricsResponse:
+        manager = self._manager(context)
+        if request.name in manager.live:
+            try:
+                return metrics_pb(request.name, manager.metrics(request.name))
+            except errors.Error as exc:
+                _abort(context, exc)
+        row = manager.state.get_deployment(request.name)
+        if row is None:
+            _abort(context, errors.NotFoundError(_unknown(request.name)))
+        assert row is not None
+        return metrics_pb(row.name, MetricsSummary(cost_usd=row.cost_usd, emulated=row.emulated))
+
     def ReplicaReady(
         self, request: pb.ReplicaReadyRequest, context: Any
     ) -> pb.ReplicaReadyResponse:
@@ -279,6 +295,45 @@ class DeploymentRpcs:
             executor=_executor_name(row.executor_ref),
             version=row.version,
         )
+
+
+def metrics_pb(name: str, s: MetricsSummary) -> pb.DeploymentMetricsResponse:
+    """A deployment's metrics on the wire; unknown values stay unset."""
+    known = {
+        key: value
+        for key, value in (
+            ("time_to_first_token_p50", s.time_to_first_token_p50),
+            ("time_to_first_token_p99", s.time_to_first_token_p99),
+            ("inter_token_p50", s.inter_token_p50),
+            ("inter_token_p99", s.inter_token_p99),
+            ("tokens_per_second", s.tokens_per_second),
+            ("tokens_per_busy_second", s.tokens_per_busy_second),
+            ("cost_per_1k_requests", s.cost_per_1k_requests),
+            ("cost_per_million_tokens", s.cost_per_million_tokens),
+        )
+        if value is not None
+    }
+    return pb.DeploymentMetricsResponse(
+        name=name,
+        requests=s.requests,
+        model_requests=s.model_requests,
+        prompt_tokens=s.prompt_tokens,
+        generated_tokens=s.generated_tokens,
+        cached_prompt_tokens=s.cached_prompt_tokens,
+        window_s=s.window_s,
+        batch_sizes=s.batch_sizes,
+        endpoint_batch_sizes=[
+            pb.EndpointBatchSizes(path=path, sizes=sizes)
+            for path, sizes in s.endpoint_batch_sizes.items()
+        ],
+        cost_usd=s.cost_usd,
+        emulated=s.emulated,
+        models=list(s.models),
+        errors=list(s.errors),
+        replicas_reporting=s.replicas_reporting,
+        as_of=s.as_of,
+        **known,
+    )
 
 
 def _executor_name(ref: str) -> str:

@@ -9,8 +9,10 @@ Example:
     'tiny tuned on 2 rows'
 """
 
+from cobalt import llm
 from cobalt._deploy import deploy, get_deployment, list_deployments
 from cobalt._deployment import Deployment
+from cobalt._deployment_metrics import DeploymentMetrics
 from cobalt._deps import DepsBash, DepsCall, DepsPip
 from cobalt._dispatch import cancel, dispatch, dispatch_sync, get_result
 from cobalt._electron import Electron, electron
@@ -56,6 +58,7 @@ __all__ = [
     "ControllerUnavailableError",
     "Deployment",
     "DeploymentError",
+    "DeploymentMetrics",
     "DepsBash",
     "DepsCall",
     "DepsPip",
@@ -95,6 +98,7 @@ __all__ = [
     "get_result",
     "lattice",
     "list_deployments",
+    "llm",
     "optimize",
     "service",
     "wait",

@@ -9,7 +9,9 @@ import time
 from typing import Any
 
 from cobalt._client import get_client
+from cobalt._deployment_metrics import DeploymentMetrics
 from cobalt._result import format_cost, format_table
+from cobalt_common.errors import Error
 from cobalt_common.hardware import format_duration
 from cobalt_common.v1 import controller_pb2 as pb
 
@@ -77,6 +79,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"cost:     {format_cost(d.cost_usd, d.emulated)}")
     if d.error:
         print(f"error:\n{d.error}")
+    _print_metrics(d.name)
     if d.replicas:
         now = time.time()
         rows = [
@@ -93,6 +96,22 @@ def _show(args: argparse.Namespace) -> int:
         print()
         print(format_table(("replica", "status", "executor", "in flight", "up", "url"), rows, (3,)))
     return 0
+
+
+def _print_metrics(name: str) -> None:
+    client = get_client()
+    try:
+        msg = client.call(
+            client.stub.DeploymentMetrics, pb.DeploymentGetRequest(name=name), timeout=30
+        )
+    except Error as exc:  # an older controller has no metrics to give
+        print(f"\nmetrics: not available ({exc})")
+        return
+    rows = DeploymentMetrics.from_pb(msg).rows()
+    width = max(len(label) for label, _ in rows)
+    print("\nmetrics:")
+    for label, value in rows:
+        print(f"  {label.ljust(width)}  {value}")
 
 
 def _inputs(text: str) -> str:

@@ -28,6 +28,7 @@ import httpx
 from pydantic_core import to_jsonable_python
 
 from cobalt import _http
+from cobalt._deployment_metrics import DeploymentMetrics
 from cobalt_common.deploy import Route
 from cobalt_common.errors import EndpointError, SpecError
 from cobalt_common.v1 import controller_pb2 as pb
@@ -213,6 +214,16 @@ class Deployment:
         req = pb.DeploymentLogsRequest(name=self.name, tail_bytes=tail_bytes)
         resp = cast(pb.DeploymentLogsResponse, self._rpc("DeploymentLogs", req))
         return format_logs(resp.replicas)
+
+    def metrics(self) -> DeploymentMetrics:
+        """Requests, latencies, tokens per second, batch sizes and cost per unit, asked of
+        the controller; see :class:`~cobalt.DeploymentMetrics`.
+
+        The controller reads the replicas every few seconds, so the latest
+        requests may show a little later.
+        """
+        msg = self._rpc("DeploymentMetrics", pb.DeploymentGetRequest(name=self.name))
+        return DeploymentMetrics.from_pb(msg)
 
     def _rpc(self, method: str, request: Any) -> Any:
         from cobalt._client import get_client

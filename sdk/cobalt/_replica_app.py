@@ -8,7 +8,11 @@ async generators on the event loop, sync generators one item at a time in
 the pool. An endpoint that raises gets a 500 carrying an error id, its
 traceback goes to stderr under that id, and the replica goes on serving.
 Batched endpoints queue each checked request in their
-:class:`~cobalt._batching.Batcher`, which calls them once per batch.
+:class:`~cobalt._batching.Batcher`, which calls them once per batch. Raw
+routes (:mod:`cobalt._raw`, such as the OpenAI-compatible ones) are looked up
+only when no endpoint matches, so ordinary requests pay nothing for them;
+their handlers run on the event loop and make the whole answer, JSON or a
+stream, with the status they choose.
 
 Example:
     >>> import asyncio
@@ -44,6 +48,7 @@ from pydantic_core import to_jsonable_python
 
 from cobalt._batching import Answer, Batcher, BatchReturnError
 from cobalt._metrics import UsageMeter
+from cobalt._raw import RawHandler, RawRequest, send_raw, send_whole
 from cobalt._validation import BadRequest, RequestBody, openapi_document
 from cobalt_common.deploy import Batch, Route
 
@@ -105,6 +110,15 @@ class _Endpoint:
             self.kind = "sync"
 
 
+class _RawEndpoint:
+    __slots__ = ("handler", "openapi", "route")
+
+    def __init__(self, route: Route, handler: RawHandler, openapi: Mapping[str, Any] | None):
+        self.route = route
+        self.handler = handler
+        self.openapi = openapi
+
+
 class ReplicaApp:
     """The ASGI app of one replica.
 
@@ -129,8 +143,17 @@ class ReplicaApp:
         cpus: float = 1.0,
     ) -> None:
         self.service = service
+        self._values = values
+        self._replica_id = replica_id
         self._routes = {
-            e.route.path: _Endpoint(e.route, e.function, values) for e in service.endpoints
+            e.route.path: _Endpoint(e.route, e.function, values)
+            for e in service.endpoints
+            if not e.route.raw
+        }
+        self._raw = {
+            e.route.path: _RawEndpoint(e.route, e.function(values), e.openapi)
+            for e in service.endpoints
+            if e.route.raw
         }
         for endpoint in self._routes.values():
             if endpoint.route.batch is not None:
@@ -164,7 +187,8 @@ class ReplicaApp:
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI 3.1 description of the service's routes."""
         endpoints = [(e.route, e.function, e.body) for e in self._routes.values()]
-        return openapi_document(self.service.name, "1", endpoints, auth=self.service.auth)
+        raw = [(e.route, e.openapi) for e in self._raw.values() if e.openapi is not None]
+        return openapi_document(self.service.name, "1", endpoints, auth=self.service.auth, raw=raw)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -191,6 +215,10 @@ class ReplicaApp:
         path, method = scope["path"], scope["method"]
         endpoint = self._routes.get(path)
         if endpoint is None:
+            raw = self._raw.get(path)
+            if raw is not None:
+                await self._serve_raw(raw, method, receive, send, request_id)
+                return
             internal = self._internal.get((method, path))
             if internal is None:
                 await self._unrouted(send, method, path)
@@ -200,7 +228,7 @@ class ReplicaApp:
             await _send(send, status, data)
             return
         if method != "POST":
-            await _answer(send, 405, {"error": f"{path} takes POST requests, not {method}."})
+            await _refuse_method(send, path, method, ("POST",))
             return
         body = await _read_body(receive, self._max_body)
         if body is None:
@@ -217,6 +245,34 @@ class ReplicaApp:
                 answer = await self._call(endpoint, body, request_id, receive)
                 if answer is not None:
                     await _send(send, *answer)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve_raw(
+        self, raw: _RawEndpoint, method: str, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        """A raw route: its handler makes the whole answer (see :mod:`cobalt._raw`)."""
+        route = raw.route
+        if method not in route.methods:
+            await _refuse_method(send, route.path, method, route.methods)
+            return
+        body = await _read_body(receive, self._max_body)
+        if body is None:
+            return
+        if body is _TOO_LARGE:
+            await _answer(send, 413, {"error": f"the body is over {self._max_body} bytes."})
+            return
+        failed = functools.partial(self._failed, raw, request_id=request_id)
+        self.in_flight += 1
+        self.requests += 1
+        try:
+            request = RawRequest(method, route.path, body, request_id, failed)
+            try:
+                response = await raw.handler(request)
+            except Exception as exc:
+                await _answer(send, 500, failed(exc))
+                return
+            await send_raw(response, receive, send, failed)
         finally:
             self.in_flight -= 1
 
@@ -270,7 +326,9 @@ class ReplicaApp:
             fail=fail,
         )
 
-    def _failed(self, endpoint: _Endpoint, exc: BaseException, request_id: str) -> dict[str, str]:
+    def _failed(
+        self, endpoint: _Endpoint | _RawEndpoint, exc: BaseException, request_id: str
+    ) -> dict[str, str]:
         eid = error_id()
         name = endpoint.route.name
         which = f"requests {request_id}" if ", " in request_id else f"request {request_id or '-'}"
@@ -367,8 +425,10 @@ class ReplicaApp:
 
     async def _metrics_answer(self, body: bytes) -> tuple[int, bytes]:
         cpu, gpu = self.meter.cpu_utilization(), await self.meter.gpu_utilization()
+        models = model_readings(self._values)
         return 200, dump(
             {
+                "replica_id": self._replica_id,
                 "cpu_utilization": cpu,
                 "gpu_utilization": gpu,
                 "in_flight": self.in_flight,
@@ -378,6 +438,7 @@ class ReplicaApp:
                     for path, e in self._routes.items()
                     if e.batcher is not None
                 },
+                "models": await asyncio.to_thread(models) if models is not None else {},
             }
         )
 
@@ -414,6 +475,51 @@ class ReplicaApp:
         if self.on_shutdown is not None:
             asyncio.get_running_loop().call_later(0.05, self.on_shutdown)
         return 202, dump({"stopping": True})
+
+
+def model_readings(values: Mapping[str, Any]) -> Callable[[], dict[str, Any]] | None:
+    """What ``/_cobalt/metrics`` reports of the models among an initializer's values.
+
+    A model is any value with a ``name`` and a callable ``metrics`` (an engine of
+    :mod:`cobalt.llm`, or one of your own). The returned callable reads each one's
+    ``metrics()`` by its key, with ``name`` added; a model whose ``metrics()``
+    raises, or returns what is not a JSON object, is reported as
+    ``{"name": ..., "error": ...}`` instead. ``None`` when there is no model.
+
+    Example:
+        >>> class Model:
+        ...     name = "tiny"
+        ...     def metrics(self):
+        ...         return {"requests": 3}
+        >>> model_readings({"model": Model(), "prefix": ">"})()
+        {'model': {'name': 'tiny', 'requests': 3}}
+    """
+    found: dict[str, tuple[str, Any]] = {}
+    for key, value in values.items():
+        if isinstance(value, type):
+            continue
+        try:
+            if callable(getattr(value, "metrics", None)) and hasattr(value, "name"):
+                found[str(key)] = (str(value.name), value)
+        except Exception:  # an attribute that raises: not a model
+            continue
+    if not found:
+        return None
+
+    def read() -> dict[str, Any]:
+        readings: dict[str, Any] = {}
+        for key, (name, model) in found.items():
+            try:
+                data = model.metrics()
+                if not isinstance(data, dict):
+                    raise TypeError(f"metrics() returned {type(data).__name__}, not a dict")
+                dump(data)  # it must travel as JSON
+                readings[key] = {"name": name, **data}
+            except Exception as exc:
+                readings[key] = {"name": name, "error": f"{type(exc).__name__}: {exc}"}
+        return readings
+
+    return read
 
 
 LOG_TAIL_BYTES = 64 * 1024
@@ -502,6 +608,12 @@ async def _send(send: Send, status: int, data: bytes) -> None:
 
 async def _answer(send: Send, status: int, value: Any) -> None:
     await _send(send, status, dump(value))
+
+
+async def _refuse_method(send: Send, path: str, method: str, methods: tuple[str, ...]) -> None:
+    allowed = ", ".join(methods)
+    error = dump({"error": f"{path} takes {' or '.join(methods)} requests, not {method}."})
+    await send_whole(send, 405, error, b"application/json", [(b"allow", allowed.encode())])
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -18,8 +18,10 @@ Example:
     ...     return prefix + text
     >>> say(">", "hi")  # a plain function here
     '>hi'
-    >>> load.manifest().routes, load.manifest().autoscaling.max_replicas
-    ((Route(name='say', path='/say', streaming=False, batch=None),), 3)
+    >>> load.manifest().routes
+    (Route(name='say', path='/say', streaming=False, batch=None, methods=('POST',), raw=False),)
+    >>> load.manifest().autoscaling.max_replicas
+    3
     >>> load.hardware().describe()
     '2 CPUs'
 """
@@ -89,10 +91,16 @@ class ServiceKwargs(TypedDict, total=False):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One endpoint of a service: the function and where it is served."""
+    """One endpoint of a service: the function and where it is served.
+
+    For a raw route (``route.raw``), ``function`` is the factory that makes its
+    handler in each replica (:data:`cobalt._raw.RawFactory`) and ``openapi``
+    describes it: the OpenAPI operation for each method, by lower-case method.
+    """
 
     function: Callable[..., Any]
     route: Route
+    openapi: Mapping[str, Any] | None = None
 
 
 def default_name(function: Callable[..., Any]) -> str:
@@ -256,6 +264,51 @@ class Service(Generic[P]):
             raise SpecError(f"endpoint {path!r} must be a named function (def ...), not {name!r}.")
         route = Route(name, path, streaming, batch)
         check_endpoint_signature(function, route)
+        self._register(Endpoint(function, route))
+
+    def add_raw_route(
+        self,
+        name: str,
+        path: str,
+        factory: Callable[[Mapping[str, Any]], Any],
+        *,
+        methods: tuple[str, ...] = ("POST",),
+        openapi: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Serve a raw route at ``path``: its handler reads the request and writes the answer.
+
+        Args:
+            name: the route's name (the deployment handle's method name).
+            path: where it is served, such as ``"/v1/models"``.
+            factory: called once per replica with the initializer's dict;
+                returns the handler (see :mod:`cobalt._raw`).
+            methods: the HTTP methods it takes.
+            openapi: its OpenAPI operation for each method, by lower-case
+                method name (``{"get": {...}}``); left out of the document if None.
+
+        Raises:
+            SpecError: the name, path or methods are invalid, or taken already.
+
+        Example:
+            >>> from cobalt._raw import RawResponse
+            >>> svc = service(lambda: {"version": "1.2"}, name="versioned")
+            >>> def version(values):
+            ...     async def answer(request):
+            ...         return RawResponse.json({"version": values["version"]})
+            ...     return answer
+            >>> svc.add_raw_route("version", "/version", version, methods=("GET",))
+            >>> svc.manifest().routes[0].methods
+            ('GET',)
+        """
+        if not isinstance(name, str) or not name.isidentifier():
+            raise SpecError(f"route {path!r}: its name must be an identifier, not {name!r}.")
+        if not callable(factory):
+            raise SpecError(f"route {path!r}: the factory must be a function values -> handler.")
+        route = Route(name, path, methods=methods, raw=True)
+        self._register(Endpoint(factory, route, openapi))
+
+    def _register(self, endpoint: Endpoint) -> None:
+        name, path = endpoint.route.name, endpoint.route.path
         for other in self.endpoints:
             if other.route.path == path:
                 raise SpecError(
@@ -267,7 +320,7 @@ class Service(Generic[P]):
                     f"service {self.name!r} already has an endpoint named {name!r} (at "
                     f"{other.route.path}); endpoint names become client methods, so rename one."
                 )
-        self.endpoints.append(Endpoint(function, route))
+        self.endpoints.append(endpoint)
 
     def manifest(self) -> Manifest:
         """Everything the controller needs to serve this service, as plain data."""

@@ -25,12 +25,13 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import operator
 import types
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pydantic
@@ -277,8 +278,13 @@ def openapi_document(
     endpoints: Sequence[tuple[Route, Callable[..., Any], RequestBody]],
     *,
     auth: bool,
+    raw: Sequence[tuple[Route, Mapping[str, Any]]] = (),
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 description of a service's routes, as the gateway serves them."""
+    """The OpenAPI 3.1 description of a service's routes, as the gateway serves them.
+
+    ``raw`` routes describe themselves: each gives its operations by
+    lower-case method, whose ``$defs`` join the document's schemas.
+    """
     schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
     paths: dict[str, Any] = {}
     for route, function, body in endpoints:
@@ -320,6 +326,14 @@ def openapi_document(
                 "max_wait_ms": route.batch.max_wait_ms,
             }
         paths[route.path] = {"post": operation}
+    for route, operations in raw:
+        described: dict[str, Any] = {}
+        for method, given in operations.items():
+            operation = copy.deepcopy(dict(given))
+            schemas.update(operation.pop("$defs", {}))
+            operation.setdefault("operationId", f"{route.name}_{method}")
+            described[method] = operation
+        paths[route.path] = described
     components: dict[str, Any] = {"schemas": schemas}
     document: dict[str, Any] = {
         "openapi": "3.1.0",

@@ -532,6 +532,8 @@ def test_a_deployments_page_shows_its_replica_and_what_happened(
     assert "ready" in text and "local" in text and "0.25 CPU" in text
     assert re.search(r"after \d+(\.\d)? s|after \d+ ms", text), text
     assert row.locator("td").nth(6).inner_text() == "0", "no request in flight"
+    assert page.locator("#metrics-panel").is_visible()
+    assert "Cost / 1,000 requests" in page.inner_text("#metrics-panel")
     kinds = page.locator("#events tbody tr").evaluate_all("rows => rows.map(r => r.dataset.kind)")
     assert "deployed" in kinds and "replica_ready" in kinds
     assert kinds.index("replica_ready") < kinds.index("deployed"), "newest first"

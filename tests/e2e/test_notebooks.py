@@ -125,6 +125,32 @@ EXPECTED = {
             "teardown": (r"^status: stopped$", r"^after teardown: 404 "),
         }
     ),
+    "serve_llm.ipynb": Expected(
+        {
+            "embed-deploy": (r"<deployment embeddings: active, 1 replica ready",),
+            "embed-call": (
+                r"^3 vectors of 384 numbers; \d+ tokens$",
+                r"^cat vs kitten: +0\.[3-9]\d$",
+                r"^cat vs interest rates: +-?0\.[0-2]\d$",
+            ),
+            "llm-deploy": (r"^\['tiny-llama'\]$",),
+            "chat": (
+                r"^finish: length \| usage: 12 tokens$",
+                r"same text as without streaming: True$",
+            ),
+            "concurrent": (r"^one stream: \d+ pieces/s; 16 streams: \d+ pieces/s$",),
+            "metrics": (
+                r"^metrics of deployment tiny-llm$",
+                r"^requests +\d+$",
+                r"^time to first token +p50 [\d.]+ m?s, p99 [\d.]+ m?s$",
+                r"^inter-token latency +p50 [\d.]+ m?s, p99 [\d.]+ m?s$",
+                r"^tokens +\d[\d,]* generated",
+                r"^largest batch: (1[0-6]|[2-9])$",
+            ),
+            "embed-metrics": (r"^metrics of deployment embeddings$", r"^batch sizes +\d+: "),
+            "teardown": (r"^status: stopped stopped$",),
+        }
+    ),
 }
 
 

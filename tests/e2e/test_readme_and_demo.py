@@ -107,3 +107,15 @@ def test_readme_batching_example_deploys_a_batched_endpoint_and_answers(
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["[1.0, 1.0, 0.0]"]
+
+
+def test_readme_llm_example_streams_through_the_openai_client(
+    fresh_home: dict[str, str],
+) -> None:
+    blocks = _python_blocks((ROOT / "README.md").read_text())
+    example = next(b for b in blocks if "openai_routes" in b)
+    out = subprocess.run(
+        [sys.executable, "-c", example], env=fresh_home, capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["True", "tiny-llama"]

@@ -42,13 +42,15 @@ PUBLIC_SURFACE = {
     "Service",
     "deploy",
     "Deployment",
+    "DeploymentMetrics",
     "get_deployment",
     "list_deployments",
     "Autoscaling",
     "Batch",
     "Schedule",
-    # model optimization
+    # model optimization and the model stack
     "optimize",
+    "llm",
     "OptimizationReport",
     # the exception tree
     "Error",
@@ -105,3 +107,15 @@ def test_exceptions_derive_from_one_root() -> None:
     assert issubclass(ct.UnsatisfiableError, ct.DispatchError)
     assert issubclass(ct.AuthenticationError, ct.ControllerError)
     assert issubclass(ct.ControllerUnavailableError, ct.ControllerError)
+
+
+def test_llm_surface_is_exact_and_lazy() -> None:
+    import subprocess
+    import sys
+
+    assert set(ct.llm.__all__) >= {"Engine", "Embedder", "SamplingParams", "random_model"}
+    for name in ct.llm.__all__:
+        assert getattr(ct.llm, name) is not None
+    code = "import sys, cobalt as ct; ct.llm.SamplingParams; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "importing cobalt must not import torch"

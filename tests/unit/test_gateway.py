@@ -73,7 +73,8 @@ class Loop:
 
 class FakeReplica:
     """A replica: ``/predict`` answers who served it, ``/slow`` waits for a release,
-    ``/stream`` sends three events 0.3 s apart, ``/bad`` answers 422."""
+    ``/stream`` sends three events 0.3 s apart, ``/bad`` answers 422, ``GET /models``
+    answers its method, ``/either`` answers JSON or events as its body asks."""
 
     def __init__(self, loop: Loop, replica_id: str, delay: float = 0.0) -> None:
         self.loop = loop
@@ -89,6 +90,8 @@ class FakeReplica:
         app.router.add_post("/stream", self.stream)
         app.router.add_post("/bad", self.bad)
         app.router.add_post("/cut", self.cut)
+        app.router.add_get("/models", self.models)
+        app.router.add_post("/either", self.either)
         self.runner = web.AppRunner(app)
         self.url = loop.run(self._start())
 
@@ -135,6 +138,21 @@ class FakeReplica:
         await asyncio.sleep(0.1)
         assert request.transport is not None
         request.transport.abort()
+        return out
+
+    async def models(self, request: web.Request) -> web.Response:
+        self.seen.append(dict(request.headers))
+        return web.json_response({"method": request.method, "replica": self.replica_id})
+
+    async def either(self, request: web.Request) -> web.StreamResponse:
+        if not (await request.json()).get("stream"):
+            return web.json_response({"whole": True})
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        for i in range(3):
+            await out.write(f"data: {i}\n\n".encode())
+            await asyncio.sleep(0.3)
+        await out.write(b"data: [DONE]\n\n")
         return out
 
     async def bad(self, request: web.Request) -> web.Response:
@@ -205,7 +223,15 @@ def target(name: str = "svc", auth: bool = True, **autoscaling: Any) -> Target:
     return Target(
         name=name,
         token=TOKEN if auth else "",
-        routes={"/predict": False, "/slow": False, "/stream": True, "/bad": False, "/cut": True},
+        routes={
+            "/predict": False,
+            "/slow": False,
+            "/stream": True,
+            "/bad": False,
+            "/cut": True,
+            "/models": False,
+            "/either": False,
+        },
         max_body_bytes=1000,
         autoscaling=Autoscaling(**autoscaling),
         openapi=b'{"openapi": "3.1.0"}',
@@ -258,8 +284,11 @@ def test_gateway_errors_are_json_with_the_right_status(
     assert wrong.status_code == 401
     route = post(gateway, "/svc/other")
     assert route.status_code == 404 and "/predict" in route.json()["error"]
-    method = httpx.get(gateway.url + "/svc/predict", headers=AUTH)
-    assert method.status_code == 405 and method.headers["Allow"] == "POST"
+    method = httpx.put(gateway.url + "/svc/predict", headers=AUTH)
+    assert method.status_code == 405 and method.headers["Allow"] == "GET, POST"
+    # Which of GET and POST a route takes is the replica's answer.
+    get = httpx.get(gateway.url + "/svc/predict", headers=AUTH)
+    assert get.status_code == 405 and get.headers["Allow"] == "POST"
     big = post(gateway, "/svc/predict", content=b"x" * 2000)
     assert big.status_code == 413 and "1000 bytes" in big.json()["error"]
 
@@ -399,6 +428,37 @@ def test_server_sent_events_arrive_as_they_are_sent(
             if line.startswith("data:"):
                 arrivals.append((time.monotonic() - started, line))
     assert [line for _, line in arrivals] == ["data: 0", "data: 1", "data: 2", "data: null"]
+    assert arrivals[0][0] < 0.5 and arrivals[-1][0] >= 0.8
+
+
+def test_a_get_reaches_the_replica_on_the_routes_it_serves(
+    gateway: Gateway, replicas: Callable[..., FakeReplica]
+) -> None:
+    a = replicas("a")
+    serve(gateway, target(), a)
+    r = httpx.get(gateway.url + "/svc/models", headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"method": "GET", "replica": "a"}
+    assert a.seen[-1]["x-cobalt-replica-secret"] == "secret-a"
+    assert post(gateway, "/svc/predict").status_code == 200  # POST after GET, same pool
+    unauthorized = httpx.get(gateway.url + "/svc/models")
+    assert unauthorized.status_code == 401
+
+
+def test_any_route_streams_when_its_replica_answers_with_events(
+    gateway: Gateway, replicas: Callable[..., FakeReplica]
+) -> None:
+    serve(gateway, target(), replicas("a"))
+    whole = post(gateway, "/svc/either", json={"stream": False})
+    assert whole.json() == {"whole": True} and "content-length" in whole.headers
+    started = time.monotonic()
+    arrivals: list[tuple[float, str]] = []
+    body = {"stream": True}
+    with httpx.stream("POST", gateway.url + "/svc/either", json=body, headers=AUTH) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                arrivals.append((time.monotonic() - started, line))
+    assert [line for _, line in arrivals] == ["data: 0", "data: 1", "data: 2", "data: [DONE]"]
     assert arrivals[0][0] < 0.5 and arrivals[-1][0] >= 0.8
 
 

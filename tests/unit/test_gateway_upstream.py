@@ -355,3 +355,12 @@ def test_idle_connections_are_capped_and_closed_with_the_pool(
 def test_only_http_urls_are_accepted() -> None:
     with pytest.raises(ValueError):
         Pool("https://127.0.0.1:1")
+
+
+def test_request_heads_are_formatted_once_per_method_and_route() -> None:
+    pool = Pool("http://127.0.0.1:9/base", "r1")
+    post = pool.head("/v1/models")
+    get = pool.head("/v1/models", "GET")
+    assert post == b"POST /base/v1/models HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"
+    assert get == b"GET /base/v1/models HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"
+    assert pool.head("/v1/models", "GET") is get and pool.head("/v1/models") is post

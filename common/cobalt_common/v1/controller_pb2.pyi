@@ -1692,6 +1692,213 @@ class DeploymentLogsResponse(_message.Message):
 Global___DeploymentLogsResponse: _TypeAlias = DeploymentLogsResponse  # noqa: Y015
 
 @_typing.final
+class DeploymentMetricsResponse(_message.Message):
+    """What a deployment's models and gateway counted: the models' counters are
+    the sums of every replica's last reading, ended replicas included; unset
+    optional fields are not known (no request, no token, no sample yet).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class BatchSizesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    MODEL_REQUESTS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    GENERATED_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    TIME_TO_FIRST_TOKEN_P50_FIELD_NUMBER: _builtins.int
+    TIME_TO_FIRST_TOKEN_P99_FIELD_NUMBER: _builtins.int
+    INTER_TOKEN_P50_FIELD_NUMBER: _builtins.int
+    INTER_TOKEN_P99_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_BUSY_SECOND_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    BATCH_SIZES_FIELD_NUMBER: _builtins.int
+    ENDPOINT_BATCH_SIZES_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    EMULATED_FIELD_NUMBER: _builtins.int
+    COST_PER_1K_REQUESTS_FIELD_NUMBER: _builtins.int
+    COST_PER_MILLION_TOKENS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    REPLICAS_REPORTING_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    requests: _builtins.int
+    """requests the gateway received"""
+    model_requests: _builtins.int
+    """requests the models served"""
+    prompt_tokens: _builtins.int
+    generated_tokens: _builtins.int
+    cached_prompt_tokens: _builtins.int
+    time_to_first_token_p50: _builtins.float
+    """seconds, over every request so far"""
+    time_to_first_token_p99: _builtins.float
+    inter_token_p50: _builtins.float
+    """seconds between tokens of one stream"""
+    inter_token_p99: _builtins.float
+    tokens_per_second: _builtins.float
+    """generated, over the last window_s"""
+    tokens_per_busy_second: _builtins.float
+    """generated, over the models' compute time"""
+    window_s: _builtins.float
+    cost_usd: _builtins.float
+    """replica time billed so far"""
+    emulated: _builtins.bool
+    cost_per_1k_requests: _builtins.float
+    cost_per_million_tokens: _builtins.float
+    """prompt and generated tokens"""
+    replicas_reporting: _builtins.int
+    """replicas read, ended ones included"""
+    as_of: _builtins.float
+    """when the latest reading was taken; 0: none"""
+    @_builtins.property
+    def batch_sizes(self) -> _containers.ScalarMap[_builtins.int, _builtins.int]:
+        """the models' steps run at each batch size"""
+
+    @_builtins.property
+    def endpoint_batch_sizes(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointBatchSizes]: ...
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the models' names"""
+
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """models whose metrics() failed, and why"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        model_requests: _builtins.int = ...,
+        prompt_tokens: _builtins.int = ...,
+        generated_tokens: _builtins.int = ...,
+        cached_prompt_tokens: _builtins.int = ...,
+        time_to_first_token_p50: _builtins.float | None = ...,
+        time_to_first_token_p99: _builtins.float | None = ...,
+        inter_token_p50: _builtins.float | None = ...,
+        inter_token_p99: _builtins.float | None = ...,
+        tokens_per_second: _builtins.float | None = ...,
+        tokens_per_busy_second: _builtins.float | None = ...,
+        window_s: _builtins.float = ...,
+        batch_sizes: _abc.Mapping[_builtins.int, _builtins.int] | None = ...,
+        endpoint_batch_sizes: _abc.Iterable[Global___EndpointBatchSizes] | None = ...,
+        cost_usd: _builtins.float = ...,
+        emulated: _builtins.bool = ...,
+        cost_per_1k_requests: _builtins.float | None = ...,
+        cost_per_million_tokens: _builtins.float | None = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+        errors: _abc.Iterable[_builtins.str] | None = ...,
+        replicas_reporting: _builtins.int = ...,
+        as_of: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_per_1k_requests", b"_cost_per_1k_requests", "_cost_per_million_tokens", b"_cost_per_million_tokens", "_inter_token_p50", b"_inter_token_p50", "_inter_token_p99", b"_inter_token_p99", "_time_to_first_token_p50", b"_time_to_first_token_p50", "_time_to_first_token_p99", b"_time_to_first_token_p99", "_tokens_per_busy_second", b"_tokens_per_busy_second", "_tokens_per_second", b"_tokens_per_second", "cost_per_1k_requests", b"cost_per_1k_requests", "cost_per_million_tokens", b"cost_per_million_tokens", "inter_token_p50", b"inter_token_p50", "inter_token_p99", b"inter_token_p99", "time_to_first_token_p50", b"time_to_first_token_p50", "time_to_first_token_p99", b"time_to_first_token_p99", "tokens_per_busy_second", b"tokens_per_busy_second", "tokens_per_second", b"tokens_per_second"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_per_1k_requests", b"_cost_per_1k_requests", "_cost_per_million_tokens", b"_cost_per_million_tokens", "_inter_token_p50", b"_inter_token_p50", "_inter_token_p99", b"_inter_token_p99", "_time_to_first_token_p50", b"_time_to_first_token_p50", "_time_to_first_token_p99", b"_time_to_first_token_p99", "_tokens_per_busy_second", b"_tokens_per_busy_second", "_tokens_per_second", b"_tokens_per_second", "as_of", b"as_of", "batch_sizes", b"batch_sizes", "cached_prompt_tokens", b"cached_prompt_tokens", "cost_per_1k_requests", b"cost_per_1k_requests", "cost_per_million_tokens", b"cost_per_million_tokens", "cost_usd", b"cost_usd", "emulated", b"emulated", "endpoint_batch_sizes", b"endpoint_batch_sizes", "errors", b"errors", "generated_tokens", b"generated_tokens", "inter_token_p50", b"inter_token_p50", "inter_token_p99", b"inter_token_p99", "model_requests", b"model_requests", "models", b"models", "name", b"name", "prompt_tokens", b"prompt_tokens", "replicas_reporting", b"replicas_reporting", "requests", b"requests", "time_to_first_token_p50", b"time_to_first_token_p50", "time_to_first_token_p99", b"time_to_first_token_p99", "tokens_per_busy_second", b"tokens_per_busy_second", "tokens_per_second", b"tokens_per_second", "window_s", b"window_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cost_per_1k_requests: _TypeAlias = _typing.Literal["cost_per_1k_requests"]  # noqa: Y015
+    _WhichOneofArgType__cost_per_1k_requests: _TypeAlias = _typing.Literal["_cost_per_1k_requests", b"_cost_per_1k_requests"]  # noqa: Y015
+    _WhichOneofReturnType__cost_per_million_tokens: _TypeAlias = _typing.Literal["cost_per_million_tokens"]  # noqa: Y015
+    _WhichOneofArgType__cost_per_million_tokens: _TypeAlias = _typing.Literal["_cost_per_million_tokens", b"_cost_per_million_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__inter_token_p50: _TypeAlias = _typing.Literal["inter_token_p50"]  # noqa: Y015
+    _WhichOneofArgType__inter_token_p50: _TypeAlias = _typing.Literal["_inter_token_p50", b"_inter_token_p50"]  # noqa: Y015
+    _WhichOneofReturnType__inter_token_p99: _TypeAlias = _typing.Literal["inter_token_p99"]  # noqa: Y015
+    _WhichOneofArgType__inter_token_p99: _TypeAlias = _typing.Literal["_inter_token_p99", b"_inter_token_p99"]  # noqa: Y015
+    _WhichOneofReturnType__time_to_first_token_p50: _TypeAlias = _typing.Literal["time_to_first_token_p50"]  # noqa: Y015
+    _WhichOneofArgType__time_to_first_token_p50: _TypeAlias = _typing.Literal["_time_to_first_token_p50", b"_time_to_first_token_p50"]  # noqa: Y015
+    _WhichOneofReturnType__time_to_first_token_p99: _TypeAlias = _typing.Literal["time_to_first_token_p99"]  # noqa: Y015
+    _WhichOneofArgType__time_to_first_token_p99: _TypeAlias = _typing.Literal["_time_to_first_token_p99", b"_time_to_first_token_p99"]  # noqa: Y015
+    _WhichOneofReturnType__tokens_per_busy_second: _TypeAlias = _typing.Literal["tokens_per_busy_second"]  # noqa: Y015
+    _WhichOneofArgType__tokens_per_busy_second: _TypeAlias = _typing.Literal["_tokens_per_busy_second", b"_tokens_per_busy_second"]  # noqa: Y015
+    _WhichOneofReturnType__tokens_per_second: _TypeAlias = _typing.Literal["tokens_per_second"]  # noqa: Y015
+    _WhichOneofArgType__tokens_per_second: _TypeAlias = _typing.Literal["_tokens_per_second", b"_tokens_per_second"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_per_1k_requests) -> _WhichOneofReturnType__cost_per_1k_requests | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_per_million_tokens) -> _WhichOneofReturnType__cost_per_million_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__inter_token_p50) -> _WhichOneofReturnType__inter_token_p50 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__inter_token_p99) -> _WhichOneofReturnType__inter_token_p99 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__time_to_first_token_p50) -> _WhichOneofReturnType__time_to_first_token_p50 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__time_to_first_token_p99) -> _WhichOneofReturnType__time_to_first_token_p99 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tokens_per_busy_second) -> _WhichOneofReturnType__tokens_per_busy_second | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tokens_per_second) -> _WhichOneofReturnType__tokens_per_second | None: ...
+
+Global___DeploymentMetricsResponse: _TypeAlias = DeploymentMetricsResponse  # noqa: Y015
+
+@_typing.final
+class EndpointBatchSizes(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SizesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SIZES_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """a batched endpoint's route"""
+    @_builtins.property
+    def sizes(self) -> _containers.ScalarMap[_builtins.int, _builtins.int]:
+        """its calls at each batch size"""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        sizes: _abc.Mapping[_builtins.int, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "sizes", b"sizes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndpointBatchSizes: _TypeAlias = EndpointBatchSizes  # noqa: Y015
+
+@_typing.final
 class ReplicaReadyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

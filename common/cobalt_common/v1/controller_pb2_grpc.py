@@ -139,6 +139,11 @@ class ControllerStub:
                 request_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentLogsRequest.SerializeToString,
                 response_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentLogsResponse.FromString,
                 _registered_method=True)
+        self.DeploymentMetrics = channel.unary_unary(
+                '/cobalt.v1.Controller/DeploymentMetrics',
+                request_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentGetRequest.SerializeToString,
+                response_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentMetricsResponse.FromString,
+                _registered_method=True)
         self.ReplicaReady = channel.unary_unary(
                 '/cobalt.v1.Controller/ReplicaReady',
                 request_serializer=cobalt_dot_v1_dot_controller__pb2.ReplicaReadyRequest.SerializeToString,
@@ -276,6 +281,12 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeploymentMetrics(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReplicaReady(self, request, context):
         """Called by a replica once its initializer ran and its server listens.
         """
@@ -390,6 +401,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.DeploymentLogs,
                     request_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentLogsRequest.FromString,
                     response_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentLogsResponse.SerializeToString,
+            ),
+            'DeploymentMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeploymentMetrics,
+                    request_deserializer=cobalt_dot_v1_dot_controller__pb2.DeploymentGetRequest.FromString,
+                    response_serializer=cobalt_dot_v1_dot_controller__pb2.DeploymentMetricsResponse.SerializeToString,
             ),
             'ReplicaReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ReplicaReady,
@@ -964,6 +980,33 @@ class Controller:
             '/cobalt.v1.Controller/DeploymentLogs',
             cobalt_dot_v1_dot_controller__pb2.DeploymentLogsRequest.SerializeToString,
             cobalt_dot_v1_dot_controller__pb2.DeploymentLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeploymentMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cobalt.v1.Controller/DeploymentMetrics',
+            cobalt_dot_v1_dot_controller__pb2.DeploymentGetRequest.SerializeToString,
+            cobalt_dot_v1_dot_controller__pb2.DeploymentMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,7 @@ class ControllerStub:
     DeploymentTokenRotate: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.Deployment]
     DeploymentEvents: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentEventsRequest, _controller_pb2.DeploymentEventsResponse]
     DeploymentLogs: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentLogsRequest, _controller_pb2.DeploymentLogsResponse]
+    DeploymentMetrics: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.DeploymentMetricsResponse]
     ReplicaReady: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ReplicaReadyRequest, _controller_pb2.ReplicaReadyResponse]
     """Called by a replica once its initializer ran and its server listens."""
 
@@ -85,6 +86,7 @@ class ControllerAsyncStub(ControllerStub):
     DeploymentTokenRotate: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.Deployment]  # type: ignore[assignment]
     DeploymentEvents: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentEventsRequest, _controller_pb2.DeploymentEventsResponse]  # type: ignore[assignment]
     DeploymentLogs: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentLogsRequest, _controller_pb2.DeploymentLogsResponse]  # type: ignore[assignment]
+    DeploymentMetrics: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeploymentGetRequest, _controller_pb2.DeploymentMetricsResponse]  # type: ignore[assignment]
     ReplicaReady: _aio.UnaryUnaryMultiCallable[_controller_pb2.ReplicaReadyRequest, _controller_pb2.ReplicaReadyResponse]  # type: ignore[assignment]
     """Called by a replica once its initializer ran and its server listens."""
 
@@ -236,6 +238,13 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.DeploymentLogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.DeploymentLogsResponse, _abc.Awaitable[_controller_pb2.DeploymentLogsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeploymentMetrics(
+        self,
+        request: _controller_pb2.DeploymentGetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DeploymentMetricsResponse, _abc.Awaitable[_controller_pb2.DeploymentMetricsResponse]]: ...
 
     @_abc_1.abstractmethod
     def ReplicaReady(

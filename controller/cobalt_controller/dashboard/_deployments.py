@@ -1,9 +1,10 @@
 """Deployments as the JSON the dashboard's deployment pages render.
 
 Rows come from the state store. What only the running controller knows, the
-requests in flight on each replica, the cost accrued by replicas still running
-and the gateway's address, comes from a :data:`LiveReader`: a callable the
-controller passes in (see :func:`reader`), absent in tests and when
+requests in flight on each replica, the cost accrued by replicas still running,
+the deployment's metrics (latencies, tokens per second, batch sizes, cost per
+unit) and the gateway's address, comes from a :data:`LiveReader`: a callable
+the controller passes in (see :func:`reader`), absent in tests and when
 deployments are off. A deployment's token is never read here, so it cannot
 reach a page.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cobalt_common.deploy import Manifest
-from cobalt_common.errors import SpecError
+from cobalt_common.errors import Error, SpecError
 from cobalt_controller._convert import given_from_json
 from cobalt_controller.dashboard._views import Json, describe_requested
 from cobalt_controller.state import (
@@ -48,12 +49,21 @@ class LiveDeployment:
     """Requests in flight, by replica id."""
 
 
+def _no_metrics(name: str) -> Json | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class LiveDeployments:
-    """A snapshot of the manager: the gateway's address and its running deployments."""
+    """A snapshot of the manager: the gateway's address and its running deployments.
+
+    ``metrics(name)`` reads a deployment's metrics (``None`` when the manager
+    has none); only a deployment's page asks, so the list stays cheap.
+    """
 
     gateway_url: str = ""
     deployments: dict[str, LiveDeployment] = field(default_factory=dict)
+    metrics: Callable[[str], Json | None] = _no_metrics
 
 
 LiveReader = Callable[[], LiveDeployments]
@@ -66,6 +76,12 @@ def no_live() -> LiveDeployments:
 
 def reader(manager: DeploymentManager) -> LiveReader:
     """A read-only view of ``manager``: a snapshot under its lock, nothing more."""
+
+    def metrics(name: str) -> Json | None:
+        try:
+            return manager.metrics(name).to_json()
+        except Error:
+            return None
 
     def read() -> LiveDeployments:
         now = time.time()
@@ -83,7 +99,7 @@ def reader(manager: DeploymentManager) -> LiveReader:
                 )
                 for name, d in manager.live.items()
             }
-        return LiveDeployments(gateway.url if gateway is not None else "", live)
+        return LiveDeployments(gateway.url if gateway is not None else "", live, metrics)
 
     return read
 
@@ -192,7 +208,8 @@ def detail(
     events: Sequence[DeploymentEventRow],
     snapshot: LiveDeployments,
 ) -> Json:
-    """A deployment's page: its facts, its replicas and its events, newest first."""
+    """A deployment's page: its facts, its metrics (``None`` without a running
+    manager), its replicas and its events, newest first."""
     live = snapshot.deployments.get(row.name)
     running = [r for r in replica_rows if r.status in LIVE_REPLICA_STATUSES]
     view = deployment(row, running, live, snapshot.gateway_url)
@@ -202,6 +219,7 @@ def detail(
     shown, left_out = replicas(replica_rows, live.in_flight if live is not None else None)
     return {
         "deployment": view,
+        "metrics": snapshot.metrics(row.name) if live is not None else None,
         "replicas": shown,
         "ended_replicas_left_out": left_out,
         "events": [event(e) for e in events],

@@ -14,7 +14,10 @@ loop (every ``[controller] autoscale_interval_s``, default 1 s). Each tick:
    before it is taken; going down, the highest count wanted meanwhile wins.
 
 Whenever the count changes or a policy fails, it returns an event with the
-inputs (metrics, settings, each policy's answer) and a reason sentence.
+inputs (metrics, settings, each policy's answer) and a reason sentence. Every
+:data:`COLLECT_EVERY_S` it also returns the replicas' ``/_cobalt/metrics``
+answers as a :data:`READINGS` event, which the manager keeps as the
+deployment's metrics (:mod:`._model_metrics`) instead of recording it.
 """
 
 from __future__ import annotations
@@ -29,11 +32,16 @@ from cobalt_controller.deploy.policies import BUILT_IN, Decision, Metrics, Polic
 
 ERROR_REPEAT_S = 60.0
 """A policy failing the same way again is recorded at most this often."""
+COLLECT_EVERY_S = 5.0
+"""How often the replicas' metrics are read for the deployment's metrics."""
+READINGS = "replica_readings"
+"""The kind of event that carries the replicas' metrics (``inputs``: ``at``, ``reports``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ScaleEvent:
-    """A decision or a policy error, as recorded in the deployment's events."""
+    """A decision or a policy error, as recorded in the deployment's events, or the
+    replicas' readings (kind :data:`READINGS`), which are kept, not recorded."""
 
     kind: str
     message: str
@@ -73,6 +81,7 @@ class Autoscaler:
         self._down_since: float | None = None
         self._down_max = 0
         self._errors: dict[str, tuple[str, float]] = {}
+        self._read_at = float("-inf")
         self.configure(settings)
 
     def configure(self, settings: Autoscaling) -> None:
@@ -148,7 +157,21 @@ class Autoscaler:
                 ScaleEvent(kind, f"{self.current} -> {new} replica(s): {reason}.", inputs)
             )
             self.current = new
+        readings = await self._readings(metrics, now)
+        if readings is not None:
+            events.append(readings)
         return new, events
+
+    async def _readings(self, metrics: Metrics, now: float) -> ScaleEvent | None:
+        """The replicas' metrics, every :data:`COLLECT_EVERY_S` (None in between)."""
+        if now - self._read_at < COLLECT_EVERY_S or metrics.probe is None or not metrics.replicas:
+            return None
+        self._read_at = now
+        try:
+            reports = await metrics.replica_reports()
+        except Exception:  # a replica that cannot answer now is read next time
+            return None
+        return ScaleEvent(READINGS, "", {"at": now, "reports": reports}) if reports else None
 
     def _hysteresis(self, target: int, now: float) -> int | None:
         a = self.settings

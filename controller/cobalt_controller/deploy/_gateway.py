@@ -4,11 +4,12 @@ It runs a lean HTTP/1.1 server (``_server``: llhttp parsing, one socket
 write per answer) on its own thread and event loop (uvloop when importable),
 and reaches replicas through per-replica pools of keep-alive connections
 (``_upstream``: the same, client side). A request to ``POST <base>/<name><route>``
-(handled in ``_gateway_requests``):
+(or ``GET``, for the routes that take it; handled in ``_gateway_requests``):
 
 1. finds the deployment (404), checks its bearer token with
    ``secrets.compare_digest`` (401), the route (404 naming the known ones)
-   and the method (405), and reads the body up to ``max_body_bytes`` (413);
+   and the method (405 but for POST and GET; the replica refuses a GET on a
+   route that takes POST only), and reads the body up to ``max_body_bytes`` (413);
 2. takes the ready replica with the fewest requests in flight under
    ``max_concurrency``, or waits in a FIFO queue bounded by ``max_queue`` and
    ``queue_timeout`` (503 with ``Retry-After``). At zero replicas, the first
@@ -16,8 +17,10 @@ and reaches replicas through per-replica pools of keep-alive connections
 3. forwards it with ``x-cobalt-replica-secret`` and ``x-request-id``; a
    connection that fails before any response byte is retried once on another
    replica, and the manager is told that the replica looks dead;
-4. passes the answer through unchanged, streaming server-sent events and
-   chunked bodies as they arrive.
+4. passes the answer through unchanged, whatever the route: an answer with
+   ``Content-Type: text/event-stream`` or without ``Content-Length`` (chunked)
+   is streamed as it arrives, with the client's back-pressure reaching the
+   replica; any other comes whole, in one write.
 
 The hot path holds no lock, writes nothing to the store and logs nothing;
 the manager's changes reach the routing table through the loop.

@@ -2,10 +2,16 @@
 
 ``POST <base>/<name><route>`` finds the deployment (404), checks its bearer
 token (401) before the route (404 naming the known ones) and the method
-(405), so that nobody learns a deployment's routes without its token; reads
+(405 but for POST and GET), so that nobody learns a deployment's routes
+without its token; reads
 the body up to ``max_body_bytes`` (413); takes a replica slot or waits in the
 deployment's queue (503 with ``Retry-After``); and forwards the request,
 retrying once on another replica when the first could not be reached.
+
+Which of POST and GET a route takes is the replica's to say (it answers 405
+with ``Allow``): most routes take POST only, and some raw routes (such as
+the OpenAI-compatible ``GET /v1/models``) take GET, so a GET is forwarded
+like a POST rather than checked here.
 
 Answers are written through :class:`~._server.HttpConnection`: whole ones as
 one socket write, streamed ones chunk by chunk as the replica sends them.
@@ -91,12 +97,14 @@ class GatewayRequests:
                 conn, 404, f"deployment {name!r} has no route {route!r}; its routes are: {known}."
             )
             return
-        if req.method != "POST":
+        method = req.method
+        if method != "POST" and method != "GET":
             _error(
                 conn,
                 405,
-                f"{route} takes POST with a JSON body, not {req.method}.",
-                b"Allow: POST\r\n",
+                f"{route} takes POST with a JSON body (or GET where the route serves it), "
+                f"not {method}.",
+                b"Allow: GET, POST\r\n",
             )
             return
         limit = target.max_body_bytes
@@ -136,7 +144,7 @@ class GatewayRequests:
             try:
                 data = b"".join(
                     (
-                        up.pool.head(route),
+                        up.pool.head(route, method),
                         f"{common}{up.secret}\r\n\r\n".encode("utf-8", "surrogateescape"),
                         body,
                     )

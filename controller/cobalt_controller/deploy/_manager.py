@@ -17,7 +17,8 @@ callback (:meth:`DeploymentManager.on_outcome`):
 
 Replicas are billed like tasks: per started second at the executor's rate
 for the hardware given, into the deployment's ``cost_usd`` and the replica
-rows that ``cost_summary`` reads.
+rows that ``cost_summary`` reads. What the replicas' models count is kept by
+:class:`~._metrics_keeper.MetricsKeeper` (:meth:`DeploymentManager.metrics`).
 
 The manager is thread-safe (one re-entrant lock): RPC threads, executor
 report threads and the gateway's worker threads call it. It never blocks
@@ -51,6 +52,8 @@ from cobalt_controller.deploy._live import (
     LiveReplica,
     replica_http,
 )
+from cobalt_controller.deploy._metrics_keeper import MetricsKeeper
+from cobalt_controller.deploy._model_metrics import DeploymentTotals
 from cobalt_controller.deploy._replicas import ReplicaLifecycle
 from cobalt_controller.deploy.policies import Metrics, Schedules
 from cobalt_controller.state import StateStore
@@ -78,7 +81,7 @@ class ReplicaLogs:
     ended_at: float = 0.0
 
 
-class DeploymentManager(ReplicaLifecycle):
+class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
     """Creates, scales, replaces and tears down deployments.
 
     Args:
@@ -100,6 +103,7 @@ class DeploymentManager(ReplicaLifecycle):
         self._outcomes: queue.SimpleQueue[TaskOutcome] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cobalt-deployments", daemon=True)
         self._ended_logs: dict[str, deque[ReplicaLogs]] = {}
+        self._totals: dict[str, DeploymentTotals] = {}
         self.listener: Callable[[str], None] | None = None
         """Called with a deployment's name after each event recorded for it, under the
         manager's lock: it must return at once (the dashboard's live feed)."""
@@ -152,7 +156,9 @@ class DeploymentManager(ReplicaLifecycle):
                 emulated=old.emulated if old else False,
                 desired=self.initial_replicas(manifest, now),
             )
-            if old is not None:
+            if old is None:
+                self.count_from_zero(d)
+            else:
                 d.replicas = old.replicas
                 d.openapi_json = old.openapi_json
                 for r in d.replicas.values():
@@ -367,6 +373,7 @@ class DeploymentManager(ReplicaLifecycle):
             self.reconcile(d)
 
     def scaled(self, name: str, target: int | None, events: list[ScaleEvent]) -> None:
+        events = self.keep_readings(name, events)
         with self._lock:
             d = self.live.get(name)
             if d is None or d.status == STOPPED:
@@ -407,6 +414,7 @@ class DeploymentManager(ReplicaLifecycle):
                 r.executor.cancel(r.task_key, "cancelled")
 
     def replica_drained(self, name: str, replica_id: str) -> None:
+        self.read_last(name, replica_id)
         with self._lock:
             for d in (self.live.get(name), *self._owners(name)):
                 r = d.replicas.get(replica_id) if d is not None else None

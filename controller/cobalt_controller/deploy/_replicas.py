@@ -23,6 +23,7 @@ from cobalt_controller.deploy._live import (
     LiveReplica,
     replica_http,
 )
+from cobalt_controller.deploy._model_metrics import DeploymentTotals
 from cobalt_controller.state import DeploymentEventRow, StateStore
 from cobalt_executors import TaskArg, TaskSubmission
 
@@ -42,6 +43,7 @@ class ReplicaLifecycle:
     _changed: threading.Condition
     _closing: bool
     _by_key: dict[str, tuple[LiveDeployment, LiveReplica]]
+    _totals: dict[str, DeploymentTotals]
     listener: Callable[[str], None] | None
 
     def reconcile(self, d: LiveDeployment) -> None:
@@ -177,6 +179,9 @@ class ReplicaLifecycle:
             d.emulated = True
         self._by_key.pop(r.task_key, None)
         d.replicas.pop(r.replica_id, None)
+        totals = self._totals.get(d.name)
+        if totals is not None:
+            totals.ended(r.replica_id)
         self.state.put_replica(r.to_row())
         self.state.update_deployment(d.name, cost_usd=d.cost_usd, emulated=d.emulated)
         if self.gateway is not None:

@@ -283,12 +283,13 @@ class Pool:
         self.closed = False
         self._heads: dict[str, bytes] = {}
 
-    def head(self, route: str) -> bytes:
-        """The request line and Host header for ``route``, formatted once."""
-        head = self._heads.get(route)
+    def head(self, route: str, method: str = "POST") -> bytes:
+        """The request line and Host header for ``method route``, formatted once."""
+        key = route if method == "POST" else f"{method} {route}"
+        head = self._heads.get(key)
         if head is None:
-            head = self._heads[route] = (
-                f"POST {self.base}{route} HTTP/1.1\r\nHost: {self.host_header}\r\n".encode()
+            head = self._heads[key] = (
+                f"{method} {self.base}{route} HTTP/1.1\r\nHost: {self.host_header}\r\n".encode()
             )
         return head
 

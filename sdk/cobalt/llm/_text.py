@@ -17,6 +17,15 @@ Example:
     ('', '', True)
     >>> text.text
     'hi '
+
+Bytes that never complete a character come out as U+FFFD, never silently dropped:
+
+    >>> class Bytes:
+    ...     def decode(self, ids, skip_special_tokens=True):
+    ...         return bytes(ids).decode("utf-8", errors="replace")
+    >>> text = TextStream(Bytes())
+    >>> [text.push(b) for b in "é".encode()], text.push(0xC3), text.finish()
+    (['', 'é'], '', '\ufffd')
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 _INCOMPLETE = "\ufffd"
+_MAX_CHAR_TOKENS = 4  # a UTF-8 character spans at most 4 bytes, so at most 4 tokens
 
 
 class TextStream:
@@ -44,14 +54,21 @@ class TextStream:
         self._ids.append(token)
         window_before = self._decode(self._ids[self._prefix : self._read])
         window = self._decode(self._ids[self._prefix :])
-        if len(window) > len(window_before) and not window.endswith(_INCOMPLETE):
-            self._decoded += window[len(window_before) :]
-            self._prefix, self._read = self._read, len(self._ids)
+        incomplete = window.endswith(_INCOMPLETE) and len(self._ids) - self._read < _MAX_CHAR_TOKENS
+        if len(window) > len(window_before) and not incomplete:
+            self._take(window, window_before)
         return self._release(final=False)
 
     def finish(self) -> str:
         """The text still held back, once the generation has ended without a stop string."""
+        if self._read < len(self._ids):  # bytes that never completed a character
+            before = self._decode(self._ids[self._prefix : self._read])
+            self._take(self._decode(self._ids[self._prefix :]), before)
         return self._release(final=True)
+
+    def _take(self, window: str, window_before: str) -> None:
+        self._decoded += window[len(window_before) :]
+        self._prefix, self._read = self._read, len(self._ids)
 
     def _decode(self, ids: list[int]) -> str:
         return str(self._tokenizer.decode(ids, skip_special_tokens=True)) if ids else ""

@@ -28,6 +28,9 @@ from cobalt_common.deploy import Autoscaling
 
 __all__ = ["Decision", "Metrics", "Policy", "ReplicaProbe"]
 
+METRICS_PATH = "/_cobalt/metrics"
+"""Where a replica answers its utilization, request counts and models' metrics."""
+
 ReplicaProbe = Callable[[str, dict[str, Any] | None], Awaitable[list[dict[str, Any]]]]
 """``probe(path, body)``: GET (body None) or POST ``path`` on ready replicas and
 return their JSON answers. The gateway provides it; tests fake it."""
@@ -61,6 +64,19 @@ class Metrics:
     idle_s: float = 0.0
     now: float = 0.0
     probe: ReplicaProbe | None = field(default=None, repr=False, compare=False)
+    _reports: list[dict[str, Any]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    async def replica_reports(self) -> list[dict[str, Any]]:
+        """The ready replicas' ``GET /_cobalt/metrics`` answers, asked once per tick:
+        the utilization policy and the deployment's metrics share one reading
+        (each reading restarts a replica's CPU utilization window)."""
+        if self._reports is None:
+            if self.probe is None or self.replicas == 0:
+                return []
+            self._reports = await self.probe(METRICS_PATH, None)
+        return self._reports
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-able numbers: recorded with decisions, sent to custom policies."""

@@ -36,7 +36,7 @@ class Utilization(Policy):
     async def decide(self, metrics: Metrics) -> Decision | None:
         if metrics.probe is None or metrics.replicas == 0:
             return None
-        reports = await metrics.probe("/_cobalt/metrics", None)
+        reports = await metrics.replica_reports()
         values = [v for v in map(replica_utilization, reports) if v is not None]
         if not values:
             return None

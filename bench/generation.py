@@ -1,0 +1,202 @@
+"""Text generation: continuous batching and speculative decoding against plain ``generate``.
+
+    .venv/bin/python bench/generation.py            # about 2 minutes on 2 cores
+    .venv/bin/python bench/generation.py --quick    # fewer tokens
+
+The model is ``ct.llm.random_model("small")``: a Llama of 8 layers of 512
+(26M parameters) with seeded random weights, so nothing is downloaded. Its
+text is meaningless; its speed is that of a real model of its size.
+Prints figures and ratios from one run; these are measurements, not tests.
+
+- 16 concurrent streams, greedy, 64 new tokens each:
+  * transformers ``generate`` one request after another (the baseline),
+  * transformers ``generate`` on all 16 at once, padded (static batching),
+  * ``ct.llm.Engine`` with the 16 requests arriving together from 16 threads,
+    with time to first token and inter-token latency seen by the callers
+  (target: engine >= 5x the sequential baseline in total tokens/s).
+- Speculative decoding, one stream at a time, with an int8 copy of the
+  model as the draft: speedup over the same engine without a draft, the
+  draft's acceptance rate, and whether the tokens were identical.
+- ``--device cuda`` runs the same on a GPU (bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+import warnings
+from typing import Any
+
+import torch
+
+import cobalt as ct
+
+STREAMS = 16
+
+
+def _prompts(n: int) -> list[str]:
+    topics = ["weather", "a recipe", "the controller", "a poem", "GPUs", "the sea", "budgets"]
+    return [
+        f"Request {i}: tell me about {topics[i % len(topics)]}. " + "More context here. " * (i % 6)
+        for i in range(n)
+    ]
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def sequential_generate(model: Any, tokenizer: Any, prompts: list[str], new: int) -> float:
+    """Tokens/s of transformers ``generate``, one request after another."""
+    device = next(model.parameters()).device
+    tokens, start = 0, time.perf_counter()
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+        out = model.generate(
+            ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
+        )
+        tokens += out.shape[1] - ids.shape[1]
+    return tokens / (time.perf_counter() - start)
+
+
+def static_batch_generate(model: Any, tokenizer: Any, prompts: list[str], new: int) -> float:
+    """Tokens/s of transformers ``generate`` on all prompts at once, left-padded."""
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+    start = time.perf_counter()
+    out = model.generate(
+        **batch, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
+    )
+    tokens = (out.shape[1] - batch["input_ids"].shape[1]) * len(prompts)
+    return tokens / (time.perf_counter() - start)
+
+
+def engine_streams(engine: Any, prompts: list[str], new: int) -> dict[str, float]:
+    """16 callers streaming at once: total tokens/s, and latencies as the callers saw them."""
+    ttft: list[float] = []
+    gaps: list[float] = []
+    tokens = [0] * len(prompts)
+    go = threading.Event()
+
+    def one(i: int) -> None:
+        go.wait()
+        sent = time.perf_counter()
+        last = None
+        for chunk in engine.stream(prompts[i], max_tokens=new, temperature=0):
+            now = time.perf_counter()
+            if last is None:
+                ttft.append(now - sent)
+            elif chunk.token_ids:
+                gaps.extend([(now - last) / len(chunk.token_ids)] * len(chunk.token_ids))
+            last = now
+            tokens[i] += len(chunk.token_ids)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    start = time.perf_counter()
+    go.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {
+        "tokens_per_s": sum(tokens) / elapsed,
+        "ttft_p50": statistics.median(ttft),
+        "ttft_p99": _pct(ttft, 0.99),
+        "itl_p50": statistics.median(gaps),
+        "itl_p99": _pct(gaps, 0.99),
+    }
+
+
+def speculative(model: Any, tokenizer: Any, prompts: list[str], new: int, k: int) -> dict[str, Any]:
+    """One stream at a time: the engine with an int8 draft against the engine alone."""
+    plain = ct.llm.Engine(model, tokenizer, prefix_cache=False)
+    plain.generate(prompts[0], max_tokens=4, temperature=0)
+    start = time.perf_counter()
+    reference = [plain.generate(p, max_tokens=new, temperature=0) for p in prompts]
+    plain_s = time.perf_counter() - start
+    plain.close()
+    spec = ct.llm.Engine(model, tokenizer, draft="int8", speculative_tokens=k, prefix_cache=False)
+    spec.generate(prompts[0], max_tokens=4, temperature=0)
+    start = time.perf_counter()
+    drafted = [spec.generate(p, max_tokens=new, temperature=0) for p in prompts]
+    spec_s = time.perf_counter() - start
+    stats = spec.metrics()["speculative"]
+    spec.close()
+    return {
+        "speedup": plain_s / spec_s,
+        "acceptance": stats["acceptance_rate"],
+        "identical": sum(
+            a.token_ids == b.token_ids for a, b in zip(reference, drafted, strict=True)
+        ),
+        "of": len(prompts),
+        "plain_tok_s": sum(c.completion_tokens for c in reference) / plain_s,
+        "spec_tok_s": sum(c.completion_tokens for c in drafted) / spec_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer tokens per request")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--size", default="small", help="random_model size: tiny or small")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    new = 24 if args.quick else 64
+    model, tokenizer = ct.llm.random_model(args.size, seed=0)
+    if args.device == "cuda":
+        model = model.to("cuda", dtype=torch.bfloat16)
+    prompts = _prompts(STREAMS)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(
+        f"model: random Llama {args.size}, {params:.1f}M parameters, on {args.device}, "
+        f"torch threads {torch.get_num_threads()}; {STREAMS} requests x {new} new tokens, greedy"
+    )
+
+    sequential_generate(model, tokenizer, prompts[:1], 4)  # warm up
+    seq = sequential_generate(model, tokenizer, prompts, new)
+    static = static_batch_generate(model, tokenizer, prompts, new)
+    engine = ct.llm.Engine(model, tokenizer)
+    engine.generate(prompts[0], max_tokens=4, temperature=0)
+    cont = engine_streams(engine, prompts, new)
+    engine.close()
+
+    print()
+    print(f"{'16 concurrent streams':<44}{'tokens/s':>10}{'vs sequential':>15}")
+    print(f"{'transformers generate, one at a time':<44}{seq:>10.0f}{1.0:>14.2f}x")
+    print(f"{'transformers generate, static batch of 16':<44}{static:>10.0f}{static / seq:>14.2f}x")
+    ratio = cont["tokens_per_s"] / seq
+    print(
+        f"{'cobalt Engine, continuous batching':<44}{cont['tokens_per_s']:>10.0f}{ratio:>14.2f}x"
+        f"   (target >= 5x: {'met' if ratio >= 5 else 'NOT met'})"
+    )
+    print(
+        f"  time to first token  p50 {cont['ttft_p50'] * 1000:.1f} ms   "
+        f"p99 {cont['ttft_p99'] * 1000:.1f} ms"
+    )
+    print(
+        f"  inter-token latency  p50 {cont['itl_p50'] * 1000:.1f} ms   "
+        f"p99 {cont['itl_p99'] * 1000:.1f} ms"
+    )
+
+    if args.device == "cpu":
+        print()
+        print("speculative decoding, one stream at a time, draft = int8 copy of the model")
+        print(
+            f"{'k':>3}{'plain tok/s':>13}{'spec tok/s':>12}{'speedup':>9}{'acceptance':>12}"
+            f"{'identical':>11}"
+        )
+        for k in (2, 3, 4):
+            r = speculative(model, tokenizer, prompts[:6], new, k)
+            print(
+                f"{k:>3}{r['plain_tok_s']:>13.0f}{r['spec_tok_s']:>12.0f}{r['speedup']:>8.2f}x"
+                f"{r['acceptance']:>12.2f}{r['identical']:>8}/{r['of']}"
+            )
+
+
+if __name__ == "__main__":
+    main()

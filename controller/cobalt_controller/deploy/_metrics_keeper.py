@@ -1,0 +1,96 @@
+"""Keeps each deployment's metrics (a mixin of the deployment manager).
+
+The autoscaler's :data:`~._autoscaler.READINGS` events bring the replicas'
+``/_cobalt/metrics`` answers; a replica that drains is read once more before it
+stops, so its last requests count. :meth:`MetricsKeeper.metrics` sums them
+with the gateway's request count and the deployment's cost
+(:mod:`._model_metrics`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from cobalt_controller.deploy._autoscaler import READINGS, ScaleEvent
+from cobalt_controller.deploy._gateway import Gateway
+from cobalt_controller.deploy._live import LiveDeployment, replica_http
+from cobalt_controller.deploy._model_metrics import DeploymentTotals, MetricsSummary
+from cobalt_controller.deploy.policies.base import METRICS_PATH
+
+FINAL_READ_TIMEOUT_S = 1.0
+"""How long a draining replica's last reading may take."""
+
+
+class MetricsKeeper:
+    """The metrics part of the manager; the manager provides the attributes."""
+
+    gateway: Gateway | None
+    live: dict[str, LiveDeployment]
+    listener: Callable[[str], None] | None
+    _lock: threading.RLock
+    _totals: dict[str, DeploymentTotals]
+
+    def find(self, name: str) -> LiveDeployment:
+        raise NotImplementedError
+
+    def metrics(self, name: str) -> MetricsSummary:
+        """The deployment's metrics now; raises NotFoundError when the manager has no
+        deployment of that name."""
+        now = time.time()
+        requests = None
+        if self.gateway is not None:
+            gateway = self.gateway.metrics(name)
+            requests = int(gateway["requests"]) if "requests" in gateway else None
+        with self._lock:
+            d = self.find(name)
+            emulated = d.emulated or any(
+                r.given is not None and r.given.emulated for r in d.replicas.values()
+            )
+            return self.totals(d, now).summary(now, requests, d.live_cost(now), emulated)
+
+    def totals(self, d: LiveDeployment, now: float) -> DeploymentTotals:
+        """The deployment's readings; those of one recovered after a restart start now."""
+        totals = self._totals.get(d.name)
+        if totals is None:
+            totals = self._totals[d.name] = DeploymentTotals(now, d.live_cost(now), from_zero=False)
+        return totals
+
+    def count_from_zero(self, d: LiveDeployment) -> None:
+        """``d`` was just created (not redeployed): its counts start at zero."""
+        self._totals[d.name] = DeploymentTotals(d.created_at, d.cost_usd, from_zero=True)
+
+    def keep_readings(self, name: str, events: list[ScaleEvent]) -> list[ScaleEvent]:
+        """Keeps the readings among an autoscaler's events; returns the other events."""
+        readings = [e for e in events if e.kind == READINGS]
+        if not readings:
+            return events
+        for e in readings:
+            reports = e.inputs.get("reports")
+            at = e.inputs.get("at")
+            if isinstance(reports, list) and isinstance(at, int | float):
+                self._record(name, float(at), reports)
+        return [e for e in events if e.kind != READINGS]
+
+    def read_last(self, name: str, replica_id: str) -> None:
+        """Reads a draining replica's metrics one last time, before it stops."""
+        with self._lock:
+            d = self.live.get(name)
+            r = d.replicas.get(replica_id) if d is not None else None
+            if r is None or not r.url or r.status not in ("ready", "draining"):
+                return
+            url, secret = r.url, r.secret
+        report = replica_http(url, METRICS_PATH, secret, timeout=FINAL_READ_TIMEOUT_S)
+        if report is not None:
+            report.setdefault("replica_id", replica_id)
+            self._record(name, time.time(), [report])
+
+    def _record(self, name: str, at: float, reports: list[object]) -> None:
+        with self._lock:
+            d = self.live.get(name)
+            if d is None:
+                return
+            found = [r for r in reports if isinstance(r, dict)]
+            if self.totals(d, at).record(at, found) and self.listener is not None:
+                self.listener(name)
