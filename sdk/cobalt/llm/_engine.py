@@ -106,6 +106,8 @@ class Engine:
             or getattr(config, "n_positions", None)
             or 2048
         )
+        if draft is not None:  # a speculative step reads up to k + 1 positions ahead
+            self.max_length -= speculative_tokens + 1
         self._eos = _eos_ids(model, tokenizer)
         self._stats = Stats("text")
         self._runner = Runner(

@@ -121,6 +121,11 @@ class BatchKV:
         if compact:
             self._maybe_compact()
 
+    def append_masked(self, columns: torch.Tensor) -> None:
+        """Record columns the model appended, with their own 0/1 mask ``[rows, width]``."""
+        self.mask = torch.cat([self.mask, columns], dim=1)
+        self.lengths = self.lengths + columns.sum(dim=1)
+
     def settle(self, width: int, valid: torch.Tensor) -> None:
         """Of the last ``width`` columns (all counted so far), keep the first ``valid[r]``."""
         columns = torch.arange(width, device=self.mask.device)[None, :]

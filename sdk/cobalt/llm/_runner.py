@@ -51,6 +51,7 @@ class Runner:
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._next = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._pending = torch.zeros(0, dtype=torch.long, device=self.device)
         self._kv = BatchKV.empty()
         self._draft_kv = BatchKV.empty() if draft is not None else None
         self._wake = threading.Condition()
@@ -98,7 +99,7 @@ class Runner:
                     if not sequence.done:
                         sequence.sink(exc)
                 self._running, self._kv = [], BatchKV.empty()
-                self._next = self._next[:0]
+                self._next, self._pending = self._next[:0], self._pending[:0]
                 if self._draft_kv is not None:
                     self._draft_kv = BatchKV.empty()
         for sequence in failed:
@@ -130,6 +131,7 @@ class Runner:
             self._draft_kv.add_rows(draft_rows, lengths)
         added = torch.tensor(firsts, dtype=torch.long, device=self.device)
         self._next = torch.cat([self._next, added])
+        self._pending = torch.cat([self._pending, torch.full_like(added, -1)])
 
     def _prefill(
         self, model: Any, sequence: Sequence, cache: PrefixCache | None
@@ -157,12 +159,13 @@ class Runner:
         self.stats.batch(rows)
         now: float
         if self.draft is not None and self._draft_kv is not None:
-            emitted, self._next = speculative_step(
+            emitted, self._next, self._pending = speculative_step(
                 self.model,
                 self.draft,
                 self._kv,
                 self._draft_kv,
                 self._next,
+                self._pending,
                 self._running,
                 self.speculative_tokens,
                 self.stats,
@@ -199,6 +202,7 @@ class Runner:
         if self._draft_kv is not None:
             self._draft_kv.keep_rows(keep)
         self._next = self._next[keep] if keep else self._next[:0]
+        self._pending = self._pending[keep] if keep else self._pending[:0]
 
     def _finish(self, sequence: Sequence) -> None:
         if sequence.finish_reason is not None:

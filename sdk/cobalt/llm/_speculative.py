@@ -13,7 +13,10 @@ proposal is kept exactly when it is the target's argmax, and the output is
 token for token what greedy decoding without a draft gives.
 
 Rejected proposals stay in both caches as masked columns
-(:class:`cobalt.llm._kv.BatchKV`), so no row has to be copied.
+(:class:`cobalt.llm._kv.BatchKV`), so no row has to be copied. When a row
+keeps all ``k`` proposals, the draft has not yet seen the last one; rather
+than spend a draft pass on it, it is ``pending`` and goes in with the next
+step's first draft pass, two tokens wide.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ def speculative_step(
     kv: BatchKV,
     draft_kv: BatchKV,
     next_tokens: torch.Tensor,
+    pending: torch.Tensor,
     sequences: Seq[Sequence],
     k: int,
     stats: Stats,
-) -> tuple[list[list[int]], torch.Tensor]:
-    """Tokens each row emits this step, and each row's next input token."""
+) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+    """Tokens each row emits this step, each row's next input token, and its pending token
+    (-1 for none): the last proposal when all were kept, which the draft has not seen."""
     rows = len(sequences)
     params = [s.params for s in sequences]
     generators = [s.generator for s in sequences]
@@ -48,19 +53,19 @@ def speculative_step(
     proposals: list[torch.Tensor] = []
     draft_probs: list[torch.Tensor] = []
     token = next_tokens
-    for j in range(k + 1):  # the last pass only puts the k-th proposal in the draft's cache
-        mask, positions = draft_kv.step_inputs(1)
-        out = draft(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=draft_kv.cache,
-            use_cache=True,
-        )
-        draft_kv.appended(1, ones, compact=False)
-        if j == k:
-            break
-        logits = out.logits[:, -1]
+    for j in range(k):
+        if j == 0 and bool((pending >= 0).any()):
+            logits = _draft_with_pending(draft, draft_kv, pending, next_tokens)
+        else:
+            mask, positions = draft_kv.step_inputs(1)
+            logits = draft(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=draft_kv.cache,
+                use_cache=True,
+            ).logits[:, -1]
+            draft_kv.appended(1, ones, compact=False)
         if greedy:
             token = logits.argmax(dim=-1)
         else:
@@ -88,13 +93,37 @@ def speculative_step(
         accepted, bonus = _verify_sampled(logits, proposed, draft_probs, sequences)
     valid = accepted + 1
     kv.appended(k + 1, valid)
-    draft_kv.settle(k + 1, valid)
+    draft_kv.settle(k, valid.clamp(max=k))
+    pending = torch.where(accepted == k, proposed[:, -1], torch.full_like(accepted, -1))
     stats.speculated(rows * k, int(accepted.sum()))
     listed = proposed.tolist()
     counts = accepted.tolist()
     bonuses = bonus.tolist()
     emitted = [[*listed[r][: counts[r]], bonuses[r]] for r in range(rows)]
-    return emitted, bonus
+    return emitted, bonus, pending
+
+
+def _draft_with_pending(
+    draft: Any, draft_kv: BatchKV, pending: torch.Tensor, next_tokens: torch.Tensor
+) -> torch.Tensor:
+    """The first draft pass when some rows owe the draft a token: feed [pending, next].
+
+    Rows with nothing pending get a masked filler in the first column, so
+    every row's ``next`` token lands at its own position.
+    """
+    has = (pending >= 0).long()
+    feed = torch.stack([torch.where(has.bool(), pending, next_tokens), next_tokens], dim=1)
+    columns = torch.stack([has, torch.ones_like(has)], dim=1)
+    positions = torch.stack([draft_kv.lengths, draft_kv.lengths + has], dim=1)
+    logits = draft(
+        input_ids=feed,
+        attention_mask=torch.cat([draft_kv.mask, columns], dim=1),
+        position_ids=positions,
+        past_key_values=draft_kv.cache,
+        use_cache=True,
+    ).logits[:, -1]
+    draft_kv.append_masked(columns)
+    return logits  # type: ignore[no-any-return]
 
 
 def _verify_sampled(
