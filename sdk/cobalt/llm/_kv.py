@@ -188,7 +188,7 @@ def row_layers(cache: DynamicCache, row: int = 0, length: int | None = None) -> 
     out = []
     for layer in _layers(cache):
         k, v = layer.keys[row : row + 1], layer.values[row : row + 1]
-        if length is not None:
-            k, v = k[:, :, -length:], v[:, :, -length:]
+        if length is not None:  # a copy: the padded batch it comes from can then be freed
+            k, v = k[:, :, -length:].clone(), v[:, :, -length:].clone()
         out.append((k, v))
     return out

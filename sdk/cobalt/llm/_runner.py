@@ -20,12 +20,15 @@ from typing import Any
 
 import torch
 
-from cobalt.llm._kv import BatchKV, row_layers
+from cobalt.llm._kv import BatchKV, LayerKV, row_layers
 from cobalt.llm._prefix import PrefixCache
 from cobalt.llm._sampling import pick
 from cobalt.llm._sequence import Sequence
 from cobalt.llm._speculative import speculative_step
 from cobalt.llm._stats import Stats
+
+_PREFILL_TOKENS = 4096
+"""Most tokens (padding included) in one batched prefill."""
 
 
 class Runner:
@@ -106,11 +109,14 @@ class Runner:
             sequence.sink(RuntimeError("the engine was closed before this request ended"))
 
     def _admit(self, sequences: list[Sequence]) -> None:
+        live = [s for s in sequences if not s.cancelled]
+        if not live:
+            return
+        prefilled = self._prefill(self.model, live, self.prefix_cache)
+        drafted = self._prefill(self.draft, live, None) if self.draft is not None else None
         rows, lengths, firsts, draft_rows = [], [], [], []
-        for sequence in sequences:
-            if sequence.cancelled:
-                continue
-            layers, logits = self._prefill(self.model, sequence, self.prefix_cache)
+        for i, sequence in enumerate(live):
+            layers, logits = prefilled[i]
             first = int(pick(logits, [sequence.params], [sequence.generator])[0])
             self.stats.first_token(sequence, time.perf_counter())
             sequence.add([first], time.perf_counter())
@@ -120,9 +126,8 @@ class Runner:
             rows.append(layers)
             lengths.append(len(sequence.prompt_ids))
             firsts.append(first)
-            if self.draft is not None:
-                draft_layers, _ = self._prefill(self.draft, sequence, None)
-                draft_rows.append(draft_layers)
+            if drafted is not None:
+                draft_rows.append(drafted[i][0])
             self._running.append(sequence)
         if not rows:
             return
@@ -134,25 +139,69 @@ class Runner:
         self._pending = torch.cat([self._pending, torch.full_like(added, -1)])
 
     def _prefill(
-        self, model: Any, sequence: Sequence, cache: PrefixCache | None
-    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """Run a prompt (or what a cached prefix leaves of it); its layers and last logits."""
-        prompt = sequence.prompt_ids
-        reused, past_layers = cache.lookup(prompt) if cache is not None else (0, [])
-        past = None
-        if reused:
-            from transformers import DynamicCache
+        self, model: Any, sequences: list[Sequence], cache: PrefixCache | None
+    ) -> list[tuple[list[LayerKV], torch.Tensor]]:
+        """Each prompt's layers and last logits. Prompts with a cached prefix run alone on
+        the rest; the others run together, left-padded, in groups of bounded size."""
+        done: dict[int, tuple[list[LayerKV], torch.Tensor]] = {}
+        fresh: list[int] = []
+        for i, sequence in enumerate(sequences):
+            reused, past = cache.lookup(sequence.prompt_ids) if cache is not None else (0, [])
+            if not reused:
+                fresh.append(i)
+                continue
+            sequence.cached_tokens = reused
+            done[i] = self._forward_rest(model, sequence.prompt_ids, reused, past)
+        group: list[int] = []
+        for i in [*fresh, -1]:
+            width = max([len(sequences[j].prompt_ids) for j in group] or [0])
+            if i == -1 or (
+                group
+                and max(width, len(sequences[i].prompt_ids)) * (len(group) + 1) > _PREFILL_TOKENS
+            ):
+                prompts = [sequences[j].prompt_ids for j in group]
+                for j, result in zip(group, self._forward_padded(model, prompts), strict=True):
+                    done[j] = result
+                group = []
+            if i != -1:
+                group.append(i)
+        if cache is not None:
+            for i, sequence in enumerate(sequences):
+                cache.store(sequence.prompt_ids, done[i][0])
+        return [done[i] for i in range(len(sequences))]
 
-            past = DynamicCache(ddp_cache_data=past_layers)
-            if cache is self.prefix_cache:
-                sequence.cached_tokens = reused
+    def _forward_rest(
+        self, model: Any, prompt: list[int], reused: int, past: list[LayerKV]
+    ) -> tuple[list[LayerKV], torch.Tensor]:
+        from transformers import DynamicCache
+
         ids = torch.tensor([prompt[reused:]], dtype=torch.long, device=self.device)
         positions = torch.arange(reused, len(prompt), device=self.device)[None, :]
-        out = model(input_ids=ids, past_key_values=past, position_ids=positions, use_cache=True)
-        layers = row_layers(out.past_key_values)
-        if cache is not None:
-            cache.store(prompt, layers)
-        return layers, out.logits[:, -1]
+        out = model(
+            input_ids=ids,
+            past_key_values=DynamicCache(ddp_cache_data=past),
+            position_ids=positions,
+            use_cache=True,
+        )
+        return row_layers(out.past_key_values), out.logits[:, -1]
+
+    def _forward_padded(
+        self, model: Any, prompts: list[list[int]]
+    ) -> list[tuple[list[LayerKV], torch.Tensor]]:
+        if not prompts:
+            return []
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, device=self.device)
+            mask[row, width - len(prompt) :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        return [
+            (row_layers(out.past_key_values, row, len(prompt)), out.logits[row : row + 1, -1])
+            for row, prompt in enumerate(prompts)
+        ]
 
     def _step(self) -> None:
         rows = len(self._running)
