@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, overload
 
@@ -25,6 +26,7 @@ from cobalt.llm._runner import Runner
 from cobalt.llm._sequence import Sequence as Running
 from cobalt.llm._stats import Stats
 from cobalt.llm._types import Chunk, Completion, Prompt, SamplingParams
+from cobalt.llm._vllm import VllmRunner, completion_of
 from cobalt_common.errors import SpecError
 
 _FALLBACK_CHAT = "{role}: {content}\n"
@@ -44,9 +46,11 @@ class Engine:
             ``save_pretrained`` (read without a network).
         tokenizer: its tokenizer (read from ``model``'s path when it is one).
         backend: ``"torch"`` runs the model with ``transformers`` on its
-            device (CPU or CUDA); ``"vllm"`` hands a model path to vLLM;
-            ``"auto"`` picks vLLM when it is installed, a CUDA GPU is present
-            and ``model`` is a path, and ``"torch"`` otherwise.
+            device (CPU or CUDA); ``"vllm"`` hands a model path to vLLM's
+            asynchronous engine, which then does the batching, caching and
+            speculation itself; ``"auto"`` picks vLLM when it is installed,
+            a CUDA GPU is present and ``model`` is a path, and ``"torch"``
+            otherwise.
         draft: a smaller causal LM with the same tokenizer, or ``"int8"`` for
             an int8 copy of ``model``; ``None`` turns speculation off.
         speculative_tokens: tokens the draft proposes per step.
@@ -80,11 +84,13 @@ class Engine:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(f"{option} must be a whole number of at least 1, not {value!r}.")
         self.backend = resolve_backend(backend, model)
+        self._stats = Stats("text")
+        self._vllm: VllmRunner | None = None
         if self.backend == "vllm":
-            raise SpecError(
-                "backend='vllm' is chosen, but this engine runs vLLM models only through "
-                "vLLM's own server for now; use backend='torch' to serve with transformers."
+            self._start_vllm(
+                str(model), tokenizer, draft, speculative_tokens, max_batch_size, prefix_cache, name
             )
+            return
         model, tokenizer = load(model, tokenizer)
         model.eval()
         if draft == "int8":
@@ -109,13 +115,44 @@ class Engine:
         if draft is not None:  # a speculative step reads up to k + 1 positions ahead
             self.max_length -= speculative_tokens + 1
         self._eos = _eos_ids(model, tokenizer)
-        self._stats = Stats("text")
         self._runner = Runner(
             model,
             draft=draft,
             speculative_tokens=speculative_tokens,
             max_batch_size=max_batch_size,
             prefix_cache=PrefixCache(prefix_cache_tokens) if prefix_cache else None,
+            stats=self._stats,
+        )
+
+    def _start_vllm(
+        self,
+        path: str,
+        tokenizer: Any,
+        draft: Any,
+        speculative_tokens: int,
+        max_batch_size: int,
+        prefix_cache: bool,
+        name: str | None,
+    ) -> None:
+        """vLLM runs the model; this engine keeps the tokenizer for prompts and chats."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        if (draft is not None and not isinstance(draft, str)) or draft == "int8":
+            raise SpecError(
+                "with backend='vllm', draft= takes the path of a draft model "
+                "(int8 copies are made for the torch backend on CPUs)."
+            )
+        self.model, self.draft = None, draft
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        self.name = name or path.rstrip("/").rsplit("/", 1)[-1]
+        self.max_length = int(getattr(config, "max_position_embeddings", None) or 2048)
+        self._vllm = VllmRunner(
+            path,
+            draft=draft,
+            speculative_tokens=speculative_tokens,
+            max_batch_size=max_batch_size,
+            prefix_cache=prefix_cache,
             stats=self._stats,
         )
 
@@ -131,7 +168,9 @@ class Engine:
             ids = list(self.tokenizer(prompt)["input_ids"])
         else:
             ids = list(prompt)
-            vocab = int(self.model.config.vocab_size)
+            vocab = (
+                int(self.model.config.vocab_size) if self.model is not None else len(self.tokenizer)
+            )
             if any(
                 isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in ids
             ):
@@ -175,6 +214,8 @@ class Engine:
         (``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``).
         """
         params = params or SamplingParams.checked(**sampling)
+        if self._vllm is not None:
+            return self._vllm.stream(self.encode(prompt), params)
         items: queue.SimpleQueue[Chunk | Completion | BaseException] = queue.SimpleQueue()
         sequence = self._start(prompt, params, items.put)
         return _drain(items, sequence)
@@ -184,6 +225,8 @@ class Engine:
     ) -> AsyncIterator[Chunk]:
         """:meth:`stream` for ``async for``; the event loop is never blocked."""
         params = params or SamplingParams.checked(**sampling)
+        if self._vllm is not None:
+            return self._vllm.astream(self.encode(prompt), params)
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[Chunk | Completion | BaseException] = asyncio.Queue()
 
@@ -213,6 +256,9 @@ class Engine:
         params = params or SamplingParams.checked(**sampling)
         many = isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], str)
         prompts: list[Prompt] = list(prompt) if many else [prompt]  # type: ignore[arg-type,list-item]
+        if self._vllm is not None:
+            done = self._vllm.generate_all([self.encode(p) for p in prompts], params)
+            return done if many else done[0]
         waits = []
         for one in prompts:
             items: queue.SimpleQueue[Chunk | Completion | BaseException] = queue.SimpleQueue()
@@ -225,6 +271,11 @@ class Engine:
     ) -> Completion:
         """:meth:`generate` for one prompt, awaited."""
         params = params or SamplingParams.checked(**sampling)
+        if self._vllm is not None:
+            started = time.perf_counter()
+            ids = self.encode(prompt)
+            chunks = [c async for c in self._vllm.astream(ids, params)]
+            return completion_of(chunks, len(ids), started)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Completion] = loop.create_future()
 
@@ -240,6 +291,11 @@ class Engine:
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit-length mean-pooled last hidden states, one vector per text."""
+        if self.model is None:
+            raise SpecError(
+                "embeddings from a language model need backend='torch'; serve an "
+                "encoder with ct.llm.Embedder instead."
+            )
         from cobalt.llm._embedder import mean_pooled
 
         batch = self.tokenizer(list(texts), padding=True, return_tensors="pt")
@@ -259,7 +315,10 @@ class Engine:
 
     def close(self) -> None:
         """Stop the engine's thread; requests still running fail."""
-        self._runner.close()
+        if self._vllm is not None:
+            self._vllm.close()
+        else:
+            self._runner.close()
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -47,8 +47,11 @@ class Stats:
             self.busy_s += seconds
 
     def first_token(self, sequence: Sequence, now: float) -> None:
+        self.first_latency(now - sequence.arrived)
+
+    def first_latency(self, seconds: float) -> None:
         with self._lock:
-            self.ttft.record(now - sequence.arrived)
+            self.ttft.record(seconds)
 
     def gap(self, seconds: float) -> None:
         with self._lock:
@@ -65,6 +68,13 @@ class Stats:
             self.prompt_tokens += len(sequence.prompt_ids)
             self.generated_tokens += len(sequence.output_ids)
             self.cached_prompt_tokens += sequence.cached_tokens
+
+    def counted(self, prompt_tokens: int, generated_tokens: int) -> None:
+        """A request another engine ran (vLLM) ended."""
+        with self._lock:
+            self.requests += 1
+            self.prompt_tokens += prompt_tokens
+            self.generated_tokens += generated_tokens
 
     def embedded(self, texts: int, tokens: int) -> None:
         with self._lock:
