@@ -17,6 +17,9 @@ Prints figures and ratios from one run; these are measurements, not tests.
 - Speculative decoding, one stream at a time, with an int8 copy of the
   model as the draft: speedup over the same engine without a draft, the
   draft's acceptance rate, and whether the tokens were identical.
+- ``--http``: the same 16 streams through a deployment's OpenAI-compatible
+  route (gateway, replica, SSE) with the official ``openai`` client, against
+  one stream alone through the same route.
 - ``--device cuda`` runs the same on a GPU (bf16).
 """
 
@@ -147,11 +150,95 @@ def speculative(model: Any, tokenizer: Any, prompts: list[str], new: int, k: int
     }
 
 
+def _llm_service(size: str) -> Any:
+    @ct.service(
+        name="bench-llm",
+        cpus=2,
+        autoscaling=ct.Autoscaling(min_replicas=1, max_replicas=1, max_concurrency=64),
+    )
+    def bench_llm() -> dict[str, Any]:
+        import cobalt as ct
+
+        model, tokenizer = ct.llm.random_model(size, seed=0)
+        return {"engine": ct.llm.Engine(model, tokenizer, name="bench")}
+
+    ct.llm.openai_routes(bench_llm)
+    return bench_llm
+
+
+def http_streams(size: str, prompts: list[str], new: int) -> dict[str, float]:
+    """Tokens/s of 16 ``openai`` client streams through a deployment, and of one alone."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from openai import OpenAI
+
+    os.environ["COBALT_HOME"] = tempfile.mkdtemp(prefix="cobalt-bench-llm-")
+    for var in ("COBALT_CONTROLLER_ADDRESS", "COBALT_CONTROLLER_TOKEN"):
+        os.environ.pop(var, None)
+    try:
+        dep = ct.deploy(_llm_service(size))()
+        client = OpenAI(base_url=dep.url + "/v1", api_key=dep.token, max_retries=0)
+        counts = [0] * len(prompts)
+        first: list[float] = []
+
+        def one(i: int) -> None:
+            sent = time.perf_counter()
+            stream = client.completions.create(
+                model="bench", prompt=prompts[i], max_tokens=new, temperature=0, stream=True
+            )
+            for event in stream:
+                if event.choices and event.choices[0].text and not counts[i]:
+                    first.append(time.perf_counter() - sent)
+                counts[i] += 1 if event.choices and event.choices[0].text else 0
+
+        one(0)  # warm up
+        start = time.perf_counter()
+        usage = client.completions.create(
+            model="bench", prompt=prompts[1], max_tokens=new, temperature=0
+        ).usage
+        alone = usage.completion_tokens / (time.perf_counter() - start)
+        done = [0] * len(prompts)
+
+        def counted(i: int) -> None:
+            done[i] = client.completions.create(
+                model="bench", prompt=prompts[i], max_tokens=new, temperature=0
+            ).usage.completion_tokens
+
+        threads = [threading.Thread(target=counted, args=(i,)) for i in range(len(prompts))]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        together = sum(done) / (time.perf_counter() - start)
+        counts[:] = [0] * len(prompts)
+        streams = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+        for t in streams:
+            t.start()
+        for t in streams:
+            t.join()
+        dep.teardown()
+        return {
+            "alone": alone,
+            "together": together,
+            "ttft_p50": statistics.median(first),
+            "ttft_p99": _pct(first, 0.99),
+        }
+    finally:
+        cli = Path(sys.executable).with_name("cobalt")
+        subprocess.run([str(cli), "controller", "stop"], check=False, capture_output=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens per request")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--size", default="small", help="random_model size: tiny or small")
+    parser.add_argument("--http", action="store_true", help="also through a deployment")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     new = 24 if args.quick else 64
@@ -204,6 +291,21 @@ def main() -> None:
                 f"{k:>3}{r['plain_tok_s']:>13.0f}{r['spec_tok_s']:>12.0f}{r['speedup']:>8.2f}x"
                 f"{r['acceptance']:>12.2f}{r['identical']:>8}/{r['of']}"
             )
+
+    if args.http:
+        r = http_streams(args.size, prompts, new)
+        print()
+        print("through a deployment: /v1/completions with the openai client, greedy")
+        print(f"  one request alone         {r['alone']:>8.0f} tokens/s")
+        print(
+            f"  16 requests at once       {r['together']:>8.0f} tokens/s"
+            f"   ({r['together'] / r['alone']:.2f}x one alone; "
+            f"{r['together'] / seq:.2f}x sequential transformers generate in-process)"
+        )
+        print(
+            f"  16 streams: time to first text p50 {r['ttft_p50'] * 1000:.0f} ms, "
+            f"p99 {r['ttft_p99'] * 1000:.0f} ms"
+        )
 
 
 if __name__ == "__main__":
