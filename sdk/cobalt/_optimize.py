@@ -43,6 +43,7 @@ def _check_options(
     calibration: object,
     min_fidelity: object,
     fidelity: object,
+    evaluation: object = None,
 ) -> tuple[str | None, float, FidelityMetric, float | None]:
     """Validates every option; returns quantize, sparsity, metric and threshold, normalized."""
     if quantize is not None:
@@ -77,13 +78,28 @@ def _check_options(
         )
     if calibration is not None and len(calibration) == 0:
         raise SpecError("calibration is empty: pass at least one example input, or None")
+    if evaluation is not None:
+        if not isinstance(evaluation, list | tuple):
+            hint = " (for one batch, pass [batch])" if hasattr(evaluation, "shape") else ""
+            raise SpecError(
+                f"evaluation must be a list of example inputs, not a "
+                f"{type(evaluation).__name__}{hint}"
+            )
+        if len(evaluation) == 0:
+            raise SpecError("evaluation is empty: pass at least one held-out input, or None")
     if calibration is None:
         needs = [
             reason
             for reason, wanted in (
-                (f"min_fidelity={min_fidelity!r} (fidelity is measured on them)", threshold),
+                (
+                    f"min_fidelity={min_fidelity!r} (fidelity is measured on them)",
+                    threshold is not None and evaluation is None,
+                ),
                 ("compile=True (compilation is checked on one)", compile),
-                ("fidelity='top1' (agreement is measured on them)", fidelity == "top1"),
+                (
+                    "fidelity='top1' (agreement is measured on them)",
+                    fidelity == "top1" and evaluation is None,
+                ),
             )
             if wanted
         ]
@@ -121,6 +137,7 @@ def optimize(
     sparsity: float = 0.0,
     compile: bool = False,
     calibration: Sequence[Any] | None = None,
+    evaluation: Sequence[Any] | None = None,
     min_fidelity: float | None = None,
     fidelity: Fidelity = "auto",
 ) -> tuple[torch.nn.Module, OptimizationReport]:
@@ -131,9 +148,11 @@ def optimize(
 
     Args:
         model: a ``torch.nn.Module``.
-        quantize: ``"int8"``: dynamic int8 for every ``nn.Linear``, weights
-            quantized per output channel, activations per call (8-bit where the
-            CPU accumulates in 32 bits, torch's 7-bit otherwise); CPU only.
+        quantize: ``"int8"``: int8 for every ``nn.Linear``, weights quantized
+            per output channel, activations per call and per row (token), so
+            that a row's result does not depend on the rest of its batch
+            (per tensor, with torch's dynamic kernel, where ``torch._int_mm``
+            is missing); CPU only.
             ``"fp16"`` / ``"bf16"``: the copy is cast, and floating-point inputs
             must then be of that dtype too. ``None``: weights keep their dtype.
         sparsity: fraction of each Linear and Conv layer's weights set to zero
@@ -143,8 +162,15 @@ def optimize(
             the eager model is returned and ``report.skipped`` says why.
         calibration: example inputs, each a tensor, a tuple of positional
             arguments, or a dict of keyword arguments (a tokenizer's output).
-            Both models run on each under ``torch.inference_mode()`` to measure
-            latency and fidelity. Without it the report has sizes only.
+            int8 chooses its smoothing strength on them. Both
+            models run on each under ``torch.inference_mode()`` to measure
+            latency and fidelity, unless ``evaluation`` is given. Without
+            either the report has sizes only.
+        evaluation: held-out inputs, of the same kinds, that latency and
+            fidelity (and ``min_fidelity``) are measured on instead of the
+            calibration inputs, so that the figures are for inputs the
+            optimization was not tuned on. ``report.fidelity_source`` says
+            which set the figures come from.
         min_fidelity: raise :class:`cobalt.FidelityError` (with the report) if
             the fidelity is below this: the minimum cosine similarity, or the
             top-1 agreement with ``fidelity="top1"``.
@@ -164,11 +190,12 @@ def optimize(
     Example:
         >>> small, report = ct.optimize(  # doctest: +SKIP
         ...     model, quantize="int8", calibration=[tokenizer(s, return_tensors="pt")
-        ...     for s in sentences], min_fidelity=0.99)
+        ...     for s in sentences], evaluation=[tokenizer(s, return_tensors="pt")
+        ...     for s in held_out], min_fidelity=0.99)
         >>> print(report)  # doctest: +SKIP
     """
     quantize_, level, metric, threshold = _check_options(
-        quantize, sparsity, compile, calibration, min_fidelity, fidelity
+        quantize, sparsity, compile, calibration, min_fidelity, fidelity, evaluation
     )
     try:
         from cobalt import _optimize_torch as ot
@@ -182,6 +209,9 @@ def optimize(
         raise SpecError(f"ct.optimize takes a torch.nn.Module, not a {type(model).__name__}")
     items = list(calibration or [])
     ot.check_calibration(items)
+    held_out = list(evaluation or [])
+    ot.check_calibration(held_out, "evaluation")
+    measured_on = held_out or items
     if quantize_ == "int8" and ot.device_of(model).type != "cpu":
         raise SpecError(
             f"quantize='int8' runs on the CPU and the model is on {ot.device_of(model)}: "
@@ -191,10 +221,13 @@ def optimize(
     applied: list[str] = []
     skipped: list[str] = []
     size_before = ot.state_dict_bytes(model)
-    before = None
-    if items:
+    before = reference = None
+    if measured_on:
         with ot.eval_mode(model):
-            before = ot.run_all(model, items)
+            before = ot.run_all(model, measured_on)
+            reference = before if not held_out else None
+            if held_out and items and quantize_ == "int8":
+                reference = ot.run_all(model, items, timed=False)
     optimized = ot.inference_copy(model)
     if level:
         layers = ot.prune_weights(optimized, level)
@@ -210,16 +243,19 @@ def optimize(
         from cobalt import _optimize_int8
 
         def score(candidate: torch.nn.Module) -> float:
-            assert before is not None
+            assert reference is not None
             outputs = ot.run_all(candidate, items, timed=False)
-            return ot.headline(ot.fidelity_samples(before, outputs, items, metric), metric)
+            return ot.headline(ot.fidelity_samples(reference, outputs, items, metric), metric)
 
         int8 = _optimize_int8.quantize_int8(optimized, items, score)
         optimized = int8.model
         if int8.layers:
+            activations = f"{int8.activation_bits}-bit per tensor (torch._int_mm is missing)"
+            if int8.per_token_layers == int8.layers:
+                activations = "8-bit per token (row), each row its own scale and zero point"
             applied.append(
-                f"int8: {int8.layers} nn.Linear layer(s), dynamic quantization, weights per "
-                f"output channel, activations {int8.activation_bits}-bit per call"
+                f"int8: {int8.layers} nn.Linear layer(s), weights per output channel, "
+                f"activations quantized per call: {activations}"
             )
         else:
             skipped.append("int8: the model has no nn.Linear layer to quantize")
@@ -228,9 +264,15 @@ def optimize(
                 f"{'none' if a is None else f'{a:g}'}: {v:.4f}" for a, v in int8.tried.items()
             )
             chosen = "no smoothing" if int8.alpha is None else f"alpha={int8.alpha:g}"
+            where = (
+                "the fidelity below is measured on the held-out evaluation inputs instead"
+                if held_out
+                else "which the fidelity below is measured on too"
+            )
+            measure = "min cosine" if metric == "cosine" else "top-1 agreement"
             applied.append(
-                f"int8 smoothing: {chosen}, chosen on the calibration inputs (which the "
-                f"fidelity below is measured on too) from {tried}"
+                f"int8 smoothing: {chosen}, chosen on the calibration inputs ({where}) by "
+                f"{measure}: {tried}"
             )
         if int8.other_float_bytes:
             skipped.append(
@@ -247,23 +289,26 @@ def optimize(
     size_after = ot.state_dict_bytes(optimized)
     compiled = False
     if compile:
-        optimized, failure = ot.try_compile(optimized, items[0], input_dtype)
+        optimized, failure = ot.try_compile(optimized, measured_on[0], input_dtype)
         compiled = not failure
         if compiled:
-            applied.append("compile: torch.compile, checked on calibration[0]")
+            first = "evaluation[0]" if held_out else "calibration[0]"
+            applied.append(f"compile: torch.compile, checked on {first}")
         else:
             skipped.append(f"compile: {failure}; the model runs eagerly")
 
     measured: dict[str, Any] = {}
     if before is not None:
-        after = ot.run_all(optimized, items, input_dtype)
-        samples = ot.fidelity_samples(before, after, items, metric)
+        after = ot.run_all(optimized, measured_on, input_dtype)
+        samples = ot.fidelity_samples(before, after, measured_on, metric)
         if metric == "cosine":
             measured.update(cosine_min=float(samples.min()), cosine_mean=float(samples.mean()))
         else:
             measured.update(top1_agreement=float(samples.mean()))
         measured.update(
             calibration_items=len(items),
+            evaluation_items=len(held_out),
+            fidelity_source="evaluation" if held_out else "calibration",
             latency_ms_before=before.median_ms,
             latency_ms_after=after.median_ms,
             fidelity_metric=metric,
@@ -284,7 +329,8 @@ def optimize(
         what = "minimum cosine similarity" if metric == "cosine" else "top-1 agreement"
         raise FidelityError(
             f"ct.optimize ({report.describe()}): the {what} to the original model is "
-            f"{report.fidelity:.4f} over {report.samples} samples, below "
+            f"{report.fidelity:.4f} over {report.samples} samples of the "
+            f"{report.fidelity_source} inputs, below "
             f"min_fidelity={threshold:g}; {_advice(quantize_, level, compiled)}. "
             "The measurements are in exc.report.",
             report=report,

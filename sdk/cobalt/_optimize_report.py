@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 FidelityMetric = Literal["cosine", "top1"]
+FidelitySource = Literal["calibration", "evaluation"]
 
 
 def format_bytes(n: int) -> str:
@@ -72,9 +73,16 @@ class OptimizationReport:
     size_bytes_after: int
     """Bytes of the serialized ``state_dict`` (``torch.save``), packed int8 weights included."""
     calibration_items: int = 0
+    evaluation_items: int = 0
+    """Held-out inputs passed as ``evaluation=``; 0 when the figures are on calibration."""
+    fidelity_source: FidelitySource | None = None
+    """Which inputs latency and fidelity were measured on: ``"evaluation"`` (held out,
+    never used to tune the optimization) or ``"calibration"`` (the ones it was tuned on,
+    so an optimistic figure); None when not measured."""
     latency_ms_before: float | None = None
     latency_ms_after: float | None = None
-    """Median milliseconds per calibration input, after a warm-up; None without calibration."""
+    """Median milliseconds per input of ``fidelity_source``, after a warm-up; None if not
+    measured."""
     fidelity_metric: FidelityMetric | None = None
     fidelity: float | None = None
     """The value ``min_fidelity`` is checked against: min cosine similarity or top-1 agreement."""
@@ -105,16 +113,31 @@ class OptimizationReport:
             parts.append("compiled")
         return ", ".join(parts)
 
+    @property
+    def measured_items(self) -> int:
+        """How many inputs latency and fidelity were measured on."""
+        if self.fidelity_source == "evaluation":
+            return self.evaluation_items
+        return self.calibration_items if self.fidelity_source else 0
+
     def fidelity_text(self) -> str:
-        """``'min cosine 0.9913, mean 0.9931 over 64 samples'`` or ``'not measured'``."""
+        """``'min cosine similarity 0.9913, mean 0.9931 over 64 samples of 64 held-out
+        (evaluation) inputs'``, or ``'not measured'``."""
+        source = {
+            "evaluation": f"{self.evaluation_items} held-out (evaluation) inputs",
+            "calibration": f"the {self.calibration_items} calibration inputs it was tuned on",
+        }.get(self.fidelity_source or "", "")
         if self.fidelity_metric == "cosine":
             return (
                 f"min cosine similarity {self.cosine_min:.4f}, mean {self.cosine_mean:.4f} "
-                f"over {self.samples} samples"
+                f"over {self.samples} samples of {source}"
             )
         if self.fidelity_metric == "top1":
-            return f"top-1 agreement {self.top1_agreement:.4f} over {self.samples} positions"
-        return "not measured (no calibration inputs)"
+            return (
+                f"top-1 agreement {self.top1_agreement:.4f} over {self.samples} positions "
+                f"of {source}"
+            )
+        return "not measured (no calibration or evaluation inputs)"
 
     _HEADER = ("", "before", "after", "change")
 
@@ -130,7 +153,7 @@ class OptimizationReport:
         if self.latency_ms_before is not None:
             rows.append(
                 (
-                    f"latency (median of {self.calibration_items})",
+                    f"latency (median of {self.measured_items})",
                     _ms(self.latency_ms_before),
                     _ms(self.latency_ms_after),
                     _ratio(self.latency_ms_before, self.latency_ms_after, "faster", "slower"),
@@ -138,6 +161,8 @@ class OptimizationReport:
             )
         if self.fidelity_metric is not None:
             name = "min cosine" if self.fidelity_metric == "cosine" else "top-1 agreement"
+            source = "held-out" if self.fidelity_source == "evaluation" else "calibration"
+            name = f"{name} ({source})"
             rows.append((name, "1.0000", f"{self.fidelity:.4f}", f"{self.samples} samples"))
         return rows
 

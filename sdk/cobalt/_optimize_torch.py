@@ -131,12 +131,12 @@ def call(model: nn.Module, item: Any, dtype: torch.dtype | None = None) -> Any:
     return model(**item)
 
 
-def check_calibration(items: Sequence[Any]) -> None:
-    """Each calibration input is a tensor, a tuple of positional args or a mapping of kwargs."""
+def check_calibration(items: Sequence[Any], name: str = "calibration") -> None:
+    """Each input is a tensor, a tuple of positional args or a mapping of kwargs."""
     for i, item in enumerate(items):
         if not isinstance(item, torch.Tensor | tuple | Mapping):
             raise SpecError(
-                f"calibration[{i}] is a {type(item).__name__}; each calibration input is a "
+                f"{name}[{i}] is a {type(item).__name__}; each {name} input is a "
                 "tensor, a tuple of positional arguments, or a dict of keyword arguments "
                 "(such as a tokenizer's output)"
             )
@@ -242,7 +242,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _check_shapes(i: int, ref: torch.Tensor, out: torch.Tensor) -> None:
     if ref.shape != out.shape:
         raise SpecError(
-            f"calibration[{i}]: the optimized model's output has shape {tuple(out.shape)}, "
+            f"input {i}: the optimized model's output has shape {tuple(out.shape)}, "
             f"the original's {tuple(ref.shape)}; they cannot be compared"
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import html.parser
 import importlib.util
 import subprocess
@@ -49,7 +50,16 @@ def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _quantized(model: nn.Module) -> list[Any]:
-    return [m for m in model.modules() if m._get_name() == "DynamicQuantizedLinear"]
+    """The int8 layers: per-token ones, or torch's dynamic ones where ``_int_mm`` is missing."""
+    names = ("PerTokenInt8Linear", "DynamicQuantizedLinear")
+    return [m for m in model.modules() if m._get_name() in names]
+
+
+def _int8_weight(layer: Any) -> torch.Tensor:
+    """``(out_features, in_features)`` int8 weight of either kind of int8 layer."""
+    if layer._get_name() == "PerTokenInt8Linear":
+        return layer.weight_int8.t()  # type: ignore[no-any-return]
+    return layer.weight().int_repr()  # type: ignore[no-any-return]
 
 
 def _linear_weights(model: nn.Module) -> list[torch.Tensor]:
@@ -66,7 +76,11 @@ def test_int8_quantizes_every_linear_per_channel_and_shrinks_the_model(
 
     quantized = _quantized(small)
     assert len(quantized) == 3
-    assert all(m.weight().qscheme() == torch.per_channel_affine for m in quantized)
+    for layer in quantized:  # one scale per output channel
+        if layer._get_name() == "PerTokenInt8Linear":
+            assert layer.weight_scale.shape == (layer.out_features,)
+        else:
+            assert layer.weight().qscheme() == torch.per_channel_affine
     assert report.size_bytes_after < report.size_bytes_before / 3
     assert report.size_ratio > 3
     assert report.fidelity_metric == "cosine"
@@ -136,7 +150,7 @@ def test_sparsity_runs_before_int8(mlp: nn.Module, batches: list[torch.Tensor]) 
     small, report = ct.optimize(mlp, sparsity=0.3, quantize="int8", calibration=batches)
 
     first = _quantized(small)[0]
-    zeros = (first.weight().dequantize() == 0).float().mean().item()
+    zeros = (_int8_weight(first) == 0).float().mean().item()
     assert zeros == pytest.approx(0.3, abs=0.01)
     assert [s.split(":")[0] for s in report.applied] == ["sparsity 0.3", "int8", "int8 smoothing"]
 
@@ -401,8 +415,133 @@ def test_smoothing_alone_leaves_the_float_outputs_unchanged(
     from cobalt import _optimize_int8
 
     smoothed = _optimize_int8.copy.deepcopy(mlp)
-    _optimize_int8.smooth(smoothed, _optimize_int8.input_maxima(mlp, batches), alpha=0.75)
+    maxima = _optimize_int8.input_maxima(mlp, batches)
+    _optimize_int8.smooth(smoothed, maxima, alpha=0.75)
 
     assert isinstance(smoothed[0], _optimize_int8.SmoothedLinear)
     with torch.inference_mode():
         torch.testing.assert_close(smoothed(batches[0]), mlp(batches[0]), rtol=1e-4, atol=1e-5)
+
+
+# --- held-out evaluation and per-token activations ---------------------------------------------
+
+
+def test_evaluation_inputs_are_what_fidelity_and_latency_are_measured_on(
+    mlp: nn.Module, batches: list[torch.Tensor]
+) -> None:
+    held_out = [torch.randn(4, 64, generator=torch.Generator().manual_seed(9)) for _ in range(3)]
+
+    _, report = ct.optimize(mlp, quantize="int8", calibration=batches, evaluation=held_out)
+
+    assert report.fidelity_source == "evaluation"
+    assert (report.calibration_items, report.evaluation_items) == (8, 3)
+    assert report.samples == 3 * 4  # rows of the evaluation inputs, not of the calibration
+    assert report.measured_items == 3
+    assert "over 12 samples of 3 held-out (evaluation) inputs" in report.fidelity_text()
+    assert "min cosine (held-out)" in str(report)
+    assert any("measured on the held-out evaluation inputs" in a for a in report.applied)
+
+
+def test_without_evaluation_the_report_says_fidelity_is_on_the_calibration_inputs(
+    mlp: nn.Module, batches: list[torch.Tensor]
+) -> None:
+    _, report = ct.optimize(mlp, quantize="int8", calibration=batches)
+
+    assert report.fidelity_source == "calibration"
+    assert report.evaluation_items == 0
+    assert "of the 8 calibration inputs it was tuned on" in report.fidelity_text()
+    assert "min cosine (calibration)" in str(report)
+
+
+def test_evaluation_alone_is_enough_for_min_fidelity(
+    mlp: nn.Module, batches: list[torch.Tensor]
+) -> None:
+    _, report = ct.optimize(mlp, quantize="fp16", evaluation=batches, min_fidelity=0.5)
+
+    assert report.fidelity_source == "evaluation"
+    assert report.calibration_items == 0
+
+
+def test_fidelity_error_names_the_inputs_it_was_measured_on(
+    mlp: nn.Module, batches: list[torch.Tensor]
+) -> None:
+    with pytest.raises(ct.FidelityError, match="of the evaluation inputs, below"):
+        ct.optimize(mlp, quantize="int8", evaluation=batches, min_fidelity=1.0)
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "message"),
+    [
+        ([], "evaluation is empty"),
+        ("tensor", r"evaluation must be a list of example inputs, not a Tensor \(for one batch"),
+        (["text"], r"evaluation\[0\] is a str"),
+    ],
+)
+def test_invalid_evaluation_inputs_are_refused(
+    mlp: nn.Module, evaluation: Any, message: str
+) -> None:
+    if evaluation == "tensor":
+        evaluation = torch.randn(2, 64)
+    with pytest.raises(ct.SpecError, match=message):
+        ct.optimize(mlp, quantize="int8", evaluation=evaluation)
+
+
+def test_per_token_linear_matches_the_float_layer_closely() -> None:
+    from cobalt._optimize_int8 import PerTokenInt8Linear, int_mm_available
+
+    if not int_mm_available():
+        pytest.skip("torch._int_mm does not run on this build of torch")
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    x = torch.randn(3, 5, 64)
+    x[0, 0] *= 50  # one outlier row: the others keep their own scale
+    layer = PerTokenInt8Linear(linear)
+
+    with torch.inference_mode():
+        expected, got = linear(x), layer(x)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    cosine = nn.functional.cosine_similarity(got.reshape(-1, 32), expected.reshape(-1, 32))
+    assert float(cosine.min()) > 0.999
+    assert layer.weight_int8.dtype == torch.int8
+
+
+def test_int8_rows_do_not_depend_on_the_rest_of_the_batch(
+    mlp: nn.Module, batches: list[torch.Tensor]
+) -> None:
+    from cobalt._optimize_int8 import int_mm_available
+
+    if not int_mm_available():
+        pytest.skip("torch._int_mm does not run on this build of torch")
+    small, report = ct.optimize(mlp, quantize="int8", calibration=batches)
+    x = batches[0]
+    loud = torch.cat([x, 100 * torch.randn(1, 64)])  # one odd input joins the batch
+
+    with torch.inference_mode():
+        alone, together = small(x), small(loud)[: len(x)]
+    torch.testing.assert_close(together, alone)
+    assert any("per token (row)" in step for step in report.applied)
+
+
+def test_per_token_int8_beats_per_tensor_on_outlier_rows() -> None:
+    from cobalt import _optimize_int8
+
+    if not _optimize_int8.int_mm_available():
+        pytest.skip("torch._int_mm does not run on this build of torch")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64))
+    generator = torch.Generator().manual_seed(3)
+    inputs = []
+    for _ in range(6):
+        x = torch.randn(1, 16, 64, generator=generator)
+        x[0, 0] *= 40  # a [CLS]-like row, far wider than the others
+        inputs.append(x)
+
+    _, report = ct.optimize(model, quantize="int8", calibration=inputs)
+
+    per_tensor = copy.deepcopy(model)
+    _optimize_int8.quantize_linears(per_tensor)
+    with torch.inference_mode():
+        reference = torch.cat([model(x).reshape(-1, 64) for x in inputs])
+        plain = torch.cat([per_tensor(x).reshape(-1, 64) for x in inputs])
+    plain_min = float(nn.functional.cosine_similarity(reference, plain).min())
+    assert report.cosine_min is not None and report.cosine_min > plain_min
