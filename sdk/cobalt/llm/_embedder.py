@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from cobalt.llm._runner import stop_at_exit
 from cobalt.llm._stats import Stats
 from cobalt_common.errors import SpecError
 
@@ -86,6 +87,7 @@ class Embedder:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="cobalt-embedder", daemon=True)
         self._thread.start()
+        stop_at_exit(self)
 
     def __repr__(self) -> str:
         return f"Embedder({self.name!r}, max_batch_size={self.max_batch_size})"

@@ -11,10 +11,12 @@ proposes tokens and the target checks them all in one pass
 
 from __future__ import annotations
 
+import atexit
 import sys
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from typing import Any
 
@@ -29,6 +31,22 @@ from cobalt.llm._stats import Stats
 
 _PREFILL_TOKENS = 4096
 """Most tokens (padding included) in one batched prefill."""
+
+
+def stop_at_exit(owner: Any) -> None:
+    """Call ``owner.close()`` when the interpreter exits, unless it is gone by then.
+
+    A daemon thread still inside a torch kernel when Python shuts down aborts
+    the process; closing first lets the thread finish its step.
+    """
+    ref = weakref.ref(owner)
+
+    def stop() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.close()
+
+    atexit.register(stop)
 
 
 class Runner:
@@ -61,6 +79,7 @@ class Runner:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="cobalt-llm-engine", daemon=True)
         self._thread.start()
+        stop_at_exit(self)
 
     def submit(self, sequence: Sequence) -> None:
         with self._wake:
