@@ -236,6 +236,7 @@ def target(name: str = "svc", auth: bool = True, **autoscaling: Any) -> Target:
         autoscaling=Autoscaling(**autoscaling),
         openapi=b'{"openapi": "3.1.0"}',
         desired=1,
+        get_routes=frozenset({"/models", "/either"}),
     )
 
 
@@ -285,10 +286,13 @@ def test_gateway_errors_are_json_with_the_right_status(
     route = post(gateway, "/svc/other")
     assert route.status_code == 404 and "/predict" in route.json()["error"]
     method = httpx.put(gateway.url + "/svc/predict", headers=AUTH)
-    assert method.status_code == 405 and method.headers["Allow"] == "GET, POST"
-    # Which of GET and POST a route takes is the replica's answer.
+    assert method.status_code == 405 and method.headers["Allow"] == "POST"
+    put = httpx.put(gateway.url + "/svc/models", headers=AUTH)
+    assert put.status_code == 405 and put.headers["Allow"] == "GET, POST"
+    # the gateway refuses a GET on a POST-only route itself: no replica is woken for it
     get = httpx.get(gateway.url + "/svc/predict", headers=AUTH)
     assert get.status_code == 405 and get.headers["Allow"] == "POST"
+    assert "takes POST" in get.json()["error"]
     big = post(gateway, "/svc/predict", content=b"x" * 2000)
     assert big.status_code == 413 and "1000 bytes" in big.json()["error"]
 

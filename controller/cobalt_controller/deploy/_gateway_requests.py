@@ -98,13 +98,14 @@ class GatewayRequests:
             )
             return
         method = req.method
-        if method != "POST" and method != "GET":
+        if method != "POST" and (method != "GET" or route not in target.get_routes):
+            takes_get = route in target.get_routes
             _error(
                 conn,
                 405,
-                f"{route} takes POST with a JSON body (or GET where the route serves it), "
+                f"{route} takes {'GET or ' if takes_get else ''}POST with a JSON body, "
                 f"not {method}.",
-                b"Allow: GET, POST\r\n",
+                b"Allow: GET, POST\r\n" if takes_get else b"Allow: POST\r\n",
             )
             return
         limit = target.max_body_bytes

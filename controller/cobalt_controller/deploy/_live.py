@@ -155,6 +155,7 @@ class LiveDeployment:
             openapi=(self.openapi_json or json.dumps(dict(m.openapi) or {})).encode(),
             desired=self.desired,
             failed=self.error if self.status == FAILED else "",
+            get_routes=frozenset(r.path for r in m.routes if "GET" in r.methods),
         )
 
     def to_row(self) -> DeploymentRow:

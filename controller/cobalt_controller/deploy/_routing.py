@@ -34,6 +34,7 @@ class Target:
         desired: the replica count the manager runs now.
         failed: why the deployment failed, when it did; requests that find no
             replica then get 503 with it at once instead of waiting.
+        get_routes: the routes that also take GET (the others take POST only).
     """
 
     name: str
@@ -44,6 +45,7 @@ class Target:
     openapi: bytes = b""
     desired: int = 0
     failed: str = ""
+    get_routes: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True, eq=False)
