@@ -104,6 +104,24 @@ def test_speculative_greedy_is_token_for_token_greedy(
         e.close()
 
 
+def test_speculation_pauses_for_large_batches_and_resumes_exactly(
+    lm: tuple[object, object], alone: list[tuple[int, ...]]
+) -> None:
+    """Above speculative_max_batch rows the steps are plain; when the batch shrinks the
+    draft catches up on every token it missed, and output stays exact throughout."""
+    model, tokenizer = lm
+    e = Engine(model, tokenizer, draft="int8", speculative_max_batch=3, prefix_cache=False)
+    try:
+        batched = _concurrently(e, PROMPTS, max_tokens=24, temperature=0)
+        assert [r.token_ids for r in batched] == alone
+        assert max(int(k) for k in e.metrics()["batch_sizes"]) > 3
+        before = e.metrics()["speculative"]["proposed"]
+        assert e.generate(PROMPTS[5], max_tokens=24, temperature=0).token_ids == alone[5]
+        assert e.metrics()["speculative"]["proposed"] > before
+    finally:
+        e.close()
+
+
 def test_speculative_with_a_disagreeing_draft_is_still_exact(
     lm: tuple[object, object], alone: list[tuple[int, ...]]
 ) -> None:

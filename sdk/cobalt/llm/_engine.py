@@ -54,6 +54,9 @@ class Engine:
         draft: a smaller causal LM with the same tokenizer, or ``"int8"`` for
             an int8 copy of ``model``; ``None`` turns speculation off.
         speculative_tokens: tokens the draft proposes per step.
+        speculative_max_batch: speculate only while at most this many
+            requests run; a larger batch is compute-bound, and there plain
+            steps are faster (the draft catches up when the batch shrinks).
         max_batch_size: most sequences decoded together; more wait their turn.
         prefix_cache: keep prompts' keys and values for reuse.
         prefix_cache_tokens: how many prompt tokens the prefix cache holds.
@@ -71,6 +74,7 @@ class Engine:
         backend: Backend = "auto",
         draft: Any = None,
         speculative_tokens: int = 4,
+        speculative_max_batch: int = 4,
         max_batch_size: int = 32,
         prefix_cache: bool = True,
         prefix_cache_tokens: int = 16384,
@@ -78,6 +82,7 @@ class Engine:
     ) -> None:
         for option, value in (
             ("speculative_tokens", speculative_tokens),
+            ("speculative_max_batch", speculative_max_batch),
             ("max_batch_size", max_batch_size),
             ("prefix_cache_tokens", prefix_cache_tokens),
         ):
@@ -122,6 +127,7 @@ class Engine:
             max_batch_size=max_batch_size,
             prefix_cache=PrefixCache(prefix_cache_tokens) if prefix_cache else None,
             stats=self._stats,
+            speculative_max_batch=speculative_max_batch,
         )
 
     def _start_vllm(
