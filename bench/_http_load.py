@@ -46,9 +46,14 @@ class WrkResult:
 
 _SCRIPT = """
 wrk.method = "POST"
-wrk.body = {body}
 wrk.headers["Content-Type"] = "application/json"
 {auth}
+local bodies = {{{bodies}}}
+local i = 0
+request = function()
+  i = i % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[i])
+end
 """
 
 
@@ -58,17 +63,20 @@ def _unit_ms(value: str, unit: str) -> float:
 
 def run_wrk(
     url: str,
-    body: dict[str, object],
+    body: dict[str, object] | list[dict[str, object]],
     *,
     token: str = "",
     connections: int,
     seconds: float,
     threads: int = 1,
+    timeout_s: float = 2.0,
 ) -> WrkResult:
-    """POSTs ``body`` to ``url`` from ``connections`` keep-alive connections for ``seconds``."""
+    """POSTs ``body`` to ``url`` from ``connections`` keep-alive connections for ``seconds``;
+    given a list of bodies, each request sends the next one in turn."""
     wrk = require_wrk()
     auth = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
-    script = _SCRIPT.format(body=json.dumps(json.dumps(body)), auth=auth)
+    bodies = body if isinstance(body, list) else [body]
+    script = _SCRIPT.format(bodies=", ".join(json.dumps(json.dumps(b)) for b in bodies), auth=auth)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:
@@ -78,6 +86,8 @@ def run_wrk(
                 f"-t{threads}",
                 f"-c{connections}",
                 f"-d{seconds:g}s",
+                "--timeout",
+                f"{timeout_s:g}s",
                 "--latency",
                 "-s",
                 f.name,

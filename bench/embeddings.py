@@ -30,7 +30,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from urllib.parse import urlsplit
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _http_load import WrkResult, require_wrk  # noqa: E402
+from _http_load import WrkResult, require_wrk, run_wrk  # noqa: E402
 from _sentences import CALIBRATION, HELD_OUT  # noqa: E402
 
 import cobalt as ct  # noqa: E402
@@ -160,51 +159,10 @@ def services() -> dict[str, ct.Service[[list[str] | None, int]]]:
     return {"naive": naive, **batched_services}
 
 
-_SCRIPT = """
-local bodies = {%s}
-local i = 0
-request = function()
-  i = i %% #bodies + 1
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json",
-                                  ["Authorization"] = "Bearer %s"}, bodies[i])
-end
-"""
-
-
-def _ms(value: str, unit: str) -> float:
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
-
-
 def wrk_cycling(url: str, texts: list[str], token: str, seconds: float) -> WrkResult:
     """wrk with :data:`CLIENTS` connections, each request the next sentence of ``texts``."""
-    bodies = ", ".join(json.dumps(json.dumps({"text": t})) for t in texts)
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(_SCRIPT % (bodies, token))
-    try:
-        options = [f"-c{CLIENTS}", f"-d{seconds:g}s", "--timeout", "30s", "--latency"]
-        out = subprocess.run(
-            [require_wrk(), "-t1", *options, "-s", f.name, url],
-            capture_output=True,
-            text=True,
-            timeout=seconds + 60,
-            check=True,
-        ).stdout
-    finally:
-        Path(f.name).unlink()
-    done = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
-    assert done is not None, out
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    return WrkResult(
-        requests=int(done.group(1)),
-        seconds=_ms(done.group(2), done.group(3)) / 1000,
-        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
-        socket_errors=sum(int(g) for g in sock.groups()) if sock else 0,
-        p50_ms=_ms(*p50.groups()) if p50 else float("nan"),
-        p99_ms=_ms(*p99.groups()) if p99 else float("nan"),
-    )
+    bodies: list[dict[str, object]] = [{"text": t} for t in texts]
+    return run_wrk(url, bodies, token=token, connections=CLIENTS, seconds=seconds, timeout_s=30)
 
 
 def collect(url: str, token: str, texts: list[str]) -> list[list[float]]:
