@@ -8,13 +8,13 @@ from typing import Any, NoReturn
 
 from cobalt_common import errors
 from cobalt_common.deploy import Manifest
+from cobalt_common.deploy_metrics import MetricsSummary
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.wire import spec_from_pb, spec_to_pb
 from cobalt_controller._convert import given_to_json, given_to_pb
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.deploy import DeploymentManager, LiveDeployment, candidates_for
-from cobalt_controller.deploy._model_metrics import MetricsSummary
 from cobalt_controller.state import DeploymentRow
 
 DEPLOYMENT_STATUS_TO_PB = {

@@ -26,9 +26,10 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
+from cobalt_common.deploy_metrics import WINDOW_S, MetricsSummary
 from cobalt_common.pricing import format_usd
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def _sizes(sizes: dict[int, int], unit: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class DeploymentMetrics:
+class DeploymentMetrics(MetricsSummary):
     """A deployment's metrics, as :meth:`cobalt.Deployment.metrics` returns them.
 
     Counts are totals since the deployment was created (or its controller
@@ -98,29 +99,7 @@ class DeploymentMetrics:
         as_of: when the latest reading was taken (Unix seconds; 0 when none yet).
     """
 
-    name: str
-    requests: int = 0
-    model_requests: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    time_to_first_token_p50: float | None = None
-    time_to_first_token_p99: float | None = None
-    inter_token_p50: float | None = None
-    inter_token_p99: float | None = None
-    tokens_per_second: float | None = None
-    tokens_per_busy_second: float | None = None
-    window_s: float = 60.0
-    batch_sizes: dict[int, int] = field(default_factory=dict)
-    endpoint_batch_sizes: dict[str, dict[int, int]] = field(default_factory=dict)
-    cost_usd: float = 0.0
-    emulated: bool = False
-    cost_per_1k_requests: float | None = None
-    cost_per_million_tokens: float | None = None
-    models: tuple[str, ...] = ()
-    errors: tuple[str, ...] = ()
-    replicas_reporting: int = 0
-    as_of: float = 0.0
+    name: str = ""
 
     @classmethod
     def from_pb(cls, msg: pb.DeploymentMetricsResponse) -> DeploymentMetrics:
@@ -132,7 +111,7 @@ class DeploymentMetrics:
             prompt_tokens=msg.prompt_tokens,
             generated_tokens=msg.generated_tokens,
             cached_prompt_tokens=msg.cached_prompt_tokens,
-            window_s=msg.window_s or 60.0,
+            window_s=msg.window_s or WINDOW_S,
             batch_sizes=dict(sorted(msg.batch_sizes.items())),
             endpoint_batch_sizes={
                 e.path: dict(sorted(e.sizes.items())) for e in msg.endpoint_batch_sizes

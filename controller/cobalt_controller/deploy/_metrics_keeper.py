@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from cobalt_common.deploy_metrics import MetricsSummary
 from cobalt_controller.deploy._autoscaler import READINGS, ScaleEvent
 from cobalt_controller.deploy._gateway import Gateway
 from cobalt_controller.deploy._live import LiveDeployment, replica_http
-from cobalt_controller.deploy._model_metrics import DeploymentTotals, MetricsSummary
+from cobalt_controller.deploy._model_metrics import DeploymentTotals
 from cobalt_controller.deploy.policies.base import METRICS_PATH
 
 FINAL_READ_TIMEOUT_S = 1.0
