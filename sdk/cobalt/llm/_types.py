@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from cobalt_common.errors import SpecError
@@ -116,17 +116,6 @@ class Completion:
     @property
     def completion_tokens(self) -> int:
         return len(self.token_ids)
-
-
-@dataclass
-class EngineStats:
-    """Counters an engine keeps; the replica reports them to the controller."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    batch_sizes: dict[int, int] = field(default_factory=dict)
 
 
 @runtime_checkable
