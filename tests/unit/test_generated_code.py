@@ -1,28 +1,59 @@
-"""The committed protobuf code is exactly what ``scripts/gen-protos`` generates."""
+"""The committed protobuf code is what ``scripts/gen-protos`` generates, and it
+runs with every grpcio and protobuf release that pyproject.toml allows.
+
+Generators stamp their own version into the code they write (grpcio-tools
+writes ``GRPC_GENERATED_VERSION``, protoc a runtime-version check). Those
+stamps are not the wire API: a patch release of the generator changes them
+and nothing else. So the comparison with freshly generated code ignores the
+stamps, and a separate test checks what they do matter for: that the oldest
+releases the version ranges admit can import the committed code.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "common" / "cobalt_common" / "v1"
 
+_GRPC_STAMP = re.compile(r"^GRPC_GENERATED_VERSION = '([^']*)'$", re.MULTILINE)
+_PROTOC_COMMENT = re.compile(r"^# Protobuf Python Version: .*$", re.MULTILINE)
+_PROTOBUF_STAMP = re.compile(
+    r"(ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*)"
+    r"(\d+),\s*(\d+),\s*(\d+),\s*'([^']*)',"
+)
 
-def _files(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+def normalized(text: str) -> str:
+    """``text`` with the generators' version stamps replaced by placeholders.
+
+    Example:
+        >>> normalized("GRPC_GENERATED_VERSION = '1.85.4'\\n# Protobuf Python Version: 7.35.1")
+        "GRPC_GENERATED_VERSION = '<version>'\\n# Protobuf Python Version: <version>"
+    """
+    text = _GRPC_STAMP.sub("GRPC_GENERATED_VERSION = '<version>'", text)
+    text = _PROTOC_COMMENT.sub("# Protobuf Python Version: <version>", text)
+    return _PROTOBUF_STAMP.sub(r"\1<version>,", text)
 
 
-def test_generated_protobuf_code_matches_the_protos_byte_for_byte(tmp_path: Path) -> None:
-    out = tmp_path / "v1"
+def _files(directory: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def _generate(out: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COBALT_PROTO_OUT": str(out), "PYTHON": sys.executable}
-    proc = subprocess.run(
+    return subprocess.run(
         [str(ROOT / "scripts" / "gen-protos")],
         env=env,
         capture_output=True,
@@ -30,29 +61,76 @@ def test_generated_protobuf_code_matches_the_protos_byte_for_byte(tmp_path: Path
         timeout=120,
         check=False,
     )
+
+
+def _lower_bound(distribution: str) -> Version:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        if requirement.name == distribution:
+            bounds = [Version(s.version) for s in requirement.specifier if s.operator == ">="]
+            assert bounds, f"pyproject.toml gives {distribution} no lower bound"
+            return max(bounds)
+    raise AssertionError(f"pyproject.toml does not depend on {distribution}")
+
+
+def test_generated_protobuf_code_matches_the_protos_apart_from_version_stamps(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "v1"
+    proc = _generate(out)
     assert proc.returncode == 0, f"scripts/gen-protos failed:\n{proc.stdout}{proc.stderr}"
     generated = _files(out)
-    committed = {name: data for name, data in _files(COMMITTED).items() if name in generated}
-    stale = sorted(set(_files(COMMITTED)) - set(generated))
-    changed = sorted(name for name in generated if committed.get(name) != generated[name])
+    committed = _files(COMMITTED)
     assert generated, "scripts/gen-protos generated nothing"
-    assert not changed and not stale, (
-        f"common/cobalt_common/v1 is out of date with protos/cobalt/v1 (differs: {changed}; "
-        f"not generated any more: {stale}); run scripts/gen-protos and commit the result."
+    stale = sorted(set(committed) - set(generated))
+    changed = sorted(
+        name
+        for name in generated
+        if normalized(committed.get(name, "")) != normalized(generated[name])
     )
+    assert not changed and not stale, (
+        f"common/cobalt_common/v1 does not match protos/cobalt/v1 (differs: {changed}; "
+        f"no longer generated: {stale}). A .proto changed without regenerating: run "
+        "scripts/gen-protos and commit the result. (Version stamps are not compared.)"
+    )
+
+
+def test_the_oldest_grpcio_and_protobuf_the_ranges_allow_can_import_the_committed_code() -> None:
+    grpc_floor = _lower_bound("grpcio")
+    protobuf_floor = _lower_bound("protobuf")
+    for path in sorted(COMMITTED.glob("*_pb2_grpc.py")):
+        stamp = _GRPC_STAMP.search(path.read_text())
+        assert stamp is not None, f"{path.name} has no GRPC_GENERATED_VERSION"
+        assert Version(stamp.group(1)) <= grpc_floor, (
+            f"{path.name} was generated by grpcio-tools {stamp.group(1)} and refuses to import "
+            f"under grpcio older than that, but pyproject.toml allows grpcio {grpc_floor}. "
+            "Regenerate with the locked grpcio-tools (scripts/bootstrap dev installs it) or "
+            "raise the lower bound."
+        )
+    for path in sorted(COMMITTED.glob("*_pb2.py")):
+        stamp = _PROTOBUF_STAMP.search(path.read_text())
+        assert stamp is not None, f"{path.name} has no protobuf runtime version check"
+        major, minor, patch = (int(stamp.group(i)) for i in (2, 3, 4))
+        assert Version(f"{major}.{minor}.{patch}") <= protobuf_floor, (
+            f"{path.name} requires protobuf {major}.{minor}.{patch}, but pyproject.toml "
+            f"allows protobuf {protobuf_floor}; raise the lower bound."
+        )
+
+
+def test_version_stamps_are_all_that_normalizing_ignores() -> None:
+    code = (COMMITTED / "controller_pb2_grpc.py").read_text()
+    assert "DispatchCreate" in code
+    assert normalized(code) != normalized(code.replace("DispatchCreate", "DispatchCreat"))
+    bumped = _GRPC_STAMP.sub("GRPC_GENERATED_VERSION = '9.99.9'", code)
+    assert bumped != code
+    assert normalized(bumped) == normalized(code)
 
 
 def test_generated_code_is_written_where_cobalt_proto_out_points(tmp_path: Path) -> None:
     out = tmp_path / "nested" / "v1"
-    env = {**os.environ, "COBALT_PROTO_OUT": str(out), "PYTHON": sys.executable}
-    subprocess.run(
-        [str(ROOT / "scripts" / "gen-protos")],
-        env=env,
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
+    assert _generate(out).returncode == 0
     assert {"controller_pb2.py", "controller_pb2_grpc.py", "worker_pb2.py", "__init__.py"} <= set(
         _files(out)
     )
-    assert b"from cobalt_common.v1 import" in (out / "controller_pb2_grpc.py").read_bytes()
+    assert "from cobalt_common.v1 import" in (out / "controller_pb2_grpc.py").read_text()
