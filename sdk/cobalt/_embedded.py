@@ -30,7 +30,7 @@ def start_controller(home: Path, *, timeout: float = START_TIMEOUT_S) -> Control
         log_path = home / "controller.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "cobalt_controller", "serve", "--home", str(home)],
+                [sys.executable, "-P", "-m", "cobalt_controller", "serve", "--home", str(home)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -103,9 +103,15 @@ class Worker:
         os.environ.update(task.env)
         # A task starts where its client dispatched from, when that directory
         # exists here: relative paths in a notebook's electrons mean the same.
+        # Modules beside the notebook stay importable from inside a task, after
+        # the installed packages: the worker starts with a safe path (-P).
         working_dir = task.env.get("COBALT_WORKING_DIR", "")
+        added_path = ""
         if working_dir and os.path.isdir(working_dir):
             os.chdir(working_dir)
+            if working_dir not in sys.path:
+                sys.path.append(working_dir)
+                added_path = working_dir
         capture.reset()
         result.started_at = time.time()
         try:
@@ -146,6 +152,8 @@ class Worker:
             else:
                 os.environ[key] = old
         os.chdir(self._home)
+        if added_path and added_path in sys.path:
+            sys.path.remove(added_path)
         return result
 
 

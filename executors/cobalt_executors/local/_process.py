@@ -53,9 +53,14 @@ class WorkerProcess:
             "CUDA_VISIBLE_DEVICES": device_key,
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         }
+        # -P: the worker's directory is wherever the controller was started, and a
+        # folder there named like a package (a checkout of ``cobalt`` beside a
+        # notebook) must not shadow the installed one. Tasks still start in the
+        # directory they were dispatched from (see the worker runtime).
         self.proc = subprocess.Popen(
             [
                 sys.executable,
+                "-P",
                 "-m",
                 "cobalt_executors._runtime.worker",
                 str(child.fileno()),
