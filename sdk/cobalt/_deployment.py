@@ -408,7 +408,8 @@ class Deployment:
         self._fresh()
         auth = "bearer token (dep.token)" if self.auth else "<b>open (no auth)</b>"
         routes = "<br>".join(
-            f"<code>POST {h.esc(r.path)}</code> → <code>dep.{h.esc(r.name)}(...)</code>"
+            f"<code>{'/'.join(r.methods)} {h.esc(r.path)}</code>"
+            + (f" → <code>dep.{h.esc(r.name)}(...)</code>" if "POST" in r.methods else "")
             + (" (stream)" if r.streaming else "")
             for r in self._routes
         )

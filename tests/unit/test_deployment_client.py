@@ -254,3 +254,14 @@ def test_waiting_past_the_timeout_raises_wait_timeout_error() -> None:
     starting = pb.Deployment(name="demo", status=pb.DEPLOYMENT_STATUS_STARTING)
     with pytest.raises(ct.WaitTimeoutError, match="still starting after 0s"):
         wait_until_started(FakeClient(), starting, 0)  # type: ignore[arg-type]
+
+
+def test_the_handle_lists_each_route_with_the_methods_it_takes(base_url: str) -> None:
+    routes = [
+        Route("predict", "/predict"),
+        Route("models", "/v1/models", methods=("GET",), raw=True),
+    ]
+    html = Deployment("demo", f"{base_url}/demo", routes, None)._repr_html_()
+    assert "<code>POST /predict</code> → <code>dep.predict(...)</code>" in html
+    assert "<code>GET /v1/models</code>" in html
+    assert "POST /v1/models" not in html and "dep.models(" not in html
