@@ -8,10 +8,12 @@ import io
 import pickle
 import sys
 import types
+from collections import ChainMap
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import cloudpickle
+import cloudpickle.cloudpickle as _cloudpickle_internals
 
 from cobalt_common.errors import PicklingError
 
@@ -35,7 +37,9 @@ def dumps(obj: Any, describe: Callable[[], tuple[str, str]]) -> bytes:
     """
     _register_local_modules()
     try:
-        return cast(bytes, cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        buffer = io.BytesIO()
+        _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        return buffer.getvalue()
     except Exception as exc:
         path, what = describe()
         bad_path, bad = find_unpicklable(obj, path)
@@ -45,6 +49,43 @@ def dumps(obj: Any, describe: Callable[[], tuple[str, str]]) -> bytes:
             "receive must be picklable: create such objects inside the task, or pass what is "
             "needed to rebuild them."
         ) from None
+
+
+def _code_with_filename(
+    constructor: Callable[..., types.CodeType], args: tuple[Any, ...], filename: str
+) -> types.CodeType:
+    """Rebuilds a code object pickled by value under the file name it was defined in."""
+    return constructor(*args).replace(co_filename=filename)
+
+
+_cloudpickle_code_reduce: Callable[[types.CodeType], tuple[Any, tuple[Any, ...]]] | None = getattr(
+    _cloudpickle_internals, "_code_reduce", None
+)
+
+
+def _reduce_code(code: types.CodeType) -> tuple[Any, tuple[Any, ...]]:
+    """cloudpickle's reduction of a code object, keeping ``co_filename``.
+
+    cloudpickle 3.1.3 and later write every code object pickled by value with
+    the file name ``<dynamic-code>``, so that payloads do not depend on where a
+    function was defined. A remote traceback then names no file and shows no
+    source line, and neither does a debugger stepping into ``rerun_locally``.
+    The file name is put back when the code is rebuilt; source lines come from
+    that file where the worker has it, and from the caller's line cache
+    (notebook cells) where it does not.
+    """
+    assert _cloudpickle_code_reduce is not None
+    constructor, args = _cloudpickle_code_reduce(code)
+    return _code_with_filename, (constructor, args, code.co_filename)
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle's pickler, with code objects that keep their file names."""
+
+    if _cloudpickle_code_reduce is not None:
+        dispatch_table = ChainMap(
+            {types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table
+        )
 
 
 def _register_local_modules() -> None:
