@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Context, Decimal
 from types import MappingProxyType
 from typing import Any
 
@@ -181,7 +182,7 @@ def describe_prices(table: PriceTable) -> str:
 
     Example:
         >>> describe_prices(parse_prices({"gpu_hour": {"h100": 2.5}, "cpu_core_hour": 0.04}))
-        'H100 $2.50/h, CPU $0.04/core-h'
+        'H100 $2.50/h, CPU $0.0400/core-h'
     """
     if table.is_free:
         return "free"
@@ -199,24 +200,51 @@ def describe_prices(table: PriceTable) -> str:
     return ", ".join(parts)
 
 
+USD_SIGNIFICANT_DIGITS = 3
+"""Digits shown of an amount under a dollar; the dashboard's ``usd()`` uses the same."""
+
+_CENT = Decimal("0.01")
+_WIDE = Context(prec=320)  # cents of the largest float, 1.8e308, need 311 digits
+_SIGNIFICANT = Context(prec=USD_SIGNIFICANT_DIGITS, rounding=ROUND_HALF_UP)
+
+
 def format_usd(amount: float) -> str:
-    """Dollars with enough digits that small task costs are not shown as zero.
+    """Dollars as people write them, never in scientific notation.
+
+    The one rule for money, wherever cobalt shows it (the dashboard's
+    ``usd()`` in ``static/util.js`` implements the same): $1 and more with
+    cents and thousands separators, less than $1 with
+    :data:`USD_SIGNIFICANT_DIGITS` significant digits so small task costs are
+    not shown as zero, zero as ``$0.00`` and infinity as ``unbounded``. It
+    rounds the decimal a person sees for the float (``repr`` in Python,
+    ``String`` in JavaScript), ties away from zero: $1.005 reads "$1.01".
 
     Example:
-        >>> format_usd(12.3456), format_usd(0.0123456), format_usd(0.0), format_usd(float("inf"))
-        ('$12.35', '$0.01235', '$0.00', 'unbounded')
+        >>> format_usd(1234.5), format_usd(0.0123456), format_usd(1.3e-05), format_usd(0.0)
+        ('$1,234.50', '$0.0123', '$0.0000130', '$0.00')
+        >>> format_usd(float("inf"))
+        'unbounded'
     """
+    if math.isnan(amount):
+        return "unknown"
     if math.isinf(amount):
         return "unbounded"
-    if amount == 0 or abs(amount) >= 1:
-        return f"${amount:,.2f}"
-    return f"${amount:.4g}" if abs(amount) >= 0.0001 else f"${amount:.2g}"
+    if amount == 0:
+        return "$0.00"
+    sign = "-" if amount < 0 else ""
+    shortest = Decimal(repr(float(abs(amount))))
+    rounded = _SIGNIFICANT.plus(shortest)
+    if rounded < 1:
+        shown = rounded.quantize(Decimal(1).scaleb(rounded.adjusted() - USD_SIGNIFICANT_DIGITS + 1))
+        return f"{sign}${shown:f}"
+    return f"{sign}${shortest.quantize(_CENT, rounding=ROUND_HALF_UP, context=_WIDE):,.2f}"
 
 
 __all__ = [
     "LIST_PRICES",
     "LIST_PRICES_AS_OF",
     "LIST_PRICES_SOURCE",
+    "USD_SIGNIFICANT_DIGITS",
     "ZERO_PRICES",
     "PriceTable",
     "billed_seconds",

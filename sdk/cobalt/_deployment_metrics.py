@@ -20,7 +20,7 @@ Example:
     tokens per second    512 (last 60 s)
     tokens               300,000 generated, 700,000 prompt
     batch sizes          1: 20 steps, 8: 340 steps
-    cost                 $0.5 so far, $0.25 per 1,000 requests, $0.5 per million tokens
+    cost                 $0.500 so far, $0.250 per 1,000 requests, $0.500 per million tokens
     models               tiny-llm
 """
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
+from money_cases import USD_CASES
 
 import cobalt as ct
 from cobalt_common.errors import ConfigError
@@ -439,6 +440,25 @@ def test_a_sublattice_task_links_to_its_own_dispatch(
 
     assert "sublattice of" in page.inner_text("#summary")
     assert page.locator("#tasks tbody tr[data-id]").count() == 3
+
+
+# -- money ----------------------------------------------------------------------------------
+
+
+def test_the_dashboard_writes_money_by_the_same_rule_as_the_command_line(
+    page: Page, dashboard: tuple[str, str]
+) -> None:
+    page.goto(dashboard[0] + "/")
+    page.wait_for_selector("#dispatches")
+
+    shown = page.evaluate(
+        "async (amounts) => {"
+        " const { usd } = await import('/static/util.js');"
+        " return amounts.map((amount) => usd(amount)); }",
+        [amount for amount, _ in USD_CASES],
+    )
+
+    assert shown == [text for _, text in USD_CASES]
 
 
 # -- the other pages --------------------------------------------------------------------------

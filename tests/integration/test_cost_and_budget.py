@@ -155,7 +155,7 @@ def test_a_spent_budget_ends_the_dispatch_and_keeps_completed_results() -> None:
     assert [t.name for t in ran] == ["train"]
     assert len(not_run) == 4 and all(t.reason == "budget" for t in not_run)
     assert all(t.cost_usd == 0 and t.attempts == 0 for t in not_run)
-    assert "Budget exceeded: $0.012 budget" in result.error
+    assert "Budget exceeded: $0.0120 budget" in result.error
     assert (
         "Ran 1 task(s)" in result.error and "Did not run 4 task(s): train x3, total" in result.error
     )

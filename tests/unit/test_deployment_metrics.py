@@ -367,7 +367,7 @@ def test_metrics_print_in_words_and_as_a_notebook_table() -> None:
     assert "<table" in html and "42.1 ms" in html and "&lt;" not in text
     quiet = str(ct.DeploymentMetrics(name="web", requests=5, cost_per_1k_requests=0.2))
     assert "time to first token" not in quiet, "no token lines for a service without models"
-    assert "$0.2 per 1,000 requests" in quiet
+    assert "$0.200 per 1,000 requests" in quiet
 
 
 @pytest.mark.parametrize("module", [_deployment_metrics, model_metrics, _replica_app])

@@ -98,12 +98,12 @@ def test_a_result_shows_status_cost_error_and_its_task_table() -> None:
     text = _text(markup)
     assert "sweep <v2>" in text and "&lt;v2&gt;" in markup, "names are escaped"
     assert "failed" in text and "3 s" in text
-    assert "$0.0035 of a $5.00 budget" in text and "emulated" in text
+    assert "$0.00350 of a $5.00 budget" in text and "emulated" in text
     assert "ValueError: x &lt; 0" in markup
     for column in ("name", "status", "requested", "given", "executor", "duration", "cost"):
         assert column in text
     assert "1x H100 80GB (emulated)" in text
-    assert "total $0.0035" in text, "the total row sums the tasks"
+    assert "total $0.00350" in text, "the total row sums the tasks"
 
 
 def test_a_result_whose_tasks_cannot_be_read_still_shows_its_status() -> None:
@@ -135,7 +135,7 @@ def test_an_estimate_shows_worst_and_expected_per_task() -> None:
     )
     text = _text(est._repr_html_())
     assert "worst case unbounded" in text
-    assert "$0.6667" in text and "$0.01 (3 runs)" in text and "no runs yet" in text
+    assert "$0.667" in text and "$0.0100 (3 runs)" in text and "no runs yet" in text
 
 
 def test_an_electron_shows_its_spec_and_hourly_rate() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import pytest
+from money_cases import USD_CASES
 
+from cobalt_common import pricing
 from cobalt_common.errors import SpecError
 from cobalt_common.hardware import GPU_TYPES
 from cobalt_common.pricing import (
@@ -84,14 +87,25 @@ def test_billing_is_per_started_second_and_never_past_the_time_limit() -> None:
     assert billed_seconds(59.5, time_limit_s=60) == 60.0
 
 
-def test_money_keeps_small_costs_visible() -> None:
-    assert format_usd(1234.5) == "$1,234.50"
-    assert format_usd(0.004454) == "$0.004454"
-    assert format_usd(0.0) == "$0.00"
-    assert format_usd(3e-7) == "$3e-07"
-    assert format_usd(math.inf) == "unbounded"
+@pytest.mark.parametrize(("amount", "text"), USD_CASES, ids=[text for _, text in USD_CASES])
+def test_money_reads_like_money_and_keeps_small_costs_visible(amount: float, text: str) -> None:
+    assert format_usd(amount) == text
+
+
+def test_money_is_never_in_scientific_notation() -> None:
+    for exponent in range(-12, 16):
+        for mantissa in (1.0, 1.3, 4.454, 9.9996):
+            assert "e" not in format_usd(mantissa * 10.0**exponent)
+
+
+def test_price_tables_are_described_with_the_same_money() -> None:
     assert describe_prices(ZERO_PRICES) == "free"
     assert describe_prices(LIST_PRICES).startswith("B200 $6.25/h")
+    assert describe_prices(LIST_PRICES).endswith("CPU $0.0472/core-h, memory $0.00800/GB-h")
+
+
+def test_the_pricing_docstring_examples_hold() -> None:
+    assert doctest.testmod(pricing).failed == 0
 
 
 def test_an_executor_descriptor_checks_its_prices_when_written() -> None:

@@ -6,16 +6,38 @@ export function esc(value) {
   return String(value ?? "").replace(/[&<>"']/g, (c) => ESCAPES[c]);
 }
 
-/** Dollars with three significant digits below $1, cents above. */
+/** Significant digits of an amount under a dollar: cobalt_common.pricing.USD_SIGNIFICANT_DIGITS. */
+export const USD_DIGITS = 3;
+
+/**
+ * Dollars, by the rule of cobalt_common.pricing.format_usd: $1 and more with
+ * cents and thousands separators, less with USD_DIGITS significant digits,
+ * never in scientific notation; zero is "$0.00", infinity "unbounded". Both
+ * round the decimal String(value) shows, ties away from zero: 1.005 reads "$1.01".
+ */
 export function usd(value) {
   if (value == null) return "";
+  if (Number.isNaN(value)) return "unknown";
+  if (!Number.isFinite(value)) return "unbounded";
   if (value === 0) return "$0.00";
-  const a = Math.abs(value);
-  if (a >= 1) {
-    return "$" + CENTS.format(value);
-  }
-  const decimals = Math.min(8, 2 - Math.floor(Math.log10(a)));
-  return "$" + value.toFixed(decimals);
+  const sign = value < 0 ? "-" : "";
+  // The shortest decimal that reads back as the value: its digits, and the power of ten of the first.
+  const [mantissa, exponent] = Math.abs(value).toExponential().split("e");
+  const digits = mantissa.replace(".", "");
+  const e = Number(exponent);
+  const small = roundDigits(digits, USD_DIGITS);
+  const power = e + small.length - USD_DIGITS; // of the first digit, once rounded
+  if (power < 0) return `${sign}$0.${"0".repeat(-power - 1)}${small.slice(0, USD_DIGITS)}`;
+  const cents = roundDigits(digits, e + 3); // the amount in cents: e + 1 digits of dollars and 2 more
+  const whole = cents.slice(0, -2).replace(/\B(?=(\d{3})+$)/g, ",");
+  return `${sign}$${whole}.${cents.slice(-2)}`;
+}
+
+/** The first `keep` (at least 1) of `digits`, rounded half away from zero: a carry makes one digit more. */
+function roundDigits(digits, keep) {
+  if (digits.length <= keep) return digits.padEnd(keep, "0");
+  const kept = digits.slice(0, keep);
+  return digits[keep] >= "5" ? (BigInt(kept) + 1n).toString() : kept;
 }
 
 /** "250 ms", "2.3 s", "1h 30m": the same words as cobalt's command line. */
@@ -39,7 +61,6 @@ const DATE_TIME = new Intl.DateTimeFormat(undefined, {
   year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
 });
 const NUMBER = new Intl.NumberFormat("en-US");
-const CENTS = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
 const midnight = new Date();
 midnight.setHours(0, 0, 0, 0);
 const TODAY_START = midnight.getTime() / 1000;
