@@ -7,8 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from cobalt_common.errors import Error
-from cobalt_common.paths import cobalt_home
+from cobalt_common.errors import ConfigError, Error
+from cobalt_common.paths import cobalt_home, config_file
+from cobalt_common.startup import CONFIG_EXIT_CODE, config_error_line
 from cobalt_controller._config import load_config
 from cobalt_controller._server import serve
 
@@ -29,6 +30,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.address:
             config.address = args.address
         serve(config)
+    except ConfigError as exc:
+        message = str(exc)
+        path = config_file(home)
+        if path.exists() and str(path) not in message:
+            message = f"{path}: {message}"
+        # For whoever started this process in the background (cobalt._embedded).
+        print(config_error_line(message), flush=True)
+        print(f"cobalt controller: {message}", file=sys.stderr, flush=True)
+        return CONFIG_EXIT_CODE
     except Error as exc:
         print(f"cobalt controller: {exc}", file=sys.stderr)
         return 2

@@ -138,7 +138,7 @@ def get_client(*, start: bool = False) -> Client:
             )
         from cobalt._embedded import start_controller
 
-        info = start_controller(home)
+        info = start_controller(home, announce=True)
     key = (info.address, info.token)
     with _lock:
         client = _clients.get(key)

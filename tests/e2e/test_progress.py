@@ -98,6 +98,7 @@ def test_a_terminal_shows_a_progress_bar(home: ControllerHome) -> None:
 
 
 def test_without_a_terminal_or_notebook_nothing_is_drawn(home: ControllerHome) -> None:
+    home.start()  # else the script says on stderr that it started one
     script = WORKFLOW + "print(ct.dispatch_sync(wf)(2).status)\n"
     out = _run(script, home)
     assert out.returncode == 0, out.stderr

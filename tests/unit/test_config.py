@@ -183,3 +183,18 @@ def test_bad_gateway_settings_are_named_with_file_and_key(
     tmp_path: Path, line: str, named: str
 ) -> None:
     assert named in _error(tmp_path, f"[controller]\n{line}\n")
+
+
+def test_a_controller_with_a_bad_file_exits_with_a_line_its_starter_turns_into_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cobalt_common.startup import CONFIG_EXIT_CODE, find_config_error
+    from cobalt_controller.__main__ import main
+
+    home = _home(tmp_path, "[controller]\ninline_limit = 0\n")
+    assert main(["serve", "--home", str(home)]) == CONFIG_EXIT_CODE
+    out = capsys.readouterr()
+    message = find_config_error(out.out + out.err)
+    assert message is not None, out
+    assert message.startswith(f"{home / 'config.toml'}: [controller] inline_limit")
+    assert f"cobalt controller: {message}" in out.err, "a person reading the log sees it too"
