@@ -59,7 +59,6 @@ EXPECTED = {
             ),
             "outcome": (
                 r"best model: hidden=\d+ lr=[\d.]+ accuracy=0\.\d{3}",
-                r"result\.cost_usd: \$\d+\.\d{4}$",
                 r"^cost \$[\d.]+ of a \$400\.00 budget \(includes emulated GPUs",
                 r"8 of 9 tasks ran on emulated H100s",
             ),
