@@ -89,6 +89,16 @@ def test_dispatch_returns_an_id_and_get_result_waits_for_the_result() -> None:
     assert ct.get_result(dispatch_id).result == 14, "a finished result reads back without waiting"
 
 
+def test_a_finished_dispatch_read_back_counts_its_tasks_by_status() -> None:
+    dispatch_id = ct.dispatch(fan_out_and_reduce)(4)
+    waited = ct.get_result(dispatch_id, wait=True)
+    read_back = ct.get_result(dispatch_id)
+    for result in (waited, read_back):
+        assert result.task_count == 5
+        assert result.status_counts == {"COMPLETED": 5}
+    assert ct.cancel(dispatch_id).status_counts == {"COMPLETED": 5}
+
+
 def test_a_result_carries_status_value_error_and_times() -> None:
     before = time.time()
     result = ct.dispatch_sync(fan_out_and_reduce)(3)
