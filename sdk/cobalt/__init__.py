@@ -18,6 +18,7 @@ from cobalt._dispatch import cancel, dispatch, dispatch_sync, get_result
 from cobalt._electron import Electron, electron
 from cobalt._estimate import Estimate, TaskEstimate, estimate
 from cobalt._executors import Executor, LocalExecutor
+from cobalt._failures import last_failure
 from cobalt._graph import wait
 from cobalt._lattice import Lattice, lattice
 from cobalt._optimize import optimize
@@ -96,6 +97,7 @@ __all__ = [
     "estimate",
     "get_deployment",
     "get_result",
+    "last_failure",
     "lattice",
     "list_deployments",
     "llm",

@@ -25,6 +25,31 @@ _REASONS = {
     "lost": "lost its inputs",
 }
 
+_last_failure: TaskFailedError | None = None
+
+
+def last_failure() -> TaskFailedError | None:
+    """The last :class:`~cobalt.TaskFailedError` a dispatch raised in this process, or None.
+
+    After a failure in a notebook cell there is no ``exc`` to inspect: this is
+    it (as is ``sys.last_value`` when nothing caught it). Its ``result`` is the
+    failed dispatch's :class:`~cobalt.Result`.
+
+    Example: in the cell after one where ``ct.dispatch_sync(wf)(...)`` raised::
+
+        failure = ct.last_failure()
+        failure.task_name, failure.reason               # ("parse_scores", "exception")
+        failure.result.rerun_locally(failure.node_id)   # raises here; %debug steps in
+    """
+    return _last_failure
+
+
+def remember(exc: TaskFailedError) -> TaskFailedError:
+    """Records ``exc`` as the process's :func:`last_failure`; returns it for ``raise``."""
+    global _last_failure
+    _last_failure = exc
+    return exc
+
 
 def _tail(text: str, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
@@ -94,8 +119,10 @@ def _task_failure(result: Result, task: TaskRecord, more: int = 0) -> TaskFailed
         lines += ["", f"{more} other task(s) failed too; result.tasks lists them all."]
     lines += [
         "",
-        f"exc.result holds the Result; exc.result.rerun_locally({task.node_id}) runs this task "
-        "here, with the inputs it received, so you can step into it with a debugger.",
+        f"ct.last_failure().result.rerun_locally({task.node_id}) runs this task here, with the "
+        "inputs it received, so you can step into it with a debugger. ct.last_failure() is "
+        "this error (also `exc` in an except block, or sys.last_value after an uncaught one); "
+        "its .result is the dispatch's Result.",
     ]
     return TaskFailedError(
         "\n".join(lines),

@@ -37,6 +37,7 @@ class _State:
         self.status = Status.PENDING
         self.cost_usd = 0.0
         self.emulated = False
+        self.started_at = self.ended_at = 0.0
         self.tasks: dict[int, TaskRecord] = {}
         self.lock = threading.Lock()
 
@@ -52,12 +53,25 @@ class _State:
                 self.status = status_from_pb(d.status)
                 self.cost_usd = d.cost_usd
                 self.emulated = d.emulated
+                self.started_at, self.ended_at = d.started_at, d.ended_at
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for t in self.tasks.values():
             counts[t.status.value] = counts.get(t.status.value, 0) + 1
         return counts
+
+    def summary(self, now: float) -> str:
+        """One line in words: what a saved notebook shows for the widget as text."""
+        counts = count_words(self.counts())
+        parts = [
+            f"{self.name or 'dispatch'} {self.dispatch_id}: {self.status.value}",
+            f"{len(self.tasks)} tasks" + (f": {counts}" if counts else ""),
+            format_usd(self.cost_usd) + (" (emulated)" if self.emulated else ""),
+        ]
+        if self.started_at:
+            parts.append(format_duration((self.ended_at or now) - self.started_at))
+        return " · ".join(parts)
 
 
 class _View(Protocol):
@@ -76,7 +90,13 @@ class _WidgetView:
         self._header = ipywidgets.HTML()
         self._bar = ipywidgets.HTML()
         self._table = ipywidgets.HTML()
-        display(ipywidgets.VBox([self._header, self._bar, self._table]))  # type: ignore[no-untyped-call]
+        self._box = ipywidgets.VBox([self._header, self._bar, self._table])
+        self._text = "dispatch in progress"
+        self._handle = display(self._bundle(), raw=True, display_id=True)  # type: ignore[no-untyped-call]
+
+    def _bundle(self) -> dict[str, Any]:
+        """The widget, with a line of text in place of its repr for saved notebooks."""
+        return {**self._box._repr_mimebundle_(), "text/plain": self._text}
 
     def render(self, state: _State) -> None:
         with state.lock:
@@ -84,6 +104,7 @@ class _WidgetView:
             tasks = sorted(state.tasks.values(), key=_interest)[:_TABLE_ROWS]
             total = len(state.tasks)
             header = self._header_html(state, total)
+            self._text = state.summary(time.time())
         self._header.value = header
         self._bar.value = _bar_html(counts, total)
         self._table.value = _tasks_html(tasks, total)
@@ -103,7 +124,9 @@ class _WidgetView:
         )
 
     def close(self) -> None:
-        return None
+        """Sends the final line of text, which is what ``nbconvert --to text`` shows."""
+        if self._handle is not None:
+            self._handle.update(self._bundle(), raw=True)
 
 
 class _TerminalView:

@@ -253,9 +253,9 @@ class Result:
     def raise_for_status(self) -> Result:
         """Raises :class:`~cobalt.TaskFailedError` if a task failed; returns self otherwise."""
         if self.status in (Status.FAILED, Status.TIMED_OUT):
-            from cobalt._failures import failure_of
+            from cobalt._failures import failure_of, remember
 
-            raise failure_of(self)
+            raise remember(failure_of(self))
         return self
 
     def get_node_result(self, node_id: int) -> dict[str, Any]:

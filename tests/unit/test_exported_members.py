@@ -29,6 +29,7 @@ PUBLIC_SURFACE = {
     "dispatch_sync",
     "get_result",
     "cancel",
+    "last_failure",
     "Result",
     "Status",
     "TaskRecord",
