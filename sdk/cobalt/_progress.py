@@ -2,8 +2,8 @@
 
 The view follows the controller's event stream (``DispatchWatch``) on a
 background thread: nothing polls. It shows a progress bar by task status,
-the tasks with their hardware, executor, duration and cost, the running total
-and a link to the dispatch's dashboard page.
+the tasks with their hardware, executor, duration and billed time and cost,
+the running total and a link to the dispatch's dashboard page.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 
 from cobalt import _html as h
-from cobalt._result import STATUS_ORDER, Status, TaskRecord, count_words, status_from_pb
+from cobalt._result import (
+    STATUS_ORDER,
+    Status,
+    TaskRecord,
+    count_words,
+    format_took,
+    status_from_pb,
+)
 from cobalt_common.hardware import format_duration
 from cobalt_common.pricing import format_usd
 from cobalt_common.v1 import controller_pb2 as pb
@@ -191,12 +198,7 @@ def _tasks_html(tasks: list[TaskRecord], total: int) -> str:
     now = time.time()
     rows = []
     for t in tasks:
-        if t.duration_s is not None:
-            took = format_duration(t.duration_s)
-        elif t.start_time is not None:
-            took = format_duration(now - t.start_time.timestamp()) + "…"
-        else:
-            took = "-"
+        took = format_took(t, now)
         cost = h.esc(format_usd(t.cost_usd)) + (" " + h.emulated_tag() if t.emulated else "")
         rows.append(
             (

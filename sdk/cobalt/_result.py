@@ -280,7 +280,7 @@ class Result:
         }
 
     def task_table(self) -> str:
-        """A plain-text table: hardware requested and given, duration, cost, status."""
+        """A plain-text table: hardware requested and given, duration (and billed), cost, status."""
         return format_task_table(self.tasks)
 
     def cost_line(self) -> str:
@@ -370,6 +370,21 @@ def format_cost(amount: float, emulated: bool) -> str:
     return format_usd(amount) + (" (emulated)" if emulated else "")
 
 
+def format_took(t: TaskRecord, now: float | None = None) -> str:
+    """How long a task ran and how long it was billed for: ``"2.1 s (billed 3 s)"``.
+
+    Billing counts every started second of every attempt, so the two differ.
+    A task still running (given ``now``, a Unix time) shows its time so far and "…".
+    """
+    if t.duration_s is not None:
+        took = format_duration(t.duration_s)
+    elif now is not None and t.start_time is not None:
+        took = format_duration(now - t.start_time.timestamp()) + "…"
+    else:
+        took = "-"
+    return f"{took} (billed {format_duration(t.billed_s)})" if t.billed_s else took
+
+
 def _task_cells(t: TaskRecord) -> tuple[str, ...]:
     """Node, name, requested, given, executor, duration and cost of a task, as plain text."""
     return (
@@ -378,7 +393,7 @@ def _task_cells(t: TaskRecord) -> tuple[str, ...]:
         _requested(t.hardware_requested),
         t.hardware_given.describe() if t.executor else "-",
         t.executor or "-",
-        format_duration(t.duration_s) if t.duration_s is not None else "-",
+        format_took(t),
         format_usd(t.cost_usd),
     )
 

@@ -331,6 +331,23 @@ def test_a_completed_dispatchs_per_task_costs_are_shown_and_sum_to_its_total(
     assert "H100 80GB (emulated)" in given
 
 
+def test_each_task_row_shows_the_seconds_billed_beside_its_duration(
+    page: Page, dashboard: tuple[str, str], finished_sweep: ct.Result
+) -> None:
+    open_dispatch(page, dashboard, finished_sweep.dispatch_id)
+
+    shown = page.locator("#tasks tbody tr[data-id]").evaluate_all(
+        "rows => rows.map(r => [Number(r.dataset.id), r.querySelector('td.dur').textContent])"
+    )
+
+    billed = {t.node_id: t.billed_s for t in finished_sweep.tasks}
+    assert len(shown) == len(billed) == 4
+    for node_id, text in shown:
+        match = re.fullmatch(r"(\d+ ms|\d+(?:\.\d)? s) \(billed (\d+) s\)", text)
+        assert match, f"task {node_id}: {text!r}"
+        assert float(match[2]) == billed[node_id] >= 1.0
+
+
 def test_the_task_table_sorts_by_cost(
     page: Page, dashboard: tuple[str, str], finished_sweep: ct.Result
 ) -> None:

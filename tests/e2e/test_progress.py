@@ -84,6 +84,7 @@ def test_a_notebook_shows_a_live_widget_while_dispatch_sync_waits(home: Controll
     state = json.dumps(nb.metadata.get("widgets", {}))
     assert "4 completed" in state, "the widget's last state counts the finished tasks"
     assert "emulated" in state and "$" in state, "it shows the running cost, labelled"
+    assert "(billed 1 s)" in state, "and the seconds billed beside each task's duration"
     html = nb.cells[2].outputs[0]["data"]["text/html"]
     assert "completed" in html and "total" in html, "a Result renders as HTML"
 

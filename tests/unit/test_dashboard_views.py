@@ -141,7 +141,7 @@ def test_a_task_row_describes_hardware_in_cobalts_words_and_marks_emulation(
     assert train["requested"] == "1x H100, 4 CPUs, 48 GB, limit 1h"
     assert train["given"] == "1x H100 80GB (emulated), 4 CPU, 48 GB"
     assert train["emulated"] is True and train["cost_usd"] == 0.25
-    assert train["duration_s"] == pytest.approx(6.0)
+    assert train["duration_s"] == pytest.approx(6.0) and train["billed_s"] == 6.0
     assert best["requested"] == "1 CPU" and best["emulated"] is False
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html.parser
 import math
+import re
+import time
 from datetime import UTC, datetime
 
 import pytest
 
 import cobalt as ct
 from cobalt._estimate import Estimate, TaskEstimate
+from cobalt._progress import _tasks_html
 from cobalt._result import Result, Status, TaskRecord
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.pricing import LIST_PRICES
@@ -67,6 +71,7 @@ def _record(node_id: int, name: str, status: Status, cost: float, *, emulated: b
         stderr="",
         attempts=1,
         cost_usd=cost,
+        billed_s=2.0,
     )
 
 
@@ -104,6 +109,36 @@ def test_a_result_shows_status_cost_error_and_its_task_table() -> None:
         assert column in text
     assert "1x H100 80GB (emulated)" in text
     assert "total $0.00350" in text, "the total row sums the tasks"
+
+
+def test_task_tables_show_the_seconds_billed_beside_the_duration() -> None:
+    result = _result()
+
+    text_rows = [line for line in result.task_table().splitlines() if "train" in line]
+    html_text = _text(result._repr_html_())
+
+    assert len(text_rows) == 2 and all("1.5 s (billed 2 s)" in row for row in text_rows)
+    assert html_text.count("1.5 s (billed 2 s)") == 2
+
+
+def test_the_live_widget_shows_billed_seconds_and_a_running_task_s_time_so_far() -> None:
+    done = _record(1, "train", Status.COMPLETED, 0.0015, emulated=False)
+    running = dataclasses.replace(
+        done,
+        node_id=2,
+        status=Status.RUNNING,
+        start_time=datetime.fromtimestamp(time.time() - 2.5, tz=UTC),
+        end_time=None,
+        duration_s=None,
+        billed_s=0.0,
+        cost_usd=0.0,
+    )
+
+    text = _text(_tasks_html([done, running], 2))
+
+    assert "1.5 s (billed 2 s)" in text
+    assert re.search(r"running .* gpu-box 2(\.\d)? s… \$0\.00$", text), text
+    assert text.count("billed") == 1, "a running task is billed when its attempt ends"
 
 
 def test_a_result_whose_tasks_cannot_be_read_still_shows_its_status() -> None:

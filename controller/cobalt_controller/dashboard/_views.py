@@ -63,6 +63,7 @@ def task(node: NodeRow, now: float | None = None) -> Json:
         "started_at": _ms(node.started_at),
         "ended_at": _ms(node.ended_at),
         "duration_s": _ms(_duration(node.started_at, node.ended_at, now or time.time())),
+        "billed_s": node.billed_s,
         "cost_usd": node.cost_usd,
         "reason": node.reason,
         "child": node.sublattice_dispatch_id,
@@ -87,7 +88,6 @@ def task_detail(node: NodeRow) -> Json:
         stdout=node.stdout,
         stderr=node.stderr,
         error=node.error,
-        billed_s=node.billed_s,
         rate_usd_per_hour=node.rate_usd_per_hour,
         placement=node.placement,
     )

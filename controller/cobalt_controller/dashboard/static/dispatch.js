@@ -24,11 +24,18 @@ function costCell(value, emulated) {
   return `${usd(value)}${emulated ? " " + EMULATED : ""}`;
 }
 
+/** "2.1 s (billed 3 s)": billing counts every started second of every attempt. */
+function durationCell(t) {
+  const running = t.started_at != null && t.ended_at == null;
+  const took = `<span class="took"${running ? ` data-started="${t.started_at}"` : ""}>${esc(duration(t.duration_s))}</span>`;
+  const billed = t.billed_s ? ` <span class="muted billed">(billed ${esc(duration(t.billed_s))})</span>` : "";
+  return `<td class="num dur">${took}${billed}</td>`;
+}
+
 function taskRow(t) {
   const child = t.child
     ? `<a class="tag" href="/dispatches/${encodeURIComponent(t.child)}" title="This sublattice's own dispatch">sublattice ↗</a> `
     : "";
-  const running = t.started_at != null && t.ended_at == null;
   return `<tr data-id="${t.id}" class="row-${esc(t.status)}">
 <td class="name">${child}<a href="#task-${t.id}" class="task-link">${esc(t.name)}</a> <span class="muted">#${t.id}</span></td>
 <td>${badge(t.status)}${t.reason ? ` <span class="muted">${esc(t.reason)}</span>` : ""}</td>
@@ -36,7 +43,7 @@ function taskRow(t) {
 <td>${esc(t.requested)}</td>
 <td>${esc(t.given)}</td>
 <td class="num">${esc(when(t.started_at))}</td>
-<td class="num dur"${running ? ` data-started="${t.started_at}"` : ""}>${esc(duration(t.duration_s))}</td>
+${durationCell(t)}
 <td class="num cost" data-usd="${t.cost_usd}">${costCell(t.cost_usd, t.emulated)}</td>
 </tr>`;
 }
@@ -285,7 +292,7 @@ class DispatchView {
     if (d.started_at != null && d.ended_at == null) {
       this.$("#dispatch-duration").textContent = duration(now - d.started_at);
     }
-    for (const cell of this.body.querySelectorAll("td.dur[data-started]")) {
+    for (const cell of this.body.querySelectorAll("td.dur .took[data-started]")) {
       cell.textContent = duration(now - Number(cell.dataset.started));
     }
   }
