@@ -181,7 +181,14 @@ class Closer:
         writer.close()
 
     def close(self) -> None:
-        self.server.close()
+        # On the server's own loop: asyncio.Server is not thread-safe, and closing it
+        # from this thread while the loop detaches a connection woke its waiters twice
+        # ("'NoneType' object is not iterable").
+        self.loop.run(_close_server(self.server))
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
 
 
 @pytest.fixture(scope="module")

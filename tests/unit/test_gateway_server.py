@@ -333,8 +333,12 @@ def streaming_gateway() -> Iterator[tuple[Gateway, EndlessStream]]:
     gw.sync()
     yield gw, replica
     gw.stop()
-    replica.server.close()
+    loop.run(_close_server(replica.server))  # on its own loop: asyncio.Server is not thread-safe
     loop.close()
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
 
 
 def wait_for(check: Any, timeout: float = 3.0) -> bool:
