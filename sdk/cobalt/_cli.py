@@ -10,8 +10,9 @@ import sys
 import time
 
 from cobalt._cli_deployments import add_parser as add_deployments_parser
+from cobalt._cli_dispatches import add_parser as add_dispatches_parser
 from cobalt._client import controller_status, get_client, read_controller_info
-from cobalt._result import count_words, format_cost, format_table, status_from_pb
+from cobalt._result import format_table
 from cobalt_common.errors import ControllerUnavailableError, Error
 from cobalt_common.hardware import format_duration, gpu_label
 from cobalt_common.paths import cobalt_home
@@ -65,33 +66,6 @@ def _status(_: argparse.Namespace) -> int:
         for e in status.executors
     ]
     print(format_table(("executor", "type", "from", "capacity", "free now", "prices"), rows))
-    return 0
-
-
-def _dispatches(args: argparse.Namespace) -> int:
-    client = get_client()
-    resp = client.call(client.stub.DispatchList, pb.DispatchListRequest(limit=args.limit))
-    rows = []
-    for d in resp.dispatches:
-        took = format_duration(d.ended_at - d.started_at) if d.ended_at and d.started_at else "-"
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.created_at))
-        cost = format_cost(d.cost_usd, d.emulated)
-        if d.budget_usd:
-            cost += f" of {format_usd(d.budget_usd)}"
-        rows.append(
-            (
-                d.dispatch_id,
-                d.name,
-                str(status_from_pb(d.status)),
-                created,
-                took,
-                cost,
-                str(d.task_count),
-                count_words(d.status_counts),
-            )
-        )
-    header = ("dispatch", "name", "status", "created", "duration", "cost", "tasks", "by status")
-    print(format_table(header, rows, right=(4, 5, 6)))
     return 0
 
 
@@ -153,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ctl_sub.add_parser("status", help="show the controller and its executors").set_defaults(
         fn=_status
     )
-    ls = sub.add_parser("dispatches", help="list recent dispatches with their cost")
-    ls.add_argument("--limit", type=int, default=20)
-    ls.set_defaults(fn=_dispatches)
+    add_dispatches_parser(sub)
     cost = sub.add_parser("cost", help="spend per day, executor and GPU type")
     cost.add_argument("--days", type=int, default=30, help="how far back; 0 for all time")
     cost.set_defaults(fn=_cost)

@@ -14,7 +14,7 @@ from conftest import ControllerHome
 
 import cobalt as ct
 from cobalt import _client
-from cobalt_common.pricing import LIST_PRICES
+from cobalt_common.pricing import LIST_PRICES, format_usd
 from cobalt_common.v1 import controller_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -269,6 +269,31 @@ def test_cli_lists_dispatch_costs_and_sums_spend(cost_home: ControllerHome) -> N
         for m in re.finditer(r"^total .*\$([0-9.,e-]+)$", spend, flags=re.M)
     ]
     assert len(totals) == 3 and len(set(totals)) == 1, spend
+
+
+def test_cli_lists_a_sublattice_under_its_parent_and_says_its_cost_is_included_there(
+    cost_home: ControllerHome,
+) -> None:
+    result = ct.dispatch_sync(outer)(2)
+    assert result.status == ct.Status.COMPLETED, result.error
+    (sub,) = [t for t in result.tasks if t.kind == "sublattice"]
+    child = ct.get_result(sub.sublattice_dispatch_id)
+    assert 0 < child.cost_usd < result.cost_usd
+
+    listing = cost_home.cli("dispatches", "--limit", "100").stdout
+    lines = listing.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(result.dispatch_id))
+    parent_line, child_line = lines[at], lines[at + 1]
+    assert child_line.startswith(f"└ {child.dispatch_id}  inner "), listing
+    assert f"{format_usd(child.cost_usd)} (emulated) (in parent's)" in child_line
+    assert f"{format_usd(result.cost_usd)} (emulated)" in parent_line
+    assert "in parent" not in parent_line
+    assert sum(child.dispatch_id in line for line in lines) == 1, "listed once, under its parent"
+    assert "(in parent's) is already included in its parent's cost" in listing
+
+    alone = cost_home.cli("dispatches", "--limit", "1").stdout
+    assert f"inner (part of {result.dispatch_id})" in alone, "the parent is too old to list"
+    assert "(in parent's)" in alone and "└" not in alone.split("\n\n")[0]
 
 
 @ct.electron(gpu="h100", time_limit="10s", executor="gpu")

@@ -6,7 +6,9 @@ const ENDED = new Set(["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "BUDGET_
 function row(d, now) {
   const dur = d.started_at == null ? null : (d.ended_at ?? now) - d.started_at;
   const budget = d.budget_usd != null ? `<span class="muted"> of ${usd(d.budget_usd)}</span>` : "";
-  const sub = d.parent ? ` <span class="tag" title="A sublattice of ${esc(d.parent)}">sublattice</span>` : "";
+  const sub = d.parent
+    ? ` <span class="tag" title="A sublattice of ${esc(d.parent)}: its cost is already included in that dispatch's">sublattice</span>`
+    : "";
   return `<tr data-id="${esc(d.id)}">
 <td class="name"><a href="/dispatches/${encodeURIComponent(d.id)}">${esc(d.name)}</a>${sub}<div class="muted mono">${esc(d.id)}</div></td>
 <td>${badge(d.status)}</td>
