@@ -174,14 +174,14 @@ class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
         row = self.state.get_dispatch(request.dispatch_id)
         if row is None:
             abort(context, errors.NotFoundError(_unknown(request.dispatch_id)))
-        resp = pb.DispatchGetResponse(dispatch=self._row_pb(row))
+        resp = pb.DispatchGetResponse(dispatch=self._dispatch_row_pb(row))
         if request.include_output and row.status == COMPLETED:
             node = self.state.get_node(row.dispatch_id, row.output_node)
             if node is not None and node.output_sha256:
                 resp.output.CopyFrom(self._output(node.output_sha256))
         return resp
 
-    def _row_pb(self, row: DispatchRow) -> pb.Dispatch:
+    def _dispatch_row_pb(self, row: DispatchRow) -> pb.Dispatch:
         """A stored dispatch on the wire, with its tasks counted by status."""
         counts = self.state.status_counts([row.dispatch_id]).get(row.dispatch_id)
         return dispatch_row_to_pb(row, counts)
@@ -211,7 +211,7 @@ class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
             row = self.state.get_dispatch(request.dispatch_id)
             if row is None:
                 abort(context, errors.NotFoundError(_unknown(request.dispatch_id)))
-            return pb.DispatchCancelResponse(dispatch=self._row_pb(row))
+            return pb.DispatchCancelResponse(dispatch=self._dispatch_row_pb(row))
         self.scheduler.cancel(d.dispatch_id)
         d.done.wait(5.0)
         return pb.DispatchCancelResponse(dispatch=dispatch_to_pb(d))
@@ -230,7 +230,7 @@ class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
                     yield pb.DispatchEvent(
                         dispatch_id=request.dispatch_id, time=time.time(), task=node_row_to_pb(node)
                     )
-            snapshot = dispatch_to_pb(d) if d is not None else self._row_pb(row)  # type: ignore[arg-type]
+            snapshot = dispatch_to_pb(d) if d is not None else self._dispatch_row_pb(row)  # type: ignore[arg-type]
             yield pb.DispatchEvent(
                 dispatch_id=request.dispatch_id, time=time.time(), dispatch=snapshot
             )
