@@ -199,7 +199,7 @@ class DeploymentRpcs:
         manager = self._manager(context)
         if request.name in manager.live:
             try:
-                return metrics_pb(request.name, manager.metrics(request.name))
+                return metrics_pb(request.name, manager.metrics(request.name, fresh=True))
             except errors.Error as exc:
                 _abort(context, exc)
         row = manager.state.get_deployment(request.name)

@@ -219,8 +219,8 @@ class Deployment:
         """Requests, latencies, tokens per second, batch sizes and cost per unit, asked of
         the controller; see :class:`~cobalt.DeploymentMetrics`.
 
-        The controller reads the replicas every few seconds, so the latest
-        requests may show a little later.
+        The controller reads the ready replicas when asked (waiting up to a
+        second for them), so requests that were just answered are counted.
         """
         msg = self._rpc("DeploymentMetrics", pb.DeploymentGetRequest(name=self.name))
         return DeploymentMetrics.from_pb(msg)

@@ -2,8 +2,9 @@
 
 The controller sums what every replica's models count (an engine of
 :mod:`cobalt.llm`, or any initializer value with a ``name`` and a
-``metrics()`` method), ended replicas included, and reads the replicas every
-few seconds, so the numbers trail the traffic by that much.
+``metrics()`` method), ended replicas included. ``dep.metrics()`` reads the
+ready replicas when called (waiting up to a second for them), so requests just
+served are counted; ``as_of`` says when the latest reading was taken.
 
 Example:
     >>> m = DeploymentMetrics(

@@ -130,3 +130,19 @@ def test_a_deployments_metrics_count_its_models_tokens_latencies_and_cost(
     finally:
         dep.teardown()
         dep.close()
+
+
+def test_metrics_asked_right_after_requests_count_them(home: ControllerHome) -> None:
+    dep = ct.deploy(metered)()
+    try:
+        before = dep.metrics()
+        for i in range(3):
+            dep.generate(text=f"just now {i}")
+        m = dep.metrics()
+        assert m.model_requests - before.model_requests == 3, "the replica was read when asked"
+        assert m.generated_tokens - before.generated_tokens == 3 * TOKENS
+        assert m.requests - before.requests == 3
+        assert time.time() - m.as_of < 5, "as_of is the moment of that reading"
+    finally:
+        dep.teardown()
+        dep.close()

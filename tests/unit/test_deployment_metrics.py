@@ -4,8 +4,14 @@ the replicas' readings, and how the SDK shows them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import doctest
+import http.server
 import json
+import threading
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -291,32 +297,31 @@ def test_the_utilization_policy_reads_through_the_shared_reading() -> None:
     assert probe.calls == ["/_cobalt/metrics"]
 
 
+class Keeper(MetricsKeeper):
+    """The manager's metrics part, over one deployment ``chat`` with these replicas."""
+
+    def __init__(self, replicas: dict[str, Any] | None = None) -> None:
+        self.changed: list[str] = []
+        self.gateway = None
+        self.listener = self.changed.append
+        self._lock = threading.RLock()
+        self._totals = {}
+        self.live = {
+            "chat": SimpleNamespace(  # type: ignore[dict-item]
+                name="chat",
+                created_at=0.0,
+                cost_usd=0.0,
+                emulated=False,
+                replicas=replicas or {},
+                live_cost=lambda now: 0.25,
+            )
+        }
+
+    def find(self, name: str) -> Any:
+        return self.live[name]
+
+
 def test_the_manager_keeps_readings_and_records_only_the_other_events() -> None:
-    from types import SimpleNamespace
-
-    class Keeper(MetricsKeeper):
-        def __init__(self) -> None:
-            import threading
-
-            self.changed: list[str] = []
-            self.gateway = None
-            self.listener = self.changed.append
-            self._lock = threading.RLock()
-            self._totals = {}
-            self.live = {
-                "chat": SimpleNamespace(  # type: ignore[dict-item]
-                    name="chat",
-                    created_at=0.0,
-                    cost_usd=0.0,
-                    emulated=False,
-                    replicas={},
-                    live_cost=lambda now: 0.25,
-                )
-            }
-
-        def find(self, name: str) -> Any:
-            return self.live[name]
-
     keeper = Keeper()
     keeper.count_from_zero(keeper.live["chat"])
     readings = ScaleEvent(
@@ -328,6 +333,65 @@ def test_the_manager_keeps_readings_and_records_only_the_other_events() -> None:
     s = keeper.metrics("chat")
     assert s.generated_tokens == 8 and s.cost_usd == 0.25
     assert s.cost_per_million_tokens == pytest.approx(0.25 / 10 * 1e6)
+
+
+@contextlib.contextmanager
+def replica_server(answer: dict[str, Any] | None) -> Iterator[str]:
+    """A replica's control API on loopback: it answers ``answer`` to the metrics path
+    (with the right secret), or never answers when ``answer`` is None."""
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if answer is None:
+                release.wait(10)
+                return
+            ok = self.path == "/_cobalt/metrics"
+            ok = ok and self.headers["x-cobalt-replica-secret"] == SECRET
+            body = json.dumps(answer if ok else {}).encode()
+            self.send_response(200 if ok else 403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_fresh_reading_asks_the_ready_replicas_and_waits_at_most_about_a_second() -> None:
+    from cobalt_controller.deploy._live import LiveReplica
+    from cobalt_controller.deploy._metrics_keeper import FRESH_READ_TIMEOUT_S
+
+    answer = {"requests": 2, "batch_sizes": {}, "models": {"llm": model_reading(7, 3, [0.1], [])}}
+    with replica_server(answer) as fast, replica_server(None) as stuck:
+        replicas = {
+            rid: LiveReplica(rid, "chat", 1, SECRET, status=status, url=url)
+            for rid, status, url in (
+                ("r1", "ready", fast),
+                ("r2", "ready", stuck),
+                ("r3", "starting", fast),
+            )
+        }
+        keeper = Keeper(replicas)
+        keeper.count_from_zero(keeper.live["chat"])
+        assert keeper.metrics("chat").generated_tokens == 0, "without fresh, the last reading"
+        began = time.monotonic()
+        s = keeper.metrics("chat", fresh=True)
+        took = time.monotonic() - began
+    assert s.generated_tokens == 7 and s.replicas_reporting == 1
+    assert s.as_of >= time.time() - took - 1
+    assert took < FRESH_READ_TIMEOUT_S + 1, "a replica that does not answer is not waited for"
+    assert keeper.changed == ["chat"]
 
 
 # -- the SDK -----------------------------------------------------------------------------

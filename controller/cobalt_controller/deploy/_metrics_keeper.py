@@ -4,7 +4,8 @@ The autoscaler's :data:`~._autoscaler.READINGS` events bring the replicas'
 ``/_cobalt/metrics`` answers; a replica that drains is read once more before it
 stops, so its last requests count. :meth:`MetricsKeeper.metrics` sums them
 with the gateway's request count and the deployment's cost
-(:mod:`._model_metrics`).
+(:mod:`._model_metrics`); asked with ``fresh=True`` (``dep.metrics()``), it
+reads the ready replicas first, so requests just served are counted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_all
+from typing import Any
 
 from cobalt_common.deploy_metrics import MetricsSummary
 from cobalt_controller.deploy._autoscaler import READINGS, ScaleEvent
@@ -22,6 +26,10 @@ from cobalt_controller.deploy.policies.base import METRICS_PATH
 
 FINAL_READ_TIMEOUT_S = 1.0
 """How long a draining replica's last reading may take."""
+
+FRESH_READ_TIMEOUT_S = 1.0
+"""How long a fresh reading waits for the replicas; one that has not answered by then
+keeps its previous reading."""
 
 
 class MetricsKeeper:
@@ -36,9 +44,12 @@ class MetricsKeeper:
     def find(self, name: str) -> LiveDeployment:
         raise NotImplementedError
 
-    def metrics(self, name: str) -> MetricsSummary:
+    def metrics(self, name: str, *, fresh: bool = False) -> MetricsSummary:
         """The deployment's metrics now; raises NotFoundError when the manager has no
-        deployment of that name."""
+        deployment of that name. ``fresh``: read the ready replicas first (within
+        :data:`FRESH_READ_TIMEOUT_S`) instead of using the autoscaler's last reading."""
+        if fresh:
+            self.read_now(name)
         now = time.time()
         requests = None
         if self.gateway is not None:
@@ -73,6 +84,36 @@ class MetricsKeeper:
             if isinstance(reports, list) and isinstance(at, int | float):
                 self._record(name, float(at), reports)
         return [e for e in events if e.kind != READINGS]
+
+    def read_now(self, name: str) -> None:
+        """Reads the metrics of the deployment's ready replicas, all at once."""
+        with self._lock:
+            d = self.live.get(name)
+            targets = [
+                (r.replica_id, r.url, r.secret)
+                for r in (d.replicas.values() if d is not None else ())
+                if r.url and r.status in ("ready", "draining")
+            ]
+        if not targets:
+            return
+        at = time.time()
+        pool = ThreadPoolExecutor(len(targets), thread_name_prefix="cobalt-metrics-read")
+        try:
+            futures = [
+                pool.submit(replica_http, url, METRICS_PATH, secret, timeout=FRESH_READ_TIMEOUT_S)
+                for _, url, secret in targets
+            ]
+            done, _ = wait_for_all(futures, timeout=FRESH_READ_TIMEOUT_S + 0.5)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        reports: list[Any] = []
+        for (replica_id, _, _), future in zip(targets, futures, strict=True):
+            report = future.result() if future in done and not future.exception() else None
+            if report is not None:
+                report.setdefault("replica_id", replica_id)
+                reports.append(report)
+        if reports:
+            self._record(name, at, reports)
 
     def read_last(self, name: str, replica_id: str) -> None:
         """Reads a draining replica's metrics one last time, before it stops."""

@@ -6,7 +6,8 @@ of ``cobalt.llm``, or any object with ``name`` and ``metrics()``): requests,
 prompt and generated tokens, steps run at each batch size, histograms of the
 time to first token and between tokens, and busy seconds. The autoscaler
 reads the replicas every :data:`~._autoscaler.COLLECT_EVERY_S` (sharing the
-utilization policy's reading) and hands the answers to the manager, whose
+utilization policy's reading), ``dep.metrics()`` reads them when asked, and
+both hand the answers to the manager, whose
 :class:`DeploymentTotals` keeps the last reading of every replica, ended ones
 included, so totals never drop when a replica stops. From them it derives:
 
