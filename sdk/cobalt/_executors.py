@@ -17,6 +17,22 @@ from cobalt_common.hardware import parse_gpu_type, parse_memory_mb
 from cobalt_common.pricing import parse_prices
 
 
+def _canonical(value: Any) -> Any:
+    """One spelling of an option's value: ``2.0`` is ``2``, tuples are lists.
+
+    Example:
+        >>> _canonical({"cpus": 2.0, "gpu_hour": {"h100": 2.50}, "sizes": (1, 2)})
+        {'cpus': 2, 'gpu_hour': {'h100': 2.5}, 'sizes': [1, 2]}
+    """
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class Executor:
     """Base of executor descriptors: a type, a name and validated options."""
 
@@ -30,10 +46,15 @@ class Executor:
                 f"{type(self).__name__} does not accept option(s) {', '.join(unknown)}; "
                 f"accepted options are: {', '.join(sorted(self.accepted_options))}."
             )
-        self.options: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+        self.options: dict[str, Any] = {
+            k: _canonical(v) for k, v in options.items() if v is not None
+        }
         self.name = name or self._derived_name()
 
     def _derived_name(self) -> str:
+        """``type-<8 hex>`` from the options alone, so that every process, every
+        run of a script and every order of writing the options names the same
+        executor, and the controller reuses it instead of starting another."""
         if not self.options:
             return self.type_name
         digest = hashlib.sha256(self.options_json().encode()).hexdigest()[:8]
@@ -128,6 +149,9 @@ class LocalExecutor(Executor):
             options["emulate_gpus"] = gpus
         if prices is not None:
             parse_prices(prices, where="LocalExecutor prices")
+            if isinstance(prices, dict) and isinstance(prices.get("gpu_hour"), dict):
+                by_type = {parse_gpu_type(str(g)): p for g, p in prices["gpu_hour"].items()}
+                prices = {**prices, "gpu_hour": by_type}
             options["prices"] = prices
         super().__init__(name, **options)
 
