@@ -15,10 +15,18 @@ from cobalt_executors.registry import create_executor
 
 class ExecutorPool:
     """Configured executors take tasks that name none; a descriptor sent by a
-    client creates an executor once and is reused by name afterwards."""
+    client creates an executor once and is reused by name afterwards.
+
+    Clients' executors are not stored: a restarted controller creates one again
+    only for a dispatch or deployment that still needs it (see its recovery),
+    so executors that scripts described once do not pile up across restarts.
+    All local executors share the context's machine, which the configured ones
+    size before any client's joins.
+    """
 
     def __init__(self, configs: list[ExecutorConfig], context: ExecutorContext) -> None:
         self._context = context
+        self.machine = context.machine
         self._lock = threading.Lock()
         self.configured: list[Executor] = []
         self._by_name: dict[str, tuple[Executor, str]] = {}
@@ -27,6 +35,7 @@ class ExecutorPool:
             ex.setup(context)
             self.configured.append(ex)
             self._by_name[cfg.name] = (ex, "")
+        self.machine.close()
 
     def all(self) -> list[Executor]:
         with self._lock:

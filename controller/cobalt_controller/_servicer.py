@@ -69,6 +69,7 @@ class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
     # -- controller ----------------------------------------------------------------
 
     def ControllerStatus(self, request: Any, context: Any) -> pb.ControllerStatusResponse:
+        machine = self.executors.machine
         infos = []
         for ex in self.executors.all():
             capacity, free = ex.describe()
@@ -92,6 +93,8 @@ class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
             active_dispatches=len(self.scheduler.active),
             dashboard=str(self.info.get("dashboard", "")),
             gateway=str(self.info.get("gateway", "")),
+            machine=machine.describe() if machine.members else "",
+            machine_free=machine.describe(free=True) if machine.members else "",
         )
 
     def ControllerStop(self, request: Any, context: Any) -> pb.ControllerStopResponse:

@@ -87,16 +87,38 @@ class Inventory:
             self._free_gpus.extend(allocation.gpus)
             self._free_gpus.sort(key=lambda d: d.index)
 
+    def free_now(self) -> tuple[float, int, list[GpuDevice]]:
+        """CPUs, memory (MB) and GPUs free now."""
+        with self._lock:
+            return self._free_cpus, self._free_memory, list(self._free_gpus)
+
     def describe(self, *, free: bool = False) -> str:
-        cpus = self._free_cpus if free else self.cpus
-        memory = self._free_memory if free else self.memory_mb
-        devices = self._free_gpus if free else list(self.gpus)
-        parts = [f"{cpus:g} CPU", format_memory(memory)]
-        by_type: dict[tuple[str, bool], int] = {}
-        for d in devices:
-            by_type[(d.type, d.emulated)] = by_type.get((d.type, d.emulated), 0) + 1
-        for (gpu_type, emulated), count in sorted(by_type.items()):
-            parts.append(f"{count}x {gpu_type}" + (" (emulated)" if emulated else ""))
-        if not self.gpus:
-            parts.append("no GPU")
-        return ", ".join(parts)
+        if free:
+            cpus, memory, devices = self.free_now()
+        else:
+            cpus, memory, devices = self.cpus, self.memory_mb, list(self.gpus)
+        return describe_hardware(cpus, memory, devices, has_gpus=bool(self.gpus))
+
+
+def describe_hardware(
+    cpus: float | None, memory_mb: int | None, devices: list[GpuDevice], *, has_gpus: bool
+) -> str:
+    """CPUs, memory and GPUs in words; a part given as None is left out.
+
+    Example:
+        >>> describe_hardware(None, 2048, [GpuDevice(0, "h100", True)], has_gpus=True)
+        '2 GB, 1x h100 (emulated)'
+    """
+    parts = []
+    if cpus is not None:
+        parts.append(f"{cpus:g} CPU")
+    if memory_mb is not None:
+        parts.append(format_memory(memory_mb))
+    by_type: dict[tuple[str, bool], int] = {}
+    for d in devices:
+        by_type[(d.type, d.emulated)] = by_type.get((d.type, d.emulated), 0) + 1
+    for (gpu_type, emulated), count in sorted(by_type.items()):
+        parts.append(f"{count}x {gpu_type}" + (" (emulated)" if emulated else ""))
+    if not has_gpus:
+        parts.append("no GPU")
+    return ", ".join(parts)

@@ -38,6 +38,7 @@ from cobalt_common.errors import SpecError
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.pricing import PriceTable, parse_prices
 from cobalt_executors._inventory import Allocation, GpuDevice, Inventory
+from cobalt_executors._machine import Machine
 
 __all__ = [
     "Allocation",
@@ -46,6 +47,7 @@ __all__ = [
     "GpuDevice",
     "HardwareGiven",
     "Inventory",
+    "Machine",
     "OutcomeStatus",
     "PayloadRef",
     "TaskArg",
@@ -118,6 +120,9 @@ class ExecutorContext:
     """Push one outcome; safe to call from any thread."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Variables every task gets (for example how to reach the controller)."""
+    machine: Machine = field(default_factory=Machine)
+    """The controller's own machine, whose CPUs, memory and warm workers the
+    executors that run tasks on it (the local ones) share."""
 
 
 COMMON_OPTIONS = frozenset({"prices"})

@@ -61,6 +61,9 @@ def _status(_: argparse.Namespace) -> int:
         print(f"dashboard: {status.dashboard} (`cobalt dashboard` opens it)")
     if status.gateway:
         print(f"gateway:   {status.gateway} (`cobalt deployments` lists what it serves)")
+    if status.machine:
+        free = status.machine_free
+        print(f"machine:   {status.machine}; free now {free} (the local executors share it)")
     rows = [
         (e.name, e.type, "config" if e.configured else "client", e.capacity, e.free, e.prices)
         for e in status.executors

@@ -1138,6 +1138,8 @@ class ControllerStatusResponse(_message.Message):
     ACTIVE_DISPATCHES_FIELD_NUMBER: _builtins.int
     DASHBOARD_FIELD_NUMBER: _builtins.int
     GATEWAY_FIELD_NUMBER: _builtins.int
+    MACHINE_FIELD_NUMBER: _builtins.int
+    MACHINE_FREE_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     pid: _builtins.int
     address: _builtins.str
@@ -1148,6 +1150,10 @@ class ControllerStatusResponse(_message.Message):
     """the web dashboard's address; empty when it is off"""
     gateway: _builtins.str
     """the deployments gateway's base URL; empty when it is off"""
+    machine: _builtins.str
+    """the controller's machine, which its local executors share; "" if none"""
+    machine_free: _builtins.str
+    """what of the machine is free now"""
     @_builtins.property
     def executors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutorInfo]: ...
     def __init__(
@@ -1162,10 +1168,12 @@ class ControllerStatusResponse(_message.Message):
         active_dispatches: _builtins.int = ...,
         dashboard: _builtins.str = ...,
         gateway: _builtins.str = ...,
+        machine: _builtins.str = ...,
+        machine_free: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_dispatches", b"active_dispatches", "address", b"address", "dashboard", b"dashboard", "database_url", b"database_url", "executors", b"executors", "gateway", b"gateway", "pid", b"pid", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_dispatches", b"active_dispatches", "address", b"address", "dashboard", b"dashboard", "database_url", b"database_url", "executors", b"executors", "gateway", b"gateway", "machine", b"machine", "machine_free", b"machine_free", "pid", b"pid", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from typing import Any
 from cobalt_common.errors import SpecError
 from cobalt_common.hardware import HardwareGiven, format_memory, parse_gpu_type, parse_memory_mb
 from cobalt_common.v1 import worker_pb2
-from cobalt_executors._inventory import Allocation, GpuDevice, Inventory
+from cobalt_executors._inventory import Allocation, GpuDevice, Inventory, describe_hardware
+from cobalt_executors._machine import host_cpus, host_memory_mb
 from cobalt_executors.base import (
     Executor,
     ExecutorContext,
@@ -22,12 +24,9 @@ from cobalt_executors.base import (
     TaskOutcome,
     TaskSubmission,
 )
-from cobalt_executors.local._gpus import LocalInventory, detect_gpus
+from cobalt_executors.local._gpus import detect_gpus
+from cobalt_executors.local._inventory import LocalInventory
 from cobalt_executors.local._process import WorkerProcess
-
-
-def _machine_memory_mb() -> int:
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024))
 
 
 @dataclass(slots=True)
@@ -64,6 +63,13 @@ class LocalExecutor(Executor):
     Real GPUs are found with ``nvidia-smi``; each GPU task gets its own
     ``CUDA_VISIBLE_DEVICES``, and a real GPU runs one task at a time even when
     several local executors list it. No new interpreter is started per task.
+
+    All local executors of a controller share one machine (the context's
+    :class:`~cobalt_executors._machine.Machine`): a task needs room in this
+    executor's own limits and in the machine's CPUs and memory, and idle warm
+    workers over all of them are bounded by the machine, not multiplied by the
+    number of executors. Executors sent by clients default to the machine's
+    size; configured ones size it.
     """
 
     type_name = "local"
@@ -86,27 +92,99 @@ class LocalExecutor(Executor):
                 devices.append(GpuDevice(index=next_index, type=canonical, emulated=True))
                 next_index += 1
         memory = opts.get("memory")
+        self._stated: tuple[float | None, int | None] = (
+            float(opts["cpus"]) if opts.get("cpus") else None,
+            parse_memory_mb(memory, option="memory") if memory else None,
+        )
         self._inventory = LocalInventory(
-            cpus=float(opts.get("cpus") or os.cpu_count() or 1),
-            memory_mb=parse_memory_mb(memory, option="memory") if memory else _machine_memory_mb(),
+            cpus=self._stated[0] or host_cpus(),
+            memory_mb=self._stated[1] or host_memory_mb(),
             gpus=tuple(devices),
         )
         self._idle: dict[str, list[WorkerProcess]] = {}
         self._running: dict[str, _Running] = {}
         self._busy_slots = 0
         self._workers: set[WorkerProcess] = set()
+        self._retired: set[WorkerProcess] = set()
         self._log_dir = Path(tempfile.mkdtemp(prefix="cobalt-local-"))
         self._closing = False
         self._watchdog: threading.Thread | None = None
 
     def setup(self, context: ExecutorContext) -> None:
         super().setup(context)
+        machine = context.machine
+        stated_cpus, stated_memory = self._stated
+        if not machine.claim(stated_cpus, stated_memory):
+            # Sent by a client: what it leaves unset is the machine's, as configured.
+            self._inventory = LocalInventory(
+                cpus=stated_cpus or machine.cpus,
+                memory_mb=stated_memory or machine.memory_mb,
+                gpus=self._inventory.gpus,
+            )
+        self._inventory.machine = machine
+        machine.want_warm(self._warm)
+        retire: list[Callable[[], None]] = []
         with self._lock:
+            # Only as many as the machine keeps: workers are started on demand
+            # anyway, and warm ones of another executor are not retired for these.
             for _ in range(self._warm):
-                self._idle.setdefault("", []).append(self._spawn(""))
+                if not machine.has_room():
+                    break
+                retire += self._keep_idle(self._spawn(""))
+        for stop in retire:
+            stop()
 
     def inventory(self) -> Inventory:
         return self._inventory
+
+    def describe(self) -> tuple[str, str]:
+        """Capacity and free inventory in words; the CPUs and memory that are
+        the whole machine's read "machine" (the status shows the machine once)."""
+        inv, machine = self._inventory, self._inventory.machine
+        if machine is None:
+            return super().describe()
+        cpus_own = inv.cpus != machine.cpus
+        memory_own = inv.memory_mb != machine.memory_mb
+        if cpus_own and memory_own:
+            shared = ""
+        elif cpus_own:
+            shared = "machine memory"
+        elif memory_own:
+            shared = "machine CPUs"
+        else:
+            shared = "machine"
+        free_cpus, free_memory, free_gpus = inv.free_now()
+        capacity = describe_hardware(
+            inv.cpus if cpus_own else None,
+            inv.memory_mb if memory_own else None,
+            list(inv.gpus),
+            has_gpus=bool(inv.gpus),
+        )
+        free = describe_hardware(
+            free_cpus if cpus_own else None,
+            free_memory if memory_own else None,
+            free_gpus,
+            has_gpus=bool(inv.gpus),
+        )
+        return ", ".join(filter(None, (shared, capacity))), ", ".join(filter(None, (shared, free)))
+
+    def _keep_idle(self, worker: WorkerProcess) -> list[Callable[[], None]]:
+        """Puts a worker among the idle ones; returns the machine's retire calls
+        (of workers idle longest, any executor's), to make after the lock."""
+        self._idle.setdefault(worker.device_key, []).append(worker)
+        if worker.device_key:
+            return []
+        return self.context.machine.keep_idle(worker, lambda: self._retire(worker))
+
+    def _retire(self, worker: WorkerProcess) -> None:
+        """Stops an idle warm worker the machine no longer keeps (if still idle)."""
+        with self._lock:
+            pool = self._idle.get(worker.device_key, [])
+            if worker not in pool:
+                return
+            pool.remove(worker)
+            self._retired.add(worker)
+        worker.shutdown()
 
     def _spawn(self, device_key: str) -> WorkerProcess:
         worker = WorkerProcess(
@@ -129,6 +207,7 @@ class LocalExecutor(Executor):
             device_key = ",".join(str(d.index) for d in real)
             pool = self._idle.setdefault(device_key, [])
             worker = pool.pop() if pool else self._spawn(device_key)
+            self.context.machine.busy(worker)
             worker.task_key = task.task_key
             self._running[task.task_key] = _Running(task, worker, allocation)
             if slotted and task.hardware.cpus == 0:
@@ -204,7 +283,9 @@ class LocalExecutor(Executor):
             return
         if not entry.stop_reason:
             with self._lock:
-                self._idle.setdefault(worker.device_key, []).append(worker)
+                retire = self._keep_idle(worker)
+            for stop in retire:
+                stop()
         output = None
         if result.ok:
             output = PayloadRef(
@@ -228,18 +309,27 @@ class LocalExecutor(Executor):
     def _on_exit(self, worker: WorkerProcess, returncode: int | None) -> None:
         stdout, stderr = worker.read_logs()
         entry = self._finish(worker, worker.task_key)
+        machine = self.context.machine
+        machine.busy(worker)
+        retire: list[Callable[[], None]] = []
         with self._lock:
             self._workers.discard(worker)
             pool = self._idle.get(worker.device_key, [])
             if worker in pool:
                 pool.remove(worker)
+            retired = worker in self._retired
+            self._retired.discard(worker)
             refill = (
                 not self._closing
+                and not retired
                 and worker.device_key == ""
                 and len(self._idle.get("", [])) + self._cpu_workers_running() < self._warm
+                and machine.has_room()
             )
             if refill:
-                self._idle.setdefault("", []).append(self._spawn(""))
+                retire = self._keep_idle(self._spawn(""))
+        for stop in retire:
+            stop()
         worker.cleanup()
         if entry is None:
             return
@@ -293,6 +383,9 @@ class LocalExecutor(Executor):
         with self._lock:
             self._closing = True
             workers = list(self._workers)
+        if self._context is not None:
+            for worker in workers:
+                self._context.machine.busy(worker)
         for worker in workers:
             if worker.task_key is None:
                 worker.shutdown()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 
-from cobalt_common.hardware import HardwareSpec, gpu_type_from_device_name
-from cobalt_executors._inventory import Allocation, GpuDevice, Inventory
+from cobalt_common.hardware import gpu_type_from_device_name
+from cobalt_executors._inventory import GpuDevice
 
 _QUERY = ["--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"]
 
@@ -43,42 +42,3 @@ def detect_gpus(nvidia_smi: str | None = None) -> list[GpuDevice]:
     except (OSError, subprocess.SubprocessError):
         return []
     return parse_nvidia_smi(out.stdout)
-
-
-_machine_lock = threading.Lock()
-_real_gpus_in_use: set[int] = set()
-"""This machine's real GPUs that a task holds, by index, over every local executor."""
-
-
-class LocalInventory(Inventory):
-    """An inventory whose real GPUs are shared with the other local executors of the process.
-
-    Every local executor finds all of the machine's GPUs, so two of them (the
-    default one and one that emulates GPUs beside the real ones, say) would
-    otherwise each give GPU 0 to a task at the same time. A real GPU goes to one
-    task at a time, whichever executor places it; emulated GPUs are each
-    executor's own.
-    """
-
-    def allocate(self, spec: HardwareSpec) -> Allocation | None:
-        with _machine_lock:
-            with self._lock:
-                taken = [
-                    d for d in self._free_gpus if not d.emulated and d.index in _real_gpus_in_use
-                ]
-                for device in taken:
-                    self._free_gpus.remove(device)
-            try:
-                allocation = super().allocate(spec)
-            finally:
-                with self._lock:
-                    self._free_gpus.extend(taken)
-                    self._free_gpus.sort(key=lambda d: d.index)
-            if allocation is not None:
-                _real_gpus_in_use.update(d.index for d in allocation.gpus if not d.emulated)
-            return allocation
-
-    def release(self, allocation: Allocation) -> None:
-        with _machine_lock:
-            super().release(allocation)
-            _real_gpus_in_use.difference_update(d.index for d in allocation.gpus if not d.emulated)
