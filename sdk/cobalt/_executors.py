@@ -85,9 +85,12 @@ class LocalExecutor(Executor):
         name: the executor's name in task records (derived from the options
             when omitted).
         workers: how many warm workers to keep started (default: CPU count).
-        cpus: CPU capacity to schedule against (default: this machine's).
+        cpus: CPU capacity to schedule against (default: the controller's
+            machine's). Every local executor of a controller shares that
+            machine's CPUs and memory besides keeping its own limits.
         memory: memory capacity, MB or a string such as ``"64GB"`` (default:
-            this machine's).
+            the machine's). More than the machine has emulates a bigger box:
+            its tasks together still take no more than the machine.
         emulate_gpus: GPUs to pretend to have, for example ``{"h100": 2}``.
             They are inventory only: tasks placed on them run on the CPU and
             are labelled emulated in every record and display.
