@@ -172,7 +172,7 @@ class LocalExecutor(Executor):
         """Puts a worker among the idle ones; returns the machine's retire calls
         (of workers idle longest, any executor's), to make after the lock."""
         self._idle.setdefault(worker.device_key, []).append(worker)
-        if worker.device_key:
+        if worker.device_key or self._closing:
             return []
         return self.context.machine.keep_idle(worker, lambda: self._retire(worker))
 
