@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
+from cobalt_common.checks import brief
 from cobalt_common.errors import SpecError
 from cobalt_common.hardware import parse_duration_s
 
@@ -48,8 +49,9 @@ def validate_deployment_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         suggestion = re.sub(r"[^a-z0-9-]+", "-", str(name).lower()).strip("-")[:63] or "my-service"
         raise SpecError(
-            f"deployment name {name!r} is not valid: use 1-63 lowercase letters, digits and "
-            f"dashes, starting and ending with a letter or digit (for example {suggestion!r})."
+            f"deployment name {brief(str(name))} is not valid: use 1-63 lowercase letters, "
+            "digits and dashes, starting and ending with a letter or digit "
+            f"(for example {suggestion!r})."
         )
     return name
 

@@ -14,6 +14,7 @@ Every error cobalt raises derives from :class:`Error`, exported to users as
     │   ├── ControllerUnavailableError   no controller is running at the address
     │   └── AuthenticationError   the controller refused the token
     ├── NotFoundError             an unknown dispatch id or node id
+    ├── ContentAddressError       a sha256 is not 64 lowercase hex digits, or not its bytes' hash
     ├── WaitTimeoutError          ``get_result(..., wait=seconds)`` ran out of time
     ├── TaskFailedError           a task failed remotely (carries the remote traceback)
     ├── DeploymentError           a deployment's replicas could not start (traceback attached)
@@ -69,6 +70,13 @@ class AuthenticationError(ControllerError):
 
 class NotFoundError(Error, LookupError):
     """An unknown dispatch id or node id."""
+
+
+class ContentAddressError(Error, ValueError):
+    """A payload's sha256 is not 64 lowercase hex digits, or its bytes hash to another.
+
+    The controller refuses the whole request; nothing of it is stored.
+    """
 
 
 class WaitTimeoutError(Error, TimeoutError):

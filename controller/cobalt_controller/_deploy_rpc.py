@@ -7,6 +7,7 @@ import time
 from typing import Any, NoReturn
 
 from cobalt_common import errors
+from cobalt_common.checks import brief, check_content, validate_sha256
 from cobalt_common.deploy import Manifest
 from cobalt_common.deploy_metrics import MetricsSummary
 from cobalt_common.v1 import controller_pb2 as pb
@@ -53,6 +54,7 @@ class DeploymentRpcs:
     def DeploymentCreate(self, request: pb.DeploymentCreateRequest, context: Any) -> pb.Deployment:
         manager = self._manager(context)
         try:
+            check_payloads(request)
             manifest = Manifest.from_json(request.manifest_json)
         except errors.Error as exc:
             _abort(context, exc)
@@ -62,8 +64,8 @@ class DeploymentRpcs:
             _abort(
                 context,
                 errors.SpecError(
-                    f"the request names deployment {request.name!r} but its manifest "
-                    f"{manifest.name!r}."
+                    f"the request names deployment {brief(request.name)} but its manifest "
+                    f"{brief(manifest.name)}."
                 ),
             )
         try:
@@ -341,4 +343,15 @@ def _executor_name(ref: str) -> str:
 
 
 def _unknown(name: str) -> str:
-    return f"no deployment named {name!r}; `cobalt deployments` lists the running ones."
+    return f"no deployment named {brief(name)}; `cobalt deployments` lists the running ones."
+
+
+def check_payloads(request: pb.DeploymentCreateRequest) -> None:
+    """Refuses a deployment whose content addresses are malformed or whose inline
+    bytes do not hash to their sha256, before anything of it is stored."""
+    if request.service_sha256:
+        validate_sha256(request.service_sha256, "service")
+    for a in request.args:
+        validate_sha256(a.sha256, "argument")
+    for p in request.payloads:
+        check_content(p.sha256, p.data)

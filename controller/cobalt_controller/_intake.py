@@ -1,7 +1,8 @@
 """Turns a DispatchCreate request into a stored, schedulable dispatch.
 
 Everything is checked before anything is stored, so a refused dispatch
-leaves nothing behind: graph shape, payload presence, executors, and that
+leaves nothing behind: ids and content addresses, that each inline payload's
+bytes hash to its sha256, graph shape, payload presence, executors, and that
 some executor can ever run each task's hardware spec.
 """
 
@@ -14,6 +15,7 @@ import time
 import uuid
 from collections.abc import Mapping
 
+from cobalt_common.checks import brief, check_content, validate_sha256
 from cobalt_common.errors import DispatchError, SpecError
 from cobalt_common.pricing import billed_seconds, format_usd
 from cobalt_common.v1 import controller_pb2 as pb
@@ -70,7 +72,10 @@ def build_tasks(
             )
         sha = node.value_sha256 if kind == PARAMETER else node.function_sha256
         if not sha:
-            raise DispatchError(f"node {i} ({node.name}) carries no payload.")
+            raise DispatchError(f"node {i} ({brief(node.name)}) carries no payload.")
+        validate_sha256(sha, f"node {i}'s {'value' if kind == PARAMETER else 'function'}")
+        if node.function_sha256:
+            validate_sha256(node.function_sha256, f"node {i}'s function")
         t = Task(
             i,
             node.name,
@@ -112,6 +117,15 @@ def build_dispatch(
     budget = req.budget_usd
     if not (budget == 0 or (math.isfinite(budget) and budget > 0)):
         raise SpecError(f"budget_usd must be a positive number of US dollars, got {budget!r}.")
+    dispatch_id = req.dispatch_id or uuid.uuid4().hex
+    if not _DISPATCH_ID.fullmatch(dispatch_id):
+        raise DispatchError(f"dispatch id {brief(dispatch_id)} is not 32 lowercase hex digits.")
+    if req.parent_dispatch_id and not _DISPATCH_ID.fullmatch(req.parent_dispatch_id):
+        raise DispatchError(
+            f"parent dispatch id {brief(req.parent_dispatch_id)} is not 32 lowercase hex digits."
+        )
+    for p in req.payloads:
+        check_content(p.sha256, p.data)
     inline = {p.sha256: p.data for p in req.payloads}
     tasks = build_tasks(req, executors, inline)
     if budget:
@@ -133,9 +147,6 @@ def build_dispatch(
         if t.kind == PARAMETER and t.output is not None and t.output.data is None:
             t.output = payloads.ref(t.output.sha256)
     now = time.time()
-    dispatch_id = req.dispatch_id or uuid.uuid4().hex
-    if not _DISPATCH_ID.fullmatch(dispatch_id):
-        raise DispatchError(f"dispatch id {dispatch_id!r} is not 32 lowercase hex digits.")
     d = Dispatch(
         dispatch_id,
         req.name or "workflow",

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import grpc
 
 from cobalt_common import errors
+from cobalt_common.checks import brief, validate_sha256
 from cobalt_common.pricing import describe_prices
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
@@ -32,6 +33,7 @@ CHUNK = 1 << 20
 
 _CODES: dict[type[errors.Error], grpc.StatusCode] = {
     errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.ContentAddressError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.UnsatisfiableError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.SpecError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.DispatchError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -104,13 +106,22 @@ class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
     # -- blobs ---------------------------------------------------------------------
 
     def BlobHas(self, request: pb.BlobHasRequest, context: Any) -> pb.BlobHasResponse:
-        return pb.BlobHasResponse(missing=sorted(self.payloads.missing(set(request.sha256))))
+        try:
+            shas = {validate_sha256(sha) for sha in request.sha256}
+        except errors.Error as exc:
+            abort(context, exc)
+        return pb.BlobHasResponse(missing=sorted(self.payloads.missing(shas)))
 
     def BlobPut(self, request_iterator: Iterator[pb.BlobChunk], context: Any) -> pb.BlobPutResponse:
         sha = ""
-        parts = []
+        parts: list[bytes] = []
         for chunk in request_iterator:
-            sha = sha or chunk.sha256
+            if not parts:
+                sha = chunk.sha256
+                try:
+                    validate_sha256(sha)
+                except errors.Error as exc:
+                    abort(context, exc)
             parts.append(chunk.data)
         data = b"".join(parts)
         if sha256_hex(data) != sha:
@@ -119,11 +130,15 @@ class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
         return pb.BlobPutResponse(sha256=sha)
 
     def BlobGet(self, request: pb.BlobGetRequest, context: Any) -> Iterator[pb.BlobChunk]:
-        data = self.payloads.get_bytes(request.sha256)
+        try:
+            sha = validate_sha256(request.sha256)
+        except errors.Error as exc:
+            abort(context, exc)
+        data = self.payloads.get_bytes(sha)
         if data is None:
-            abort(context, errors.NotFoundError(f"no payload {request.sha256}"))
+            abort(context, errors.NotFoundError(f"no payload {sha}"))
         for start in range(0, max(len(data), 1), CHUNK):
-            yield pb.BlobChunk(sha256=request.sha256, data=data[start : start + CHUNK])
+            yield pb.BlobChunk(sha256=sha, data=data[start : start + CHUNK])
 
     # -- dispatches ----------------------------------------------------------------
 
@@ -274,7 +289,7 @@ class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
             abort(
                 context,
                 errors.NotFoundError(
-                    f"dispatch {request.dispatch_id} has no node {request.node_id}; "
+                    f"dispatch {brief(request.dispatch_id)} has no node {request.node_id}; "
                     "node ids are listed in Result.tasks."
                 ),
             )
@@ -314,6 +329,6 @@ _ENDED_PB = {
 
 def _unknown(dispatch_id: str) -> str:
     return (
-        f"no dispatch with id {dispatch_id!r} on this controller; "
+        f"no dispatch with id {brief(dispatch_id)} on this controller; "
         "`cobalt dispatches` lists the known ones."
     )

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from cobalt_common.errors import ContentAddressError
 from cobalt_controller.blobs import BlobStore, LocalBlobStore, MemoryBlobStore
-from cobalt_executors._runtime.payloads import blob_path
+from cobalt_executors._runtime.payloads import blob_path, write_blob
 
 pytestmark = pytest.mark.unit
 
@@ -93,3 +94,50 @@ def test_local_blobs_outlive_the_store_object(tmp_path: Path) -> None:
     data = b"still here after a restart"
     LocalBlobStore(tmp_path).put(_sha(data), data)
     assert LocalBlobStore(tmp_path).get(_sha(data)) == data
+
+
+NOT_CONTENT_ADDRESSES = {
+    "absolute path": "/etc/passwd",
+    "relative path": "./../controller.json",
+    "proc file": "/proc/self/environ",
+    "parent of 64 hex": "../" + "a" * 61,
+    "uppercase hex": "A" * 64,
+    "63 hex digits": "a" * 63,
+    "65 hex digits": "a" * 65,
+    "empty": "",
+    "ten megabytes": "a" * (10 * 1024 * 1024),
+}
+
+
+@pytest.mark.parametrize("name", NOT_CONTENT_ADDRESSES.values(), ids=NOT_CONTENT_ADDRESSES.keys())
+def test_a_blob_store_refuses_a_name_that_is_not_a_content_address(
+    blobs: BlobStore, name: str
+) -> None:
+    with pytest.raises(ContentAddressError) as refused:
+        blobs.get(name)
+    assert len(str(refused.value)) < 300, "the bad name is not echoed whole"
+    with pytest.raises(ContentAddressError):
+        blobs.has(name)
+    with pytest.raises(ContentAddressError):
+        blobs.missing([name])
+    with pytest.raises(ContentAddressError):
+        blobs.put(name, b"never written")
+
+
+@pytest.mark.parametrize("name", NOT_CONTENT_ADDRESSES.values(), ids=NOT_CONTENT_ADDRESSES.keys())
+def test_the_blob_layout_gives_no_path_for_a_name_that_is_not_a_content_address(
+    tmp_path: Path, name: str
+) -> None:
+    with pytest.raises(ContentAddressError):
+        blob_path(tmp_path, name)
+    with pytest.raises(ContentAddressError):
+        write_blob(tmp_path, name, b"never written")
+    assert list(tmp_path.iterdir()) == [], "nothing was written anywhere"
+
+
+def test_a_local_blob_store_does_not_read_files_outside_its_directory(tmp_path: Path) -> None:
+    (tmp_path / "controller.json").write_text('{"token": "secret"}')
+    store = LocalBlobStore(tmp_path / "blobs")
+    for name in ("../controller.json", "./../controller.json", str(tmp_path / "controller.json")):
+        with pytest.raises(ContentAddressError):
+            store.get(name)

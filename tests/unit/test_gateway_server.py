@@ -19,7 +19,7 @@ import pytest
 
 from cobalt_common.deploy import Autoscaling
 from cobalt_controller.deploy import Gateway, ScaleEvent, Target, _server
-from cobalt_controller.deploy._http import Request
+from cobalt_controller.deploy._http import HttpLimits, Request
 from cobalt_controller.deploy._server import HttpConnection, Server
 
 pytestmark = pytest.mark.unit
@@ -73,6 +73,19 @@ class Loop:
 def port() -> Iterator[int]:
     loop = Loop()
     server = Server(handler)
+    yield loop.run(server.listen("127.0.0.1", 0))
+    loop.run(server.close())
+    loop.close()
+
+
+SHORT = HttpLimits(head_timeout_s=0.4, max_connections=3, max_connections_per_client=2)
+
+
+@pytest.fixture
+def limited() -> Iterator[int]:
+    """A server with a short head timeout and few connections (see :data:`SHORT`)."""
+    loop = Loop()
+    server = Server(handler, SHORT)
     yield loop.run(server.listen("127.0.0.1", 0))
     loop.run(server.close())
     loop.close()
@@ -276,6 +289,129 @@ def test_an_idle_connection_closes_after_the_keep_alive_timeout(
     c.read(1)
     started = time.monotonic()
     assert c.closed_by_server() and 0.2 < time.monotonic() - started < 3
+
+
+# -- limits on what a client can make the server hold before any handler runs ----------
+
+
+def send_until_answered(c: Client, head: bytes, filler: bytes, most: int) -> None:
+    """Sends ``head``, then ``filler`` again and again (``most`` bytes at most), stopping
+    once the server answers or stops reading."""
+    c.send(head)
+    sent = 0
+    c.sock.settimeout(0.01)
+    try:
+        while sent < most:
+            try:
+                data = c.sock.recv(65536)
+            except TimeoutError:
+                c.sock.sendall(filler)
+                sent += len(filler)
+                continue
+            c.parser.feed_data(data)
+            break
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        c.sock.settimeout(5)
+
+
+def test_a_request_target_over_8_kib_gets_414_before_it_ends(port: int) -> None:
+    c = Client(port)
+    send_until_answered(c, b"GET /", b"a" * 1024, most=1024 * 1024)
+    [a] = c.read(1)
+    assert a.status == 414 and a.headers["connection"] == "close"
+    assert b"8192 bytes" in a.body and c.closed_by_server()
+
+
+@pytest.mark.parametrize(
+    "filler", [b"a" * 4096, (b"X-Many: " + b"b" * 100 + b"\r\n") * 40], ids=["one-header", "many"]
+)
+def test_a_head_over_64_kib_gets_431_before_it_ends(port: int, filler: bytes) -> None:
+    c = Client(port)
+    head = b"POST /echo HTTP/1.1\r\nHost: x\r\n" + (b"X-Big: " if b":" not in filler else b"")
+    send_until_answered(c, head, filler, most=4 * 1024 * 1024)
+    [a] = c.read(1)
+    assert a.status == 431 and a.headers["connection"] == "close"
+    assert b"65536 bytes" in a.body and c.closed_by_server()
+
+
+def test_a_head_just_under_the_limits_is_served(port: int) -> None:
+    c = Client(port)
+    lines = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(55))
+    c.send(post("/echo?" + "q" * 8000, b"ok", lines))
+    [a] = c.read(1)
+    assert a.status == 200 and a.body == b"ok"
+    c.close()
+
+
+def test_a_head_behind_a_large_body_in_the_same_read_is_not_counted_with_it(port: int) -> None:
+    c = Client(port)
+    big = post("/nowhere", b"z" * 90_000)
+    c.send(big + b"POST /echo HTTP/1.1\r\nHost: x\r\n")
+    time.sleep(0.1)
+    c.send(b"Content-Length: 4\r\n\r\nnext")
+    first, second = c.read(2)
+    assert (first.status, second.status, second.body) == (404, 200, b"next")
+    c.close()
+
+
+def test_a_head_sent_a_byte_at_a_time_gets_408_after_the_head_timeout(limited: int) -> None:
+    c = Client(limited)
+    started = time.monotonic()
+    send_until_answered(c, b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Slow: ", b"a", most=400)
+    [a] = c.read(1)
+    assert a.status == 408 and a.headers["connection"] == "close"
+    assert 0.3 < time.monotonic() - started < 3 and c.closed_by_server()
+
+
+def test_a_connection_that_sends_nothing_closes_after_the_head_timeout(limited: int) -> None:
+    c = Client(limited)
+    started = time.monotonic()
+    assert c.closed_by_server() and 0.3 < time.monotonic() - started < 3
+
+
+def test_a_whole_head_is_not_timed_out_while_its_answer_takes_longer(limited: int) -> None:
+    c = Client(limited)
+    c.send(post("/slow", b"") + post("/slow", b"") + post("/echo", b"third"))
+    answers = c.read(3)
+    assert [a.status for a in answers] == [200, 200, 200] and answers[2].body == b"third"
+    c.close()
+
+
+def test_connections_over_the_per_client_bound_get_503_and_close(limited: int) -> None:
+    held = [Client(limited), Client(limited)]
+    for c in held:
+        c.send(post("/echo", b"x"))
+        assert c.read(1)[0].status == 200
+    extra = Client(limited)
+    [a] = extra.read(1)
+    assert a.status == 503 and a.headers["retry-after"] == "1" and extra.closed_by_server()
+    held.pop().close()
+    time.sleep(0.1)
+    again = Client(limited)
+    again.send(post("/echo", b"y"))
+    assert again.read(1)[0].body == b"y"
+    for c in (*held, again):
+        c.close()
+
+
+def test_connections_over_the_total_bound_get_503_and_close() -> None:
+    loop = Loop()
+    server = Server(handler, HttpLimits(max_connections=2))
+    port = loop.run(server.listen("127.0.0.1", 0))
+    try:
+        held = [Client(port), Client(port)]
+        for c in held:
+            c.send(post("/echo", b"x"))
+            c.read(1)
+        extra = Client(port)
+        assert extra.read(1)[0].status == 503 and extra.closed_by_server()
+        for c in held:
+            c.close()
+    finally:
+        loop.run(server.close())
+        loop.close()
 
 
 # -- through the gateway: a client that goes away gives back its replica slot ------------

@@ -2,6 +2,8 @@
 
 Backends: :mod:`.local` (a directory, the default) and :mod:`.memory` (tests).
 Small payloads travel inline and live in the state store instead.
+Every backend refuses a name that is not a content address (64 lowercase hex
+digits) with ``ContentAddressError``, whatever its callers checked before.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@
 
 from cobalt_controller.deploy._autoscaler import Autoscaler, ScaleEvent
 from cobalt_controller.deploy._gateway import Gateway
+from cobalt_controller.deploy._http import HttpLimits
 from cobalt_controller.deploy._live import ACTIVE, FAILED, STARTING, STOPPED, LiveDeployment
 from cobalt_controller.deploy._manager import DeploymentManager
 from cobalt_controller.deploy._recovery import candidates_for, recover
@@ -21,6 +22,7 @@ __all__ = [
     "Autoscaler",
     "DeploymentManager",
     "Gateway",
+    "HttpLimits",
     "LiveDeployment",
     "ScaleEvent",
     "Target",

@@ -6,8 +6,9 @@ and reaches replicas through per-replica pools of keep-alive connections
 (``_upstream``: the same, client side). A request to ``POST <base>/<name><route>``
 (or ``GET``, for the routes that take it; handled in ``_gateway_requests``):
 
-1. finds the deployment (404), checks its bearer token with
-   ``secrets.compare_digest`` (401), the route (404 naming the known ones)
+1. checks the deployment's bearer token with ``secrets.compare_digest``
+   (401, for a deployment that does not exist too, so that nobody learns
+   which names exist without a token), the route (404 naming the known ones)
    and the method (405 but for POST and GET; the replica refuses a GET on a
    route that takes POST only), and reads the body up to ``max_body_bytes`` (413);
 2. takes the ready replica with the fewest requests in flight under
@@ -43,6 +44,7 @@ import aiohttp
 from cobalt_controller.deploy._autoscaler import ScaleEvent
 from cobalt_controller.deploy._gateway_requests import GatewayRequests
 from cobalt_controller.deploy._gateway_scaling import GatewayScaling
+from cobalt_controller.deploy._http import HttpLimits
 from cobalt_controller.deploy._routing import Entry, Target, Upstream
 from cobalt_controller.deploy._server import Server
 from cobalt_controller.deploy._upstream import Unreachable
@@ -84,6 +86,9 @@ class Gateway(GatewayRequests, GatewayScaling):
         backend: the deployment manager (or a fake in tests).
         autoscale_interval_s: seconds between autoscaler ticks (default 1.0).
         drain_grace_s: how long a draining replica may finish its requests.
+        limits: what a client may make the gateway hold before its token is
+            checked (request target, head size and time, connections); the
+            defaults of :class:`~._http.HttpLimits` when not given.
     """
 
     def __init__(
@@ -92,8 +97,10 @@ class Gateway(GatewayRequests, GatewayScaling):
         *,
         autoscale_interval_s: float = 1.0,
         drain_grace_s: float = DRAIN_GRACE_S,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.backend = backend
+        self.limits = limits or HttpLimits()
         self.autoscale_interval_s = autoscale_interval_s
         self.drain_grace_s = drain_grace_s
         self.url = ""
@@ -146,7 +153,7 @@ class Gateway(GatewayRequests, GatewayScaling):
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self._server = Server(self._handle)
+        self._server = Server(self._handle, self.limits)
         try:
             self.port = await self._server.listen(host, port, backlog=1024)
         except OSError:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 import time
+from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Protocol
@@ -26,7 +27,40 @@ class Sender(Protocol):
 
 
 class BadRequest(Exception):
-    """The request could not be parsed: the answer is 400 and the connection closes."""
+    """The request could not be parsed or was refused whole: the answer is ``status``
+    (400 unless a limit of :class:`HttpLimits` says otherwise) and the connection closes."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What a client may make the server hold before any handler (and so any token
+    check) sees its request. Bodies are bounded by each handler (``max_body_bytes``).
+
+    Attributes:
+        max_url_bytes: the request target; a longer one gets 414. 8 KiB, the
+            line limit of nginx and aiohttp: longer URLs are not sent by real clients.
+        max_head_bytes: the request target and header lines together; a larger
+            head gets 431. 64 KiB, room for large cookies and tracing headers.
+        head_timeout_s: from the connection's start, or from a request's first
+            byte, its whole head must arrive within this, or the answer is 408
+            (nothing, if no byte came) and the connection closes: a client that
+            sends its head a byte at a time holds a connection this long at most.
+        max_connections: open connections in all; one more is answered 503 and
+            closed at once.
+        max_connections_per_client: open connections from one IP address; one
+            more is answered 503 and closed at once. Clients behind one proxy or
+            NAT share it, so it is far above what one SDK client opens (256).
+    """
+
+    max_url_bytes: int = 8 * 1024
+    max_head_bytes: int = 64 * 1024
+    head_timeout_s: float = 10.0
+    max_connections: int = 8192
+    max_connections_per_client: int = 1024
 
 
 class Request:
@@ -36,6 +70,7 @@ class Request:
         "_parts",
         "_waiter",
         "bad",
+        "bad_status",
         "complete",
         "discard",
         "headers",
@@ -62,6 +97,7 @@ class Request:
         self.too_large = False
         self.discard = False
         self.bad = ""
+        self.bad_status = 400
         self._parts: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
 

@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cobalt_common.checks import brief
 from cobalt_common.deploy import Manifest
 from cobalt_common.errors import DeploymentError, NotFoundError
 from cobalt_common.hardware import HardwareSpec
@@ -190,7 +191,7 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
         d = self.live.get(name)
         if d is None:
             raise NotFoundError(
-                f"no deployment named {name!r}; `cobalt deployments` lists the running ones."
+                f"no deployment named {brief(name)}; `cobalt deployments` lists the running ones."
             )
         return d
 
@@ -237,7 +238,9 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
         with self._lock:
             d = self.find(name)
             if d.status == STOPPED:
-                raise NotFoundError(f"deployment {name!r} was torn down; deploy it again first.")
+                raise NotFoundError(
+                    f"deployment {brief(name)} was torn down; deploy it again first."
+                )
             d.token = secrets.token_urlsafe(32)
             d.updated_at = time.time()
             self.state.update_deployment(name, token=d.token, updated_at=d.updated_at)
@@ -298,7 +301,7 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
             d = self.live.get(name)
             if d is None and self.state.get_deployment(name) is None:
                 raise NotFoundError(
-                    f"no deployment named {name!r}; `cobalt deployments` lists them."
+                    f"no deployment named {brief(name)}; `cobalt deployments` lists them."
                 )
             live = [r for r in (d.replicas.values() if d else ()) if r.url and r.live]
             ended = list(self._ended_logs.get(name, ()))

@@ -28,6 +28,11 @@ What the server guarantees the handler, and why:
   the replica through the gateway's upstream client.
 - Malformed requests get 400 and the connection closes; idle connections
   close after :data:`KEEPALIVE_S`.
+- Before any handler runs (and so before any token is checked), what one
+  client can make the server hold is bounded by :class:`~._http.HttpLimits`:
+  the request target (414), the whole head (431, counted as it arrives, not
+  once it is whole), the time the head takes to arrive (408), and the number
+  of open connections, in all and per client address (503 and closed).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import httptools
 from cobalt_controller.deploy._http import (
     END_OF_HEAD,
     BadRequest,
+    HttpLimits,
     Request,
     date_line,
     json_error,
@@ -58,6 +64,19 @@ LINGER_S = 2.0
 
 Handler = Callable[["Request", "HttpConnection"], Awaitable[None]]
 _JSON = b"Content-Type: application/json\r\n"
+_BUSY_BODY = json_error("the gateway has too many open connections; retry soon.")
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\n" + _JSON + b"Retry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
+class _HeadRefused(Exception):
+    """Raised in a parser callback: the head is over a limit (``status``: 414, 431)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class HttpConnection(asyncio.Protocol):
@@ -84,19 +103,39 @@ class HttpConnection(asyncio.Protocol):
         self.chunked = False
         self.last_active = loop.time()
         self.timer: asyncio.TimerHandle | None = None
+        self.limits = server.limits
+        self.client = ""
+        self.admitted = False
+        self.in_head = False
+        self.head_bytes = 0  # the head's target and header lines, as the parser hands them
+        self.head_raw = 0  # bytes received since the head began: bounds what llhttp buffers
+        self.body_fed = 0  # body bytes seen in the current data_received
+        self.head_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a TCP transport
-        self.server.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if not self.server.admit(self):
+            self.broken = True
+            self.transport.write(_BUSY)
+            self.transport.close()
+            return
+        self.admitted = True
         self.timer = self.loop.call_at(self.last_active + KEEPALIVE_S, self._check_idle)
+        self.head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_late)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.discard(self)
+        if self.admitted:
+            self.admitted = False
+            self.server.forget(self)
         if self.timer is not None:
             self.timer.cancel()
+        if self.head_timer is not None:
+            self.head_timer.cancel()
         if self.task is not None and not self.task.done():
             self.task.cancel()
         drain = self.drain
@@ -116,6 +155,8 @@ class HttpConnection(asyncio.Protocol):
         if self.lingering or self.broken:
             return
         self.last_active = self.loop.time()
+        was_in_head = self.in_head
+        self.body_fed = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -123,22 +164,46 @@ class HttpConnection(asyncio.Protocol):
             req = self.parsing
             if req is not None and not req.complete:
                 self._malformed(req, "protocol upgrades are not supported")
+            return
         except httptools.HttpParserError as exc:
             self.broken = True
+            refused = exc.__context__
+            if isinstance(refused, _HeadRefused):
+                self._malformed(self.parsing, str(refused), refused.status)
+                return
             req = self.parsing
             self._malformed(req if req is not None and not req.complete else None, str(exc))
+            return
+        if self.in_head:
+            # The part of a header line llhttp has not handed over yet is held by
+            # httptools, so the head is also bounded by the bytes received for it.
+            fresh = len(data) - self.body_fed
+            self.head_raw = self.head_raw + len(data) if was_in_head else fresh
+            if self.head_raw > self.limits.max_head_bytes:
+                self.broken = True
+                self._malformed(self.parsing, self._head_too_large(), 431)
 
     # -- httptools callbacks ---------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.parsing = Request()
+        self.in_head = True
+        self.head_bytes = 0
+        if self.head_timer is None:
+            self.head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_late)
 
     def on_url(self, url: bytes) -> None:
         assert self.parsing is not None
         self.parsing.url += url
+        self.head_bytes += len(url)
+        if len(self.parsing.url) > self.limits.max_url_bytes:
+            raise _HeadRefused(414, f"the request target is over {self.limits.max_url_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.parsing is not None
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > self.limits.max_head_bytes:
+            raise _HeadRefused(431, self._head_too_large())
         headers = self.parsing.headers
         key = name.decode("latin-1").lower()
         text = value.decode("utf-8", "surrogateescape")
@@ -147,6 +212,11 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         req = self.parsing
         assert req is not None
+        self.in_head = False
+        self.head_raw = 0
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         parser = self.parser
         req.method = parser.get_method().decode("ascii")
         req.keep_alive = parser.should_keep_alive()
@@ -160,6 +230,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         assert self.parsing is not None
+        self.body_fed += len(body)
         self.parsing.add(body)
 
     def on_message_complete(self) -> None:
@@ -260,7 +331,7 @@ class HttpConnection(asyncio.Protocol):
     async def _run(self, req: Request) -> None:
         try:
             if req.bad and not req.method:
-                raise BadRequest(req.bad)
+                raise BadRequest(req.bad, req.bad_status)
             await self.handler(req, self)
             if not self.started:
                 raise RuntimeError("the handler did not answer")
@@ -269,7 +340,8 @@ class HttpConnection(asyncio.Protocol):
         except BadRequest as exc:
             self.broken = True
             if not self.started:
-                self.respond(400, _JSON, json_error(f"malformed request: {exc}"))
+                reason = "malformed request: " if exc.status == 400 else ""
+                self.respond(exc.status, _JSON, json_error(f"{reason}{exc}"))
         except Exception:
             log.exception("the gateway failed on %s %s", req.method, req.path)
             self.broken = True
@@ -303,7 +375,9 @@ class HttpConnection(asyncio.Protocol):
     def _closing(self, req: Request) -> bool:
         return not req.keep_alive or req.too_large or (self.broken and not self.pending)
 
-    def _malformed(self, req: Request | None, message: str) -> None:
+    def _malformed(self, req: Request | None, message: str, status: int = 400) -> None:
+        if req is not None and req.complete:
+            req = None
         if req is None:
             req = Request()
             req.keep_alive = False
@@ -312,6 +386,7 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
             return
         req.bad = message or "unparsable"
+        req.bad_status = status
         req.keep_alive = False
         req.wake()
         if req is self.current or req in self.pending:
@@ -336,6 +411,24 @@ class HttpConnection(asyncio.Protocol):
             self.transport.resume_reading()
         self.loop.call_later(LINGER_S, self.transport.close)
 
+    def _head_too_large(self) -> str:
+        return f"the request head is over {self.limits.max_head_bytes} bytes"
+
+    def _head_late(self) -> None:
+        """The head timeout: 408 for a request begun, or close a connection that sent nothing."""
+        self.head_timer = None
+        if self.closed or self.broken:
+            return
+        if self.read_paused:  # its turn has not come: the clock starts again when it does
+            self.head_timer = self.loop.call_later(self.limits.head_timeout_s, self._head_late)
+            return
+        if self.in_head:
+            self.broken = True
+            seconds = f"{self.limits.head_timeout_s:g}"
+            self._malformed(self.parsing, f"the request head took over {seconds} s", 408)
+        elif self.current is None and not self.pending:
+            self.transport.close()
+
     def _check_idle(self) -> None:
         self.timer = None
         if self.closed:
@@ -354,10 +447,33 @@ class HttpConnection(asyncio.Protocol):
 class Server:
     """Listens on a socket and keeps its connections, to close them on :meth:`close`."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, limits: HttpLimits | None = None) -> None:
         self.handler = handler
+        self.limits = limits or HttpLimits()
         self.connections: set[HttpConnection] = set()
+        self.per_client: dict[str, int] = {}
         self._server: asyncio.base_events.Server | None = None
+
+    def admit(self, conn: HttpConnection) -> bool:
+        """Counts a new connection in, unless it is one too many (in all or for its client)."""
+        limits = self.limits
+        held = self.per_client.get(conn.client, 0)
+        if (
+            len(self.connections) >= limits.max_connections
+            or held >= limits.max_connections_per_client
+        ):
+            return False
+        self.connections.add(conn)
+        self.per_client[conn.client] = held + 1
+        return True
+
+    def forget(self, conn: HttpConnection) -> None:
+        self.connections.discard(conn)
+        held = self.per_client.get(conn.client, 0) - 1
+        if held > 0:
+            self.per_client[conn.client] = held
+        else:
+            self.per_client.pop(conn.client, None)
 
     async def listen(self, host: str, port: int, *, backlog: int = 1024) -> int:
         """Serves on ``host:port`` and returns the port (``port`` 0: any free one)."""

@@ -1,4 +1,8 @@
-"""Where payload bytes live on disk: ``<blob_dir>/<sha[:2]>/<sha>``."""
+"""Where payload bytes live on disk: ``<blob_dir>/<sha[:2]>/<sha>``.
+
+Only a content address (64 lowercase hex digits) becomes a file name here;
+anything else is refused, so no name can reach outside ``blob_dir``.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,12 @@ import hashlib
 import os
 from pathlib import Path
 
+from cobalt_common.checks import validate_sha256
+
 
 def blob_path(blob_dir: str | Path, sha256: str) -> Path:
+    """The file of ``sha256``; raises ``ContentAddressError`` for any other name."""
+    validate_sha256(sha256)
     return Path(blob_dir) / sha256[:2] / sha256
 
 
