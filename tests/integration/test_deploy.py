@@ -254,13 +254,14 @@ def test_a_missing_or_wrong_token_answers_401(dep: ct.Deployment, http: httpx.Cl
         stale.predict(text="hi")
 
 
-def test_unknown_deployments_and_routes_answer_404_naming_what_exists(
+def test_unknown_deployments_answer_401_and_unknown_routes_404_naming_what_exists(
     dep: ct.Deployment, http: httpx.Client
 ) -> None:
     gateway = dep.url.rsplit("/", 1)[0]
-    nobody = http.post(f"{gateway}/nobody/predict", json={"text": "hi"})
-    assert nobody.status_code == 404
-    assert "no deployment named 'nobody'" in nobody.json()["error"]
+    for headers in ({}, bearer(dep.token)):  # no token opens a deployment that is not there
+        nobody = http.post(f"{gateway}/nobody/predict", json={"text": "hi"}, headers=headers)
+        assert nobody.status_code == 401
+        assert "deployment 'nobody' needs 'Authorization: Bearer <token>'" in nobody.json()["error"]
     route = http.post(f"{dep.url}/classify", json={"text": "hi"}, headers=bearer(dep.token))
     assert route.status_code == 404
     error = route.json()["error"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -284,8 +285,6 @@ def test_gateway_errors_are_json_with_the_right_status(
     gateway: Gateway, replicas: Callable[..., FakeReplica]
 ) -> None:
     serve(gateway, target(), replicas("a"))
-    unknown = post(gateway, "/nope/predict")
-    assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
     missing = post(gateway, "/svc/predict", headers={})
     assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
     wrong = post(gateway, "/svc/predict", headers={"Authorization": "Bearer wrong"})
@@ -527,3 +526,51 @@ def test_metrics_count_requests_latency_and_rate(
     assert m["requests"] == 5 and m["ongoing"] == 0 and m["rps"] == pytest.approx(0.5)
     assert 0 < m["p50_ms"] <= m["p99_ms"] and m["idle_s"] < 5
     assert json.dumps(m)
+
+
+def test_an_unknown_deployment_answers_401_like_a_known_one_without_its_token(
+    gateway: Gateway, replicas: Callable[..., FakeReplica]
+) -> None:
+    serve(gateway, target(), replicas("a"))
+    serve(gateway, target("open", auth=False), replicas("b"))
+    known = post(gateway, "/svc/predict", headers={})
+    for headers in ({}, AUTH, {"Authorization": "Bearer anything"}):
+        unknown = post(gateway, "/nope/predict", headers=headers)
+        assert unknown.status_code == 401, headers
+        assert unknown.headers["WWW-Authenticate"] == "Bearer"
+        assert unknown.json()["error"] == known.json()["error"].replace("svc", "nope")
+    assert post(gateway, "/open/predict", headers={}).json()["replica"] == "b"
+
+
+def test_the_bearer_scheme_is_accepted_in_any_case(
+    gateway: Gateway, replicas: Callable[..., FakeReplica]
+) -> None:
+    serve(gateway, target(), replicas("a"))
+    for scheme in ("bearer", "BEARER", "bEaReR"):
+        r = post(gateway, "/svc/predict", headers={"Authorization": f"{scheme} {TOKEN}"})
+        assert r.status_code == 200, scheme
+    assert post(gateway, "/svc/predict", headers={"Authorization": TOKEN}).status_code == 401
+    basic = {"Authorization": f"Basic {TOKEN}"}
+    assert post(gateway, "/svc/predict", headers=basic).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "value", [b"Bearer \xff\xfe\x80", b"\xc3(", b"Bearer " + TOKEN.encode() + b"\xff"]
+)
+def test_an_authorization_header_that_is_not_utf8_answers_401_without_a_traceback(
+    gateway: Gateway,
+    replicas: Callable[..., FakeReplica],
+    caplog: pytest.LogCaptureFixture,
+    value: bytes,
+) -> None:
+    serve(gateway, target(), replicas("a"))
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /svc/predict HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n"
+            b"Content-Length: 2\r\nConnection: close\r\n\r\n{}" % value
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    assert not [r for r in caplog.records if r.exc_info], caplog.text

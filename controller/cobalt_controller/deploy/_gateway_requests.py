@@ -1,9 +1,10 @@
 """The gateway's request path (a mixin of :class:`~._gateway.Gateway`).
 
-``POST <base>/<name><route>`` finds the deployment (404), checks its bearer
-token (401) before the route (404 naming the known ones) and the method
-(405 but for POST and GET), so that nobody learns a deployment's routes
-without its token; reads
+``POST <base>/<name><route>`` checks the deployment's bearer token (401)
+before the route (404 naming the known ones) and the method (405 but for
+POST and GET), so that nobody learns a deployment's routes without its
+token. A deployment that does not exist answers 401 too, as no token can
+open it: a 404 there would tell anyone which names exist. Reads
 the body up to ``max_body_bytes`` (413); takes a replica slot or waits in the
 deployment's queue (503 with ``Retry-After``); and forwards the request,
 retrying once on another replica when the first could not be reached.
@@ -68,24 +69,18 @@ class GatewayRequests:
             return
         name, _, rest = path[1:].partition("/")
         entry = self._entries.get(name)
-        if entry is None:
-            _error(
-                conn,
-                404,
-                f"no deployment named {name!r} on this gateway; `cobalt deployments` lists them.",
-            )
-            return
-        target = entry.target
         headers = req.headers
-        if not entry.authorized(headers.get("authorization")):
+        if entry is None or not entry.authorized(headers.get("authorization")):
             _error(
                 conn,
                 401,
                 f"deployment {name!r} needs 'Authorization: Bearer <token>'; the token is "
-                f"dep.token, or `cobalt deployments token {name}`.",
+                f"dep.token, or `cobalt deployments token {name}` (which also tells whether "
+                "it exists: without its token, a name that does not exist answers this too).",
                 b"WWW-Authenticate: Bearer\r\n",
             )
             return
+        target = entry.target
         route = "/" + rest
         streaming = target.routes.get(route)
         if streaming is None:

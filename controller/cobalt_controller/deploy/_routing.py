@@ -93,7 +93,7 @@ class Entry:
 
     def __init__(self, target: Target, now: float) -> None:
         self.target = target
-        self.auth = f"Bearer {target.token}".encode() if target.token else b""
+        self.auth = target.token.encode()
         self.upstreams: list[Upstream] = []
         self.waiters: deque[asyncio.Future[Upstream]] = deque()
         self.stats = RequestStats(now)
@@ -109,12 +109,17 @@ class Entry:
             self.scaler.configure(target.autoscaling)
         self.scaler.current = target.desired
         self.target = target
-        self.auth = f"Bearer {target.token}".encode() if target.token else b""
+        self.auth = target.token.encode()
 
     def authorized(self, header: str | None) -> bool:
+        """Whether ``header`` (``Authorization``) carries the token, if one is needed.
+
+        The scheme is case-insensitive (RFC 7235), and a header that is not
+        UTF-8 (its bytes kept as surrogates by the server) is simply a wrong token.
+        """
         if not self.auth:
             return True
-        return header is not None and secrets.compare_digest(header.encode(), self.auth)
+        return bearer_matches(header, self.auth)
 
     def usable(self) -> int:
         return sum(1 for u in self.upstreams if not (u.draining or u.suspect))
@@ -168,3 +173,13 @@ class Entry:
             "requests": self.stats.requests,
             "replicas": self.usable(),
         }
+
+
+def bearer_matches(header: str | None, token: bytes) -> bool:
+    """Whether ``header`` is ``Bearer <token>``, the scheme in any case."""
+    if header is None:
+        return False
+    scheme, _, credentials = header.partition(" ")
+    presented = credentials.strip().encode("utf-8", "surrogateescape")
+    # compare_digest runs even for a wrong scheme, so timing tells nothing of it
+    return secrets.compare_digest(presented, token) and scheme.lower() == "bearer"
