@@ -40,6 +40,11 @@ DurationLike = int | float | str | timedelta
 """Seconds as a number, text such as ``"60s"``, ``"9h"``, or a timedelta."""
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_COUNT = 1_000_000
+# The most replicas, requests in flight or queued, and requests per second a
+# manifest may name: numbers from the wire are bounded before anything sizes by them.
+MAX_SECONDS = 366 * 86400.0
+# The longest delay or timeout a manifest may name: a year.
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _ROUTE = re.compile(r"^/[A-Za-z0-9_\-./]*$")
 
@@ -62,6 +67,8 @@ def _seconds(value: DurationLike | None, option: str, *, allow_zero: bool = True
     seconds = parse_duration_s(value, option=option) if not _is_zero(value) else 0.0
     if seconds == 0 and not allow_zero:
         raise SpecError(f"{option} must be longer than 0 seconds.")
+    if seconds > MAX_SECONDS:
+        raise SpecError(f"{option} must be at most {MAX_SECONDS:g} seconds (a year).")
     return seconds
 
 
@@ -69,21 +76,22 @@ def _is_zero(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
 
 
-def _count(value: Any, option: str, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SpecError(f"{option} must be a whole number >= {minimum}, not {value!r}.")
+def _count(value: Any, option: str, *, minimum: int = 0, maximum: int = MAX_COUNT) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise SpecError(
+            f"{option} must be a whole number >= {minimum} and <= {maximum}, not {value!r}."
+        )
     return value
 
 
-def _positive(value: Any, option: str, *, upper: float = math.inf) -> float:
+def _positive(value: Any, option: str, *, upper: float = MAX_COUNT) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
         or not 0 < value <= upper
     ):
-        bound = f" and at most {upper:g}" if math.isfinite(upper) else ""
-        raise SpecError(f"{option} must be a number above 0{bound}, not {value!r}.")
+        raise SpecError(f"{option} must be a number above 0 and at most {upper:g}, not {value!r}.")
     return float(value)
 
 
@@ -389,7 +397,7 @@ class Manifest:
         dupes = sorted({p for p in paths if paths.count(p) > 1})
         if dupes:
             raise SpecError(f"service {self.name!r} has two endpoints at {', '.join(dupes)}.")
-        _count(self.max_body_bytes, "max_body_bytes", minimum=1)
+        _count(self.max_body_bytes, "max_body_bytes", minimum=1, maximum=1 << 40)
 
     def route(self, path: str) -> Route | None:
         return next((r for r in self.routes if r.path == path), None)

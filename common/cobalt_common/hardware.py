@@ -275,6 +275,40 @@ def format_duration(seconds: float) -> str:
     return " ".join(parts)
 
 
+MAX_GPUS = 1024
+"""The most GPUs one task may ask for."""
+
+MAX_CPUS = 1_000_000.0
+"""The most CPU cores one task may ask for."""
+
+MAX_MEMORY_MB = 1 << 40
+"""The most memory one task may ask for, in MB (an exabyte)."""
+
+MAX_TIME_LIMIT_S = 366 * 86400.0
+"""The longest time limit a task may have: a year."""
+
+MAX_RETRIES = 1000
+"""The most retries a task may have."""
+
+
+def _check_count(value: object, field: str, most: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise SpecError(f"HardwareSpec {field}={value!r} must be a whole number from 0 to {most}.")
+
+
+def _check_number(value: object, field: str, least: float, most: float) -> None:
+    """Refuses NaN and infinities too: no comparison with them holds."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not least <= value <= most
+    ):
+        raise SpecError(
+            f"HardwareSpec {field}={value!r} must be a finite number from {least:g} to {most:g}."
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class HardwareSpec:
     """What one task needs to run.
@@ -303,15 +337,20 @@ class HardwareSpec:
     def __post_init__(self) -> None:
         if self.gpu is not None and self.gpu not in GPU_TYPES:
             raise SpecError(f"HardwareSpec gpu={self.gpu!r} is not a canonical GPU type name.")
-        if (self.gpu is None) != (self.gpus == 0) or self.gpus < 0:
+        _check_count(self.gpus, "gpus", MAX_GPUS)
+        if (self.gpu is None) != (self.gpus == 0):
             raise SpecError(
                 f"HardwareSpec gpu={self.gpu!r} and gpus={self.gpus!r} disagree; "
                 "gpus must be positive with a GPU type and 0 without one."
             )
-        if self.cpus < 0 or self.memory_mb < 0:
-            raise SpecError("HardwareSpec cpus and memory_mb must not be negative.")
-        if self.time_limit_s is not None and self.time_limit_s <= 0:
-            raise SpecError("HardwareSpec time_limit_s must be positive or None.")
+        _check_number(self.cpus, "cpus", 0.0, MAX_CPUS)
+        _check_count(self.memory_mb, "memory_mb", MAX_MEMORY_MB)
+        if self.time_limit_s is not None:
+            _check_number(self.time_limit_s, "time_limit_s", 0.0, MAX_TIME_LIMIT_S)
+            if self.time_limit_s <= 0:
+                raise SpecError(
+                    f"HardwareSpec time_limit_s={self.time_limit_s!r} must be positive or None."
+                )
 
     def describe(self) -> str:
         """Return a one-line summary such as ``"1x H100, 24 CPUs, 48 GB, limit 18h"``."""

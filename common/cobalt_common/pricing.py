@@ -110,10 +110,17 @@ def billed_seconds(run_s: float, time_limit_s: float | None = None) -> float:
 
     A task is never billed past its time limit: the time it takes the
     controller to stop an overrunning task is not the user's to pay.
+
+    A run time or limit that is not a finite number (a clock gone wrong, a
+    limit no intake should have let through) never raises: an unknown run
+    bills its limit when it has one, else one second.
     """
+    limit = time_limit_s if time_limit_s and math.isfinite(time_limit_s) and time_limit_s > 0 else 0
+    if not math.isfinite(run_s):
+        run_s = limit if run_s > 0 and limit else 0.0
     billed = float(max(1, math.ceil(run_s - 1e-9)))
-    if time_limit_s:
-        billed = min(billed, float(math.ceil(time_limit_s)))
+    if limit:
+        billed = min(billed, float(math.ceil(limit)))
     return billed
 
 

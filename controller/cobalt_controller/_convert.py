@@ -36,6 +36,15 @@ def spec_to_json(spec: HardwareSpec) -> str:
     return json.dumps(spec.to_dict())
 
 
+def stored_spec_to_pb(text: str) -> pb.HardwareSpec:
+    """A stored spec on the wire; one that no longer validates (stored by an older,
+    laxer controller) goes out empty rather than failing the whole listing."""
+    try:
+        return spec_to_pb(HardwareSpec.from_dict(json.loads(text)))
+    except (ValueError, TypeError):
+        return pb.HardwareSpec()
+
+
 @functools.lru_cache(maxsize=1024)
 def given_to_json(given: HardwareGiven | None) -> str:
     """The hardware a task or replica got, as stored; "" before placement."""
@@ -126,7 +135,7 @@ def node_row_to_pb(row: NodeRow) -> pb.TaskRecord:
         kind=KIND_TO_PB.get(row.kind, pb.NODE_KIND_UNSPECIFIED),
         status=STATUS_TO_PB[row.status],
         executor=row.executor,
-        hardware_requested=spec_to_pb(HardwareSpec.from_dict(json.loads(row.hardware))),
+        hardware_requested=stored_spec_to_pb(row.hardware),
         hardware_given=given_to_pb(row.hardware_given),
         started_at=row.started_at or 0.0,
         ended_at=row.ended_at or 0.0,

@@ -14,6 +14,7 @@ from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.wire import spec_from_pb, spec_to_pb
 from cobalt_controller._convert import given_to_json, given_to_pb
 from cobalt_controller._executors import ExecutorPool
+from cobalt_controller._numbers import wait_seconds
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.deploy import DeploymentManager, LiveDeployment, candidates_for
 from cobalt_controller.state import DeploymentRow
@@ -58,7 +59,7 @@ class DeploymentRpcs:
             manifest = Manifest.from_json(request.manifest_json)
         except errors.Error as exc:
             _abort(context, exc)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             _abort(context, errors.SpecError(f"the deployment's manifest is not valid: {exc}"))
         if request.name and request.name != manifest.name:
             _abort(
@@ -69,6 +70,7 @@ class DeploymentRpcs:
                 ),
             )
         try:
+            wait_seconds(request.wait_s, "wait_s")
             spec = spec_from_pb(request.hardware)
             ref = ""
             if request.HasField("executor") and request.executor.name:
@@ -113,6 +115,7 @@ class DeploymentRpcs:
     def DeploymentGet(self, request: pb.DeploymentGetRequest, context: Any) -> pb.Deployment:
         manager = self._manager(context)
         try:
+            wait_seconds(request.wait_s, "wait_s")
             if request.name in manager.live:
                 return self._deployment_pb(manager.wait(request.name, request.wait_s))
         except errors.Error as exc:

@@ -19,7 +19,7 @@ from cobalt_common.checks import brief, check_content, validate_sha256
 from cobalt_common.errors import DispatchError, SpecError
 from cobalt_common.pricing import billed_seconds, format_usd
 from cobalt_common.v1 import controller_pb2 as pb
-from cobalt_common.wire import spec_from_pb
+from cobalt_controller import _numbers
 from cobalt_controller._convert import PB_TO_KIND, spec_to_json
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._model import COMPLETED, ELECTRON, PARAMETER, Dispatch, Input, Task
@@ -76,14 +76,15 @@ def build_tasks(
         validate_sha256(sha, f"node {i}'s {'value' if kind == PARAMETER else 'function'}")
         if node.function_sha256:
             validate_sha256(node.function_sha256, f"node {i}'s function")
+        where = f"node {i} ({brief(node.name)})"
         t = Task(
             i,
             node.name,
             kind,
             node.function_sha256,
             tuple(inputs),
-            spec_from_pb(node.hardware),
-            node.retries,
+            _numbers.hardware(node.hardware, where),
+            _numbers.retries(node.retries, where),
             ref_json,
         )
         if kind == PARAMETER:
@@ -117,6 +118,7 @@ def build_dispatch(
     budget = req.budget_usd
     if not (budget == 0 or (math.isfinite(budget) and budget > 0)):
         raise SpecError(f"budget_usd must be a positive number of US dollars, got {budget!r}.")
+    _numbers.wait_seconds(req.wait_s, "wait_s")
     dispatch_id = req.dispatch_id or uuid.uuid4().hex
     if not _DISPATCH_ID.fullmatch(dispatch_id):
         raise DispatchError(f"dispatch id {brief(dispatch_id)} is not 32 lowercase hex digits.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -233,7 +234,11 @@ class Scheduler:
                 ledger.running += 1
             self._submitted[t.task_key] = (d, t, ex)
             if t.hardware.time_limit_s:
-                heapq.heappush(self._deadlines, (now + t.hardware.time_limit_s, t.task_key))
+                deadline = now + t.hardware.time_limit_s
+                # One NaN in the heap would hide every deadline behind it; intake
+                # and HardwareSpec refuse non-finite limits, so this never fires.
+                assert math.isfinite(deadline), f"deadline {deadline!r} of {t.task_key}"
+                heapq.heappush(self._deadlines, (deadline, t.task_key))
             if d.started_at is None:
                 d.started_at = now
                 d.status = RUNNING

@@ -15,6 +15,7 @@ from cobalt_common.checks import brief, validate_sha256
 from cobalt_common.pricing import describe_prices
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
+from cobalt_controller import _numbers
 from cobalt_controller._convert import dispatch_row_to_pb, dispatch_to_pb, node_row_to_pb
 from cobalt_controller._cost import estimate, local_day
 from cobalt_controller._deploy_rpc import DeploymentRpcs
@@ -180,6 +181,10 @@ class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
         return pb.Payload(sha256=sha, data=data, size=len(data))
 
     def DispatchGet(self, request: pb.DispatchGetRequest, context: Any) -> pb.DispatchGetResponse:
+        try:
+            _numbers.wait_seconds(request.wait_s, "wait_s")
+        except errors.Error as exc:
+            abort(context, exc)
         d = self.scheduler.active.get(request.dispatch_id)
         if d is not None and request.wait_s > 0:
             d.done.wait(request.wait_s)
@@ -301,7 +306,10 @@ class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
     # -- cost ----------------------------------------------------------------------
 
     def CostSummary(self, request: pb.CostSummaryRequest, context: Any) -> pb.CostSummaryResponse:
-        since = local_day(request.since) if request.since else ""
+        try:
+            since = local_day(_numbers.since_time(request.since)) if request.since else ""
+        except errors.Error as exc:
+            abort(context, exc)
         return pb.CostSummaryResponse(
             rows=[
                 pb.CostRow(

@@ -39,6 +39,8 @@ from cobalt._graph import Graph, GraphBuilder, TaskOptions, current_builder
 from cobalt._sentinel import UNSET, UnsetType
 from cobalt_common.errors import GraphError, SpecError
 from cobalt_common.hardware import (
+    MAX_GPUS,
+    MAX_RETRIES,
     DurationLike,
     HardwareSpec,
     MemoryLike,
@@ -68,10 +70,12 @@ class OptionsKwargs(TypedDict, total=False):
     call_after: Deps | Sequence[Deps]
 
 
-def _count(minimum: int) -> Callable[[Any, str], int]:
+def _count(minimum: int, maximum: int) -> Callable[[Any, str], int]:
     def parse(value: Any, option: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise SpecError(f"{option}={value!r} must be an integer of at least {minimum}.")
+        if value > maximum:
+            raise SpecError(f"{option}={value!r} must be at most {maximum}.")
         return value
 
     return parse
@@ -94,11 +98,11 @@ def _executor(value: Any, option: str) -> ExecutorLike | None:
 
 _PARSERS: Mapping[str, Callable[[Any, str], Any]] = {
     "gpu": lambda value, option: None if value is None else parse_gpu_type(value, option=option),
-    "gpus": _count(1),
+    "gpus": _count(1, MAX_GPUS),
     "cpus": _cpus,
     "memory": lambda value, option: parse_memory_mb(value, option=option),
     "time_limit": lambda value, option: parse_duration_s(value, option=option),
-    "retries": _count(0),
+    "retries": _count(0, MAX_RETRIES),
     "executor": _executor,
     "deps_pip": as_deps_pip,
     "deps_bash": as_deps_bash,
