@@ -3,6 +3,14 @@
 uvicorn runs in a daemon thread with its own event loop. It installs no
 signal handlers there (the controller's main thread owns SIGTERM and SIGINT)
 and leaves the controller's logging configuration alone.
+
+It parses with httptools (llhttp), not h11: under malformed input h11 let a
+request with a broken body reach the app while uvicorn had already answered
+400, and the app's own answer then raised ``LocalProtocolError`` with a
+traceback in the log; h11 also took a request with both ``Content-Length``
+and ``Transfer-Encoding``, which llhttp refuses. A malformed request now gets
+400 and one warning line. At most :data:`MAX_CONNECTIONS` connections are
+served at once; more are answered 503.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ if TYPE_CHECKING:
     from cobalt_controller.state import StateStore
 
 START_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 256
+"""Connections and requests served at once; a page holds one for its live feed."""
 _ANY_HOST = {"", "0.0.0.0", "::"}
 
 
@@ -100,7 +110,8 @@ class Dashboard:
             host=self.host,
             port=self.port,
             loop="asyncio",
-            http="h11",
+            http="httptools",
+            limit_concurrency=MAX_CONNECTIONS,
             ws="none",
             lifespan="off",
             log_config=None,
