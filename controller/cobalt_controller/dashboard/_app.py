@@ -18,6 +18,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -80,6 +81,19 @@ class _Static:
 
 def _json(data: Any, status_code: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status_code, headers=NO_STORE)
+
+
+MAX_NODE_ID = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _node_id(text: str) -> int | None:
+    """A node id from a URL, or ``None`` when it names no node: a store keeps
+    node ids as 64-bit integers, and ``int()`` of a long digit string raises."""
+    if not _DIGITS.fullmatch(text):
+        return None
+    value = int(text)
+    return value if value <= MAX_NODE_ID else None
 
 
 def _int(value: str | None, default: int, low: int, high: int) -> int:
@@ -174,10 +188,11 @@ class _Api:
 
     def task(self, request: Request) -> Response:
         dispatch_id = request.path_params["dispatch_id"]
-        node = self.state.get_node(dispatch_id, request.path_params["node_id"])
+        node_id = _node_id(request.path_params["node_id"])
+        node = self.state.get_node(dispatch_id, node_id) if node_id is not None else None
         if node is None or node.kind not in _views.TASK_KINDS:
             return _not_found(
-                f"Dispatch {dispatch_id!r} has no task {request.path_params['node_id']}; "
+                f"Dispatch {dispatch_id!r} has no task {request.path_params['node_id'][:40]!r}; "
                 "its page lists its tasks."
             )
         return _json(_views.task_detail(node))
@@ -304,7 +319,7 @@ def build_app(
             Route("/cost", page),
             Route("/api/dispatches", api.dispatches),
             Route("/api/dispatches/{dispatch_id}", api.dispatch),
-            Route("/api/dispatches/{dispatch_id}/tasks/{node_id:int}", api.task),
+            Route("/api/dispatches/{dispatch_id}/tasks/{node_id}", api.task),
             Route("/api/deployments", api.deployments),
             Route("/api/deployments/{name}", api.deployment),
             Route("/api/cost", api.cost),
