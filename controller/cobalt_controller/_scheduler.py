@@ -519,7 +519,13 @@ class Scheduler:
             self._cost_changed.clear()
         if self._batch:
             batch, self._batch = self._batch, WriteBatch()
-            self.state.apply(batch)
+            try:
+                self.state.apply(batch)
+            except Exception:
+                # Nothing of a round is announced before it is stored: it is kept,
+                # under any later changes, and written again with the next round.
+                self._batch = _merged(batch, self._batch)
+                raise
         changed, self._changed = self._changed, []
         finished, self._finished = self._finished, []
         if self.listener is not None:
@@ -528,6 +534,17 @@ class Scheduler:
         for d in finished:
             d.done.set()
             self.active.pop(d.dispatch_id, None)
+
+
+def _merged(older: WriteBatch, newer: WriteBatch) -> WriteBatch:
+    """``older``'s writes with ``newer``'s applied over them."""
+    for key, values in newer.node_updates.items():
+        older.update_node(*key, **values)
+    for dispatch_id, values in newer.dispatch_updates.items():
+        older.update_dispatch(dispatch_id, **values)
+    older.new_dispatches.extend(newer.new_dispatches)
+    older.payloads.update(newer.payloads)
+    return older
 
 
 def _dispatch_error(d: Dispatch) -> str:
