@@ -97,3 +97,21 @@ def test_a_lower_case_bearer_scheme_opens_the_dashboard(port: int) -> None:
         b"Connection: close\r\n\r\n" % TOKEN.encode(),
     )
     assert statuses(answer) == [200]
+
+
+@pytest.mark.parametrize("where", ["url", "header"])
+def test_a_request_head_over_64_kib_gets_431_before_it_ends(port: int, where: str) -> None:
+    big = b"x" * (200 * 1024)
+    if where == "url":
+        head = b"GET /?q=" + big + b" HTTP/1.1\r\nHost: x\r\n"
+    else:
+        head = b"GET / HTTP/1.1\r\nHost: x\r\n" + AUTH + b"X-Big: " + big + b"\r\n"
+    answer = exchange(port, head)  # the head never ends: the answer must not wait for it
+    assert statuses(answer) == [431]
+
+
+def test_a_head_just_under_the_limit_is_served(port: int) -> None:
+    head = b"GET /api/dispatches HTTP/1.1\r\nHost: x\r\n" + AUTH
+    filler = b"X-Fill: " + b"y" * (60 * 1024) + b"\r\n"
+    answer = exchange(port, head + filler + b"Connection: close\r\n\r\n")
+    assert statuses(answer) == [200]

@@ -9,7 +9,8 @@ request with a broken body reach the app while uvicorn had already answered
 400, and the app's own answer then raised ``LocalProtocolError`` with a
 traceback in the log; h11 also took a request with both ``Content-Length``
 and ``Transfer-Encoding``, which llhttp refuses. A malformed request now gets
-400 and one warning line. At most :data:`MAX_CONNECTIONS` connections are
+400 and one warning line; a request head over 64 KiB gets 431
+(:mod:`._http`). At most :data:`MAX_CONNECTIONS` connections are
 served at once; more are answered 503.
 """
 
@@ -26,6 +27,7 @@ from cobalt_common.errors import ConfigError
 from cobalt_controller.dashboard._app import build_app
 from cobalt_controller.dashboard._auth import cookie_name
 from cobalt_controller.dashboard._deployments import LiveReader, no_live
+from cobalt_controller.dashboard._http import BoundedHeadProtocol
 from cobalt_controller.dashboard._live import LiveFeed
 
 if TYPE_CHECKING:
@@ -110,7 +112,7 @@ class Dashboard:
             host=self.host,
             port=self.port,
             loop="asyncio",
-            http="httptools",
+            http=BoundedHeadProtocol,
             limit_concurrency=MAX_CONNECTIONS,
             ws="none",
             lifespan="off",
