@@ -154,7 +154,11 @@ def _alive(info: ControllerInfo) -> bool:
 
 
 def pid_running(pid: int) -> bool:
-    """Whether a process with this pid exists (it may belong to another user)."""
+    """Whether a process with this pid is alive (it may belong to another user).
+
+    A zombie (exited, not yet reaped by its parent) still answers signals but
+    runs nothing, so it counts as not running.
+    """
     if pid <= 0:
         return False
     try:
@@ -162,8 +166,23 @@ def pid_running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not _exited(pid)
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``/proc`` shows ``pid`` as exited (a zombie, or gone); False without ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except FileNotFoundError:
+        # Either no /proc on this system, or the process has just been reaped.
+        return not os.path.isdir("/proc/self")
+    except OSError:
+        return False
+    # "pid (comm) state ...": comm may itself hold spaces and parentheses.
+    fields = stat[stat.rfind(b")") + 1 :].split()
+    return bool(fields) and fields[0] in (b"Z", b"X")
 
 
 def controller_status(client: Client) -> pb.ControllerStatusResponse:

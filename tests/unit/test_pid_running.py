@@ -1,0 +1,49 @@
+"""``pid_running``: whether a controller's recorded pid is a live process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cobalt._client import pid_running
+
+pytestmark = pytest.mark.unit
+
+
+def _state(pid: int) -> bytes:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return stat[stat.rfind(b")") + 1 :].split()[0]
+
+
+def test_a_live_process_is_running() -> None:
+    assert pid_running(os.getpid())
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as child:
+        try:
+            assert pid_running(child.pid)
+        finally:
+            child.kill()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_zombie_is_not_running() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while _state(child.pid) != b"Z":
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.01)
+        os.kill(child.pid, 0)  # a zombie still answers signal 0
+        assert not pid_running(child.pid)
+    finally:
+        child.wait()
+    assert not pid_running(child.pid), "nor is a reaped process"
+
+
+def test_no_pid_is_not_running() -> None:
+    assert not pid_running(0)
+    assert not pid_running(-1)
