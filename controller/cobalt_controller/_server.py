@@ -98,6 +98,7 @@ class ControllerServer:
             inline_limit=config.inline_limit,
             report=report,
             env={"COBALT_CONTROLLER_ADDRESS": self.address, "COBALT_CONTROLLER_TOKEN": self.token},
+            work_dir=config.home / "workers",
         )
         self.executors = ExecutorPool(config.executors, context)
         self.scheduler = Scheduler(

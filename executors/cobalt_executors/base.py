@@ -123,6 +123,10 @@ class ExecutorContext:
     machine: Machine = field(default_factory=Machine)
     """The controller's own machine, whose CPUs, memory and warm workers the
     executors that run tasks on it (the local ones) share."""
+    work_dir: Path | None = None
+    """A folder executors keep their own files in (the controller's
+    ``<home>/workers``), so that what a killed controller leaves there is found
+    and removed at the next start; None: the system's temporary directory."""
 
 
 COMMON_OPTIONS = frozenset({"prices"})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from cobalt_executors.base import (
 )
 from cobalt_executors.local._gpus import detect_gpus
 from cobalt_executors.local._inventory import LocalInventory
+from cobalt_executors.local._logdirs import make_log_dir
 from cobalt_executors.local._process import WorkerProcess
 
 
@@ -106,12 +106,13 @@ class LocalExecutor(Executor):
         self._busy_slots = 0
         self._workers: set[WorkerProcess] = set()
         self._retired: set[WorkerProcess] = set()
-        self._log_dir = Path(tempfile.mkdtemp(prefix="cobalt-local-"))
+        self._log_dir: Path | None = None
         self._closing = False
         self._watchdog: threading.Thread | None = None
 
     def setup(self, context: ExecutorContext) -> None:
         super().setup(context)
+        self._log_dir = make_log_dir(context.work_dir)
         machine = context.machine
         stated_cpus, stated_memory = self._stated
         if not machine.claim(stated_cpus, stated_memory):
@@ -187,6 +188,7 @@ class LocalExecutor(Executor):
         worker.shutdown()
 
     def _spawn(self, device_key: str) -> WorkerProcess:
+        assert self._log_dir is not None, "setup() creates the log folder"
         worker = WorkerProcess(
             device_key, self._log_dir, dict(self.context.env), self._on_result, self._on_exit
         )
@@ -396,5 +398,6 @@ class LocalExecutor(Executor):
                 worker.proc.wait(timeout=5)
             except Exception:
                 worker.kill()
-        with contextlib.suppress(OSError):
-            os.rmdir(self._log_dir)
+        if self._log_dir is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._log_dir)
