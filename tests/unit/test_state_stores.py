@@ -298,6 +298,52 @@ def test_dispatches_do_not_see_each_others_nodes(store: StateStore) -> None:
     ] * 3
 
 
+def _child(parent: str, node_id: int = 1) -> tuple[DispatchRow, list[NodeRow]]:
+    row, nodes = _dispatch()
+    row.parent_dispatch_id, row.parent_node_id = parent, node_id
+    return row, nodes
+
+
+def test_descendants_are_every_dispatch_started_below_one_but_not_itself(
+    store: StateStore,
+) -> None:
+    root, other = _dispatch(), _dispatch()
+    child = _child(root[0].dispatch_id)
+    grandchild = _child(child[0].dispatch_id)
+    sibling = _child(root[0].dispatch_id, 2)
+    elsewhere = _child(other[0].dispatch_id)
+    _apply_new(store, root, other, child, grandchild, sibling, elsewhere)
+    assert store.descendant_dispatches(root[0].dispatch_id) == {
+        child[0].dispatch_id,
+        grandchild[0].dispatch_id,
+        sibling[0].dispatch_id,
+    }
+    assert store.descendant_dispatches(child[0].dispatch_id) == {grandchild[0].dispatch_id}
+    assert store.descendant_dispatches(grandchild[0].dispatch_id) == set()
+    assert store.descendant_dispatches("unknown") == set()
+
+
+def test_a_dispatch_holds_its_values_functions_and_outputs_and_no_other_payload(
+    store: StateStore,
+) -> None:
+    mine, theirs = _dispatch(n=3), _dispatch(n=3)
+    theirs[1][0].value_sha256 = theirs[1][0].output_sha256 = "b" * 64
+    theirs[1][1].function_sha256 = "c" * 64
+    _apply_new(store, mine, theirs)
+    batch = WriteBatch()
+    batch.update_node(mine[0].dispatch_id, 2, output_sha256="d" * 64)
+    batch.update_node(theirs[0].dispatch_id, 2, output_sha256="e" * 64)
+    store.apply(batch)
+    ids = [mine[0].dispatch_id]
+    for sha in ("a" * 64, "f" * 64, "d" * 64):
+        assert store.holds_payload(ids, sha), sha
+    for sha in ("b" * 64, "c" * 64, "e" * 64, "0" * 64):
+        assert not store.holds_payload(ids, sha), sha
+    assert store.holds_payload([*ids, theirs[0].dispatch_id], "e" * 64)
+    assert not store.holds_payload([], "a" * 64)
+    assert not store.holds_payload(["unknown"], "a" * 64)
+
+
 def test_rows_read_back_are_copies_not_the_stored_state(store: StateStore) -> None:
     row, nodes = _dispatch()
     _apply_new(store, (row, nodes))

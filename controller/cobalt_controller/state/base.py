@@ -255,6 +255,15 @@ class StateStore(ABC):
     def missing_payloads(self, shas: Iterable[str]) -> set[str]:
         """Which of these payloads the store does not hold."""
 
+    @abstractmethod
+    def descendant_dispatches(self, dispatch_id: str) -> set[str]:
+        """The dispatches started below this one (its sublattices, theirs, ...), not itself."""
+
+    @abstractmethod
+    def holds_payload(self, dispatch_ids: Collection[str], sha256: str) -> bool:
+        """Whether a node of one of these dispatches has this payload as its
+        parameter value, its function, or its output."""
+
     # -- deployments -------------------------------------------------------------
 
     @abstractmethod

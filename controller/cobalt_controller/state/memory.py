@@ -88,6 +88,29 @@ class MemoryStateStore(StateStore):
     def missing_payloads(self, shas: Iterable[str]) -> set[str]:
         return {s for s in shas if s not in self._payloads}
 
+    def descendant_dispatches(self, dispatch_id: str) -> set[str]:
+        with self._lock:
+            children: dict[str, list[str]] = {}
+            for row in self._dispatches.values():
+                if row.parent_dispatch_id:
+                    children.setdefault(row.parent_dispatch_id, []).append(row.dispatch_id)
+        found: set[str] = set()
+        frontier = [dispatch_id]
+        while frontier:
+            below = [c for p in frontier for c in children.get(p, ()) if c not in found]
+            found.update(below)
+            frontier = below
+        found.discard(dispatch_id)
+        return found
+
+    def holds_payload(self, dispatch_ids: Collection[str], sha256: str) -> bool:
+        with self._lock:
+            return any(
+                sha256 in (n.function_sha256, n.value_sha256, n.output_sha256)
+                for d in set(dispatch_ids)
+                for n in self._nodes.get(d, ())
+            )
+
     def status_counts(self, dispatch_ids: Iterable[str]) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
         for dispatch_id in set(dispatch_ids):

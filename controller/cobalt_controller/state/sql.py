@@ -29,7 +29,7 @@ dispatches = sa.Table(
     sa.Column("started_at", sa.Float),
     sa.Column("ended_at", sa.Float),
     sa.Column("error", sa.Text, nullable=False, default=""),
-    sa.Column("parent_dispatch_id", sa.String(64)),
+    sa.Column("parent_dispatch_id", sa.String(64), index=True),
     sa.Column("parent_node_id", sa.Integer),
     sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
     sa.Column("budget_usd", sa.Float),
@@ -104,8 +104,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _add_missing_columns(engine: Engine) -> None:
     """Brings a database made by an older cobalt up to date.
 
-    Columns are only ever added, each with a default, so this is the whole
-    migration story so far.
+    Columns and indexes are only ever added, each column with a default, so
+    this is the whole migration story so far.
     """
     inspector = sa.inspect(engine)
     with engine.begin() as conn:
@@ -125,6 +125,9 @@ def _add_missing_columns(engine: Engine) -> None:
                 conn.execute(
                     sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{clause}')
                 )
+    for table in (dispatches, nodes, *DEPLOY_TABLES):
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
 
 
 class SqlStateStore(DeploymentSqlMixin, StateStore):
@@ -311,6 +314,41 @@ class SqlStateStore(DeploymentSqlMixin, StateStore):
     def missing_payloads(self, shas: Iterable[str]) -> set[str]:
         with self.engine.connect() as conn:
             return self._missing(conn, shas)
+
+    def descendant_dispatches(self, dispatch_id: str) -> set[str]:
+        found: set[str] = set()
+        frontier = [dispatch_id]
+        with self.engine.connect() as conn:
+            while frontier:
+                below: list[str] = []
+                for start in range(0, len(frontier), 500):
+                    below += conn.execute(
+                        sa.select(dispatches.c.dispatch_id).where(
+                            dispatches.c.parent_dispatch_id.in_(frontier[start : start + 500])
+                        )
+                    ).scalars()
+                frontier = [d for d in below if d not in found and d != dispatch_id]
+                found.update(frontier)
+        return found
+
+    def holds_payload(self, dispatch_ids: Collection[str], sha256: str) -> bool:
+        ids = sorted(set(dispatch_ids))
+        held = (
+            (nodes.c.output_sha256 == sha256)
+            | (nodes.c.function_sha256 == sha256)
+            | (nodes.c.value_sha256 == sha256)
+        )
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                query = (
+                    sa.select(nodes.c.node_id)
+                    .where(nodes.c.dispatch_id.in_(ids[start : start + 500]))
+                    .where(held)
+                    .limit(1)
+                )
+                if conn.execute(query).first() is not None:
+                    return True
+        return False
 
     def status_counts(self, dispatch_ids: Iterable[str]) -> dict[str, dict[str, int]]:
         ids = sorted(set(dispatch_ids))
