@@ -27,7 +27,6 @@ from cobalt_controller._payloads import Payloads
 from cobalt_controller._scheduler import Scheduler
 from cobalt_controller.deploy import DeploymentManager
 from cobalt_controller.state import DispatchRow
-from cobalt_executors._runtime.payloads import sha256_hex
 
 log = logging.getLogger("cobalt.controller")
 CHUNK = 1 << 20
@@ -114,20 +113,23 @@ class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
         return pb.BlobHasResponse(missing=sorted(self.payloads.missing(shas)))
 
     def BlobPut(self, request_iterator: Iterator[pb.BlobChunk], context: Any) -> pb.BlobPutResponse:
-        sha = ""
-        parts: list[bytes] = []
-        for chunk in request_iterator:
-            if not parts:
-                sha = chunk.sha256
-                try:
-                    validate_sha256(sha)
-                except errors.Error as exc:
-                    abort(context, exc)
-            parts.append(chunk.data)
-        data = b"".join(parts)
-        if sha256_hex(data) != sha:
+        """Streams the chunks into the blob store as they arrive: the controller
+        holds about one chunk of an upload at a time, never the whole blob."""
+        first = next(request_iterator, None)
+        sha = first.sha256 if first is not None else ""
+        try:
+            validate_sha256(sha)
+        except errors.Error as exc:
+            abort(context, exc)
+
+        def chunks() -> Iterator[bytes]:
+            if first is not None:
+                yield first.data
+            for chunk in request_iterator:
+                yield chunk.data
+
+        if not self.payloads.blobs.put_stream(sha, chunks()):
             context.abort(grpc.StatusCode.DATA_LOSS, f"blob content does not match sha256 {sha}")
-        self.payloads.blobs.put(sha, data)
         return pb.BlobPutResponse(sha256=sha)
 
     def BlobGet(self, request: pb.BlobGetRequest, context: Any) -> Iterator[pb.BlobChunk]:

@@ -80,6 +80,59 @@ def test_a_stored_blob_does_not_change_when_the_callers_buffer_does(blobs: BlobS
     assert blobs.get(sha) == b"mutable buffer"
 
 
+def test_a_streamed_blob_reads_back_by_its_sha256(blobs: BlobStore) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    chunks = (data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20))
+    assert blobs.put_stream(_sha(data), chunks)
+    assert blobs.get(_sha(data)) == data
+    assert blobs.put_stream(_sha(data), iter([data])), "storing it again is fine"
+    assert blobs.put_stream(_sha(b""), iter([])), "no chunks is the empty blob"
+    assert blobs.get(_sha(b"")) == b""
+
+
+def test_a_streamed_blob_whose_content_does_not_match_is_not_stored(blobs: BlobStore) -> None:
+    sha = _sha(b"what the client said it would send")
+    assert not blobs.put_stream(sha, iter([b"something ", b"else"]))
+    assert blobs.get(sha) is None
+    assert blobs.missing([sha]) == {sha}
+
+
+def test_a_stream_that_fails_midway_stores_nothing(blobs: BlobStore) -> None:
+    data = b"first half, second half"
+
+    def broken() -> Iterator[bytes]:
+        yield data[:11]
+        raise ConnectionError("the client went away")
+
+    with pytest.raises(ConnectionError):
+        blobs.put_stream(_sha(data), broken())
+    assert not blobs.has(_sha(data))
+
+
+def test_a_streamed_blob_never_overwrites_a_stored_one(blobs: BlobStore) -> None:
+    sha = _sha(b"original")
+    blobs.put(sha, b"original")
+    assert not blobs.put_stream(sha, iter([b"other"]))
+    assert blobs.put_stream(sha, iter([b"orig", b"inal"]))
+    assert blobs.get(sha) == b"original"
+
+
+def test_local_streamed_blobs_leave_no_temporary_file(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    good, bad = b"kept", b"refused"
+    assert store.put_stream(_sha(good), iter([good]))
+    assert not store.put_stream(_sha(good + b"!"), iter([bad]))
+    with pytest.raises(ConnectionError):
+        store.put_stream(_sha(bad), _failing())
+    files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == [Path(_sha(good)[:2]) / _sha(good)]
+
+
+def _failing() -> Iterator[bytes]:
+    yield b"partial"
+    raise ConnectionError("the client went away")
+
+
 def test_local_blobs_use_the_layout_workers_read(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path / "new" / "blobs")
     data = b"read by workers straight from disk"
@@ -122,6 +175,8 @@ def test_a_blob_store_refuses_a_name_that_is_not_a_content_address(
         blobs.missing([name])
     with pytest.raises(ContentAddressError):
         blobs.put(name, b"never written")
+    with pytest.raises(ContentAddressError):
+        blobs.put_stream(name, iter([b"never written"]))
 
 
 @pytest.mark.parametrize("name", NOT_CONTENT_ADDRESSES.values(), ids=NOT_CONTENT_ADDRESSES.keys())

@@ -18,6 +18,16 @@ class BlobStore(ABC):
         """Stores ``data`` under its sha256; idempotent."""
 
     @abstractmethod
+    def put_stream(self, sha256: str, chunks: Iterable[bytes]) -> bool:
+        """Stores the concatenated ``chunks`` under ``sha256`` if that is their sha256.
+
+        Meant for content that arrives in pieces (an upload): a backend holds
+        no more than a chunk at a time where it can. Returns False, storing
+        nothing, when the content does not match; idempotent like :meth:`put`.
+        An exception raised by ``chunks`` propagates, storing nothing.
+        """
+
+    @abstractmethod
     def get(self, sha256: str) -> bytes | None: ...
 
     @abstractmethod

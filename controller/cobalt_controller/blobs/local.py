@@ -6,6 +6,11 @@ payloads never pass through the controller's memory.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from cobalt_controller.blobs.base import BlobStore
@@ -19,6 +24,27 @@ class LocalBlobStore(BlobStore):
 
     def put(self, sha256: str, data: bytes) -> None:
         write_blob(self.directory, sha256, data)
+
+    def put_stream(self, sha256: str, chunks: Iterable[bytes]) -> bool:
+        """Writes each chunk to a temporary file beside the blob as it arrives,
+        hashing as it goes, and renames the file into place once the sha256 matches."""
+        path = blob_path(self.directory, sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{sha256}.", suffix=".tmp", dir=path.parent)
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as file:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    file.write(chunk)
+            if digest.hexdigest() != sha256:
+                return False
+            if not path.exists():
+                os.replace(tmp, path)
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def get(self, sha256: str) -> bytes | None:
         try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
+
 from cobalt_common.checks import validate_sha256
 from cobalt_controller.blobs.base import BlobStore
 
@@ -12,6 +15,18 @@ class MemoryBlobStore(BlobStore):
 
     def put(self, sha256: str, data: bytes) -> None:
         self._blobs.setdefault(validate_sha256(sha256), bytes(data))
+
+    def put_stream(self, sha256: str, chunks: Iterable[bytes]) -> bool:
+        validate_sha256(sha256)
+        digest = hashlib.sha256()
+        parts = []
+        for chunk in chunks:
+            digest.update(chunk)
+            parts.append(bytes(chunk))
+        if digest.hexdigest() != sha256:
+            return False
+        self._blobs.setdefault(sha256, b"".join(parts))
+        return True
 
     def get(self, sha256: str) -> bytes | None:
         return self._blobs.get(validate_sha256(sha256))
