@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,8 @@ import cobalt as ct
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from conftest import ControllerHome
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("controller_home")]
 
@@ -180,3 +183,106 @@ def test_a_task_over_its_memory_is_stopped_and_says_so() -> None:
     assert "memory=" in str(exc)
     # The executor goes on running tasks within their memory.
     assert ct.dispatch_sync(hog_flow)(10).result == 10 * 1024 * 1024
+
+
+_ESCAPE = """
+import os, sys, time
+from pathlib import Path
+setsid_file, daemon_file = sys.argv[1], sys.argv[2]
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        Path(daemon_file).write_text(str(os.getpid()))
+        time.sleep(60)
+    os._exit(0)
+os.setsid()
+Path(setsid_file).write_text(str(os.getpid()))
+time.sleep(60)
+"""
+"""Becomes a session leader of its own, after forking a daemon the usual way (a
+fork, a new session, a second fork, and the middle process exits)."""
+
+
+@ct.electron(time_limit=1.5)
+def starts_escaping_children(setsid_file: str, daemon_file: str) -> str:
+    subprocess.Popen([sys.executable, "-c", _ESCAPE, setsid_file, daemon_file])
+    time.sleep(30)
+    return "never"
+
+
+@ct.electron
+def leaves_escaping_children(setsid_file: str, daemon_file: str) -> str:
+    subprocess.Popen([sys.executable, "-c", _ESCAPE, setsid_file, daemon_file])
+    while not (Path(setsid_file).exists() and Path(daemon_file).exists()):
+        time.sleep(0.02)
+    return "done"
+
+
+@ct.lattice
+def escaping_flow(setsid_file: str, daemon_file: str) -> str:
+    return starts_escaping_children(setsid_file, daemon_file)
+
+
+@ct.lattice
+def leaving_flow(setsid_file: str, daemon_file: str) -> str:
+    return leaves_escaping_children(setsid_file, daemon_file)
+
+
+def _escaped_pids(setsid_file: Path, daemon_file: Path) -> list[int]:
+    assert _wait_for(lambda: setsid_file.exists() and daemon_file.exists()), "children started"
+    return [int(setsid_file.read_text()), int(daemon_file.read_text())]
+
+
+def test_children_in_their_own_session_and_daemons_die_with_a_timed_out_task(
+    tmp_path: Path,
+) -> None:
+    setsid_file, daemon_file = tmp_path / "setsid", tmp_path / "daemon"
+    dispatch_id = ct.dispatch(escaping_flow)(str(setsid_file), str(daemon_file))
+    pids = _escaped_pids(setsid_file, daemon_file)
+    assert not any(_process_gone(pid) for pid in pids)
+    assert ct.get_result(dispatch_id, wait=10).status == ct.Status.TIMED_OUT
+    for pid in pids:
+        assert _wait_for(lambda pid=pid: _process_gone(pid), timeout=3), f"{pid} still runs"
+
+
+def test_children_in_their_own_session_and_daemons_die_with_a_cancelled_task(
+    tmp_path: Path,
+) -> None:
+    setsid_file, daemon_file = tmp_path / "setsid", tmp_path / "daemon"
+    dispatch_id = ct.dispatch(escaping_flow)(str(setsid_file), str(daemon_file))
+    pids = _escaped_pids(setsid_file, daemon_file)
+    ct.cancel(dispatch_id)
+    assert ct.get_result(dispatch_id, wait=10).status == ct.Status.CANCELLED
+    for pid in pids:
+        assert _wait_for(lambda pid=pid: _process_gone(pid), timeout=3), f"{pid} still runs"
+
+
+def test_what_a_task_leaves_running_when_it_returns_is_killed(tmp_path: Path) -> None:
+    setsid_file, daemon_file = tmp_path / "setsid", tmp_path / "daemon"
+    result = ct.dispatch_sync(leaving_flow)(str(setsid_file), str(daemon_file))
+    assert result.result == "done"
+    for pid in _escaped_pids(setsid_file, daemon_file):
+        assert _wait_for(lambda pid=pid: _process_gone(pid), timeout=3), f"{pid} still runs"
+
+
+_TREE_ONLY_CONFIG = """\
+[executors.local]
+type = "local"
+workers = 1
+cgroups = false
+"""
+
+
+def test_without_cgroups_the_process_tree_alone_contains_a_timed_out_task(
+    make_controller_home: Callable[..., ControllerHome], tmp_path: Path
+) -> None:
+    make_controller_home(_TREE_ONLY_CONFIG).start()
+    setsid_file, daemon_file = tmp_path / "setsid", tmp_path / "daemon"
+    dispatch_id = ct.dispatch(escaping_flow)(str(setsid_file), str(daemon_file))
+    pids = _escaped_pids(setsid_file, daemon_file)
+    assert ct.get_result(dispatch_id, wait=10).status == ct.Status.TIMED_OUT
+    for pid in pids:
+        assert _wait_for(lambda pid=pid: _process_gone(pid), timeout=3), f"{pid} still runs"
+    assert ct.dispatch_sync(leaving_flow)(str(tmp_path / "s2"), str(tmp_path / "d2")).result
+    for pid in _escaped_pids(tmp_path / "s2", tmp_path / "d2"):
+        assert _wait_for(lambda pid=pid: _process_gone(pid), timeout=3), f"{pid} still runs"

@@ -60,9 +60,16 @@ class LocalExecutor(Executor):
         memory: memory capacity in MB or as "64GB" (default: this machine's).
         emulate_gpus: GPUs to pretend to have, e.g. ``{"h100": 2}``: inventory
             only, labelled emulated in every record.
+        cgroups: put each worker in a cgroup v2 of its own where the machine
+            allows it (default true); false contains workers by process tree only.
     Real GPUs are found with ``nvidia-smi``; each GPU task gets its own
     ``CUDA_VISIBLE_DEVICES``, and a real GPU runs one task at a time even when
     several local executors list it. No new interpreter is started per task.
+
+    Everything a task starts is killed when the task is stopped (time limit,
+    cancel, memory) and when it returns or fails, including children in a
+    session of their own and daemons; what can still escape is listed in the
+    README's controller section.
 
     All local executors of a controller share one machine (the context's
     :class:`~cobalt_executors._machine.Machine`): a task needs room in this
@@ -73,12 +80,16 @@ class LocalExecutor(Executor):
     """
 
     type_name = "local"
-    accepted_options = frozenset({"workers", "cpus", "memory", "emulate_gpus"})
+    accepted_options = frozenset({"workers", "cpus", "memory", "emulate_gpus", "cgroups"})
 
     def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(name, options)
         opts = self.options
         self._warm = int(opts.get("workers") or os.cpu_count() or 1)
+        cgroups = opts.get("cgroups", True)
+        if not isinstance(cgroups, bool):
+            raise SpecError(f"executor {name!r}: cgroups must be true or false, not {cgroups!r}.")
+        self._cgroups = cgroups
         devices = detect_gpus()
         next_index = max((d.index for d in devices), default=-1) + 1
         emulate = opts.get("emulate_gpus") or {}
@@ -190,7 +201,12 @@ class LocalExecutor(Executor):
     def _spawn(self, device_key: str) -> WorkerProcess:
         assert self._log_dir is not None, "setup() creates the log folder"
         worker = WorkerProcess(
-            device_key, self._log_dir, dict(self.context.env), self._on_result, self._on_exit
+            device_key,
+            self._log_dir,
+            dict(self.context.env),
+            self._on_result,
+            self._on_exit,
+            cgroups=self._cgroups,
         )
         self._workers.add(worker)
         return worker

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +13,8 @@ from pathlib import Path
 
 from cobalt_common.v1 import worker_pb2
 from cobalt_executors._runtime.framing import Readable, encode, read_message
+from cobalt_executors._runtime.proctree import kill_tree
+from cobalt_executors.local._cgroup import WorkerCgroup, worker_cgroup
 
 _ids = itertools.count(1)
 
@@ -25,6 +25,10 @@ class WorkerProcess:
 
     A process that has touched CUDA cannot change devices, so a worker only
     ever runs tasks given the same GPUs.
+
+    With ``cgroups``, the worker is moved into a cgroup of its own before it
+    is sent a task, where this machine allows it (see ``_cgroup``); either
+    way it is a child subreaper, so its process tree holds all it started.
     """
 
     def __init__(
@@ -34,6 +38,7 @@ class WorkerProcess:
         env: dict[str, str],
         on_result: Callable[[WorkerProcess, worker_pb2.WorkerResult], None],
         on_exit: Callable[[WorkerProcess, int | None], None],
+        cgroups: bool = True,
     ) -> None:
         self.id = next(_ids)
         self.device_key = device_key
@@ -73,6 +78,10 @@ class WorkerProcess:
             start_new_session=True,
         )
         child.close()
+        # Python's start-up forks nothing, and no task is sent before this returns.
+        self.cgroup: WorkerCgroup | None = (
+            worker_cgroup(f"worker-{self.id}", self.proc.pid) if cgroups else None
+        )
         self._sock = parent
         self._send_lock = threading.Lock()
         self._reader = threading.Thread(
@@ -111,9 +120,13 @@ class WorkerProcess:
         return texts[0], texts[1]
 
     def kill(self) -> None:
-        """Kills the worker and anything it started (its own process group)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        """Kills the worker and everything it started: its process group, its
+        descendants (found while it is stopped and still holds its orphans),
+        and all of its cgroup."""
+        if self.proc.poll() is None:  # once reaped, the pid may be another process's
+            kill_tree(self.proc.pid)
+        if self.cgroup is not None:
+            self.cgroup.kill()
 
     def shutdown(self) -> None:
         try:
@@ -123,6 +136,10 @@ class WorkerProcess:
             pass
 
     def cleanup(self) -> None:
+        """After the worker exited: kills what its cgroup still holds (orphans
+        of a worker that died by itself) and removes its files."""
+        if self.cgroup is not None:
+            self.cgroup.remove()
         self._sock.close()
         for path in (self.out_path, self.err_path):
             path.unlink(missing_ok=True)
