@@ -19,6 +19,7 @@ from cobalt_controller._config import ControllerConfig
 from cobalt_controller._convert import task_from_row
 from cobalt_controller._events import EventHub
 from cobalt_controller._executors import ExecutorPool
+from cobalt_controller._lograte import limit_grpc_error_logs
 from cobalt_controller._model import COMPLETED, PARAMETER, PENDING, TERMINAL, Dispatch, Task
 from cobalt_controller._payloads import Payloads
 from cobalt_controller._scheduler import Scheduler
@@ -65,6 +66,7 @@ class ControllerServer:
         self.blobs = LocalBlobStore(config.blob_dir)
         self.payloads = Payloads(self.state, self.blobs, config.inline_limit)
         self._stopped = threading.Event()
+        limit_grpc_error_logs()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="cobalt-rpc"),
             interceptors=[_TokenInterceptor(self.token)],
