@@ -29,7 +29,7 @@ def make_log_dir(parent: Path | None) -> Path:
 
 def remove_stale(parent: Path) -> list[Path]:
     """Removes the folders in ``parent`` left by processes no longer running."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(parent.iterdir())
     except OSError:
