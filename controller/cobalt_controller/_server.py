@@ -20,6 +20,7 @@ from cobalt_controller._convert import task_from_row
 from cobalt_controller._events import EventHub
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._lograte import limit_grpc_error_logs
+from cobalt_controller._malformed import MalformedRequestInterceptor
 from cobalt_controller._model import COMPLETED, PARAMETER, PENDING, TERMINAL, Dispatch, Task
 from cobalt_controller._payloads import Payloads
 from cobalt_controller._scheduler import Scheduler
@@ -69,7 +70,7 @@ class ControllerServer:
         limit_grpc_error_logs()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="cobalt-rpc"),
-            interceptors=[_TokenInterceptor(self.token)],
+            interceptors=[MalformedRequestInterceptor(), _TokenInterceptor(self.token)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
