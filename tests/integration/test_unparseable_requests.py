@@ -96,8 +96,10 @@ def test_grpcios_own_tracebacks_for_unparseable_requests_and_handler_errors_are_
     server.start()
     counts: list[str] = []
     limit = RateLimit(burst=5, interval_s=3600, report=counts.append)
-    for name in GRPC_LOGGERS:
-        logging.getLogger(name).addFilter(limit)
+    loggers = [logging.getLogger(name) for name in GRPC_LOGGERS]
+    saved = [logger.filters for logger in loggers]
+    for logger in loggers:
+        logger.filters = [limit]  # this limit alone, whatever else this process installed
     rng = random.Random(7)
     try:
         with caplog.at_level(logging.ERROR), grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -108,8 +110,8 @@ def test_grpcios_own_tracebacks_for_unparseable_requests_and_handler_errors_are_
                     (parse if i % 2 else failing)(garbage(rng), timeout=10)
         limit.flush()
     finally:
-        for name in GRPC_LOGGERS:
-            logging.getLogger(name).removeFilter(limit)
+        for logger, filters in zip(loggers, saved, strict=True):
+            logger.filters = filters
         server.stop(None)
     logged = [r for r in caplog.records if r.name in GRPC_LOGGERS]
     assert len(logged) == 5
