@@ -33,6 +33,8 @@ __all__ = [
     "Manifest",
     "Route",
     "Schedule",
+    "deploy_task_key",
+    "deploy_task_service",
     "validate_deployment_name",
 ]
 
@@ -47,6 +49,32 @@ MAX_SECONDS = 366 * 86400.0
 # The longest delay or timeout a manifest may name: a year.
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _ROUTE = re.compile(r"^/[A-Za-z0-9_\-./]*$")
+
+
+_DEPLOY_TASK = "cobalt._deploy.deploy "
+
+
+def deploy_task_key(name: str) -> str:
+    """The function key that marks a lattice's task deploying service ``name``.
+
+    The controller gives that task's credential the right to create and read
+    deployment ``name``, and no other.
+    """
+    return _DEPLOY_TASK + name
+
+
+def deploy_task_service(function_key: str) -> str:
+    """The service a task with this function key deploys; "" when it deploys none.
+
+    >>> deploy_task_service(deploy_task_key("classifier"))
+    'classifier'
+    >>> deploy_task_service("my_module.train")
+    ''
+    """
+    if not function_key.startswith(_DEPLOY_TASK):
+        return ""
+    name = function_key[len(_DEPLOY_TASK) :]
+    return name if _NAME.match(name) else ""
 
 
 def validate_deployment_name(name: str) -> str:

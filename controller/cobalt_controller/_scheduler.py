@@ -19,10 +19,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from cobalt_common.deploy import deploy_task_service
 from cobalt_common.pricing import billed_seconds
 from cobalt_controller._budget import budget_report, exhausted_message, placement_note
 from cobalt_controller._convert import given_to_json
 from cobalt_controller._cost import local_day
+from cobalt_controller._credentials import Credentials, TaskScope
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._intake import worst_case_usd
 from cobalt_controller._model import (
@@ -60,8 +62,11 @@ class Scheduler:
         *,
         retry_backoff_s: float = 1.0,
         retry_backoff_max_s: float = 60.0,
+        credentials: Credentials | None = None,
     ) -> None:
         self.state = state
+        self.credentials = credentials
+        """Mints each attempt's own credential; None: tasks get none (tests)."""
         self.payloads = payloads
         self.executors = executors
         self.retry_backoff_s = retry_backoff_s
@@ -246,6 +251,7 @@ class Scheduler:
                 self._changed.append((d, None))
             self._touch(d, t)
             return True
+        self._revoke(t.task_key)
         t.attempts -= 1
         return False
 
@@ -295,15 +301,37 @@ class Scheduler:
             hardware=t.hardware,
             function=self.payloads.ref(t.fn_sha),
             args=args,
-            env={
-                "COBALT_DISPATCH_ID": d.dispatch_id,
-                "COBALT_NODE_ID": str(t.node_id),
-                "COBALT_WORKING_DIR": d.working_dir,
-            },
+            env=self._task_env(d, t),
             long_running=t.kind == SUBLATTICE,
         )
 
+    def _task_env(self, d: Dispatch, t: Task) -> dict[str, str]:
+        """The variables of one attempt: where it belongs, and its own credential.
+
+        ``COBALT_ATTEMPT_ID`` (``<dispatch>/<node>/<attempt>``) is stable for the
+        attempt. Tasks run at least once (one that was running when the
+        controller stopped runs again, as a new attempt), so a task keys side
+        effects that must not repeat on it, or on its ``<dispatch>/<node>``
+        part for once per task (docs/security.md).
+        """
+        env = {
+            "COBALT_DISPATCH_ID": d.dispatch_id,
+            "COBALT_NODE_ID": str(t.node_id),
+            "COBALT_ATTEMPT_ID": t.task_key,
+            "COBALT_WORKING_DIR": d.working_dir,
+        }
+        if self.credentials is not None:
+            deploys = deploy_task_service(t.function_key) if t.kind == ELECTRON else ""
+            scope = TaskScope(t.task_key, d.dispatch_id, t.node_id, deploys)
+            env["COBALT_CONTROLLER_TOKEN"] = self.credentials.mint(t.task_key, scope)
+        return env
+
+    def _revoke(self, task_key: str) -> None:
+        if self.credentials is not None:
+            self.credentials.revoke(task_key)
+
     def _on_outcome(self, o: TaskOutcome) -> None:
+        self._revoke(o.task_key)
         entry = self._submitted.pop(o.task_key, None)
         if entry is None:
             return
@@ -386,6 +414,7 @@ class Scheduler:
             _, key = heapq.heappop(self._deadlines)
             entry = self._submitted.get(key)
             if entry is not None:
+                self._revoke(key)
                 entry[2].cancel(key, "time_limit")
 
     def _on_cancel(self, dispatch_id: str) -> None:
@@ -397,6 +426,7 @@ class Scheduler:
             if t.status == RUNNING:
                 entry = self._submitted.get(t.task_key)
                 if entry is not None:
+                    self._revoke(t.task_key)
                     entry[2].cancel(t.task_key, "cancelled")
             elif t.status == PENDING:
                 t.status = CANCELLED

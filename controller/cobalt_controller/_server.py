@@ -9,16 +9,18 @@ import secrets
 import threading
 import time
 from concurrent import futures
-from typing import Any
 
 import grpc
 
 from cobalt_common.paths import controller_file
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
+from cobalt_controller._authorize import Authorizer
 from cobalt_controller._config import ControllerConfig
 from cobalt_controller._convert import task_from_row
+from cobalt_controller._credentials import Credentials
 from cobalt_controller._events import EventHub
 from cobalt_controller._executors import ExecutorPool
+from cobalt_controller._interceptor import CredentialInterceptor
 from cobalt_controller._lograte import limit_grpc_error_logs
 from cobalt_controller._malformed import MalformedRequestInterceptor
 from cobalt_controller._model import COMPLETED, PARAMETER, PENDING, TERMINAL, Dispatch, Task
@@ -36,26 +38,6 @@ VERSION = "0.1.0"
 MAX_MESSAGE = 1 << 30
 
 
-class _TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}"
-
-        def deny(request: Any, context: grpc.ServicerContext) -> None:
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or wrong controller token; clients read it from controller.json "
-                "in the controller's COBALT_HOME.",
-            )
-
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-
-    def intercept_service(self, continuation: Any, details: Any) -> Any:
-        for key, value in details.invocation_metadata:
-            if key == "authorization" and secrets.compare_digest(value, self._expected):
-                return continuation(details)
-        return self._deny
-
-
 class ControllerServer:
     """Owns everything the controller runs; ``start()`` then ``wait()``."""
 
@@ -63,6 +45,9 @@ class ControllerServer:
         self.config = config
         config.home.mkdir(parents=True, exist_ok=True)
         self.token = secrets.token_urlsafe(32)
+        """The user's token, written to controller.json: the only one that administers."""
+        self.credentials = Credentials(self.token)
+        """Each task attempt's and replica's own credential (see docs/security.md)."""
         self.state = state or SqlStateStore(config.database_url)
         self.blobs = LocalBlobStore(config.blob_dir)
         self.payloads = Payloads(self.state, self.blobs, config.inline_limit)
@@ -70,7 +55,10 @@ class ControllerServer:
         limit_grpc_error_logs()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="cobalt-rpc"),
-            interceptors=[MalformedRequestInterceptor(), _TokenInterceptor(self.token)],
+            interceptors=[
+                MalformedRequestInterceptor(),
+                CredentialInterceptor(Authorizer(self.credentials, self.state)),
+            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -82,7 +70,7 @@ class ControllerServer:
             raise OSError(f"cannot listen on {config.address}")
         self.address = f"{config.address.rsplit(':', 1)[0]}:{port}"
         self.hub = EventHub()
-        self.deployments = DeploymentManager(self.state, self.payloads, None)
+        self.deployments = DeploymentManager(self.state, self.payloads, None, self.credentials)
         self.gateway: Gateway | None = None
         if config.gateway_address:
             self.gateway = Gateway(
@@ -100,7 +88,9 @@ class ControllerServer:
             blob_dir=config.blob_dir,
             inline_limit=config.inline_limit,
             report=report,
-            env={"COBALT_CONTROLLER_ADDRESS": self.address, "COBALT_CONTROLLER_TOKEN": self.token},
+            # No token here: warm workers outlive tasks. Each task attempt and
+            # replica gets its own credential in its submission's env instead.
+            env={"COBALT_CONTROLLER_ADDRESS": self.address},
             work_dir=config.home / "workers",
         )
         self.executors = ExecutorPool(config.executors, context)
@@ -110,6 +100,7 @@ class ControllerServer:
             self.executors,
             retry_backoff_s=config.retry_backoff_s,
             retry_backoff_max_s=config.retry_backoff_max_s,
+            credentials=self.credentials,
         )
         self.scheduler.listener = self.hub.publish
         self.dashboard: Dashboard | None = None

@@ -143,6 +143,12 @@ def get_client(*, start: bool = False) -> Client:
     with _lock:
         client = _clients.get(key)
         if client is None:
+            # A new token for the same address replaces the old one: each task
+            # in a warm worker brings its own credential, and a restarted
+            # controller its own token; the old client is dropped, not closed,
+            # since another thread may still be reading from it.
+            for old in [k for k in _clients if k[0] == info.address]:
+                del _clients[old]
             client = _clients[key] = Client(info)
     return client
 

@@ -33,6 +33,7 @@ from cobalt._service import (
     check_options,
     default_name,
 )
+from cobalt_common.deploy import deploy_task_key
 from cobalt_common.errors import (
     ControllerUnavailableError,
     DeploymentError,
@@ -190,7 +191,9 @@ class DeployTask:
     """The function of a lattice's ``deploy <name>`` task: deploys on the worker.
 
     The worker reaches the controller through ``COBALT_CONTROLLER_ADDRESS``
-    and ``COBALT_CONTROLLER_TOKEN``, as sublattices do.
+    and ``COBALT_CONTROLLER_TOKEN``, as sublattices do. The task's node is
+    marked by its :attr:`function_key`: the controller lets its credential
+    create and read this service's deployment, and no other.
     """
 
     __slots__ = ("service", "timeout", "wait")
@@ -199,6 +202,10 @@ class DeployTask:
         self.service = service
         self.wait = wait
         self.timeout = timeout
+
+    @property
+    def function_key(self) -> str:
+        return deploy_task_key(self.service.name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Deployment:
         return deploy_now(self.service, args, kwargs, wait=self.wait, timeout=self.timeout)

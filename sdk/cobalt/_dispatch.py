@@ -134,6 +134,9 @@ def split_payloads(inline: Any, payloads: dict[str, bytes]) -> dict[str, bytes]:
 def _function_key(node: GraphNode) -> str:
     """``module.qualname`` of the user's function: the same electron across dispatches."""
     fn = getattr(node.function, "fn", node.function)
+    key = getattr(fn, "function_key", None)
+    if isinstance(key, str):
+        return key
     module = getattr(fn, "__module__", None) or "?"
     return f"{module}.{getattr(fn, '__qualname__', node.name)}"
 

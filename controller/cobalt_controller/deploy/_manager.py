@@ -41,6 +41,7 @@ from cobalt_common.checks import brief
 from cobalt_common.deploy import Manifest
 from cobalt_common.errors import DeploymentError, NotFoundError
 from cobalt_common.hardware import HardwareSpec
+from cobalt_controller._credentials import Credentials
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.deploy._autoscaler import ScaleEvent
 from cobalt_controller.deploy._gateway import Gateway
@@ -89,12 +90,20 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
         state: where deployments, replicas and events persist.
         payloads: the pickled replica entries and arguments (opaque bytes).
         gateway: the HTTP front; None when ``gateway_address`` is "".
+        credentials: mints each replica's own credential; None: replicas get none.
     """
 
-    def __init__(self, state: StateStore, payloads: Payloads, gateway: Gateway | None) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        payloads: Payloads,
+        gateway: Gateway | None,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.state = state
         self.payloads = payloads
         self.gateway = gateway
+        self.credentials = credentials
         self.live: dict[str, LiveDeployment] = {}
         self._by_key: dict[str, tuple[LiveDeployment, LiveReplica]] = {}
         self._lock = threading.RLock()

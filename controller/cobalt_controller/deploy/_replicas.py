@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cobalt_controller._credentials import Credentials, ReplicaScope
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.deploy._gateway import Gateway
 from cobalt_controller.deploy._live import (
@@ -39,6 +40,7 @@ class ReplicaLifecycle:
     state: StateStore
     payloads: Payloads
     gateway: Gateway | None
+    credentials: Credentials | None
     _lock: threading.RLock
     _changed: threading.Condition
     _closing: bool
@@ -93,6 +95,16 @@ class ReplicaLifecycle:
         except KeyError as exc:
             self._start_failed(d, r, f"payload {exc} of the service is missing from the store.")
             return False
+        credential: dict[str, str] = {}
+        if self.credentials is not None:
+            # The replica's own credential: ReplicaReady for itself, and the
+            # payloads it starts from; it ends when the replica does.
+            scope = ReplicaScope(
+                d.name,
+                r.replica_id,
+                frozenset([function.sha256, *(a.payload.sha256 for a in args)]),
+            )
+            credential["COBALT_CONTROLLER_TOKEN"] = self.credentials.mint(r.task_key, scope)
         for ex in d.candidates:
             submission = TaskSubmission(
                 task_key=r.task_key,
@@ -109,6 +121,7 @@ class ReplicaLifecycle:
                     "COBALT_REPLICA_HOST": "127.0.0.1" if ex.type_name == "local" else "0.0.0.0",
                     "COBALT_REPLICA_SECRET": r.secret,
                     "COBALT_WORKING_DIR": d.working_dir,
+                    **credential,
                 },
                 long_running=True,
             )
@@ -116,6 +129,7 @@ class ReplicaLifecycle:
                 given = ex.try_submit(submission)
             except Exception as exc:
                 log.exception("executor %s could not start %s", ex.name, r.task_key)
+                self._revoke(r)
                 self._start_failed(d, r, f"executor {ex.name!r} could not start it: {exc}")
                 return False
             if given is None:
@@ -132,6 +146,7 @@ class ReplicaLifecycle:
                 {"executor": ex.name, "rate_usd_per_hour": r.rate},
             )
             return True
+        self._revoke(r)
         if not r.waiting_noted:
             r.waiting_noted = True
             names = ", ".join(ex.name for ex in d.candidates)
@@ -164,12 +179,14 @@ class ReplicaLifecycle:
             ).start()
             self._ended(d, r, "stopped", time.time())
         elif r.executor is not None:
+            self._revoke(r)
             r.executor.cancel(r.task_key, "cancelled")
         else:
             self._ended(d, r, "stopped", time.time())
 
     def _ended(self, d: LiveDeployment, r: LiveReplica, status: str, ended_at: float) -> None:
         """Bills a replica that ended and forgets it."""
+        self._revoke(r)
         if not r.live:
             return
         r.status = status
@@ -187,6 +204,10 @@ class ReplicaLifecycle:
         if self.gateway is not None:
             self.gateway.remove_replica(d.name, r.replica_id)
         self._changed.notify_all()
+
+    def _revoke(self, r: LiveReplica) -> None:
+        if self.credentials is not None:
+            self.credentials.revoke(r.task_key)
 
     def _start_failed(self, d: LiveDeployment, r: LiveReplica, error: str) -> None:
         r.error = error
