@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cobalt_controller.dashboard import Dashboard
+from cobalt_controller.dashboard import Dashboard, _http
 from cobalt_controller.state import MemoryStateStore
 
 pytestmark = pytest.mark.unit
@@ -115,3 +115,17 @@ def test_a_head_just_under_the_limit_is_served(port: int) -> None:
     filler = b"X-Fill: " + b"y" * (60 * 1024) + b"\r\n"
     answer = exchange(port, head + filler + b"Connection: close\r\n\r\n")
     assert statuses(answer) == [200]
+
+
+def test_a_head_that_stops_halfway_gets_408_and_a_silent_connection_is_closed(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_http, "HEAD_TIMEOUT_S", 0.3)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as half:
+        half.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Half: ")
+        assert statuses(half.recv(65536)) == [408]
+        assert half.recv(1) == b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as silent:
+        assert silent.recv(1) == b""
+    answer = exchange(port, b"HEAD / HTTP/1.1\r\nHost: x\r\n" + AUTH + b"Connection: close\r\n\r\n")
+    assert statuses(answer) == [200], "a whole head is served"
