@@ -50,6 +50,9 @@ from cobalt_executors import Executor, TaskArg, TaskOutcome, TaskSubmission
 log = logging.getLogger("cobalt.controller")
 
 _OUTCOME_STATUS = {"failed": FAILED, "timed_out": TIMED_OUT, "cancelled": CANCELLED}
+WRITE_ATTEMPTS = 3
+"""Rounds in a row whose write may fail before the rest is stored dispatch by dispatch,
+and a dispatch whose own changes still cannot be stored is stopped."""
 Listener = Callable[[Dispatch, Task | None], None]
 
 
@@ -84,6 +87,10 @@ class Scheduler:
         self._changed: list[tuple[Dispatch, Task | None]] = []
         self._dirty: dict[tuple[str, int], tuple[Task, dict[str, str] | None]] = {}
         self._cost_changed: set[Dispatch] = set()
+        self._failed_writes = 0
+        self._unstorable: set[str] = set()
+        """Dispatches stopped because their state could not be stored: nothing more of
+        them is written or announced."""
         self._ledgers: set[Ledger] = set()
         """Ledgers with tasks held back by their budget."""
         self._thread = threading.Thread(target=self._run, name="cobalt-scheduler", daemon=True)
@@ -547,16 +554,31 @@ class Scheduler:
             for d in self._cost_changed:
                 self._batch.update_dispatch(d.dispatch_id, cost_usd=d.cost_usd, emulated=d.emulated)
             self._cost_changed.clear()
+        if self._unstorable:
+            self._batch.drop(self._unstorable)
         if self._batch:
             batch, self._batch = self._batch, WriteBatch()
             try:
                 self.state.apply(batch)
+                self._failed_writes = 0
             except Exception:
-                # Nothing of a round is announced before it is stored: it is kept,
-                # under any later changes, and written again with the next round.
-                self._batch = _merged(batch, self._batch)
-                raise
+                self._failed_writes += 1
+                if self._failed_writes < WRITE_ATTEMPTS:
+                    # Nothing of a round is announced before it is stored: it is kept,
+                    # under any later changes, and written again with the next round.
+                    self._batch = batch.merged(self._batch)
+                    raise
+                self._failed_writes = 0
+                log.exception(
+                    "a round failed to store %d times in a row; storing it dispatch by dispatch",
+                    WRITE_ATTEMPTS,
+                )
+                self._store_apart(batch)
         changed, self._changed = self._changed, []
+        if self._unstorable:
+            changed = [
+                (d, t) for d, t in changed if t is None or d.dispatch_id not in self._unstorable
+            ]
         finished, self._finished = self._finished, []
         if self.listener is not None:
             for d, t in changed:
@@ -565,16 +587,42 @@ class Scheduler:
             d.done.set()
             self.active.pop(d.dispatch_id, None)
 
+    def _store_apart(self, batch: WriteBatch) -> None:
+        """Stores ``batch`` one dispatch at a time, so that one dispatch whose state
+        the store refuses cannot hold back the others; that one is stopped."""
+        for dispatch_id, part in batch.by_dispatch().items():
+            try:
+                self.state.apply(part)
+            except Exception as exc:
+                if dispatch_id is None:  # payloads alone: kept for the next round
+                    self._batch = part.merged(self._batch)
+                else:
+                    self._abandon(dispatch_id, exc)
 
-def _merged(older: WriteBatch, newer: WriteBatch) -> WriteBatch:
-    """``older``'s writes with ``newer``'s applied over them."""
-    for key, values in newer.node_updates.items():
-        older.update_node(*key, **values)
-    for dispatch_id, values in newer.dispatch_updates.items():
-        older.update_dispatch(dispatch_id, **values)
-    older.new_dispatches.extend(newer.new_dispatches)
-    older.payloads.update(newer.payloads)
-    return older
+    def _abandon(self, dispatch_id: str, exc: Exception) -> None:
+        """Stops a dispatch whose state cannot be stored, and says why."""
+        self._unstorable.add(dispatch_id)
+        log.error("dispatch %s stopped: its state cannot be stored (%r)", dispatch_id, exc)
+        d = self.active.get(dispatch_id)
+        if d is None or (d.ended_at is not None and d not in self._finished):
+            return  # ended and announced in an earlier round
+        self._on_cancel(dispatch_id)  # stops its tasks and its sublattices, no retries
+        d.status = FAILED
+        d.ended_at = time.time()
+        d.error = (
+            f"cobalt could not store this dispatch's state ({type(exc).__name__}: "
+            f"{str(exc)[:200]}), so it was stopped and its tasks cancelled; other dispatches "
+            "go on. The controller's log has the details."
+        )
+        try:
+            final = WriteBatch()
+            final.update_dispatch(dispatch_id, status=d.status, ended_at=d.ended_at, error=d.error)
+            self.state.apply(final)
+        except Exception:
+            log.exception("could not store that dispatch %s failed either", dispatch_id)
+        if d not in self._finished:
+            self._finished.append(d)
+        self._changed.append((d, None))
 
 
 def _dispatch_error(d: Dispatch) -> str:

@@ -204,6 +204,41 @@ class WriteBatch:
             self.new_dispatches or self.node_updates or self.dispatch_updates or self.payloads
         )
 
+    def merged(self, newer: WriteBatch) -> WriteBatch:
+        """This batch with ``newer``'s writes applied over it (this one is changed)."""
+        for key, values in newer.node_updates.items():
+            self.update_node(*key, **values)
+        for dispatch_id, values in newer.dispatch_updates.items():
+            self.update_dispatch(dispatch_id, **values)
+        self.new_dispatches.extend(newer.new_dispatches)
+        self.payloads.update(newer.payloads)
+        return self
+
+    def by_dispatch(self) -> dict[str | None, WriteBatch]:
+        """This batch split by dispatch; payloads, which belong to none, first (None)."""
+        parts: dict[str | None, WriteBatch] = {}
+        if self.payloads:
+            parts[None] = WriteBatch(payloads=dict(self.payloads))
+        for row, nodes in self.new_dispatches:
+            parts.setdefault(row.dispatch_id, WriteBatch()).new_dispatches.append((row, nodes))
+        for key, values in self.node_updates.items():
+            parts.setdefault(key[0], WriteBatch()).node_updates[key] = values
+        for dispatch_id, values in self.dispatch_updates.items():
+            parts.setdefault(dispatch_id, WriteBatch()).dispatch_updates[dispatch_id] = values
+        return parts
+
+    def drop(self, dispatch_ids: set[str]) -> None:
+        """Removes everything of ``dispatch_ids`` from this batch."""
+        self.new_dispatches[:] = [
+            (row, nodes)
+            for row, nodes in self.new_dispatches
+            if row.dispatch_id not in dispatch_ids
+        ]
+        for key in [k for k in self.node_updates if k[0] in dispatch_ids]:
+            del self.node_updates[key]
+        for dispatch_id in dispatch_ids & self.dispatch_updates.keys():
+            del self.dispatch_updates[dispatch_id]
+
 
 class StateStore(ABC):
     """Durable state of dispatches and tasks."""
