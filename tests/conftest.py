@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 from cobalt import _client
-from cobalt._client import get_client, pid_running
+from cobalt._client import get_client
+from cobalt_common.processes import pid_running
 from cobalt_common.v1 import controller_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,6 +19,7 @@ import grpc
 
 from cobalt_common import errors
 from cobalt_common.paths import cobalt_home, controller_file
+from cobalt_common.processes import pid_running
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
 
@@ -157,38 +158,6 @@ def _alive(info: ControllerInfo) -> bool:
     if os.environ.get("COBALT_CONTROLLER_ADDRESS"):
         return True
     return pid_running(info.pid)
-
-
-def pid_running(pid: int) -> bool:
-    """Whether a process with this pid is alive (it may belong to another user).
-
-    A zombie (exited, not yet reaped by its parent) still answers signals but
-    runs nothing, so it counts as not running.
-    """
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return not _exited(pid)
-
-
-def _exited(pid: int) -> bool:
-    """Whether ``/proc`` shows ``pid`` as exited (a zombie, or gone); False without ``/proc``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            stat = file.read()
-    except FileNotFoundError:
-        # Either no /proc on this system, or the process has just been reaped.
-        return not os.path.isdir("/proc/self")
-    except OSError:
-        return False
-    # "pid (comm) state ...": comm may itself hold spaces and parentheses.
-    fields = stat[stat.rfind(b")") + 1 :].split()
-    return bool(fields) and fields[0] in (b"Z", b"X")
 
 
 def controller_status(client: Client) -> pb.ControllerStatusResponse:

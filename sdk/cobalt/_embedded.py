@@ -10,9 +10,10 @@ import threading
 import time
 from pathlib import Path
 
-from cobalt._client import ControllerInfo, pid_running, read_controller_info
+from cobalt._client import ControllerInfo, read_controller_info
 from cobalt_common.errors import ConfigError, ControllerUnavailableError
 from cobalt_common.paths import config_file
+from cobalt_common.processes import pid_running
 from cobalt_common.startup import CONFIG_EXIT_CODE, find_config_error
 
 START_TIMEOUT_S = 30.0

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from cobalt._client import pid_running
+from cobalt_common.processes import pid_running
 
 if TYPE_CHECKING:
     from collections.abc import Callable

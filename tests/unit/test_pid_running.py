@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cobalt._client import pid_running
+from cobalt_common.processes import pid_running
 
 pytestmark = pytest.mark.unit
 
@@ -47,3 +47,11 @@ def test_a_zombie_is_not_running() -> None:
 def test_no_pid_is_not_running() -> None:
     assert not pid_running(0)
     assert not pid_running(-1)
+
+
+def test_the_examples_in_the_docstrings_hold() -> None:
+    import doctest
+
+    from cobalt_common import processes
+
+    assert doctest.testmod(processes).failed == 0

@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from cobalt_common.processes import pid_running
+
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
@@ -59,22 +61,12 @@ def _own_cgroup() -> Path | None:
     return None
 
 
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale(base: Path) -> None:
     """Removes the cgroups of controllers that died without removing theirs,
     killing what was left in them."""
     for stale in base.glob("cobalt-*"):
         pid = stale.name.removeprefix("cobalt-")
-        if not pid.isdigit() or _pid_running(int(pid)):
+        if not pid.isdigit() or pid_running(int(pid)):
             continue
         for child in stale.glob("worker-*"):
             WorkerCgroup(child).remove()

@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cobalt_common.processes import pid_running
+
 PREFIX = "cobalt-local-"
 _NAME = re.compile(rf"{re.escape(PREFIX)}(\d+)-")
 
@@ -36,28 +38,8 @@ def remove_stale(parent: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _NAME.match(entry.name)
-        if match is None or _alive(int(match[1])) or not entry.is_dir():
+        if match is None or pid_running(int(match[1])) or not entry.is_dir():
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process; a zombie is not."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return not Path("/proc/self").is_dir()
-    except OSError:
-        return True
-    fields = stat[stat.rfind(b")") + 1 :].split()
-    return not fields or fields[0] not in (b"Z", b"X")
