@@ -121,7 +121,7 @@ EXPECTED = {
                 r"^422 field 'text' is required by predict",
                 r"^EndpointError 422 field='text': sentiment/predict: field 'text'",
             ),
-            "teardown": (r"^status: stopped$", r"^after teardown: 404 "),
+            "teardown": (r"^status: stopped$", r"^after teardown: 401 "),
         }
     ),
     "serve_llm.ipynb": Expected(

@@ -44,6 +44,7 @@ class FakeWorker:
         env: dict[str, str],
         on_result: Callable[[Any, worker_pb2.WorkerResult], None],
         on_exit: Callable[[Any, int | None], None],
+        cgroups: bool = True,
     ) -> None:
         self.device_key = device_key
         self.known_functions: set[str] = set()

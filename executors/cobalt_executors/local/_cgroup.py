@@ -62,14 +62,19 @@ def _own_cgroup() -> Path | None:
 
 
 def _remove_stale(base: Path) -> None:
-    """Removes the cgroups of controllers that died without removing theirs,
-    killing what was left in them."""
+    """Removes the empty cgroups of controllers that died without removing theirs.
+
+    What still runs in one is left alone: a replica that outlived a crashed
+    controller keeps serving, and the next controller adopts it; its cgroup goes
+    at a later start, once it is empty.
+    """
     for stale in base.glob("cobalt-*"):
         pid = stale.name.removeprefix("cobalt-")
         if not pid.isdigit() or pid_running(int(pid)):
             continue
         for child in stale.glob("worker-*"):
-            WorkerCgroup(child).remove()
+            with contextlib.suppress(OSError):
+                child.rmdir()  # refused while a process is in it
         with contextlib.suppress(OSError):
             stale.rmdir()
 
