@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+DEFAULT_HOME = Path.home() / ".cobalt"
+"""Where cobalt keeps its state when ``COBALT_HOME`` is not set."""
+
 
 def cobalt_home() -> Path:
-    return Path(os.environ.get("COBALT_HOME") or Path.home() / ".cobalt").expanduser()
+    return Path(os.environ.get("COBALT_HOME") or DEFAULT_HOME).expanduser()
 
 
 def controller_file(home: Path | None = None) -> Path:

@@ -12,12 +12,11 @@ from pathlib import Path
 
 from cobalt._client import ControllerInfo, read_controller_info
 from cobalt_common.errors import ConfigError, ControllerUnavailableError
-from cobalt_common.paths import config_file
+from cobalt_common.paths import DEFAULT_HOME, config_file
 from cobalt_common.processes import pid_running
 from cobalt_common.startup import CONFIG_EXIT_CODE, find_config_error
 
 START_TIMEOUT_S = 30.0
-_DEFAULT_HOME = Path("~/.cobalt").expanduser()
 
 
 def start_controller(
@@ -53,7 +52,7 @@ def start_controller(
 def notice(info: ControllerInfo, home: Path) -> str:
     """What a process that started a controller in the background tells its user."""
     stop = "cobalt controller stop"
-    if home.expanduser().resolve() != _DEFAULT_HOME.resolve():
+    if home.expanduser().resolve() != DEFAULT_HOME.resolve():
         stop = f"COBALT_HOME={shlex.quote(str(home))} {stop}"
     return (
         f"cobalt: started a controller in the background at {info.address} (pid {info.pid}); "
