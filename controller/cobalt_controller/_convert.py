@@ -8,7 +8,7 @@ import json
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.wire import spec_to_pb
-from cobalt_controller._model import Dispatch, Input, Task
+from cobalt_controller.dispatch._model import Dispatch, Input, Task
 from cobalt_controller.state import DispatchRow, NodeRow
 
 STATUS_TO_PB = {

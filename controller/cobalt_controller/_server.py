@@ -18,18 +18,25 @@ from cobalt_controller._authorize import Authorizer
 from cobalt_controller._config import ControllerConfig
 from cobalt_controller._convert import task_from_row
 from cobalt_controller._credentials import Credentials
-from cobalt_controller._events import EventHub
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._interceptor import CredentialInterceptor
 from cobalt_controller._lograte import limit_grpc_error_logs
 from cobalt_controller._malformed import MalformedRequestInterceptor
-from cobalt_controller._model import COMPLETED, PARAMETER, PENDING, TERMINAL, Dispatch, Task
 from cobalt_controller._payloads import Payloads
-from cobalt_controller._scheduler import Scheduler
 from cobalt_controller._servicer import ControllerServicer
 from cobalt_controller.blobs import LocalBlobStore
 from cobalt_controller.dashboard import Dashboard, deployments_reader
 from cobalt_controller.deploy import DeploymentManager, Gateway, recover
+from cobalt_controller.dispatch._events import EventHub
+from cobalt_controller.dispatch._model import (
+    COMPLETED,
+    PARAMETER,
+    PENDING,
+    TERMINAL,
+    Dispatch,
+    Task,
+)
+from cobalt_controller.dispatch._scheduler import Scheduler
 from cobalt_controller.state import SqlStateStore, StateStore
 from cobalt_executors import ExecutorContext, TaskOutcome
 

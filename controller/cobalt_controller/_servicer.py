@@ -17,15 +17,15 @@ from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
 from cobalt_controller import _numbers
 from cobalt_controller._convert import dispatch_row_to_pb, dispatch_to_pb, node_row_to_pb
-from cobalt_controller._cost import estimate, local_day
 from cobalt_controller._deploy_rpc import DeploymentRpcs
-from cobalt_controller._events import EventHub
 from cobalt_controller._executors import ExecutorPool
-from cobalt_controller._intake import build_dispatch
-from cobalt_controller._model import COMPLETED, DISPATCH_ENDED, PARAMETER
 from cobalt_controller._payloads import Payloads
-from cobalt_controller._scheduler import Scheduler
 from cobalt_controller.deploy import DeploymentManager
+from cobalt_controller.dispatch._cost import estimate, local_day
+from cobalt_controller.dispatch._events import EventHub
+from cobalt_controller.dispatch._intake import build_dispatch
+from cobalt_controller.dispatch._model import COMPLETED, DISPATCH_ENDED, PARAMETER
+from cobalt_controller.dispatch._scheduler import Scheduler
 from cobalt_controller.state import DispatchRow
 
 log = logging.getLogger("cobalt.controller")

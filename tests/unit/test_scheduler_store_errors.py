@@ -10,9 +10,9 @@ import pytest
 
 from cobalt_common.hardware import HardwareSpec
 from cobalt_controller._executors import ExecutorPool
-from cobalt_controller._model import COMPLETED, ELECTRON, FAILED, PENDING, Dispatch, Task
 from cobalt_controller._payloads import Payloads
-from cobalt_controller._scheduler import WRITE_ATTEMPTS, Scheduler
+from cobalt_controller.dispatch._model import COMPLETED, ELECTRON, FAILED, PENDING, Dispatch, Task
+from cobalt_controller.dispatch._scheduler import WRITE_ATTEMPTS, Scheduler
 from cobalt_controller.state import DispatchRow, MemoryStateStore, NodeRow, WriteBatch
 
 pytestmark = pytest.mark.unit

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from cobalt_controller.dashboard import _views
 
 if TYPE_CHECKING:
-    from cobalt_controller._model import Dispatch, Task
+    from cobalt_controller.dispatch._model import Dispatch, Task
     from cobalt_controller.state import StateStore
 
 log = logging.getLogger("cobalt.dashboard")

@@ -31,7 +31,7 @@ from cobalt_controller.dashboard._http import BoundedHeadProtocol
 from cobalt_controller.dashboard._live import LiveFeed
 
 if TYPE_CHECKING:
-    from cobalt_controller._model import Dispatch, Task
+    from cobalt_controller.dispatch._model import Dispatch, Task
     from cobalt_controller.state import StateStore
 
 START_TIMEOUT_S = 10.0

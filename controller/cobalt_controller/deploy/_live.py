@@ -12,8 +12,8 @@ from cobalt_common.deploy import Manifest
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.pricing import billed_seconds
 from cobalt_controller._convert import given_from_json, given_to_json
-from cobalt_controller._cost import local_day
 from cobalt_controller.deploy._routing import Target
+from cobalt_controller.dispatch._cost import local_day
 from cobalt_controller.state import DeploymentRow, ReplicaRow
 from cobalt_executors import Executor
 

@@ -8,8 +8,8 @@ from collections import Counter
 
 from cobalt_common.hardware import HardwareSpec, format_duration
 from cobalt_common.pricing import format_usd
-from cobalt_controller._intake import worst_case_usd
-from cobalt_controller._model import ELECTRON, SKIPPED, Dispatch, Ledger, Task
+from cobalt_controller.dispatch._intake import worst_case_usd
+from cobalt_controller.dispatch._model import ELECTRON, SKIPPED, Dispatch, Ledger, Task
 from cobalt_executors import Executor
 
 

@@ -8,7 +8,7 @@ import time
 
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_controller._convert import dispatch_to_pb, task_to_pb
-from cobalt_controller._model import Dispatch, Task
+from cobalt_controller.dispatch._model import Dispatch, Task
 
 
 class EventHub:

@@ -21,13 +21,14 @@ from typing import Any
 
 from cobalt_common.deploy import deploy_task_service
 from cobalt_common.pricing import billed_seconds
-from cobalt_controller._budget import budget_report, exhausted_message, placement_note
 from cobalt_controller._convert import given_to_json
-from cobalt_controller._cost import local_day
 from cobalt_controller._credentials import Credentials, TaskScope
 from cobalt_controller._executors import ExecutorPool
-from cobalt_controller._intake import worst_case_usd
-from cobalt_controller._model import (
+from cobalt_controller._payloads import Payloads
+from cobalt_controller.dispatch._budget import budget_report, exhausted_message, placement_note
+from cobalt_controller.dispatch._cost import local_day
+from cobalt_controller.dispatch._intake import worst_case_usd
+from cobalt_controller.dispatch._model import (
     BUDGET_EXCEEDED,
     CANCELLED,
     COMPLETED,
@@ -43,7 +44,6 @@ from cobalt_controller._model import (
     Ledger,
     Task,
 )
-from cobalt_controller._payloads import Payloads
 from cobalt_controller.state import StateStore, WriteBatch
 from cobalt_executors import Executor, TaskArg, TaskOutcome, TaskSubmission
 

@@ -11,8 +11,8 @@ from cobalt_common.pricing import billed_seconds
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.wire import spec_to_pb
 from cobalt_controller._executors import ExecutorPool
-from cobalt_controller._intake import build_tasks, worst_case_usd
-from cobalt_controller._model import ELECTRON, SUBLATTICE
+from cobalt_controller.dispatch._intake import build_tasks, worst_case_usd
+from cobalt_controller.dispatch._model import ELECTRON, SUBLATTICE
 from cobalt_controller.state import StateStore
 
 

@@ -22,8 +22,8 @@ from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_controller import _numbers
 from cobalt_controller._convert import PB_TO_KIND, spec_to_json
 from cobalt_controller._executors import ExecutorPool
-from cobalt_controller._model import COMPLETED, ELECTRON, PARAMETER, Dispatch, Input, Task
 from cobalt_controller._payloads import Payloads
+from cobalt_controller.dispatch._model import COMPLETED, ELECTRON, PARAMETER, Dispatch, Input, Task
 from cobalt_controller.state import DispatchRow, NodeRow, WriteBatch
 from cobalt_executors import Executor, PayloadRef
 
