@@ -16,9 +16,11 @@ from cobalt_common.hardware import HardwareGiven, format_memory, parse_gpu_type,
 from cobalt_common.v1 import worker_pb2
 from cobalt_executors._inventory import Allocation, GpuDevice, Inventory, describe_hardware
 from cobalt_executors._machine import host_cpus, host_memory_mb
+from cobalt_executors._stopped import STOP_STATUS, stopped
 from cobalt_executors.base import (
     Executor,
     ExecutorContext,
+    OutcomeStatus,
     PayloadRef,
     TaskOutcome,
     TaskSubmission,
@@ -352,16 +354,9 @@ class LocalExecutor(Executor):
         if entry is None:
             return
         reason = entry.stop_reason
-        if reason == "time_limit":
-            status, error = (
-                "timed_out",
-                (
-                    f"{entry.task.name} exceeded its time limit of "
-                    f"{entry.task.hardware.time_limit_s:g}s and was killed."
-                ),
-            )
-        elif reason == "cancelled":
-            status, error = "cancelled", f"{entry.task.name} was cancelled."
+        status: OutcomeStatus
+        if reason in STOP_STATUS:
+            status, reason, error = stopped(entry.task.name, entry.task.hardware, reason)
         elif reason == "out_of_memory":
             status = "failed"
             error = (
@@ -376,7 +371,7 @@ class LocalExecutor(Executor):
         self.context.report(
             TaskOutcome(
                 task_key=entry.task.task_key,
-                status=status,  # type: ignore[arg-type]
+                status=status,
                 error=error,
                 stdout=stdout,
                 stderr=stderr,

@@ -1,0 +1,105 @@
+"""The local executor passes the executor contract with real worker processes.
+
+Each task is a pickled function, pickled as a client pickles it, that a warm
+worker unpickles and runs: it returns its argument, raises, or waits for a
+file the test creates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from executor_contract import (
+    CPUS,
+    GPU,
+    GPUS,
+    MEMORY_MB,
+    ExecutorContract,
+    ExecutorHarness,
+    Reports,
+    read_output,
+)
+
+from cobalt._pickling import dumps, sha256_hex
+from cobalt_common.hardware import HardwareSpec
+from cobalt_executors import ExecutorContext, PayloadRef, TaskArg, TaskOutcome, TaskSubmission
+from cobalt_executors._machine import Machine
+from cobalt_executors.local import LocalExecutor
+
+pytestmark = pytest.mark.integration
+
+
+def _contract_task(value: Any, raises: str, gate: str) -> Any:
+    import os
+    import time
+
+    while gate and not os.path.exists(gate):
+        time.sleep(0.01)
+    if raises:
+        raise RuntimeError(raises)
+    return value
+
+
+def _payload(value: object) -> PayloadRef:
+    data = dumps(value, lambda: ("value", "a contract task's payload"))
+    return PayloadRef(sha256_hex(data), data, len(data))
+
+
+class LocalHarness(ExecutorHarness):
+    def __init__(self, tmp_path: Path) -> None:
+        self.blob_dir = tmp_path / "blobs"
+        self.gates = tmp_path / "gates"
+        self.gates.mkdir()
+        self.reports = Reports()
+        self.executor = LocalExecutor(
+            "local",
+            {"workers": 2, "cpus": CPUS, "memory": MEMORY_MB, "emulate_gpus": {GPU: GPUS}},
+        )
+        self.reports.executor = self.executor
+        self.executor.setup(
+            ExecutorContext(
+                blob_dir=self.blob_dir,
+                inline_limit=1024,
+                report=self.reports,
+                machine=Machine(cpus=CPUS, memory_mb=MEMORY_MB),
+                work_dir=tmp_path / "workers",
+            )
+        )
+        self._function = _payload(_contract_task)
+
+    def task(
+        self,
+        key: str,
+        hardware: HardwareSpec | None = None,
+        *,
+        returns: Any = None,
+        raises: str = "",
+        holds: bool = False,
+    ) -> TaskSubmission:
+        gate = str(self.gates / key) if holds else ""
+        return TaskSubmission(
+            task_key=key,
+            dispatch_id="d",
+            node_id=0,
+            name=f"task {key}",
+            hardware=hardware or HardwareSpec(),
+            function=self._function,
+            args=[TaskArg(i, "", _payload(v)) for i, v in enumerate((returns, raises, gate))],
+        )
+
+    def let_finish(self, key: str) -> None:
+        (self.gates / key).touch()
+
+    def output_bytes(self, outcome: TaskOutcome) -> bytes:
+        return read_output(outcome, self.blob_dir)
+
+
+class TestLocalExecutorContract(ExecutorContract):
+    @pytest.fixture
+    def harness(self, tmp_path: Path) -> Iterator[ExecutorHarness]:
+        harness = LocalHarness(tmp_path)
+        yield harness
+        harness.executor.teardown()
