@@ -104,7 +104,7 @@ class BareApp:
 def main(kind: str) -> None:
     import uvicorn
 
-    from cobalt._replica import ReplicaEntry, bind, serve
+    from cobalt._runtime.replica import ReplicaEntry, bind, serve
 
     sock = bind("127.0.0.1")
     print(sock.getsockname()[1], flush=True)

@@ -131,7 +131,7 @@ def reset_clients() -> None:
 
 def _cli_command() -> list[str]:
     script = Path(sys.executable).with_name("cobalt")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cobalt._cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cobalt.cli"]
 
 
 class ControllerHome:

@@ -1,7 +1,7 @@
 """``ct.deploy``, ``ct.get_deployment`` and ``ct.list_deployments``.
 
 ``ct.deploy(service)(*init_args)`` sends the service to the controller as a
-pickled :class:`~cobalt._replica.ReplicaEntry` plus a plain-data
+pickled :class:`~cobalt._runtime.replica.ReplicaEntry` plus a plain-data
 :class:`~cobalt_common.deploy.Manifest`, and waits until the first replica
 is ready. Inside a lattice being built, the same call records a task that
 deploys when the workflow runs, and whose output is the
@@ -72,7 +72,8 @@ def build_create_request(
     service: Service[...], args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> tuple[pb.DeploymentCreateRequest, dict[str, bytes]]:
     """The DeploymentCreate request, plus payloads too large to send inline."""
-    from cobalt._replica import ReplicaEntry
+    # uvicorn and pydantic, which serve the replica: imported only when a service is deployed.
+    from cobalt._runtime.replica import ReplicaEntry
 
     name = service.name
     manifest = service.manifest()

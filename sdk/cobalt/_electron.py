@@ -34,7 +34,7 @@ from cobalt._lattice import (
     parse_options,
     signature_of,
 )
-from cobalt._task import TaskCallable
+from cobalt._runtime.task import TaskCallable
 from cobalt_common.errors import GraphError, SpecError
 from cobalt_common.hardware import HardwareSpec
 from cobalt_common.pricing import LIST_PRICES, format_usd, parse_prices

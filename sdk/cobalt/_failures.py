@@ -142,7 +142,7 @@ def rerun_locally(result: Result, node_id: int) -> Any:
     from cobalt._client import get_client
     from cobalt._deps import DepsCall
     from cobalt._dispatch import fetch_payload, get_node
-    from cobalt._task import TaskCallable
+    from cobalt._runtime.task import TaskCallable
     from cobalt_common.v1 import controller_pb2 as pb
 
     record, _ = get_node(result.dispatch_id, node_id)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from cobalt._executors import ExecutorLike
+from cobalt._hints import hints_of, list_element
 from cobalt._lattice import Options, misuse_message, parse_options
 from cobalt_common.deploy import (
     DEFAULT_MAX_BODY_BYTES,
@@ -94,7 +95,7 @@ class Endpoint:
     """One endpoint of a service: the function and where it is served.
 
     For a raw route (``route.raw``), ``function`` is the factory that makes its
-    handler in each replica (:data:`cobalt._raw.RawFactory`) and ``openapi``
+    handler in each replica (:data:`cobalt._runtime.raw.RawFactory`) and ``openapi``
     describes it: the OpenAPI operation for each method, by lower-case method.
     """
 
@@ -281,7 +282,7 @@ class Service(Generic[P]):
             name: the route's name (the deployment handle's method name).
             path: where it is served, such as ``"/v1/models"``.
             factory: called once per replica with the initializer's dict;
-                returns the handler (see :mod:`cobalt._raw`).
+                returns the handler (see :mod:`cobalt._runtime.raw`).
             methods: the HTTP methods it takes.
             openapi: its OpenAPI operation for each method, by lower-case
                 method name (``{"get": {...}}``); left out of the document if None.
@@ -290,7 +291,7 @@ class Service(Generic[P]):
             SpecError: the name, path or methods are invalid, or taken already.
 
         Example:
-            >>> from cobalt._raw import RawResponse
+            >>> from cobalt._runtime.raw import RawResponse
             >>> svc = service(lambda: {"version": "1.2"}, name="versioned")
             >>> def version(values):
             ...     async def answer(request):
@@ -382,7 +383,7 @@ def check_batched_signature(
 
     Which parameters the initializer fills is known only in a replica, so
     that each body parameter is a ``list[...]`` is checked there, when the
-    request model is built (:meth:`cobalt._validation.RequestBody.of`).
+    request model is built (:meth:`cobalt._runtime.validation.RequestBody.of`).
     """
     if route.streaming or generator:
         raise SpecError(
@@ -395,8 +396,6 @@ def check_batched_signature(
             f"{owner} is batched, so each request field must be a named list parameter; "
             "replace **kwargs with parameters such as text: list[str]."
         )
-    from cobalt._validation import hints_of, list_element  # pydantic: only when batching
-
     hints = hints_of(function)
     if not any(list_element(hints.get(p.name, Any)) is not None for p in params):
         raise SpecError(

@@ -19,7 +19,7 @@ import pytest
 
 import cobalt as ct
 from cobalt._pickling import dumps
-from cobalt._replica import ReplicaEntry
+from cobalt._runtime.replica import ReplicaEntry
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
 

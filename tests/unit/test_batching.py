@@ -16,9 +16,10 @@ import httpx
 import pytest
 
 import cobalt as ct
-from cobalt import _batching, _service
-from cobalt._batching import Batcher
-from cobalt._replica_app import ReplicaApp
+from cobalt import _service
+from cobalt._runtime import batching as _batching
+from cobalt._runtime.batching import Batcher
+from cobalt._runtime.replica_app import ReplicaApp
 from cobalt_common import deploy
 from cobalt_common.deploy import Manifest, Route
 

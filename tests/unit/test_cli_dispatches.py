@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cobalt._cli_dispatches import format_dispatches, nest
+from cobalt.cli.dispatches import format_dispatches, nest
 from cobalt_common.v1 import controller_pb2 as pb
 
 pytestmark = pytest.mark.unit

@@ -15,8 +15,8 @@ import uvicorn
 import cobalt as ct
 from cobalt._deploy import wait_until_started
 from cobalt._deployment import Deployment
-from cobalt._replica import bind
-from cobalt._replica_app import ReplicaApp, Scope, dump
+from cobalt._runtime.replica import bind
+from cobalt._runtime.replica_app import ReplicaApp, Scope, dump
 from cobalt_common.deploy import Route
 from cobalt_common.v1 import controller_pb2 as pb
 

@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 import cobalt as ct
-from cobalt import _deployment_metrics, _replica_app
-from cobalt._replica_app import ReplicaApp
+from cobalt import _deployment_metrics
+from cobalt._runtime import replica_app as _replica_app
+from cobalt._runtime.replica_app import ReplicaApp
 from cobalt_common.deploy import Autoscaling
 from cobalt_common.histogram import Histogram
 from cobalt_controller._deploy_rpc import metrics_pb

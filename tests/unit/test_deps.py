@@ -9,7 +9,7 @@ import cloudpickle
 import pytest
 
 from cobalt._deps import DepsBash, DepsCall, DepsPip, as_deps_bash, as_deps_pip, as_hooks
-from cobalt._task import TaskCallable
+from cobalt._runtime.task import TaskCallable
 from cobalt_common.errors import Error, SpecError, TaskFailedError
 
 pytestmark = pytest.mark.unit

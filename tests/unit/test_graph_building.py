@@ -25,7 +25,7 @@ from cobalt._graph import (
     wait,
 )
 from cobalt._lattice import SublatticeCall, lattice
-from cobalt._task import TaskCallable
+from cobalt._runtime.task import TaskCallable
 from cobalt_common.errors import GraphError, SpecError
 from cobalt_common.hardware import HardwareSpec
 

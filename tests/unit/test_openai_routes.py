@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 import cobalt as ct
-from cobalt import _raw
-from cobalt._replica_app import ReplicaApp
+from cobalt._runtime import raw as _raw
+from cobalt._runtime.replica_app import ReplicaApp
 from cobalt.llm import _openai, _openai_schema, _openai_server, _openai_stream, openai_routes
 from cobalt.llm._types import Chunk, SamplingParams
 from cobalt_common.deploy import Manifest, Route

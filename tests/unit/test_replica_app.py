@@ -14,8 +14,8 @@ import pytest
 from pydantic import BaseModel
 
 import cobalt as ct
-from cobalt._replica import bind, serve
-from cobalt._replica_app import ReplicaApp
+from cobalt._runtime.replica import bind, serve
+from cobalt._runtime.replica_app import ReplicaApp
 
 pytestmark = pytest.mark.unit
 

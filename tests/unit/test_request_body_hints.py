@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import doctest
 import types
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from cobalt._validation import BadRequest, RequestBody
+from cobalt import _hints
+from cobalt._runtime import validation
+from cobalt._runtime.validation import BadRequest, RequestBody
 
 pytestmark = pytest.mark.unit
 
@@ -43,3 +46,9 @@ def test_typing_names_resolve_without_the_module_globals() -> None:
     with pytest.raises(BadRequest) as caught:
         body.parse(b'{"tags": [], "limit": "x"}')
     assert caught.value.field == "limit"
+
+
+@pytest.mark.parametrize("module", [_hints, validation], ids=lambda m: m.__name__)
+def test_the_docstring_examples_run(module: types.ModuleType) -> None:
+    results = doctest.testmod(module)
+    assert results.attempted and not results.failed

@@ -12,7 +12,7 @@ import pytest
 import cobalt as ct
 from cobalt._deploy import DeployTask, build_create_request
 from cobalt._graph import NodeKind
-from cobalt._replica import ReplicaEntry
+from cobalt._runtime.replica import ReplicaEntry
 from cobalt_common.deploy import Manifest, Route
 
 pytestmark = pytest.mark.unit

@@ -36,7 +36,11 @@ from cobalt_executors._runtime.proctree import (
 
 LOG_LIMIT = 1 << 20
 _FUNCTION_CACHE_SIZE = 256
-_FRAMEWORK_FILES = (os.path.dirname(__file__), os.sep + os.path.join("cobalt", "_task.py"))
+_RUNTIME_DIR = os.path.dirname(__file__)
+# The SDK module whose TaskCallable wraps a task's function: its frames are cobalt's,
+# not the user's. A frame of it can only appear once the module is imported, so its
+# file is read from sys.modules and the worker never imports it for this.
+TASK_MODULE = "cobalt._runtime.task"
 
 
 class _Capture:
@@ -78,13 +82,14 @@ def format_remote_traceback(exc: BaseException) -> str:
     while node is not None:
         chain.append(node)
         node = node.__cause__ or (None if node.__suppress_context__ else node.__context__)
+    task_module = sys.modules.get(TASK_MODULE)
+    task_file = getattr(task_module, "__file__", None)
     for item in chain:
         item.stack = traceback.StackSummary.from_list(
             [
                 f
                 for f in item.stack
-                if not f.filename.startswith(_FRAMEWORK_FILES[0])
-                and not f.filename.endswith(_FRAMEWORK_FILES[1])
+                if not f.filename.startswith(_RUNTIME_DIR) and f.filename != task_file
             ]
         )
     return "".join(te.format())

@@ -38,7 +38,7 @@ from typing import Any
 
 import pydantic
 
-from cobalt._raw import RawHandler
+from cobalt._runtime.raw import RawHandler
 from cobalt._service import Service
 from cobalt.llm._openai_schema import (
     ChatRequest,

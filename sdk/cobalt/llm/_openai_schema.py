@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 
 import pydantic
 
-from cobalt._raw import RawResponse
+from cobalt._runtime.raw import RawResponse
 
 DEFAULT_COMPLETION_TOKENS = 16
 """``max_tokens`` of ``/v1/completions`` when the request leaves it out (OpenAI's default)."""

@@ -8,7 +8,7 @@ Errors are answered in OpenAI's shape: a 400 naming the field at fault, a
 
 Example:
     >>> import asyncio, json
-    >>> from cobalt._raw import RawRequest
+    >>> from cobalt._runtime.raw import RawRequest
     >>> class Echo:
     ...     name = "echo"
     ...     async def aembed(self, texts):
@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from cobalt._raw import RawRequest, RawResponse
+from cobalt._runtime.raw import RawRequest, RawResponse
 from cobalt.llm._openai_schema import (
     DEFAULT_CHAT_TOKENS,
     DEFAULT_COMPLETION_TOKENS,

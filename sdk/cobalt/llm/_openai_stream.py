@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from cobalt._raw import RawResponse
+from cobalt._runtime.raw import RawResponse
 from cobalt.llm._openai_schema import OpenAIError, usage
 from cobalt.llm._types import Chunk, Prompt, SamplingParams
 

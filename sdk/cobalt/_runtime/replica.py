@@ -27,7 +27,8 @@ from typing import Any
 
 import uvicorn
 
-from cobalt._replica_app import ReplicaApp
+from cobalt._client import get_client
+from cobalt._runtime.replica_app import ReplicaApp
 from cobalt._service import Service
 from cobalt_common.errors import DeploymentError
 from cobalt_common.v1 import controller_pb2 as pb
@@ -100,8 +101,6 @@ class ReplicaEntry:
         deployment = os.environ.get("COBALT_DEPLOYMENT")
         if not deployment:
             return True  # run by hand, outside a controller
-        from cobalt._client import get_client
-
         host, port = sock.getsockname()[:2]
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         request = pb.ReplicaReadyRequest(

@@ -37,6 +37,7 @@ from typing import Any
 import pydantic
 from pydantic_core import ErrorDetails
 
+from cobalt._hints import hints_of, list_element
 from cobalt_common.deploy import Route
 from cobalt_common.errors import SpecError
 
@@ -59,39 +60,6 @@ def _loc_text(loc: Sequence[str | int]) -> str:
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
-
-
-def hints_of(function: Callable[..., Any]) -> dict[str, Any]:
-    """``function``'s type hints by parameter name; one that cannot be resolved is left out."""
-    try:
-        return typing.get_type_hints(function, include_extras=True)
-    except Exception:
-        pass
-    # One hint that does not resolve must not drop the others: a function pickled by
-    # value keeps only the globals its code uses, so ``Any`` in ``model: dict[str, Any]``
-    # is gone in a replica. Resolve each alone, with typing's names as a fallback;
-    # one that still fails accepts any JSON.
-    namespace = {n: getattr(typing, n) for n in typing.__all__}
-    namespace.update(getattr(function, "__globals__", {}))
-    hints: dict[str, Any] = {}
-    for name, annotation in getattr(function, "__annotations__", {}).items():
-        try:
-            hints[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation
-        except Exception:
-            continue
-    return hints
-
-
-def list_element(annotation: Any) -> Any:
-    """``T`` for ``list[T]``, ``Any`` for ``list`` or ``Any``; ``None`` for anything else."""
-    if annotation is Any or annotation is list:
-        return Any
-    if typing.get_origin(annotation) is typing.Annotated:
-        return list_element(typing.get_args(annotation)[0])
-    if typing.get_origin(annotation) is list:
-        args = typing.get_args(annotation)
-        return args[0] if args else Any
-    return None
 
 
 def _result_element(annotation: Any) -> Any:

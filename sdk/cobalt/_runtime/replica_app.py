@@ -1,15 +1,15 @@
 """A replica's HTTP server: a lean ASGI app over a service's endpoints.
 
 Only the gateway calls it. Routing is one dict lookup by path; bodies are
-checked with each endpoint's pydantic model (:mod:`cobalt._validation`) and
+checked with each endpoint's pydantic model (:mod:`cobalt._runtime.validation`) and
 answered with ``json``. Sync endpoints run in a bounded thread pool (as many
 threads as the service's ``max_concurrency``), ``async def`` endpoints and
 async generators on the event loop, sync generators one item at a time in
 the pool. An endpoint that raises gets a 500 carrying an error id, its
 traceback goes to stderr under that id, and the replica goes on serving.
 Batched endpoints queue each checked request in their
-:class:`~cobalt._batching.Batcher`, which calls them once per batch. Raw
-routes (:mod:`cobalt._raw`, such as the OpenAI-compatible ones) are looked up
+:class:`~cobalt._runtime.batching.Batcher`, which calls them once per batch. Raw
+routes (:mod:`cobalt._runtime.raw`, such as the OpenAI-compatible ones) are looked up
 only when no endpoint matches, so ordinary requests pay nothing for them;
 their handlers run on the event loop and make the whole answer, JSON or a
 stream, with the status they choose.
@@ -46,10 +46,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_jsonable_python
 
-from cobalt._batching import Answer, Batcher, BatchReturnError
-from cobalt._metrics import UsageMeter
-from cobalt._raw import RawHandler, RawRequest, send_raw, send_whole
-from cobalt._validation import BadRequest, RequestBody, openapi_document
+from cobalt._runtime.batching import Answer, Batcher, BatchReturnError
+from cobalt._runtime.metrics import UsageMeter
+from cobalt._runtime.raw import RawHandler, RawRequest, send_raw, send_whole
+from cobalt._runtime.validation import BadRequest, RequestBody, openapi_document
 from cobalt_common.deploy import Batch, Route
 
 if TYPE_CHECKING:
@@ -251,7 +251,7 @@ class ReplicaApp:
     async def _serve_raw(
         self, raw: _RawEndpoint, method: str, receive: Receive, send: Send, request_id: str
     ) -> None:
-        """A raw route: its handler makes the whole answer (see :mod:`cobalt._raw`)."""
+        """A raw route: its handler makes the whole answer (see :mod:`cobalt._runtime.raw`)."""
         route = raw.route
         if method not in route.methods:
             await _refuse_method(send, route.path, method, route.methods)

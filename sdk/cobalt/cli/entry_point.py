@@ -1,4 +1,4 @@
-"""The ``cobalt`` command line."""
+"""The ``cobalt`` command: the root parser and the controller, cost and dashboard commands."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import signal
 import sys
 import time
 
-from cobalt._cli_deployments import add_parser as add_deployments_parser
-from cobalt._cli_dispatches import add_parser as add_dispatches_parser
 from cobalt._client import controller_status, get_client, read_controller_info
 from cobalt._result import format_table
+from cobalt.cli.deployments import add_parser as add_deployments_parser
+from cobalt.cli.dispatches import add_parser as add_dispatches_parser
 from cobalt_common.errors import ControllerUnavailableError, Error
 from cobalt_common.hardware import format_duration, gpu_label
 from cobalt_common.paths import cobalt_home
@@ -144,7 +144,3 @@ def main(argv: list[str] | None = None) -> int:
     except Error as exc:
         print(f"cobalt: {exc}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
