@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Collection
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 from starlette.requests import Request
 
 from cobalt_common.deploy import Autoscaling, Manifest, Route
+from cobalt_common.hardware import HardwareSpec
+from cobalt_controller._convert import given_from_json
 from cobalt_controller.dashboard import _views
 from cobalt_controller.dashboard._app import _Api
 from cobalt_controller.dashboard._deployments import (
@@ -219,8 +222,25 @@ def test_unreadable_hardware_is_shown_as_stored_rather_than_failing() -> None:
 # -- live updates ---------------------------------------------------------------------
 
 
-def changed(dispatch_id: str, node_id: int | None) -> tuple[Any, Any]:
-    task = None if node_id is None else SimpleNamespace(node_id=node_id)
+def changed(dispatch_id: str, node_id: int | None, status: str = "COMPLETED") -> tuple[Any, Any]:
+    """What the scheduler hands the feed after a commit: a dispatch and a task."""
+    task = None
+    if node_id is not None:
+        task = SimpleNamespace(
+            node_id=node_id,
+            name="train",
+            kind="electron",
+            status=status,
+            executor="box",
+            hardware=HardwareSpec.from_dict(json.loads(H100)),
+            given=given_from_json(H100_GIVEN),
+            started_at=100.0,
+            ended_at=130.0,
+            billed_s=30.0,
+            cost_usd=0.25,
+            reason="",
+            sublattice_dispatch_id="",
+        )
     return SimpleNamespace(dispatch_id=dispatch_id), task
 
 
@@ -265,12 +285,40 @@ def test_the_dispatch_list_hears_of_every_dispatch_and_others_only_of_theirs(
     assert [d["id"] for d in json.loads(everything[0])["dispatches"]] == ["d1"]
 
 
-def test_a_page_that_read_before_a_change_it_was_not_subscribed_for_resyncs(
+def test_a_page_that_read_before_a_change_gets_just_the_tasks_that_changed_since(
     store: MemoryStateStore,
 ) -> None:
     feed = LiveFeed(store)
+    feed.notify(*changed("d1", 1))
+    time.sleep(0.01)
+    read_at = time.time()
+    feed.notify(*changed("d1", 2))
+    feed.notify(*changed("d1", 3))
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        stale = feed.subscribe("d1", since=read_at)
+        fresh = feed.subscribe("d1", since=time.time() + 1)
+        await asyncio.to_thread(feed.push)
+        await asyncio.sleep(0.05)
+        drain = [stale.queue.get_nowait() or "" for _ in range(stale.queue.qsize())]
+        return drain, [fresh.queue.get_nowait() or "" for _ in range(fresh.queue.qsize())]
+
+    stale, fresh = asyncio.run(scenario())
+
+    catch_up = json.loads(stale[0])
+    assert catch_up["type"] == "dispatch"
+    assert [t["id"] for t in catch_up["tasks"]] == [2, 3]
+    assert all(json.loads(m)["type"] == "dispatch" for m in stale + fresh)
+    assert fresh and all(json.loads(m)["tasks"] == [] for m in fresh)
+
+
+def test_a_page_that_read_before_changes_the_feed_has_forgotten_resyncs(
+    store: MemoryStateStore,
+) -> None:
+    feed = LiveFeed(store, forget_after_s=0.0)
     read_at = time.time()
     feed.notify(*changed("d1", 1))
+    feed.push()  # forgets when the tasks of d1 changed, but not that d1 changed
 
     async def first_messages() -> tuple[str | None, int]:
         stale = feed.subscribe("d1", since=read_at)
@@ -281,6 +329,42 @@ def test_a_page_that_read_before_a_change_it_was_not_subscribed_for_resyncs(
 
     assert stale is not None and json.loads(stale) == {"type": "resync"}
     assert fresh == 0
+
+
+def test_a_watched_task_reaches_the_page_as_committed_without_reading_the_store_again() -> None:
+    store = CountingStore()
+    sweep(store, "d1", [0.5], "2026-01-02")
+    feed = LiveFeed(store)
+
+    async def scenario() -> list[str]:
+        sub = feed.subscribe("d1")
+        feed.notify(*changed("d1", 1, status="RUNNING"))
+        await asyncio.to_thread(feed.push)
+        await asyncio.sleep(0.05)
+        return [sub.queue.get_nowait() or "" for _ in range(sub.queue.qsize())]
+
+    (message,) = asyncio.run(scenario())
+
+    (row,) = json.loads(message)["tasks"]
+    stored = _views.task(
+        NodeRow(
+            "d1",
+            1,
+            "train",
+            "electron",
+            "RUNNING",
+            hardware=H100,
+            executor="box",
+            hardware_given=H100_GIVEN,
+            started_at=100.0,
+            ended_at=130.0,
+            billed_s=30.0,
+            cost_usd=0.25,
+        ),
+        now=time.time(),
+    )
+    assert row == stored
+    assert store.reads == 0
 
 
 def test_nothing_is_recorded_while_no_page_watches(store: MemoryStateStore) -> None:
@@ -318,9 +402,15 @@ class CountingStore(MemoryStateStore):
         super().__init__()
         self.reads = 0
 
-    def get_nodes(self, dispatch_id: str, *, include_logs: bool = True) -> list[NodeRow]:
+    def get_nodes(
+        self,
+        dispatch_id: str,
+        *,
+        include_logs: bool = True,
+        node_ids: Collection[int] | None = None,
+    ) -> list[NodeRow]:
         self.reads += 1
-        return super().get_nodes(dispatch_id, include_logs=include_logs)
+        return super().get_nodes(dispatch_id, include_logs=include_logs, node_ids=node_ids)
 
 
 def read_view(api: _Api, dispatch_id: str) -> dict[str, Any]:

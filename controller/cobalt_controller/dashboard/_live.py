@@ -1,13 +1,23 @@
 """Live updates for open dashboard pages, coalesced so a big fan-out cannot flood them.
 
 The scheduler calls :meth:`LiveFeed.notify` after each committed round. That
-call only records which dispatch and task changed (a set insert under an
-uncontended lock), so the scheduling thread never waits on a browser. A
-separate thread wakes at most :data:`PUSH_INTERVAL_S` apart, reads the changed
-rows back from the store, and hands each watching page one message with every
-change since the last: a 2,000-task fan-out finishing reaches a page as a few
-messages of many rows, not 2,000 messages. When reading takes long (a huge
-dispatch), the pushes space out further.
+call only records which dispatch and task changed, and, for a dispatch a page
+watches, the task's committed fields (a small tuple, under an uncontended
+lock), so the scheduling thread never waits on a browser. A separate thread
+wakes at most :data:`PUSH_INTERVAL_S` apart and hands each watching page one
+message with every change since the last: a 2,000-task fan-out finishing
+reaches a page as a few messages of many rows, not 2,000 messages. Task rows
+come from those tuples, not from the store: the feed shares the interpreter
+with the scheduler, and reading thousands of rows back four times a second
+would slow the fan-out the page watches. When a push takes long, the pushes
+space out further.
+
+A page reads its view, then subscribes with the time it read. The feed
+remembers when each task of a recent dispatch last changed, so changes that
+fell between the read and the subscription reach the page as one message of
+just those tasks, read from the store; only when it no longer knows (a
+dispatch idle for :data:`_FORGET_AFTER_S`) is the page told to read
+everything again.
 
 Messages are JSON texts for Server-Sent Events:
 
@@ -79,12 +89,23 @@ class Subscription:
 class LiveFeed:
     """Collects changes from the scheduler and pushes them to subscribed pages."""
 
-    def __init__(self, state: StateStore, *, interval_s: float = PUSH_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        *,
+        interval_s: float = PUSH_INTERVAL_S,
+        forget_after_s: float = _FORGET_AFTER_S,
+    ) -> None:
         self.state = state
         self.interval_s = interval_s
+        self.forget_after_s = forget_after_s
         self._lock = threading.Lock()
         self._dirty_dispatches: set[str] = set()
-        self._dirty_tasks: dict[str, set[int]] = {}
+        self._dirty_tasks: dict[str, dict[int, _views.LiveTask]] = {}
+        """Committed task fields of watched dispatches, the latest per task."""
+        self._task_times: dict[str, dict[int, float]] = {}
+        """When each task of a recently changed dispatch last changed."""
+        self._catch_up: list[tuple[Subscription, set[int]]] = []
         self._dirty_deployments: set[str] = set()
         self._changed_at: dict[str, float] = {}
         self._any_changed_at = 0.0
@@ -102,11 +123,23 @@ class LiveFeed:
         with self._lock:
             self._changed_at[dispatch_id] = now
             self._any_changed_at = now
+            times = self._task_times.get(dispatch_id)
+            if times is None:
+                times = self._task_times[dispatch_id] = {}
+            if task is not None:
+                times[task.node_id] = now
             if not self._watching:
                 return
             self._dirty_dispatches.add(dispatch_id)
-            if task is not None:
-                self._dirty_tasks.setdefault(dispatch_id, set()).add(task.node_id)
+            if (
+                task is not None
+                and task.kind in _views.TASK_KINDS
+                and dispatch_id in self._subscriptions
+            ):
+                tasks = self._dirty_tasks.get(dispatch_id)
+                if tasks is None:
+                    tasks = self._dirty_tasks[dispatch_id] = {}
+                tasks[task.node_id] = _live_task(task)
 
     def notify_deployment(self, name: str) -> None:
         """Records that a deployment changed (the deployment manager calls this with
@@ -128,7 +161,14 @@ class LiveFeed:
             self._subscriptions.setdefault(key, []).append(sub)
             self._watching += 1
             changed = self._any_changed_at if key == ALL else self._changed_at.get(key, 0.0)
-        if since is not None and changed >= since:
+            stale = since is not None and changed >= since
+            times = self._task_times.get(key) if stale else None
+            if stale and times is not None and since is not None:
+                # Only the tasks that changed since the page read: one small message.
+                self._catch_up.append((sub, {n for n, at in times.items() if at >= since}))
+                self._dirty_dispatches.add(key)
+                stale = False
+        if stale:
             sub.deliver(RESYNC)
         return sub
 
@@ -175,19 +215,31 @@ class LiveFeed:
             dirty_tasks, self._dirty_tasks = self._dirty_tasks, {}
             deployments, self._dirty_deployments = self._dirty_deployments, set()
             subs = {key: list(group) for key, group in self._subscriptions.items()}
-            cutoff = time.time() - _FORGET_AFTER_S
+            cutoff = time.time() - self.forget_after_s
+            catch_up, self._catch_up = self._catch_up, []
             if len(self._changed_at) > 1000:
                 self._changed_at = {k: t for k, t in self._changed_at.items() if t > cutoff}
+            if self._task_times:
+                self._task_times = {
+                    k: v for k, v in self._task_times.items() if self._changed_at.get(k, 0) > cutoff
+                }
         if deployments:
             self._push_deployments(sorted(deployments), subs)
         if not dirty:
             return
         if subs.get(ALL):
             self._broadcast(subs[ALL], self._dispatches_message(sorted(dirty)))
+        for sub, node_ids in catch_up:
+            message = self._dispatch_message(sub.key, self._stored_tasks(sub.key, node_ids))
+            if message is not None:
+                self._send(sub, message)
         for dispatch_id in dirty:
             watchers = subs.get(dispatch_id)
             if watchers:
-                message = self._dispatch_message(dispatch_id, dirty_tasks.get(dispatch_id, set()))
+                live = dirty_tasks.get(dispatch_id, {})
+                now = time.time()
+                rows = [_views.live_task(live[n], now) for n in sorted(live)]
+                message = self._dispatch_message(dispatch_id, rows)
                 if message is not None:
                     self._broadcast(watchers, message)
 
@@ -204,24 +256,22 @@ class LiveFeed:
         counts = self.state.status_counts(ids)
         return _dumps({"type": "dispatches", "dispatches": _views.dispatches(rows, counts)})
 
-    def _dispatch_message(self, dispatch_id: str, node_ids: set[int]) -> str | None:
+    def _stored_tasks(self, dispatch_id: str, node_ids: set[int]) -> list[_views.Json]:
+        if not node_ids:
+            return []
+        nodes = self.state.get_nodes(dispatch_id, include_logs=False, node_ids=node_ids)
+        return _views.tasks(nodes)
+
+    def _dispatch_message(self, dispatch_id: str, tasks: list[_views.Json]) -> str | None:
         row = self.state.get_dispatch(dispatch_id)
         if row is None:
             return None
-        # Only the changed rows are read: a page watching a large fan-out must
-        # not make the controller re-read every row four times a second.
-        changed = (
-            self.state.get_nodes(dispatch_id, include_logs=False, node_ids=node_ids)
-            if node_ids
-            else []
-        )
         counts = self.state.status_counts([dispatch_id]).get(dispatch_id, {})
-        now = time.time()
         return _dumps(
             {
                 "type": "dispatch",
-                "dispatch": _views.dispatch(row, counts, now),
-                "tasks": _views.tasks(changed, now),
+                "dispatch": _views.dispatch(row, counts, time.time()),
+                "tasks": tasks,
             }
         )
 
@@ -237,6 +287,23 @@ class LiveFeed:
 
 _CPU_SHARE_FACTOR = 8
 """Wait this many times the CPU time of the last push: at most about 1/9 of a core."""
+
+
+def _live_task(t: Task) -> _views.LiveTask:
+    return _views.LiveTask(
+        t.node_id,
+        t.name,
+        t.status,
+        t.executor,
+        t.hardware,
+        t.given,
+        t.started_at,
+        t.ended_at,
+        t.billed_s,
+        t.cost_usd,
+        t.reason,
+        t.sublattice_dispatch_id,
+    )
 
 
 def _dumps(data: Any) -> str:

@@ -14,10 +14,10 @@ import functools
 import json
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from cobalt_common.errors import SpecError
-from cobalt_common.hardware import HardwareSpec, gpu_label
+from cobalt_common.hardware import HardwareGiven, HardwareSpec, gpu_label
 from cobalt_common.spend import Spend, spend_by, total
 from cobalt_controller._convert import given_from_json
 from cobalt_controller.state import CostRow, DispatchRow, NodeRow
@@ -51,22 +51,104 @@ def _ms(value: float | None) -> float | None:
 def task(node: NodeRow, now: float | None = None) -> Json:
     """One row of a dispatch's task table (kept small: a page may hold 100,000)."""
     given = given_from_json(node.hardware_given)
-    emulated = node.emulated or (given is not None and given.emulated)
+    return _task_row(
+        node.node_id,
+        node.name,
+        node.status,
+        node.executor,
+        describe_requested(node.hardware),
+        given,
+        node.emulated or (given is not None and given.emulated),
+        node.started_at,
+        node.ended_at,
+        node.billed_s,
+        node.cost_usd,
+        node.reason,
+        node.sublattice_dispatch_id,
+        now or time.time(),
+    )
+
+
+class LiveTask(NamedTuple):
+    """A task as the scheduler committed it, taken when a page watches its dispatch:
+    the fields of its row in the task table, without reading the store again."""
+
+    node_id: int
+    name: str
+    status: str
+    executor: str
+    hardware: HardwareSpec
+    given: HardwareGiven | None
+    started_at: float | None
+    ended_at: float | None
+    billed_s: float
+    cost_usd: float
+    reason: str
+    child: str
+
+
+def live_task(t: LiveTask, now: float) -> Json:
+    """A :class:`LiveTask` as :func:`task` shows the same task read from the store."""
+    given = t.given
+    return _task_row(
+        t.node_id,
+        t.name,
+        t.status,
+        t.executor,
+        _describe_spec(t.hardware),
+        given,
+        given is not None and given.emulated,
+        t.started_at,
+        t.ended_at,
+        t.billed_s,
+        t.cost_usd,
+        t.reason,
+        t.child,
+        now,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _describe_spec(spec: HardwareSpec) -> str:
+    return spec.describe()
+
+
+@functools.lru_cache(maxsize=4096)
+def _describe_given(given: HardwareGiven) -> str:
+    return given.describe()
+
+
+def _task_row(
+    node_id: int,
+    name: str,
+    status: str,
+    executor: str,
+    requested: str,
+    given: HardwareGiven | None,
+    emulated: bool,
+    started_at: float | None,
+    ended_at: float | None,
+    billed_s: float,
+    cost_usd: float,
+    reason: str,
+    child: str,
+    now: float,
+) -> Json:
     return {
-        "id": node.node_id,
-        "name": node.name,
-        "status": node.status,
-        "executor": node.executor,
-        "requested": describe_requested(node.hardware),
-        "given": given.describe() if given is not None else "",
+        "id": node_id,
+        "name": name,
+        "status": status,
+        "executor": executor,
+        "requested": requested,
+        "given": _describe_given(given) if given is not None else "",
         "emulated": emulated,
-        "started_at": _ms(node.started_at),
-        "ended_at": _ms(node.ended_at),
-        "duration_s": _ms(_duration(node.started_at, node.ended_at, now or time.time())),
-        "billed_s": node.billed_s,
-        "cost_usd": node.cost_usd,
-        "reason": node.reason,
-        "child": node.sublattice_dispatch_id,
+        "started_at": _ms(started_at),
+        "ended_at": _ms(ended_at),
+        "duration_s": _ms(_duration(started_at, ended_at, now)),
+        "billed_s": billed_s,
+        "cost_usd": cost_usd,
+        "reason": reason,
+        "child": child,
     }
 
 

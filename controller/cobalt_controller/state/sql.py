@@ -72,6 +72,12 @@ nodes = sa.Table(
     sa.Column("ended_day", sa.String(10), nullable=False, default="", index=True),
 )
 
+_NODE_COLUMNS = list(nodes.c)
+"""NodeRow's fields, in order: rows are built from them by position."""
+_NODE_COLUMNS_NO_LOGS = [
+    sa.literal("").label(c.name) if c.name in ("stdout", "stderr") else c for c in nodes.c
+]
+
 payloads = sa.Table(
     "payloads",
     _meta,
@@ -280,8 +286,9 @@ class SqlStateStore(DeploymentSqlMixin, StateStore):
         include_logs: bool = True,
         node_ids: Collection[int] | None = None,
     ) -> list[NodeRow]:
-        cols = [c for c in nodes.c if include_logs or c.name not in ("stdout", "stderr")]
-        query = sa.select(*cols).where(nodes.c.dispatch_id == dispatch_id)
+        query = sa.select(*(_NODE_COLUMNS if include_logs else _NODE_COLUMNS_NO_LOGS)).where(
+            nodes.c.dispatch_id == dispatch_id
+        )
         with self.engine.connect() as conn:
             if node_ids is None:
                 rows = conn.execute(query.order_by(nodes.c.node_id)).all()
@@ -293,7 +300,9 @@ class SqlStateStore(DeploymentSqlMixin, StateStore):
                     rows += conn.execute(
                         query.where(nodes.c.node_id.in_(chunk)).order_by(nodes.c.node_id)
                     ).all()
-        return [NodeRow(**r._asdict()) for r in rows]
+        # Positional: the columns are NodeRow's fields in order, and building
+        # rows by keyword costs twice as much on a dispatch of 100,000 nodes.
+        return [NodeRow(*r) for r in rows]
 
     def get_node(self, dispatch_id: str, node_id: int) -> NodeRow | None:
         with self.engine.connect() as conn:
