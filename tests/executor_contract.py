@@ -27,13 +27,13 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
 from cobalt_common.hardware import HardwareSpec
 from cobalt_executors import Executor, TaskOutcome, TaskSubmission
+from cobalt_executors._runtime.payloads import read_payload, to_wire
 
 CPUS = 4.0
 MEMORY_MB = 8192
@@ -102,9 +102,12 @@ class ExecutorHarness(ABC):
         returns: Any = None,
         raises: str = "",
         holds: bool = False,
+        stored: bool = False,
     ) -> TaskSubmission:
         """A submission that returns ``returns`` (or raises a RuntimeError with
-        ``raises``); with ``holds`` it runs until :meth:`let_finish` or a cancel."""
+        ``raises``); with ``holds`` it runs until :meth:`let_finish` or a cancel.
+        With ``stored`` its payloads are not inline but at a location (as the
+        controller's blob store gives large ones)."""
 
     @abstractmethod
     def let_finish(self, key: str) -> None:
@@ -216,6 +219,14 @@ class ExecutorContract:
         assert outcome.status == "completed"
         assert outcome.output is not None
         assert cloudpickle.loads(harness.output_bytes(outcome)) == value
+
+    def test_a_task_whose_payloads_are_stored_at_a_location_runs_as_one_sent_inline(
+        self, harness: ExecutorHarness
+    ) -> None:
+        harness.submit(harness.task("far", returns=["from", "a", "location"], stored=True))
+        outcome = harness.reports.wait("far")["far"]
+        assert outcome.status == "completed", outcome.error
+        assert cloudpickle.loads(harness.output_bytes(outcome)) == ["from", "a", "location"]
 
     def test_a_task_that_raises_is_reported_failed_with_its_error(
         self, harness: ExecutorHarness
@@ -333,10 +344,11 @@ class ExecutorContract:
         harness.reports.wait("cpu")
 
 
-def read_output(outcome: TaskOutcome, blob_dir: Path) -> bytes:
-    """A completed outcome's output bytes: inline, or in ``blob_dir``."""
-    assert outcome.output is not None
-    if outcome.output.data is not None:
-        return outcome.output.data
-    sha = outcome.output.sha256
-    return (blob_dir / sha[:2] / sha).read_bytes()
+def read_output(outcome: TaskOutcome) -> bytes:
+    """A completed outcome's output bytes: inline, or at the location it names."""
+    output = outcome.output
+    assert output is not None
+    if output.data is not None:
+        return output.data
+    assert output.location is not None, "an output without bytes says where they are"
+    return read_payload(output.sha256, b"", to_wire(output.location))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from cobalt_controller.blobs import BlobStore, LocalBlobStore
+from cobalt_controller.blobs import BlobStore
 from cobalt_controller.state import StateStore
 from cobalt_executors import PayloadRef
 
@@ -49,13 +49,15 @@ class Payloads:
         return data
 
     def ref(self, sha256: str) -> PayloadRef:
-        """A reference for an executor: bytes when small, a blob path otherwise."""
+        """A reference for an executor: the bytes when small or when workers
+        cannot reach the blob store, else where the blob store says they are."""
         with self._lock:
             data = self._cache.get(sha256)
         if data is not None:
             return PayloadRef(sha256, data, len(data))
-        if isinstance(self.blobs, LocalBlobStore) and self.blobs.has(sha256):
-            return PayloadRef(sha256, None, 0)
+        location = self.blobs.locate(sha256)
+        if location is not None:
+            return PayloadRef(sha256, None, 0, location)
         data = self.get_bytes(sha256)
         if data is None:
             raise KeyError(sha256)

@@ -92,8 +92,8 @@ class ControllerServer:
                 self.scheduler.report(outcome)
 
         context = ExecutorContext(
-            blob_dir=config.blob_dir,
             inline_limit=config.inline_limit,
+            output_location=self.blobs.output_location(),
             report=report,
             # No token here: warm workers outlive tasks. Each task attempt and
             # replica gets its own credential in its submission's env instead.

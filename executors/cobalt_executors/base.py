@@ -6,8 +6,8 @@ order of an executor's life:
 1. ``__init__(name, options)``: options are validated at once against
    :attr:`Executor.accepted_options`; an unknown one raises
    :class:`~cobalt_common.errors.SpecError` listing the accepted ones.
-2. :meth:`Executor.setup` with an :class:`ExecutorContext`: where payloads
-   live and the callbacks to report through. Start pools or connections here.
+2. :meth:`Executor.setup` with an :class:`ExecutorContext`: where large
+   outputs go and the callback to report through. Start pools or connections here.
 3. :meth:`Executor.inventory`: total capacity, used by the controller to
    reject at dispatch a task no executor could ever run.
 4. :meth:`Executor.try_submit` for each task placed here: reserve its
@@ -22,7 +22,14 @@ order of an executor's life:
 7. :meth:`Executor.teardown`: stop everything this executor started.
 
 Payloads stay opaque bytes on this side too: the controller never unpickles
-them, and neither does an executor. Only the worker runtime does.
+them, and neither does an executor. Only the worker runtime does. A payload
+comes inline or with a :class:`~cobalt_common.payloads.BlobLocation` that the
+worker runtime resolves (``cobalt_executors._runtime.payloads``), so an
+executor whose workers run elsewhere passes locations on, not file paths.
+
+A new executor proves itself against the executor contract suite
+(``tests/executor_contract.py``); :mod:`cobalt_executors.stub` is the
+executor without processes that tests of the controller use.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Any, ClassVar, Literal
 
 from cobalt_common.errors import SpecError
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
+from cobalt_common.payloads import THROUGH_CONTROLLER, BlobLocation
 from cobalt_common.pricing import PriceTable, parse_prices
 from cobalt_executors._inventory import Allocation, GpuDevice, Inventory
 from cobalt_executors._machine import Machine
@@ -60,11 +68,18 @@ OutcomeStatus = Literal["completed", "failed", "timed_out", "cancelled"]
 
 @dataclass(frozen=True, slots=True)
 class PayloadRef:
-    """Opaque bytes by content address; ``data`` is None when in the blob store."""
+    """Opaque bytes by content address: inline in ``data``, or stored at ``location``.
+
+    A worker anywhere can read a stored payload at its location (a shared
+    directory today; see :mod:`cobalt_common.payloads`); an executor passes
+    the location on to its worker and never reads the bytes itself.
+    """
 
     sha256: str
     data: bytes | None
     size: int
+    location: BlobLocation | None = None
+    """Where the bytes are when ``data`` is None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +128,15 @@ class TaskOutcome:
 class ExecutorContext:
     """What the controller gives an executor at setup."""
 
-    blob_dir: Path
-    """Where payloads larger than ``inline_limit`` live, by sha256."""
     inline_limit: int
+    """Outputs larger than this many bytes go to ``output_location``."""
     report: Callable[[TaskOutcome], None]
     """Push one outcome; safe to call from any thread."""
+    output_location: BlobLocation = THROUGH_CONTROLLER
+    """Where workers put outputs larger than ``inline_limit`` (the blob store's
+    :meth:`~cobalt_controller.blobs.BlobStore.output_location`); such an output
+    is reported with ``data`` None and this location. The default: outputs
+    return inline, and the controller stores them."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Variables every task gets (for example how to reach the controller)."""
     machine: Machine = field(default_factory=Machine)

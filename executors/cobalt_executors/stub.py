@@ -15,7 +15,7 @@ would ever run. Tests construct it directly::
     from cobalt_executors.stub import StubExecutor
 
     stub = StubExecutor("stub", {"cpus": 2, "emulate_gpus": {"h100": 1}})
-    stub.setup(ExecutorContext(blob_dir=tmp_path, inline_limit=1024, report=outcomes.append))
+    stub.setup(ExecutorContext(inline_limit=1024, report=outcomes.append))
     given = stub.try_submit(submission)      # reserves 1 CPU, say
     stub.complete(submission.task_key, b"pickled output")   # reports it, frees the CPU
 

@@ -25,6 +25,7 @@ from executor_contract import (
 
 from cobalt._pickling import dumps, sha256_hex
 from cobalt_common.hardware import HardwareSpec
+from cobalt_common.payloads import BlobLocation, write_blob
 from cobalt_executors import ExecutorContext, PayloadRef, TaskArg, TaskOutcome, TaskSubmission
 from cobalt_executors._machine import Machine
 from cobalt_executors.local import LocalExecutor
@@ -61,8 +62,8 @@ class LocalHarness(ExecutorHarness):
         self.reports.executor = self.executor
         self.executor.setup(
             ExecutorContext(
-                blob_dir=self.blob_dir,
                 inline_limit=1024,
+                output_location=BlobLocation.directory(self.blob_dir),
                 report=self.reports,
                 machine=Machine(cpus=CPUS, memory_mb=MEMORY_MB),
                 work_dir=tmp_path / "workers",
@@ -78,23 +79,32 @@ class LocalHarness(ExecutorHarness):
         returns: Any = None,
         raises: str = "",
         holds: bool = False,
+        stored: bool = False,
     ) -> TaskSubmission:
         gate = str(self.gates / key) if holds else ""
+        payload = self._stored if stored else _payload
         return TaskSubmission(
             task_key=key,
             dispatch_id="d",
             node_id=0,
             name=f"task {key}",
             hardware=hardware or HardwareSpec(),
-            function=self._function,
-            args=[TaskArg(i, "", _payload(v)) for i, v in enumerate((returns, raises, gate))],
+            function=self._stored(_contract_task) if stored else self._function,
+            args=[TaskArg(i, "", payload(v)) for i, v in enumerate((returns, raises, gate))],
         )
+
+    def _stored(self, value: object) -> PayloadRef:
+        """``value`` pickled into the blob directory, as the controller's store keeps it."""
+        inline = _payload(value)
+        assert inline.data is not None
+        write_blob(self.blob_dir, inline.sha256, inline.data)
+        return PayloadRef(inline.sha256, None, 0, BlobLocation.directory(self.blob_dir))
 
     def let_finish(self, key: str) -> None:
         (self.gates / key).touch()
 
     def output_bytes(self, outcome: TaskOutcome) -> bytes:
-        return read_output(outcome, self.blob_dir)
+        return read_output(outcome)
 
 
 class TestLocalExecutorContract(ExecutorContract):

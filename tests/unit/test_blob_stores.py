@@ -1,4 +1,9 @@
-"""One contract suite for every blob store backend: a local directory and memory."""
+"""One contract suite for every blob store backend: a local directory and memory.
+
+Besides storing bytes, a store says where workers find its blobs and where
+they put large outputs; what a worker's runtime reads or writes at those
+locations is what the store holds.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from cobalt_common.errors import ContentAddressError
+from cobalt_common.payloads import THROUGH_CONTROLLER, blob_path, write_blob
 from cobalt_controller.blobs import BlobStore, LocalBlobStore, MemoryBlobStore
-from cobalt_executors._runtime.payloads import blob_path, write_blob
+from cobalt_executors._runtime.payloads import put_output, read_payload, to_wire
 
 pytestmark = pytest.mark.unit
 
@@ -117,6 +123,33 @@ def test_a_streamed_blob_never_overwrites_a_stored_one(blobs: BlobStore) -> None
     assert blobs.get(sha) == b"original"
 
 
+def test_a_located_blob_is_what_a_worker_reads_there_and_an_unlocated_one_travels_inline(
+    blobs: BlobStore,
+) -> None:
+    data = b"\x80\x05a large argument"
+    blobs.put(_sha(data), data)
+    assert blobs.locate(_sha(b"never stored")) is None
+    location = blobs.locate(_sha(data))
+    if blobs.output_location().readable_by_workers:
+        assert location is not None
+        assert read_payload(_sha(data), b"", to_wire(location)) == data
+    else:
+        assert location is None, "a store workers cannot reach sends its blobs inline"
+
+
+def test_an_output_a_worker_puts_at_the_output_location_is_read_back_by_the_store(
+    blobs: BlobStore,
+) -> None:
+    output = b"\x80\x05a large output" * 100
+    stored = put_output(_sha(output), output, to_wire(blobs.output_location()))
+    if stored:
+        assert blobs.get(_sha(output)) == output
+        assert blobs.locate(_sha(output)) == blobs.output_location()
+    else:
+        assert blobs.output_location() == THROUGH_CONTROLLER
+        assert blobs.get(_sha(output)) is None, "the output returns inline instead"
+
+
 def test_local_streamed_blobs_leave_no_temporary_file(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path)
     good, bad = b"kept", b"refused"
@@ -177,6 +210,8 @@ def test_a_blob_store_refuses_a_name_that_is_not_a_content_address(
         blobs.put(name, b"never written")
     with pytest.raises(ContentAddressError):
         blobs.put_stream(name, iter([b"never written"]))
+    with pytest.raises(ContentAddressError):
+        blobs.locate(name)
 
 
 @pytest.mark.parametrize("name", NOT_CONTENT_ADDRESSES.values(), ids=NOT_CONTENT_ADDRESSES.keys())

@@ -95,7 +95,7 @@ def join(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
     def make(machine: Machine, name: str, **options: Any) -> LocalExecutor:
         context = ExecutorContext(
-            blob_dir=tmp_path, inline_limit=1024, report=outcomes.append, machine=machine
+            inline_limit=1024, report=outcomes.append, machine=machine, work_dir=tmp_path
         )
         executor = LocalExecutor(name, {"workers": 1, **options})
         executor.setup(context)

@@ -13,6 +13,7 @@ from executor_contract import CPUS, GPU, GPUS, MEMORY_MB, ExecutorContract, Exec
 
 from cobalt_common.errors import NotFoundError, SpecError
 from cobalt_common.hardware import HardwareSpec
+from cobalt_common.payloads import BlobLocation
 from cobalt_executors import ExecutorContext, PayloadRef, TaskOutcome, TaskSubmission
 from cobalt_executors.stub import StubExecutor
 
@@ -44,7 +45,7 @@ class StubHarness(ExecutorHarness):
             auto=self._auto,
         )
         self.reports.executor = self.stub
-        self.stub.setup(ExecutorContext(blob_dir=tmp_path, inline_limit=1024, report=self.reports))
+        self.stub.setup(ExecutorContext(inline_limit=1024, report=self.reports))
 
     def _auto(self, task: TaskSubmission) -> bytes | None:
         output, raises, holds = self._plans[task.task_key]
@@ -62,9 +63,13 @@ class StubHarness(ExecutorHarness):
         returns: Any = None,
         raises: str = "",
         holds: bool = False,
+        stored: bool = False,
     ) -> TaskSubmission:
         self._plans[key] = (cloudpickle.dumps(returns), raises, holds)
-        return _submission(key, hardware)
+        submission = _submission(key, hardware)
+        if stored:  # the stub never reads a payload, wherever it is
+            submission.function = PayloadRef("f" * 64, None, 0, BlobLocation.directory("/nowhere"))
+        return submission
 
     def let_finish(self, key: str) -> None:
         output, raises, _ = self._plans[key]
@@ -104,7 +109,7 @@ def _stub(
     outcomes: list[TaskOutcome], options: dict[str, Any] | None = None, **kw: Any
 ) -> StubExecutor:
     stub = StubExecutor("stub", options, **kw)
-    stub.setup(ExecutorContext(blob_dir=Path(), inline_limit=1024, report=outcomes.append))
+    stub.setup(ExecutorContext(inline_limit=1024, report=outcomes.append))
     return stub
 
 

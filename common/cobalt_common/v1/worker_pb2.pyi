@@ -12,6 +12,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -24,6 +25,51 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class BlobLocation(_message.Message):
+    """Where a payload that does not travel inline is (cobalt_common.payloads)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[BlobLocation._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: BlobLocation._Kind.ValueType  # 0
+        """no location: the bytes are inline"""
+        KIND_DIRECTORY: BlobLocation._Kind.ValueType  # 1
+        """the file <address>/<sha[:2]>/<sha>"""
+        KIND_CONTROLLER: BlobLocation._Kind.ValueType  # 2
+        """only the controller has it: outputs return inline"""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: BlobLocation.Kind.ValueType  # 0
+    """no location: the bytes are inline"""
+    KIND_DIRECTORY: BlobLocation.Kind.ValueType  # 1
+    """the file <address>/<sha[:2]>/<sha>"""
+    KIND_CONTROLLER: BlobLocation.Kind.ValueType  # 2
+    """only the controller has it: outputs return inline"""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    kind: Global___BlobLocation.Kind.ValueType
+    address: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: Global___BlobLocation.Kind.ValueType = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlobLocation: _TypeAlias = BlobLocation  # noqa: Y015
+
+@_typing.final
 class WorkerArg(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -31,12 +77,15 @@ class WorkerArg(_message.Message):
     KEYWORD_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """-1 for a keyword argument"""
     keyword: _builtins.str
     sha256: _builtins.str
     data: _builtins.bytes
-    """empty: read the payload from the blob directory"""
+    """the payload, unless location is set"""
+    @_builtins.property
+    def location(self) -> Global___BlobLocation: ...
     def __init__(
         self,
         *,
@@ -44,10 +93,11 @@ class WorkerArg(_message.Message):
         keyword: _builtins.str = ...,
         sha256: _builtins.str = ...,
         data: _builtins.bytes = ...,
+        location: Global___BlobLocation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "keyword", b"keyword", "position", b"position", "sha256", b"sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "keyword", b"keyword", "location", b"location", "position", b"position", "sha256", b"sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -82,19 +132,23 @@ class WorkerTask(_message.Message):
     FUNCTION_DATA_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
-    BLOB_DIR_FIELD_NUMBER: _builtins.int
     INLINE_LIMIT_FIELD_NUMBER: _builtins.int
+    FUNCTION_LOCATION_FIELD_NUMBER: _builtins.int
+    OUTPUT_LOCATION_FIELD_NUMBER: _builtins.int
     task_key: _builtins.str
     function_sha256: _builtins.str
     function_data: _builtins.bytes
-    """empty when the worker already holds this function"""
-    blob_dir: _builtins.str
+    """empty when the worker holds this function or reads it at function_location"""
     inline_limit: _builtins.int
-    """outputs larger than this go to blob_dir"""
+    """outputs larger than this go to output_location"""
     @_builtins.property
     def args(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerArg]: ...
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def function_location(self) -> Global___BlobLocation: ...
+    @_builtins.property
+    def output_location(self) -> Global___BlobLocation: ...
     def __init__(
         self,
         *,
@@ -103,12 +157,13 @@ class WorkerTask(_message.Message):
         function_data: _builtins.bytes = ...,
         args: _abc.Iterable[Global___WorkerArg] | None = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        blob_dir: _builtins.str = ...,
         inline_limit: _builtins.int = ...,
+        function_location: Global___BlobLocation | None = ...,
+        output_location: Global___BlobLocation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["function_location", b"function_location", "output_location", b"output_location"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "blob_dir", b"blob_dir", "env", b"env", "function_data", b"function_data", "function_sha256", b"function_sha256", "inline_limit", b"inline_limit", "task_key", b"task_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "env", b"env", "function_data", b"function_data", "function_location", b"function_location", "function_sha256", b"function_sha256", "inline_limit", b"inline_limit", "output_location", b"output_location", "task_key", b"task_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -158,7 +213,7 @@ class WorkerResult(_message.Message):
     ok: _builtins.bool
     output_sha256: _builtins.str
     output_data: _builtins.bytes
-    """empty when written to the blob directory"""
+    """empty when written to the task's output_location"""
     output_size: _builtins.int
     error: _builtins.str
     """the remote traceback, framework frames removed"""

@@ -4,12 +4,21 @@ Backends: :mod:`.local` (a directory, the default) and :mod:`.memory` (tests).
 Small payloads travel inline and live in the state store instead.
 Every backend refuses a name that is not a content address (64 lowercase hex
 digits) with ``ContentAddressError``, whatever its callers checked before.
+
+A store also says where workers find its blobs (:meth:`BlobStore.locate`) and
+where they put large outputs (:meth:`BlobStore.output_location`), as
+:class:`~cobalt_common.payloads.BlobLocation` values: the controller passes
+them to executors and never asks which backend it has. A store workers cannot
+reach (the in-memory one) answers "through the controller", and its payloads
+travel inline.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+
+from cobalt_common.payloads import THROUGH_CONTROLLER, BlobLocation
 
 
 class BlobStore(ABC):
@@ -35,3 +44,14 @@ class BlobStore(ABC):
 
     def missing(self, shas: Iterable[str]) -> set[str]:
         return {s for s in shas if not self.has(s)}
+
+    def locate(self, sha256: str) -> BlobLocation | None:
+        """Where a worker reads this blob itself; None when the blob is not
+        stored here, or workers cannot reach this store (it then travels inline)."""
+        return None
+
+    def output_location(self) -> BlobLocation:
+        """Where workers put outputs too large to inline, for this store to
+        read back; :data:`~cobalt_common.payloads.THROUGH_CONTROLLER` when they
+        cannot reach it (they return such outputs inline)."""
+        return THROUGH_CONTROLLER

@@ -1,7 +1,9 @@
 """Blobs as files in a directory: ``<dir>/<sha[:2]>/<sha>``.
 
-The local executor's workers read and write this same layout, so large
-payloads never pass through the controller's memory.
+Workers read and write this directory themselves (a location of kind
+``directory``, laid out by :mod:`cobalt_common.payloads`), so large payloads
+never pass through the controller's memory. Workers on other machines can do
+the same where the directory is on a filesystem they share.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from cobalt_common.payloads import BlobLocation, blob_path, write_blob
 from cobalt_controller.blobs.base import BlobStore
-from cobalt_executors._runtime.payloads import blob_path, write_blob
 
 
 class LocalBlobStore(BlobStore):
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._location = BlobLocation.directory(self.directory)
 
     def put(self, sha256: str, data: bytes) -> None:
         write_blob(self.directory, sha256, data)
@@ -54,3 +57,9 @@ class LocalBlobStore(BlobStore):
 
     def has(self, sha256: str) -> bool:
         return blob_path(self.directory, sha256).exists()
+
+    def locate(self, sha256: str) -> BlobLocation | None:
+        return self._location if self.has(sha256) else None
+
+    def output_location(self) -> BlobLocation:
+        return self._location

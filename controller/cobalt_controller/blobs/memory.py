@@ -1,4 +1,8 @@
-"""Blobs in a dict, for tests."""
+"""Blobs in a dict, for tests.
+
+Workers cannot reach a dict in the controller's memory: its blobs travel
+inline (location ``controller``), and so do large outputs.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import hashlib
 from collections.abc import Iterable
 
 from cobalt_common.checks import validate_sha256
+from cobalt_common.payloads import THROUGH_CONTROLLER, BlobLocation
 from cobalt_controller.blobs.base import BlobStore
 
 
@@ -33,3 +38,10 @@ class MemoryBlobStore(BlobStore):
 
     def has(self, sha256: str) -> bool:
         return validate_sha256(sha256) in self._blobs
+
+    def locate(self, sha256: str) -> BlobLocation | None:
+        validate_sha256(sha256)
+        return None
+
+    def output_location(self) -> BlobLocation:
+        return THROUGH_CONTROLLER

@@ -1,34 +1,44 @@
-"""Where payload bytes live on disk: ``<blob_dir>/<sha[:2]>/<sha>``.
+"""Payload locations on the wire, and the one place a worker resolves them.
 
-Only a content address (64 lowercase hex digits) becomes a file name here;
-anything else is refused, so no name can reach outside ``blob_dir``.
+An executor turns each :class:`~cobalt_common.payloads.BlobLocation` of a
+task into a ``worker_pb2.BlobLocation`` (:func:`to_wire`); the worker reads a
+payload with :func:`read_payload` and puts an output with :func:`put_output`,
+whatever the kind of location. A new kind of location is a branch here and
+nowhere else on the worker's side.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-from pathlib import Path
+from cobalt_common.payloads import BlobLocation, blob_path, write_blob
+from cobalt_common.v1 import worker_pb2
 
-from cobalt_common.checks import validate_sha256
-
-
-def blob_path(blob_dir: str | Path, sha256: str) -> Path:
-    """The file of ``sha256``; raises ``ContentAddressError`` for any other name."""
-    validate_sha256(sha256)
-    return Path(blob_dir) / sha256[:2] / sha256
+_KINDS = {
+    "directory": worker_pb2.BlobLocation.KIND_DIRECTORY,
+    "controller": worker_pb2.BlobLocation.KIND_CONTROLLER,
+}
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def to_wire(location: BlobLocation) -> worker_pb2.BlobLocation:
+    return worker_pb2.BlobLocation(kind=_KINDS[location.kind], address=location.address)
 
 
-def write_blob(blob_dir: str | Path, sha256: str, data: bytes) -> None:
-    """Writes atomically (temporary file, then rename); a no-op if present."""
-    path = blob_path(blob_dir, sha256)
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{sha256}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def read_payload(sha256: str, data: bytes, location: worker_pb2.BlobLocation) -> bytes:
+    """A payload's bytes: ``data`` when no location is set, else read there."""
+    kind = location.kind
+    if kind == worker_pb2.BlobLocation.KIND_UNSPECIFIED:
+        return data
+    if kind == worker_pb2.BlobLocation.KIND_DIRECTORY:
+        return blob_path(location.address, sha256).read_bytes()
+    raise RuntimeError(
+        f"payload {sha256} is at a location of kind {location.kind} that this worker cannot "
+        "read: the controller and its workers must run the same cobalt version."
+    )
+
+
+def put_output(sha256: str, data: bytes, location: worker_pb2.BlobLocation) -> bool:
+    """Stores an output too large to inline where the task says; False when the
+    location takes no writes from workers (the output then returns inline)."""
+    if location.kind == worker_pb2.BlobLocation.KIND_DIRECTORY:
+        write_blob(location.address, sha256, data)
+        return True
+    return False

@@ -24,9 +24,10 @@ from typing import Any
 
 import cloudpickle
 
+from cobalt_common.payloads import sha256_hex
 from cobalt_common.v1 import worker_pb2
 from cobalt_executors._runtime.framing import Readable, encode, read_message
-from cobalt_executors._runtime.payloads import blob_path, sha256_hex, write_blob
+from cobalt_executors._runtime.payloads import put_output, read_payload
 from cobalt_executors._runtime.proctree import (
     become_subreaper,
     descendants,
@@ -103,8 +104,8 @@ class Worker:
     def _function(self, task: worker_pb2.WorkerTask) -> Any:
         fn = self._functions.get(task.function_sha256)
         if fn is None:
-            data = task.function_data or blob_path(task.blob_dir, task.function_sha256).read_bytes()
-            fn = cloudpickle.loads(data)
+            sha = task.function_sha256
+            fn = cloudpickle.loads(read_payload(sha, task.function_data, task.function_location))
             self._functions[task.function_sha256] = fn
             if len(self._functions) > _FUNCTION_CACHE_SIZE:
                 self._functions.popitem(last=False)
@@ -134,8 +135,7 @@ class Worker:
             args: list[Any] = []
             kwargs: dict[str, Any] = {}
             for arg in task.args:
-                data = arg.data or blob_path(task.blob_dir, arg.sha256).read_bytes()
-                value = cloudpickle.loads(data)
+                value = cloudpickle.loads(read_payload(arg.sha256, arg.data, arg.location))
                 if arg.position >= 0:
                     args.append(value)
                 else:
@@ -151,9 +151,9 @@ class Worker:
             sha = sha256_hex(output)
             result.output_sha256 = sha
             result.output_size = len(output)
-            if len(output) > task.inline_limit:
-                write_blob(task.blob_dir, sha, output)
-            else:
+            if len(output) <= task.inline_limit or not put_output(
+                sha, output, task.output_location
+            ):
                 result.output_data = output
         except BaseException as exc:
             result.ok = False

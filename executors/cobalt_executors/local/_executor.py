@@ -16,6 +16,7 @@ from cobalt_common.hardware import HardwareGiven, format_memory, parse_gpu_type,
 from cobalt_common.v1 import worker_pb2
 from cobalt_executors._inventory import Allocation, GpuDevice, Inventory, describe_hardware
 from cobalt_executors._machine import host_cpus, host_memory_mb
+from cobalt_executors._runtime.payloads import to_wire
 from cobalt_executors._stopped import STOP_STATUS, stopped
 from cobalt_executors.base import (
     Executor,
@@ -42,6 +43,15 @@ class _Running:
 
 _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
 _MEMORY_CHECK_S = 0.2
+
+
+def _location(payload: PayloadRef) -> worker_pb2.BlobLocation:
+    if payload.location is None:
+        raise ValueError(
+            f"payload {payload.sha256} has neither bytes nor a location: the controller "
+            "must give one or the other."
+        )
+    return to_wire(payload.location)
 
 
 def _rss_mb(pid: int) -> int:
@@ -122,9 +132,12 @@ class LocalExecutor(Executor):
         self._log_dir: Path | None = None
         self._closing = False
         self._watchdog: threading.Thread | None = None
+        self._output_location: worker_pb2.BlobLocation | None = None
 
     def setup(self, context: ExecutorContext) -> None:
         super().setup(context)
+        location = context.output_location
+        self._output_location = to_wire(location) if location.readable_by_workers else None
         self._log_dir = make_log_dir(context.work_dir)
         machine = context.machine
         stated_cpus, stated_memory = self._stated
@@ -271,19 +284,33 @@ class LocalExecutor(Executor):
             task_key=task.task_key,
             function_sha256=task.function.sha256,
             env=env,
-            blob_dir=str(ctx.blob_dir),
             inline_limit=ctx.inline_limit,
         )
-        if task.function.sha256 not in worker.known_functions and task.function.data is not None:
-            msg.function_data = task.function.data
-            worker.known_functions.add(task.function.sha256)
+        if self._output_location is not None:
+            msg.output_location.CopyFrom(self._output_location)
+        function = task.function
+        if function.sha256 not in worker.known_functions:
+            if function.data is not None:
+                msg.function_data = function.data
+            else:
+                msg.function_location.CopyFrom(_location(function))
+            worker.known_functions.add(function.sha256)
         for arg in task.args:
-            msg.args.add(
-                position=arg.position,
-                keyword=arg.keyword,
-                sha256=arg.payload.sha256,
-                data=arg.payload.data or b"",
-            )
+            payload = arg.payload
+            if payload.data is not None:
+                msg.args.add(
+                    position=arg.position,
+                    keyword=arg.keyword,
+                    sha256=payload.sha256,
+                    data=payload.data,
+                )
+            else:
+                msg.args.add(
+                    position=arg.position,
+                    keyword=arg.keyword,
+                    sha256=payload.sha256,
+                    location=_location(payload),
+                )
         return worker_pb2.WorkerCommand(task=msg)
 
     def _finish(self, worker: WorkerProcess, task_key: str | None) -> _Running | None:
@@ -308,9 +335,12 @@ class LocalExecutor(Executor):
                 stop()
         output = None
         if result.ok:
-            output = PayloadRef(
-                result.output_sha256, result.output_data or None, result.output_size
-            )
+            if result.output_data or result.output_size == 0:
+                output = PayloadRef(result.output_sha256, result.output_data, result.output_size)
+            else:
+                output = PayloadRef(
+                    result.output_sha256, None, result.output_size, self.context.output_location
+                )
         self.context.report(
             TaskOutcome(
                 task_key=result.task_key,
