@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,16 +49,36 @@ class ControllerInfo:
     pid: int = 0
 
 
+_read_cache: dict[Path, tuple[tuple[int, int, int], ControllerInfo]] = {}
+_alive_until: dict[int, float] = {}
+ALIVE_TTL_S = 1.0
+"""How long a controller seen running is taken to run, without asking again.
+
+A controller that dies within it fails the next call as unavailable, which
+forgets what was seen, so the caller's retry starts a new one."""
+
+
 def read_controller_info(home: Path | None = None) -> ControllerInfo | None:
-    """Where to reach the controller: the environment, else ``controller.json``."""
+    """Where to reach the controller: the environment, else ``controller.json``.
+
+    The file is parsed again only when it changes: a dispatch asks on every call.
+    """
     address = os.environ.get("COBALT_CONTROLLER_ADDRESS")
     if address:
         return ControllerInfo(address, os.environ.get("COBALT_CONTROLLER_TOKEN", ""))
+    path = controller_file(home)
     try:
-        data = json.loads(controller_file(home).read_text())
-        return ControllerInfo(str(data["address"]), str(data["token"]), int(data.get("pid", 0)))
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = _read_cache.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        data = json.loads(path.read_text())
+        info = ControllerInfo(str(data["address"]), str(data["token"]), int(data.get("pid", 0)))
     except (OSError, ValueError, KeyError):
         return None
+    _read_cache[path] = (stamp, info)
+    return info
 
 
 def translate(exc: grpc.RpcError, address: str) -> errors.Error:
@@ -94,22 +115,18 @@ class Client:
         try:
             return method(request, metadata=self.metadata, timeout=timeout)
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                _alive_until.pop(self.info.pid, None)
             raise translate(exc, self.info.address) from None
 
     def call_interruptibly(self, method: Any, request: Any) -> Any:
-        """A blocking call that Ctrl-C (a kernel interrupt) can stop."""
-        future = method.future(request, metadata=self.metadata)
-        try:
-            while True:
-                try:
-                    return future.result(timeout=0.25)
-                except grpc.FutureTimeoutError:
-                    continue
-        except grpc.RpcError as exc:
-            raise translate(exc, self.info.address) from None
-        except BaseException:
-            future.cancel()
-            raise
+        """A blocking call that Ctrl-C (a kernel interrupt) can stop.
+
+        gRPC's blocking calls check for signals while they wait, so an
+        interrupt raises KeyboardInterrupt here; a call through a future would
+        cost a thread hand-off on every round trip.
+        """
+        return self.call(method, request)
 
     def stream(self, method: Callable[..., Iterator[R]], request: Any) -> Iterator[R]:
         try:
@@ -157,7 +174,14 @@ def get_client(*, start: bool = False) -> Client:
 def _alive(info: ControllerInfo) -> bool:
     if os.environ.get("COBALT_CONTROLLER_ADDRESS"):
         return True
-    return pid_running(info.pid)
+    now = time.monotonic()
+    if _alive_until.get(info.pid, 0.0) > now:
+        return True
+    if not pid_running(info.pid):
+        _alive_until.pop(info.pid, None)
+        return False
+    _alive_until[info.pid] = now + ALIVE_TTL_S
+    return True
 
 
 def controller_status(client: Client) -> pb.ControllerStatusResponse:
