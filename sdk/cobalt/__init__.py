@@ -23,7 +23,8 @@ from cobalt._graph import wait
 from cobalt._lattice import Lattice, lattice
 from cobalt._optimize import optimize
 from cobalt._optimize_report import OptimizationReport
-from cobalt._result import Result, Status, TaskRecord
+from cobalt._records import Status, TaskRecord
+from cobalt._result import Result
 from cobalt._sentinel import UNSET
 from cobalt._service import Service, service
 from cobalt_common.deploy import Autoscaling, Batch, Schedule

@@ -1,5 +1,11 @@
 """The SDK's connection to a controller, with errors translated at the boundary.
 
+A :class:`Client` talks to one controller and owns the RPCs the rest of the
+SDK makes (as httpx's module functions delegate to its ``Client``): whatever
+holds a client, such as a :class:`~cobalt.Result`, keeps talking to the
+controller it came from. :func:`get_client` gives the client of the current
+``COBALT_HOME``, for the calls that start from nothing (``ct.get_result``).
+
 No ``grpc.RpcError`` reaches users: :data:`_STATUS_TO_EXCEPTION` maps each
 status to a cobalt exception, refined by the ``cobalt-error`` trailer the
 controller sets.
@@ -7,25 +13,25 @@ controller sets.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
 import grpc
 
+from cobalt._discovery import ControllerInfo, read_controller_info
+from cobalt._embedded import start_controller
 from cobalt_common import errors
-from cobalt_common.paths import cobalt_home, controller_file
+from cobalt_common.paths import cobalt_home
 from cobalt_common.processes import pid_running
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
 
 R = TypeVar("R")
 MAX_MESSAGE = 1 << 30
+_CHUNK = 1 << 20
 
 _STATUS_TO_EXCEPTION: dict[grpc.StatusCode, type[errors.Error]] = {
     grpc.StatusCode.UNAVAILABLE: errors.ControllerUnavailableError,
@@ -42,43 +48,12 @@ _BY_NAME: dict[str, type[errors.Error]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ControllerInfo:
-    address: str
-    token: str
-    pid: int = 0
-
-
-_read_cache: dict[Path, tuple[tuple[int, int, int], ControllerInfo]] = {}
 _alive_until: dict[int, float] = {}
 ALIVE_TTL_S = 1.0
 """How long a controller seen running is taken to run, without asking again.
 
 A controller that dies within it fails the next call as unavailable, which
 forgets what was seen, so the caller's retry starts a new one."""
-
-
-def read_controller_info(home: Path | None = None) -> ControllerInfo | None:
-    """Where to reach the controller: the environment, else ``controller.json``.
-
-    The file is parsed again only when it changes: a dispatch asks on every call.
-    """
-    address = os.environ.get("COBALT_CONTROLLER_ADDRESS")
-    if address:
-        return ControllerInfo(address, os.environ.get("COBALT_CONTROLLER_TOKEN", ""))
-    path = controller_file(home)
-    try:
-        st = os.stat(path)
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        cached = _read_cache.get(path)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        data = json.loads(path.read_text())
-        info = ControllerInfo(str(data["address"]), str(data["token"]), int(data.get("pid", 0)))
-    except (OSError, ValueError, KeyError):
-        return None
-    _read_cache[path] = (stamp, info)
-    return info
 
 
 def translate(exc: grpc.RpcError, address: str) -> errors.Error:
@@ -137,6 +112,82 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
+    # ---- the RPCs the SDK makes ------------------------------------------------------
+
+    def status(self) -> pb.ControllerStatusResponse:
+        """The controller's process, version, executors and dashboard address."""
+        resp = self.call(self.stub.ControllerStatus, pb.ControllerStatusRequest(), timeout=10)
+        return cast(pb.ControllerStatusResponse, resp)
+
+    def dashboard_page(self, dispatch_id: str = "") -> str:
+        """The dashboard's address, or a dispatch's page on it; "" when there is none to reach.
+
+        The address carries no token: it may end up in a saved notebook.
+        """
+        try:
+            base = self.status().dashboard
+        except errors.Error:
+            return ""
+        if not base or not dispatch_id:
+            return base
+        return f"{base.rstrip('/')}/dispatches/{dispatch_id}"
+
+    def dispatch_get(
+        self,
+        dispatch_id: str,
+        *,
+        include_output: bool = False,
+        wait_s: float = 0.0,
+        interruptible: bool = False,
+    ) -> pb.DispatchGetResponse:
+        """A dispatch's state; ``wait_s`` lets the controller answer when it ends, if sooner.
+
+        ``interruptible``: Ctrl-C stops the wait (see :meth:`call_interruptibly`).
+        """
+        req = pb.DispatchGetRequest(
+            dispatch_id=dispatch_id, include_output=include_output, wait_s=wait_s
+        )
+        if interruptible:
+            return cast(pb.DispatchGetResponse, self.call_interruptibly(self.stub.DispatchGet, req))
+        return cast(pb.DispatchGetResponse, self.call(self.stub.DispatchGet, req))
+
+    def dispatch_cancel(self, dispatch_id: str) -> pb.DispatchCancelResponse:
+        req = pb.DispatchCancelRequest(dispatch_id=dispatch_id)
+        return cast(pb.DispatchCancelResponse, self.call(self.stub.DispatchCancel, req))
+
+    def task_list(self, dispatch_id: str) -> list[pb.TaskRecord]:
+        """Every task of a dispatch, with its logs, in node order."""
+        req = pb.TaskListRequest(dispatch_id=dispatch_id, include_logs=True)
+        return list(cast(pb.TaskListResponse, self.call(self.stub.TaskList, req)).tasks)
+
+    def node_get(self, dispatch_id: str, node_id: int) -> tuple[pb.TaskRecord, bytes | None]:
+        """One node's record and its pickled output (None when it has none)."""
+        req = pb.NodeGetRequest(dispatch_id=dispatch_id, node_id=node_id, include_output=True)
+        resp = cast(pb.NodeGetResponse, self.call(self.stub.NodeGet, req))
+        output = self.fetch_payload(resp.output) if resp.output.sha256 else None
+        return resp.task, output
+
+    def fetch_payload(self, payload: pb.Payload) -> bytes:
+        """A payload's bytes: inline in the message, else streamed from the blob store."""
+        if payload.data:
+            return payload.data
+        chunks = self.stream(self.stub.BlobGet, pb.BlobGetRequest(sha256=payload.sha256))
+        return b"".join(c.data for c in chunks)
+
+    def upload(self, payloads: Mapping[str, bytes]) -> None:
+        """Puts the payloads the blob store lacks, in chunks of 1 MiB, by their sha256."""
+        if not payloads:
+            return
+        has = self.call(self.stub.BlobHas, pb.BlobHasRequest(sha256=list(payloads)))
+        for sha in has.missing:
+            data = payloads[sha]
+
+            def chunks(sha: str = sha, data: bytes = data) -> Iterator[pb.BlobChunk]:
+                for start in range(0, max(len(data), 1), _CHUNK):
+                    yield pb.BlobChunk(sha256=sha, data=data[start : start + _CHUNK])
+
+            self.call(self.stub.BlobPut, chunks())
+
 
 _clients: dict[tuple[str, str], Client] = {}
 _lock = threading.Lock()
@@ -154,8 +205,6 @@ def get_client(*, start: bool = False) -> Client:
                 f"no cobalt controller is running for {home}. Start one with "
                 "`cobalt controller start`; `ct.dispatch` also starts one when none is running."
             )
-        from cobalt._embedded import start_controller
-
         info = start_controller(home, announce=True)
     key = (info.address, info.token)
     with _lock:
@@ -182,22 +231,3 @@ def _alive(info: ControllerInfo) -> bool:
         return False
     _alive_until[info.pid] = now + ALIVE_TTL_S
     return True
-
-
-def controller_status(client: Client) -> pb.ControllerStatusResponse:
-    resp = client.call(client.stub.ControllerStatus, pb.ControllerStatusRequest(), timeout=10)
-    return cast(pb.ControllerStatusResponse, resp)
-
-
-def dashboard_page(client: Client | None = None, dispatch_id: str = "") -> str:
-    """The dashboard's address, or a dispatch's page on it; "" when there is none to reach.
-
-    The address carries no token: it may end up in a saved notebook.
-    """
-    try:
-        base = controller_status(client or get_client()).dashboard
-    except errors.Error:
-        return ""
-    if not base or not dispatch_id:
-        return base
-    return f"{base.rstrip('/')}/dispatches/{dispatch_id}"

@@ -20,9 +20,9 @@ from typing import Any, ParamSpec, TypeVar, Unpack, cast, overload
 
 from cobalt._client import Client, get_client
 from cobalt._deployment import Deployment
-from cobalt._dispatch import _executor_ref, _upload, split_payloads
-from cobalt._graph import NodeKind, TaskOptions, current_builder
+from cobalt._graph import NodeKind, current_builder
 from cobalt._lattice import check_arguments, signature_of
+from cobalt._options import TaskOptions
 from cobalt._pickling import dumps, sha256_hex
 from cobalt._sentinel import UNSET
 from cobalt._service import (
@@ -33,6 +33,7 @@ from cobalt._service import (
     check_options,
     default_name,
 )
+from cobalt._submit import executor_ref, split_payloads
 from cobalt_common.deploy import deploy_task_key
 from cobalt_common.errors import (
     ControllerUnavailableError,
@@ -99,7 +100,7 @@ def build_create_request(
         req.args.add(position=-1, keyword=keyword, sha256=add(value, f"kwargs[{keyword!r}]", what))
     req.hardware.CopyFrom(spec_to_pb(service.hardware()))
     executor = service.options.executor
-    ref = _executor_ref(None if executor is UNSET else executor)
+    ref = executor_ref(None if executor is UNSET else executor)
     if ref is not None:
         req.executor.CopyFrom(ref)
     return req, split_payloads(req.payloads, payloads)
@@ -115,7 +116,7 @@ def _interrupted(name: str) -> str:
 def _send(
     client: Client, req: pb.DeploymentCreateRequest, large: dict[str, bytes]
 ) -> pb.Deployment:
-    _upload(client, large)
+    client.upload(large)
     if not req.wait_s:
         return cast(pb.Deployment, client.call(client.stub.DeploymentCreate, req))
     try:

@@ -27,7 +27,9 @@ from typing import Any, cast
 import httpx
 from pydantic_core import to_jsonable_python
 
+from cobalt import _html as h
 from cobalt import _http
+from cobalt._client import get_client
 from cobalt._deployment_metrics import DeploymentMetrics
 from cobalt_common.deploy import Route
 from cobalt_common.errors import EndpointError, SpecError
@@ -226,8 +228,6 @@ class Deployment:
         return DeploymentMetrics.from_pb(msg)
 
     def _rpc(self, method: str, request: Any) -> Any:
-        from cobalt._client import get_client
-
         client = get_client()
         return client.call(getattr(client.stub, method), request, timeout=60)
 
@@ -403,8 +403,6 @@ class Deployment:
         )
 
     def _repr_html_(self) -> str:
-        from cobalt import _html as h
-
         self._fresh()
         auth = "bearer token (dep.token)" if self.auth else "<b>open (no auth)</b>"
         routes = "<br>".join(

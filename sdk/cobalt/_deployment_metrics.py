@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
+from cobalt import _html as h
 from cobalt_common.deploy_metrics import WINDOW_S, MetricsSummary
 from cobalt_common.pricing import format_usd
 
@@ -169,8 +170,6 @@ class DeploymentMetrics(MetricsSummary):
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        from cobalt import _html as h
-
         rows = [[h.esc(label), h.esc(value)] for label, value in self.rows()]
         return (
             f"<div><b>metrics of deployment {h.esc(self.name)}</b>{h.table(['', ''], rows)}</div>"

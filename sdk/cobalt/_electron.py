@@ -1,7 +1,7 @@
 """``@ct.electron``: a function that runs as one task, on the hardware it asks for.
 
 Options are validated when the decorator runs (see
-:func:`cobalt._lattice.parse_options`). An option an electron leaves unset
+:func:`cobalt._options.parse_options`). An option an electron leaves unset
 (:data:`~cobalt._sentinel.UNSET`) is inherited from the lattice that calls
 it; ``gpu=None`` explicitly asks for no GPU.
 
@@ -22,18 +22,12 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar, Unpack, cast, overload
 
+from cobalt import _html as h
 from cobalt._deps import DepsCall
-from cobalt._graph import GraphBuilder, NodeKind, NodeRef, TaskOptions, current_builder
-from cobalt._lattice import (
-    Lattice,
-    Options,
-    OptionsKwargs,
-    SublatticeCall,
-    check_arguments,
-    misuse_message,
-    parse_options,
-    signature_of,
-)
+from cobalt._graph import GraphBuilder, NodeKind, NodeRef, current_builder
+from cobalt._lattice import Lattice, check_arguments, signature_of
+from cobalt._options import Options, OptionsKwargs, TaskOptions, misuse_message, parse_options
+from cobalt._runtime.sublattice import SublatticeCall
 from cobalt._runtime.task import TaskCallable
 from cobalt_common.errors import GraphError, SpecError
 from cobalt_common.hardware import HardwareSpec
@@ -124,8 +118,6 @@ class Electron(Generic[P, R]):
 
     def _repr_html_(self) -> str:
         """Its hardware spec and what that costs per hour, for a notebook cell."""
-        from cobalt import _html as h
-
         try:
             spec = self.hardware()
         except SpecError:

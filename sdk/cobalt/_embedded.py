@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from cobalt._client import ControllerInfo, read_controller_info
+from cobalt._discovery import ControllerInfo, read_controller_info
 from cobalt_common.errors import ConfigError, ControllerUnavailableError
 from cobalt_common.paths import DEFAULT_HOME, config_file
 from cobalt_common.processes import pid_running

@@ -8,8 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from cobalt import _html as h
 from cobalt._client import get_client
+from cobalt._dispatch import lattice_of
 from cobalt._result import format_table
+from cobalt._submit import build_request
 from cobalt_common.hardware import HardwareSpec, format_duration
 from cobalt_common.pricing import format_usd
 from cobalt_common.v1 import controller_pb2 as pb
@@ -133,8 +136,6 @@ class Estimate:
         return f"{self.table()}\n\n{self.summary()}"
 
     def _repr_html_(self) -> str:
-        from cobalt import _html as h
-
         rows = [
             (
                 *(h.esc(c) for c in cells[:6]),
@@ -179,9 +180,7 @@ def estimate(lattice: Any) -> Callable[..., Estimate]:
         >>> est = ct.estimate(workflow)(data)  # doctest: +SKIP
         >>> print(est)  # doctest: +SKIP
     """
-    from cobalt._dispatch import _lattice_of, build_request
-
-    lat = _lattice_of(lattice, "ct.estimate")
+    lat = lattice_of(lattice, "ct.estimate")
 
     @functools.wraps(lat.function)
     def price(*args: Any, **kwargs: Any) -> Estimate:

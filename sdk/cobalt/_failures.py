@@ -1,17 +1,24 @@
-"""Remote failures as exceptions in the notebook, and re-running a task locally."""
+"""Remote failures as exceptions in the notebook, and re-running a task locally.
+
+Built from the records a controller reports (:mod:`cobalt._records`), below
+:class:`~cobalt.Result`, whose ``raise_for_status`` and ``rerun_locally`` call
+in here with the client the Result came from.
+"""
 
 from __future__ import annotations
 
 import linecache
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cloudpickle
 
+from cobalt._client import Client
+from cobalt._deps import DepsCall
+from cobalt._records import Status, TaskRecord
+from cobalt._runtime.task import TaskCallable
 from cobalt_common.errors import NotFoundError, TaskFailedError
-
-if TYPE_CHECKING:
-    from cobalt._result import Result, TaskRecord
+from cobalt_common.v1 import controller_pb2 as pb
 
 TAIL_LINES = 20
 _FRAME = re.compile(r'^(\s*)File "(.+)", line (\d+), in .+$')
@@ -55,29 +62,25 @@ def _tail(text: str, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
-def failure_of(result: Result) -> TaskFailedError:
-    """The exception for a failed dispatch: its first failed task, with its traceback and logs.
+FAILED = (Status.FAILED, Status.TIMED_OUT)
+"""The statuses of a task that make its dispatch raise."""
 
-    A failed sublattice is followed into its child dispatch, so the error is
-    the task that actually raised.
-    """
-    failed = [t for t in result.tasks if t.status.value in ("FAILED", "TIMED_OUT")]
-    if not failed:
-        return TaskFailedError(
-            f"dispatch {result.dispatch_id} ({result.name}) ended {result.status}:\n{result.error}",
-            dispatch_id=result.dispatch_id,
-            result=result,
-        )
-    task = failed[0]
-    if task.kind == "sublattice" and task.sublattice_dispatch_id:
-        from cobalt._dispatch import get_result
 
-        child = get_result(task.sublattice_dispatch_id)
-        if any(t.status.value in ("FAILED", "TIMED_OUT") for t in child.tasks):
-            inner = failure_of(child)
-            inner.args = (f"in sublattice {task.name!r} (node {task.node_id}): {inner.args[0]}",)
-            return inner
-    return _task_failure(result, task, more=len(failed) - 1)
+def dispatch_failure(
+    dispatch_id: str, name: str, status: Status, error: str, result: object
+) -> TaskFailedError:
+    """The exception for a failed dispatch none of whose tasks failed (its graph, say)."""
+    return TaskFailedError(
+        f"dispatch {dispatch_id} ({name}) ended {status}:\n{error}",
+        dispatch_id=dispatch_id,
+        result=result,
+    )
+
+
+def in_sublattice(inner: TaskFailedError, task: TaskRecord) -> TaskFailedError:
+    """``inner``, raised in the child dispatch of sublattice ``task``, saying so."""
+    inner.args = (f"in sublattice {task.name!r} (node {task.node_id}): {inner.args[0]}",)
+    return inner
 
 
 def with_local_source(traceback_text: str) -> str:
@@ -103,11 +106,15 @@ def with_local_source(traceback_text: str) -> str:
     return "\n".join(out) + ("\n" if traceback_text.endswith("\n") else "")
 
 
-def _task_failure(result: Result, task: TaskRecord, more: int = 0) -> TaskFailedError:
-    reason = task.reason or ("time_limit" if task.status.value == "TIMED_OUT" else "exception")
+def task_failure(
+    dispatch_id: str, task: TaskRecord, *, more: int = 0, result: object = None
+) -> TaskFailedError:
+    """The exception for failed ``task``, with its traceback, the end of its logs and how
+    to re-run it here; ``more`` other tasks failed too; ``result`` is the dispatch's."""
+    reason = task.reason or ("time_limit" if task.status == Status.TIMED_OUT else "exception")
     error = with_local_source(task.error)
     lines = [
-        f"task {task.name!r} (node {task.node_id}) of dispatch {result.dispatch_id} "
+        f"task {task.name!r} (node {task.node_id}) of dispatch {dispatch_id} "
         f"{_REASONS.get(reason, reason)}.",
     ]
     if error:
@@ -130,36 +137,28 @@ def _task_failure(result: Result, task: TaskRecord, more: int = 0) -> TaskFailed
         task_name=task.name,
         remote_traceback=error,
         reason=reason,
-        dispatch_id=result.dispatch_id,
+        dispatch_id=dispatch_id,
         stdout=_tail(task.stdout),
         stderr=_tail(task.stderr),
         result=result,
     )
 
 
-def rerun_locally(result: Result, node_id: int) -> Any:
-    """Runs one task of ``result`` in this process with the inputs it actually received."""
-    from cobalt._client import get_client
-    from cobalt._deps import DepsCall
-    from cobalt._dispatch import fetch_payload, get_node
-    from cobalt._runtime.task import TaskCallable
-    from cobalt_common.v1 import controller_pb2 as pb
-
-    record, _ = get_node(result.dispatch_id, node_id)
+def rerun_locally(client: Client, dispatch_id: str, node_id: int) -> Any:
+    """Runs one task of a dispatch in this process with the inputs it actually received."""
+    record, _ = _node(client, dispatch_id, node_id)
     if record.kind != "electron" or not record.function_sha256:
         raise NotFoundError(
-            f"node {node_id} of dispatch {result.dispatch_id} is a {record.kind}, not an "
+            f"node {node_id} of dispatch {dispatch_id} is a {record.kind}, not an "
             "electron; rerun_locally takes the node id of an electron from result.tasks."
         )
-    function = cloudpickle.loads(
-        fetch_payload(get_client(), pb.Payload(sha256=record.function_sha256))
-    )
+    function = cloudpickle.loads(client.fetch_payload(pb.Payload(sha256=record.function_sha256)))
     args: dict[int, Any] = {}
     kwargs: dict[str, Any] = {}
     for parent, position, keyword, wait_only in record.inputs:
         if wait_only:
             continue
-        parent_record, output = get_node(result.dispatch_id, parent)
+        parent_record, output = _node(client, dispatch_id, parent)
         if output is None:
             raise NotFoundError(
                 f"task {record.name!r} (node {node_id}) never received the output of node "
@@ -180,3 +179,8 @@ def rerun_locally(result: Result, node_id: int) -> Any:
                 kwargs[dep.retval_keyword] = dep.run()
         function = function.fn
     return function(*ordered, **kwargs)
+
+
+def _node(client: Client, dispatch_id: str, node_id: int) -> tuple[TaskRecord, bytes | None]:
+    task, output = client.node_get(dispatch_id, node_id)
+    return TaskRecord.from_pb(task), output

@@ -29,14 +29,11 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex, TypeVar, cast
+from typing import Any, NoReturn, SupportsIndex, TypeVar, cast
 
-from cobalt._executors import Executor
+from cobalt._options import Options, TaskOptions
 from cobalt_common.errors import GraphError
 from cobalt_common.hardware import HardwareSpec
-
-if TYPE_CHECKING:
-    from cobalt._lattice import Options
 
 T = TypeVar("T")
 
@@ -50,15 +47,6 @@ class NodeKind(enum.StrEnum):
     GETATTR = "getattr"
     GETITEM = "getitem"
     SUBLATTICE = "sublattice"
-
-
-@dataclass(frozen=True, slots=True)
-class TaskOptions:
-    """A node's resolved options: hardware, retries and executor (``None``: any)."""
-
-    hardware: HardwareSpec
-    retries: int
-    executor: str | Executor | None
 
 
 BUILTIN_OPTIONS = TaskOptions(HardwareSpec(cpus=0), retries=0, executor=None)

@@ -240,7 +240,7 @@ def optimize(
             skipped.append("sparsity: the model has no Linear or Conv layer to prune")
     input_dtype = None
     if quantize_ == "int8":
-        from cobalt import _optimize_int8
+        from cobalt import _optimize_int8  # torch, as _optimize_torch above: only when optimizing
 
         def score(candidate: torch.nn.Module) -> float:
             assert reference is not None

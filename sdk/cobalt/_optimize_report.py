@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cobalt import _html as h
+from cobalt._result import format_table
+
 FidelityMetric = Literal["cosine", "top1"]
 FidelitySource = Literal["calibration", "evaluation"]
 
@@ -170,8 +173,6 @@ class OptimizationReport:
         return [f"applied: {a}" for a in self.applied] + [f"skipped: {s}" for s in self.skipped]
 
     def __str__(self) -> str:
-        from cobalt._result import format_table
-
         lines = [
             f"ct.optimize: {self.describe()}",
             format_table(self._HEADER, self._rows(), right=(1, 2, 3)),
@@ -181,8 +182,6 @@ class OptimizationReport:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        from cobalt import _html as h
-
         rows = [tuple(h.esc(c) for c in row) for row in self._rows()]
         notes = "".join(f"<li>{h.esc(n)}</li>" for n in self._notes())
         return (

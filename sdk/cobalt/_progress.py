@@ -11,25 +11,17 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import grpc
 
 from cobalt import _html as h
-from cobalt._result import (
-    STATUS_ORDER,
-    Status,
-    TaskRecord,
-    count_words,
-    format_took,
-    status_from_pb,
-)
+from cobalt._client import Client
+from cobalt._records import STATUS_ORDER, Status, TaskRecord, count_words, status_from_pb
+from cobalt._result import format_took
 from cobalt_common.hardware import format_duration
 from cobalt_common.pricing import format_usd
 from cobalt_common.v1 import controller_pb2 as pb
-
-if TYPE_CHECKING:
-    from cobalt._client import Client
 
 _TABLE_ROWS = 40
 _REFRESH_S = 0.25
@@ -241,9 +233,7 @@ def choose_view(client: Client, dispatch_id: str, progress: bool | None) -> _Vie
         return None
     try:
         if _in_notebook():
-            from cobalt._client import dashboard_page
-
-            return _WidgetView(dashboard_page(client, dispatch_id))
+            return _WidgetView(client.dashboard_page(dispatch_id))
         if progress or sys.stderr.isatty():
             return _TerminalView()
     except ImportError:

@@ -1,169 +1,43 @@
-"""What a dispatch returns: :class:`Result` and its per-task :class:`TaskRecord`."""
+"""What a dispatch returns: :class:`Result`, and the tables of its tasks.
+
+A Result keeps the client of the controller that produced it and asks that
+controller for what it fetches later (its value, tasks, a node's output),
+whatever ``COBALT_HOME`` is current by then.
+"""
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
 import cloudpickle
 
-from cobalt_common.errors import Error
-from cobalt_common.hardware import (
-    GPU_TYPES,
-    HardwareGiven,
-    HardwareSpec,
-    format_duration,
-    format_memory,
+from cobalt import _html as h
+from cobalt._client import Client, get_client
+from cobalt._failures import (
+    FAILED,
+    dispatch_failure,
+    in_sublattice,
+    remember,
+    rerun_locally,
+    task_failure,
 )
+from cobalt._records import Status, TaskRecord, datetime_of, status_from_pb
+from cobalt_common.errors import Error, TaskFailedError
+from cobalt_common.hardware import GPU_TYPES, HardwareSpec, format_duration, format_memory
 from cobalt_common.pricing import format_usd
 from cobalt_common.v1 import controller_pb2 as pb
-from cobalt_common.wire import spec_from_pb
-
-if TYPE_CHECKING:
-    from cobalt._client import Client
-
-
-class Status(enum.StrEnum):
-    """The status of a dispatch or a task."""
-
-    NEW = "NEW"
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMED_OUT = "TIMED_OUT"
-    SKIPPED = "SKIPPED"
-    """Not run: a task it depends on did not complete, or the budget ran out."""
-    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
-    """A dispatch stopped because its next task could have overspent its budget."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def ended(self) -> bool:
-        return self in _ENDED
-
-
-_ENDED = {
-    Status.COMPLETED,
-    Status.FAILED,
-    Status.CANCELLED,
-    Status.TIMED_OUT,
-    Status.SKIPPED,
-    Status.BUDGET_EXCEEDED,
-}
-_PB_STATUS = {getattr(pb, f"STATUS_{s.value}"): s for s in Status}
-_PB_KIND = {
-    pb.NODE_KIND_ELECTRON: "electron",
-    pb.NODE_KIND_PARAMETER: "parameter",
-    pb.NODE_KIND_COLLECTION: "collection",
-    pb.NODE_KIND_GETATTR: "getattr",
-    pb.NODE_KIND_GETITEM: "getitem",
-    pb.NODE_KIND_SUBLATTICE: "sublattice",
-}
-
-
-STATUS_ORDER = ("COMPLETED", "RUNNING", "PENDING", "FAILED", "TIMED_OUT", "CANCELLED", "SKIPPED")
-"""The order task counts are shown in."""
-
-
-def count_words(counts: Mapping[str, int], sep: str = ", ") -> str:
-    """Task counts by status in words: ``"3 completed, 1 running"``."""
-    return sep.join(f"{counts[s]} {s.lower()}" for s in STATUS_ORDER if counts.get(s))
-
-
-def status_from_pb(value: int) -> Status:
-    return _PB_STATUS.get(value, Status.NEW)
-
-
-def _time(ts: float) -> datetime | None:
-    return datetime.fromtimestamp(ts, tz=UTC) if ts else None
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
-    """One task of a dispatch: what it asked for, what it got, how it went."""
-
-    node_id: int
-    name: str
-    kind: str
-    status: Status
-    executor: str
-    hardware_requested: HardwareSpec
-    hardware_given: HardwareGiven
-    start_time: datetime | None
-    end_time: datetime | None
-    duration_s: float | None
-    error: str
-    stdout: str
-    stderr: str
-    attempts: int
-    reason: str = ""
-    sublattice_dispatch_id: str = ""
-    cost_usd: float = 0.0
-    """What the task cost, all attempts; a sublattice's is its child dispatch's."""
-    billed_s: float = 0.0
-    """Whole seconds billed, all attempts."""
-    rate_usd_per_hour: float = 0.0
-    """The hourly price of the hardware it was given."""
-    placement: str = ""
-    """Which executor was chosen, and why."""
-    inputs: tuple[tuple[int, int, str, bool], ...] = ()
-    """Where its arguments came from: (parent node, position or -1, keyword, wait only)."""
-    function_sha256: str = ""
-
-    @property
-    def emulated(self) -> bool:
-        """True when the task ran on emulated GPUs (inventory only, on CPU)."""
-        return self.hardware_given.emulated
-
-    @classmethod
-    def from_pb(cls, t: pb.TaskRecord) -> TaskRecord:
-        req = t.hardware_requested
-        given = t.hardware_given
-        duration = t.ended_at - t.started_at if t.started_at and t.ended_at else None
-        return cls(
-            node_id=t.node_id,
-            name=t.name,
-            kind=_PB_KIND.get(t.kind, "electron"),
-            status=status_from_pb(t.status),
-            executor=t.executor,
-            hardware_requested=spec_from_pb(req),
-            hardware_given=HardwareGiven(
-                cpus=given.cpus,
-                memory_mb=given.memory_mb,
-                gpu=given.gpu or None,
-                gpu_indices=tuple(given.gpu_indices),
-                emulated=given.emulated,
-            ),
-            start_time=_time(t.started_at),
-            end_time=_time(t.ended_at),
-            duration_s=duration,
-            error=t.error,
-            stdout=t.stdout,
-            stderr=t.stderr,
-            attempts=t.attempts,
-            reason=t.reason,
-            sublattice_dispatch_id=t.sublattice_dispatch_id,
-            cost_usd=t.cost_usd,
-            billed_s=t.billed_s,
-            rate_usd_per_hour=t.rate_usd_per_hour,
-            placement=t.placement,
-            inputs=tuple((i.parent, i.position, i.keyword, i.wait_only) for i in t.inputs),
-            function_sha256=t.function_sha256,
-        )
 
 
 @dataclass
 class Result:
     """The state and outcome of one dispatch (Covalent's ``Result``).
 
-    ``result`` and ``tasks`` are fetched from the controller when first read.
+    ``result`` and ``tasks`` are fetched from the controller when first read:
+    the one this Result was read from, kept in ``_client``. A Result made by
+    hand, without one, asks the controller of the current ``COBALT_HOME``.
     """
 
     dispatch_id: str
@@ -193,8 +67,8 @@ class Result:
             name=d.name,
             status=status_from_pb(d.status),
             error=d.error,
-            start_time=_time(d.started_at or d.created_at),
-            end_time=_time(d.ended_at),
+            start_time=datetime_of(d.started_at or d.created_at),
+            end_time=datetime_of(d.ended_at),
             task_count=d.task_count,
             status_counts=dict(d.status_counts),
             cost_usd=d.cost_usd,
@@ -214,12 +88,14 @@ class Result:
             self._loaded = True
         return self._value
 
-    def _payload_bytes(self) -> bytes:
-        from cobalt._dispatch import fetch_payload, get_dispatch
+    def _controller(self) -> Client:
+        return self._client if self._client is not None else get_client()
 
+    def _payload_bytes(self) -> bytes:
+        client = self._controller()
         if self._output is None:
-            self._output = get_dispatch(self.dispatch_id, include_output=True).output
-        return fetch_payload(self._client, self._output)
+            self._output = client.dispatch_get(self.dispatch_id, include_output=True).output
+        return client.fetch_payload(self._output)
 
     @property
     def duration_s(self) -> float | None:
@@ -231,11 +107,8 @@ class Result:
     def tasks(self) -> list[TaskRecord]:
         """One record per electron (and sublattice), in node order."""
         if self._tasks is None or not self.status.ended:
-            from cobalt._dispatch import list_tasks
-
-            self._tasks = [
-                t for t in list_tasks(self.dispatch_id) if t.kind in ("electron", "sublattice")
-            ]
+            records = map(TaskRecord.from_pb, self._controller().task_list(self.dispatch_id))
+            self._tasks = [t for t in records if t.kind in ("electron", "sublattice")]
         return self._tasks
 
     def rerun_locally(self, node_id: int) -> Any:
@@ -246,23 +119,33 @@ class Result:
         value (``call_before`` with ``retval_keyword``) run too; ``deps_pip`` and
         ``deps_bash`` do not, as they prepared the remote machine.
         """
-        from cobalt._failures import rerun_locally
-
-        return rerun_locally(self, node_id)
+        return rerun_locally(self._controller(), self.dispatch_id, node_id)
 
     def raise_for_status(self) -> Result:
         """Raises :class:`~cobalt.TaskFailedError` if a task failed; returns self otherwise."""
-        if self.status in (Status.FAILED, Status.TIMED_OUT):
-            from cobalt._failures import failure_of, remember
-
-            raise remember(failure_of(self))
+        if self.status in FAILED:
+            raise remember(self._failure())
         return self
+
+    def _failure(self) -> TaskFailedError:
+        """The exception for this failed dispatch: its first failed task, with its traceback
+        and logs. A failed sublattice is followed into its child dispatch (on the same
+        controller), so the error is the task that actually raised."""
+        failed = [t for t in self.tasks if t.status in FAILED]
+        if not failed:
+            return dispatch_failure(self.dispatch_id, self.name, self.status, self.error, self)
+        task = failed[0]
+        if task.kind == "sublattice" and task.sublattice_dispatch_id:
+            client = self._controller()
+            child = Result.from_pb(client.dispatch_get(task.sublattice_dispatch_id), client)
+            if any(t.status in FAILED for t in child.tasks):
+                return in_sublattice(child._failure(), task)
+        return task_failure(self.dispatch_id, task, more=len(failed) - 1, result=self)
 
     def get_node_result(self, node_id: int) -> dict[str, Any]:
         """A node's output, status, error, logs and times (Covalent's keys)."""
-        from cobalt._dispatch import get_node
-
-        record, output = get_node(self.dispatch_id, node_id)
+        task, output = self._controller().node_get(self.dispatch_id, node_id)
+        record = TaskRecord.from_pb(task)
         value = cloudpickle.loads(output) if output is not None else None
         return {
             "node_id": record.node_id,
@@ -294,8 +177,6 @@ class Result:
 
     def _repr_html_(self) -> str:
         """The status, cost, error and task table, for a notebook cell."""
-        from cobalt import _html as h
-
         facts = [h.badge(self.status.value)]
         if self.duration_s is not None:
             facts.append(h.esc(format_duration(self.duration_s)))
@@ -305,9 +186,7 @@ class Result:
         if self.cost_emulated:
             cost += " " + h.emulated_tag()
         facts.append(cost)
-        from cobalt._client import dashboard_page
-
-        link = dashboard_page(self._client, self.dispatch_id)
+        link = self._client.dashboard_page(self.dispatch_id) if self._client else ""
         if link:
             # No token in the link: notebooks are saved and shared with their outputs.
             facts.append(f'<a href="{h.esc(link)}" target="_blank">open in the dashboard</a>')
@@ -400,7 +279,6 @@ def _task_cells(t: TaskRecord) -> tuple[str, ...]:
 
 def task_table_html(tasks: list[TaskRecord]) -> str:
     """The task table as HTML, with a total cost row."""
-    from cobalt import _html as h
 
     def tagged(cost: str, emulated: bool) -> str:
         return h.esc(cost) + (" " + h.emulated_tag() if emulated else "")

@@ -39,7 +39,7 @@ from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from cobalt._executors import ExecutorLike
 from cobalt._hints import hints_of, list_element
-from cobalt._lattice import Options, misuse_message, parse_options
+from cobalt._options import Options, misuse_message, parse_options
 from cobalt_common.deploy import (
     DEFAULT_MAX_BODY_BYTES,
     Autoscaling,

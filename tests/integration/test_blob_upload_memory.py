@@ -11,7 +11,6 @@ import grpc
 import pytest
 
 from cobalt import _client
-from cobalt._dispatch import _upload
 from cobalt_common.v1 import controller_pb2 as pb
 
 if TYPE_CHECKING:
@@ -45,7 +44,7 @@ def test_uploading_a_large_argument_grows_the_controllers_peak_memory_by_a_fract
     assert client.call(client.stub.BlobHas, pb.BlobHasRequest(sha256=[sha])).missing == [sha]
     before = peak_rss_mb(home.pid)
 
-    _upload(client, {sha: data})
+    client.upload({sha: data})
 
     growth = peak_rss_mb(home.pid) - before
     print(f"controller VmHWM grew by {growth:.1f} MB for a {BLOB_MB} MB upload")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import cobalt as ct
-from cobalt._client import controller_status, get_client
+from cobalt._client import get_client
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -56,7 +56,7 @@ print(ct.dispatch_sync(flow)(21).result)
 
 def _client_executors() -> dict[str, str]:
     """Name and capacity of each executor a client described, as status lists them."""
-    status = controller_status(get_client())
+    status = get_client().status()
     return {e.name: e.capacity for e in status.executors if not e.configured}
 
 

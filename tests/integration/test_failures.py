@@ -362,7 +362,7 @@ def calls_double_once(x: int) -> int:
 
 def test_a_dispatch_id_chosen_by_the_client_must_be_new_and_well_formed() -> None:
     from cobalt import _client
-    from cobalt._dispatch import build_request
+    from cobalt._submit import build_request
     from cobalt_common.v1 import controller_pb2 as pb
 
     client = _client.get_client()

@@ -34,7 +34,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 
 import cobalt as ct
 from cobalt._client import get_client
-from cobalt._dispatch import build_request
+from cobalt._submit import build_request
 from cobalt_common.v1 import controller_pb2 as pb
 
 if TYPE_CHECKING:

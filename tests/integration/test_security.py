@@ -14,7 +14,7 @@ import pytest
 
 import cobalt as ct
 from cobalt import _client
-from cobalt._dispatch import build_request
+from cobalt._submit import build_request
 from cobalt_common.deploy import Manifest, Route
 from cobalt_common.v1 import controller_pb2 as pb
 

@@ -12,7 +12,6 @@ import grpc
 import pytest
 
 from cobalt import _client
-from cobalt._client import controller_status
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_controller._lograte import GRPC_LOGGERS, RateLimit
 
@@ -58,7 +57,7 @@ def test_many_unparseable_requests_with_a_valid_token_grow_the_log_by_a_bounded_
             codes.add(refused.value.code())
     assert codes <= {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL}, codes
 
-    assert controller_status(client).pid == home.pid, "the controller still answers"
+    assert client.status().pid == home.pid, "the controller still answers"
     grown = log.stat().st_size - size
     print(f"controller.log grew by {grown} bytes for {REQUESTS} unparseable requests")
     # One traceback is about 850 bytes: all of them would be some 170 KB.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cobalt import _client
+from cobalt import _client, _discovery
 from cobalt_common.errors import ControllerUnavailableError
 
 pytestmark = pytest.mark.unit
@@ -25,15 +25,15 @@ def write_info(home: Path, address: str, token: str, pid: int) -> None:
 
 def test_a_rewritten_controller_file_is_read_again(tmp_path: Path) -> None:
     write_info(tmp_path, "127.0.0.1:1", "first", os.getpid())
-    first = _client.read_controller_info(tmp_path)
+    first = _discovery.read_controller_info(tmp_path)
     write_info(tmp_path, "127.0.0.1:2", "second", os.getpid())
-    second = _client.read_controller_info(tmp_path)
+    second = _discovery.read_controller_info(tmp_path)
 
     assert first is not None and first.token == "first"
     assert second is not None and (second.address, second.token) == ("127.0.0.1:2", "second")
-    assert _client.read_controller_info(tmp_path) is second
+    assert _discovery.read_controller_info(tmp_path) is second
     (tmp_path / "controller.json").unlink()
-    assert _client.read_controller_info(tmp_path) is None
+    assert _discovery.read_controller_info(tmp_path) is None
 
 
 def test_a_dead_controller_is_seen_dead_once_a_call_finds_it_unavailable(
@@ -41,7 +41,7 @@ def test_a_dead_controller_is_seen_dead_once_a_call_finds_it_unavailable(
 ) -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        info = _client.ControllerInfo("127.0.0.1:9", "t", child.pid)
+        info = _discovery.ControllerInfo("127.0.0.1:9", "t", child.pid)
         assert _client._alive(info)
     finally:
         child.kill()

@@ -7,7 +7,8 @@ import pytest
 from cobalt._deps import DepsBash, DepsCall, DepsPip
 from cobalt._electron import Electron, electron
 from cobalt._executors import LocalExecutor
-from cobalt._lattice import OPTION_NAMES, Lattice, Options, lattice
+from cobalt._lattice import Lattice, lattice
+from cobalt._options import OPTION_NAMES, Options
 from cobalt._sentinel import UNSET
 from cobalt_common.errors import SpecError
 from cobalt_common.hardware import GPU_TYPES, HardwareSpec

@@ -3,7 +3,6 @@ from __future__ import annotations
 import copy
 import operator
 import pickle
-import sys
 import types
 from collections import namedtuple
 from dataclasses import dataclass
@@ -20,11 +19,13 @@ from cobalt._graph import (
     GraphNode,
     NodeKind,
     NodeRef,
-    TaskOptions,
     current_builder,
     wait,
 )
-from cobalt._lattice import SublatticeCall, lattice
+from cobalt._lattice import lattice
+from cobalt._options import TaskOptions
+from cobalt._runtime import sublattice
+from cobalt._runtime.sublattice import SublatticeCall
 from cobalt._runtime.task import TaskCallable
 from cobalt_common.errors import GraphError, SpecError
 from cobalt_common.hardware import HardwareSpec
@@ -552,9 +553,7 @@ def test_sublattice_call_runs_the_lattice_through_dispatch(
         calls.append((lat, args, kwargs))
         return 42
 
-    dispatch = types.ModuleType("cobalt._dispatch")
-    dispatch.run_sublattice = run_sublattice  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "cobalt._dispatch", dispatch)
+    monkeypatch.setattr(sublattice, "run_sublattice", run_sublattice)
     inner = lattice(inner_total)
     assert SublatticeCall(inner)([1, 2], extra=True) == 42
     assert calls == [(inner, ([1, 2],), {"extra": True})]

@@ -14,7 +14,8 @@ import pytest
 import cobalt as ct
 from cobalt._estimate import Estimate, TaskEstimate
 from cobalt._progress import _tasks_html
-from cobalt._result import Result, Status, TaskRecord
+from cobalt._records import Status, TaskRecord
+from cobalt._result import Result
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.pricing import LIST_PRICES
 

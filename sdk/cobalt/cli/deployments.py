@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from cobalt._client import get_client
+from cobalt._deployment import format_logs
 from cobalt._deployment_metrics import DeploymentMetrics
 from cobalt._result import format_cost, format_table
 from cobalt_common.errors import Error
@@ -151,8 +152,6 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from cobalt._deployment import format_logs
-
     client = get_client()
     resp = client.call(
         client.stub.DeploymentLogs,

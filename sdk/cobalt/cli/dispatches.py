@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from cobalt._client import get_client
-from cobalt._result import count_words, format_cost, format_table, status_from_pb
+from cobalt._records import count_words, status_from_pb
+from cobalt._result import format_cost, format_table
 from cobalt_common.hardware import format_duration
 from cobalt_common.pricing import format_usd
 from cobalt_common.v1 import controller_pb2 as pb

@@ -9,7 +9,9 @@ import signal
 import sys
 import time
 
-from cobalt._client import controller_status, get_client, read_controller_info
+from cobalt._client import get_client
+from cobalt._discovery import read_controller_info
+from cobalt._embedded import start_controller
 from cobalt._result import format_table
 from cobalt.cli.deployments import add_parser as add_deployments_parser
 from cobalt.cli.dispatches import add_parser as add_dispatches_parser
@@ -22,8 +24,6 @@ from cobalt_common.v1 import controller_pb2 as pb
 
 
 def _start(_: argparse.Namespace) -> int:
-    from cobalt._embedded import start_controller
-
     info = start_controller(cobalt_home())
     print(f"controller running at {info.address} (pid {info.pid}); data in {cobalt_home()}")
     return 0
@@ -53,7 +53,7 @@ def _stop(_: argparse.Namespace) -> int:
 
 
 def _status(_: argparse.Namespace) -> int:
-    status = controller_status(get_client())
+    status = get_client().status()
     print(f"controller {status.version} at {status.address} (pid {status.pid})")
     print(f"state: {status.database_url}")
     print(f"active dispatches: {status.active_dispatches}\n")
@@ -100,7 +100,7 @@ def _cost(args: argparse.Namespace) -> int:
 
 def _dashboard(args: argparse.Namespace) -> int:
     client = get_client()
-    status = controller_status(client)
+    status = client.status()
     if not status.dashboard:
         print(
             "cobalt: this controller serves no dashboard; set [controller] dashboard_address "
