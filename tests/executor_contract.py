@@ -61,7 +61,9 @@ class Reports:
             self.free_cpus_at_report.setdefault(outcome.task_key, free)
             self._changed.notify_all()
 
-    def wait(self, *keys: str, timeout: float = WAIT_S) -> dict[str, TaskOutcome]:
+    def wait(
+        self, *keys: str, timeout: float = WAIT_S, quiet: float = QUIET_S
+    ) -> dict[str, TaskOutcome]:
         """The first outcome of each key, once all have one; then listens a while
         longer and fails if any key was reported twice."""
 
@@ -72,7 +74,7 @@ class Reports:
             if not self._changed.wait_for(arrived, timeout):
                 seen = sorted({o.task_key for o in self.outcomes})
                 raise AssertionError(f"no outcome in {timeout:g}s for {sorted(keys)}; got {seen}")
-        time.sleep(QUIET_S)
+        time.sleep(quiet)
         self.assert_once()
         with self._changed:
             return {o.task_key: o for o in self.outcomes if o.task_key in keys}

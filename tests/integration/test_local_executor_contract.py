@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import pytest
 from executor_contract import (
     CPUS,
@@ -29,6 +30,7 @@ from cobalt_common.payloads import BlobLocation, write_blob
 from cobalt_executors import ExecutorContext, PayloadRef, TaskArg, TaskOutcome, TaskSubmission
 from cobalt_executors._machine import Machine
 from cobalt_executors.local import LocalExecutor
+from cobalt_executors.local import _functions as local_functions
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +52,14 @@ def _payload(value: object) -> PayloadRef:
 
 
 class LocalHarness(ExecutorHarness):
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, workers: int = 2) -> None:
         self.blob_dir = tmp_path / "blobs"
         self.gates = tmp_path / "gates"
         self.gates.mkdir()
         self.reports = Reports()
         self.executor = LocalExecutor(
             "local",
-            {"workers": 2, "cpus": CPUS, "memory": MEMORY_MB, "emulate_gpus": {GPU: GPUS}},
+            {"workers": workers, "cpus": CPUS, "memory": MEMORY_MB, "emulate_gpus": {GPU: GPUS}},
         )
         self.reports.executor = self.executor
         self.executor.setup(
@@ -112,4 +114,40 @@ class TestLocalExecutorContract(ExecutorContract):
     def harness(self, tmp_path: Path) -> Iterator[ExecutorHarness]:
         harness = LocalHarness(tmp_path)
         yield harness
+        harness.executor.teardown()
+
+
+def _make_function(n: int) -> Any:
+    return lambda: n
+
+
+def test_a_worker_sent_more_functions_than_it_keeps_runs_a_forgotten_one_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_functions, "LIMIT", 3)
+    harness = LocalHarness(tmp_path)
+    try:
+        for i in [0, 1, 2, 0, 3, 4, 1, 0]:
+            key = f"f{len(harness.reports.keys())}"
+            function = _payload(_make_function(i))
+            harness.submit(TaskSubmission(key, "d", 0, key, HardwareSpec(), function, []))
+            outcome = harness.reports.wait(key, quiet=0)[key]
+            assert outcome.status == "completed", outcome.error
+            assert cloudpickle.loads(harness.output_bytes(outcome)) == i
+    finally:
+        harness.executor.teardown()
+
+
+def test_a_function_that_cannot_be_unpickled_fails_with_the_same_error_each_time(
+    tmp_path: Path,
+) -> None:
+    harness = LocalHarness(tmp_path, workers=1)
+    broken = PayloadRef("0" * 64, b"not a pickle", 12)
+    try:
+        for key in ("first", "again"):
+            harness.submit(TaskSubmission(key, "d", 0, key, HardwareSpec(), broken, []))
+            outcome = harness.reports.wait(key, quiet=0)[key]
+            assert outcome.status == "failed"
+            assert "UnpicklingError" in outcome.error, outcome.error
+    finally:
         harness.executor.teardown()

@@ -21,6 +21,7 @@ from cobalt_executors._inventory import Allocation
 from cobalt_executors._machine import Machine, host_cpus
 from cobalt_executors.local import LocalExecutor
 from cobalt_executors.local import _executor as local_executor
+from cobalt_executors.local._functions import KnownFunctions
 
 pytestmark = pytest.mark.unit
 
@@ -47,7 +48,7 @@ class FakeWorker:
         cgroups: bool = True,
     ) -> None:
         self.device_key = device_key
-        self.known_functions: set[str] = set()
+        self.known_functions = KnownFunctions()
         self.task_key: str | None = None
         self.proc = _Proc()
         self.alive = True

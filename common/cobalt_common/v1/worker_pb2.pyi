@@ -135,10 +135,11 @@ class WorkerTask(_message.Message):
     INLINE_LIMIT_FIELD_NUMBER: _builtins.int
     FUNCTION_LOCATION_FIELD_NUMBER: _builtins.int
     OUTPUT_LOCATION_FIELD_NUMBER: _builtins.int
+    FORGET_FUNCTIONS_FIELD_NUMBER: _builtins.int
     task_key: _builtins.str
     function_sha256: _builtins.str
     function_data: _builtins.bytes
-    """empty when the worker holds this function or reads it at function_location"""
+    """empty when the worker holds this function, or reads it at function_location"""
     inline_limit: _builtins.int
     """outputs larger than this go to output_location"""
     @_builtins.property
@@ -149,6 +150,10 @@ class WorkerTask(_message.Message):
     def function_location(self) -> Global___BlobLocation: ...
     @_builtins.property
     def output_location(self) -> Global___BlobLocation: ...
+    @_builtins.property
+    def forget_functions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """drop these functions before this task"""
+
     def __init__(
         self,
         *,
@@ -160,10 +165,11 @@ class WorkerTask(_message.Message):
         inline_limit: _builtins.int = ...,
         function_location: Global___BlobLocation | None = ...,
         output_location: Global___BlobLocation | None = ...,
+        forget_functions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["function_location", b"function_location", "output_location", b"output_location"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "env", b"env", "function_data", b"function_data", "function_location", b"function_location", "function_sha256", b"function_sha256", "inline_limit", b"inline_limit", "output_location", b"output_location", "task_key", b"task_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "env", b"env", "forget_functions", b"forget_functions", "function_data", b"function_data", "function_location", b"function_location", "function_sha256", b"function_sha256", "inline_limit", b"inline_limit", "output_location", b"output_location", "task_key", b"task_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

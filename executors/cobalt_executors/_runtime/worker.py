@@ -19,7 +19,6 @@ import socket
 import sys
 import time
 import traceback
-from collections import OrderedDict
 from typing import Any
 
 import cloudpickle
@@ -36,7 +35,6 @@ from cobalt_executors._runtime.proctree import (
 )
 
 LOG_LIMIT = 1 << 20
-_FUNCTION_CACHE_SIZE = 256
 _RUNTIME_DIR = os.path.dirname(__file__)
 # The SDK module whose TaskCallable wraps a task's function: its frames are cobalt's,
 # not the user's. A frame of it can only appear once the module is imported, so its
@@ -98,19 +96,18 @@ def format_remote_traceback(exc: BaseException) -> str:
 
 class Worker:
     def __init__(self) -> None:
-        self._functions: OrderedDict[str, Any] = OrderedDict()
+        self._functions: dict[str, Any] = {}
+        """Unpickled functions by sha256; the executor says which to drop."""
         self._home = os.getcwd()
 
     def _function(self, task: worker_pb2.WorkerTask) -> Any:
-        fn = self._functions.get(task.function_sha256)
+        for sha in task.forget_functions:
+            self._functions.pop(sha, None)
+        sha = task.function_sha256
+        fn = self._functions.get(sha)
         if fn is None:
-            sha = task.function_sha256
             fn = cloudpickle.loads(read_payload(sha, task.function_data, task.function_location))
-            self._functions[task.function_sha256] = fn
-            if len(self._functions) > _FUNCTION_CACHE_SIZE:
-                self._functions.popitem(last=False)
-        else:
-            self._functions.move_to_end(task.function_sha256)
+            self._functions[sha] = fn
         return fn
 
     def run(self, task: worker_pb2.WorkerTask, capture: _Capture) -> worker_pb2.WorkerResult:

@@ -288,13 +288,16 @@ class LocalExecutor(Executor):
         )
         if self._output_location is not None:
             msg.output_location.CopyFrom(self._output_location)
-        function = task.function
-        if function.sha256 not in worker.known_functions:
+        function, known = task.function, worker.known_functions
+        if not known.holds(function.sha256):
             if function.data is not None:
                 msg.function_data = function.data
             else:
                 msg.function_location.CopyFrom(_location(function))
-            worker.known_functions.add(function.sha256)
+            known.add(function.sha256)
+        forgotten = known.take_forgotten()
+        if forgotten:
+            msg.forget_functions.extend(forgotten)
         for arg in task.args:
             payload = arg.payload
             if payload.data is not None:
@@ -334,7 +337,9 @@ class LocalExecutor(Executor):
             for stop in retire:
                 stop()
         output = None
-        if result.ok:
+        if not result.ok:
+            worker.known_functions.drop(entry.task.function.sha256)
+        else:
             if result.output_data or result.output_size == 0:
                 output = PayloadRef(result.output_sha256, result.output_data, result.output_size)
             else:

@@ -15,6 +15,7 @@ from cobalt_common.v1 import worker_pb2
 from cobalt_executors._runtime.framing import Readable, encode, read_message
 from cobalt_executors._runtime.proctree import kill_tree
 from cobalt_executors.local._cgroup import WorkerCgroup, worker_cgroup
+from cobalt_executors.local._functions import KnownFunctions
 
 _ids = itertools.count(1)
 
@@ -42,7 +43,7 @@ class WorkerProcess:
     ) -> None:
         self.id = next(_ids)
         self.device_key = device_key
-        self.known_functions: set[str] = set()
+        self.known_functions = KnownFunctions()
         self.task_key: str | None = None
         self.out_path = log_dir / f"worker-{os.getpid()}-{self.id}.out"
         self.err_path = log_dir / f"worker-{os.getpid()}-{self.id}.err"
