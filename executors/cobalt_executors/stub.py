@@ -22,7 +22,10 @@ would ever run. Tests construct it directly::
 Driving outcomes:
 
 - :meth:`StubExecutor.complete` and :meth:`StubExecutor.fail` end a running
-  task; :meth:`~StubExecutor.cancel` ends it as the controller's cancel does
+  task. An output larger than the context's ``inline_limit`` is written to
+  its ``output_location`` and reported by location, as a worker does, when
+  workers can write there; otherwise it is reported inline.
+  :meth:`~StubExecutor.cancel` ends it as the controller's cancel does
   (``cancelled``, or ``timed_out`` for the reason ``time_limit``).
 - The automatic mode (``auto=`` at construction or :meth:`~StubExecutor.set_auto`)
   completes every task as it is submitted: with the given bytes, or with what
@@ -50,7 +53,6 @@ Options:
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 import traceback
@@ -60,7 +62,9 @@ from typing import Any
 
 from cobalt_common.errors import NotFoundError, SpecError
 from cobalt_common.hardware import HardwareGiven, parse_gpu_type, parse_memory_mb
+from cobalt_common.payloads import sha256_hex
 from cobalt_executors._inventory import Allocation, GpuDevice, Inventory
+from cobalt_executors._runtime.payloads import put_output, to_wire
 from cobalt_executors._stopped import stopped
 from cobalt_executors.base import (
     Executor,
@@ -173,7 +177,7 @@ class StubExecutor(Executor):
     def complete(
         self, task_key: str, output: bytes = b"", *, stdout: str = "", stderr: str = ""
     ) -> TaskOutcome:
-        """Reports a running task completed with ``output`` (opaque bytes, kept inline)."""
+        """Reports a running task completed with ``output`` (opaque bytes)."""
         return self._must_end(
             task_key, lambda held: self._completed(held, output, stdout=stdout, stderr=stderr)
         )
@@ -270,7 +274,14 @@ class StubExecutor(Executor):
     def _completed(
         self, held: _Held, output: bytes, *, stdout: str = "", stderr: str = ""
     ) -> TaskOutcome:
-        ref = PayloadRef(hashlib.sha256(output).hexdigest(), bytes(output), len(output))
+        """Puts a large output where a worker would (the context's output
+        location, when workers can write there); a small one stays inline."""
+        sha, ctx = sha256_hex(output), self.context
+        location = ctx.output_location
+        if len(output) > ctx.inline_limit and put_output(sha, output, to_wire(location)):
+            ref = PayloadRef(sha, None, len(output), location)
+        else:
+            ref = PayloadRef(sha, bytes(output), len(output))
         return self._outcome(held, "completed", output=ref, stdout=stdout, stderr=stderr)
 
     def _stopped(self, held: _Held, reason: str) -> TaskOutcome:

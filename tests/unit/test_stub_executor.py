@@ -13,7 +13,7 @@ from executor_contract import CPUS, GPU, GPUS, MEMORY_MB, ExecutorContract, Exec
 
 from cobalt_common.errors import NotFoundError, SpecError
 from cobalt_common.hardware import HardwareSpec
-from cobalt_common.payloads import BlobLocation
+from cobalt_common.payloads import BlobLocation, blob_path
 from cobalt_executors import ExecutorContext, PayloadRef, TaskOutcome, TaskSubmission
 from cobalt_executors.stub import StubExecutor
 
@@ -209,3 +209,27 @@ def test_waiting_for_submissions_returns_once_another_thread_submitted_them(
     assert [t.task_key for t in stub.wait_submitted(1, timeout=5)] == ["later"]
     with pytest.raises(TimeoutError, match="accepted 1 task"):
         stub.wait_submitted(2, timeout=0.05)
+
+
+def test_a_large_output_goes_where_a_worker_would_put_it(tmp_path: Path) -> None:
+    large, small = b"x" * 2048, b"y" * 16
+    outcomes: list[TaskOutcome] = []
+    stub = StubExecutor("stub")
+    location = BlobLocation.directory(tmp_path)
+    stub.setup(ExecutorContext(inline_limit=1024, report=outcomes.append, output_location=location))
+    for key in ("large", "small"):
+        stub.try_submit(_submission(key))
+    stored, inline = stub.complete("large", large).output, stub.complete("small", small).output
+    assert stored is not None and inline is not None
+    assert (stored.data, stored.size, stored.location) == (None, 2048, location)
+    assert blob_path(tmp_path, stored.sha256).read_bytes() == large
+    assert (inline.data, inline.location) == (small, None)
+
+
+def test_a_large_output_stays_inline_where_workers_cannot_write(
+    outcomes: list[TaskOutcome],
+) -> None:
+    stub = _stub(outcomes)
+    stub.try_submit(_submission("large"))
+    output = stub.complete("large", b"x" * 2048).output
+    assert output is not None and output.data == b"x" * 2048
