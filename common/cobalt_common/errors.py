@@ -12,24 +12,46 @@ Every error cobalt raises derives from :class:`Error`, exported to users as
     │   └── UnsatisfiableError    no configured executor can ever run a task's hardware spec
     ├── ControllerError           talking to the controller failed
     │   ├── ControllerUnavailableError   no controller is running at the address
-    │   └── AuthenticationError   the controller refused the token
-    ├── NotFoundError             an unknown dispatch id or node id
+    │   └── AuthenticationError   the controller (or an endpoint, below) refused the token
+    ├── NotFoundError             an unknown dispatch id, node id, deployment or route
     ├── ContentAddressError       a sha256 is not 64 lowercase hex digits, or not its bytes' hash
     ├── WaitTimeoutError          ``get_result(..., wait=seconds)`` ran out of time
     ├── TaskFailedError           a task failed remotely (carries the remote traceback)
     ├── DeploymentError           a deployment's replicas could not start (traceback attached)
     ├── EndpointError             an endpoint answered with an error (status, error id)
+    │   ├── EndpointAuthenticationError  401: also an AuthenticationError
+    │   └── EndpointNotFoundError        404: also a NotFoundError
     └── FidelityError             ``ct.optimize`` fell below ``min_fidelity`` (report attached)
+
+Every error an endpoint answers is an ``EndpointError``, so one ``except
+ct.EndpointError`` catches them all; a 401 or 404 is also the error of what
+went wrong (``ct.AuthenticationError``, ``ct.NotFoundError``).
 
 Raw ``grpc.RpcError``, SQLAlchemy and pickle errors never reach users; they
 are translated at the boundary into one of these.
+
+Each pickles by its arguments and attributes and unpickles without calling
+its ``__init__`` again, so an error whose ``__init__`` takes keywords
+(``EndpointError(message, status_code=...)``) crosses processes intact.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def _rebuilt(cls: type[Error], args: tuple[Any, ...], state: dict[str, Any]) -> Error:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
 
 class Error(Exception):
     """Root of every error cobalt raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (type(self), self.args, self.__dict__)
 
 
 class SpecError(Error, ValueError):
@@ -162,6 +184,22 @@ class EndpointError(Error):
         self.error_id = error_id
         self.field = field
         self.retry_after = retry_after
+
+
+class EndpointAuthenticationError(AuthenticationError, EndpointError):
+    """An endpoint refused the token (HTTP 401): caught as ``ct.EndpointError`` and as
+    ``ct.AuthenticationError``."""
+
+    def __init__(self, message: str, *, status_code: int = 401, **kwargs: Any) -> None:
+        EndpointError.__init__(self, message, status_code=status_code, **kwargs)
+
+
+class EndpointNotFoundError(NotFoundError, EndpointError):
+    """An endpoint answered 404 (no such deployment or route): caught as
+    ``ct.EndpointError`` and as ``ct.NotFoundError``."""
+
+    def __init__(self, message: str, *, status_code: int = 404, **kwargs: Any) -> None:
+        EndpointError.__init__(self, message, status_code=status_code, **kwargs)
 
 
 class FidelityError(Error):

@@ -14,6 +14,7 @@ import grpc
 
 from cobalt_common.paths import controller_file
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
+from cobalt_common.version import __version__
 from cobalt_controller._authorize import Authorizer
 from cobalt_controller._config import ControllerConfig
 from cobalt_controller._convert import task_from_row
@@ -41,7 +42,6 @@ from cobalt_controller.state import SqlStateStore, StateStore
 from cobalt_executors import ExecutorContext, TaskOutcome
 
 log = logging.getLogger("cobalt.controller")
-VERSION = "0.1.0"
 MAX_MESSAGE = 1 << 30
 
 
@@ -127,7 +127,7 @@ class ControllerServer:
 
             self.scheduler.listener = listener
         self.info = {
-            "version": VERSION,
+            "version": __version__,
             "address": self.address,
             "started_at": time.time(),
             "database_url": config.database_url,
@@ -159,7 +159,7 @@ class ControllerServer:
         recover(self.deployments, self.executors)
         path = controller_file(self.config.home)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**info, "version": VERSION}))
+        tmp.write_text(json.dumps({**info, "version": __version__}))
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
         log.info("controller listening on %s", self.address)

@@ -9,6 +9,8 @@ Example:
     'tiny tuned on 2 rows'
 """
 
+import inspect
+
 from cobalt import llm
 from cobalt._deploy import deploy, get_deployment, list_deployments
 from cobalt._deployment import Deployment
@@ -47,8 +49,7 @@ from cobalt_common.errors import (
     WaitTimeoutError,
 )
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
-
-__version__ = "0.1.0"
+from cobalt_common.version import __version__
 
 __all__ = [
     "UNSET",
@@ -106,3 +107,19 @@ __all__ = [
     "service",
     "wait",
 ]
+
+
+def _name_as_cobalt() -> None:
+    """Every exported class and function prints, pickles and is documented as ``cobalt.X``.
+
+    ``ct.TaskFailedError`` shows as ``cobalt.TaskFailedError`` in a traceback, not by
+    the private module that defines it. A pickle names ``cobalt.X`` too, which every
+    process that unpickles cobalt objects (the notebook, workers, replicas) can import.
+    """
+    for name in __all__:
+        value = globals()[name]
+        if isinstance(value, type) or inspect.isfunction(value):
+            value.__module__ = __name__
+
+
+_name_as_cobalt()

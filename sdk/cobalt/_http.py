@@ -1,10 +1,10 @@
 """Calling a deployment over HTTP: clients, error mapping and server-sent events.
 
-Answers of 400 and above become cobalt exceptions: 401 ->
-:class:`~cobalt.AuthenticationError`, 404 -> :class:`~cobalt.NotFoundError`,
-any other -> :class:`~cobalt.EndpointError` with the status, error id, field
-and ``Retry-After`` set. A stream is read as server-sent events: each
-``data:`` line is a JSON value; ``event: error`` raises, ``event: end`` stops.
+Answers of 400 and above become :class:`~cobalt.EndpointError` with the
+status, error id, field and ``Retry-After`` set; a 401 is also a
+:class:`~cobalt.AuthenticationError`, a 404 also a :class:`~cobalt.NotFoundError`.
+A stream is read as server-sent events: each ``data:`` line is a JSON value;
+``event: error`` raises, ``event: end`` stops.
 
 Example:
     >>> events = list(parse_sse(["data: 1", "", "data: [2]", "", "event: end", "data: null", ""]))
@@ -20,7 +20,12 @@ from typing import Any
 
 import httpx
 
-from cobalt_common.errors import AuthenticationError, EndpointError, Error, NotFoundError
+from cobalt_common.errors import (
+    EndpointAuthenticationError,
+    EndpointError,
+    EndpointNotFoundError,
+    Error,
+)
 
 TIMEOUT = httpx.Timeout(600.0, connect=5.0)
 """Connect within 5 s; an endpoint may take up to 10 minutes to answer."""
@@ -53,12 +58,12 @@ def error_for(status: int, content: bytes, headers: httpx.Headers, where: str) -
     text = content.decode("utf-8", "replace").strip()[:500]
     message = str(data.get("error") or text or f"HTTP {status}")
     if status == 401:
-        return AuthenticationError(
+        return EndpointAuthenticationError(
             f"{where}: {message} (the deployment's token is dep.token; "
             "ct.get_deployment(name) gives a handle with the current one)"
         )
     if status == 404:
-        return NotFoundError(f"{where}: {message}")
+        return EndpointNotFoundError(f"{where}: {message}")
     return EndpointError(
         f"{where}: {message}",
         status_code=status,

@@ -377,3 +377,41 @@ def test_a_dispatch_id_chosen_by_the_client_must_be_new_and_well_formed() -> Non
     with pytest.raises(ct.DispatchError, match="already exists"):
         client.call(client.stub.DispatchCreate, req)
     assert isinstance(created, pb.DispatchCreateResponse)
+
+
+@ct.electron
+def errors_as_values() -> list[Exception]:
+    return [
+        ct.EndpointError("classify: busy", status_code=503, retry_after=2.0),
+        ct.TaskFailedError("task 'fit' was killed", node_id=4, reason="killed"),
+    ]
+
+
+@ct.lattice
+def returns_errors() -> list[Exception]:
+    return errors_as_values()
+
+
+@ct.electron
+def refuses(gpu: str) -> None:
+    raise ct.SpecError(f"gpu={gpu!r} is not a GPU type")
+
+
+@ct.lattice
+def raises_a_cobalt_error() -> None:
+    return refuses("tpu")
+
+
+def test_errors_a_worker_pickles_arrive_in_the_notebook_with_their_attributes() -> None:
+    busy, killed = ct.dispatch_sync(returns_errors)().result
+    assert type(busy) is ct.EndpointError
+    assert (busy.args, busy.status_code, busy.retry_after) == (("classify: busy",), 503, 2.0)
+    assert type(killed) is ct.TaskFailedError
+    assert (killed.node_id, killed.reason) == (4, "killed")
+
+
+def test_a_cobalt_error_raised_in_a_task_is_named_as_cobalt_in_its_traceback() -> None:
+    with pytest.raises(ct.TaskFailedError) as info:
+        ct.dispatch_sync(raises_a_cobalt_error)()
+    assert "cobalt.SpecError: gpu='tpu' is not a GPU type" in info.value.remote_traceback
+    assert "cobalt_common" not in info.value.remote_traceback

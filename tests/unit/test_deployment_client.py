@@ -155,9 +155,20 @@ def test_a_wrong_token_raises_authentication_error(dep: Deployment) -> None:
         list(dep.count(upto=1))
 
 
+def test_a_refused_token_is_an_endpoint_error_too(dep: Deployment) -> None:
+    dep.token = "wrong"
+    with pytest.raises(ct.EndpointError, match="missing or wrong token") as info:
+        dep.predict(text="a")
+    assert info.value.status_code == 401
+    assert isinstance(info.value, ct.AuthenticationError)
+
+
 def test_an_unknown_route_raises_not_found(dep: Deployment) -> None:
     with pytest.raises(ct.NotFoundError, match="no endpoint at /nope"):
         dep.call("/nope")
+    with pytest.raises(ct.EndpointError, match="no endpoint at /nope") as info:
+        dep.call("/nope")
+    assert info.value.status_code == 404
     with pytest.raises(AttributeError, match="has no endpoint 'nope'; its endpoints are predict"):
         dep.nope  # noqa: B018
 

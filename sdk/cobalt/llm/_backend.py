@@ -6,7 +6,7 @@ Example:
     >>> resolve_backend("tpu", object())
     Traceback (most recent call last):
     ...
-    cobalt_common.errors.SpecError: backend must be 'auto', 'torch' or 'vllm', not 'tpu'.
+    cobalt.SpecError: backend must be 'auto', 'torch' or 'vllm', not 'tpu'.
 """
 
 from __future__ import annotations
