@@ -21,6 +21,7 @@ from typing import Any, overload
 import torch
 
 from cobalt.llm._backend import Backend, int8_copy, load, resolve_backend
+from cobalt.llm._embedder import mean_pooled
 from cobalt.llm._prefix import PrefixCache
 from cobalt.llm._runner import Runner
 from cobalt.llm._sequence import Sequence as Running
@@ -302,8 +303,6 @@ class Engine:
                 "embeddings from a language model need backend='torch'; serve an "
                 "encoder with ct.llm.Embedder instead."
             )
-        from cobalt.llm._embedder import mean_pooled
-
         batch = self.tokenizer(list(texts), padding=True, return_tensors="pt")
         with torch.inference_mode():
             out = self.model(**batch, output_hidden_states=True)
