@@ -38,8 +38,9 @@ from cobalt_controller.dispatch._model import (
     Task,
 )
 from cobalt_controller.dispatch._scheduler import Scheduler
+from cobalt_controller.placement import Placement
 from cobalt_controller.state import SqlStateStore, StateStore
-from cobalt_executors import ExecutorContext, TaskOutcome
+from cobalt_executors import ExecutorContext
 
 log = logging.getLogger("cobalt.controller")
 MAX_MESSAGE = 1 << 30
@@ -77,7 +78,12 @@ class ControllerServer:
             raise OSError(f"cannot listen on {config.address}")
         self.address = f"{config.address.rsplit(':', 1)[0]}:{port}"
         self.hub = EventHub()
-        self.deployments = DeploymentManager(self.state, self.payloads, None, self.credentials)
+        self.placement = Placement()
+        """Owns executor capacity: the scheduler's tasks and the deployments' replicas
+        start through it, and it routes each outcome back by its kind."""
+        self.deployments = DeploymentManager(
+            self.state, self.payloads, None, self.credentials, self.placement
+        )
         self.gateway: Gateway | None = None
         if config.gateway_address:
             self.gateway = Gateway(
@@ -85,16 +91,10 @@ class ControllerServer:
             )
             self.deployments.gateway = self.gateway
 
-        def report(outcome: TaskOutcome) -> None:
-            if outcome.task_key.startswith("replica/"):
-                self.deployments.report(outcome)
-            else:
-                self.scheduler.report(outcome)
-
         context = ExecutorContext(
             inline_limit=config.inline_limit,
             output_location=self.blobs.output_location(),
-            report=report,
+            report=self.placement.report,
             # No token here: warm workers outlive tasks. Each task attempt and
             # replica gets its own credential in its submission's env instead.
             env={"COBALT_CONTROLLER_ADDRESS": self.address},
@@ -105,6 +105,7 @@ class ControllerServer:
             self.state,
             self.payloads,
             self.executors,
+            placement=self.placement,
             retry_backoff_s=config.retry_backoff_s,
             retry_backoff_max_s=config.retry_backoff_max_s,
             credentials=self.credentials,
@@ -144,7 +145,9 @@ class ControllerServer:
         pb_grpc.add_ControllerServicer_to_server(servicer, self._server)
 
     def start(self) -> None:
-        self.scheduler.start()
+        # Dispatches are resumed (queued) now, but the scheduler places their tasks only
+        # once deployments have adopted the replicas that outlived the last controller:
+        # a task must not be given the hardware such a replica holds.
         self._recover()
         info = {"address": self.address, "pid": os.getpid(), "token": self.token}
         if self.dashboard is not None:
@@ -157,6 +160,7 @@ class ControllerServer:
         self._server.start()
         self.deployments.start()
         recover(self.deployments, self.executors)
+        self.scheduler.start()
         path = controller_file(self.config.home)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**info, "version": __version__}))

@@ -80,6 +80,24 @@ class Inventory:
             self._free_memory -= spec.memory_mb
             return Allocation(spec.cpus, spec.memory_mb, devices)
 
+    def reserve(self, given: HardwareGiven) -> Allocation | None:
+        """Reserves exactly ``given`` (its GPUs by index) if all of it is free now, else
+        returns None: the hardware of a task this executor did not start, such as a
+        replica that survived a controller restart (see :meth:`Executor.adopt`)."""
+        with self._lock:
+            if given.cpus > self._free_cpus + _EPS or given.memory_mb > self._free_memory:
+                return None
+            by_index = {d.index: d for d in self._free_gpus}
+            devices = tuple(by_index.get(i) for i in given.gpu_indices)
+            if any(d is None or d.type != given.gpu for d in devices):
+                return None
+            found = tuple(d for d in devices if d is not None)
+            for d in found:
+                self._free_gpus.remove(d)
+            self._free_cpus -= given.cpus
+            self._free_memory -= given.memory_mb
+            return Allocation(given.cpus, given.memory_mb, found)
+
     def release(self, allocation: Allocation) -> None:
         with self._lock:
             self._free_cpus = min(self.cpus, self._free_cpus + allocation.cpus)

@@ -21,6 +21,11 @@ order of an executor's life:
    stop the task and report it with that status.
 7. :meth:`Executor.teardown`: stop everything this executor started.
 
+After a controller restart, a replica the previous controller started may
+still run. The controller counts its hardware with :meth:`Executor.adopt`
+(no task is given it) and gives it back with :meth:`Executor.release` when
+that replica stops; the executor never reports such a task.
+
 Payloads stay opaque bytes on this side too: the controller never unpickles
 them, and neither does an executor. Only the worker runtime does. A payload
 comes inline or with a :class:`~cobalt_common.payloads.BlobLocation` that the
@@ -182,6 +187,7 @@ class Executor(ABC):
         self._context: ExecutorContext | None = None
         self._lock = threading.Lock()
         self._given_rates: dict[HardwareGiven, float] = {}
+        self._adopted: dict[str, Allocation] = {}
 
     @property
     def context(self) -> ExecutorContext:
@@ -212,6 +218,35 @@ class Executor(ABC):
     @abstractmethod
     def teardown(self) -> None:
         """Stops everything this executor started."""
+
+    def adopt(self, task_key: str, given: HardwareGiven) -> bool:
+        """Counts ``given`` as held by ``task_key``, a task this executor did not start.
+
+        A replica that outlived a controller keeps its hardware (the local
+        executor leaves its cgroup alone); the next controller adopts it and
+        calls this, so that no task is given that hardware while it runs.
+        Returns False, reserving nothing, when a part of ``given`` is not free
+        here: then the caller knows the inventory does not count it.
+
+        The default reserves from :meth:`inventory`; an executor whose capacity
+        is not one :class:`Inventory` overrides this and :meth:`release`.
+        """
+        allocation = self.inventory().reserve(given)
+        if allocation is None:
+            return False
+        with self._lock:
+            previous = self._adopted.pop(task_key, None)
+            self._adopted[task_key] = allocation
+        if previous is not None:
+            self.inventory().release(previous)
+        return True
+
+    def release(self, task_key: str) -> None:
+        """Gives back what :meth:`adopt` reserved for ``task_key`` (a no-op for others)."""
+        with self._lock:
+            allocation = self._adopted.pop(task_key, None)
+        if allocation is not None:
+            self.inventory().release(allocation)
 
     def rate_usd_per_hour(self, spec: HardwareSpec) -> float:
         """What running ``spec`` here costs per hour, before it is placed."""

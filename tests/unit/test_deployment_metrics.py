@@ -27,9 +27,11 @@ from cobalt_controller._deploy_rpc import metrics_pb
 from cobalt_controller.deploy import Autoscaler
 from cobalt_controller.deploy import _model_metrics as model_metrics
 from cobalt_controller.deploy._autoscaler import COLLECT_EVERY_S, READINGS, ScaleEvent
+from cobalt_controller.deploy._book import DeploymentBook
 from cobalt_controller.deploy._metrics_keeper import MetricsKeeper
 from cobalt_controller.deploy._model_metrics import STALE_S, WINDOW_S, DeploymentTotals
 from cobalt_controller.deploy.policies import Metrics, Utilization
+from cobalt_controller.state import MemoryStateStore
 
 pytestmark = pytest.mark.unit
 
@@ -302,24 +304,18 @@ class Keeper(MetricsKeeper):
     """The manager's metrics part, over one deployment ``chat`` with these replicas."""
 
     def __init__(self, replicas: dict[str, Any] | None = None) -> None:
+        super().__init__(DeploymentBook(MemoryStateStore(), None))
         self.changed: list[str] = []
-        self.gateway = None
-        self.listener = self.changed.append
-        self._lock = threading.RLock()
-        self._totals = {}
-        self.live = {
-            "chat": SimpleNamespace(  # type: ignore[dict-item]
-                name="chat",
-                created_at=0.0,
-                cost_usd=0.0,
-                emulated=False,
-                replicas=replicas or {},
-                live_cost=lambda now: 0.25,
-            )
-        }
-
-    def find(self, name: str) -> Any:
-        return self.live[name]
+        self.book.listener = self.changed.append
+        self.live = self.book.live
+        self.live["chat"] = SimpleNamespace(  # type: ignore[assignment]
+            name="chat",
+            created_at=0.0,
+            cost_usd=0.0,
+            emulated=False,
+            replicas=replicas or {},
+            live_cost=lambda now: 0.25,
+        )
 
 
 def test_the_manager_keeps_readings_and_records_only_the_other_events() -> None:

@@ -10,10 +10,10 @@ from typing import Any
 
 from cobalt_common.deploy import Manifest
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
-from cobalt_common.pricing import billed_seconds
 from cobalt_controller._convert import given_from_json, given_to_json
 from cobalt_controller.deploy._routing import Target
 from cobalt_controller.dispatch._cost import local_day
+from cobalt_controller.placement import accrued_usd, charge
 from cobalt_controller.state import DeploymentRow, ReplicaRow
 from cobalt_executors import Executor
 
@@ -61,18 +61,16 @@ class LiveReplica:
 
     def accrued_usd(self, now: float) -> float:
         """What its run so far costs (billed when it ends)."""
-        if self.started_at is None or not self.rate or self.ended_at is not None:
+        if self.ended_at is not None:
             return 0.0
-        return billed_seconds(now - self.started_at) * self.rate / 3600
+        return accrued_usd(self.started_at, now, self.rate)
 
     def bill(self, ended_at: float) -> float:
         """Ends the replica's bill; returns the cost added."""
         self.ended_at = ended_at
         if self.started_at is None:
             return 0.0
-        billed = billed_seconds(max(0.0, ended_at - self.started_at))
-        self.billed_s = billed
-        self.cost_usd = billed * self.rate / 3600 if self.rate else 0.0
+        self.billed_s, self.cost_usd = charge(self.started_at, ended_at, self.rate)
         return self.cost_usd
 
     def to_row(self) -> ReplicaRow:

@@ -1,11 +1,12 @@
 """The deployment manager: deployments, their replicas, and every event.
 
-Replicas are long-running tasks (``task_key = "replica/<name>/<id>"``) placed
-like the scheduler places tasks: on the cheapest executor able to run the
-deployment's hardware spec that has room now. A replica that does not fit
-anywhere waits (an event says why) and is tried again every
-:data:`RETRY_S`. Its end comes back through the executors' ``report``
-callback (:meth:`DeploymentManager.on_outcome`):
+Replicas are long-running tasks placed through the controller's
+:class:`~cobalt_controller.placement.Placement`, which places tasks too: on
+the cheapest executor able to run the deployment's hardware spec that has
+room now. A replica that does not fit anywhere waits (an event says why),
+room is held for it against new tasks (the placement's priority rule), and
+it is tried again every :data:`RETRY_S`. Its end comes back through the
+placement, routed here by its kind (:meth:`DeploymentManager.on_outcome`):
 
 - an end the manager asked for (drained, scaled down, torn down) is recorded;
 - a replica that ends after it was ready is replaced, and the event carries
@@ -15,14 +16,20 @@ callback (:meth:`DeploymentManager.on_outcome`):
   deployment FAILED with the traceback as ``error``; later ones retry with
   exponential backoff (1 s doubling, at most 30 s).
 
-Replicas are billed like tasks: per started second at the executor's rate
-for the hardware given, into the deployment's ``cost_usd`` and the replica
-rows that ``cost_summary`` reads. What the replicas' models count is kept by
-:class:`~._metrics_keeper.MetricsKeeper` (:meth:`DeploymentManager.metrics`).
+Replicas are billed like tasks, by the placement's
+:func:`~cobalt_controller.placement.charge`: per started second at the
+executor's rate for the hardware given, into the deployment's ``cost_usd``
+and the replica rows that ``cost_summary`` reads.
 
-The manager is thread-safe (one re-entrant lock): RPC threads, executor
-report threads and the gateway's worker threads call it. It never blocks
-the gateway's event loop: the gateway calls it on worker threads.
+The manager holds its parts: the :class:`~._book.DeploymentBook` (live
+deployments, the lock, events) that the others share, the
+:class:`~._replicas.ReplicaLifecycle` (start, stop, bill), and the
+:class:`~._metrics_keeper.MetricsKeeper` (what the replicas' models count,
+:meth:`DeploymentManager.metrics`).
+
+The manager is thread-safe (one re-entrant lock, the book's): RPC threads,
+the placement's report threads and the gateway's worker threads call it. It
+never blocks the gateway's event loop: the gateway calls it on worker threads.
 """
 
 from __future__ import annotations
@@ -36,14 +43,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cobalt_common.checks import brief
 from cobalt_common.deploy import Manifest
+from cobalt_common.deploy_metrics import MetricsSummary
 from cobalt_common.errors import DeploymentError, NotFoundError
 from cobalt_common.hardware import HardwareSpec
 from cobalt_controller._credentials import Credentials
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.deploy._autoscaler import ScaleEvent
+from cobalt_controller.deploy._book import DeploymentBook
 from cobalt_controller.deploy._gateway import Gateway
 from cobalt_controller.deploy._live import (
     ACTIVE,
@@ -51,13 +61,12 @@ from cobalt_controller.deploy._live import (
     STARTING,
     STOPPED,
     LiveDeployment,
-    LiveReplica,
     replica_http,
 )
 from cobalt_controller.deploy._metrics_keeper import MetricsKeeper
-from cobalt_controller.deploy._model_metrics import DeploymentTotals
 from cobalt_controller.deploy._replicas import ReplicaLifecycle
 from cobalt_controller.deploy.policies import Metrics, Schedules
+from cobalt_controller.placement import Placement
 from cobalt_controller.state import StateStore
 from cobalt_executors import Executor, TaskOutcome
 
@@ -83,7 +92,7 @@ class ReplicaLogs:
     ended_at: float = 0.0
 
 
-class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
+class DeploymentManager:
     """Creates, scales, replaces and tears down deployments.
 
     Args:
@@ -91,6 +100,8 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
         payloads: the pickled replica entries and arguments (opaque bytes).
         gateway: the HTTP front; None when ``gateway_address`` is "".
         credentials: mints each replica's own credential; None: replicas get none.
+        placement: the owner of executor capacity, shared with the scheduler; the
+            manager takes its replica outcomes. None: one of its own (tests).
     """
 
     def __init__(
@@ -99,24 +110,59 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
         payloads: Payloads,
         gateway: Gateway | None,
         credentials: Credentials | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.state = state
         self.payloads = payloads
-        self.gateway = gateway
         self.credentials = credentials
-        self.live: dict[str, LiveDeployment] = {}
-        self._by_key: dict[str, tuple[LiveDeployment, LiveReplica]] = {}
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._closing = False
+        self.placement = placement if placement is not None else Placement()
+        self.book = DeploymentBook(state, gateway)
+        self.lifecycle = ReplicaLifecycle(
+            self.book, payloads, self.placement, credentials, self.report
+        )
+        self.metrics_keeper = MetricsKeeper(self.book)
+        self.live = self.book.live
+        self._lock = self.book.lock
+        self._changed = self.book.changed
         self._stop = threading.Event()
         self._outcomes: queue.SimpleQueue[TaskOutcome] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cobalt-deployments", daemon=True)
         self._ended_logs: dict[str, deque[ReplicaLogs]] = {}
-        self._totals: dict[str, DeploymentTotals] = {}
-        self.listener: Callable[[str], None] | None = None
+
+    @property
+    def gateway(self) -> Gateway | None:
+        """The HTTP front (set once the controller has made it)."""
+        return self.book.gateway
+
+    @gateway.setter
+    def gateway(self, gateway: Gateway | None) -> None:
+        self.book.gateway = gateway
+
+    @property
+    def listener(self) -> Callable[[str], None] | None:
         """Called with a deployment's name after each event recorded for it, under the
         manager's lock: it must return at once (the dashboard's live feed)."""
+        return self.book.listener
+
+    @listener.setter
+    def listener(self, listener: Callable[[str], None] | None) -> None:
+        self.book.listener = listener
+
+    def find(self, name: str) -> LiveDeployment:
+        return self.book.find(name)
+
+    def event(
+        self, d: LiveDeployment, kind: str, message: str, inputs: dict[str, Any] | None = None
+    ) -> None:
+        self.book.event(d, kind, message, inputs)
+
+    def reconcile(self, d: LiveDeployment) -> None:
+        """Starts or stops replicas toward ``d.desired``; old versions roll over."""
+        self.lifecycle.reconcile(d)
+
+    def metrics(self, name: str, *, fresh: bool = False) -> MetricsSummary:
+        """The deployment's metrics now (see :meth:`MetricsKeeper.metrics`)."""
+        return self.metrics_keeper.metrics(name, fresh=fresh)
 
     # -- deployments (RPC threads) ------------------------------------------------------
 
@@ -167,12 +213,12 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
                 desired=self.initial_replicas(manifest, now),
             )
             if old is None:
-                self.count_from_zero(d)
+                self.metrics_keeper.count_from_zero(d)
             else:
                 d.replicas = old.replicas
                 d.openapi_json = old.openapi_json
                 for r in d.replicas.values():
-                    self._by_key[r.task_key] = (d, r)
+                    self.book.by_key[r.task_key] = (d, r)
             self.live[name] = d
             self.state.put_deployment(d.to_row())
             what = f"version {version} replaces version {old.version}" if old else "created"
@@ -195,14 +241,6 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
         starts one replica, so that a broken initializer fails the deploy."""
         a = manifest.autoscaling
         return min(a.max_replicas, max(a.min_replicas, _schedule_floor(manifest, now), 1))
-
-    def find(self, name: str) -> LiveDeployment:
-        d = self.live.get(name)
-        if d is None:
-            raise NotFoundError(
-                f"no deployment named {brief(name)}; `cobalt deployments` lists the running ones."
-            )
-        return d
 
     def wait(self, name: str, wait_s: float) -> LiveDeployment:
         """The deployment, after it left STARTING or ``wait_s`` passed."""
@@ -238,7 +276,7 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
                     self.state.update_replica(r.replica_id, status="draining")
                 elif r.status == "starting":
                     r.stopping = True
-                    self._kill(d, r)
+                    self.lifecycle.kill(d, r)
             self.event(d, "teardown", f"deployment {name} was torn down; its replicas stop.")
             self._changed.notify_all()
             return d
@@ -270,9 +308,10 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
         self._outcomes.put(outcome)
 
     def on_outcome(self, o: TaskOutcome) -> None:
-        """A replica's task ended (it is routed here for task keys ``replica/...``)."""
+        """A replica's task ended (the placement routes replicas' outcomes here)."""
         with self._lock:
-            found = self._by_key.get(o.task_key)
+            closing = self.book.closing
+            found = self.book.by_key.get(o.task_key)
             if found is None:
                 return
             d, r = found
@@ -283,18 +322,18 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
                 r.given = o.hardware_given
             if o.stdout or o.stderr:
                 kept = self._ended_logs.setdefault(d.name, deque(maxlen=ENDED_LOGS_KEPT))
-                status = "stopped" if r.stopping or self._closing else "failed"
+                status = "stopped" if r.stopping or closing else "failed"
                 kept.appendleft(ReplicaLogs(r.replica_id, status, o.stdout, o.stderr, ended_at))
-            if r.stopping or self._closing:
-                self._ended(d, r, "stopped", ended_at)
+            if r.stopping or closing:
+                self.lifecycle.ended(d, r, "stopped", ended_at)
                 self.event(d, "replica_stopped", f"replica {r.replica_id} stopped.")
             elif r.ready_at is None:
                 detail = o.error or f"the replica ended ({o.status}) before it was ready."
-                self._start_failed(d, r, _with_stderr(detail, o.stderr))
+                self.lifecycle.start_failed(d, r, _with_stderr(detail, o.stderr))
             else:
                 why = o.reason or o.status
                 r.error = o.error or f"the replica's task ended {o.status}."
-                self._ended(d, r, "failed", ended_at)
+                self.lifecycle.ended(d, r, "failed", ended_at)
                 self.event(
                     d,
                     "replica_failed",
@@ -343,7 +382,7 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
         with self._lock:
             d = self.live.get(name)
             r = d.replicas.get(replica_id) if d is not None else None
-            if d is None or r is None or r.stopping or d.status == STOPPED or self._closing:
+            if d is None or r is None or r.stopping or d.status == STOPPED or self.book.closing:
                 return False
             now = time.time()
             r.status, r.url, r.pid, r.ready_at = "ready", url, pid, now
@@ -385,7 +424,7 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
             self.reconcile(d)
 
     def scaled(self, name: str, target: int | None, events: list[ScaleEvent]) -> None:
-        events = self.keep_readings(name, events)
+        events = self.metrics_keeper.keep_readings(name, events)
         with self._lock:
             d = self.live.get(name)
             if d is None or d.status == STOPPED:
@@ -419,23 +458,23 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
                 "health check; it is stopped and replaced.",
             )
             if r.adopted:
-                self._ended(d, r, "failed", time.time())
+                self.lifecycle.ended(d, r, "failed", time.time())
                 self.reconcile(d)
             elif r.executor is not None:
                 # Its outcome arrives as an unexpected end and a new one replaces it.
-                r.executor.cancel(r.task_key, "cancelled")
+                self.placement.cancel(r.task_key, "cancelled")
 
     def replica_drained(self, name: str, replica_id: str) -> None:
-        self.read_last(name, replica_id)
+        self.metrics_keeper.read_last(name, replica_id)
         with self._lock:
             for d in (self.live.get(name), *self._owners(name)):
                 r = d.replicas.get(replica_id) if d is not None else None
                 if d is not None and r is not None and r.live:
-                    self._kill(d, r)
+                    self.lifecycle.kill(d, r)
                     return
 
     def _owners(self, name: str) -> list[LiveDeployment]:
-        return list({id(d): d for d, _ in self._by_key.values() if d.name == name}.values())
+        return list({id(d): d for d, _ in self.book.by_key.values() if d.name == name}.values())
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -470,7 +509,7 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
                     continue
                 for r in list(d.replicas.values()):
                     if r.status == "starting" and not r.submitted and not r.stopping:
-                        self._submit(d, r)
+                        self.lifecycle.submit(d, r)
                 self.reconcile(d)
 
     def _check_adopted(self) -> None:
@@ -490,19 +529,19 @@ class DeploymentManager(ReplicaLifecycle, MetricsKeeper):
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         with self._lock:
-            self._closing = True
+            self.book.closing = True
             for d in list(self.live.values()):
                 for r in list(d.replicas.values()):
                     if r.live:
                         r.stopping = True
-                        self._kill(d, r)
+                        self.lifecycle.kill(d, r)
         deadline = time.monotonic() + timeout
-        while self._by_key and time.monotonic() < deadline:
+        while self.book.by_key and time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):
                 self.on_outcome(self._outcomes.get(timeout=0.1))
         with self._lock:
-            for d, r in list(self._by_key.values()):
-                self._ended(d, r, "stopped", time.time())
+            for d, r in list(self.book.by_key.values()):
+                self.lifecycle.ended(d, r, "stopped", time.time())
 
 
 def _schedule_floor(manifest: Manifest, now: float) -> int:

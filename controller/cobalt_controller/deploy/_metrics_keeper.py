@@ -1,4 +1,4 @@
-"""Keeps each deployment's metrics (a mixin of the deployment manager).
+"""Keeps each deployment's metrics (a part of the deployment manager).
 
 The autoscaler's :data:`~._autoscaler.READINGS` events bring the replicas'
 ``/_cobalt/metrics`` answers; a replica that drains is read once more before it
@@ -10,16 +10,14 @@ reads the ready replicas first, so requests just served are counted.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_all
 from typing import Any
 
 from cobalt_common.deploy_metrics import MetricsSummary
 from cobalt_controller.deploy._autoscaler import READINGS, ScaleEvent
-from cobalt_controller.deploy._gateway import Gateway
+from cobalt_controller.deploy._book import DeploymentBook
 from cobalt_controller.deploy._live import LiveDeployment, replica_http
 from cobalt_controller.deploy._model_metrics import DeploymentTotals
 from cobalt_controller.deploy.policies.base import METRICS_PATH
@@ -33,16 +31,14 @@ keeps its previous reading."""
 
 
 class MetricsKeeper:
-    """The metrics part of the manager; the manager provides the attributes."""
+    """The metrics part of the manager, over the manager's book.
 
-    gateway: Gateway | None
-    live: dict[str, LiveDeployment]
-    listener: Callable[[str], None] | None
-    _lock: threading.RLock
-    _totals: dict[str, DeploymentTotals]
+    Args:
+        book: the live deployments, the lock, and each deployment's totals.
+    """
 
-    def find(self, name: str) -> LiveDeployment:
-        raise NotImplementedError
+    def __init__(self, book: DeploymentBook) -> None:
+        self.book = book
 
     def metrics(self, name: str, *, fresh: bool = False) -> MetricsSummary:
         """The deployment's metrics now; raises NotFoundError when the manager has no
@@ -52,11 +48,12 @@ class MetricsKeeper:
             self.read_now(name)
         now = time.time()
         requests = None
-        if self.gateway is not None:
-            gateway = self.gateway.metrics(name)
+        gateway_front = self.book.gateway
+        if gateway_front is not None:
+            gateway = gateway_front.metrics(name)
             requests = int(gateway["requests"]) if "requests" in gateway else None
-        with self._lock:
-            d = self.find(name)
+        with self.book.lock:
+            d = self.book.find(name)
             emulated = d.emulated or any(
                 r.given is not None and r.given.emulated for r in d.replicas.values()
             )
@@ -64,14 +61,16 @@ class MetricsKeeper:
 
     def totals(self, d: LiveDeployment, now: float) -> DeploymentTotals:
         """The deployment's readings; those of one recovered after a restart start now."""
-        totals = self._totals.get(d.name)
+        totals = self.book.totals.get(d.name)
         if totals is None:
-            totals = self._totals[d.name] = DeploymentTotals(now, d.live_cost(now), from_zero=False)
+            totals = self.book.totals[d.name] = DeploymentTotals(
+                now, d.live_cost(now), from_zero=False
+            )
         return totals
 
     def count_from_zero(self, d: LiveDeployment) -> None:
         """``d`` was just created (not redeployed): its counts start at zero."""
-        self._totals[d.name] = DeploymentTotals(d.created_at, d.cost_usd, from_zero=True)
+        self.book.totals[d.name] = DeploymentTotals(d.created_at, d.cost_usd, from_zero=True)
 
     def keep_readings(self, name: str, events: list[ScaleEvent]) -> list[ScaleEvent]:
         """Keeps the readings among an autoscaler's events; returns the other events."""
@@ -87,8 +86,8 @@ class MetricsKeeper:
 
     def read_now(self, name: str) -> None:
         """Reads the metrics of the deployment's ready replicas, all at once."""
-        with self._lock:
-            d = self.live.get(name)
+        with self.book.lock:
+            d = self.book.live.get(name)
             targets = [
                 (r.replica_id, r.url, r.secret)
                 for r in (d.replicas.values() if d is not None else ())
@@ -117,8 +116,8 @@ class MetricsKeeper:
 
     def read_last(self, name: str, replica_id: str) -> None:
         """Reads a draining replica's metrics one last time, before it stops."""
-        with self._lock:
-            d = self.live.get(name)
+        with self.book.lock:
+            d = self.book.live.get(name)
             r = d.replicas.get(replica_id) if d is not None else None
             if r is None or not r.url or r.status not in ("ready", "draining"):
                 return
@@ -129,10 +128,11 @@ class MetricsKeeper:
             self._record(name, time.time(), [report])
 
     def _record(self, name: str, at: float, reports: list[object]) -> None:
-        with self._lock:
-            d = self.live.get(name)
+        with self.book.lock:
+            d = self.book.live.get(name)
             if d is None:
                 return
             found = [r for r in reports if isinstance(r, dict)]
-            if self.totals(d, at).record(at, found) and self.listener is not None:
-                self.listener(name)
+            listener = self.book.listener
+            if self.totals(d, at).record(at, found) and listener is not None:
+                listener(name)

@@ -4,8 +4,11 @@ For each deployment that is not STOPPED, every replica stored as ready is
 asked ``GET <url>/_cobalt/health`` with its secret (1 s timeout). One that
 answers with its own replica id is adopted: routed to again, stopped later
 with ``POST <url>/_cobalt/shutdown`` since no executor tracks it. Any other
-stored replica is marked gone. Then replicas start up to the desired count.
-Each step is recorded as an event.
+stored replica is marked gone. An adopted replica's hardware (its recorded
+``hardware_given``) is counted on the executor that started it, so that no
+task is given it while it serves. Only once every deployment has adopted its
+replicas do new ones start, up to each desired count. Each step is recorded
+as an event.
 """
 
 from __future__ import annotations
@@ -41,15 +44,27 @@ def candidates_for(
 
 
 def recover(manager: DeploymentManager, executors: ExecutorPool) -> None:
-    """Brings back every deployment that was not torn down."""
+    """Brings back every deployment that was not torn down.
+
+    Call it before the scheduler places tasks: a task must not take hardware
+    that an adopted replica still holds.
+    """
+    recovered = []
     for row in manager.state.list_deployments():
         try:
-            _recover_one(manager, executors, row)
+            recovered.append(_recover_one(manager, executors, row))
         except Exception:
             log.exception("could not recover deployment %s", row.name)
+    for d in recovered:
+        try:
+            manager.reconcile(d)
+        except Exception:
+            log.exception("could not start the replicas of deployment %s", d.name)
 
 
-def _recover_one(manager: DeploymentManager, executors: ExecutorPool, row: DeploymentRow) -> None:
+def _recover_one(
+    manager: DeploymentManager, executors: ExecutorPool, row: DeploymentRow
+) -> LiveDeployment:
     manifest = Manifest.from_json(row.manifest_json)
     spec = HardwareSpec.from_dict(json.loads(row.hardware))
     error = ""
@@ -80,8 +95,9 @@ def _recover_one(manager: DeploymentManager, executors: ExecutorPool, row: Deplo
     )
     if d.status != FAILED and d.desired == 0 and d.status != ACTIVE:
         d.desired = manager.initial_replicas(manifest, time.time())
-    with manager._lock:
-        manager.live[d.name] = d
+    book = manager.book
+    with book.lock:
+        book.live[d.name] = d
         if manager.gateway is not None:
             manager.gateway.configure(d.target())
         adopted = gone = 0
@@ -93,9 +109,7 @@ def _recover_one(manager: DeploymentManager, executors: ExecutorPool, row: Deplo
             )
             alive = health is not None and health.get("replica_id") == r.replica_id
             if alive and stored.status == "ready":
-                r.adopted = True
-                d.replicas[r.replica_id] = r
-                manager._by_key[r.task_key] = (d, r)
+                uncounted = manager.lifecycle.adopt(d, r, [*d.candidates, *executors.all()])
                 if r.version == d.version:
                     d.ready_this_version = True
                 if manager.gateway is not None:
@@ -105,8 +119,16 @@ def _recover_one(manager: DeploymentManager, executors: ExecutorPool, row: Deplo
                     d,
                     "replica_adopted",
                     f"replica {r.replica_id} still serves at {r.url} after the controller "
-                    "restarted; it was adopted.",
+                    "restarted; it was adopted"
+                    + (
+                        f", but its hardware is not counted ({uncounted}): a task may be "
+                        "given it while it runs. Deploy the service again to replace it."
+                        if uncounted
+                        else "."
+                    ),
                 )
+                if uncounted:
+                    log.warning("adopted replica %s is not counted: %s", r.task_key, uncounted)
                 continue
             if alive:  # it was draining: finish the job
                 replica_http(r.url, "/_cobalt/shutdown", r.secret, method="POST")
@@ -137,4 +159,4 @@ def _recover_one(manager: DeploymentManager, executors: ExecutorPool, row: Deplo
                 f"running {d.desired} replica(s).",
                 {"adopted": adopted, "gone": gone, "desired": d.desired},
             )
-        manager.reconcile(d)
+    return d

@@ -4,6 +4,10 @@ One thread owns all live state. It drains a queue of events (new dispatch,
 task outcome, cancel), applies them, places every ready task that fits, and
 commits the round's changes in one transaction before anyone is told: a
 client that sees a result can rely on it being stored.
+
+Tasks start, stop and are billed through the controller's
+:class:`~cobalt_controller.placement.Placement`, which owns executor capacity
+for tasks and replicas alike and routes task outcomes here.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from collections.abc import Callable
 from typing import Any
 
 from cobalt_common.deploy import deploy_task_service
-from cobalt_common.pricing import billed_seconds
 from cobalt_controller._convert import given_to_json
 from cobalt_controller._credentials import Credentials, TaskScope
 from cobalt_controller._executors import ExecutorPool
@@ -44,8 +47,9 @@ from cobalt_controller.dispatch._model import (
     Ledger,
     Task,
 )
+from cobalt_controller.placement import Placement, WorkKind, charge, rate_usd_per_hour
 from cobalt_controller.state import StateStore, WriteBatch
-from cobalt_executors import Executor, TaskArg, TaskOutcome, TaskSubmission
+from cobalt_executors import TaskArg, TaskOutcome, TaskSubmission
 
 log = logging.getLogger("cobalt.controller")
 
@@ -57,17 +61,34 @@ Listener = Callable[[Dispatch, Task | None], None]
 
 
 class Scheduler:
+    """Runs dispatches: places ready tasks, applies outcomes, retries, stops.
+
+    Args:
+        state: where every round's changes are committed.
+        payloads: the functions, arguments and outputs (opaque bytes).
+        executors: the controller's executors.
+        placement: the owner of executor capacity; the scheduler takes its task
+            outcomes. None: one of its own (a scheduler alone, in tests).
+        retry_backoff_s: the wait before a failed task's first retry, doubled
+            for each later one, up to ``retry_backoff_max_s``.
+        credentials: mints each attempt's own credential; None: tasks get none.
+    """
+
     def __init__(
         self,
         state: StateStore,
         payloads: Payloads,
         executors: ExecutorPool,
         *,
+        placement: Placement | None = None,
         retry_backoff_s: float = 1.0,
         retry_backoff_max_s: float = 60.0,
         credentials: Credentials | None = None,
     ) -> None:
         self.state = state
+        self.placement = placement if placement is not None else Placement()
+        self.placement.route(WorkKind.TASK, self.report)
+        self.placement.on_room(self._room_freed)
         self.credentials = credentials
         """Mints each attempt's own credential; None: tasks get none (tests)."""
         self.payloads = payloads
@@ -78,7 +99,7 @@ class Scheduler:
         self.listener: Listener | None = None
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._ready: dict[tuple[Any, ...], deque[tuple[Dispatch, Task]]] = {}
-        self._submitted: dict[str, tuple[Dispatch, Task, Executor]] = {}
+        self._submitted: dict[str, tuple[Dispatch, Task]] = {}
         self._timers: list[tuple[float, int, Dispatch, Task]] = []
         self._deadlines: list[tuple[float, str]] = []
         self._seq = itertools.count()
@@ -111,12 +132,16 @@ class Scheduler:
     def cancel(self, dispatch_id: str) -> None:
         self._events.put(("cancel", dispatch_id))
 
+    def _room_freed(self) -> None:
+        self._events.put(("room",))
+
     def link_sublattice(self, parent_id: str, node_id: int, child_id: str) -> None:
         self._events.put(("link", parent_id, node_id, child_id))
 
     def stop(self) -> None:
         self._events.put(("stop",))
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     # -- the scheduling thread -----------------------------------------------------
 
@@ -163,6 +188,7 @@ class Scheduler:
             self._on_link(*event[1:])
         elif kind == "stop":
             self._stopping = True
+        # "room": room freed that no outcome announced; the round places tasks anew.
 
     def _on_dispatch(self, d: Dispatch) -> None:
         parent = self.active.get(d.parent_dispatch_id) if d.parent_dispatch_id else None
@@ -225,12 +251,13 @@ class Scheduler:
                 d, t, FAILED, f"payload {exc} of task {t.name!r} is missing from the store.", "lost"
             )
             return True
+        submit = self.placement.submit_task
         for i, ex in enumerate(t.candidates):
             if i and ledger is not None and t.kind == ELECTRON:
                 worst = worst_case_usd(ex, t)
                 if worst > ledger.left:
                     break
-            given = ex.try_submit(submission)
+            given = submit(ex, submission)
             if given is None:
                 continue
             now = time.time()
@@ -238,13 +265,13 @@ class Scheduler:
             t.executor = ex.name
             t.given = given
             t.started_at = now
-            t.rate = ex.given_rate_usd_per_hour(given) if t.kind == ELECTRON else 0.0
+            t.rate = rate_usd_per_hour(ex, given) if t.kind == ELECTRON else 0.0
             t.placement = placement_note(t, i)
             if ledger is not None and worst > 0:
                 t.reserved = worst
                 ledger.held += worst
                 ledger.running += 1
-            self._submitted[t.task_key] = (d, t, ex)
+            self._submitted[t.task_key] = (d, t)
             if t.hardware.time_limit_s:
                 deadline = now + t.hardware.time_limit_s
                 # One NaN in the heap would hide every deadline behind it; intake
@@ -264,10 +291,8 @@ class Scheduler:
 
     def _charge(self, d: Dispatch, t: Task) -> None:
         """Bills the attempt that just ended, and releases its budget hold."""
-        run_s = (t.ended_at or 0.0) - (t.started_at or 0.0)
-        billed = billed_seconds(run_s, t.hardware.time_limit_s)
+        billed, cost = charge(t.started_at, t.ended_at or 0.0, t.rate, t.hardware.time_limit_s)
         t.billed_s += billed
-        cost = billed * t.rate / 3600 if t.rate else 0.0
         ledger = d.ledger
         if ledger is not None and t.reserved:
             ledger.held -= t.reserved
@@ -342,7 +367,7 @@ class Scheduler:
         entry = self._submitted.pop(o.task_key, None)
         if entry is None:
             return
-        d, t, _ = entry
+        d, t = entry
         t.ended_at = o.ended_at or time.time()
         if o.started_at:
             t.started_at = o.started_at
@@ -419,10 +444,9 @@ class Scheduler:
                 self._make_ready(d, t)
         while self._deadlines and self._deadlines[0][0] <= now:
             _, key = heapq.heappop(self._deadlines)
-            entry = self._submitted.get(key)
-            if entry is not None:
+            if key in self._submitted:
                 self._revoke(key)
-                entry[2].cancel(key, "time_limit")
+                self.placement.cancel(key, "time_limit")
 
     def _on_cancel(self, dispatch_id: str) -> None:
         d = self.active.get(dispatch_id)
@@ -431,10 +455,9 @@ class Scheduler:
         d.cancelled = True
         for t in d.tasks:
             if t.status == RUNNING:
-                entry = self._submitted.get(t.task_key)
-                if entry is not None:
+                if t.task_key in self._submitted:
                     self._revoke(t.task_key)
-                    entry[2].cancel(t.task_key, "cancelled")
+                    self.placement.cancel(t.task_key, "cancelled")
             elif t.status == PENDING:
                 t.status = CANCELLED
                 t.error = "cancelled before it started"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from cobalt_common.hardware import HardwareSpec
+from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_executors._inventory import Allocation, GpuDevice, Inventory
 from cobalt_executors._machine import Machine
 
@@ -52,6 +52,22 @@ class LocalInventory(Inventory):
                 with self._lock:
                     self._free_gpus.extend(taken)
                     self._free_gpus.sort(key=lambda d: d.index)
+            if allocation is None:
+                return None
+            if self.machine is not None and not self.machine.take(*self._share(allocation)):
+                Inventory.release(self, allocation)
+                return None
+            _real_gpus_in_use.update(d.index for d in allocation.gpus if not d.emulated)
+            return allocation
+
+    def reserve(self, given: HardwareGiven) -> Allocation | None:
+        """Reserves exactly ``given``, in this executor and in the machine; None when a
+        part of it is not free (a real GPU another executor's task holds, say)."""
+        with _machine_lock:
+            real = {d.index for d in self.gpus if not d.emulated}
+            if any(i in real and i in _real_gpus_in_use for i in given.gpu_indices):
+                return None
+            allocation = Inventory.reserve(self, given)
             if allocation is None:
                 return None
             if self.machine is not None and not self.machine.take(*self._share(allocation)):
