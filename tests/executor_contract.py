@@ -32,7 +32,7 @@ from typing import Any
 import cloudpickle
 
 from cobalt_common.hardware import HardwareSpec
-from cobalt_executors import Executor, TaskOutcome, TaskSubmission
+from cobalt_executors import Allocation, Executor, TaskOutcome, TaskSubmission
 from cobalt_executors._runtime.payloads import read_payload, to_wire
 
 CPUS = 4.0
@@ -347,6 +347,30 @@ class ExecutorContract:
         assert cpu_only is not None
         assert (cpu_only.gpu, cpu_only.gpu_indices, cpu_only.emulated) == (None, (), False)
         harness.reports.wait("cpu")
+
+    # -- adopted tasks -------------------------------------------------------------
+
+    def test_hardware_adopted_after_a_restart_is_held_until_released_and_never_reported(
+        self, harness: ExecutorHarness
+    ) -> None:
+        gpu = harness.executor.inventory().gpus[0]
+        given = Allocation(1.0, 1024, (gpu,)).given()
+        assert harness.executor.adopt("survivor", given)
+        cpus, memory, gpus = harness.executor.inventory().free_now()
+        assert (cpus, memory, len(gpus)) == (CPUS - 1, MEMORY_MB - 1024, GPUS - 1)
+        assert gpu not in gpus
+        assert not harness.executor.adopt("twin", given), "its GPU is held already"
+        harness.submit(harness.task("other", _spec(gpus=GPUS - 1), holds=True))
+        assert harness.executor.try_submit(harness.task("more", _spec(gpus=1))) is None
+        harness.executor.cancel("survivor", "cancelled")
+        harness.executor.release("survivor")
+        harness.executor.release("survivor")
+        harness.submit(harness.task("more", _spec(gpus=1), returns=1))
+        harness.let_finish("other")
+        harness.reports.wait("other", "more")
+        assert sorted(harness.reports.keys()) == ["more", "other"]
+        cpus, memory, gpus = harness.executor.inventory().free_now()
+        assert (cpus, memory, len(gpus)) == (CPUS, MEMORY_MB, GPUS)
 
 
 def read_output(outcome: TaskOutcome) -> bytes:

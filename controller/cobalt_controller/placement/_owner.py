@@ -200,11 +200,15 @@ class Placement:
         if entry is None:
             log.warning("an outcome for %s, which nothing started, was dropped", outcome.task_key)
             return
-        handler = self._routes.get(entry[0])
+        kind = entry[0]
+        handler = self._routes.get(kind)
         if handler is None:
-            log.error("no component takes outcomes of %s runs; dropped", entry[0].value)
-            return
-        handler(outcome)
+            log.error("no component takes outcomes of %s runs; dropped", kind.value)
+        else:
+            handler(outcome)
+        if kind is WorkKind.REPLICA:
+            # The scheduler hears only its tasks' outcomes: tell it a replica's room freed.
+            self._announce_room()
 
     def cancel(self, task_key: str, reason: str) -> None:
         """Stops a started run (``cancelled`` or ``time_limit``); its outcome follows."""
