@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, cast
 
 from cobalt_common.hardware import HardwareSpec
@@ -49,13 +48,11 @@ class StubWorld:
     """Stores, a placement, stub executors, a scheduler and a deployment manager.
 
     Args:
-        tmp_path: a folder the executors are told payloads live in (never used).
         executors: the stubs, cheapest first; each is set up to report to the placement.
     """
 
     def __init__(
         self,
-        tmp_path: Path,
         *executors: StubExecutor,
         retry_backoff_s: float = 0.05,
         state: MemoryStateStore | None = None,
@@ -67,11 +64,7 @@ class StubWorld:
         self.placement = Placement()
         self.executors = list(executors)
         for ex in executors:
-            ex.setup(
-                ExecutorContext(
-                    blob_dir=tmp_path, inline_limit=1 << 20, report=self.placement.report
-                )
-            )
+            ex.setup(ExecutorContext(inline_limit=1 << 20, report=self.placement.report))
         self.scheduler = Scheduler(
             self.state,
             self.payloads,

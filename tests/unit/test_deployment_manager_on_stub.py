@@ -9,7 +9,6 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,16 +62,16 @@ def stub() -> StubExecutor:
 
 
 @pytest.fixture
-def world(tmp_path: Path, stub: StubExecutor) -> Iterator[StubWorld]:
-    w = StubWorld(tmp_path, stub).start()
+def world(stub: StubExecutor) -> Iterator[StubWorld]:
+    w = StubWorld(stub).start()
     yield w
     w.stop()
 
 
-def test_a_replica_starts_on_the_cheapest_candidate_that_has_room(tmp_path: Path) -> None:
+def test_a_replica_starts_on_the_cheapest_candidate_that_has_room() -> None:
     cheap = StubExecutor("cheap", {"cpus": 1, **PRICED})
     dear = StubExecutor("dear", {"cpus": 4, "prices": {"cpu_core_hour": 7.2}})
-    world = StubWorld(tmp_path, cheap, dear)
+    world = StubWorld(cheap, dear)
     first = deploy(world, HardwareSpec(cpus=1), "first")
     second = deploy(world, HardwareSpec(cpus=1), "second")
     (r1,) = first.replicas.values()
@@ -198,12 +197,10 @@ def surviving_replica() -> Iterator[tuple[str, dict[str, Any]]]:
         server.server_close()
 
 
-def test_after_a_restart_a_gpu_held_by_an_adopted_replica_is_not_given_to_a_new_task(
-    tmp_path: Path,
-) -> None:
+def test_after_a_restart_a_gpu_held_by_an_adopted_replica_is_not_given_to_a_new_task() -> None:
     store = MemoryStateStore()
     options = {"cpus": 4, "gpus": {"h100": 1}}
-    before = StubWorld(tmp_path, StubExecutor("gpus", options), state=store)
+    before = StubWorld(StubExecutor("gpus", options), state=store)
     with surviving_replica() as (url, replica):
         d = deploy(before, GPU)
         (r,) = d.replicas.values()
@@ -212,7 +209,7 @@ def test_after_a_restart_a_gpu_held_by_an_adopted_replica_is_not_given_to_a_new_
         # The controller is killed here: nothing of it is stopped; its replica runs on.
 
         stub = StubExecutor("gpus", options)
-        after = StubWorld(tmp_path, stub, state=store)
+        after = StubWorld(stub, state=store)
         recover(after.manager, FakePool([stub]).as_pool())
         assert "replica_adopted" in events(after)
         adopted = after.manager.live[d.name].replicas[r.replica_id]

@@ -4,7 +4,6 @@ the written rule, adopted hardware counted, and one bill for tasks and replicas.
 from __future__ import annotations
 
 import doctest
-from pathlib import Path
 
 import pytest
 
@@ -62,11 +61,9 @@ def sub(key: str, hardware: HardwareSpec | None = None) -> TaskSubmission:
     )
 
 
-def a_stub(
-    placement: Placement, tmp_path: Path, name: str = "stub", **options: object
-) -> StubExecutor:
-    stub = StubExecutor(name, {"cpus": 4, "gpus": {"h100": 2}, **options})
-    stub.setup(ExecutorContext(blob_dir=tmp_path, inline_limit=1024, report=placement.report))
+def a_stub(placement: Placement, name: str = "stub") -> StubExecutor:
+    stub = StubExecutor(name, {"cpus": 4, "gpus": {"h100": 2}})
+    stub.setup(ExecutorContext(inline_limit=1024, report=placement.report))
     return stub
 
 
@@ -86,8 +83,8 @@ def heard(placement: Placement) -> Heard:
 
 
 @pytest.fixture
-def stub(placement: Placement, tmp_path: Path) -> StubExecutor:
-    return a_stub(placement, tmp_path)
+def stub(placement: Placement) -> StubExecutor:
+    return a_stub(placement)
 
 
 # -- routing -------------------------------------------------------------------------
@@ -132,9 +129,9 @@ def test_a_run_refused_or_raising_leaves_nothing_behind_to_route(
 
 
 def test_a_cancel_reaches_the_executor_that_runs_the_task(
-    placement: Placement, heard: Heard, stub: StubExecutor, tmp_path: Path
+    placement: Placement, heard: Heard, stub: StubExecutor
 ) -> None:
-    other = a_stub(placement, tmp_path, "other")
+    other = a_stub(placement, "other")
     placement.submit_task(other, sub("t"))
     placement.cancel("t", "time_limit")
     placement.cancel("never-started", "cancelled")
@@ -156,9 +153,9 @@ def test_the_rule_holds_back_tasks_that_would_take_what_a_waiting_replica_needs(
 
 
 def test_a_waiting_replica_holds_its_gpus_against_new_tasks_on_its_candidates_only(
-    placement: Placement, heard: Heard, stub: StubExecutor, tmp_path: Path
+    placement: Placement, heard: Heard, stub: StubExecutor
 ) -> None:
-    elsewhere = a_stub(placement, tmp_path, "elsewhere")
+    elsewhere = a_stub(placement, "elsewhere")
     assert placement.submit_task(stub, sub("running", GPU)) is not None
     assert placement.submit_replica(stub, sub("replica", TWO_GPUS)) is None
     placement.replica_waits("replica", TWO_GPUS, (stub,))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from placement_support import PRICED, StubWorld, task, wait_for
@@ -34,8 +33,8 @@ def stub() -> StubExecutor:
 
 
 @pytest.fixture
-def world(tmp_path: Path, stub: StubExecutor) -> Iterator[StubWorld]:
-    w = StubWorld(tmp_path, stub, manager=False).start()
+def world(stub: StubExecutor) -> Iterator[StubWorld]:
+    w = StubWorld(stub, manager=False).start()
     yield w
     w.stop()
 
