@@ -58,6 +58,9 @@ class WorkKind(enum.Enum):
     """One replica of a deployment: the deployment manager's."""
 
 
+_TASK = WorkKind.TASK
+
+
 @dataclass(frozen=True, slots=True)
 class _Waiting:
     spec: HardwareSpec
@@ -130,7 +133,18 @@ class Placement:
                 for replica in specs:
                     if holds_back(replica, spec):
                         return None
-        return self._submit(WorkKind.TASK, ex, submission)
+        # _submit, inlined: this runs for every task attempt.
+        key = submission.task_key
+        placed = self._placed
+        placed[key] = (_TASK, ex)
+        try:
+            given = ex.try_submit(submission)
+        except BaseException:
+            placed.pop(key, None)
+            raise
+        if given is None:
+            placed.pop(key, None)
+        return given
 
     def submit_replica(self, ex: Executor, submission: TaskSubmission) -> HardwareGiven | None:
         """Starts a replica on ``ex``; None when it has no room. A replica that starts
