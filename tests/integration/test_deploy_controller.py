@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+import cobalt as ct
 from cobalt import _pickling
 from cobalt._client import get_client
 from cobalt_common.deploy import Autoscaling, Manifest, Route
@@ -120,6 +121,7 @@ def deploy(
     label: str = "v1",
     wait_s: float = 30.0,
     auth: bool = True,
+    hardware: HardwareSpec | None = None,
     **autoscaling: Any,
 ) -> pb.Deployment:
     client = get_client()
@@ -139,7 +141,7 @@ def deploy(
         name=name,
         manifest_json=manifest.to_json(),
         service_sha256=_pickling.sha256_hex(data),
-        hardware=spec_to_pb(HardwareSpec(cpus=0.1)),
+        hardware=spec_to_pb(hardware or HardwareSpec(cpus=0.1)),
         wait_s=wait_s,
         working_dir=os.getcwd(),
     )
@@ -304,6 +306,44 @@ def test_a_crashed_controller_adopts_replicas_that_still_serve(home: ControllerH
     client = get_client()
     client.call(client.stub.DeploymentTeardown, pb.DeploymentGetRequest(name="survivor"))
     wait_for(lambda: not _alive(before["pid"]), what="the adopted replica to shut down")
+
+
+ONE_GPU = CONFIG.replace("workers = 2\n", "workers = 2\nemulate_gpus = { h100 = 1 }\n")
+
+
+@ct.electron(gpu="h100")
+def on_the_gpu() -> str:
+    return os.environ["COBALT_GPU_INDICES"]
+
+
+@ct.lattice
+def gpu_flow() -> str:
+    return on_the_gpu()
+
+
+def test_after_a_crash_a_task_is_not_given_the_gpu_an_adopted_replica_still_holds(
+    make_controller_home: Callable[..., ControllerHome],
+) -> None:
+    home = make_controller_home(ONE_GPU)
+    home.start()
+    d = deploy("on-gpu", hardware=HardwareSpec(gpu="h100", gpus=1, cpus=0.1))
+    before = call(d).json()
+    os.kill(home.pid, signal.SIGKILL)
+    wait_for(lambda: not _alive(home.pid), what="the controller to die")
+    (home.path / "controller.json").unlink()
+    home.start()
+    assert [r.replica_id for r in get("on-gpu").replicas] == [before["replica"]]
+    assert "replica_adopted" in [e.kind for e in events("on-gpu")]
+
+    dispatch_id = ct.dispatch(gpu_flow)()
+    time.sleep(2)
+    (waiting,) = ct.get_result(dispatch_id).tasks
+    assert waiting.status == ct.Status.PENDING, "the only GPU is the adopted replica's"
+    client = get_client()
+    client.call(client.stub.DeploymentTeardown, pb.DeploymentGetRequest(name="on-gpu"))
+    wait_for(lambda: not _alive(before["pid"]), what="the adopted replica to shut down")
+    result = ct.get_result(dispatch_id, wait=30)
+    assert result.status == ct.Status.COMPLETED and result.result == "0"
 
 
 def test_deploying_without_a_gateway_fails_clearly(
