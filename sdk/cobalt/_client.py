@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -71,10 +72,18 @@ def translate(exc: grpc.RpcError, address: str) -> errors.Error:
 
 
 class Client:
-    """A channel to one controller; every call goes through :meth:`call`."""
+    """A channel to one controller; every call goes through :meth:`call`.
 
-    def __init__(self, info: ControllerInfo) -> None:
+    Args:
+        info: where the controller listens, and its token.
+        home: the ``COBALT_HOME`` the controller was found through, so that
+            :meth:`current` follows it across restarts; ``None`` when the
+            environment named the controller (in a task or a replica).
+    """
+
+    def __init__(self, info: ControllerInfo, home: Path | None = None) -> None:
         self.info = info
+        self.home = home
         self._channel = grpc.insecure_channel(
             info.address,
             options=[
@@ -111,6 +120,21 @@ class Client:
 
     def close(self) -> None:
         self._channel.close()
+
+    def current(self) -> Client:
+        """This controller's client as it is now: ``self``, or, once the controller of its
+        home has restarted (a new address or token), the client of the new one.
+
+        What keeps a client (a Result, a deployment handle) asks through this, so it
+        follows its own controller across restarts, and never the controller of
+        whichever ``COBALT_HOME`` is current.
+        """
+        if self.home is None:
+            return self
+        info = read_controller_info(self.home)
+        if info is None or (info.address, info.token) == (self.info.address, self.info.token):
+            return self
+        return _client_for(info, self.home)
 
     # ---- the RPCs the SDK makes ------------------------------------------------------
 
@@ -206,6 +230,11 @@ def get_client(*, start: bool = False) -> Client:
                 "`cobalt controller start`; `ct.dispatch` also starts one when none is running."
             )
         info = start_controller(home, announce=True)
+    from_environment = bool(os.environ.get("COBALT_CONTROLLER_ADDRESS"))
+    return _client_for(info, None if from_environment else home)
+
+
+def _client_for(info: ControllerInfo, home: Path | None) -> Client:
     key = (info.address, info.token)
     with _lock:
         client = _clients.get(key)
@@ -216,7 +245,7 @@ def get_client(*, start: bool = False) -> Client:
             # since another thread may still be reading from it.
             for old in [k for k in _clients if k[0] == info.address]:
                 del _clients[old]
-            client = _clients[key] = Client(info)
+            client = _clients[key] = Client(info, home)
     return client
 
 

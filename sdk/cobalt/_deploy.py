@@ -186,7 +186,7 @@ def deploy_now(
         msg = _send(client, req, large)
     if wait:
         msg = wait_until_started(client, msg, max(0.0, timeout - (time.monotonic() - started)))
-    return Deployment.from_pb(msg, params)
+    return Deployment.from_pb(msg, params, client)
 
 
 class DeployTask:
@@ -340,7 +340,7 @@ def get_deployment(name: str) -> Deployment:
     """
     client = get_client()
     msg = client.call(client.stub.DeploymentGet, pb.DeploymentGetRequest(name=name), timeout=60)
-    return Deployment.from_pb(msg)
+    return Deployment.from_pb(msg, controller=client)
 
 
 def list_deployments(include_stopped: bool = False) -> list[Deployment]:
@@ -348,4 +348,4 @@ def list_deployments(include_stopped: bool = False) -> list[Deployment]:
     client = get_client()
     req = pb.DeploymentListRequest(include_stopped=include_stopped)
     resp = client.call(client.stub.DeploymentList, req, timeout=60)
-    return [Deployment.from_pb(msg) for msg in resp.deployments]
+    return [Deployment.from_pb(msg, controller=client) for msg in resp.deployments]

@@ -29,7 +29,7 @@ from pydantic_core import to_jsonable_python
 
 from cobalt import _html as h
 from cobalt import _http
-from cobalt._client import get_client
+from cobalt._client import Client, get_client
 from cobalt._deployment_metrics import DeploymentMetrics
 from cobalt_common.deploy import Route
 from cobalt_common.errors import EndpointError, SpecError
@@ -97,12 +97,22 @@ class Deployment:
         self._params = tuple(params) if params is not None else None
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
+        # The controller it was read from (followed if it restarts), asked by refresh(),
+        # teardown()...; None (made by hand, or unpickled in a task) asks the current one.
+        self._controller: Client | None = None
         self._aclient: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
 
     @classmethod
-    def from_pb(cls, msg: pb.Deployment, params: Sequence[str] | None = None) -> Deployment:
+    def from_pb(
+        cls,
+        msg: pb.Deployment,
+        params: Sequence[str] | None = None,
+        controller: Client | None = None,
+    ) -> Deployment:
+        """The handle of ``msg``, as ``controller`` (which it keeps asking) described it."""
         routes = [Route(r.name, r.path, r.streaming) for r in msg.routes]
         dep = cls(msg.name, msg.url, routes, msg.token or None, params=params)
+        dep._controller = controller
         dep._update(msg)
         return dep
 
@@ -228,7 +238,7 @@ class Deployment:
         return DeploymentMetrics.from_pb(msg)
 
     def _rpc(self, method: str, request: Any) -> Any:
-        client = get_client()
+        client = self._controller.current() if self._controller is not None else get_client()
         return client.call(getattr(client.stub, method), request, timeout=60)
 
     # ---- calling endpoints -----------------------------------------------------------

@@ -36,8 +36,9 @@ class Result:
     """The state and outcome of one dispatch (Covalent's ``Result``).
 
     ``result`` and ``tasks`` are fetched from the controller when first read:
-    the one this Result was read from, kept in ``_client``. A Result made by
-    hand, without one, asks the controller of the current ``COBALT_HOME``.
+    the one this Result was read from (kept in ``_client``, and followed if it
+    restarts). A Result made by hand, without one, asks the controller of the
+    current ``COBALT_HOME``.
     """
 
     dispatch_id: str
@@ -89,9 +90,11 @@ class Result:
         return self._value
 
     def _controller(self) -> Client:
-        return self._client if self._client is not None else get_client()
+        return self._client.current() if self._client is not None else get_client()
 
     def _payload_bytes(self) -> bytes:
+        if self._output is not None and self._output.data:
+            return self._output.data
         client = self._controller()
         if self._output is None:
             self._output = client.dispatch_get(self.dispatch_id, include_output=True).output
@@ -186,7 +189,7 @@ class Result:
         if self.cost_emulated:
             cost += " " + h.emulated_tag()
         facts.append(cost)
-        link = self._client.dashboard_page(self.dispatch_id) if self._client else ""
+        link = self._client.current().dashboard_page(self.dispatch_id) if self._client else ""
         if link:
             # No token in the link: notebooks are saved and shared with their outputs.
             facts.append(f'<a href="{h.esc(link)}" target="_blank">open in the dashboard</a>')

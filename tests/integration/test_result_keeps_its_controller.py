@@ -1,4 +1,5 @@
-"""A Result keeps talking to the controller that ran its dispatch after COBALT_HOME moves on."""
+"""A Result keeps talking to the controller that ran its dispatch after COBALT_HOME moves on,
+also when that controller restarts."""
 
 from __future__ import annotations
 
@@ -55,3 +56,7 @@ def test_a_result_reads_from_its_own_controller_when_another_home_is_current(
     assert info.value.task_name == "explode"
     with pytest.raises(ValueError, match="bad input 8"):
         failed.rerun_locally(info.value.node_id or 0)
+
+    first.stop()
+    first.start()  # a new address and token; the dispatches are in its store
+    assert done.get_node_result(done.tasks[0].node_id)["output"] == 42

@@ -3,19 +3,24 @@
 The controller here is a fake: a :class:`~cobalt._client.Client` whose RPC
 methods answer from a dict and record each call. The current home has no
 controller at all, so any call that went to the current home's client
-instead would raise ``ControllerUnavailableError``.
+instead would raise ``ControllerUnavailableError``. A client follows its own
+home's controller when that one restarts (a new address and token).
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import pytest
+from conftest import reset_clients
 
 import cobalt as ct
-from cobalt._client import Client
+from cobalt._client import Client, get_client
 from cobalt._discovery import ControllerInfo
 from cobalt._result import Result
 from cobalt._runtime.task import TaskCallable
@@ -35,6 +40,7 @@ class FakeController(Client):
 
     def __init__(self) -> None:  # no channel: every RPC the SDK makes is overridden
         self.info = ControllerInfo("fake:1", "token")
+        self.home = None
         self.calls: list[tuple[str, ...]] = []
         self.dispatches: dict[str, tuple[pb.Dispatch, bytes | None]] = {}
         self.tasks: dict[str, list[pb.TaskRecord]] = {}
@@ -196,3 +202,52 @@ def test_rerun_locally_fetches_the_function_and_inputs_from_the_same_controller(
 
     assert ("fetch_payload", "fn") in controller.calls
     assert {("node_get", "child", "0"), ("node_get", "child", "2")} <= set(controller.calls)
+
+
+def _write_info(home: Path, address: str, token: str) -> None:
+    tmp = home / "controller.json.tmp"
+    tmp.write_text(json.dumps({"address": address, "token": token, "pid": os.getpid()}))
+    os.replace(tmp, home / "controller.json")
+
+
+@pytest.fixture
+def fresh_clients() -> Iterator[None]:
+    reset_clients()
+    yield
+    reset_clients()
+
+
+@pytest.mark.usefixtures("fresh_clients")
+def test_a_client_follows_its_own_homes_controller_across_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours, other = tmp_path / "ours", tmp_path / "other"
+    ours.mkdir()
+    other.mkdir()
+    monkeypatch.delenv("COBALT_CONTROLLER_ADDRESS", raising=False)
+    monkeypatch.setenv("COBALT_HOME", str(ours))
+    _write_info(ours, "127.0.0.1:1", "first")
+    client = get_client()
+    assert client.current() is client
+
+    monkeypatch.setenv("COBALT_HOME", str(other))
+    _write_info(other, "127.0.0.1:3", "elsewhere")
+    assert client.current() is client, "another home's controller is not ours"
+
+    _write_info(ours, "127.0.0.1:2", "second")  # our controller restarted
+    restarted = client.current()
+    assert (restarted.info.address, restarted.info.token) == ("127.0.0.1:2", "second")
+    assert restarted.home == ours and restarted.current() is restarted
+
+
+@pytest.mark.usefixtures("fresh_clients")
+def test_a_client_named_by_the_environment_stays_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COBALT_HOME", str(tmp_path))
+    monkeypatch.setenv("COBALT_CONTROLLER_ADDRESS", "127.0.0.1:4")
+    monkeypatch.setenv("COBALT_CONTROLLER_TOKEN", "task-credential")
+    client = get_client()
+    assert client.home is None
+    _write_info(tmp_path, "127.0.0.1:5", "a controller of the home")
+    assert client.current() is client
