@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import cobalt as ct
-from cobalt._client import controller_status, get_client, read_controller_info
+from cobalt._client import get_client
+from cobalt._discovery import read_controller_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _workloads import fanout
@@ -120,7 +121,7 @@ def main() -> int:
     try:
         info = read_controller_info(home)
         assert info is not None
-        dashboard = controller_status(get_client()).dashboard
+        dashboard = get_client().status().dashboard
         ct.dispatch_sync(fanout)(50)
         for _ in range(args.rounds):
             for mode in modes:
