@@ -353,12 +353,11 @@ class ExecutorContract:
     def test_hardware_adopted_after_a_restart_is_held_until_released_and_never_reported(
         self, harness: ExecutorHarness
     ) -> None:
-        gpu = harness.executor.inventory().gpus[0]
+        gpu = next(d for d in harness.executor.inventory().gpus if d.type == GPU)
         given = Allocation(1.0, 1024, (gpu,)).given()
         assert harness.executor.adopt("survivor", given)
-        cpus, memory, gpus = harness.executor.inventory().free_now()
-        assert (cpus, memory, len(gpus)) == (CPUS - 1, MEMORY_MB - 1024, GPUS - 1)
-        assert gpu not in gpus
+        assert harness.free_now() == (CPUS - 1, MEMORY_MB - 1024, GPUS - 1)
+        assert gpu not in harness.executor.inventory().free_now()[2]
         assert not harness.executor.adopt("twin", given), "its GPU is held already"
         harness.submit(harness.task("other", _spec(gpus=GPUS - 1), holds=True))
         assert harness.executor.try_submit(harness.task("more", _spec(gpus=1))) is None
@@ -369,8 +368,7 @@ class ExecutorContract:
         harness.let_finish("other")
         harness.reports.wait("other", "more")
         assert sorted(harness.reports.keys()) == ["more", "other"]
-        cpus, memory, gpus = harness.executor.inventory().free_now()
-        assert (cpus, memory, len(gpus)) == (CPUS, MEMORY_MB, GPUS)
+        assert harness.free_now() == (CPUS, MEMORY_MB, GPUS)
 
 
 def read_output(outcome: TaskOutcome) -> bytes:

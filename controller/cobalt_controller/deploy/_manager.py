@@ -66,7 +66,7 @@ from cobalt_controller.deploy._live import (
 from cobalt_controller.deploy._metrics_keeper import MetricsKeeper
 from cobalt_controller.deploy._replicas import ReplicaLifecycle
 from cobalt_controller.deploy.policies import Metrics, Schedules
-from cobalt_controller.placement import Placement
+from cobalt_controller.placement import Placement, WorkKind
 from cobalt_controller.state import StateStore
 from cobalt_executors import Executor, TaskOutcome
 
@@ -117,9 +117,7 @@ class DeploymentManager:
         self.credentials = credentials
         self.placement = placement if placement is not None else Placement()
         self.book = DeploymentBook(state, gateway)
-        self.lifecycle = ReplicaLifecycle(
-            self.book, payloads, self.placement, credentials, self.report
-        )
+        self.lifecycle = ReplicaLifecycle(self.book, payloads, self.placement, credentials)
         self.metrics_keeper = MetricsKeeper(self.book)
         self.live = self.book.live
         self._lock = self.book.lock
@@ -128,6 +126,7 @@ class DeploymentManager:
         self._outcomes: queue.SimpleQueue[TaskOutcome] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cobalt-deployments", daemon=True)
         self._ended_logs: dict[str, deque[ReplicaLogs]] = {}
+        self.placement.route(WorkKind.REPLICA, self.report)
 
     @property
     def gateway(self) -> Gateway | None:

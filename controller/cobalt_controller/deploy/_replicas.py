@@ -13,7 +13,6 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
 
 from cobalt_controller._credentials import Credentials, ReplicaScope
 from cobalt_controller._payloads import Payloads
@@ -25,8 +24,8 @@ from cobalt_controller.deploy._live import (
     LiveReplica,
     replica_http,
 )
-from cobalt_controller.placement import Placement, WorkKind, rate_usd_per_hour
-from cobalt_executors import Executor, TaskArg, TaskOutcome, TaskSubmission
+from cobalt_controller.placement import Placement, rate_usd_per_hour
+from cobalt_executors import Executor, TaskArg, TaskSubmission
 
 log = logging.getLogger("cobalt.deployments")
 
@@ -42,8 +41,6 @@ class ReplicaLifecycle:
         payloads: the pickled service and its initializer's arguments.
         placement: the owner of executor capacity.
         credentials: mints each replica's own credential; None: replicas get none.
-        report: where replicas' outcomes go (the manager's queue); the placement
-            routes them there.
     """
 
     def __init__(
@@ -52,14 +49,12 @@ class ReplicaLifecycle:
         payloads: Payloads,
         placement: Placement,
         credentials: Credentials | None,
-        report: Callable[[TaskOutcome], None],
     ) -> None:
         self.book = book
         self.state = book.state
         self.payloads = payloads
         self.placement = placement
         self.credentials = credentials
-        placement.route(WorkKind.REPLICA, report)
 
     def reconcile(self, d: LiveDeployment) -> None:
         """Starts or stops replicas toward ``d.desired``; old versions roll over."""

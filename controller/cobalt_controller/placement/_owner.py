@@ -133,9 +133,9 @@ class Placement:
                 for replica in specs:
                     if holds_back(replica, spec):
                         return None
-        # _submit, inlined: this runs for every task attempt.
         key = submission.task_key
         placed = self._placed
+        # Recorded first: an executor may report a fast run before try_submit returns.
         placed[key] = (_TASK, ex)
         try:
             given = ex.try_submit(submission)
@@ -149,17 +149,8 @@ class Placement:
     def submit_replica(self, ex: Executor, submission: TaskSubmission) -> HardwareGiven | None:
         """Starts a replica on ``ex``; None when it has no room. A replica that starts
         stops waiting. Raises what the executor raises."""
-        given = self._submit(WorkKind.REPLICA, ex, submission)
-        if given is not None and submission.task_key in self._waiting:
-            self._stop_waiting(submission.task_key)
-        return given
-
-    def _submit(
-        self, kind: WorkKind, ex: Executor, submission: TaskSubmission
-    ) -> HardwareGiven | None:
         key = submission.task_key
-        # Recorded first: an executor may report a fast run before try_submit returns.
-        self._placed[key] = (kind, ex)
+        self._placed[key] = (WorkKind.REPLICA, ex)
         try:
             given = ex.try_submit(submission)
         except BaseException:
@@ -167,6 +158,8 @@ class Placement:
             raise
         if given is None:
             self._placed.pop(key, None)
+        elif key in self._waiting:
+            self._stop_waiting(key)
         return given
 
     def replica_waits(
