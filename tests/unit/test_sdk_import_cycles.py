@@ -3,13 +3,16 @@
 The graph is read from the source with :mod:`ast`: every ``import`` and
 ``from ... import`` counts, at module level, inside functions and under
 ``if TYPE_CHECKING:``, since a function-level import that closes a cycle is
-still a cycle, only one that fails later.
+still a cycle, only one that fails later. And the notebook side loads no more
+of the worker and replica runtime than the wrappers it pickles.
 """
 
 from __future__ import annotations
 
 import ast
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +136,17 @@ def test_a_layered_package_has_no_cycle(tmp_path: Path) -> None:
     (package / "low.py").write_text("y = 1\n")
 
     assert find_cycle(import_graph(module_names(package, "pkg"))) == []
+
+
+def test_the_notebook_imports_only_the_runtime_code_it_pickles() -> None:
+    """``import cobalt`` loads the task and sublattice wrappers a dispatch pickles, and
+    none of the replica's server, validation or batching (nor uvicorn or pydantic)."""
+    code = (
+        "import sys, cobalt\n"
+        "print(sorted(m for m in sys.modules if m.startswith('cobalt._runtime')))\n"
+        "print(sorted(m for m in ('uvicorn', 'pydantic', 'starlette') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    runtime, servers = out.stdout.splitlines()
+    assert runtime == "['cobalt._runtime', 'cobalt._runtime.sublattice', 'cobalt._runtime.task']"
+    assert servers == "[]"
