@@ -6,10 +6,11 @@ local executor), and prints one line of JSON like the peer scripts do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,13 +63,30 @@ def main() -> int:
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="cobalt-bench-"))
     os.environ["COBALT_HOME"] = str(home)
-    cli = Path(sys.executable).with_name("cobalt")
-    subprocess.run([str(cli), "controller", "start"], check=True, stdout=subprocess.DEVNULL)
+    # Started and stopped the way every revision can (bench/compare_revisions.py
+    # runs this script against older code): the embedded start, then SIGTERM.
+    from cobalt._embedded import start_controller
+
+    pid = start_controller(home).pid
     try:
         print(json.dumps(measure(args.fanout, args.roundtrip)))
     finally:
-        subprocess.run([str(cli), "controller", "stop"], check=False, stdout=subprocess.DEVNULL)
+        _stop(pid)
     return 0
+
+
+def _stop(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaps it when this process started it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":
