@@ -5,7 +5,9 @@ route (one method per endpoint, named after its function), ``await
 dep.async_predict(...)`` does the same without blocking, and streaming
 routes return iterators. The handle pickles as plain data (name, URL,
 token, routes), so a task can return one and a notebook can use it; its
-HTTP clients are made again when first needed.
+HTTP clients are made again when first needed. Used as a context manager
+(``with ct.deploy(svc)() as dep:``), it tears the deployment down when the
+block ends.
 
 Example:
     >>> from cobalt_common.deploy import Route
@@ -201,6 +203,17 @@ class Deployment:
     def teardown(self) -> None:
         """Stop every replica; the URL answers 404 afterwards."""
         self._update(self._rpc("DeploymentTeardown", pb.DeploymentGetRequest(name=self.name)))
+
+    def __enter__(self) -> Deployment:
+        """``with ct.deploy(svc)() as dep:`` tears the deployment down when the block ends."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Tear down (even when the block raised), then close the HTTP connections."""
+        try:
+            self.teardown()
+        finally:
+            self.close()
 
     def rotate_token(self) -> str:
         """Replace the token (the old one stops working at once); returns the new one."""

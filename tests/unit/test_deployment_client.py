@@ -231,6 +231,29 @@ def test_status_replicas_teardown_rotate_and_events_ask_the_controller(
     assert calls[:2] == ["DeploymentGet", "DeploymentGet"]
 
 
+def test_a_with_block_tears_the_deployment_down_when_it_ends_or_raises(
+    dep: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def rpc(method: str, request: Any) -> Any:
+        calls.append(method)
+        stopped = method == "DeploymentTeardown"
+        status = pb.DEPLOYMENT_STATUS_STOPPED if stopped else pb.DEPLOYMENT_STATUS_ACTIVE
+        return pb.Deployment(name="demo", status=status)
+
+    monkeypatch.setattr(dep, "_rpc", rpc)
+    with dep as entered:
+        assert entered is dep
+        assert dep.predict(text="hi") == {"model": "m", "out": ["hi"]}
+        assert calls == []
+    assert calls == ["DeploymentTeardown"]
+    assert dep._client is None, "its HTTP connections are closed"
+    with pytest.raises(ValueError, match="in the block"), dep:
+        raise ValueError("raised in the block")
+    assert calls == ["DeploymentTeardown", "DeploymentTeardown"], "torn down, error kept"
+
+
 def test_repr_shows_status_url_routes_and_an_open_marker_without_auth(base_url: str) -> None:
     open_dep = Deployment("demo", f"{base_url}/demo", [Route("predict", "/predict")], None)
     text = repr(open_dep)  # no controller here: it shows what it last knew
