@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from support import Loop
 
 from cobalt_common.deploy import Autoscaling
 from cobalt_controller.deploy import Gateway, ScaleEvent, Target
@@ -54,22 +55,6 @@ class Backend:
 
     def scaled(self, name: str, target: int | None, events: list[ScaleEvent]) -> None:
         self.calls.append(("scaled", name, str(target)))
-
-
-class Loop:
-    """An event loop on a thread, where the fake replicas run."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 class FakeReplica:

@@ -12,10 +12,10 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httptools
 import pytest
+from support import Loop, wait_for
 
 from cobalt_common.deploy import Autoscaling
 from cobalt_controller.deploy import Gateway, ScaleEvent, Target, _server
@@ -46,27 +46,6 @@ async def handler(req: Request, conn: HttpConnection) -> None:
         conn.end_stream()
     else:
         conn.respond(404, b"", b"nothing at " + req.path.encode())
-
-
-class Loop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def close(self) -> None:
-        async def cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        self.run(cancel_all())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 @pytest.fixture
@@ -477,13 +456,6 @@ async def _close_server(server: asyncio.Server) -> None:
     server.close()
 
 
-def wait_for(check: Any, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return bool(check())
-
-
 def test_a_client_that_leaves_mid_stream_frees_its_slot_and_the_replica_connection(
     streaming_gateway: tuple[Gateway, EndlessStream],
 ) -> None:
@@ -493,7 +465,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot_and_the_replica_connecti
     assert c.sock.recv(4096).startswith(b"HTTP/1.1 200")
     assert gw.in_flight("svc") == {"r": 1}
     c.close()
-    assert wait_for(lambda: gw.in_flight("svc") == {"r": 0})
+    wait_for(lambda: gw.in_flight("svc") == {"r": 0}, timeout=3)
     assert replica.ended.wait(3)
 
 
@@ -505,9 +477,9 @@ def test_a_client_that_leaves_while_queued_leaves_the_queue(
     holder.send(post("/svc/stream", b"{}"))
     assert holder.sock.recv(4096).startswith(b"HTTP/1.1 200")
     waiter.send(post("/svc/stream", b"{}"))
-    assert wait_for(lambda: gw.metrics("svc")["queued"] == 1)
+    wait_for(lambda: gw.metrics("svc")["queued"] == 1, timeout=3)
     waiter.close()
-    assert wait_for(lambda: gw.metrics("svc")["queued"] == 0)
+    wait_for(lambda: gw.metrics("svc")["queued"] == 0, timeout=3)
     holder.close()
-    assert wait_for(lambda: gw.metrics("svc")["ongoing"] == 0)
+    wait_for(lambda: gw.metrics("svc")["ongoing"] == 0, timeout=3)
     assert gw.in_flight("svc") == {"r": 0}
