@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from support import wait_for
 
 import cobalt as ct
 from cobalt._client import get_client
@@ -161,13 +162,6 @@ def slow_then_fast(marker: str) -> int:
     return plus_one(slow_start(marker))
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
-
-
 def test_a_restarted_controller_forgets_unused_client_executors_and_keeps_needed_ones(
     make_controller_home: Callable[..., ControllerHome], tmp_path: Path
 ) -> None:
@@ -176,7 +170,7 @@ def test_a_restarted_controller_forgets_unused_client_executors_and_keeps_needed
     assert ct.dispatch_sync(finishes)(7).result == 7
     marker = tmp_path / "started"
     dispatch_id = ct.dispatch(slow_then_fast)(str(marker))
-    _wait_for(marker.exists)
+    wait_for(marker.exists, timeout=30)
     unused = done_at_once.options.executor
     needed = slow_start.options.executor
     assert isinstance(unused, ct.LocalExecutor) and isinstance(needed, ct.LocalExecutor)

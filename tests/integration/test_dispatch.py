@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from support import wait_for
 
 import cobalt as ct
 
@@ -495,13 +496,6 @@ def slow_then_fast(marker: str) -> int:
     return plus_one(slow_start(marker, 1.5))
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
-
-
 def test_ct_dispatch_starts_a_controller_when_none_is_running(
     make_controller_home: Callable[..., ControllerHome],
 ) -> None:
@@ -531,12 +525,12 @@ def test_a_dispatch_resumes_after_the_controller_restarts(
     home.start()
     marker = tmp_path / "started"
     dispatch_id = ct.dispatch(slow_then_fast)(str(marker))
-    _wait_for(marker.exists)
+    wait_for(marker.exists, timeout=30)
     if stop == "cli":
         home.cli("controller", "stop")
     else:
         os.kill(home.pid, signal.SIGTERM)
-        _wait_for(lambda: home.info() is None)
+        wait_for(lambda: home.info() is None, timeout=30)
     assert home.info() is None, "the controller stopped and removed its controller.json"
     home.start()
     result = ct.get_result(dispatch_id, wait=60)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from support import wait_for
 
 import cobalt as ct
 
@@ -28,15 +29,6 @@ def _process_gone(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return True
     return state in ("Z", "X")
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @ct.electron(time_limit=1)
@@ -104,7 +96,7 @@ def cancellable(pid_file: str, child_pid_file: str, started_file: str) -> str:
 def test_cancel_kills_the_running_task_and_pending_tasks_never_start(tmp_path: Path) -> None:
     pid_file, child_file, started = (tmp_path / n for n in ("pid", "child", "started"))
     dispatch_id = ct.dispatch(cancellable)(str(pid_file), str(child_file), str(started))
-    assert _wait_for(pid_file.exists), "the long task started"
+    wait_for(pid_file.exists, timeout=10, what="the long task to start")
     pid, child_pid = int(pid_file.read_text()), int(child_file.read_text())
     assert not _process_gone(pid)
 
@@ -119,8 +111,8 @@ def test_cancel_kills_the_running_task_and_pending_tasks_never_start(tmp_path: P
     assert by_name["long_running"].status == ct.Status.CANCELLED
     assert by_name["after_long"].status == ct.Status.CANCELLED
     assert by_name["after_long"].start_time is None
-    assert _wait_for(lambda: _process_gone(pid), timeout=3), "the worker process was killed"
-    assert _wait_for(lambda: _process_gone(child_pid), timeout=3), "and what it started"
+    wait_for(lambda: _process_gone(pid), timeout=3, what="the worker process to be killed")
+    wait_for(lambda: _process_gone(child_pid), timeout=3, what="what it started to be killed")
     time.sleep(0.3)
     assert not started.exists(), "the pending task never started"
 
@@ -134,7 +126,7 @@ def test_cancelling_a_finished_dispatch_leaves_it_as_it_ended() -> None:
 def test_the_executor_still_runs_tasks_after_a_cancel(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     dispatch_id = ct.dispatch(cancellable)(str(pid_file), str(tmp_path / "c"), str(tmp_path / "s"))
-    assert _wait_for(pid_file.exists)
+    wait_for(pid_file.exists, timeout=10)
     ct.cancel(dispatch_id)
     results = [ct.dispatch_sync(quick_flow)(i) for i in range(4)]
     assert [r.result for r in results] == [1, 2, 3, 4]
@@ -229,7 +221,11 @@ def leaving_flow(setsid_file: str, daemon_file: str) -> str:
 
 
 def _escaped_pids(setsid_file: Path, daemon_file: Path) -> list[int]:
-    assert _wait_for(lambda: setsid_file.exists() and daemon_file.exists()), "children started"
+    wait_for(
+        lambda: setsid_file.exists() and daemon_file.exists(),
+        timeout=10,
+        what="its children to start",
+    )
     return [int(setsid_file.read_text()), int(daemon_file.read_text())]
 
 
@@ -242,7 +238,7 @@ def test_children_in_their_own_session_and_daemons_die_with_a_timed_out_task(
     assert not any(_process_gone(pid) for pid in pids)
     assert ct.get_result(dispatch_id, wait=10).status == ct.Status.TIMED_OUT
     for pid in pids:
-        assert _wait_for(lambda pid=pid: _process_gone(pid), timeout=3), f"{pid} still runs"
+        wait_for(lambda pid=pid: _process_gone(pid), timeout=3, what=f"process {pid} to end")
 
 
 def test_children_in_their_own_session_and_daemons_die_with_a_cancelled_task(
@@ -254,7 +250,7 @@ def test_children_in_their_own_session_and_daemons_die_with_a_cancelled_task(
     ct.cancel(dispatch_id)
     assert ct.get_result(dispatch_id, wait=10).status == ct.Status.CANCELLED
     for pid in pids:
-        assert _wait_for(lambda pid=pid: _process_gone(pid), timeout=3), f"{pid} still runs"
+        wait_for(lambda pid=pid: _process_gone(pid), timeout=3, what=f"process {pid} to end")
 
 
 def test_what_a_task_leaves_running_when_it_returns_is_killed(tmp_path: Path) -> None:
@@ -262,7 +258,7 @@ def test_what_a_task_leaves_running_when_it_returns_is_killed(tmp_path: Path) ->
     result = ct.dispatch_sync(leaving_flow)(str(setsid_file), str(daemon_file))
     assert result.result == "done"
     for pid in _escaped_pids(setsid_file, daemon_file):
-        assert _wait_for(lambda pid=pid: _process_gone(pid), timeout=3), f"{pid} still runs"
+        wait_for(lambda pid=pid: _process_gone(pid), timeout=3, what=f"process {pid} to end")
 
 
 _TREE_ONLY_CONFIG = """\
@@ -282,7 +278,7 @@ def test_without_cgroups_the_process_tree_alone_contains_a_timed_out_task(
     pids = _escaped_pids(setsid_file, daemon_file)
     assert ct.get_result(dispatch_id, wait=10).status == ct.Status.TIMED_OUT
     for pid in pids:
-        assert _wait_for(lambda pid=pid: _process_gone(pid), timeout=3), f"{pid} still runs"
+        wait_for(lambda pid=pid: _process_gone(pid), timeout=3, what=f"process {pid} to end")
     assert ct.dispatch_sync(leaving_flow)(str(tmp_path / "s2"), str(tmp_path / "d2")).result
     for pid in _escaped_pids(tmp_path / "s2", tmp_path / "d2"):
-        assert _wait_for(lambda pid=pid: _process_gone(pid), timeout=3), f"{pid} still runs"
+        wait_for(lambda pid=pid: _process_gone(pid), timeout=3, what=f"process {pid} to end")

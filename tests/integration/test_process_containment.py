@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_for
 
 from cobalt_executors._runtime.proctree import descendants, kill_descendants, kill_tree
 from cobalt_executors.local._cgroup import worker_cgroup
@@ -45,22 +45,15 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 @pytest.fixture
 def worker_like(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], list[int]]]:
     proc = subprocess.Popen([sys.executable, "-c", _WORKER_LIKE, str(tmp_path)])
     try:
-        assert _wait_for(lambda: (tmp_path / "ready").exists() and (tmp_path / "daemon").exists())
+        wait_for(
+            lambda: (tmp_path / "ready").exists() and (tmp_path / "daemon").exists(), timeout=5
+        )
         # The middle process of the daemon exits: its child is reparented.
-        assert _wait_for(lambda: len(descendants(proc.pid)) == 2)
+        wait_for(lambda: len(descendants(proc.pid)) == 2, timeout=5)
         yield proc, list(descendants(proc.pid))
     finally:
         kill_tree(proc.pid)
@@ -80,7 +73,7 @@ def test_killing_the_descendants_leaves_the_root_running(
 ) -> None:
     proc, pids = worker_like
     assert kill_descendants(proc.pid) == 2
-    assert _wait_for(lambda: all(_gone(pid) for pid in pids))
+    wait_for(lambda: all(_gone(pid) for pid in pids), timeout=5)
     assert proc.poll() is None
 
 
@@ -90,7 +83,7 @@ def test_killing_the_tree_kills_the_root_and_everything_it_started(
     proc, pids = worker_like
     kill_tree(proc.pid)
     assert proc.wait(timeout=5) < 0
-    assert _wait_for(lambda: all(_gone(pid) for pid in pids))
+    wait_for(lambda: all(_gone(pid) for pid in pids), timeout=5)
 
 
 def test_a_worker_cgroup_holds_what_its_process_starts_and_kills_it_all() -> None:
