@@ -149,14 +149,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerHome]:
 
 @pytest.fixture(scope="module")
 def deployment(home: ControllerHome) -> Iterator[ct.Deployment]:
-    dep = ct.deploy(fuzzecho)()
-    try:
+    with ct.deploy(fuzzecho)() as dep:
         yield dep
-    finally:
-        try:
-            dep.teardown()
-        finally:
-            dep.close()
 
 
 @pytest.fixture(scope="module")

@@ -520,12 +520,8 @@ def test_the_cost_page_totals_by_day_executor_and_gpu_type(
 
 @pytest.fixture(scope="module")
 def classifier(home: ControllerHome) -> Iterator[ct.Deployment]:
-    dep = ct.deploy(dash_classifier)(0.5)
-    try:
+    with ct.deploy(dash_classifier)(0.5) as dep:
         yield dep
-    finally:
-        dep.teardown()
-        dep.close()
 
 
 def open_deployments(page: Page, dashboard: tuple[str, str], path: str = "") -> None:
@@ -584,8 +580,7 @@ def test_a_deployments_page_shows_its_replica_and_what_happened(
 def test_an_open_deployment_is_marked_and_its_teardown_shows_without_a_reload(
     page: Page, dashboard: tuple[str, str]
 ) -> None:
-    dep = ct.deploy(dash_open)()
-    try:
+    with ct.deploy(dash_open)() as dep:
         open_deployments(page, dashboard)
         row = page.locator("#deployments tr[data-name='dash-open']")
         assert row.locator("td.auth").inner_text() == "OPEN (no auth)"
@@ -599,9 +594,6 @@ def test_an_open_deployment_is_marked_and_its_teardown_shows_without_a_reload(
         page.wait_for_selector("#summary h1 .st-STOPPED", timeout=4000)
         page.wait_for_selector("#events tr[data-kind='teardown']", timeout=4000)
         assert page.evaluate("window.stillTheSamePage") is True
-    finally:
-        dep.teardown()
-        dep.close()
 
 
 def test_the_deployments_api_needs_the_token(

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from conftest import DEPLOY_CONFIG_TOML
+from support import wait_for
 
 import cobalt as ct
 from cobalt._client import get_client
@@ -53,16 +54,6 @@ def stream(model: dict[str, Any], text: str) -> Iterator[str]:
 # -- helpers ---------------------------------------------------------------------------
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what or check}")
-
-
 def bearer(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -75,13 +66,6 @@ def rpc_get(name: str) -> pb.Deployment:
     return reply
 
 
-def teardown(dep: ct.Deployment) -> None:
-    try:
-        dep.teardown()
-    finally:
-        dep.close()
-
-
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerHome]:
     from conftest import ControllerHome
@@ -92,9 +76,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerHome]:
 
 @pytest.fixture(scope="module")
 def dep(home: ControllerHome) -> Iterator[ct.Deployment]:
-    d = ct.deploy(classifier)("small")
-    yield d
-    teardown(d)
+    with ct.deploy(classifier)("small") as d:
+        yield d
 
 
 @pytest.fixture
@@ -163,14 +146,11 @@ def test_deploying_without_waiting_returns_at_once_and_becomes_active(
         return "pong"
 
     started = time.monotonic()
-    d = ct.deploy(lazy, wait=False)()
-    try:
+    with ct.deploy(lazy, wait=False)() as d:
         assert time.monotonic() - started < 1.0
         assert d.status == "starting"
         wait_for(lambda: d.status == "active", what="the deployment to become active")
         assert d.ping() == "pong"
-    finally:
-        teardown(d)
 
 
 # -- plain HTTP ------------------------------------------------------------------------
@@ -321,8 +301,7 @@ def test_rotating_the_token_retires_the_old_one_at_once(
     def echo(x: int) -> int:
         return x
 
-    d = ct.deploy(rotor)()
-    try:
+    with ct.deploy(rotor)() as d:
         old = d.token
         new = d.rotate_token()
         assert new and new != old and d.token == new
@@ -332,8 +311,6 @@ def test_rotating_the_token_retires_the_old_one_at_once(
         assert (r.status_code, r.json()) == (200, 2)
         assert d.echo(x=3) == 3
         assert ct.get_deployment("rotor").token == new
-    finally:
-        teardown(d)
 
 
 def test_an_open_deployment_answers_without_a_token_and_every_listing_says_so(
@@ -347,8 +324,7 @@ def test_an_open_deployment_answers_without_a_token_and_every_listing_says_so(
     def hello(name: str) -> str:
         return f"hello {name}"
 
-    d = ct.deploy(public)()
-    try:
+    with ct.deploy(public)() as d:
         assert d.token is None and not d.auth
         r = http.post(f"{d.url}/hello", json={"name": "Ada"})
         assert (r.status_code, r.json()) == (200, "hello Ada")
@@ -359,8 +335,6 @@ def test_an_open_deployment_answers_without_a_token_and_every_listing_says_so(
         public_row = next(line for line in rows if line.startswith("public "))
         assert "OPEN (no auth)" in public_row
         assert all("OPEN" not in line for line in rows if line.startswith("classifier "))
-    finally:
-        teardown(d)
 
 
 # -- versions, failures, the decorator, lattices, hardware ------------------------------
@@ -381,8 +355,7 @@ def versioned(label: str) -> ct.Service[[]]:
 def test_redeploying_under_the_same_name_keeps_url_and_token_and_serves_the_new_code(
     home: ControllerHome,
 ) -> None:
-    one = ct.deploy(versioned("v1"))()
-    try:
+    with ct.deploy(versioned("v1"))() as one:
         assert one.which() == "v1"
         before = rpc_get("versioned")
         two = ct.deploy(versioned("v2"))()
@@ -395,8 +368,6 @@ def test_redeploying_under_the_same_name_keeps_url_and_token_and_serves_the_new_
             what="the old replica to stop",
         )
         assert [one.which() for _ in range(3)] == ["v2"] * 3
-    finally:
-        teardown(one)
 
 
 @ct.service(name="doomed", cpus=0.25, min_replicas=1)
@@ -418,8 +389,8 @@ def test_a_failing_initializer_raises_deployment_error_with_the_remote_traceback
     assert "Traceback" in remote
     assert "FileNotFoundError: no weights at /models/x" in remote
     assert "doomed" in remote  # the initializer's frame
-    assert ct.get_deployment("doomed").status == "failed"
-    ct.get_deployment("doomed").teardown()
+    with ct.get_deployment("doomed") as failed:
+        assert failed.status == "failed"
 
 
 def test_the_decorator_deploys_a_plain_function_and_calling_the_deployment_calls_it(
@@ -430,13 +401,11 @@ def test_the_decorator_deploys_a_plain_function_and_calling_the_deployment_calls
         return {"double": 2 * x}
 
     assert isinstance(double, ct.Deployment)
-    try:
+    with double:
         assert double.routes == ["/double"]
         assert double(x=1) == {"double": 2}
         assert double(21) == {"double": 42}
         assert double.double(x=4) == {"double": 8}
-    finally:
-        teardown(double)
 
 
 @ct.service(name="best-model", cpus=0.25, min_replicas=1)
@@ -465,11 +434,9 @@ def test_a_lattice_deploys_its_best_result_as_its_last_step(home: ControllerHome
     assert result.status == ct.Status.COMPLETED, result.error
     d = result.result
     assert isinstance(d, ct.Deployment)
-    try:
+    with d:
         assert d.name == "best-model" and d.token
         assert d.score(x=2) == 14
-    finally:
-        teardown(d)
 
 
 def test_a_replica_gets_the_emulated_gpu_its_spec_asks_for(home: ControllerHome) -> None:
@@ -484,8 +451,7 @@ def test_a_replica_gets_the_emulated_gpu_its_spec_asks_for(home: ControllerHome)
         keys = ("COBALT_GPU_TYPE", "COBALT_GPUS_EMULATED", "COBALT_DEPLOYMENT")
         return {k: os.environ.get(k) for k in keys}
 
-    d = ct.deploy(gpu_probe)()
-    try:
+    with ct.deploy(gpu_probe)() as d:
         assert d.env() == {
             "COBALT_GPU_TYPE": "h100",
             "COBALT_GPUS_EMULATED": "1",
@@ -504,5 +470,3 @@ def test_a_replica_gets_the_emulated_gpu_its_spec_asks_for(home: ControllerHome)
             if line.startswith("gpu-probe ")
         )
         assert "(emulated)" in row
-    finally:
-        teardown(d)

@@ -56,15 +56,8 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ct.Deployment]:
     from conftest import ControllerHome
 
     home: ControllerHome = ControllerHome(tmp_path_factory.mktemp("batching"), DEPLOY_CONFIG_TOML)
-    with home.serving():
-        d = ct.deploy(batched)("!")
-        try:
-            yield d
-        finally:
-            try:
-                d.teardown()
-            finally:
-                d.close()
+    with home.serving(), ct.deploy(batched)("!") as d:
+        yield d
 
 
 def all_at_once(dep: ct.Deployment, bodies: list[bytes]) -> list[httpx.Response]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from support import wait_for
 
 import cobalt as ct
 from cobalt import _pickling
@@ -171,16 +172,6 @@ def events(name: str) -> list[pb.DeploymentEvent]:
 def call(d: pb.Deployment, body: dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {d.token}"} if d.token else {}
     return httpx.post(d.url + "/predict", json=body or {"x": 1}, headers=headers, timeout=30)
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or check}")
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from conftest import DEPLOY_CONFIG_TOML
+from support import wait_for
 
 import cobalt as ct
 from cobalt._client import get_client
@@ -29,16 +30,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 CONFIG = DEPLOY_CONFIG_TOML
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what or check}")
 
 
 def rpc_get(name: str) -> pb.Deployment:
@@ -83,8 +74,7 @@ def whoami() -> dict[str, Any]:
 def test_requests_in_flight_on_a_killed_replica_are_retried_and_the_replica_replaced(
     home: ControllerHome,
 ) -> None:
-    dep = ct.deploy(sturdy)()
-    try:
+    with ct.deploy(sturdy)() as dep:
         before = wait_for(lambda: len(ids := ready_ids("sturdy")) == 2 and ids, what="2 replicas")
         pids = {a["replica"]: a["pid"] for a in (dep.whoami() for _ in range(6))}
         assert set(pids) == before, "requests go to both replicas"
@@ -115,9 +105,6 @@ def test_requests_in_flight_on_a_killed_replica_are_retried_and_the_replica_repl
         assert "replica_failed" in kinds or "replica_lost" in kinds
         failed = [e for e in dep.events() if e.kind in ("replica_failed", "replica_lost")]
         assert any(victim in e.message for e in failed)
-    finally:
-        dep.teardown()
-        dep.close()
 
 
 # -- autoscaling -----------------------------------------------------------------------
@@ -147,7 +134,6 @@ def work(ms: int) -> str:
 def test_a_burst_scales_up_within_max_replicas_and_idleness_scales_back_to_zero(
     home: ControllerHome,
 ) -> None:
-    dep = ct.deploy(elastic)()
     stop = threading.Event()
     seen: list[int] = []
     served: set[str] = set()
@@ -165,49 +151,48 @@ def test_a_burst_scales_up_within_max_replicas_and_idleness_scales_back_to_zero(
                     errors.append(exc)
                     return
 
-    try:
-        threads = [threading.Thread(target=client, daemon=True) for _ in range(16)]
-        for t in threads:
-            t.start()
+    with ct.deploy(elastic)() as dep:
+        try:
+            threads = [threading.Thread(target=client, daemon=True) for _ in range(16)]
+            for t in threads:
+                t.start()
 
-        def scaled_up() -> bool:
-            d = rpc_get("elastic")
-            seen.append(d.desired_replicas)
-            seen.append(len([r for r in d.replicas if r.version == d.version]))
-            return d.ready_replicas > 1
+            def scaled_up() -> bool:
+                d = rpc_get("elastic")
+                seen.append(d.desired_replicas)
+                seen.append(len([r for r in d.replicas if r.version == d.version]))
+                return d.ready_replicas > 1
 
-        wait_for(scaled_up, timeout=20, what="more than one ready replica under load")
-        time.sleep(1.0)  # the burst goes on: the count must still hold under max
-        seen.append(rpc_get("elastic").desired_replicas)
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
-        assert not errors, errors[:3]
-        assert max(seen) <= 3, seen
-        assert len(served) > 1, "the load was spread over the new replicas"
+            wait_for(scaled_up, timeout=20, what="more than one ready replica under load")
+            time.sleep(1.0)  # the burst goes on: the count must still hold under max
+            seen.append(rpc_get("elastic").desired_replicas)
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+            assert not errors, errors[:3]
+            assert max(seen) <= 3, seen
+            assert len(served) > 1, "the load was spread over the new replicas"
 
-        scale_ups = [e for e in dep.events(limit=200) if e.kind == "scale_up"]
-        inputs = next(e.inputs for e in scale_ups if "metrics" in e.inputs)
-        assert inputs["metrics"]["ongoing"] > 2
-        assert inputs["settings"]["target_concurrency"] == 2
-        assert inputs["settings"]["max_replicas"] == 3
-        assert "target_concurrency" in inputs["decisions"]
+            scale_ups = [e for e in dep.events(limit=200) if e.kind == "scale_up"]
+            inputs = next(e.inputs for e in scale_ups if "metrics" in e.inputs)
+            assert inputs["metrics"]["ongoing"] > 2
+            assert inputs["settings"]["target_concurrency"] == 2
+            assert inputs["settings"]["max_replicas"] == 3
+            assert "target_concurrency" in inputs["decisions"]
 
-        idle = time.monotonic()
-        wait_for(
-            lambda: (d := rpc_get("elastic")).desired_replicas == 0 and not d.replicas,
-            timeout=15,
-            what="the deployment to scale to zero",
-        )
-        assert time.monotonic() - idle >= 1.5  # not before the scaledown window
-        down = [e for e in dep.events(limit=200) if e.kind == "scale_down"]
-        assert any(e.inputs.get("target") == 0 for e in down)
-        assert dep.status == "active"
-        assert dep.work(ms=1)  # a cold start answers
-    finally:
-        stop.set()
-        dep.teardown()
-        dep.close()
+            idle = time.monotonic()
+            wait_for(
+                lambda: (d := rpc_get("elastic")).desired_replicas == 0 and not d.replicas,
+                timeout=15,
+                what="the deployment to scale to zero",
+            )
+            assert time.monotonic() - idle >= 1.5  # not before the scaledown window
+            down = [e for e in dep.events(limit=200) if e.kind == "scale_down"]
+            assert any(e.inputs.get("target") == 0 for e in down)
+            assert dep.status == "active"
+            assert dep.work(ms=1)  # a cold start answers
+        finally:
+            stop.set()
 
 
 # -- the controller restarts -----------------------------------------------------------
@@ -228,23 +213,21 @@ def test_after_a_controller_restart_the_deployment_serves_again_at_the_same_url(
 ) -> None:
     home = make_controller_home(CONFIG)
     home.start()
-    dep = ct.deploy(durable)("hello")
-    first = dep.greet(name="Ada")
-    assert first["text"] == "hello, Ada"
+    with ct.deploy(durable)("hello") as dep:
+        first = dep.greet(name="Ada")
+        assert first["text"] == "hello, Ada"
 
-    home.stop()
-    home.start()
+        home.stop()
+        home.start()
 
-    listed = {d.name: d for d in ct.list_deployments()}
-    assert "durable" in listed
-    again = listed["durable"]
-    assert (again.url, again.token) == (dep.url, dep.token)
-    answer = wait_for(lambda: _try(dep.greet, name="Bob"), what="a replica after the restart")
-    assert answer["text"] == "hello, Bob"
-    assert answer["pid"] != first["pid"]  # a new replica: the old one stopped with it
-    assert ct.get_deployment("durable").status == "active"
-    dep.teardown()
-    dep.close()
+        listed = {d.name: d for d in ct.list_deployments()}
+        assert "durable" in listed
+        again = listed["durable"]
+        assert (again.url, again.token) == (dep.url, dep.token)
+        answer = wait_for(lambda: _try(dep.greet, name="Bob"), what="a replica after the restart")
+        assert answer["text"] == "hello, Bob"
+        assert answer["pid"] != first["pid"]  # a new replica: the old one stopped with it
+        assert ct.get_deployment("durable").status == "active"
 
 
 def _try(fn: Callable[..., Any], **kwargs: Any) -> Any:

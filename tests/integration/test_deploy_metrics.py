@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import DEPLOY_CONFIG_TOML
+from support import wait_for
 
 import cobalt as ct
 from cobalt._client import get_client
@@ -67,16 +68,6 @@ def generate(model: Any, text: str, n: int = TOKENS) -> str:
     return str(model.generate(text, n))
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
 def replicas_of(name: str) -> list[Any]:
     client = get_client()
     reply = client.call(client.stub.DeploymentGet, pb.DeploymentGetRequest(name=name))
@@ -94,13 +85,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerHome]:
 def test_a_deployments_metrics_count_its_models_tokens_latencies_and_cost(
     home: ControllerHome,
 ) -> None:
-    dep = ct.deploy(metered)()
-    try:
+    with ct.deploy(metered)() as dep:
         for i in range(REQUESTS):
             assert dep.generate(text=f"prompt number {i}") == " ".join(["tok"] * TOKENS)
 
         m = wait_for(
             lambda: (m := dep.metrics()).generated_tokens == REQUESTS * TOKENS and m,
+            timeout=30,
             what="the replica's counts to reach the controller",
         )
         assert isinstance(m, ct.DeploymentMetrics)
@@ -123,18 +114,14 @@ def test_a_deployments_metrics_count_its_models_tokens_latencies_and_cost(
         assert "per 1,000 requests" in shown, shown
 
         dep.teardown()
-        wait_for(lambda: not replicas_of("metered"), what="the replica to stop")
+        wait_for(lambda: not replicas_of("metered"), timeout=30, what="the replica to stop")
         after = dep.metrics()
         assert after.generated_tokens == REQUESTS * TOKENS, "an ended replica still counts"
         assert after.replicas_reporting == 1
-    finally:
-        dep.teardown()
-        dep.close()
 
 
 def test_metrics_asked_right_after_requests_count_them(home: ControllerHome) -> None:
-    dep = ct.deploy(metered)()
-    try:
+    with ct.deploy(metered)() as dep:
         before = dep.metrics()
         for i in range(3):
             dep.generate(text=f"just now {i}")
@@ -143,6 +130,3 @@ def test_metrics_asked_right_after_requests_count_them(home: ControllerHome) -> 
         assert m.generated_tokens - before.generated_tokens == 3 * TOKENS
         assert m.requests - before.requests == 3
         assert time.time() - m.as_of < 5, "as_of is the moment of that reading"
-    finally:
-        dep.teardown()
-        dep.close()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import DEPLOY_CONFIG_TOML
+from support import wait_for
 
 import cobalt as ct
 
@@ -31,15 +32,19 @@ def home(make_controller_home: Callable[..., ControllerHome]) -> ControllerHome:
     return h
 
 
-def _wait_for(dep: ct.Deployment, replicas: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    seen = -1
-    while time.monotonic() < deadline:
-        seen = dep.replicas
-        if seen == replicas:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{dep.name} has {seen} ready replicas, not {replicas}, after {timeout}s")
+def wait_for_replicas(dep: ct.Deployment, replicas: int, timeout: float = 20) -> None:
+    seen: list[int] = []
+
+    def ready() -> bool:
+        seen.append(dep.replicas)
+        return seen[-1] == replicas
+
+    try:
+        wait_for(ready, timeout, interval=0.1)
+    except AssertionError:
+        raise AssertionError(
+            f"{dep.name} has {seen[-1]} ready replicas, not {replicas}, after {timeout:g} s"
+        ) from None
 
 
 def three_unless_told(metrics: dict[str, Any]) -> int:
@@ -61,16 +66,13 @@ def test_a_custom_policy_runs_inside_a_replica_and_sets_the_count(home: Controll
     def ping() -> str:
         return "pong"
 
-    dep = ct.deploy(custom)()
-    try:
-        _wait_for(dep, 3)
+    with ct.deploy(custom)() as dep:
+        wait_for_replicas(dep, 3)
         assert dep.ping() == "pong"
         events = dep.events(100)
         up = [e for e in events if e.kind == "scale_up"]
         assert up, [e.message for e in events]
         assert "custom" in up[0].message or "policy" in up[0].message, up[0].message
-    finally:
-        dep.teardown()
 
 
 def raises(metrics: dict[str, Any]) -> int:
@@ -92,8 +94,7 @@ def test_a_policy_that_raises_is_recorded_and_the_others_still_decide(
     def ping() -> str:
         return "pong"
 
-    dep = ct.deploy(svc)()
-    try:
+    with ct.deploy(svc)() as dep:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             messages = [e.message for e in dep.events(100)]
@@ -104,8 +105,6 @@ def test_a_policy_that_raises_is_recorded_and_the_others_still_decide(
             raise AssertionError(f"no event names the policy's error: {messages}")
         assert dep.ping() == "pong"
         assert dep.replicas == 1
-    finally:
-        dep.teardown()
 
 
 def test_an_open_schedule_window_holds_its_floor_and_max_replicas_caps_it(
@@ -125,14 +124,11 @@ def test_an_open_schedule_window_holds_its_floor_and_max_replicas_caps_it(
     def ping() -> str:
         return "pong"
 
-    dep = ct.deploy(svc)()
-    try:
-        _wait_for(dep, 2)
+    with ct.deploy(svc)() as dep:
+        wait_for_replicas(dep, 2)
         time.sleep(1.0)  # several ticks: the floor of 9 never lifts it past max_replicas
         assert dep.replicas == 2
         deployed = next(e for e in dep.events(100) if e.kind == "deployed")
         assert "starting 2 replica(s)" in deployed.message, deployed.message
         assert "an open schedule's floor of 9" in deployed.message, deployed.message
         assert "max_replicas 2" in deployed.message, deployed.message
-    finally:
-        dep.teardown()

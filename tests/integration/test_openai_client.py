@@ -90,12 +90,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerHome]:
 
 @pytest.fixture(scope="module")
 def dep(home: ControllerHome) -> Iterator[ct.Deployment]:
-    d = ct.deploy(fake_llm)()
-    yield d
-    try:
-        d.teardown()
-    finally:
-        d.close()
+    with ct.deploy(fake_llm)() as d:
+        yield d
 
 
 @pytest.fixture(scope="module")
@@ -222,34 +218,30 @@ def test_the_handle_and_openapi_describe_the_openai_routes(dep: ct.Deployment) -
 
 def test_a_real_engine_streams_a_chat_through_the_openai_client(home: ControllerHome) -> None:
     pytest.importorskip("transformers")
-    dep = ct.deploy(tiny_llm)()
-    try:
-        with openai.OpenAI(base_url=dep.url + "/v1", api_key=dep.token, max_retries=0) as client:
-            assert [m.id for m in client.models.list()] == ["tiny"]
-            stream = client.chat.completions.create(
-                model="tiny",
-                messages=[{"role": "user", "content": "Say hi"}],
-                max_tokens=8,
-                temperature=0,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            chunks = list(stream)
-            with_choices = [c for c in chunks if c.choices]
-            assert with_choices[0].choices[0].delta.role == "assistant"
-            assert with_choices[-1].choices[0].finish_reason in ("length", "stop")
-            usage = chunks[-1].usage
-            assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 8
-            again = client.chat.completions.create(
-                model="tiny",
-                messages=[{"role": "user", "content": "Say hi"}],
-                max_tokens=8,
-                temperature=0,
-            )
-            streamed = "".join(c.choices[0].delta.content or "" for c in with_choices)
-            assert again.choices[0].message.content == streamed  # greedy: the same text
-    finally:
-        try:
-            dep.teardown()
-        finally:
-            dep.close()
+    with (
+        ct.deploy(tiny_llm)() as dep,
+        openai.OpenAI(base_url=dep.url + "/v1", api_key=dep.token, max_retries=0) as client,
+    ):
+        assert [m.id for m in client.models.list()] == ["tiny"]
+        stream = client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "Say hi"}],
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        with_choices = [c for c in chunks if c.choices]
+        assert with_choices[0].choices[0].delta.role == "assistant"
+        assert with_choices[-1].choices[0].finish_reason in ("length", "stop")
+        usage = chunks[-1].usage
+        assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 8
+        again = client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "Say hi"}],
+            max_tokens=8,
+            temperature=0,
+        )
+        streamed = "".join(c.choices[0].delta.content or "" for c in with_choices)
+        assert again.choices[0].message.content == streamed  # greedy: the same text
