@@ -1,4 +1,7 @@
-"""The README's example and the demo run as a user runs them."""
+"""The demo that `scripts/demo` runs, run as a user runs it.
+
+The README's and the manual's code blocks are run by ``test_docs.py``.
+"""
 
 from __future__ import annotations
 
@@ -24,31 +27,6 @@ def fresh_home(tmp_path: Path) -> Iterator[dict[str, str]]:
     env.pop("COBALT_CONTROLLER_TOKEN", None)
     yield env
     subprocess.run([str(CLI), "controller", "stop"], env=env, check=False, capture_output=True)
-
-
-def _python_blocks(text: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
-
-
-def test_readme_example_runs_and_prints_a_task_table(fresh_home: dict[str, str]) -> None:
-    blocks = _python_blocks((ROOT / "README.md").read_text())
-    example = next(b for b in blocks if "dispatch_sync" in b)
-    out = subprocess.run(
-        [sys.executable, "-c", example], env=fresh_home, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    assert "COMPLETED {'width': 128" in out.stdout
-    assert "requested" in out.stdout and "H100 80GB (emulated)" in out.stdout
-    assert "worst case $" in out.stdout, "the estimate is printed before the run"
-    assert re.search(r"cost \$[0-9.]+ of a \$250\.00 budget", out.stdout)
-
-
-def test_readme_pitch_decorator_block_is_valid_python(fresh_home: dict[str, str]) -> None:
-    pitch = _python_blocks((ROOT / "README.md").read_text())[0]
-    out = subprocess.run(
-        [sys.executable, "-c", pitch], env=fresh_home, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
 
 
 def test_demo_finetunes_on_emulated_h100s_picks_the_best_on_cpu_and_deploys_it(
@@ -77,45 +55,3 @@ def test_demo_finetunes_on_emulated_h100s_picks_the_best_on_cpu_and_deploys_it(
     assert re.search(r"accuracy of the deployed model on 1000 new samples: 0\.[6-9]", out.stdout)
     assert re.search(r"replicas: 1 ready of 1 wanted\ncost: +\$[0-9.]+ \(emulated\)", out.stdout)
     assert "dep.teardown(): mlp-classifier is stopped" in out.stdout
-
-
-def test_readme_deployment_example_serves_streams_answers_http_and_tears_down(
-    fresh_home: dict[str, str],
-) -> None:
-    blocks = _python_blocks((ROOT / "README.md").read_text())
-    example = next(b for b in blocks if "ct.deploy" in b)
-    out = subprocess.run(
-        [sys.executable, "-c", example], env=fresh_home, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/classifier \['/predict', '/stream'\]", lines[0])
-    assert lines[1] == "{'label': 'positive', 'score': 2.0}"
-    words = [("good", 1.0), ("but", 0.0), ("awful", -2.0)]
-    assert lines[2] == str([{"word": w, "score": s} for w, s in words]), "one value per yield"
-    assert lines[3] == "200 {'label': 'negative', 'score': -2.0}", "plain HTTP with the token"
-    assert lines[4:] == ["stopped"]
-
-
-def test_readme_batching_example_deploys_a_batched_endpoint_and_answers(
-    fresh_home: dict[str, str],
-) -> None:
-    blocks = _python_blocks((ROOT / "README.md").read_text())
-    example = next(b for b in blocks if "ct.Batch" in b)
-    out = subprocess.run(
-        [sys.executable, "-c", example], env=fresh_home, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["[1.0, 1.0, 0.0]"]
-
-
-def test_readme_llm_example_streams_through_the_openai_client(
-    fresh_home: dict[str, str],
-) -> None:
-    blocks = _python_blocks((ROOT / "README.md").read_text())
-    example = next(b for b in blocks if "openai_routes" in b)
-    out = subprocess.run(
-        [sys.executable, "-c", example], env=fresh_home, capture_output=True, text=True, timeout=180
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["True", "tiny-llama"]
