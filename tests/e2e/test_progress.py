@@ -14,6 +14,7 @@ import nbformat
 import pytest
 from conftest import ControllerHome
 from nbclient import NotebookClient
+from support import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +111,6 @@ def test_interrupting_the_wait_leaves_the_dispatch_running_and_says_how_to_cance
     home: ControllerHome, tmp_path: Path
 ) -> None:
     import signal
-    import time
 
     import cobalt as ct
 
@@ -134,10 +134,7 @@ def test_interrupting_the_wait_leaves_the_dispatch_running_and_says_how_to_cance
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), "the task started"
+        wait_for(marker.exists, timeout=60, what="the task to start")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode != 0

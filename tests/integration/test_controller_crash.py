@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from support import wait_for
 
 import cobalt as ct
 
@@ -61,10 +62,12 @@ def test_a_fan_out_completes_correctly_after_the_controller_is_killed_at_a_rando
     log = tmp_path / "runs"
     began = time.monotonic()
     dispatch_id = ct.dispatch(fan_out)(FAN_OUT, str(log))
-    deadline = time.monotonic() + 30
-    while len(_runs(log)) < kill_after:
-        assert time.monotonic() < deadline, f"seed {seed}: tasks stopped running"
-        time.sleep(0.005)
+    wait_for(
+        lambda: len(_runs(log)) >= kill_after,
+        timeout=30,
+        what=f"{kill_after} tasks to run (seed {seed})",
+        interval=0.005,
+    )
     os.kill(home.pid, signal.SIGKILL)
     ran_before = len(_runs(log))
     home.start()

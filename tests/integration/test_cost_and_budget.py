@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ControllerHome
+from support import wait_for
 
 import cobalt as ct
 from cobalt import _client
@@ -315,9 +316,7 @@ def test_a_resumed_dispatch_keeps_its_budget_and_what_it_spent(tmp_path: Path) -
     try:
         with home.active():
             dispatch_id = ct.dispatch(spend_then_wait, budget_usd=1.0)(str(marker))
-            deadline = time.monotonic() + 30
-            while not marker.exists() and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_for(marker.exists, timeout=30, what="the first task to start")
             before = ct.get_result(dispatch_id)
             assert before.cost_usd > 0, "the first task was billed before the restart"
             home.cli("controller", "stop")

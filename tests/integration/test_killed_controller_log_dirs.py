@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from typing import TYPE_CHECKING
 
 import pytest
+from support import wait_for
 
 from cobalt_common.processes import pid_running
 
@@ -29,10 +29,7 @@ def test_log_folders_left_by_a_killed_controller_are_removed_at_the_next_start(
     left = sorted(workers.glob(f"cobalt-local-{first}-*"))
     assert left, f"the executors' log folders are in {workers}"
     os.kill(first, signal.SIGKILL)
-    deadline = time.monotonic() + 15
-    while pid_running(first):
-        assert time.monotonic() < deadline, "the controller did not die"
-        time.sleep(0.05)
+    wait_for(lambda: not pid_running(first), timeout=15, what="the controller to die")
     assert all(folder.is_dir() for folder in left), "SIGKILL leaves them behind"
     (home.path / "controller.json").unlink()
 

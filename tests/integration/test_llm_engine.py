@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
+from support import wait_for
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -202,10 +203,7 @@ def test_a_reader_that_stops_early_frees_its_row(engine: Engine) -> None:
     stream.close()
     out = engine.generate(PROMPTS[1], max_tokens=5, temperature=0)
     assert out.completion_tokens == 5
-    deadline = time.monotonic() + 5
-    while engine._runner._running and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not engine._runner._running
+    wait_for(lambda: not engine._runner._running, timeout=5, what="the runner to be idle")
 
 
 def test_async_generation(engine: Engine, alone: list[tuple[int, ...]]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from support import Loop
+from support import Loop, wait_for
 
 from cobalt_common.deploy import Autoscaling
 from cobalt_controller.deploy import Gateway, ScaleEvent, Target
@@ -319,9 +319,7 @@ def test_requests_spread_over_replicas_by_least_outstanding(
     serve(gateway, target(), a, b)
     with ThreadPoolExecutor(1) as pool:
         held = pool.submit(post, gateway, "/svc/slow")
-        deadline = time.monotonic() + 5
-        while a.in_flight + b.in_flight == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: a.in_flight + b.in_flight, timeout=5, what="the slow request")
         busy, idle = (a, b) if a.in_flight else (b, a)
         served = {post(gateway, "/svc/predict").json()["replica"] for _ in range(4)}
         assert served == {idle.replica_id}
@@ -350,9 +348,7 @@ def test_a_full_queue_answers_503_with_retry_after(
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(post, gateway, "/svc/slow")
         second = pool.submit(post, gateway, "/svc/slow")
-        deadline = time.monotonic() + 5
-        while gateway.metrics("svc").get("queued") != 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: gateway.metrics("svc").get("queued") == 1, timeout=5, what="a queued one")
         full = post(gateway, "/svc/predict")
         assert full.status_code == 503 and full.headers["Retry-After"]
         assert "at capacity" in full.json()["error"]
@@ -479,9 +475,7 @@ def test_a_draining_replica_gets_no_new_requests_and_is_reported_when_idle(
     serve(gateway, target(), a)
     with ThreadPoolExecutor(1) as pool:
         held = pool.submit(post, gateway, "/svc/slow")
-        deadline = time.monotonic() + 5
-        while a.in_flight == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: a.in_flight, timeout=5, what="the slow request on a")
         gateway.add_replica("svc", "b", b.url, "secret-b")
         gateway.drain_replica("svc", "a")
         gateway.sync()

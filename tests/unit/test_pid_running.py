@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support import wait_for
 
 from cobalt_common.processes import pid_running
 
@@ -33,10 +33,7 @@ def test_a_live_process_is_running() -> None:
 def test_a_zombie_is_not_running() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
-        deadline = time.monotonic() + 30
-        while _state(child.pid) != b"Z":
-            assert time.monotonic() < deadline, "the child never exited"
-            time.sleep(0.01)
+        wait_for(lambda: _state(child.pid) == b"Z", timeout=30, what="the child to exit")
         os.kill(child.pid, 0)  # a zombie still answers signal 0
         assert not pid_running(child.pid)
     finally:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support import wait_for
 
 from cobalt_executors.local._logdirs import make_log_dir, remove_stale
 
@@ -52,10 +52,12 @@ def test_a_zombies_folder_counts_as_stale(tmp_path: Path) -> None:
     try:
         folder = tmp_path / f"cobalt-local-{child.pid}-zzz"
         folder.mkdir()
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{child.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z":
-            assert time.monotonic() < deadline, "the child never exited"
-            time.sleep(0.01)
+        stat = Path(f"/proc/{child.pid}/stat")
+        wait_for(
+            lambda: stat.read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z",
+            timeout=30,
+            what="the child to exit",
+        )
         assert remove_stale(tmp_path) == [folder]
     finally:
         child.wait()
