@@ -179,6 +179,29 @@ def test_every_block_is_run_or_says_why_not() -> None:
     assert len(not_run) <= 2, f"keep the blocks that are not run few: {not_run}"
 
 
+LINK = re.compile(r"\]\((?!https?:)(?P<path>[^)#\s]*)(?:#(?P<anchor>[^)\s]+))?\)")
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_link_between_pages_leads_to_a_page_and_its_heading() -> None:
+    broken = []
+    for page in PAGES:
+        for m in LINK.finditer(page.read_text()):
+            target = (page.parent / m["path"]).resolve() if m["path"] else page
+            if not target.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {m[0]} (no such file)")
+            elif m["anchor"] and target.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", target.read_text(), flags=re.M)
+                if m["anchor"] not in {slug(h) for h in headings}:
+                    broken.append(f"{page.relative_to(ROOT)}: {m[0]} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
 @pytest.mark.parametrize(
     "page",
     [p for p in PAGES if any(runs(b) for b in blocks(p))],
