@@ -32,18 +32,6 @@ PRICED = {"prices": {"base": "zero", "cpu_core_hour": 3.6}}
 """$3.60 per CPU hour: a 1-CPU run costs $0.001 per started second."""
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Polls ``check`` until it returns something true; returns it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout:g}s for {what or check}")
-        time.sleep(0.005)
-
-
 class StubWorld:
     """Stores, a placement, stub executors, a scheduler and a deployment manager.
 

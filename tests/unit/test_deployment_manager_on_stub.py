@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from placement_support import FUNCTION_SHA, PRICED, FakePool, StubWorld, task, wait_for
+from placement_support import FUNCTION_SHA, PRICED, FakePool, StubWorld, task
+from support import wait_for
 
 from cobalt_common.deploy import Autoscaling, Manifest, Route
 from cobalt_common.hardware import HardwareSpec

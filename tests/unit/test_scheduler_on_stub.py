@@ -7,7 +7,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from placement_support import PRICED, StubWorld, task, wait_for
+from placement_support import PRICED, StubWorld, task
+from support import wait_for
 
 from cobalt_common.hardware import HardwareSpec
 from cobalt_controller.dispatch._model import (
