@@ -1,10 +1,10 @@
-"""The deployment RPCs, mixed into the controller's gRPC servicer."""
+"""The deployment RPCs, which the controller's gRPC servicer hands to :class:`DeploymentRpcs`."""
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 from cobalt_common import errors
 from cobalt_common.checks import brief, check_content, validate_sha256
@@ -14,6 +14,7 @@ from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.wire import spec_from_pb, spec_to_pb
 from cobalt_controller._convert import given_to_json, given_to_pb
 from cobalt_controller._executors import ExecutorPool
+from cobalt_controller._grpc_errors import abort
 from cobalt_controller._numbers import wait_seconds
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.deploy import DeploymentManager, LiveDeployment, candidates_for
@@ -29,23 +30,26 @@ EVENTS_DEFAULT_LIMIT = 100
 LOG_TAIL_DEFAULT = 64 * 1024
 
 
-def _abort(context: Any, exc: errors.Error) -> NoReturn:
-    from cobalt_controller._servicer import abort
-
-    abort(context, exc)
-
-
 class DeploymentRpcs:
-    """``Deployment*`` and ``ReplicaReady`` handlers; the servicer sets the attributes."""
+    """``Deployment*`` and ``ReplicaReady`` handlers, which the servicer calls.
 
-    deployments: DeploymentManager | None
-    payloads: Payloads
-    executors: ExecutorPool
-    info: dict[str, Any]
+    Without a deployment manager (``deployments=None``) every handler answers
+    that this controller does not run deployments.
+    """
+
+    def __init__(
+        self,
+        deployments: DeploymentManager | None,
+        payloads: Payloads,
+        executors: ExecutorPool,
+    ) -> None:
+        self.deployments = deployments
+        self.payloads = payloads
+        self.executors = executors
 
     def _manager(self, context: Any) -> DeploymentManager:
         if self.deployments is None:
-            _abort(context, errors.DeploymentError("this controller does not run deployments."))
+            abort(context, errors.DeploymentError("this controller does not run deployments."))
         return self.deployments
 
     def _gateway_url(self) -> str:
@@ -58,11 +62,11 @@ class DeploymentRpcs:
             check_payloads(request)
             manifest = Manifest.from_json(request.manifest_json)
         except errors.Error as exc:
-            _abort(context, exc)
+            abort(context, exc)
         except (ValueError, KeyError, TypeError, OverflowError) as exc:
-            _abort(context, errors.SpecError(f"the deployment's manifest is not valid: {exc}"))
+            abort(context, errors.SpecError(f"the deployment's manifest is not valid: {exc}"))
         if request.name and request.name != manifest.name:
-            _abort(
+            abort(
                 context,
                 errors.SpecError(
                     f"the request names deployment {brief(request.name)} but its manifest "
@@ -90,7 +94,7 @@ class DeploymentRpcs:
                 request.working_dir,
             )
         except errors.Error as exc:
-            _abort(context, exc)
+            abort(context, exc)
         if request.wait_s > 0:
             d = manager.wait(d.name, request.wait_s)
         return self._deployment_pb(d)
@@ -119,10 +123,10 @@ class DeploymentRpcs:
             if request.name in manager.live:
                 return self._deployment_pb(manager.wait(request.name, request.wait_s))
         except errors.Error as exc:
-            _abort(context, exc)
+            abort(context, exc)
         row = manager.state.get_deployment(request.name)
         if row is None:
-            _abort(context, errors.NotFoundError(_unknown(request.name)))
+            abort(context, errors.NotFoundError(_unknown(request.name)))
         assert row is not None
         return self._row_pb(row)
 
@@ -141,7 +145,7 @@ class DeploymentRpcs:
         if request.name not in manager.live:
             row = manager.state.get_deployment(request.name)
             if row is None:
-                _abort(context, errors.NotFoundError(_unknown(request.name)))
+                abort(context, errors.NotFoundError(_unknown(request.name)))
             assert row is not None
             if row.status != "STOPPED":
                 manager.state.update_deployment(request.name, status="STOPPED")
@@ -150,7 +154,7 @@ class DeploymentRpcs:
         try:
             return self._deployment_pb(manager.teardown(request.name))
         except errors.Error as exc:
-            _abort(context, exc)
+            abort(context, exc)
 
     def DeploymentTokenRotate(
         self, request: pb.DeploymentGetRequest, context: Any
@@ -159,14 +163,14 @@ class DeploymentRpcs:
         try:
             return self._deployment_pb(manager.rotate_token(request.name))
         except errors.Error as exc:
-            _abort(context, exc)
+            abort(context, exc)
 
     def DeploymentEvents(
         self, request: pb.DeploymentEventsRequest, context: Any
     ) -> pb.DeploymentEventsResponse:
         manager = self._manager(context)
         if manager.state.get_deployment(request.name) is None:
-            _abort(context, errors.NotFoundError(_unknown(request.name)))
+            abort(context, errors.NotFoundError(_unknown(request.name)))
         rows = manager.state.deployment_events(request.name, request.limit or EVENTS_DEFAULT_LIMIT)
         return pb.DeploymentEventsResponse(
             events=[
@@ -184,7 +188,7 @@ class DeploymentRpcs:
         try:
             found = manager.logs(request.name, request.tail_bytes or LOG_TAIL_DEFAULT)
         except errors.Error as exc:
-            _abort(context, exc)
+            abort(context, exc)
         return pb.DeploymentLogsResponse(
             replicas=[
                 pb.ReplicaLog(
@@ -206,10 +210,10 @@ class DeploymentRpcs:
             try:
                 return metrics_pb(request.name, manager.metrics(request.name, fresh=True))
             except errors.Error as exc:
-                _abort(context, exc)
+                abort(context, exc)
         row = manager.state.get_deployment(request.name)
         if row is None:
-            _abort(context, errors.NotFoundError(_unknown(request.name)))
+            abort(context, errors.NotFoundError(_unknown(request.name)))
         assert row is not None
         return metrics_pb(row.name, MetricsSummary(cost_usd=row.cost_usd, emulated=row.emulated))
 

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
@@ -19,6 +19,7 @@ from cobalt_controller import _numbers
 from cobalt_controller._convert import dispatch_row_to_pb, dispatch_to_pb, node_row_to_pb
 from cobalt_controller._deploy_rpc import DeploymentRpcs
 from cobalt_controller._executors import ExecutorPool
+from cobalt_controller._grpc_errors import abort
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.deploy import DeploymentManager
 from cobalt_controller.dispatch._cost import estimate, local_day
@@ -31,24 +32,11 @@ from cobalt_controller.state import DispatchRow
 log = logging.getLogger("cobalt.controller")
 CHUNK = 1 << 20
 
-_CODES: dict[type[errors.Error], grpc.StatusCode] = {
-    errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
-    errors.ContentAddressError: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.UnsatisfiableError: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.SpecError: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.DispatchError: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.DeploymentError: grpc.StatusCode.FAILED_PRECONDITION,
-}
 
+class ControllerServicer(pb_grpc.ControllerServicer):
+    """Every RPC of the ``Controller`` service: dispatch, blob and cost RPCs here,
+    the deployment RPCs handed to a :class:`DeploymentRpcs` it holds."""
 
-def abort(context: grpc.ServicerContext, exc: errors.Error) -> NoReturn:
-    code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
-    context.set_trailing_metadata((("cobalt-error", type(exc).__name__),))
-    context.abort(code, str(exc))
-    raise AssertionError("unreachable")
-
-
-class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
     def __init__(
         self,
         scheduler: Scheduler,
@@ -66,7 +54,7 @@ class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
         self.hub = hub
         self.info = info
         self.on_stop = on_stop
-        self.deployments = deployments
+        self.deployment_rpcs = DeploymentRpcs(deployments, payloads, executors)
 
     # -- controller ----------------------------------------------------------------
 
@@ -304,6 +292,47 @@ class ControllerServicer(DeploymentRpcs, pb_grpc.ControllerServicer):
         if request.include_output and row.output_sha256:
             resp.output.CopyFrom(self._output(row.output_sha256))
         return resp
+
+    # -- deployments: handed to DeploymentRpcs ---------------------------------------
+
+    def DeploymentCreate(self, request: pb.DeploymentCreateRequest, context: Any) -> pb.Deployment:
+        return self.deployment_rpcs.DeploymentCreate(request, context)
+
+    def DeploymentGet(self, request: pb.DeploymentGetRequest, context: Any) -> pb.Deployment:
+        return self.deployment_rpcs.DeploymentGet(request, context)
+
+    def DeploymentList(
+        self, request: pb.DeploymentListRequest, context: Any
+    ) -> pb.DeploymentListResponse:
+        return self.deployment_rpcs.DeploymentList(request, context)
+
+    def DeploymentTeardown(self, request: pb.DeploymentGetRequest, context: Any) -> pb.Deployment:
+        return self.deployment_rpcs.DeploymentTeardown(request, context)
+
+    def DeploymentTokenRotate(
+        self, request: pb.DeploymentGetRequest, context: Any
+    ) -> pb.Deployment:
+        return self.deployment_rpcs.DeploymentTokenRotate(request, context)
+
+    def DeploymentEvents(
+        self, request: pb.DeploymentEventsRequest, context: Any
+    ) -> pb.DeploymentEventsResponse:
+        return self.deployment_rpcs.DeploymentEvents(request, context)
+
+    def DeploymentLogs(
+        self, request: pb.DeploymentLogsRequest, context: Any
+    ) -> pb.DeploymentLogsResponse:
+        return self.deployment_rpcs.DeploymentLogs(request, context)
+
+    def DeploymentMetrics(
+        self, request: pb.DeploymentGetRequest, context: Any
+    ) -> pb.DeploymentMetricsResponse:
+        return self.deployment_rpcs.DeploymentMetrics(request, context)
+
+    def ReplicaReady(
+        self, request: pb.ReplicaReadyRequest, context: Any
+    ) -> pb.ReplicaReadyResponse:
+        return self.deployment_rpcs.ReplicaReady(request, context)
 
     # -- cost ----------------------------------------------------------------------
 
