@@ -31,19 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-import aiohttp
-
-from cobalt_controller.deploy._autoscaler import ScaleEvent
-from cobalt_controller.deploy._gateway_requests import GatewayRequests
-from cobalt_controller.deploy._gateway_scaling import GatewayScaling
+from cobalt_controller.deploy._gateway_backend import Backend, Offload
+from cobalt_controller.deploy._gateway_requests import RequestHandler, failed_message
+from cobalt_controller.deploy._gateway_scaling import AutoscalingLoop
 from cobalt_controller.deploy._http import HttpLimits
 from cobalt_controller.deploy._routing import Entry, Target, Upstream
 from cobalt_controller.deploy._server import Server
@@ -55,22 +50,6 @@ DRAIN_GRACE_S = 30.0
 """A draining replica is stopped when its last request ends, or after this."""
 
 
-class Backend(Protocol):
-    """What the gateway tells the deployment manager; called on a worker thread."""
-
-    def wake(self, name: str) -> None:
-        """A request waits and no replica serves ``name``: start one now."""
-
-    def replica_suspect(self, name: str, replica_id: str) -> None:
-        """A request could not reach the replica; find out whether it lives."""
-
-    def replica_drained(self, name: str, replica_id: str) -> None:
-        """A draining replica has no request left (or its grace ran out): stop it."""
-
-    def scaled(self, name: str, target: int | None, events: list[ScaleEvent]) -> None:
-        """The autoscaler changed the replica count (``target``) and/or has events."""
-
-
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -79,8 +58,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-class Gateway(GatewayRequests, GatewayScaling):
-    """The HTTP front of all deployments.
+class Gateway:
+    """The HTTP front of all deployments: owns the routing table and the loop, and
+    holds the request handler and the autoscaling loop that work on that table.
 
     Args:
         backend: the deployment manager (or a fake in tests).
@@ -101,19 +81,21 @@ class Gateway(GatewayRequests, GatewayScaling):
     ) -> None:
         self.backend = backend
         self.limits = limits or HttpLimits()
-        self.autoscale_interval_s = autoscale_interval_s
         self.drain_grace_s = drain_grace_s
         self.url = ""
         self.port = 0
         self._entries: dict[str, Entry] = {}
         self._loop = _new_loop()
         self._thread: threading.Thread | None = None
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cobalt-gateway")
-        self._session: aiohttp.ClientSession | None = None
+        self._offload = Offload()
         self._server: Server | None = None
-        self._ids = itertools.count(1)
-        self._prefix = os.urandom(4).hex() + "-"
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._requests = RequestHandler(
+            self._entries, self._loop, backend, self._offload, self._drained
+        )
+        self._scaling = AutoscalingLoop(
+            self._entries, self._loop, backend, self._offload, self._spawn, autoscale_interval_s
+        )
 
     # -- life cycle (any thread) ------------------------------------------------------
 
@@ -144,23 +126,15 @@ class Gateway(GatewayRequests, GatewayScaling):
         return self.url
 
     async def _open(self, host: str, port: int, fallback: bool) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=0, keepalive_timeout=4.0, ttl_dns_cache=None, enable_cleanup_closed=True
-            ),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        self._server = Server(self._handle, self.limits)
+        self._scaling.open()
+        self._server = Server(self._requests.handle, self.limits)
         try:
             self.port = await self._server.listen(host, port, backlog=1024)
         except OSError:
             if not fallback or port == 0:
                 raise
             self.port = await self._server.listen(host, 0, backlog=1024)
-        self._spawn(self._autoscale_forever())
+        self._spawn(self._scaling.run_forever())
 
     def stop(self) -> None:
         if self._thread is None:
@@ -171,8 +145,7 @@ class Gateway(GatewayRequests, GatewayScaling):
                 task.cancel()
             if self._server is not None:
                 await self._server.close()
-            if self._session is not None:
-                await self._session.close()
+            await self._scaling.close()
             for entry in self._entries.values():
                 for up in entry.upstreams:
                     up.pool.close()
@@ -182,7 +155,7 @@ class Gateway(GatewayRequests, GatewayScaling):
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._thread = None
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._offload.shutdown()
 
     # -- changes from the manager (any thread) ---------------------------------------
 
@@ -244,7 +217,7 @@ class Gateway(GatewayRequests, GatewayScaling):
             entry.update(target)
             entry.dispatch()
             if target.failed and not entry.usable():
-                self._fail_waiters(entry, self._failed_message(entry))
+                self._fail_waiters(entry, failed_message(entry))
 
     def _remove(self, name: str) -> None:
         entry = self._entries.pop(name, None)
@@ -313,24 +286,7 @@ class Gateway(GatewayRequests, GatewayScaling):
             if not fut.done():
                 fut.set_exception(Unreachable(message))
 
-    def _failed_message(self, entry: Entry) -> str:
-        return (
-            f"deployment {entry.target.name!r} failed to start: "
-            f"{entry.target.failed.strip().splitlines()[-1] if entry.target.failed else ''}. "
-            "Fix it and deploy again; `cobalt deployments events` shows what happened."
-        )
-
-    def _offload(self, fn: Callable[..., None], *args: Any) -> None:
-        def run() -> None:
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("deployment manager call %s failed", getattr(fn, "__name__", fn))
-
-        with contextlib.suppress(RuntimeError):  # shutting down
-            self._pool.submit(run)
-
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

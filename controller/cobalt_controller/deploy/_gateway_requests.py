@@ -1,4 +1,4 @@
-"""The gateway's request path (a mixin of :class:`~._gateway.Gateway`).
+"""The gateway's request path: :class:`RequestHandler`, which :class:`~._gateway.Gateway` holds.
 
 ``POST <base>/<name><route>`` checks the deployment's bearer token (401)
 before the route (404 naming the known ones) and the method (405 but for
@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import os
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
+from cobalt_controller.deploy._gateway_backend import Backend, Offload
 from cobalt_controller.deploy._http import Request
 from cobalt_controller.deploy._routing import Entry, Upstream
 from cobalt_controller.deploy._server import HttpConnection
@@ -44,25 +46,34 @@ class QueueTimeout(Exception):
     """No replica slot came free in time, or the queue is full: 503, retry soon."""
 
 
-class GatewayRequests:
-    """Serves requests on the gateway's loop; the gateway provides the attributes."""
+class RequestHandler:
+    """Serves requests on the gateway's loop, from the routing table it shares with the gateway.
 
-    backend: Any
-    _entries: dict[str, Entry]
-    _loop: asyncio.AbstractEventLoop
-    _prefix: str
-    _ids: Iterator[int]
+    Args:
+        entries: the gateway's routing table (the same dict, changed by the gateway).
+        loop: the gateway's event loop.
+        backend: the deployment manager, told of suspect replicas and of waits at zero.
+        offload: runs calls to ``backend`` off the loop.
+        drained: called when a draining replica's last request ends.
+    """
 
-    def _offload(self, fn: Callable[..., None], *args: Any) -> None:
-        raise NotImplementedError
+    def __init__(
+        self,
+        entries: dict[str, Entry],
+        loop: asyncio.AbstractEventLoop,
+        backend: Backend,
+        offload: Offload,
+        drained: Callable[[Entry, Upstream], None],
+    ) -> None:
+        self._entries = entries
+        self._loop = loop
+        self._backend = backend
+        self._offload = offload
+        self._drained = drained
+        self._ids = itertools.count(1)
+        self._prefix = os.urandom(4).hex() + "-"
 
-    def _drained(self, entry: Entry, up: Upstream) -> None:
-        raise NotImplementedError
-
-    def _failed_message(self, entry: Entry) -> str:
-        raise NotImplementedError
-
-    async def _handle(self, req: Request, conn: HttpConnection) -> None:
+    async def handle(self, req: Request, conn: HttpConnection) -> None:
         path = req.path
         if path == "/healthz":
             conn.respond(200, _JSON, b'{"ok": true}')
@@ -150,7 +161,7 @@ class GatewayRequests:
             except Unreachable:
                 if not up.suspect and not up.draining:
                     up.suspect = True
-                    self._offload(self.backend.replica_suspect, name, up.replica_id)
+                    self._offload(self._backend.replica_suspect, name, up.replica_id)
                 if attempt:
                     _error(
                         conn,
@@ -179,12 +190,12 @@ class GatewayRequests:
         target = entry.target
         settings = target.autoscaling
         if target.failed and not entry.usable():
-            raise Unreachable(self._failed_message(entry))
+            raise Unreachable(failed_message(entry))
         loop = self._loop
         if not entry.usable() and loop.time() - entry.last_wake >= WAKE_REPEAT_S:
             entry.last_wake = loop.time()
             entry.scaler.woke()
-            self._offload(self.backend.wake, target.name)
+            self._offload(self._backend.wake, target.name)
         if len(entry.waiters) >= settings.max_queue:
             raise QueueTimeout(
                 f"deployment {target.name!r} is at capacity: {len(entry.waiters)} request(s) "
@@ -235,6 +246,15 @@ class GatewayRequests:
             conn.end_stream()
         finally:
             resp.close()  # drops the replica connection when the answer was cut short
+
+
+def failed_message(entry: Entry) -> str:
+    """Why requests to a deployment whose replicas could not start are refused."""
+    return (
+        f"deployment {entry.target.name!r} failed to start: "
+        f"{entry.target.failed.strip().splitlines()[-1] if entry.target.failed else ''}. "
+        "Fix it and deploy again; `cobalt deployments events` shows what happened."
+    )
 
 
 def _pass_headers(resp: Response, request_id: str) -> bytes:

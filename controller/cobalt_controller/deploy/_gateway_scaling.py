@@ -1,16 +1,17 @@
 """The gateway's autoscaling loop: ticks each deployment's autoscaler and lets
-policies reach the replicas (a mixin of :class:`~._gateway.Gateway`)."""
+policies reach the replicas (:class:`AutoscalingLoop`, which :class:`~._gateway.Gateway` holds)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
 
+from cobalt_controller.deploy._gateway_backend import Backend, Offload
 from cobalt_controller.deploy._routing import Entry, Upstream
 from cobalt_controller.deploy.policies import Metrics
 
@@ -20,24 +21,54 @@ PROBE_TIMEOUT_S = 2.0
 """How long a policy waits for a replica's metrics or custom policy."""
 
 
-class GatewayScaling:
-    """Runs on the gateway's loop; the gateway provides the attributes."""
+class AutoscalingLoop:
+    """Runs on the gateway's loop, over the routing table it shares with the gateway.
 
-    autoscale_interval_s: float
-    backend: Any
-    _entries: dict[str, Entry]
-    _loop: asyncio.AbstractEventLoop
-    _session: aiohttp.ClientSession | None
+    Args:
+        entries: the gateway's routing table (the same dict, changed by the gateway).
+        loop: the gateway's event loop.
+        backend: the deployment manager, told of each scaling decision.
+        offload: runs calls to ``backend`` off the loop.
+        spawn: starts a task on the loop that the gateway cancels when it stops.
+        interval_s: seconds between ticks.
+    """
 
-    def _spawn(self, coro: Any) -> None:
-        raise NotImplementedError
+    def __init__(
+        self,
+        entries: dict[str, Entry],
+        loop: asyncio.AbstractEventLoop,
+        backend: Backend,
+        offload: Offload,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        interval_s: float,
+    ) -> None:
+        self._entries = entries
+        self._loop = loop
+        self._backend = backend
+        self._offload = offload
+        self._spawn = spawn
+        self.interval_s = interval_s
+        self._session: aiohttp.ClientSession | None = None
 
-    def _offload(self, fn: Callable[..., None], *args: Any) -> None:
-        raise NotImplementedError
+    def open(self) -> None:
+        """Opens the session that probes replicas; called on the loop."""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=0, keepalive_timeout=4.0, ttl_dns_cache=None, enable_cleanup_closed=True
+            ),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
 
-    async def _autoscale_forever(self) -> None:
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def run_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.autoscale_interval_s)
+            await asyncio.sleep(self.interval_s)
             for entry in list(self._entries.values()):
                 if not entry.ticking:
                     entry.ticking = True
@@ -59,7 +90,7 @@ class GatewayScaling:
             )
             target, events = await entry.scaler.tick(metrics)
             if (target is not None or events) and not entry.removed:
-                self._offload(self.backend.scaled, entry.target.name, target, events)
+                self._offload(self._backend.scaled, entry.target.name, target, events)
         except Exception:
             log.exception("autoscaling %s failed", entry.target.name)
         finally:
