@@ -1,5 +1,5 @@
-"""Deployments, replicas and their events in SQL (the tables and a mixin for
-:class:`~cobalt_controller.state.sql.SqlStateStore`)."""
+"""Deployments, replicas and their events in SQL: the tables, and
+:class:`DeploymentTables`, which :class:`~cobalt_controller.state.sql.SqlStateStore` holds."""
 
 from __future__ import annotations
 
@@ -89,10 +89,11 @@ def _upsert(conn: sa.Connection, table: sa.Table, key: str, values: dict[str, An
         conn.execute(table.insert().values(values))
 
 
-class DeploymentSqlMixin:
-    """The deployment half of the SQL store; ``engine`` is the store's."""
+class DeploymentTables:
+    """The deployment half of the SQL store, on the store's engine."""
 
-    engine: Engine
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     def put_deployment(self, row: DeploymentRow) -> None:
         with self.engine.begin() as conn:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,8 +12,17 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cobalt_common.errors import ConfigError
-from cobalt_controller.state._sql_deploy import DEPLOY_TABLES, DeploymentSqlMixin, deploy_meta
-from cobalt_controller.state.base import CostRow, DispatchRow, NodeRow, StateStore, WriteBatch
+from cobalt_controller.state._sql_deploy import DEPLOY_TABLES, DeploymentTables, deploy_meta
+from cobalt_controller.state.base import (
+    CostRow,
+    DeploymentEventRow,
+    DeploymentRow,
+    DispatchRow,
+    NodeRow,
+    ReplicaRow,
+    StateStore,
+    WriteBatch,
+)
 
 _meta = sa.MetaData()
 
@@ -136,11 +145,13 @@ def _add_missing_columns(engine: Engine) -> None:
             index.create(engine, checkfirst=True)
 
 
-class SqlStateStore(DeploymentSqlMixin, StateStore):
+class SqlStateStore(StateStore):
     """State in any database SQLAlchemy speaks.
 
     SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives a
     crash of the controller; a power loss can lose the last few rounds.
+    Deployments, replicas and their events are kept by the
+    :class:`~._sql_deploy.DeploymentTables` it holds, on the same engine.
     """
 
     def __init__(self, url: str) -> None:
@@ -153,6 +164,7 @@ class SqlStateStore(DeploymentSqlMixin, StateStore):
         _meta.create_all(self.engine)
         deploy_meta.create_all(self.engine)
         _add_missing_columns(self.engine)
+        self.deployment_tables = DeploymentTables(self.engine)
         self._statements: dict[Any, tuple[str, Any]] = {}
         self._insert_payload = self._insert_ignoring_duplicates(payloads)
 
@@ -407,8 +419,8 @@ class SqlStateStore(DeploymentSqlMixin, StateStore):
         with self.engine.connect() as conn:
             rows = [tuple(r) for r in conn.execute(query).all()]
         groups: dict[tuple[str, str, str, bool], list[float]] = {}
-        for day, executor, gpu, emulated, n, billed, cost in rows + self.replica_cost_rows(
-            since_day
+        for day, executor, gpu, emulated, n, billed, cost in (
+            rows + self.deployment_tables.replica_cost_rows(since_day)
         ):
             g = groups.setdefault((day, executor, gpu, bool(emulated)), [0, 0.0, 0.0])
             g[0] += int(n)
@@ -418,6 +430,35 @@ class SqlStateStore(DeploymentSqlMixin, StateStore):
             CostRow(day, executor, gpu, emulated, int(g[0]), g[1], g[2])
             for (day, executor, gpu, emulated), g in sorted(groups.items())
         ]
+
+    # -- deployments: kept by DeploymentTables ---------------------------------------
+
+    def put_deployment(self, row: DeploymentRow) -> None:
+        self.deployment_tables.put_deployment(row)
+
+    def update_deployment(self, name: str, **values: Any) -> None:
+        self.deployment_tables.update_deployment(name, **values)
+
+    def get_deployment(self, name: str) -> DeploymentRow | None:
+        return self.deployment_tables.get_deployment(name)
+
+    def list_deployments(self, *, include_stopped: bool = False) -> list[DeploymentRow]:
+        return self.deployment_tables.list_deployments(include_stopped=include_stopped)
+
+    def put_replica(self, row: ReplicaRow) -> None:
+        self.deployment_tables.put_replica(row)
+
+    def update_replica(self, replica_id: str, **values: Any) -> None:
+        self.deployment_tables.update_replica(replica_id, **values)
+
+    def get_replicas(self, deployment: str, *, live_only: bool = False) -> list[ReplicaRow]:
+        return self.deployment_tables.get_replicas(deployment, live_only=live_only)
+
+    def add_deployment_events(self, events: Sequence[DeploymentEventRow]) -> None:
+        self.deployment_tables.add_deployment_events(events)
+
+    def deployment_events(self, deployment: str, limit: int = 100) -> list[DeploymentEventRow]:
+        return self.deployment_tables.deployment_events(deployment, limit)
 
     def close(self) -> None:
         self.engine.dispose()
