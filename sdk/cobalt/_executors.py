@@ -4,6 +4,8 @@ An electron's ``executor=`` is either the name of an executor configured in
 the controller's ``config.toml`` or one of these descriptors. A descriptor is
 plain data (type, name, options): it is validated here, when it is written,
 and sent to the controller as JSON; the controller instantiates the executor.
+Each descriptor's type name and accepted options come from
+:mod:`cobalt_common.executor_types`, the table the executors read too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 from typing import Any, ClassVar
 
 from cobalt_common.errors import SpecError
+from cobalt_common.executor_types import LOCAL
 from cobalt_common.hardware import parse_gpu_type, parse_memory_mb
 from cobalt_common.pricing import parse_prices
 
@@ -107,8 +110,8 @@ class LocalExecutor(Executor):
         {'h100': 2}
     """
 
-    type_name = "local"
-    accepted_options = frozenset({"workers", "cpus", "memory", "emulate_gpus", "prices"})
+    type_name = LOCAL.name
+    accepted_options = LOCAL.client_options
 
     def __init__(
         self,

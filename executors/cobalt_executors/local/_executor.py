@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cobalt_common.errors import SpecError
+from cobalt_common.executor_types import LOCAL
 from cobalt_common.hardware import HardwareGiven, format_memory, parse_gpu_type, parse_memory_mb
 from cobalt_common.v1 import worker_pb2
 from cobalt_executors._inventory import Allocation, GpuDevice, Inventory, describe_hardware
@@ -91,8 +92,8 @@ class LocalExecutor(Executor):
     size; configured ones size it.
     """
 
-    type_name = "local"
-    accepted_options = frozenset({"workers", "cpus", "memory", "emulate_gpus", "cgroups"})
+    type_name = LOCAL.name
+    accepted_options = LOCAL.options | LOCAL.config_only
 
     def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(name, options)

@@ -1,0 +1,54 @@
+"""Each executor type's name and the options it accepts, written once.
+
+The SDK's descriptors (``ct.LocalExecutor(...)``), the controller's
+``config.toml`` checks and the executor implementations in
+``cobalt_executors`` all read this table, so that an option added to an
+executor is accepted everywhere or nowhere. Nothing here imports an
+executor: the SDK reads it without loading executor code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COMMON_OPTIONS = frozenset({"prices"})
+"""Options every executor type accepts, besides its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorType:
+    """One executor type.
+
+    Attributes:
+        name: the type's name (``type = "local"`` in ``config.toml``, the ``type``
+            of a descriptor on the wire).
+        options: the type's own options, accepted both from ``config.toml`` and
+            from a client's descriptor.
+        config_only: options only the controller's ``config.toml`` may set:
+            choices about the controller's machine that a client's descriptor
+            does not make.
+    """
+
+    name: str
+    options: frozenset[str]
+    config_only: frozenset[str] = frozenset()
+
+    @property
+    def client_options(self) -> frozenset[str]:
+        """What a client's descriptor of this type accepts."""
+        return self.options | COMMON_OPTIONS
+
+    @property
+    def config_options(self) -> frozenset[str]:
+        """What a ``config.toml`` table of this type accepts."""
+        return self.options | self.config_only | COMMON_OPTIONS
+
+
+LOCAL = ExecutorType(
+    "local",
+    options=frozenset({"workers", "cpus", "memory", "emulate_gpus"}),
+    config_only=frozenset({"cgroups"}),
+)
+
+EXECUTOR_TYPES: dict[str, ExecutorType] = {t.name: t for t in (LOCAL,)}
+"""Every executor type, by name."""
