@@ -20,8 +20,8 @@ from cobalt_controller.dashboard import _views
 from cobalt_controller.dashboard._app import _Api
 from cobalt_controller.dashboard._deployments import (
     ENDED_REPLICAS_SHOWN,
-    LiveDeployment,
-    LiveDeployments,
+    DeploymentSnapshot,
+    DeploymentSnapshots,
 )
 from cobalt_controller.dashboard._live import ALL, DEPLOYMENTS, LiveFeed, deployment_key
 from cobalt_controller.state import (
@@ -564,7 +564,7 @@ def test_the_deployment_list_reads_replicas_auth_routes_and_cost_from_the_store(
 def test_no_deployment_token_or_replica_secret_reaches_a_page() -> None:
     store = MemoryStateStore()
     deployed(store, "classifier")
-    api = _Api(store, lambda: LiveDeployments("http://gw:9000"))
+    api = _Api(store, lambda: DeploymentSnapshots("http://gw:9000"))
 
     texts = [
         json.dumps(api_get(api, "/api/deployments")[1]),
@@ -579,8 +579,8 @@ def test_no_deployment_token_or_replica_secret_reaches_a_page() -> None:
 def test_the_managers_live_counts_in_flight_and_accrued_cost_win_over_the_store() -> None:
     store = MemoryStateStore()
     deployed(store, "classifier")
-    live = LiveDeployment("ACTIVE", 2, 3, 0.75, True, {"r2-ready": 5})
-    api = _Api(store, lambda: LiveDeployments("http://gw:9000", {"classifier": live}))
+    live = DeploymentSnapshot("ACTIVE", 2, 3, 0.75, True, {"r2-ready": 5})
+    api = _Api(store, lambda: DeploymentSnapshots("http://gw:9000", {"classifier": live}))
 
     _, listed = api_get(api, "/api/deployments")
     _, page = api_get(api, "/api/deployments/classifier", name="classifier")

@@ -439,7 +439,11 @@ def test_the_docstring_examples_run(module: Any) -> None:
 
 def test_a_deployments_page_carries_its_metrics_only_while_the_manager_runs_it() -> None:
     from cobalt_common.deploy import Manifest, Route
-    from cobalt_controller.dashboard._deployments import LiveDeployment, LiveDeployments, detail
+    from cobalt_controller.dashboard._deployments import (
+        DeploymentSnapshot,
+        DeploymentSnapshots,
+        detail,
+    )
     from cobalt_controller.state import DeploymentRow
 
     manifest = Manifest("chat", (Route("generate", "/generate"),), Autoscaling())
@@ -447,14 +451,14 @@ def test_a_deployments_page_carries_its_metrics_only_while_the_manager_runs_it()
     totals = DeploymentTotals(0.0, 0.0, from_zero=True)
     totals.record(5.0, [report("r1", llm=model_reading(100, 300, [0.05], []))])
     summary = totals.summary(5.0, requests=4, cost_usd=0.02)
-    live = LiveDeployment("ACTIVE", 1, 1, 0.02, False)
+    live = DeploymentSnapshot("ACTIVE", 1, 1, 0.02, False)
 
     def metrics(name: str) -> dict[str, Any] | None:
         return summary.to_json() if name == "chat" else None
 
-    page = detail(row, [], [], LiveDeployments("", {"chat": live}, metrics))
+    page = detail(row, [], [], DeploymentSnapshots("", {"chat": live}, metrics))
     shown = json.loads(json.dumps(page))["metrics"]
     assert shown["requests"] == 4 and shown["generated_tokens"] == 100
     assert shown["batch_sizes"] == {"1": 2, "8": 100}
     assert shown["cost_per_1k_requests"] == pytest.approx(5.0)
-    assert detail(row, [], [], LiveDeployments())["metrics"] is None
+    assert detail(row, [], [], DeploymentSnapshots())["metrics"] is None

@@ -36,7 +36,7 @@ ENDED_REPLICAS_SHOWN = 20
 
 
 @dataclass(frozen=True, slots=True)
-class LiveDeployment:
+class DeploymentSnapshot:
     """What the deployment manager knows of one deployment that the store does not."""
 
     status: str
@@ -54,7 +54,7 @@ def _no_metrics(name: str) -> Json | None:
 
 
 @dataclass(frozen=True, slots=True)
-class LiveDeployments:
+class DeploymentSnapshots:
     """A snapshot of the manager: the gateway's address and its running deployments.
 
     ``metrics(name)`` reads a deployment's metrics (``None`` when the manager
@@ -62,16 +62,16 @@ class LiveDeployments:
     """
 
     gateway_url: str = ""
-    deployments: dict[str, LiveDeployment] = field(default_factory=dict)
+    deployments: dict[str, DeploymentSnapshot] = field(default_factory=dict)
     metrics: Callable[[str], Json | None] = _no_metrics
 
 
-LiveReader = Callable[[], LiveDeployments]
+LiveReader = Callable[[], DeploymentSnapshots]
 
 
-def no_live() -> LiveDeployments:
+def no_live() -> DeploymentSnapshots:
     """The reader of a dashboard without a deployment manager: the store alone."""
-    return LiveDeployments()
+    return DeploymentSnapshots()
 
 
 def reader(manager: DeploymentManager) -> LiveReader:
@@ -83,12 +83,12 @@ def reader(manager: DeploymentManager) -> LiveReader:
         except Error:
             return None
 
-    def read() -> LiveDeployments:
+    def read() -> DeploymentSnapshots:
         now = time.time()
         gateway = manager.gateway
         with manager._lock:
             live = {
-                name: LiveDeployment(
+                name: DeploymentSnapshot(
                     status=d.status,
                     ready=sum(1 for r in d.replicas.values() if r.status == "ready"),
                     desired=d.desired,
@@ -99,7 +99,7 @@ def reader(manager: DeploymentManager) -> LiveReader:
                 )
                 for name, d in manager.live.items()
             }
-        return LiveDeployments(gateway.url if gateway is not None else "", live, metrics)
+        return DeploymentSnapshots(gateway.url if gateway is not None else "", live, metrics)
 
     return read
 
@@ -121,7 +121,7 @@ def _executor(ref: str) -> str:
 def deployment(
     row: DeploymentRow,
     replicas: Sequence[ReplicaRow],
-    live: LiveDeployment | None,
+    live: DeploymentSnapshot | None,
     gateway_url: str,
 ) -> Json:
     """One row of the deployments list: ``replicas`` are its live ones, from the store."""
@@ -206,7 +206,7 @@ def detail(
     row: DeploymentRow,
     replica_rows: Sequence[ReplicaRow],
     events: Sequence[DeploymentEventRow],
-    snapshot: LiveDeployments,
+    snapshot: DeploymentSnapshots,
 ) -> Json:
     """A deployment's page: its facts, its metrics (``None`` without a running
     manager), its replicas and its events, newest first."""
