@@ -32,6 +32,7 @@ from typing import Any
 import cloudpickle
 
 from cobalt_common.hardware import HardwareSpec
+from cobalt_common.status import Status
 from cobalt_executors import Allocation, Executor, TaskOutcome, TaskSubmission
 from cobalt_executors._runtime.payloads import read_payload, to_wire
 
@@ -159,7 +160,7 @@ class ExecutorContract:
         harness.submit(harness.task("a", _spec(cpus=1.5, memory_mb=1024, gpus=1), holds=True))
         assert harness.free_now() == (CPUS - 1.5, MEMORY_MB - 1024, GPUS - 1)
         harness.let_finish("a")
-        assert harness.reports.wait("a")["a"].status == "completed"
+        assert harness.reports.wait("a")["a"].status == Status.COMPLETED
         assert harness.reports.free_cpus_at_report["a"] == CPUS
         assert harness.free_now() == (CPUS, MEMORY_MB, GPUS)
 
@@ -173,7 +174,7 @@ class ExecutorContract:
         harness.let_finish("big")
         harness.reports.wait("big")
         harness.submit(harness.task("cpu", _spec(cpus=2)))
-        assert harness.reports.wait("cpu")["cpu"].status == "completed"
+        assert harness.reports.wait("cpu")["cpu"].status == Status.COMPLETED
         assert harness.reports.keys() == ["big", "cpu"]
 
     def test_tasks_submitted_from_many_threads_never_take_more_than_the_inventory(
@@ -209,7 +210,7 @@ class ExecutorContract:
         task = harness.task("a", _spec(cpus=0.5, memory_mb=512), returns={"answer": 42})
         given = harness.executor.try_submit(task)
         outcome = harness.reports.wait("a")["a"]
-        assert outcome.status == "completed"
+        assert outcome.status == Status.COMPLETED
         assert outcome.output is not None
         assert cloudpickle.loads(harness.output_bytes(outcome)) == {"answer": 42}
         assert outcome.hardware_given == given
@@ -221,7 +222,7 @@ class ExecutorContract:
         value = bytes(range(256)) * 64
         harness.submit(harness.task("big", returns=value))
         outcome = harness.reports.wait("big")["big"]
-        assert outcome.status == "completed"
+        assert outcome.status == Status.COMPLETED
         assert outcome.output is not None
         assert cloudpickle.loads(harness.output_bytes(outcome)) == value
 
@@ -230,7 +231,7 @@ class ExecutorContract:
     ) -> None:
         harness.submit(harness.task("far", returns=["from", "a", "location"], stored=True))
         outcome = harness.reports.wait("far")["far"]
-        assert outcome.status == "completed", outcome.error
+        assert outcome.status == Status.COMPLETED, outcome.error
         assert cloudpickle.loads(harness.output_bytes(outcome)) == ["from", "a", "location"]
 
     def test_a_task_that_raises_is_reported_failed_with_its_error(
@@ -238,7 +239,11 @@ class ExecutorContract:
     ) -> None:
         harness.submit(harness.task("bad", raises="the task's own words"))
         outcome = harness.reports.wait("bad")["bad"]
-        assert (outcome.status, outcome.reason, outcome.output) == ("failed", "exception", None)
+        assert (outcome.status, outcome.reason, outcome.output) == (
+            Status.FAILED,
+            "exception",
+            None,
+        )
         assert "the task's own words" in outcome.error
         assert harness.free_cpus() == CPUS
 
@@ -261,7 +266,11 @@ class ExecutorContract:
         harness.submit(harness.task("a", _spec(cpus=2, gpus=2), holds=True))
         harness.executor.cancel("a", "cancelled")
         outcome = harness.reports.wait("a")["a"]
-        assert (outcome.status, outcome.reason, outcome.output) == ("cancelled", "cancelled", None)
+        assert (outcome.status, outcome.reason, outcome.output) == (
+            Status.CANCELLED,
+            "cancelled",
+            None,
+        )
         assert "cancelled" in outcome.error
         cpus, _, gpus = harness.free_now()
         assert (cpus, gpus) == (CPUS, GPUS)
@@ -273,7 +282,7 @@ class ExecutorContract:
         harness.submit(harness.task("slow", spec, holds=True))
         harness.executor.cancel("slow", "time_limit")
         outcome = harness.reports.wait("slow")["slow"]
-        assert (outcome.status, outcome.reason) == ("timed_out", "time_limit")
+        assert (outcome.status, outcome.reason) == (Status.TIMED_OUT, "time_limit")
         assert "time limit of 0.5s" in outcome.error
         assert harness.free_cpus() == CPUS
 
@@ -303,7 +312,7 @@ class ExecutorContract:
         for cancel in cancels:
             cancel.join()
         outcomes = harness.reports.wait(*keys)
-        assert {o.status for o in outcomes.values()} <= {"completed", "cancelled"}
+        assert {o.status for o in outcomes.values()} <= {Status.COMPLETED, Status.CANCELLED}
         assert harness.free_cpus() == CPUS
 
     # -- teardown ------------------------------------------------------------------
@@ -317,7 +326,7 @@ class ExecutorContract:
         harness.submit(harness.task("b", _spec(gpus=1), holds=True))
         harness.executor.teardown()
         outcomes = harness.reports.wait("a", "b")
-        assert {o.status for o in outcomes.values()} <= {"failed", "cancelled"}
+        assert {o.status for o in outcomes.values()} <= {Status.FAILED, Status.CANCELLED}
         assert harness.executor.try_submit(harness.task("late", returns=1)) is None
         harness.executor.cancel("a", "cancelled")
         time.sleep(QUIET_S)

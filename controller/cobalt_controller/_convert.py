@@ -7,24 +7,10 @@ import json
 
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.v1 import controller_pb2 as pb
-from cobalt_common.wire import spec_to_pb
+from cobalt_common.wire import STATUS_TO_PB, spec_to_pb
 from cobalt_controller.dispatch._model import Dispatch, Input, Task
 from cobalt_controller.state import DispatchRow, NodeRow
 
-STATUS_TO_PB = {
-    name: getattr(pb, f"STATUS_{name}")
-    for name in (
-        "NEW",
-        "PENDING",
-        "RUNNING",
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMED_OUT",
-        "SKIPPED",
-        "BUDGET_EXCEEDED",
-    )
-}
 KIND_TO_PB = {
     name.lower(): getattr(pb, f"NODE_KIND_{name}")
     for name in ("ELECTRON", "PARAMETER", "COLLECTION", "GETATTR", "GETITEM", "SUBLATTICE")

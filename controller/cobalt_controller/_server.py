@@ -13,6 +13,7 @@ from concurrent import futures
 import grpc
 
 from cobalt_common.paths import controller_file
+from cobalt_common.status import Status
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
 from cobalt_common.version import __version__
 from cobalt_controller._authorize import Authorizer
@@ -199,7 +200,7 @@ class ControllerServer:
                         t.status = COMPLETED
                         t.output = self.payloads.ref(node.output_sha256 or node.value_sha256)
                     elif node.status in TERMINAL:
-                        t.status = node.status
+                        t.status = Status(node.status)
                         t.error = node.error
                     else:
                         t.status = PENDING
@@ -220,7 +221,7 @@ class ControllerServer:
                     row.parent_dispatch_id,
                     row.parent_node_id,
                 )
-                d.status = row.status
+                d.status = Status(row.status)
                 d.started_at = row.started_at
                 d.budget_usd = row.budget_usd
                 d.working_dir = row.working_dir

@@ -13,8 +13,10 @@ import grpc
 from cobalt_common import errors
 from cobalt_common.checks import brief, validate_sha256
 from cobalt_common.pricing import describe_prices
+from cobalt_common.status import DISPATCH_ENDED
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
+from cobalt_common.wire import STATUS_TO_PB
 from cobalt_controller import _numbers
 from cobalt_controller._convert import dispatch_row_to_pb, dispatch_to_pb, node_row_to_pb
 from cobalt_controller._deploy_rpc import DeploymentRpcs
@@ -25,7 +27,7 @@ from cobalt_controller.deploy import DeploymentManager
 from cobalt_controller.dispatch._cost import estimate, local_day
 from cobalt_controller.dispatch._events import EventHub
 from cobalt_controller.dispatch._intake import build_dispatch
-from cobalt_controller.dispatch._model import COMPLETED, DISPATCH_ENDED, PARAMETER
+from cobalt_controller.dispatch._model import COMPLETED, PARAMETER
 from cobalt_controller.dispatch._scheduler import Scheduler
 from cobalt_controller.state import DispatchRow
 
@@ -357,13 +359,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         )
 
 
-_ENDED_PB = {
-    pb.STATUS_COMPLETED,
-    pb.STATUS_FAILED,
-    pb.STATUS_CANCELLED,
-    pb.STATUS_TIMED_OUT,
-    pb.STATUS_BUDGET_EXCEEDED,
-}
+_ENDED_PB = frozenset(STATUS_TO_PB[s] for s in DISPATCH_ENDED)
 
 
 def _unknown(dispatch_id: str) -> str:

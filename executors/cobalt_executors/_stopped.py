@@ -8,9 +8,12 @@ user reads the same message whichever executor ran the task.
 from __future__ import annotations
 
 from cobalt_common.hardware import HardwareSpec
-from cobalt_executors.base import OutcomeStatus
+from cobalt_common.status import OutcomeStatus, Status
 
-STOP_STATUS: dict[str, OutcomeStatus] = {"cancelled": "cancelled", "time_limit": "timed_out"}
+STOP_STATUS: dict[str, OutcomeStatus] = {
+    "cancelled": Status.CANCELLED,
+    "time_limit": Status.TIMED_OUT,
+}
 """The status of a task stopped for each reason :meth:`Executor.cancel` is given."""
 
 
@@ -18,15 +21,22 @@ def stopped(name: str, hardware: HardwareSpec, reason: str) -> tuple[OutcomeStat
     """Status, reason and error message of a task stopped for ``reason``.
 
     A reason other than ``cancelled`` or ``time_limit`` reads as the task
-    being killed (status ``failed``, reason ``killed``).
+    being killed (status ``FAILED``, reason ``killed``).
 
     Example:
-        >>> stopped("train", HardwareSpec(time_limit_s=60), "time_limit")
-        ('timed_out', 'time_limit', 'train exceeded its time limit of 60s and was killed.')
+        >>> status, reason, error = stopped("train", HardwareSpec(time_limit_s=60), "time_limit")
+        >>> status, reason
+        (<Status.TIMED_OUT: 'TIMED_OUT'>, 'time_limit')
+        >>> error
+        'train exceeded its time limit of 60s and was killed.'
     """
     if reason == "time_limit":
         limit = hardware.time_limit_s or 0
-        return "timed_out", reason, f"{name} exceeded its time limit of {limit:g}s and was killed."
+        return (
+            Status.TIMED_OUT,
+            reason,
+            f"{name} exceeded its time limit of {limit:g}s and was killed.",
+        )
     if reason == "cancelled":
-        return "cancelled", reason, f"{name} was cancelled."
-    return "failed", "killed", f"{name} was stopped ({reason or 'no reason given'})."
+        return Status.CANCELLED, reason, f"{name} was cancelled."
+    return Status.FAILED, "killed", f"{name} was stopped ({reason or 'no reason given'})."

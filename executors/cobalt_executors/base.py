@@ -44,12 +44,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from cobalt_common.errors import SpecError
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.payloads import THROUGH_CONTROLLER, BlobLocation
 from cobalt_common.pricing import PriceTable, parse_prices
+from cobalt_common.status import OutcomeStatus
 from cobalt_executors._inventory import Allocation, GpuDevice, Inventory
 from cobalt_executors._machine import Machine
 
@@ -67,8 +68,6 @@ __all__ = [
     "TaskOutcome",
     "TaskSubmission",
 ]
-
-OutcomeStatus = Literal["completed", "failed", "timed_out", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,7 @@ from typing import Any
 from cobalt_common.errors import NotFoundError, SpecError
 from cobalt_common.hardware import HardwareGiven, parse_gpu_type, parse_memory_mb
 from cobalt_common.payloads import sha256_hex
+from cobalt_common.status import Status
 from cobalt_executors._inventory import Allocation, GpuDevice, Inventory
 from cobalt_executors._runtime.payloads import put_output, to_wire
 from cobalt_executors._stopped import stopped
@@ -196,7 +197,7 @@ class StubExecutor(Executor):
         return self._must_end(
             task_key,
             lambda held: self._outcome(
-                held, "failed", error=error, reason=reason, stdout=stdout, stderr=stderr
+                held, Status.FAILED, error=error, reason=reason, stdout=stdout, stderr=stderr
             ),
         )
 
@@ -265,7 +266,7 @@ class StubExecutor(Executor):
             error = "".join(traceback.format_exception(exc))
             self._end(
                 task.task_key,
-                lambda held: self._outcome(held, "failed", error=error, reason="exception"),
+                lambda held: self._outcome(held, Status.FAILED, error=error, reason="exception"),
             )
             return
         if output is not None:
@@ -282,7 +283,7 @@ class StubExecutor(Executor):
             ref = PayloadRef(sha, None, len(output), location)
         else:
             ref = PayloadRef(sha, bytes(output), len(output))
-        return self._outcome(held, "completed", output=ref, stdout=stdout, stderr=stderr)
+        return self._outcome(held, Status.COMPLETED, output=ref, stdout=stdout, stderr=stderr)
 
     def _stopped(self, held: _Held, reason: str) -> TaskOutcome:
         status, reason, error = stopped(held.task.name, held.task.hardware, reason)

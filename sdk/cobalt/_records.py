@@ -1,4 +1,5 @@
-"""What the controller reports about a dispatch's tasks: :class:`Status` and :class:`TaskRecord`.
+"""What the controller reports about a dispatch's tasks: :class:`TaskRecord`, and
+:class:`Status` (``cobalt_common.status``, the one vocabulary of statuses).
 
 Plain records read from the wire, below everything that fetches them
 (:class:`~cobalt.Result`, live progress, failures, the CLI).
@@ -6,48 +7,16 @@ Plain records read from the wire, below everything that fetches them
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
+from cobalt_common.status import Status as Status
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.wire import spec_from_pb
+from cobalt_common.wire import status_from_pb as status_from_pb
 
-
-class Status(enum.StrEnum):
-    """The status of a dispatch or a task."""
-
-    NEW = "NEW"
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMED_OUT = "TIMED_OUT"
-    SKIPPED = "SKIPPED"
-    """Not run: a task it depends on did not complete, or the budget ran out."""
-    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
-    """A dispatch stopped because its next task could have overspent its budget."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def ended(self) -> bool:
-        return self in _ENDED
-
-
-_ENDED = {
-    Status.COMPLETED,
-    Status.FAILED,
-    Status.CANCELLED,
-    Status.TIMED_OUT,
-    Status.SKIPPED,
-    Status.BUDGET_EXCEEDED,
-}
-_PB_STATUS = {getattr(pb, f"STATUS_{s.value}"): s for s in Status}
 _PB_KIND = {
     pb.NODE_KIND_ELECTRON: "electron",
     pb.NODE_KIND_PARAMETER: "parameter",
@@ -65,10 +34,6 @@ STATUS_ORDER = ("COMPLETED", "RUNNING", "PENDING", "FAILED", "TIMED_OUT", "CANCE
 def count_words(counts: Mapping[str, int], sep: str = ", ") -> str:
     """Task counts by status in words: ``"3 completed, 1 running"``."""
     return sep.join(f"{counts[s]} {s.lower()}" for s in STATUS_ORDER if counts.get(s))
-
-
-def status_from_pb(value: int) -> Status:
-    return _PB_STATUS.get(value, Status.NEW)
 
 
 def datetime_of(ts: float) -> datetime | None:

@@ -27,6 +27,7 @@ from executor_contract import (
 from cobalt._pickling import dumps, sha256_hex
 from cobalt_common.hardware import HardwareSpec
 from cobalt_common.payloads import BlobLocation, write_blob
+from cobalt_common.status import Status
 from cobalt_executors import ExecutorContext, PayloadRef, TaskArg, TaskOutcome, TaskSubmission
 from cobalt_executors._machine import Machine
 from cobalt_executors.local import LocalExecutor
@@ -132,7 +133,7 @@ def test_a_worker_sent_more_functions_than_it_keeps_runs_a_forgotten_one_again(
             function = _payload(_make_function(i))
             harness.submit(TaskSubmission(key, "d", 0, key, HardwareSpec(), function, []))
             outcome = harness.reports.wait(key, quiet=0)[key]
-            assert outcome.status == "completed", outcome.error
+            assert outcome.status == Status.COMPLETED, outcome.error
             assert cloudpickle.loads(harness.output_bytes(outcome)) == i
     finally:
         harness.executor.teardown()
@@ -147,7 +148,7 @@ def test_a_function_that_cannot_be_unpickled_fails_with_the_same_error_each_time
         for key in ("first", "again"):
             harness.submit(TaskSubmission(key, "d", 0, key, HardwareSpec(), broken, []))
             outcome = harness.reports.wait(key, quiet=0)[key]
-            assert outcome.status == "failed"
+            assert outcome.status == Status.FAILED
             assert "UnpicklingError" in outcome.error, outcome.error
     finally:
         harness.executor.teardown()

@@ -8,6 +8,7 @@ import doctest
 import pytest
 
 from cobalt_common.hardware import HardwareSpec
+from cobalt_common.status import Status
 from cobalt_controller.placement import (
     HOLD_S,
     Placement,
@@ -136,7 +137,7 @@ def test_a_cancel_reaches_the_executor_that_runs_the_task(
     placement.cancel("t", "time_limit")
     placement.cancel("never-started", "cancelled")
     assert other.cancels == [("t", "time_limit")] and stub.cancels == []
-    assert [(o.task_key, o.status) for o in heard.tasks] == [("t", "timed_out")]
+    assert [(o.task_key, o.status) for o in heard.tasks] == [("t", Status.TIMED_OUT)]
 
 
 # -- the priority rule ---------------------------------------------------------------

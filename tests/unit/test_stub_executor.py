@@ -14,6 +14,7 @@ from executor_contract import CPUS, GPU, GPUS, MEMORY_MB, ExecutorContract, Exec
 from cobalt_common.errors import NotFoundError, SpecError
 from cobalt_common.hardware import HardwareSpec
 from cobalt_common.payloads import BlobLocation, blob_path
+from cobalt_common.status import Status
 from cobalt_executors import ExecutorContext, PayloadRef, TaskOutcome, TaskSubmission
 from cobalt_executors.stub import StubExecutor
 
@@ -124,9 +125,9 @@ def test_a_stub_completes_failed_and_cancelled_tasks_only_when_told(
     failed = stub.fail("b", "Traceback: boom", reason="killed")
     stub.cancel("c", "cancelled")
     assert [(o.task_key, o.status, o.reason) for o in outcomes] == [
-        ("a", "completed", ""),
-        ("b", "failed", "killed"),
-        ("c", "cancelled", "cancelled"),
+        ("a", Status.COMPLETED, ""),
+        ("b", Status.FAILED, "killed"),
+        ("c", Status.CANCELLED, "cancelled"),
     ]
     assert outcomes[:2] == [done, failed] == stub.reported[:2]
     assert done.output is not None and (done.output.data, done.output.size) == (b"output", 6)
@@ -180,9 +181,9 @@ def test_the_automatic_mode_completes_with_bytes_or_with_what_a_callable_decides
     for key in ("b", "fails", "holds"):
         stub.try_submit(_submission(key))
     assert [(o.task_key, o.status) for o in outcomes] == [
-        ("a", "completed"),
-        ("b", "completed"),
-        ("fails", "failed"),
+        ("a", Status.COMPLETED),
+        ("b", Status.COMPLETED),
+        ("fails", Status.FAILED),
     ]
     assert outcomes[1].output is not None and outcomes[1].output.data == b"b"
     assert "ValueError: decided to fail" in outcomes[2].error and outcomes[2].reason == "exception"

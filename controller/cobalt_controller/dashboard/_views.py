@@ -19,11 +19,12 @@ from typing import Any, NamedTuple
 from cobalt_common.errors import SpecError
 from cobalt_common.hardware import HardwareGiven, HardwareSpec, gpu_label
 from cobalt_common.spend import Spend, spend_by, total
+from cobalt_common.status import DISPATCH_ENDED
 from cobalt_controller._convert import given_from_json
 from cobalt_controller.state import CostRow, DispatchRow, NodeRow
 
 TASK_KINDS = frozenset({"electron", "sublattice"})
-ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "BUDGET_EXCEEDED"})
+ENDED = DISPATCH_ENDED
 """Dispatch statuses after which nothing about a dispatch changes."""
 
 Json = dict[str, Any]

@@ -327,18 +327,18 @@ class DeploymentManager:
                 self.lifecycle.ended(d, r, "stopped", ended_at)
                 self.event(d, "replica_stopped", f"replica {r.replica_id} stopped.")
             elif r.ready_at is None:
-                detail = o.error or f"the replica ended ({o.status}) before it was ready."
+                detail = o.error or f"the replica ended ({o.status.lower()}) before it was ready."
                 self.lifecycle.start_failed(d, r, _with_stderr(detail, o.stderr))
             else:
-                why = o.reason or o.status
-                r.error = o.error or f"the replica's task ended {o.status}."
+                why = o.reason or o.status.lower()
+                r.error = o.error or f"the replica's task ended {o.status.lower()}."
                 self.lifecycle.ended(d, r, "failed", ended_at)
                 self.event(
                     d,
                     "replica_failed",
                     f"replica {r.replica_id} ended unexpectedly ({why}); a new one replaces it. "
                     + _with_stderr(r.error, o.stderr),
-                    {"status": o.status, "reason": o.reason},
+                    {"status": o.status.lower(), "reason": o.reason},
                 )
             self.reconcile(d)
 

@@ -23,7 +23,15 @@ from cobalt_controller import _numbers
 from cobalt_controller._convert import PB_TO_KIND, spec_to_json
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._payloads import Payloads
-from cobalt_controller.dispatch._model import COMPLETED, ELECTRON, PARAMETER, Dispatch, Input, Task
+from cobalt_controller.dispatch._model import (
+    COMPLETED,
+    ELECTRON,
+    PARAMETER,
+    PENDING,
+    Dispatch,
+    Input,
+    Task,
+)
 from cobalt_controller.state import DispatchRow, NodeRow, WriteBatch
 from cobalt_executors import Executor, PayloadRef
 
@@ -158,7 +166,7 @@ def build_dispatch(
         parent_dispatch_id=req.parent_dispatch_id or None,
         parent_node_id=req.parent_node_id if req.parent_dispatch_id else None,
     )
-    d.status = "PENDING"
+    d.status = PENDING
     d.budget_usd = budget or None
     d.working_dir = req.working_dir
     batch = WriteBatch()

@@ -8,15 +8,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cobalt_common.hardware import HardwareSpec
+from cobalt_common.status import TASK_ENDED, Status
 
 if TYPE_CHECKING:
     from cobalt_executors import Executor, HardwareGiven, PayloadRef
 
-NEW, PENDING, RUNNING, COMPLETED = "NEW", "PENDING", "RUNNING", "COMPLETED"
-FAILED, CANCELLED, TIMED_OUT, SKIPPED = "FAILED", "CANCELLED", "TIMED_OUT", "SKIPPED"
-BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
-TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT, SKIPPED})
-DISPATCH_ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT, BUDGET_EXCEEDED})
+# The statuses of cobalt_common.status, bound to module names: the scheduler
+# compares against these in its loop, and a global name is cheaper to read than
+# an enum member (a StrEnum member compares and hashes as its string).
+NEW, PENDING, RUNNING = Status.NEW, Status.PENDING, Status.RUNNING
+COMPLETED, FAILED, CANCELLED = Status.COMPLETED, Status.FAILED, Status.CANCELLED
+TIMED_OUT, SKIPPED, BUDGET_EXCEEDED = Status.TIMED_OUT, Status.SKIPPED, Status.BUDGET_EXCEEDED
+TERMINAL = TASK_ENDED
 
 PARAMETER, SUBLATTICE, ELECTRON = "parameter", "sublattice", "electron"
 TASK_KINDS = frozenset({ELECTRON, SUBLATTICE})
@@ -85,7 +88,7 @@ class Task:
         self.executor_ref = executor_ref
         self.children: list[int] = []
         self.waiting = 0
-        self.status = PENDING
+        self.status: Status = PENDING
         self.attempts = 0
         self.output: PayloadRef | None = None
         self.candidates: tuple[Executor, ...] = ()
@@ -175,7 +178,7 @@ class Dispatch:
         self.created_at = created_at
         self.parent_dispatch_id = parent_dispatch_id
         self.parent_node_id = parent_node_id
-        self.status = NEW
+        self.status: Status = NEW
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.error = ""

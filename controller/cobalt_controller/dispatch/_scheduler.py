@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cobalt_common.deploy import deploy_task_service
+from cobalt_common.status import Status
 from cobalt_controller._convert import given_to_json
 from cobalt_controller._credentials import Credentials, TaskScope
 from cobalt_controller._executors import ExecutorPool
@@ -53,7 +54,6 @@ from cobalt_executors import TaskArg, TaskOutcome, TaskSubmission
 
 log = logging.getLogger("cobalt.controller")
 
-_OUTCOME_STATUS = {"failed": FAILED, "timed_out": TIMED_OUT, "cancelled": CANCELLED}
 WRITE_ATTEMPTS = 3
 """Rounds in a row whose write may fail before the rest is stored dispatch by dispatch,
 and a dispatch whose own changes still cannot be stored is stopped."""
@@ -375,7 +375,7 @@ class Scheduler:
         if t.kind == ELECTRON:
             self._charge(d, t)
         logs = {"stdout": o.stdout, "stderr": o.stderr}
-        if o.status == "completed" and o.output is not None:
+        if o.status == COMPLETED and o.output is not None:
             t.status = COMPLETED
             out = o.output
             if out.data is not None:
@@ -393,7 +393,7 @@ class Scheduler:
                 if child.waiting == 0 and child.status == PENDING and not d.cancelled:
                     self._make_ready(d, child)
         else:
-            status = _OUTCOME_STATUS.get(o.status, FAILED)
+            status = FAILED if o.status == COMPLETED else o.status  # completed, no output
             retry = status in (FAILED, TIMED_OUT) and t.attempts <= t.retries and not d.cancelled
             if retry:
                 delay = min(self.retry_backoff_s * 2 ** (t.attempts - 1), self.retry_backoff_max_s)
@@ -411,7 +411,7 @@ class Scheduler:
         self,
         d: Dispatch,
         t: Task,
-        status: str,
+        status: Status,
         error: str,
         reason: str,
         logs: dict[str, str] | None = None,

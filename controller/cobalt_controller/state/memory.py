@@ -7,6 +7,7 @@ import threading
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
+from cobalt_common.status import DISPATCH_ENDED, Status
 from cobalt_controller.state.base import (
     LIVE_REPLICA_STATUSES,
     CostRow,
@@ -18,8 +19,6 @@ from cobalt_controller.state.base import (
     StateStore,
     WriteBatch,
 )
-
-_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "BUDGET_EXCEEDED"}
 
 
 class MemoryStateStore(StateStore):
@@ -58,7 +57,11 @@ class MemoryStateStore(StateStore):
         return [dataclasses.replace(r) for r in rows[:limit]]
 
     def unfinished_dispatches(self) -> list[DispatchRow]:
-        return [dataclasses.replace(r) for r in self._dispatches.values() if r.status not in _ENDED]
+        return [
+            dataclasses.replace(r)
+            for r in self._dispatches.values()
+            if r.status not in DISPATCH_ENDED
+        ]
 
     def get_nodes(
         self,
@@ -126,7 +129,7 @@ class MemoryStateStore(StateStore):
             for nodes in self._nodes.values()
             for n in nodes
             if n.function_key == function_key
-            and n.status == "COMPLETED"
+            and n.status == Status.COMPLETED
             and n.started_at is not None
             and n.ended_at is not None
         ]

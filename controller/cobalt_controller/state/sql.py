@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cobalt_common.errors import ConfigError
+from cobalt_common.status import DISPATCH_ENDED, Status
 from cobalt_controller.state._sql_deploy import DEPLOY_TABLES, DeploymentTables, deploy_meta
 from cobalt_controller.state.base import (
     CostRow,
@@ -94,7 +95,7 @@ payloads = sa.Table(
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
 
-_ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT", "BUDGET_EXCEEDED")
+_ENDED = sorted(s.value for s in DISPATCH_ENDED)
 _TASK_KINDS = ("electron", "sublattice")
 _NODE_FIELDS = [f.name for f in dataclasses.fields(NodeRow)]
 _DISPATCH_FIELDS = [f.name for f in dataclasses.fields(DispatchRow)]
@@ -391,7 +392,7 @@ class SqlStateStore(StateStore):
             rows = conn.execute(
                 sa.select(nodes.c.started_at, nodes.c.ended_at)
                 .where(nodes.c.function_key == function_key)
-                .where(nodes.c.status == "COMPLETED")
+                .where(nodes.c.status == Status.COMPLETED.value)
                 .where(nodes.c.started_at.is_not(None) & nodes.c.ended_at.is_not(None))
                 .order_by(nodes.c.ended_at.desc())
                 .limit(limit)

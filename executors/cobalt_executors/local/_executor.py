@@ -14,6 +14,7 @@ from typing import Any
 from cobalt_common.errors import SpecError
 from cobalt_common.executor_types import LOCAL
 from cobalt_common.hardware import HardwareGiven, format_memory, parse_gpu_type, parse_memory_mb
+from cobalt_common.status import Status
 from cobalt_common.v1 import worker_pb2
 from cobalt_executors._inventory import Allocation, GpuDevice, Inventory, describe_hardware
 from cobalt_executors._machine import host_cpus, host_memory_mb
@@ -350,7 +351,7 @@ class LocalExecutor(Executor):
         self.context.report(
             TaskOutcome(
                 task_key=result.task_key,
-                status="completed" if result.ok else "failed",
+                status=Status.COMPLETED if result.ok else Status.FAILED,
                 output=output,
                 error=result.error,
                 stdout=result.stdout,
@@ -394,14 +395,14 @@ class LocalExecutor(Executor):
         if reason in STOP_STATUS:
             status, reason, error = stopped(entry.task.name, entry.task.hardware, reason)
         elif reason == "out_of_memory":
-            status = "failed"
+            status = Status.FAILED
             error = (
                 f"{entry.task.name} used {format_memory(entry.peak_mb)} of memory, more than "
                 f"the {format_memory(entry.task.hardware.memory_mb)} it asked for, and was "
                 "stopped. Ask for more, for example @ct.electron(memory=...)."
             )
         else:
-            status, reason = "failed", "killed"
+            status, reason = Status.FAILED, "killed"
             how = f"signal {-returncode}" if returncode and returncode < 0 else f"code {returncode}"
             error = f"the worker running {entry.task.name} exited with {how} before finishing."
         self.context.report(
