@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from cobalt_common.errors import ConfigError, SpecError
+from cobalt_common.executor_types import COMMON_OPTIONS
 from cobalt_common.paths import config_file
 from cobalt_common.pricing import parse_prices
-from cobalt_executors.base import COMMON_OPTIONS
 from cobalt_executors.registry import EXECUTOR_TYPES
 
 _CONTROLLER_KEYS = {

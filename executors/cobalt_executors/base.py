@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cobalt_common.errors import SpecError
+from cobalt_common.executor_types import COMMON_OPTIONS
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.payloads import THROUGH_CONTROLLER, BlobLocation
 from cobalt_common.pricing import PriceTable, parse_prices
@@ -152,13 +153,12 @@ class ExecutorContext:
     and removed at the next start; None: the system's temporary directory."""
 
 
-COMMON_OPTIONS = frozenset({"prices"})
-"""Options every executor accepts, besides its own ``accepted_options``."""
-
-
 class Executor(ABC):
     """Base class of executors. Subclasses set ``type_name`` and
-    ``accepted_options`` and implement the abstract methods.
+    ``accepted_options`` and implement the abstract methods. A type that
+    ``config.toml`` or a client can name reads both from its entry in
+    :mod:`cobalt_common.executor_types`, which the SDK's descriptors read too;
+    every executor also accepts ``COMMON_OPTIONS`` from there.
 
     Every executor has a :class:`~cobalt_common.pricing.PriceTable` from its
     ``prices`` option; ``default_prices`` is what it costs unset: ``"zero"``

@@ -38,7 +38,7 @@ def test_every_registered_implementation_has_the_table_s_name_and_options() -> N
 
 
 def test_executors_accept_the_same_common_options_as_the_table() -> None:
-    assert base.COMMON_OPTIONS == COMMON_OPTIONS
+    assert base.COMMON_OPTIONS is COMMON_OPTIONS
 
 
 @pytest.mark.parametrize("cls", _descriptors(), ids=lambda c: c.__name__)
