@@ -242,12 +242,12 @@ def test_inconsistent_hardware_specs_are_rejected(fields: dict[str, object]) -> 
         HardwareSpec(**fields)  # type: ignore[arg-type]
 
 
-def test_the_readmes_gpu_row_names_every_type_and_every_bare_model_alias() -> None:
+def test_the_hardware_pages_gpu_row_names_every_type_and_every_bare_model_alias() -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    row = next(line for line in readme.splitlines() if line.startswith("| `gpu` |"))
+    page = (Path(__file__).resolve().parents[2] / "docs" / "hardware.md").read_text()
+    row = next(line for line in page.splitlines() if line.startswith("| `gpu` |"))
     for gpu in GPU_TYPES.values():
         bare = [a for a in gpu.aliases if "-" not in a]  # "a100" alone, not "a100-40g"
         for name in (gpu.name, *bare):
-            assert f'`"{name}"`' in row, f"README's gpu row lacks {name!r}"
+            assert f'`"{name}"`' in row, f"docs/hardware.md's gpu row lacks {name!r}"
