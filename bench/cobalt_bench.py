@@ -71,11 +71,12 @@ def main() -> int:
     try:
         print(json.dumps(measure(args.fanout, args.roundtrip)))
     finally:
-        _stop(pid)
+        stop(pid)
     return 0
 
 
-def _stop(pid: int) -> None:
+def stop(pid: int) -> None:
+    """Stops a controller by SIGTERM and waits until it is gone."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
