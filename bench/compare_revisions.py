@@ -53,13 +53,13 @@ def run_core(source: Path | None, fanout: int, roundtrip: int) -> dict[str, Any]
     return result
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", required=True, help="the revision to compare against")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--fanout", type=int, default=2000)
     parser.add_argument("--roundtrip", type=int, default=200)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sides: dict[str, dict[str, list[float]]] = {
         side: {"fanout": [], "rt": [], "p99": []} for side in ("before", "after")
     }
