@@ -52,13 +52,7 @@ class LocalInventory(Inventory):
                 with self._lock:
                     self._free_gpus.extend(taken)
                     self._free_gpus.sort(key=lambda d: d.index)
-            if allocation is None:
-                return None
-            if self.machine is not None and not self.machine.take(*self._share(allocation)):
-                Inventory.release(self, allocation)
-                return None
-            _real_gpus_in_use.update(d.index for d in allocation.gpus if not d.emulated)
-            return allocation
+            return self._claim(allocation)
 
     def reserve(self, given: HardwareGiven) -> Allocation | None:
         """Reserves exactly ``given``, in this executor and in the machine; None when a
@@ -68,13 +62,18 @@ class LocalInventory(Inventory):
             if any(i in real and i in _real_gpus_in_use for i in given.gpu_indices):
                 return None
             allocation = Inventory.reserve(self, given)
-            if allocation is None:
-                return None
-            if self.machine is not None and not self.machine.take(*self._share(allocation)):
-                Inventory.release(self, allocation)
-                return None
-            _real_gpus_in_use.update(d.index for d in allocation.gpus if not d.emulated)
-            return allocation
+            return self._claim(allocation)
+
+    def _claim(self, allocation: Allocation | None) -> Allocation | None:
+        """Takes an allocation's share of the machine and its real GPUs (under the
+        machine lock); gives it back and returns None when the machine lacks room."""
+        if allocation is None:
+            return None
+        if self.machine is not None and not self.machine.take(*self._share(allocation)):
+            Inventory.release(self, allocation)
+            return None
+        _real_gpus_in_use.update(d.index for d in allocation.gpus if not d.emulated)
+        return allocation
 
     def release(self, allocation: Allocation) -> None:
         with _machine_lock:
