@@ -21,7 +21,13 @@ Every error cobalt raises derives from :class:`Error`, exported to users as
     ├── EndpointError             an endpoint answered with an error (status, error id)
     │   ├── EndpointAuthenticationError  401: also an AuthenticationError
     │   └── EndpointNotFoundError        404: also a NotFoundError
-    └── FidelityError             ``ct.optimize`` fell below ``min_fidelity`` (report attached)
+    ├── FidelityError             ``ct.optimize`` fell below ``min_fidelity`` (report attached)
+    └── HostError                 a machine reached over SSH cannot be used (host named)
+        ├── HostUnreachableError      refused, timed out, or the name does not resolve
+        ├── HostAuthenticationError   the host refused the key, or the key cannot be read
+        ├── HostKeyError              the host's key is unknown or differs from known_hosts
+        ├── RemotePythonError         the host has no interpreter at the configured path
+        └── RemoteCobaltError         cobalt is missing on the host, or another version
 
 Every error an endpoint answers is an ``EndpointError``, so one ``except
 ct.EndpointError`` catches them all; a 401 or 404 is also the error of what
@@ -217,3 +223,53 @@ class FidelityError(Error):
     def __init__(self, message: str, *, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class HostError(Error):
+    """A machine cobalt reaches over SSH cannot be used.
+
+    The message names the host (``user@name:port``) and says what to do; the
+    subclass says what went wrong, so an executor can send the task elsewhere
+    or fail it with that reason.
+
+    Attributes:
+        host: the host as ``user@name:port``.
+        reason: a short word for the failure (``unreachable``, ``auth_refused``,
+            ``host_key``, ``python_missing``, ``cobalt_mismatch``; ``host`` here).
+    """
+
+    reason = "host"
+
+    def __init__(self, message: str, *, host: str = "") -> None:
+        super().__init__(message)
+        self.host = host
+
+
+class HostUnreachableError(HostError):
+    """The host refused the connection, did not answer in time, or its name does not resolve."""
+
+    reason = "unreachable"
+
+
+class HostAuthenticationError(HostError):
+    """The host refused every key offered, or the configured key file cannot be read."""
+
+    reason = "auth_refused"
+
+
+class HostKeyError(HostError):
+    """The host's key is not in the known_hosts file, or differs from the one recorded there."""
+
+    reason = "host_key"
+
+
+class RemotePythonError(HostError):
+    """The host has no Python interpreter at the configured path."""
+
+    reason = "python_missing"
+
+
+class RemoteCobaltError(HostError):
+    """cobalt cannot be imported by the host's interpreter, or is another version than here."""
+
+    reason = "cobalt_mismatch"
