@@ -254,5 +254,7 @@ def test_a_reverse_tunnel_lets_a_process_on_the_host_reach_a_loopback_service_he
 
 
 def test_a_failed_start_is_a_host_error_with_the_shell_message(host: SshHost) -> None:
-    with pytest.raises(HostError, match="did not start"):
+    with pytest.raises(
+        HostError, match=r"did not start true: [^\n]*/nonexistent/folder[^\n]*\. Check"
+    ):
         host.start(["true"], cwd="/nonexistent/folder")

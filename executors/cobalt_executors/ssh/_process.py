@@ -70,7 +70,7 @@ def group_leader_command(
     Example:
         >>> command = group_leader_command(["python3", "-V"], {"A": "1 2"}, "~/w")
         >>> print(command)  # doctest: +ELLIPSIS
-        exec /bin/sh -c 'cd "$HOME"/w && exec 3<&0; env '"'"'A=1 2'"'"' setsid -w ...' sh python3 -V
+        exec /bin/sh -c 'cd "$HOME"/w || exit 1; exec 3<&0; env '"'"'A=1 2'"'"' ... sh python3 -V
     """
     if not argv or not all(isinstance(arg, str) for arg in argv):
         raise SpecError(f"the command to run must be a non-empty list of strings, not {argv!r}.")
@@ -80,7 +80,7 @@ def group_leader_command(
     assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in (env or {}).items())
     script = _LAUNCH.format(env=f"env {assignments} " if assignments else "")
     if cwd is not None:
-        script = f"cd {shell_path(cwd)} && {script}"
+        script = f"cd {shell_path(cwd)} || exit 1; {script}"
     return f"exec /bin/sh -c {shlex.quote(script)} sh {shlex.join(argv)}"
 
 
