@@ -253,6 +253,19 @@ def test_a_reverse_tunnel_lets_a_process_on_the_host_reach_a_loopback_service_he
     assert (result.status, result.stdout, result.stderr) == (0, "PING\n", "")
 
 
+def test_a_lost_connection_is_opened_again_on_next_use(
+    sshd_server: SshdServer,  # noqa: F811
+) -> None:
+    with SshHost(spec_for(sshd_server)) as host:
+        host.connect()
+        lost = host._conn  # the connection itself, to break it as a network would
+        assert lost is not None
+        host._runner.loop.call_soon_threadsafe(lost.abort)
+        wait_for(lost.is_closed, timeout=5, what="the connection to close")
+        assert host.run(["echo", "again"]).stdout == "again\n"
+        assert host._conn is not lost
+
+
 def test_a_failed_start_is_a_host_error_with_the_shell_message(host: SshHost) -> None:
     with pytest.raises(
         HostError, match=r"did not start true: [^\n]*/nonexistent/folder[^\n]*\. Check"

@@ -133,7 +133,7 @@ class SshHost:
         self.close()
 
     def connect(self) -> None:
-        """Opens the connection, if it is not open.
+        """Opens the connection, if it is not open (again, if it was lost).
 
         Raises:
             HostUnreachableError: the host refused, did not answer in time, or
@@ -142,8 +142,9 @@ class SshHost:
             HostKeyError: its key is not in the known_hosts file, or differs.
         """
         with self._lock:
-            if self._conn is not None:
+            if self._conn is not None and not self._conn.is_closed():
                 return
+            self._conn = None
             spec = self.spec
             options: dict[str, Any] = {}
             if spec.key_file is not None:
@@ -301,6 +302,9 @@ class SshHost:
     ) -> int:
         """Tunnels connections to ``127.0.0.1:remote_port`` on the host to ``local_host:local_port``
         as seen from here, until :meth:`close`.
+
+        The tunnel lives as long as the connection: when that is lost, so is
+        the tunnel, and the next call here opens a new connection without it.
 
         Args:
             remote_port: the port to listen on there; 0 for any free one.
