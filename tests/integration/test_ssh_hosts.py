@@ -114,6 +114,17 @@ def test_a_started_process_gets_its_environment_folder_and_exit_status(
     assert process.stderr_tail() == "oops\n"
 
 
+def test_the_exit_is_reported_while_a_child_left_behind_holds_the_output_open(
+    host: SshHost,
+) -> None:
+    process = host.start(["sh", "-c", "sleep 60 & echo started; exit 4"])
+    try:
+        assert process.wait(timeout_s=5) == 4
+        assert process.stdout_tail() == "started\n"
+    finally:
+        assert host.kill_group(process.pid)
+
+
 def test_stdin_and_stdout_of_an_interactive_process_carry_frames_both_ways(
     host: SshHost,
 ) -> None:

@@ -32,6 +32,9 @@ from cobalt_executors.ssh._failures import lost_connection
 from cobalt_executors.ssh._loop import LoopRunner
 
 _TAIL_BYTES = 64 * 1024
+_EXIT_POLL_S = 0.05
+_LAST_OUTPUT_S = 0.5
+"""After the exit status comes, how long to wait for output that follows it."""
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _LAUNCH = (
@@ -149,14 +152,22 @@ class RemoteProcess:
     def wait(self, timeout_s: float | None = None) -> int | None:
         """Waits for the exit and returns its status; ``None`` if it still runs after ``timeout_s``.
 
+        A child the process left running does not hold this up; it still
+        belongs to the process group.
+
         Raises:
             HostUnreachableError: the connection closed before the exit was
                 reported; the process may still run there.
         """
 
         async def wait() -> int | None:
-            await self._process.wait_closed()
-            await asyncio.gather(*self._drains, return_exceptions=True)
+            # The channel closes only when nothing there holds its output open any
+            # more; a child left in the background may, after the exit is reported.
+            closed = asyncio.ensure_future(self._process.wait_closed())
+            while not closed.done() and self.returncode is None:
+                await asyncio.wait([closed], timeout=_EXIT_POLL_S)
+            drained = [closed, *self._drains]
+            await asyncio.wait(drained, timeout=None if closed.done() else _LAST_OUTPUT_S)
             return self.returncode
 
         try:
