@@ -1,0 +1,269 @@
+"""A real single-node Slurm cluster on loopback, for the tests of cobalt's Slurm support.
+
+:func:`slurm_cluster` starts munge, slurmctld and slurmd from Debian's packages
+(``scripts/services`` installs them) under a temporary folder of its own: its
+own munge key and socket, free loopback ports, a cluster name no other cluster
+uses. The node has 2 CPUs, 8000 MB and two H100s declared as gres on dummy
+device files, as the cluster the Slurm executor is tested on.
+
+Test modules import the fixture by name::
+
+    from service_slurm import slurm_cluster  # noqa: F401
+
+Without the daemons, or without root (slurmd runs jobs as their user and
+needs root for it), the tests skip, and fail under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+MUNGED = "/usr/sbin/munged"
+MUNGEKEY = "/usr/sbin/mungekey"
+SLURMCTLD = "/usr/sbin/slurmctld"
+SLURMD = "/usr/sbin/slurmd"
+_HINT = "run scripts/services as root to install munge, slurmctld, slurmd and slurm-client"
+_READY_TIMEOUT_S = 30.0
+
+SLURM_CONF = """\
+ClusterName=cobalt-test
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+AuthType=auth/munge
+AuthInfo=socket={tmp}/munge/munge.socket
+CredType=cred/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={tmp}/state
+SlurmdSpoolDir={tmp}/spool
+SlurmctldPidFile={tmp}/run/slurmctld.pid
+SlurmdPidFile={tmp}/run/slurmd.pid
+SlurmctldLogFile={tmp}/log/slurmctld.log
+SlurmdLogFile={tmp}/log/slurmd.log
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+ReturnToService=2
+GresTypes=gpu
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={tmp}/log/jobcomp.txt
+MinJobAge=300
+NodeName={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=8000 Gres=gpu:h100:2 State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+GRES_CONF = "NodeName={host} Name=gpu Type=h100 File={tmp}/dev/nvidia[0-1]\n"
+
+
+@dataclass
+class SlurmCluster:
+    """A running cluster.
+
+    Attributes:
+        conf: its ``slurm.conf``.
+        env: the environment Slurm's commands need (this process's, with ``SLURM_CONF``).
+        tmp: its folder; jobs may write files there.
+        host: the node's name.
+    """
+
+    conf: Path
+    env: dict[str, str]
+    tmp: Path
+    host: str
+
+    def run(self, *argv: str, stdin: str | None = None) -> str:
+        """Runs one of Slurm's commands against this cluster and returns its stdout."""
+        done = subprocess.run(
+            list(argv), input=stdin, env=self.env, capture_output=True, text=True, timeout=30
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def job_ids(self) -> list[str]:
+        """Every job slurmctld knows that has not ended."""
+        return self.run("squeue", "-h", "-o", "%i").split()
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of each daemon's log, for failure messages."""
+        tails = []
+        for log in sorted((self.tmp / "log").glob("*")):
+            text = log.read_text(errors="replace").splitlines()[-lines:]
+            tails.append(f"--- {log.name}\n" + "\n".join(text))
+        return "\n".join(tails)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _missing() -> str:
+    """Why the cluster cannot start here, or ``""`` when it can."""
+    absent = [
+        path for path in (MUNGED, MUNGEKEY, SLURMCTLD, SLURMD) if not os.access(path, os.X_OK)
+    ]
+    absent += [
+        name for name in ("sbatch", "squeue", "scontrol", "scancel") if not shutil.which(name)
+    ]
+    if absent:
+        return f"missing {', '.join(absent)}; {_HINT}"
+    if os.geteuid() != 0:
+        return "slurmd must run as root to start jobs; run the Slurm tests as root"
+    return ""
+
+
+def _write_files(tmp: Path, host: str) -> Path:
+    for folder in ("munge", "state", "spool", "run", "log", "dev"):
+        (tmp / folder).mkdir(mode=0o700)
+    for index in (0, 1):  # dummy character devices (/dev/null's numbers) as the GPUs
+        os.mknod(tmp / "dev" / f"nvidia{index}", 0o600 | 0o020000, os.makedev(1, 3))
+    subprocess.run(
+        [MUNGEKEY, "--create", f"--keyfile={tmp / 'munge' / 'munge.key'}"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    conf = tmp / "slurm.conf"
+    ports = {"ctld_port": _free_port(), "slurmd_port": _free_port()}
+    conf.write_text(SLURM_CONF.format(host=host, tmp=tmp, **ports))
+    (tmp / "gres.conf").write_text(GRES_CONF.format(host=host, tmp=tmp))
+    return conf
+
+
+def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Starts a daemon in the foreground (so that its pid is the child's), output to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stops one daemon by its pid: SIGTERM, then SIGKILL after 10 s."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def _node_state(cluster: SlurmCluster) -> str:
+    done = subprocess.run(
+        ["scontrol", "show", "node", "-o"],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    for word in done.stdout.split():
+        if word.startswith("State="):
+            return word.removeprefix("State=")
+    return done.stderr.strip() or "(no answer)"
+
+
+def _wait_idle(cluster: SlurmCluster, daemons: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    state = ""
+    while time.monotonic() < deadline:
+        dead = [process.args for process in daemons if process.poll() is not None]
+        if dead:
+            raise RuntimeError(f"{dead} exited while the cluster started:\n{cluster.log_tail()}")
+        state = _node_state(cluster)
+        if state == "IDLE":
+            return
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"the Slurm node was not IDLE {_READY_TIMEOUT_S:g} s after start (last state: "
+        f"{state}):\n{cluster.log_tail()}"
+    )
+
+
+def _cancel_all(cluster: SlurmCluster) -> None:
+    """Cancels what the tests left, and waits (bounded) for the jobs' processes to end:
+    they run under slurmstepd, which outlives a stopped slurmd."""
+    with contextlib.suppress(Exception):
+        ids = cluster.job_ids()
+        if ids:
+            cluster.run("scancel", *ids)
+        deadline = time.monotonic() + 10
+        while cluster.job_ids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(
+    tmp_path_factory: pytest.TempPathFactory, requires_service: Callable[..., None]
+) -> Iterator[SlurmCluster]:
+    """A running single-node Slurm cluster (2 CPUs, 8000 MB, gres gpu:h100:2), stopped
+    at the end of the session."""
+    missing = _missing()
+    requires_service("Slurm", not missing, missing)
+    host = subprocess.run(
+        ["hostname", "-s"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
+    tmp = tmp_path_factory.mktemp("slurm")
+    try:
+        conf = _write_files(tmp, host)
+    except PermissionError as exc:
+        requires_service("Slurm", False, f"cannot create the dummy GPU devices ({exc})")
+    cluster = SlurmCluster(
+        conf=conf, env={**os.environ, "SLURM_CONF": str(conf)}, tmp=tmp, host=host
+    )
+    munge = tmp / "munge"
+    daemons: list[subprocess.Popen[bytes]] = []
+    try:
+        daemons.append(
+            _start(
+                [
+                    MUNGED,
+                    "--foreground",
+                    "--force",
+                    f"--socket={munge / 'munge.socket'}",
+                    f"--key-file={munge / 'munge.key'}",
+                    f"--pid-file={tmp / 'run' / 'munged.pid'}",
+                    f"--seed-file={munge / 'munged.seed'}",
+                    f"--log-file={tmp / 'log' / 'munged.log'}",
+                ],
+                tmp / "log" / "munged.out",
+            )
+        )
+        deadline = time.monotonic() + 10
+        while not (munge / "munge.socket").exists():
+            if daemons[0].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"munged did not create its socket:\n{cluster.log_tail()}")
+            time.sleep(0.02)
+        for daemon in (SLURMCTLD, SLURMD):
+            name = Path(daemon).name
+            daemons.append(_start([daemon, "-D", "-f", str(conf)], tmp / "log" / f"{name}.out"))
+        _wait_idle(cluster, daemons)
+        yield cluster
+    finally:
+        if len(daemons) == 3 and daemons[1].poll() is None:
+            _cancel_all(cluster)
+        for process in reversed(daemons):
+            _stop(process)
