@@ -10,6 +10,8 @@ Test modules import the fixture by name::
 
     from service_slurm import slurm_cluster  # noqa: F401
 
+and a benchmark may start one with :func:`running_slurm_cluster`.
+
 Without the daemons, or without root (slurmd runs jobs as their user and
 needs root for it), the tests skip, and fail under ``CI=true``.
 """
@@ -115,7 +117,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _missing() -> str:
+def why_slurm_cannot_start() -> str:
     """Why the cluster cannot start here, or ``""`` when it can."""
     absent = [
         path for path in (MUNGED, MUNGEKEY, SLURMCTLD, SLURMD) if not os.access(path, os.X_OK)
@@ -215,22 +217,20 @@ def _cancel_all(cluster: SlurmCluster) -> None:
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(
-    tmp_path_factory: pytest.TempPathFactory, requires_service: Callable[..., None]
-) -> Iterator[SlurmCluster]:
-    """A running single-node Slurm cluster (2 CPUs, 8000 MB, gres gpu:h100:2), stopped
-    at the end of the session."""
-    missing = _missing()
-    requires_service("Slurm", not missing, missing)
+@contextlib.contextmanager
+def running_slurm_cluster(tmp: Path) -> Iterator[SlurmCluster]:
+    """Starts the cluster in the empty folder ``tmp``, and stops its daemons by pid
+    (cancelling what jobs remain) when the block ends, also on failure.
+
+    Raises:
+        RuntimeError: a daemon exited or the node was not IDLE in time; the
+            message holds the daemons' last log lines.
+        PermissionError: the dummy GPU devices cannot be made (no ``mknod``).
+    """
     host = subprocess.run(
         ["hostname", "-s"], capture_output=True, text=True, check=True, timeout=10
     ).stdout.strip()
-    tmp = tmp_path_factory.mktemp("slurm")
-    try:
-        conf = _write_files(tmp, host)
-    except PermissionError as exc:
-        requires_service("Slurm", False, f"cannot create the dummy GPU devices ({exc})")
+    conf = _write_files(tmp, host)
     cluster = SlurmCluster(
         conf=conf, env={**os.environ, "SLURM_CONF": str(conf)}, tmp=tmp, host=host
     )
@@ -267,3 +267,19 @@ def slurm_cluster(
             _cancel_all(cluster)
         for process in reversed(daemons):
             _stop(process)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(
+    tmp_path_factory: pytest.TempPathFactory, requires_service: Callable[..., None]
+) -> Iterator[SlurmCluster]:
+    """A running single-node Slurm cluster (2 CPUs, 8000 MB, gres gpu:h100:2), stopped
+    at the end of the session."""
+    missing = why_slurm_cannot_start()
+    requires_service("Slurm", not missing, missing)
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(running_slurm_cluster(tmp_path_factory.mktemp("slurm")))
+        except PermissionError as exc:
+            requires_service("Slurm", False, f"cannot create the dummy GPU devices ({exc})")
+        yield cluster

@@ -243,6 +243,7 @@ def test_commands_get_slurm_conf_and_the_script_on_stdin(tmp_path: Path) -> None
         "sbatch",
         f'echo "$SLURM_CONF $*" > {tmp_path}/argv; cat > {tmp_path}/script; echo "17;c"',
     )
+    (tmp_path / "slurm.conf").write_text("ClusterName=x\n")
     cli = SlurmCli(tmp_path / "slurm.conf", bin_dir=tmp_path)
     assert cli.submit(["--cpus-per-task=1", "--comment=a b"], "#!/bin/sh\necho hi\n") == "17"
     assert (tmp_path / "argv").read_text() == (
@@ -284,6 +285,13 @@ def test_sbatch_failures_become_cobalt_errors_that_say_what_to_do(
     assert "`sbatch` failed (exit 1)" in str(caught.value)
     assert stderr in str(caught.value)
     assert says in str(caught.value)
+
+
+def test_a_missing_configuration_is_a_config_error_at_once(tmp_path: Path) -> None:
+    _command(tmp_path, "scontrol", f"touch {tmp_path}/ran")
+    with pytest.raises(ConfigError, match=r"nope\.conf does not exist.*slurm_conf"):
+        SlurmCli(tmp_path / "nope.conf", bin_dir=tmp_path).nodes()
+    assert not (tmp_path / "ran").exists()
 
 
 def test_a_missing_command_is_a_config_error_naming_it(tmp_path: Path) -> None:

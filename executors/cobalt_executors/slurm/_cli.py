@@ -187,6 +187,12 @@ class SlurmCli:
     def _run(
         self, argv: list[str], *, what: str, stdin: str | None = None, gone_is_empty: bool = False
     ) -> str:
+        conf = self.env.get("SLURM_CONF")
+        if conf and not os.path.exists(conf):  # Slurm's commands would retry for a minute
+            raise ConfigError(
+                f"`{what}` cannot run: the Slurm configuration {conf} does not exist; set the "
+                "executor's slurm_conf to the cluster's slurm.conf."
+            )
         program = str(self.bin_dir / argv[0]) if self.bin_dir is not None else argv[0]
         try:
             done = subprocess.run(
