@@ -55,8 +55,6 @@ _IDS_PER_SQUEUE = 500
 _CONFIG_PROBLEMS = (
     "could not establish a configuration source",
     "unable to process configuration file",
-    "fetch_config",
-    "cannot open",
 )
 _NEVER_RUNS = (
     "requested node configuration is not available",
