@@ -15,6 +15,8 @@ Every error cobalt raises derives from :class:`Error`, exported to users as
     │   └── AuthenticationError   the controller (or an endpoint, below) refused the token
     ├── NotFoundError             an unknown dispatch id, node id, deployment or route
     ├── ContentAddressError       a sha256 is not 64 lowercase hex digits, or not its bytes' hash
+    ├── ExecutorError             an executor's host, cluster or agent failed (the host named)
+    ├── ProtocolError             a message from an agent or a worker is malformed
     ├── WaitTimeoutError          ``get_result(..., wait=seconds)`` ran out of time
     ├── TaskFailedError           a task failed remotely (carries the remote traceback)
     ├── DeploymentError           a deployment's replicas could not start (traceback attached)
@@ -105,6 +107,15 @@ class ContentAddressError(Error, ValueError):
 
     The controller refuses the whole request; nothing of it is stored.
     """
+
+
+class ExecutorError(Error):
+    """An executor's host, cluster or agent failed; the message names the host or command
+    and what to do."""
+
+
+class ProtocolError(Error, ValueError):
+    """A message from an agent or a worker is malformed; it is refused whole."""
 
 
 class WaitTimeoutError(Error, TimeoutError):

@@ -50,5 +50,12 @@ LOCAL = ExecutorType(
     config_only=frozenset({"cgroups"}),
 )
 
-EXECUTOR_TYPES: dict[str, ExecutorType] = {t.name: t for t in (LOCAL,)}
+AGENTS = ExecutorType(
+    "agents",
+    options=frozenset(),
+    config_only=frozenset({"reconnect_grace_s", "blob_dir"}),
+)
+"""Machines attached by hand: each runs ``cobalt agent`` and dials the controller."""
+
+EXECUTOR_TYPES: dict[str, ExecutorType] = {t.name: t for t in (LOCAL, AGENTS)}
 """Every executor type, by name."""

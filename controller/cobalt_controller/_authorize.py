@@ -39,6 +39,7 @@ from cobalt_controller._credentials import (
     TaskScope,
     UserScope,
 )
+from cobalt_controller.agents._tokens import AgentScope
 from cobalt_controller.state import StateStore
 
 UNKNOWN_CREDENTIAL = (
@@ -75,6 +76,8 @@ class Authorizer:
             return scope
         if isinstance(scope, TaskScope):
             why = self._task(scope, rpc_name, request)
+        elif isinstance(scope, AgentScope):
+            why = self._agent(scope, rpc_name)
         else:
             why = self._replica(scope, rpc_name, request)
         if why is None:
@@ -88,6 +91,8 @@ class Authorizer:
         wanted = set(shas)
         if isinstance(scope, ReplicaScope):
             return wanted - scope.payloads
+        if isinstance(scope, AgentScope):
+            return wanted
         tree = self._tree(scope.dispatch_id)
         return {s for s in wanted if not self._readable(scope, s, tree)}
 
@@ -167,6 +172,16 @@ class Authorizer:
         if not is_sha256(sha):
             return False
         return sha in scope.uploaded or self.state.holds_payload(tree, sha)
+
+    # -- agents ------------------------------------------------------------------------
+
+    @staticmethod
+    def _agent(scope: AgentScope, rpc: str) -> str | None:
+        """An agent opens its stream and sends outputs; it reads payloads with the
+        credential of the task that needs them."""
+        if rpc in ("AgentConnect", "BlobPut", "BlobHas"):
+            return None
+        return f"from an agent of executor {scope.executor!r}"
 
     # -- replicas ----------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 Example::
 
     [controller]
-    address = "127.0.0.1:0"               # host:port; port 0 picks a free one
+    address = "127.0.0.1:0"               # host:port; port 0 picks a free one. Beyond
+                                          # loopback it is TLS only (agents pin the cert)
+    agent_address = "head.example:50051"  # where agents dial, when not the address itself
     dashboard_address = "127.0.0.1:0"     # the web dashboard; "" turns it off
     gateway_address = "127.0.0.1:0"       # deployments' HTTP gateway; "" turns it off.
                                           # Port 0 reuses the port of the last run when free
@@ -37,6 +39,7 @@ from cobalt_executors.registry import EXECUTOR_TYPES
 
 _CONTROLLER_KEYS = {
     "address",
+    "agent_address",
     "dashboard_address",
     "gateway_address",
     "autoscale_interval_s",
@@ -59,6 +62,8 @@ class ExecutorConfig:
 class ControllerConfig:
     home: Path
     address: str = "127.0.0.1:0"
+    agent_address: str = ""
+    """Where agents dial when that is not ``address`` (a name behind NAT, say)."""
     dashboard_address: str = "127.0.0.1:0"
     gateway_address: str = "127.0.0.1:0"
     """Where deployments are served; "" turns the gateway (and deployments) off.
@@ -129,6 +134,8 @@ def load_config(home: Path, path: Path | None = None) -> ControllerConfig:
     cfg = ControllerConfig(home=home)
     if "address" in section:
         cfg.address = str(section["address"])
+    if "agent_address" in section:
+        cfg.agent_address = _address(path, "agent_address", section["agent_address"])
     if "dashboard_address" in section:
         cfg.dashboard_address = str(section["dashboard_address"])
     if "gateway_address" in section:

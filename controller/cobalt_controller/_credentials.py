@@ -20,6 +20,9 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 
+from cobalt_controller.agents._tokens import PREFIX as AGENT_PREFIX
+from cobalt_controller.agents._tokens import AgentKeys, AgentScope
+
 
 @dataclass(frozen=True, slots=True)
 class UserScope:
@@ -48,7 +51,7 @@ class ReplicaScope:
     payloads: frozenset[str] = frozenset()
 
 
-Scope = UserScope | TaskScope | ReplicaScope
+Scope = UserScope | TaskScope | ReplicaScope | AgentScope
 """Who holds a credential, and so what it reaches."""
 
 
@@ -67,8 +70,10 @@ class Credentials:
     """The credentials in force, by the key of what holds each (a task attempt's
     ``task_key``, a replica's ``replica/<name>/<id>``)."""
 
-    def __init__(self, user_token: str) -> None:
+    def __init__(self, user_token: str, agents: AgentKeys | None = None) -> None:
         self._user = user_token
+        self.agents = agents
+        """Checks agents' signed credentials (see :mod:`cobalt_controller.agents._tokens`)."""
         self._by_digest: dict[bytes, _Entry] = {}
         self._by_key: dict[str, _Entry] = {}
         self._lock = threading.Lock()
@@ -96,6 +101,8 @@ class Credentials:
         """What ``credential`` reaches; None when it is unknown, expired or revoked."""
         if secrets.compare_digest(credential.encode("utf-8", "surrogatepass"), self._user.encode()):
             return UserScope()
+        if credential.startswith(AGENT_PREFIX):
+            return self.agents.scope(credential) if self.agents is not None else None
         with self._lock:
             entry = self._by_digest.get(_digest(credential))
         if entry is None or not secrets.compare_digest(

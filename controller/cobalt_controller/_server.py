@@ -6,14 +6,17 @@ import json
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from concurrent import futures
 
 import grpc
 
+from cobalt_common.channel import is_loopback
 from cobalt_common.paths import controller_file
 from cobalt_common.status import Status
+from cobalt_common.v1 import agent_pb2_grpc as agent_grpc
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
 from cobalt_common.version import __version__
 from cobalt_controller._authorize import Authorizer
@@ -26,6 +29,12 @@ from cobalt_controller._lograte import limit_grpc_error_logs
 from cobalt_controller._malformed import MalformedRequestInterceptor
 from cobalt_controller._payloads import Payloads
 from cobalt_controller._servicer import ControllerServicer
+from cobalt_controller.agents import (
+    AgentKeys,
+    AgentsServicer,
+    AgentTokens,
+    ControllerCertificate,
+)
 from cobalt_controller.blobs import LocalBlobStore
 from cobalt_controller.dashboard import Dashboard, deployments_reader
 from cobalt_controller.deploy import DeploymentManager, Gateway, recover
@@ -42,6 +51,7 @@ from cobalt_controller.dispatch._scheduler import Scheduler
 from cobalt_controller.placement import Placement
 from cobalt_controller.state import SqlStateStore, StateStore
 from cobalt_executors import ExecutorContext
+from cobalt_executors.base import AgentEndpoint
 
 log = logging.getLogger("cobalt.controller")
 MAX_MESSAGE = 1 << 30
@@ -55,7 +65,9 @@ class ControllerServer:
         config.home.mkdir(parents=True, exist_ok=True)
         self.token = secrets.token_urlsafe(32)
         """The user's token, written to controller.json: the only one that administers."""
-        self.credentials = Credentials(self.token)
+        self.agent_keys = AgentKeys(config.home / "agent.key")
+        """Signs agents' credentials, which outlive a restart (see docs/executors.md)."""
+        self.credentials = Credentials(self.token, self.agent_keys)
         """Each task attempt's and replica's own credential (see docs/security.md)."""
         self.state = state or SqlStateStore(config.database_url)
         self.blobs = LocalBlobStore(config.blob_dir)
@@ -72,12 +84,13 @@ class ControllerServer:
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
                 ("grpc.so_reuseport", 0),
+                # Agents ping every 2 s so that a vanished machine is noticed.
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+                ("grpc.http2.max_ping_strikes", 0),
             ],
         )
-        port = self._server.add_insecure_port(config.address)
-        if port == 0:
-            raise OSError(f"cannot listen on {config.address}")
-        self.address = f"{config.address.rsplit(':', 1)[0]}:{port}"
+        self.address, self.agent_address, self.fingerprint = self._listen(config)
         self.hub = EventHub()
         self.placement = Placement()
         """Owns executor capacity: the scheduler's tasks and the deployments' replicas
@@ -100,6 +113,7 @@ class ControllerServer:
             # replica gets its own credential in its submission's env instead.
             env={"COBALT_CONTROLLER_ADDRESS": self.address},
             work_dir=config.home / "workers",
+            agents=AgentEndpoint(self.agent_address, self.fingerprint, self.agent_keys.mint),
         )
         self.executors = ExecutorPool(config.executors, context)
         self.scheduler = Scheduler(
@@ -142,8 +156,38 @@ class ControllerServer:
             self.info,
             self.request_stop,
             self.deployments,
+            AgentTokens(self.agent_keys, self.agent_address, self.fingerprint),
         )
         pb_grpc.add_ControllerServicer_to_server(servicer, self._server)
+        agent_grpc.add_AgentsServicer_to_server(
+            AgentsServicer(self.executors.all, self.agent_keys, self.token), self._server
+        )
+
+    def _listen(self, config: ControllerConfig) -> tuple[str, str, str]:
+        """Opens the gRPC ports: (local address, agents' address, certificate fingerprint).
+
+        On loopback, one plain-text port serves everyone. Beyond loopback, the
+        configured address is TLS only, with the certificate the controller made
+        (agents pin its fingerprint), and local clients and workers use a second,
+        plain-text port on 127.0.0.1.
+        """
+        host = config.address.rsplit(":", 1)[0]
+        if is_loopback(host.strip("[]")):
+            port = self._server.add_insecure_port(config.address)
+            if port == 0:
+                raise OSError(f"cannot listen on {config.address}")
+            address = f"{host}:{port}"
+            return address, address, ""
+        cert = ControllerCertificate.load_or_create(config.home / "tls")
+        credentials = grpc.ssl_server_credentials([(cert.key_pem, cert.cert_pem)])
+        port = self._server.add_secure_port(config.address, credentials)
+        local = self._server.add_insecure_port("127.0.0.1:0")
+        if port == 0 or local == 0:
+            raise OSError(f"cannot listen on {config.address}")
+        advertised = config.agent_address or (
+            f"{socket.getfqdn() if host in ('0.0.0.0', '[::]', '::') else host}:{port}"
+        )
+        return f"127.0.0.1:{local}", advertised, cert.fingerprint
 
     def start(self) -> None:
         # Dispatches are resumed (queued) now, but the scheduler places their tasks only

@@ -23,6 +23,7 @@ from cobalt_controller._deploy_rpc import DeploymentRpcs
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._grpc_errors import abort
 from cobalt_controller._payloads import Payloads
+from cobalt_controller.agents import AgentTokens
 from cobalt_controller.deploy import DeploymentManager
 from cobalt_controller.dispatch._cost import estimate, local_day
 from cobalt_controller.dispatch._events import EventHub
@@ -48,6 +49,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         info: dict[str, Any],
         on_stop: Callable[[], None],
         deployments: DeploymentManager | None = None,
+        agent_tokens: AgentTokens | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.state = scheduler.state
@@ -57,6 +59,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         self.info = info
         self.on_stop = on_stop
         self.deployment_rpcs = DeploymentRpcs(deployments, payloads, executors)
+        self.agent_tokens = agent_tokens
 
     # -- controller ----------------------------------------------------------------
 
@@ -92,6 +95,16 @@ class ControllerServicer(pb_grpc.ControllerServicer):
     def ControllerStop(self, request: Any, context: Any) -> pb.ControllerStopResponse:
         self.on_stop()
         return pb.ControllerStopResponse()
+
+    def AgentTokenCreate(
+        self, request: pb.AgentTokenCreateRequest, context: Any
+    ) -> pb.AgentTokenCreateResponse:
+        if self.agent_tokens is None:
+            abort(context, errors.ExecutorError("this controller serves no agents."))
+        try:
+            return self.agent_tokens.create(request, self.executors.all())
+        except errors.Error as exc:
+            abort(context, exc)
 
     # -- blobs ---------------------------------------------------------------------
 

@@ -21,6 +21,12 @@ order of an executor's life:
    stop the task and report it with that status.
 7. :meth:`Executor.teardown`: stop everything this executor started.
 
+After a controller restart, a task attempt the previous controller started
+may still run on an agent beyond this machine. The controller offers it to
+the executor with :meth:`Executor.reclaim`; an executor that takes it reports
+its outcome as if it had started it (or reports it lost). The local executor
+takes none: its workers ended with the controller.
+
 After a controller restart, a replica the previous controller started may
 still run. The controller counts its hardware with :meth:`Executor.adopt`
 (no task is given it) and gives it back with :meth:`Executor.release` when
@@ -111,6 +117,9 @@ class TaskSubmission:
     long_running: bool = False
     """True for tasks that mostly wait on others (sublattices): they must not
     take a worker slot that the tasks they wait on need."""
+    client_runtime: dict[str, str] = field(default_factory=dict)
+    """The Python, cloudpickle and cobalt versions of the client that pickled the
+    task; an executor whose workers run another interpreter checks them."""
 
 
 @dataclass(slots=True)
@@ -127,6 +136,23 @@ class TaskOutcome:
     ended_at: float = 0.0
     reason: str = ""
     hardware_given: HardwareGiven = field(default_factory=HardwareGiven)
+    on_stored: Callable[[], None] | None = None
+    """Called once the controller has stored this outcome (or found it already
+    known), so that an executor that keeps outcomes for a restarted controller
+    (a remote agent) may forget it."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEndpoint:
+    """How agents reach the controller, for executors that start agents."""
+
+    address: str
+    """Where agents dial (``host:port``)."""
+    fingerprint: str
+    """The SHA-256 fingerprint of the controller's certificate; empty on loopback,
+    where the stream is plain text."""
+    mint: Callable[[str, str, float], str]
+    """``mint(executor, allocation, ttl_s)``: a credential for one agent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +173,8 @@ class ExecutorContext:
     machine: Machine = field(default_factory=Machine)
     """The controller's own machine, whose CPUs, memory and warm workers the
     executors that run tasks on it (the local ones) share."""
+    agents: AgentEndpoint | None = None
+    """How agents reach the controller; None where no controller serves agents (tests)."""
     work_dir: Path | None = None
     """A folder executors keep their own files in (the controller's
     ``<home>/workers``), so that what a killed controller leaves there is found
@@ -239,6 +267,13 @@ class Executor(ABC):
         if previous is not None:
             self.inventory().release(previous)
         return True
+
+    def reclaim(self, task: TaskSubmission, given: HardwareGiven) -> bool:
+        """Takes ``task``, which the previous controller started here with ``given``,
+        as if this executor had started it: True promises one report of its outcome
+        (its own, or a loss); False (the default) means it no longer runs, and the
+        controller runs it again."""
+        return False
 
     def release(self, task_key: str) -> None:
         """Gives back what :meth:`adopt` reserved for ``task_key`` (a no-op for others)."""

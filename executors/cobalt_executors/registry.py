@@ -7,8 +7,11 @@ from typing import Any
 from cobalt_common.errors import SpecError
 from cobalt_executors.base import Executor
 from cobalt_executors.local import LocalExecutor
+from cobalt_executors.remote import AgentsExecutor
 
-EXECUTOR_TYPES: dict[str, type[Executor]] = {LocalExecutor.type_name: LocalExecutor}
+EXECUTOR_TYPES: dict[str, type[Executor]] = {
+    cls.type_name: cls for cls in (LocalExecutor, AgentsExecutor)
+}
 
 
 def create_executor(type_name: str, name: str, options: dict[str, Any]) -> Executor:

@@ -1111,6 +1111,63 @@ class BlobGetRequest(_message.Message):
 Global___BlobGetRequest: _TypeAlias = BlobGetRequest  # noqa: Y015
 
 @_typing.final
+class AgentTokenCreateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTOR_FIELD_NUMBER: _builtins.int
+    TTL_S_FIELD_NUMBER: _builtins.int
+    ALLOCATION_FIELD_NUMBER: _builtins.int
+    executor: _builtins.str
+    ttl_s: _builtins.float
+    """0: 30 days"""
+    allocation: _builtins.str
+    """optional: only an agent of this allocation"""
+    def __init__(
+        self,
+        *,
+        executor: _builtins.str = ...,
+        ttl_s: _builtins.float = ...,
+        allocation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "executor", b"executor", "ttl_s", b"ttl_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentTokenCreateRequest: _TypeAlias = AgentTokenCreateRequest  # noqa: Y015
+
+@_typing.final
+class AgentTokenCreateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    address: _builtins.str
+    """where agents dial"""
+    fingerprint: _builtins.str
+    """of the controller's certificate; empty on loopback"""
+    expires_at: _builtins.float
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        address: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        expires_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "expires_at", b"expires_at", "fingerprint", b"fingerprint", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentTokenCreateResponse: _TypeAlias = AgentTokenCreateResponse  # noqa: Y015
+
+@_typing.final
 class ControllerStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -5,7 +5,7 @@ import warnings
 
 from cobalt_common.v1 import controller_pb2 as cobalt_dot_v1_dot_controller__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -43,6 +43,11 @@ class ControllerStub:
                 '/cobalt.v1.Controller/ControllerStop',
                 request_serializer=cobalt_dot_v1_dot_controller__pb2.ControllerStopRequest.SerializeToString,
                 response_deserializer=cobalt_dot_v1_dot_controller__pb2.ControllerStopResponse.FromString,
+                _registered_method=True)
+        self.AgentTokenCreate = channel.unary_unary(
+                '/cobalt.v1.Controller/AgentTokenCreate',
+                request_serializer=cobalt_dot_v1_dot_controller__pb2.AgentTokenCreateRequest.SerializeToString,
+                response_deserializer=cobalt_dot_v1_dot_controller__pb2.AgentTokenCreateResponse.FromString,
                 _registered_method=True)
         self.BlobHas = channel.unary_unary(
                 '/cobalt.v1.Controller/BlobHas',
@@ -162,6 +167,13 @@ class ControllerServicer:
 
     def ControllerStop(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AgentTokenCreate(self, request, context):
+        """A credential for agents of one executor, and how they reach this controller.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -306,6 +318,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.ControllerStop,
                     request_deserializer=cobalt_dot_v1_dot_controller__pb2.ControllerStopRequest.FromString,
                     response_serializer=cobalt_dot_v1_dot_controller__pb2.ControllerStopResponse.SerializeToString,
+            ),
+            'AgentTokenCreate': grpc.unary_unary_rpc_method_handler(
+                    servicer.AgentTokenCreate,
+                    request_deserializer=cobalt_dot_v1_dot_controller__pb2.AgentTokenCreateRequest.FromString,
+                    response_serializer=cobalt_dot_v1_dot_controller__pb2.AgentTokenCreateResponse.SerializeToString,
             ),
             'BlobHas': grpc.unary_unary_rpc_method_handler(
                     servicer.BlobHas,
@@ -467,6 +484,33 @@ class Controller:
             '/cobalt.v1.Controller/ControllerStop',
             cobalt_dot_v1_dot_controller__pb2.ControllerStopRequest.SerializeToString,
             cobalt_dot_v1_dot_controller__pb2.ControllerStopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AgentTokenCreate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cobalt.v1.Controller/AgentTokenCreate',
+            cobalt_dot_v1_dot_controller__pb2.AgentTokenCreateRequest.SerializeToString,
+            cobalt_dot_v1_dot_controller__pb2.AgentTokenCreateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,8 @@ class ControllerStub:
     def __new__(cls, channel: _aio.Channel) -> ControllerAsyncStub: ...
     ControllerStatus: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ControllerStatusRequest, _controller_pb2.ControllerStatusResponse]
     ControllerStop: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ControllerStopRequest, _controller_pb2.ControllerStopResponse]
+    AgentTokenCreate: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AgentTokenCreateRequest, _controller_pb2.AgentTokenCreateResponse]
+    """A credential for agents of one executor, and how they reach this controller."""
     BlobHas: _grpc.UnaryUnaryMultiCallable[_controller_pb2.BlobHasRequest, _controller_pb2.BlobHasResponse]
     BlobPut: _grpc.StreamUnaryMultiCallable[_controller_pb2.BlobChunk, _controller_pb2.BlobPutResponse]
     BlobGet: _grpc.UnaryStreamMultiCallable[_controller_pb2.BlobGetRequest, _controller_pb2.BlobChunk]
@@ -66,6 +68,8 @@ class ControllerAsyncStub(ControllerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ControllerStatus: _aio.UnaryUnaryMultiCallable[_controller_pb2.ControllerStatusRequest, _controller_pb2.ControllerStatusResponse]  # type: ignore[assignment]
     ControllerStop: _aio.UnaryUnaryMultiCallable[_controller_pb2.ControllerStopRequest, _controller_pb2.ControllerStopResponse]  # type: ignore[assignment]
+    AgentTokenCreate: _aio.UnaryUnaryMultiCallable[_controller_pb2.AgentTokenCreateRequest, _controller_pb2.AgentTokenCreateResponse]  # type: ignore[assignment]
+    """A credential for agents of one executor, and how they reach this controller."""
     BlobHas: _aio.UnaryUnaryMultiCallable[_controller_pb2.BlobHasRequest, _controller_pb2.BlobHasResponse]  # type: ignore[assignment]
     BlobPut: _aio.StreamUnaryMultiCallable[_controller_pb2.BlobChunk, _controller_pb2.BlobPutResponse]  # type: ignore[assignment]
     BlobGet: _aio.UnaryStreamMultiCallable[_controller_pb2.BlobGetRequest, _controller_pb2.BlobChunk]  # type: ignore[assignment]
@@ -104,6 +108,14 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.ControllerStopRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ControllerStopResponse, _abc.Awaitable[_controller_pb2.ControllerStopResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AgentTokenCreate(
+        self,
+        request: _controller_pb2.AgentTokenCreateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.AgentTokenCreateResponse, _abc.Awaitable[_controller_pb2.AgentTokenCreateResponse]]:
+        """A credential for agents of one executor, and how they reach this controller."""
 
     @_abc_1.abstractmethod
     def BlobHas(

@@ -13,6 +13,7 @@ from cobalt._client import get_client
 from cobalt._discovery import read_controller_info
 from cobalt._embedded import start_controller
 from cobalt._result import format_table
+from cobalt.cli.agents import add_parser as add_agents_parser
 from cobalt.cli.deployments import add_parser as add_deployments_parser
 from cobalt.cli.dispatches import add_parser as add_dispatches_parser
 from cobalt_common.errors import ControllerUnavailableError, Error
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     dash.add_argument("--no-open", action="store_true", help="only print the address")
     dash.set_defaults(fn=_dashboard)
     add_deployments_parser(sub)
+    add_agents_parser(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args))

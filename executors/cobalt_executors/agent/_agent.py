@@ -1,0 +1,355 @@
+"""The agent process: one stream to the controller, warm workers, kept outcomes."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from cobalt_common.channel import open_channel
+from cobalt_common.errors import ExecutorError, ProtocolError
+from cobalt_common.status import Status
+from cobalt_common.v1 import agent_pb2
+from cobalt_common.v1 import agent_pb2_grpc as agent_grpc
+from cobalt_common.version import __version__
+from cobalt_executors._machine import Machine
+from cobalt_executors.agent._staging import Stager
+from cobalt_executors.base import ExecutorContext, TaskOutcome, TaskSubmission
+from cobalt_executors.local import LocalExecutor
+from cobalt_executors.remote._protocol import (
+    PROTOCOL,
+    outcome_to_wire,
+    runtime_versions,
+    task_from_wire,
+    version_mismatch,
+)
+
+log = logging.getLogger("cobalt.agent")
+
+REFUSED = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+"""Answers that reconnecting cannot change: the agent stops and says why."""
+BACKOFF_S = (0.05, 5.0)
+"""The first and the longest wait before reconnecting."""
+
+
+@dataclass(slots=True)
+class AgentConfig:
+    """How one agent reaches its controller and what it offers.
+
+    Attributes:
+        controller: the controller's ``host:port``.
+        credential: the agent's own credential (``cobalt agent-token`` prints one).
+        executor: the executor it joins.
+        work_dir: its own folder (workers' logs, fetched payloads).
+        fingerprint: the SHA-256 fingerprint of the controller's certificate;
+            empty: plain text, which only a loopback address allows.
+        options: the local executor's options (cpus, memory, workers, emulate_gpus).
+        allocation: where it runs, in its executor's words (a job id, a host).
+        expires_at: when its allocation ends (unix seconds); 0: never.
+    """
+
+    controller: str
+    credential: str
+    executor: str
+    work_dir: Path
+    fingerprint: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    allocation: str = ""
+    expires_at: float = 0.0
+    agent_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+class _Connection:
+    """One open stream: its outgoing queue."""
+
+    def __init__(self) -> None:
+        self.outgoing: queue.SimpleQueue[agent_pb2.AgentMessage | None] = queue.SimpleQueue()
+
+    def send(self, message: agent_pb2.AgentMessage) -> None:
+        self.outgoing.put(message)
+
+    def messages(self, hello: agent_pb2.AgentMessage) -> Iterator[agent_pb2.AgentMessage]:
+        yield hello
+        while True:
+            message = self.outgoing.get()
+            if message is None:
+                return
+            yield message
+
+
+class Agent:
+    """Runs until :meth:`stop`, or until the controller refuses it for good."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        config.work_dir.mkdir(parents=True, exist_ok=True)
+        self._versions = runtime_versions()
+        self._local = LocalExecutor(f"agent-{config.agent_id}", dict(config.options))
+        self._started = False
+        self._stager: Stager | None = None
+        self._lock = threading.Lock()
+        self._kept: dict[int, agent_pb2.AgentOutcome] = {}
+        """Outcomes not yet acknowledged, by sequence number."""
+        self._seq = 0
+        self._running: set[str] = set()
+        self._waiting: list[TaskSubmission] = []
+        """Tasks the local executor had no room for yet (it shares warm workers)."""
+        self._connection: _Connection | None = None
+        self._stopping = threading.Event()
+        self._channel: grpc.Channel | None = None
+        self._call: Any = None
+        self.connected = threading.Event()
+
+    # -- the connection loop ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Connects, serves, and reconnects with backoff until stopped or refused."""
+        delay = BACKOFF_S[0]
+        try:
+            while not self._stopping.is_set():
+                welcomed = self._serve_once()
+                if welcomed:
+                    delay = BACKOFF_S[0]
+                if self._stopping.wait(delay * (0.5 + random.random())):
+                    break
+                delay = min(delay * 2, BACKOFF_S[1])
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _serve_once(self) -> bool:
+        """One stream, from hello to its end; True if the controller welcomed it."""
+        if self._channel is None:
+            self._channel = open_channel(self.config.controller, self.config.fingerprint)
+        stub = agent_grpc.AgentsStub(self._channel)
+        connection = _Connection()
+        welcomed = False
+        try:
+            call = stub.AgentConnect(
+                connection.messages(self._hello()),
+                metadata=(("authorization", f"Bearer {self.config.credential}"),),
+            )
+            self._call = call
+            for command in call:
+                which = command.WhichOneof("command")
+                if which == "welcome":
+                    welcomed = True
+                    self._welcomed(command.welcome, connection)
+                elif which == "task":
+                    self._task(command.task)
+                elif which == "cancel":
+                    self._local_cancel(command.cancel.task_key, command.cancel.reason)
+                elif which == "ack":
+                    with self._lock:
+                        for seq in command.ack.seqs:
+                            self._kept.pop(seq, None)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in REFUSED:
+                raise ExecutorError(
+                    f"the controller at {self.config.controller} refused this agent: "
+                    f"{exc.details()}"
+                ) from None
+            if not self._stopping.is_set():
+                log.warning(
+                    "lost the controller at %s (%s); reconnecting",
+                    self.config.controller,
+                    exc.details() or code.name,
+                )
+        finally:
+            with self._lock:
+                if self._connection is connection:
+                    self._connection = None
+            self.connected.clear()
+            connection.outgoing.put(None)
+            self._call = None
+        return welcomed
+
+    def _hello(self) -> agent_pb2.AgentMessage:
+        inv = self._local.inventory()
+        with self._lock:
+            running = sorted(self._running)
+        hello = agent_pb2.AgentHello(
+            protocol=PROTOCOL,
+            agent_id=self.config.agent_id,
+            executor=self.config.executor,
+            cobalt_version=__version__,
+            python_version=self._versions["python"],
+            cloudpickle_version=self._versions["cloudpickle"],
+            hostname=socket.gethostname(),
+            cpus=inv.cpus,
+            memory_mb=inv.memory_mb,
+            running=running,
+            expires_at=self.config.expires_at,
+            allocation=self.config.allocation,
+            slots=int(self.config.options.get("workers") or inv.cpus or 1),
+        )
+        for gpu in inv.gpus:
+            hello.gpus.append(
+                agent_pb2.AgentGpu(index=gpu.index, type=gpu.type, emulated=gpu.emulated)
+            )
+        return agent_pb2.AgentMessage(hello=hello)
+
+    def _welcomed(self, welcome: agent_pb2.AgentWelcome, connection: _Connection) -> None:
+        if not self._started:
+            assert self._channel is not None
+            self._stager = Stager(
+                self._channel, self.config.credential, welcome, self.config.work_dir / "blobs"
+            )
+            self._local.setup(
+                ExecutorContext(
+                    inline_limit=welcome.inline_limit,
+                    report=self._finished,
+                    output_location=self._stager.output_location,
+                    env={"COBALT_CONTROLLER_ADDRESS": self.config.controller},
+                    machine=Machine(),
+                    work_dir=self.config.work_dir / "workers",
+                )
+            )
+            self._started = True
+        for key in welcome.forget:
+            self._local_cancel(key, "cancelled")
+        with self._lock:
+            self._connection = connection
+            kept = [self._kept[seq] for seq in sorted(self._kept)]
+        for outcome in kept:
+            connection.send(agent_pb2.AgentMessage(outcome=outcome))
+        self.connected.set()
+        log.info(
+            "agent %s joined executor %s at %s",
+            self.config.agent_id,
+            self.config.executor,
+            self.config.controller,
+        )
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def _task(self, msg: agent_pb2.AgentTask) -> None:
+        try:
+            task = task_from_wire(msg)
+        except ProtocolError as exc:
+            self._finished(TaskOutcome(msg.task_key, Status.FAILED, error=str(exc), reason="lost"))
+            return
+        with self._lock:
+            self._running.add(task.task_key)
+        why = version_mismatch(task.client_runtime, self._versions)
+        if why:
+            now = time.time()
+            self._finished(
+                TaskOutcome(
+                    task.task_key,
+                    Status.FAILED,
+                    error=f"version mismatch: {why}",
+                    started_at=now,
+                    ended_at=now,
+                    reason="version_mismatch",
+                )
+            )
+            return
+        threading.Thread(target=self._start, args=(task,), daemon=True).start()
+
+    def _start(self, task: TaskSubmission) -> None:
+        """Stages the task's payloads, then starts it or queues it until room frees."""
+        assert self._stager is not None
+        try:
+            staged = self._stager.prepare(task)
+        except Exception as exc:  # the payload could not be fetched: the task fails
+            now = time.time()
+            self._finished(
+                TaskOutcome(
+                    task.task_key,
+                    Status.FAILED,
+                    error=f"could not fetch the task's payloads from the controller: {exc}",
+                    started_at=now,
+                    ended_at=now,
+                    reason="lost",
+                )
+            )
+            return
+        with self._lock:
+            if task.task_key not in self._running:
+                return  # cancelled while its payloads were fetched
+            self._waiting.append(staged)
+        self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    return
+                task = self._waiting[0]
+            if self._local.try_submit(task) is None:
+                return
+            with self._lock:
+                if self._waiting and self._waiting[0] is task:
+                    self._waiting.pop(0)
+
+    def _local_cancel(self, task_key: str, reason: str) -> None:
+        with self._lock:
+            waiting = next((t for t in self._waiting if t.task_key == task_key), None)
+            if waiting is not None:
+                self._waiting.remove(waiting)
+        if waiting is not None:
+            status = Status.TIMED_OUT if reason == "time_limit" else Status.CANCELLED
+            self._finished(TaskOutcome(task_key, status, ended_at=time.time(), reason=reason))  # type: ignore[arg-type]
+        else:
+            self._local.cancel(task_key, reason)
+
+    def _finished(self, outcome: TaskOutcome) -> None:
+        """An outcome of this agent's: kept until the controller acknowledges it."""
+        if self._stager is not None:
+            try:
+                outcome = self._stager.finish(outcome)
+            except Exception as exc:
+                outcome = TaskOutcome(
+                    outcome.task_key,
+                    Status.FAILED,
+                    error=f"could not send the task's output to the controller: {exc}",
+                    started_at=outcome.started_at,
+                    ended_at=outcome.ended_at,
+                    reason="lost",
+                    hardware_given=outcome.hardware_given,
+                )
+        with self._lock:
+            self._running.discard(outcome.task_key)
+            self._seq += 1
+            msg = outcome_to_wire(outcome, self._seq)
+            self._kept[self._seq] = msg
+            connection = self._connection
+        if connection is not None:
+            connection.send(agent_pb2.AgentMessage(outcome=msg))
+        self._start_waiting()
+
+    def _shutdown(self) -> None:
+        if self._started:
+            self._local.teardown()
+        if self._channel is not None:
+            self._channel.close()
+
+    def kept(self) -> int:
+        """Outcomes not yet acknowledged."""
+        with self._lock:
+            return len(self._kept)

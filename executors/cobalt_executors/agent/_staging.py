@@ -1,0 +1,134 @@
+"""Where an agent's workers read payloads and put large outputs.
+
+The controller tells an agent where outputs go and proves which directory it
+means (the ``.cobalt-store`` marker). An agent that sees that directory (a
+shared filesystem, or the same machine) lets its workers read and write it
+directly. Any other agent fetches each payload through the controller with
+the task's own credential, into a cache directory of its own, and sends
+large outputs back with ``BlobPut``; every fetched payload is checked against
+its content address before a worker sees it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+
+from cobalt_common.errors import ContentAddressError
+from cobalt_common.payloads import BlobLocation, blob_path, write_blob
+from cobalt_common.v1 import agent_pb2, controller_pb2, worker_pb2
+from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
+from cobalt_executors.base import PayloadRef, TaskArg, TaskOutcome, TaskSubmission
+from cobalt_executors.remote._executor import STORE_MARKER
+
+CHUNK = 1 << 20
+RPC_TIMEOUT_S = 600.0
+
+
+def sees_store(welcome: agent_pb2.AgentWelcome) -> bool:
+    """Whether the controller's output directory is visible here (the same one)."""
+    location = welcome.output_location
+    if location.kind != worker_pb2.BlobLocation.KIND_DIRECTORY or not welcome.store_id:
+        return False
+    try:
+        marker = (Path(location.address) / STORE_MARKER).read_text().strip()
+    except OSError:
+        return False
+    return marker == welcome.store_id
+
+
+class Stager:
+    """Puts a task's payloads where its worker can read them, and its output back.
+
+    Args:
+        channel: the agent's channel to the controller.
+        credential: the agent's own credential (for ``BlobPut``).
+        welcome: what the controller said at connect.
+        cache_dir: this agent's own blob directory.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        credential: str,
+        welcome: agent_pb2.AgentWelcome,
+        cache_dir: Path,
+    ) -> None:
+        self._stub = pb_grpc.ControllerStub(channel)
+        self._credential = credential
+        self.shared = sees_store(welcome)
+        self.cache_dir = cache_dir
+        self._controller_dir = welcome.output_location.address if self.shared else ""
+        self.output_location = (
+            BlobLocation.directory(self._controller_dir)
+            if self.shared
+            else BlobLocation.directory(cache_dir)
+        )
+        """Where this agent's workers put large outputs."""
+
+    def prepare(self, task: TaskSubmission) -> TaskSubmission:
+        """``task`` with every stored payload at a directory its worker reads."""
+        token = task.env.get("COBALT_CONTROLLER_TOKEN", "")
+        function = self._local(task.function, token)
+        args = [TaskArg(a.position, a.keyword, self._local(a.payload, token)) for a in task.args]
+        return replace(task, function=function, args=args)
+
+    def _local(self, ref: PayloadRef, token: str) -> PayloadRef:
+        if ref.data is not None or ref.location is None:
+            return ref
+        if self.shared and ref.location.kind == "directory":
+            return ref
+        path = blob_path(self.cache_dir, ref.sha256)
+        if not path.exists():
+            write_blob(self.cache_dir, ref.sha256, self._fetch(ref.sha256, token))
+        return replace(ref, location=BlobLocation.directory(self.cache_dir))
+
+    def _fetch(self, sha256: str, token: str) -> bytes:
+        digest = hashlib.sha256()
+        parts = []
+        for chunk in self._stub.BlobGet(
+            controller_pb2.BlobGetRequest(sha256=sha256),
+            metadata=(("authorization", f"Bearer {token}"),),
+            timeout=RPC_TIMEOUT_S,
+        ):
+            digest.update(chunk.data)
+            parts.append(chunk.data)
+        if digest.hexdigest() != sha256:
+            raise ContentAddressError(
+                f"payload {sha256} fetched from the controller hashes to {digest.hexdigest()}; "
+                "it was not used."
+            )
+        return b"".join(parts)
+
+    def finish(self, outcome: TaskOutcome) -> TaskOutcome:
+        """Sends a large output this agent's worker stored to the controller."""
+        out = outcome.output
+        if out is None or out.data is not None or self.shared:
+            return outcome
+        path = blob_path(self.cache_dir, out.sha256)
+        self._put(out.sha256, path)
+        path.unlink(missing_ok=True)
+        return outcome
+
+    def _put(self, sha256: str, path: Path) -> None:
+        def chunks() -> Iterator[controller_pb2.BlobChunk]:
+            with path.open("rb") as f:
+                first = True
+                while True:
+                    data = f.read(CHUNK)
+                    if not data and not first:
+                        return
+                    yield controller_pb2.BlobChunk(sha256=sha256 if first else "", data=data)
+                    first = False
+                    if not data:
+                        return
+
+        self._stub.BlobPut(
+            chunks(),
+            metadata=(("authorization", f"Bearer {self._credential}"),),
+            timeout=RPC_TIMEOUT_S,
+        )

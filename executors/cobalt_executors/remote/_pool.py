@@ -1,0 +1,344 @@
+"""The controller's side of the agents of one remote executor.
+
+:class:`AgentPool` keeps the agents connected to one executor, a mirror of
+each one's inventory, and which task runs on which. The controller's agent
+service hands it each stream as an :class:`AgentLink`; the pool sends tasks
+and cancels down the link and turns outcomes into reports. When a link
+closes, every task it held is reported at once as lost (reason
+``agent_lost``), and the scheduler retries it per its policy.
+
+An agent keeps each outcome until the controller acknowledges it, after the
+outcome is stored (:attr:`TaskOutcome.on_stored`). After a controller
+restart, tasks that were running on agents are *reclaimed*: the pool waits up
+to ``reconnect_grace_s`` for an agent to come back and claim them in its
+hello, and reports each unclaimed one lost then. An outcome for a task the
+pool no longer knows (a duplicate, or one reported lost meanwhile) is
+acknowledged and dropped, so none is recorded twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cobalt_common.hardware import HardwareGiven, HardwareSpec
+from cobalt_common.status import Status
+from cobalt_common.v1 import agent_pb2
+from cobalt_executors._inventory import Allocation, GpuDevice, Inventory
+from cobalt_executors.base import TaskOutcome, TaskSubmission
+from cobalt_executors.remote._protocol import AGENT_LOST, outcome_from_wire, task_to_wire
+
+log = logging.getLogger("cobalt.executors")
+
+WALLTIME_MARGIN_S = 10.0
+"""A task goes to an agent whose allocation ends at least this long after the
+task's time limit would."""
+
+
+class AgentLink(ABC):
+    """The controller's end of one agent's stream."""
+
+    @abstractmethod
+    def send(self, command: agent_pb2.AgentCommand) -> None:
+        """Queues ``command`` for the agent; never blocks."""
+
+    @abstractmethod
+    def close(self, message: str) -> None:
+        """Ends the stream (the agent reconnects unless the message refused it)."""
+
+
+@dataclass(slots=True)
+class AgentInfo:
+    """What an agent said about itself in its hello."""
+
+    agent_id: str
+    hostname: str
+    allocation: str
+    cpus: float
+    memory_mb: int
+    gpus: tuple[GpuDevice, ...]
+    expires_at: float = 0.0
+    running: tuple[str, ...] = ()
+
+    @staticmethod
+    def from_hello(hello: agent_pb2.AgentHello) -> AgentInfo:
+        return AgentInfo(
+            agent_id=hello.agent_id,
+            hostname=hello.hostname,
+            allocation=hello.allocation,
+            cpus=hello.cpus,
+            memory_mb=hello.memory_mb,
+            gpus=tuple(GpuDevice(g.index, g.type, g.emulated) for g in hello.gpus),
+            expires_at=hello.expires_at,
+            running=tuple(hello.running),
+        )
+
+    def where(self) -> str:
+        place = f"{self.hostname} ({self.allocation})" if self.allocation else self.hostname
+        return f"agent {self.agent_id} on {place}"
+
+
+@dataclass(slots=True)
+class _Agent:
+    link: AgentLink
+    info: AgentInfo
+    inventory: Inventory
+    running: dict[str, Allocation] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Reclaimed:
+    task: TaskSubmission
+    given: HardwareGiven
+    deadline: float
+
+
+def fits_walltime(expires_at: float, spec: HardwareSpec, now: float) -> bool:
+    """Whether an allocation ending at ``expires_at`` (0: never) leaves room for ``spec``'s
+    time limit, with :data:`WALLTIME_MARGIN_S` to spare.
+
+    Example:
+        >>> fits_walltime(0, HardwareSpec(time_limit_s=60), now=100)
+        True
+        >>> fits_walltime(150, HardwareSpec(time_limit_s=60), now=100)
+        False
+    """
+    if not expires_at:
+        return True
+    return expires_at - now >= (spec.time_limit_s or 0.0) + WALLTIME_MARGIN_S
+
+
+class AgentPool:
+    """Agents of one executor, what each has free, and what each runs.
+
+    Args:
+        name: the executor's name, for messages.
+        report: the executor context's ``report``.
+        reconnect_grace_s: how long a task reclaimed after a controller restart
+            waits for its agent to come back before it is reported lost.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        report: Callable[[TaskOutcome], None],
+        *,
+        reconnect_grace_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self._report = report
+        self._grace = reconnect_grace_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._agents: dict[AgentLink, _Agent] = {}
+        self._where: dict[str, _Agent] = {}
+        """The agent of each task it runs, by task key."""
+        self._reclaimed: dict[str, _Reclaimed] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._changed = threading.Condition(self._lock)
+        self._closed = False
+        self._on_attach: list[Callable[[AgentInfo], None]] = []
+        self._timer = threading.Thread(
+            target=self._expire_reclaimed, name=f"cobalt-agents-{name}", daemon=True
+        )
+        self._timer.start()
+
+    # -- agents that come and go ------------------------------------------------------
+
+    def on_attach(self, callback: Callable[[AgentInfo], None]) -> None:
+        """Calls ``callback`` after each agent attaches (room may have freed)."""
+        self._on_attach.append(callback)
+
+    def attach(self, link: AgentLink, info: AgentInfo) -> list[str]:
+        """Takes a newly connected agent; returns the tasks it runs that nobody wants
+        any more (it stops them)."""
+        inventory = Inventory(info.cpus, info.memory_mb, info.gpus)
+        agent = _Agent(link, info, inventory)
+        forget: list[str] = []
+        with self._lock:
+            for key in info.running:
+                reclaimed = self._reclaimed.pop(key, None)
+                if reclaimed is None:
+                    forget.append(key)
+                    continue
+                allocation = inventory.reserve(reclaimed.given)
+                agent.running[key] = allocation or Allocation(0.0, 0)
+                self._where[key] = agent
+            self._agents[link] = agent
+        log.info("executor %s: %s attached with %s", self.name, info.where(), inventory.describe())
+        for callback in self._on_attach:
+            callback(info)
+        return forget
+
+    def detach(self, link: AgentLink, why: str) -> None:
+        """The agent's stream closed: every task it held is reported lost, now."""
+        with self._lock:
+            agent = self._agents.pop(link, None)
+            if agent is None:
+                return
+            lost = list(agent.running)
+            for key in lost:
+                self._where.pop(key, None)
+            agent.running.clear()
+        log.warning("executor %s: %s went away (%s)", self.name, agent.info.where(), why)
+        now = self._clock()
+        for key in lost:
+            self._report(
+                TaskOutcome(
+                    task_key=key,
+                    status=Status.FAILED,
+                    error=(
+                        f"the {agent.info.where()} of executor {self.name!r} went away while "
+                        f"the task ran ({why}); the task is retried if it has retries left."
+                    ),
+                    ended_at=now,
+                    reason=AGENT_LOST,
+                )
+            )
+
+    def agents(self) -> list[AgentInfo]:
+        with self._lock:
+            return [a.info for a in self._agents.values()]
+
+    # -- tasks ------------------------------------------------------------------------
+
+    def submit(self, task: TaskSubmission) -> HardwareGiven | None:
+        """Starts ``task`` on the first agent with room (and walltime) for it."""
+        now = self._clock()
+        with self._lock:
+            for agent in self._agents.values():
+                if not fits_walltime(agent.info.expires_at, task.hardware, now):
+                    continue
+                allocation = agent.inventory.allocate(task.hardware)
+                if allocation is None:
+                    continue
+                agent.running[task.task_key] = allocation
+                self._where[task.task_key] = agent
+                break
+            else:
+                return None
+        given = allocation.given()
+        agent.link.send(agent_pb2.AgentCommand(task=task_to_wire(task)))
+        return given
+
+    def cancel(self, task_key: str, reason: str) -> None:
+        with self._lock:
+            agent = self._where.get(task_key)
+            reclaimed = self._reclaimed.pop(task_key, None) if agent is None else None
+        if agent is not None:
+            agent.link.send(
+                agent_pb2.AgentCommand(
+                    cancel=agent_pb2.AgentCancel(task_key=task_key, reason=reason)
+                )
+            )
+        elif reclaimed is not None:
+            status = Status.TIMED_OUT if reason == "time_limit" else Status.CANCELLED
+            self._report(
+                TaskOutcome(task_key, status, ended_at=self._clock(), reason=reason)  # type: ignore[arg-type]
+            )
+
+    def outcome(self, link: AgentLink, msg: agent_pb2.AgentOutcome) -> None:
+        """An outcome from an agent: reported once, acknowledged once stored."""
+        seq = msg.seq
+
+        def acknowledge() -> None:
+            link.send(agent_pb2.AgentCommand(ack=agent_pb2.AgentAck(seqs=[seq])))
+
+        with self._lock:
+            agent = self._where.pop(msg.task_key, None)
+            if agent is None:
+                reclaimed = self._reclaimed.pop(msg.task_key, None)
+                known = reclaimed is not None
+            else:
+                known = True
+                allocation = agent.running.pop(msg.task_key, None)
+                if allocation is not None:
+                    agent.inventory.release(allocation)
+        if not known:
+            acknowledge()  # a duplicate, or a task reported lost meanwhile
+            return
+        outcome = outcome_from_wire(msg)
+        outcome.on_stored = acknowledge
+        self._report(outcome)
+
+    # -- tasks that outlived a controller ---------------------------------------------
+
+    def reclaim(self, task: TaskSubmission, given: HardwareGiven) -> None:
+        deadline = self._clock() + self._grace
+        with self._lock:
+            for agent in self._agents.values():
+                # An agent already back that did not claim it does not run it.
+                if task.task_key in agent.info.running:
+                    allocation = agent.inventory.reserve(given)
+                    agent.running[task.task_key] = allocation or Allocation(0.0, 0)
+                    self._where[task.task_key] = agent
+                    return
+            self._reclaimed[task.task_key] = _Reclaimed(task, given, deadline)
+            heapq.heappush(self._deadlines, (deadline, task.task_key))
+            self._changed.notify()
+
+    def _expire_reclaimed(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed:
+                    wait = self._deadlines[0][0] - self._clock() if self._deadlines else None
+                    if wait is not None and wait <= 0:
+                        break
+                    self._changed.wait(timeout=wait)
+                if self._closed:
+                    return
+                _, key = heapq.heappop(self._deadlines)
+                reclaimed = self._reclaimed.pop(key, None)
+            if reclaimed is not None:
+                self._report(
+                    TaskOutcome(
+                        task_key=key,
+                        status=Status.FAILED,
+                        error=(
+                            f"no agent of executor {self.name!r} claimed this task within "
+                            f"{self._grace:g} s of the controller's restart; it is retried "
+                            "if it has retries left."
+                        ),
+                        ended_at=self._clock(),
+                        reason=AGENT_LOST,
+                    )
+                )
+
+    # -- capacity ---------------------------------------------------------------------
+
+    def can_ever_run(self, spec: HardwareSpec) -> bool:
+        with self._lock:
+            agents = list(self._agents.values())
+        return any(a.inventory.can_ever_fit(spec) for a in agents)
+
+    def summary(self) -> Inventory:
+        """All agents' capacity as one inventory, for descriptions."""
+        with self._lock:
+            agents = list(self._agents.values())
+        gpus = tuple(g for a in agents for g in a.inventory.gpus)
+        return Inventory(
+            sum(a.inventory.cpus for a in agents), sum(a.inventory.memory_mb for a in agents), gpus
+        )
+
+    def describe(self) -> tuple[str, str]:
+        with self._lock:
+            agents = list(self._agents.values())
+        if not agents:
+            return "no agent connected", "no agent connected"
+        total = "; ".join(f"{a.info.where()}: {a.inventory.describe()}" for a in agents)
+        free = "; ".join(f"{a.info.where()}: {a.inventory.describe(free=True)}" for a in agents)
+        return total, free
+
+    def close(self, message: str) -> None:
+        with self._lock:
+            self._closed = True
+            links = list(self._agents)
+            self._changed.notify()
+        for link in links:
+            link.close(message)

@@ -1,0 +1,225 @@
+"""The agent protocol's messages, from and to the executor interface's types.
+
+Both ends use these functions: the controller's side of a remote executor
+turns a :class:`~cobalt_executors.base.TaskSubmission` into an ``AgentTask``,
+and the agent turns it back; outcomes go the other way. Everything that
+arrives from the wire is checked here before it becomes a typed value.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Mapping
+from typing import Any
+
+import cloudpickle
+
+from cobalt_common.checks import validate_sha256
+from cobalt_common.errors import ProtocolError
+from cobalt_common.hardware import HardwareGiven, HardwareSpec
+from cobalt_common.payloads import BlobLocation
+from cobalt_common.status import OUTCOME_STATUSES, OutcomeStatus, Status
+from cobalt_common.v1 import agent_pb2, worker_pb2
+from cobalt_common.version import __version__
+from cobalt_executors._runtime.payloads import to_wire
+from cobalt_executors.base import PayloadRef, TaskArg, TaskOutcome, TaskSubmission
+
+PROTOCOL = 1
+"""The agent protocol's version: a controller refuses an agent that speaks another."""
+
+AGENT_LOST = "agent_lost"
+"""The reason of a task whose agent went away while it ran."""
+
+_KINDS = {
+    worker_pb2.BlobLocation.KIND_DIRECTORY: "directory",
+    worker_pb2.BlobLocation.KIND_CONTROLLER: "controller",
+}
+
+
+def runtime_versions() -> dict[str, str]:
+    """What must match between a client and the agent that runs its tasks."""
+    major, minor, _ = platform.python_version_tuple()
+    return {
+        "python": f"{major}.{minor}",
+        "cloudpickle": str(cloudpickle.__version__),
+        "cobalt": __version__,
+    }
+
+
+def version_mismatch(client: Mapping[str, str], agent: Mapping[str, str]) -> str:
+    """Why a task pickled by ``client`` cannot run under ``agent``; "" when it can.
+
+    Example:
+        >>> version_mismatch({"python": "3.11"}, {"python": "3.12"})[:40]
+        'the client runs Python 3.11 but this age'
+    """
+    names = {"python": "Python", "cloudpickle": "cloudpickle", "cobalt": "cobalt"}
+    wrong = [
+        (names[key], client[key], agent.get(key, "?"))
+        for key in names
+        if client.get(key) and client[key] != agent.get(key)
+    ]
+    if not wrong:
+        return ""
+    sides = "; ".join(f"the client runs {n} {c} but this agent runs {n} {a}" for n, c, a in wrong)
+    return (
+        f"{sides}. A task pickled by one version may not load in another: install the "
+        "client's versions on the agent's machine (or the agent's in the client's "
+        "environment) and dispatch again."
+    )
+
+
+# -- payloads ---------------------------------------------------------------------------
+
+
+def payload_to_wire(ref: PayloadRef) -> agent_pb2.AgentPayload:
+    msg = agent_pb2.AgentPayload(sha256=ref.sha256, size=ref.size)
+    if ref.data is not None:
+        msg.data = ref.data
+    elif ref.location is not None:
+        msg.location.CopyFrom(to_wire(ref.location))
+    return msg
+
+
+def payload_from_wire(msg: agent_pb2.AgentPayload, what: str) -> PayloadRef:
+    try:
+        validate_sha256(msg.sha256)
+    except ValueError as exc:
+        raise ProtocolError(f"{what}: {exc}") from None
+    kind = msg.location.kind
+    if kind == worker_pb2.BlobLocation.KIND_UNSPECIFIED:
+        if msg.size and msg.size != len(msg.data):
+            raise ProtocolError(f"{what}: {len(msg.data)} bytes inline, but size says {msg.size}")
+        return PayloadRef(msg.sha256, msg.data, len(msg.data))
+    name = _KINDS.get(kind)
+    if name is None:
+        raise ProtocolError(f"{what}: unknown payload location kind {kind}")
+    location = BlobLocation(name, msg.location.address)  # type: ignore[arg-type]
+    return PayloadRef(msg.sha256, None, msg.size, location)
+
+
+# -- tasks ------------------------------------------------------------------------------
+
+
+def task_to_wire(task: TaskSubmission) -> agent_pb2.AgentTask:
+    msg = agent_pb2.AgentTask(
+        task_key=task.task_key,
+        dispatch_id=task.dispatch_id,
+        node_id=task.node_id,
+        name=task.name,
+        hardware_json=json.dumps(task.hardware.to_dict()),
+        function=payload_to_wire(task.function),
+        env=task.env,
+        long_running=task.long_running,
+        client_runtime=task.client_runtime,
+    )
+    for arg in task.args:
+        msg.args.append(
+            agent_pb2.AgentArg(
+                position=arg.position, keyword=arg.keyword, payload=payload_to_wire(arg.payload)
+            )
+        )
+    return msg
+
+
+def task_from_wire(msg: agent_pb2.AgentTask) -> TaskSubmission:
+    what = f"task {msg.task_key!r}"
+    try:
+        hardware = HardwareSpec.from_dict(json.loads(msg.hardware_json))
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"{what}: unreadable hardware: {exc}") from None
+    args = [
+        TaskArg(a.position, a.keyword, payload_from_wire(a.payload, f"{what} argument"))
+        for a in msg.args
+    ]
+    return TaskSubmission(
+        task_key=msg.task_key,
+        dispatch_id=msg.dispatch_id,
+        node_id=msg.node_id,
+        name=msg.name,
+        hardware=hardware,
+        function=payload_from_wire(msg.function, f"{what} function"),
+        args=args,
+        env=dict(msg.env),
+        long_running=msg.long_running,
+        client_runtime=dict(msg.client_runtime),
+    )
+
+
+# -- outcomes ---------------------------------------------------------------------------
+
+
+def given_to_dict(given: HardwareGiven) -> dict[str, Any]:
+    return {
+        "cpus": given.cpus,
+        "memory_mb": given.memory_mb,
+        "gpu": given.gpu,
+        "gpu_indices": list(given.gpu_indices),
+        "emulated": given.emulated,
+    }
+
+
+def given_from_dict(data: Mapping[str, Any]) -> HardwareGiven:
+    gpu = data.get("gpu")
+    indices = data.get("gpu_indices") or []
+    cpus, memory = data.get("cpus", 0.0), data.get("memory_mb", 0)
+    if not isinstance(cpus, int | float) or not isinstance(memory, int) or cpus < 0 or memory < 0:
+        raise ProtocolError(f"hardware given {dict(data)!r} is not a count of CPUs and memory")
+    if not isinstance(indices, list) or not all(
+        isinstance(i, int) and 0 <= i < 1024 for i in indices
+    ):
+        raise ProtocolError(f"hardware given {dict(data)!r} has bad GPU indices")
+    return HardwareGiven(
+        cpus=float(cpus),
+        memory_mb=memory,
+        gpu=str(gpu) if gpu else None,
+        gpu_indices=tuple(indices),
+        emulated=bool(data.get("emulated", False)),
+    )
+
+
+def outcome_to_wire(outcome: TaskOutcome, seq: int) -> agent_pb2.AgentOutcome:
+    msg = agent_pb2.AgentOutcome(
+        seq=seq,
+        task_key=outcome.task_key,
+        status=str(outcome.status),
+        error=outcome.error,
+        stdout=outcome.stdout,
+        stderr=outcome.stderr,
+        started_at=outcome.started_at,
+        ended_at=outcome.ended_at,
+        reason=outcome.reason,
+        given_json=json.dumps(given_to_dict(outcome.hardware_given)),
+    )
+    if outcome.output is not None:
+        msg.output.CopyFrom(payload_to_wire(outcome.output))
+    return msg
+
+
+def outcome_from_wire(msg: agent_pb2.AgentOutcome) -> TaskOutcome:
+    what = f"outcome of {msg.task_key!r}"
+    try:
+        status = Status(msg.status)
+    except ValueError:
+        raise ProtocolError(f"{what}: unknown status {msg.status!r}") from None
+    if status not in OUTCOME_STATUSES:
+        raise ProtocolError(f"{what}: status {msg.status!r} is not an outcome")
+    try:
+        given = given_from_dict(json.loads(msg.given_json or "{}"))
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"{what}: unreadable hardware given: {exc}") from None
+    output = payload_from_wire(msg.output, what) if msg.HasField("output") else None
+    typed: OutcomeStatus = status
+    return TaskOutcome(
+        task_key=msg.task_key,
+        status=typed,
+        output=output,
+        error=msg.error,
+        stdout=msg.stdout,
+        stderr=msg.stderr,
+        started_at=msg.started_at,
+        ended_at=msg.ended_at,
+        reason=msg.reason,
+        hardware_given=given,
+    )
