@@ -41,6 +41,12 @@ class ExecutorPool:
         with self._lock:
             return [ex for ex, _ in self._by_name.values()]
 
+    def named(self, name: str) -> Executor | None:
+        """The executor called ``name``, if this controller has it now."""
+        with self._lock:
+            known = self._by_name.get(name)
+        return known[0] if known is not None else None
+
     def is_configured(self, ex: Executor) -> bool:
         return ex in self.configured
 

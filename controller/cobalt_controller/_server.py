@@ -21,7 +21,7 @@ from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
 from cobalt_common.version import __version__
 from cobalt_controller._authorize import Authorizer
 from cobalt_controller._config import ControllerConfig
-from cobalt_controller._convert import task_from_row
+from cobalt_controller._convert import given_from_json, task_from_row
 from cobalt_controller._credentials import Credentials
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._interceptor import CredentialInterceptor
@@ -43,13 +43,14 @@ from cobalt_controller.dispatch._model import (
     COMPLETED,
     PARAMETER,
     PENDING,
+    RUNNING,
     TERMINAL,
     Dispatch,
     Task,
 )
 from cobalt_controller.dispatch._scheduler import Scheduler
 from cobalt_controller.placement import Placement
-from cobalt_controller.state import SqlStateStore, StateStore
+from cobalt_controller.state import NodeRow, SqlStateStore, StateStore
 from cobalt_executors import ExecutorContext
 from cobalt_executors.base import AgentEndpoint
 
@@ -233,7 +234,9 @@ class ControllerServer:
     def _recover(self) -> None:
         """Resumes dispatches that had not ended when the controller last stopped.
 
-        Finished tasks keep their outputs; tasks that were running are run again.
+        Finished tasks keep their outputs. A task that was running on an agent (which
+        outlives controllers) is taken back when its executor still expects it; any
+        other task that was running is run again.
         """
         for row in self.state.unfinished_dispatches():
             try:
@@ -251,6 +254,8 @@ class ControllerServer:
                         t.candidates = self.executors.candidates(
                             t.hardware, self.executors.resolve(t.executor_ref), t.name
                         )
+                        if node.status == RUNNING:
+                            self._reclaim(row.dispatch_id, t, node)
                 for t in tasks:
                     parents = {i.parent for i in t.inputs if tasks[i.parent].kind != PARAMETER}
                     for p in parents:
@@ -269,12 +274,28 @@ class ControllerServer:
                 d.started_at = row.started_at
                 d.budget_usd = row.budget_usd
                 d.working_dir = row.working_dir
+                d.client_runtime = json.loads(row.client_runtime) if row.client_runtime else {}
                 d.cost_usd = row.cost_usd
                 d.emulated = row.emulated
                 self.scheduler.submit_dispatch(d)
                 log.info("resumed dispatch %s", row.dispatch_id)
             except Exception:
                 log.exception("could not resume dispatch %s", row.dispatch_id)
+
+    def _reclaim(self, dispatch_id: str, t: Task, node: NodeRow) -> None:
+        """Marks ``t`` running again when the executor it ran on takes it back."""
+        ex = self.executors.named(node.executor)
+        given = given_from_json(node.hardware_given)
+        if ex is None or given is None or not t.attempts:
+            return
+        key = f"{dispatch_id}/{t.node_id}/{t.attempts}"
+        if self.placement.reclaim_task(ex, key, given):
+            t.status = RUNNING
+            t.task_key = key
+            t.executor = ex.name
+            t.given = given
+            t.started_at = node.started_at or time.time()
+            log.info("task %s still runs on executor %s: awaiting its outcome", key, ex.name)
 
     def request_stop(self) -> None:
         self._stopped.set()

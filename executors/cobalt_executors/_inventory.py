@@ -105,6 +105,19 @@ class Inventory:
             self._free_gpus.extend(allocation.gpus)
             self._free_gpus.sort(key=lambda d: d.index)
 
+    @staticmethod
+    def combined(parts: list[Inventory]) -> Inventory:
+        """A snapshot of several inventories as one (capacity and what is free now),
+        for an executor whose room is spread over machines; reserving from it
+        reserves nothing on them."""
+        gpus = tuple(g for p in parts for g in p.gpus)
+        whole = Inventory(sum(p.cpus for p in parts), sum(p.memory_mb for p in parts), gpus)
+        free = [p.free_now() for p in parts]
+        whole._free_cpus = sum(f[0] for f in free)
+        whole._free_memory = sum(f[1] for f in free)
+        whole._free_gpus = [g for f in free for g in f[2]]
+        return whole
+
     def free_now(self) -> tuple[float, int, list[GpuDevice]]:
         """CPUs, memory (MB) and GPUs free now."""
         with self._lock:

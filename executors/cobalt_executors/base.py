@@ -268,8 +268,8 @@ class Executor(ABC):
             self.inventory().release(previous)
         return True
 
-    def reclaim(self, task: TaskSubmission, given: HardwareGiven) -> bool:
-        """Takes ``task``, which the previous controller started here with ``given``,
+    def reclaim(self, task_key: str, given: HardwareGiven) -> bool:
+        """Takes ``task_key``, which the previous controller started here with ``given``,
         as if this executor had started it: True promises one report of its outcome
         (its own, or a loss); False (the default) means it no longer runs, and the
         controller runs it again."""

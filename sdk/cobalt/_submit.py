@@ -21,6 +21,7 @@ from cobalt._pickling import dumps, sha256_hex
 from cobalt._progress import LiveProgress, choose_view
 from cobalt._result import Result
 from cobalt_common.errors import ControllerUnavailableError, WaitTimeoutError
+from cobalt_common.runtime import runtime_versions
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.wire import spec_to_pb
 
@@ -144,6 +145,7 @@ def create(
     # arrives can still say which dispatch goes on running.
     req.dispatch_id = uuid.uuid4().hex
     req.working_dir = os.getcwd()
+    req.client_runtime.update(runtime_versions())
     client.upload(large)
     if wait_s:
         req.wait_s = wait_s

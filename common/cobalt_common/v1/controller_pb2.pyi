@@ -325,6 +325,26 @@ Global___Node: _TypeAlias = Node  # noqa: Y015
 class DispatchCreateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ClientRuntimeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
     OUTPUT_NODE_FIELD_NUMBER: _builtins.int
@@ -335,6 +355,7 @@ class DispatchCreateRequest(_message.Message):
     BUDGET_USD_FIELD_NUMBER: _builtins.int
     DISPATCH_ID_FIELD_NUMBER: _builtins.int
     WORKING_DIR_FIELD_NUMBER: _builtins.int
+    CLIENT_RUNTIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     output_node: _builtins.int
     parent_dispatch_id: _builtins.str
@@ -354,6 +375,10 @@ class DispatchCreateRequest(_message.Message):
     def payloads(self) -> _containers.RepeatedCompositeFieldContainer[Global___Payload]:
         """inline payloads; others were sent with BlobPut"""
 
+    @_builtins.property
+    def client_runtime(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """python, cloudpickle, cobalt (cobalt_common.runtime)"""
+
     def __init__(
         self,
         *,
@@ -367,10 +392,11 @@ class DispatchCreateRequest(_message.Message):
         budget_usd: _builtins.float = ...,
         dispatch_id: _builtins.str = ...,
         working_dir: _builtins.str = ...,
+        client_runtime: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_usd", b"budget_usd", "dispatch_id", b"dispatch_id", "name", b"name", "nodes", b"nodes", "output_node", b"output_node", "parent_dispatch_id", b"parent_dispatch_id", "parent_node_id", b"parent_node_id", "payloads", b"payloads", "wait_s", b"wait_s", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_usd", b"budget_usd", "client_runtime", b"client_runtime", "dispatch_id", b"dispatch_id", "name", b"name", "nodes", b"nodes", "output_node", b"output_node", "parent_dispatch_id", b"parent_dispatch_id", "parent_node_id", b"parent_node_id", "payloads", b"payloads", "wait_s", b"wait_s", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from cobalt_common.errors import ProtocolError, SpecError
+from cobalt_common.errors import ExecutorError, ProtocolError, SpecError
 from cobalt_common.executor_types import EXECUTOR_TYPES
 from cobalt_common.hardware import parse_gpu_type
 from cobalt_common.v1 import agent_pb2, controller_pb2
@@ -180,8 +180,12 @@ class AgentsServicer(agent_grpc.AgentsServicer):
                 link.outgoing.put(_CLOSE)
                 executor.detach(link, link.closing or "its stream closed")
 
+        try:
+            forget = executor.attach(link, info)
+        except ExecutorError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise
         context.add_callback(on_end)
-        forget = executor.attach(link, info)
         welcome = executor.welcome()
         welcome.controller_version = __version__
         welcome.forget.extend(forget)

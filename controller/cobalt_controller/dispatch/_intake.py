@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from cobalt_common.checks import brief, check_content, validate_sha256
 from cobalt_common.errors import DispatchError, SpecError
 from cobalt_common.pricing import billed_seconds, format_usd
+from cobalt_common.runtime import RUNTIME_KEYS
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_controller import _numbers
 from cobalt_controller._convert import PB_TO_KIND, spec_to_json
@@ -169,6 +170,7 @@ def build_dispatch(
     d.status = PENDING
     d.budget_usd = budget or None
     d.working_dir = req.working_dir
+    d.client_runtime = client_runtime(req.client_runtime)
     batch = WriteBatch()
     batch.payloads.update({s: b for s, b in inline.items() if len(b) <= payloads.inline_limit})
     row = DispatchRow(
@@ -182,6 +184,7 @@ def build_dispatch(
         parent_node_id=d.parent_node_id,
         budget_usd=d.budget_usd,
         working_dir=d.working_dir,
+        client_runtime=json.dumps(d.client_runtime) if d.client_runtime else "",
     )
     node_rows = [
         NodeRow(
@@ -245,3 +248,19 @@ def check_budget(tasks: list[Task], budget: float) -> None:
             f"task {name!r} alone could cost up to {format_usd(worst)}, more than the whole "
             f"budget of {format_usd(budget)}. Raise budget_usd or lower its time_limit."
         )
+
+
+def client_runtime(given: Mapping[str, str]) -> dict[str, str]:
+    """The client's versions as sent, checked: known keys, short printable values."""
+    if not given:
+        return {}
+    unknown = sorted(set(given) - set(RUNTIME_KEYS))
+    if unknown:
+        raise DispatchError(
+            f"client_runtime names {', '.join(k[:40] for k in unknown)}; "
+            f"known: {', '.join(RUNTIME_KEYS)}."
+        )
+    for key, value in given.items():
+        if not value or len(value) > 64 or not value.isprintable():
+            raise DispatchError(f"client_runtime {key} {value[:70]!r} is not a version.")
+    return dict(given)

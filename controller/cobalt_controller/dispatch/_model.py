@@ -142,6 +142,7 @@ class Dispatch:
         "budget_usd",
         "cancelled",
         "child_dispatches",
+        "client_runtime",
         "cost_usd",
         "created_at",
         "dispatch_id",
@@ -191,6 +192,7 @@ class Dispatch:
         self.emulated = False
         self.ledger: Ledger | None = None
         self.working_dir = ""
+        self.client_runtime: dict[str, str] = {}
 
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

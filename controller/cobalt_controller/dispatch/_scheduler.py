@@ -109,6 +109,8 @@ class Scheduler:
         self._dirty: dict[tuple[str, int], tuple[Task, dict[str, str] | None]] = {}
         self._cost_changed: set[Dispatch] = set()
         self._failed_writes = 0
+        self._stored: list[Callable[[], None]] = []
+        """Callbacks of outcomes applied this round, called once the round is stored."""
         self._unstorable: set[str] = set()
         """Dispatches stopped because their state could not be stored: nothing more of
         them is written or announced."""
@@ -199,8 +201,17 @@ class Scheduler:
         for t in d.tasks:
             if t.status == PENDING and t.waiting == 0:
                 self._make_ready(d, t)
+            elif t.status == RUNNING and t.task_key:
+                self._resume_running(d, t)
         if d.remaining == 0:
             self._finish(d)
+
+    def _resume_running(self, d: Dispatch, t: Task) -> None:
+        """A task the previous controller started, still running on an agent: its
+        outcome is awaited as if this controller had started it."""
+        self._submitted[t.task_key] = (d, t)
+        if t.hardware.time_limit_s and t.started_at:
+            heapq.heappush(self._deadlines, (t.started_at + t.hardware.time_limit_s, t.task_key))
 
     def _make_ready(self, d: Dispatch, t: Task) -> None:
         key = (t.candidates, t.hardware, t.kind == SUBLATTICE)
@@ -335,6 +346,7 @@ class Scheduler:
             args=args,
             env=self._task_env(d, t),
             long_running=t.kind == SUBLATTICE,
+            client_runtime=d.client_runtime,
         )
 
     def _task_env(self, d: Dispatch, t: Task) -> dict[str, str]:
@@ -366,7 +378,11 @@ class Scheduler:
         self._revoke(o.task_key)
         entry = self._submitted.pop(o.task_key, None)
         if entry is None:
+            if o.on_stored is not None:
+                o.on_stored()  # known already: nothing to store
             return
+        if o.on_stored is not None:
+            self._stored.append(o.on_stored)
         d, t = entry
         t.ended_at = o.ended_at or time.time()
         if o.started_at:
@@ -603,6 +619,12 @@ class Scheduler:
                 (d, t) for d, t in changed if t is None or d.dispatch_id not in self._unstorable
             ]
         finished, self._finished = self._finished, []
+        stored, self._stored = self._stored, []
+        for callback in stored:
+            try:
+                callback()
+            except Exception:
+                log.exception("telling an executor that an outcome is stored failed")
         if self.listener is not None:
             for d, t in changed:
                 self.listener(d, t)

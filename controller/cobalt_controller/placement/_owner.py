@@ -206,6 +206,8 @@ class Placement:
         entry = self._placed.pop(outcome.task_key, None)
         if entry is None:
             log.warning("an outcome for %s, which nothing started, was dropped", outcome.task_key)
+            if outcome.on_stored is not None:
+                outcome.on_stored()
             return
         kind = entry[0]
         handler = self._routes.get(kind)
@@ -216,6 +218,15 @@ class Placement:
         if kind is WorkKind.REPLICA:
             # The scheduler hears only its tasks' outcomes: tell it a replica's room freed.
             self._announce_room()
+
+    def reclaim_task(self, ex: Executor, task_key: str, given: HardwareGiven) -> bool:
+        """Takes back a task attempt the previous controller started on ``ex``, if ``ex``
+        still runs it (an agent's); False: it is gone, and runs again."""
+        self._placed[task_key] = (_TASK, ex)
+        if ex.reclaim(task_key, given):
+            return True
+        self._placed.pop(task_key, None)
+        return False
 
     def cancel(self, task_key: str, reason: str) -> None:
         """Stops a started run (``cancelled`` or ``time_limit``); its outcome follows."""

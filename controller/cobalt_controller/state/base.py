@@ -59,6 +59,8 @@ class DispatchRow:
     """Some of the cost is for emulated GPUs."""
     working_dir: str = ""
     """The client's directory when it dispatched; tasks start there when it exists."""
+    client_runtime: str = ""
+    """JSON of the client's Python, cloudpickle and cobalt versions (cobalt_common.runtime)."""
 
 
 @dataclass(slots=True)

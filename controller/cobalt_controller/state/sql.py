@@ -45,6 +45,7 @@ dispatches = sa.Table(
     sa.Column("budget_usd", sa.Float),
     sa.Column("emulated", sa.Boolean, nullable=False, default=False),
     sa.Column("working_dir", sa.Text, nullable=False, default=""),
+    sa.Column("client_runtime", sa.Text, nullable=False, default=""),
 )
 
 nodes = sa.Table(

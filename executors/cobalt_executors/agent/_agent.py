@@ -18,6 +18,7 @@ import grpc
 
 from cobalt_common.channel import open_channel
 from cobalt_common.errors import ExecutorError, ProtocolError
+from cobalt_common.runtime import runtime_versions, version_mismatch
 from cobalt_common.status import Status
 from cobalt_common.v1 import agent_pb2
 from cobalt_common.v1 import agent_pb2_grpc as agent_grpc
@@ -26,13 +27,7 @@ from cobalt_executors._machine import Machine
 from cobalt_executors.agent._staging import Stager
 from cobalt_executors.base import ExecutorContext, TaskOutcome, TaskSubmission
 from cobalt_executors.local import LocalExecutor
-from cobalt_executors.remote._protocol import (
-    PROTOCOL,
-    outcome_to_wire,
-    runtime_versions,
-    task_from_wire,
-    version_mismatch,
-)
+from cobalt_executors.remote._protocol import PROTOCOL, outcome_to_wire, task_from_wire
 
 log = logging.getLogger("cobalt.agent")
 

@@ -121,12 +121,15 @@ class RemoteExecutor(Executor):
     def cancel(self, task_key: str, reason: str) -> None:
         self.pool.cancel(task_key, reason)
 
-    def reclaim(self, task: TaskSubmission, given: HardwareGiven) -> bool:
-        self.pool.reclaim(task, given)
+    def reclaim(self, task_key: str, given: HardwareGiven) -> bool:
+        self.pool.reclaim(task_key, given)
         return True
 
     def adopt(self, task_key: str, given: HardwareGiven) -> bool:
-        return False
+        return self.pool.adopt(task_key, given)
+
+    def release(self, task_key: str) -> None:
+        self.pool.release(task_key)
 
     def describe(self) -> tuple[str, str]:
         return self.pool.describe()

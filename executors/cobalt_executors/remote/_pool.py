@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cobalt_common.errors import ExecutorError
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.status import Status
 from cobalt_common.v1 import agent_pb2
@@ -93,7 +94,6 @@ class _Agent:
 
 @dataclass(slots=True)
 class _Reclaimed:
-    task: TaskSubmission
     given: HardwareGiven
     deadline: float
 
@@ -140,6 +140,7 @@ class AgentPool:
         self._where: dict[str, _Agent] = {}
         """The agent of each task it runs, by task key."""
         self._reclaimed: dict[str, _Reclaimed] = {}
+        self._adopted: dict[str, tuple[_Agent, Allocation]] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._changed = threading.Condition(self._lock)
         self._closed = False
@@ -162,6 +163,8 @@ class AgentPool:
         agent = _Agent(link, info, inventory)
         forget: list[str] = []
         with self._lock:
+            if self._closed:
+                raise ExecutorError(f"executor {self.name!r} is stopping; try again later.")
             for key in info.running:
                 reclaimed = self._reclaimed.pop(key, None)
                 if reclaimed is None:
@@ -212,6 +215,8 @@ class AgentPool:
         """Starts ``task`` on the first agent with room (and walltime) for it."""
         now = self._clock()
         with self._lock:
+            if self._closed:
+                return None
             for agent in self._agents.values():
                 if not fits_walltime(agent.info.expires_at, task.hardware, now):
                     continue
@@ -269,18 +274,19 @@ class AgentPool:
 
     # -- tasks that outlived a controller ---------------------------------------------
 
-    def reclaim(self, task: TaskSubmission, given: HardwareGiven) -> None:
+    def reclaim(self, task_key: str, given: HardwareGiven) -> None:
+        """``task_key`` ran here under the previous controller: the agent that claims
+        it in its hello takes it back; unclaimed after the grace, it is lost."""
         deadline = self._clock() + self._grace
         with self._lock:
             for agent in self._agents.values():
-                # An agent already back that did not claim it does not run it.
-                if task.task_key in agent.info.running:
+                if task_key in agent.info.running:
                     allocation = agent.inventory.reserve(given)
-                    agent.running[task.task_key] = allocation or Allocation(0.0, 0)
-                    self._where[task.task_key] = agent
+                    agent.running[task_key] = allocation or Allocation(0.0, 0)
+                    self._where[task_key] = agent
                     return
-            self._reclaimed[task.task_key] = _Reclaimed(task, given, deadline)
-            heapq.heappush(self._deadlines, (deadline, task.task_key))
+            self._reclaimed[task_key] = _Reclaimed(given, deadline)
+            heapq.heappush(self._deadlines, (deadline, task_key))
             self._changed.notify()
 
     def _expire_reclaimed(self) -> None:
@@ -318,13 +324,27 @@ class AgentPool:
         return any(a.inventory.can_ever_fit(spec) for a in agents)
 
     def summary(self) -> Inventory:
-        """All agents' capacity as one inventory, for descriptions."""
+        """All agents' capacity and free room as one inventory (a snapshot)."""
         with self._lock:
-            agents = list(self._agents.values())
-        gpus = tuple(g for a in agents for g in a.inventory.gpus)
-        return Inventory(
-            sum(a.inventory.cpus for a in agents), sum(a.inventory.memory_mb for a in agents), gpus
-        )
+            parts = [a.inventory for a in self._agents.values()]
+        return Inventory.combined(parts)
+
+    def adopt(self, task_key: str, given: HardwareGiven) -> bool:
+        """Holds ``given`` for a replica that outlived the controller, on the agent
+        that has that hardware free."""
+        with self._lock:
+            for agent in self._agents.values():
+                allocation = agent.inventory.reserve(given)
+                if allocation is not None:
+                    self._adopted[task_key] = (agent, allocation)
+                    return True
+        return False
+
+    def release(self, task_key: str) -> None:
+        with self._lock:
+            held = self._adopted.pop(task_key, None)
+            if held is not None:
+                held[0].inventory.release(held[1])
 
     def describe(self) -> tuple[str, str]:
         with self._lock:

@@ -9,11 +9,8 @@ arrives from the wire is checked here before it becomes a typed value.
 from __future__ import annotations
 
 import json
-import platform
 from collections.abc import Mapping
 from typing import Any
-
-import cloudpickle
 
 from cobalt_common.checks import validate_sha256
 from cobalt_common.errors import ProtocolError
@@ -21,7 +18,6 @@ from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.payloads import BlobLocation
 from cobalt_common.status import OUTCOME_STATUSES, OutcomeStatus, Status
 from cobalt_common.v1 import agent_pb2, worker_pb2
-from cobalt_common.version import __version__
 from cobalt_executors._runtime.payloads import to_wire
 from cobalt_executors.base import PayloadRef, TaskArg, TaskOutcome, TaskSubmission
 
@@ -35,39 +31,6 @@ _KINDS = {
     worker_pb2.BlobLocation.KIND_DIRECTORY: "directory",
     worker_pb2.BlobLocation.KIND_CONTROLLER: "controller",
 }
-
-
-def runtime_versions() -> dict[str, str]:
-    """What must match between a client and the agent that runs its tasks."""
-    major, minor, _ = platform.python_version_tuple()
-    return {
-        "python": f"{major}.{minor}",
-        "cloudpickle": str(cloudpickle.__version__),
-        "cobalt": __version__,
-    }
-
-
-def version_mismatch(client: Mapping[str, str], agent: Mapping[str, str]) -> str:
-    """Why a task pickled by ``client`` cannot run under ``agent``; "" when it can.
-
-    Example:
-        >>> version_mismatch({"python": "3.11"}, {"python": "3.12"})[:40]
-        'the client runs Python 3.11 but this age'
-    """
-    names = {"python": "Python", "cloudpickle": "cloudpickle", "cobalt": "cobalt"}
-    wrong = [
-        (names[key], client[key], agent.get(key, "?"))
-        for key in names
-        if client.get(key) and client[key] != agent.get(key)
-    ]
-    if not wrong:
-        return ""
-    sides = "; ".join(f"the client runs {n} {c} but this agent runs {n} {a}" for n, c, a in wrong)
-    return (
-        f"{sides}. A task pickled by one version may not load in another: install the "
-        "client's versions on the agent's machine (or the agent's in the client's "
-        "environment) and dispatch again."
-    )
 
 
 # -- payloads ---------------------------------------------------------------------------
