@@ -15,6 +15,7 @@ import grpc
 
 from cobalt_controller._authorize import UNKNOWN_CREDENTIAL, Authorizer, Denied
 from cobalt_controller._credentials import Scope, UserScope
+from cobalt_controller.agents._service import UNKNOWN_AGENT_CREDENTIAL
 
 _CODES = {
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
@@ -38,11 +39,17 @@ class CredentialInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
 
+        def deny_agent(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, UNKNOWN_AGENT_CREDENTIAL)
+            yield None
+
+        self._deny_agent = grpc.stream_stream_rpc_method_handler(deny_agent)
+
     def intercept_service(self, continuation: Any, details: Any) -> Any:
         credential = _bearer(details)
         scope = None if credential is None else self.authorizer.credentials.scope(credential)
         if scope is None or credential is None:
-            return self._deny
+            return self._deny_agent if details.method.endswith("/AgentConnect") else self._deny
         if isinstance(scope, UserScope):
             return continuation(details)
         handler = continuation(details)

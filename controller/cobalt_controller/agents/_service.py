@@ -47,6 +47,10 @@ MAX_GPUS = 1024
 MAX_RUNNING = 100_000
 
 _CLOSE = object()
+UNKNOWN_AGENT_CREDENTIAL = (
+    "missing, wrong or expired agent credential; `cobalt agent-token --executor NAME` on the "
+    "controller's machine prints a new one."
+)
 
 
 class _StreamLink(AgentLink):
@@ -134,11 +138,7 @@ class AgentsServicer(agent_grpc.AgentsServicer):
         scope = self._keys.scope(credential)
         user = bool(self._user) and credential == self._user
         if scope is None and not user:
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing, wrong or expired agent credential; `cobalt agent-token --executor "
-                "NAME` on the controller's machine prints a new one.",
-            )
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, UNKNOWN_AGENT_CREDENTIAL)
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("message") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an agent's first message is its hello")

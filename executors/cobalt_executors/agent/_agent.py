@@ -69,6 +69,9 @@ class AgentConfig:
     options: dict[str, Any] = field(default_factory=dict)
     allocation: str = ""
     expires_at: float = 0.0
+    stream_payloads: bool = False
+    """Fetch and send payloads through the controller even where its blob directory
+    is visible (a shared filesystem)."""
     agent_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
@@ -212,7 +215,11 @@ class Agent:
         if not self._started:
             assert self._channel is not None
             self._stager = Stager(
-                self._channel, self.config.credential, welcome, self.config.work_dir / "blobs"
+                self._channel,
+                self.config.credential,
+                welcome,
+                self.config.work_dir / "blobs",
+                stream=self.config.stream_payloads,
             )
             self._local.setup(
                 ExecutorContext(

@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--expires-at", type=float, default=0.0, help="when the allocation ends (unix seconds)"
     )
     parser.add_argument("--agent-id", default="", help="a stable id (default: a random one)")
+    parser.add_argument(
+        "--stream-payloads",
+        action="store_true",
+        help="fetch and send payloads through the controller even where its blob "
+        "directory is visible here",
+    )
 
 
 def config_from(args: argparse.Namespace) -> AgentConfig:
@@ -79,6 +85,7 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         options=options,
         allocation=args.allocation,
         expires_at=args.expires_at,
+        stream_payloads=args.stream_payloads,
     )
     if args.agent_id:
         config.agent_id = args.agent_id

@@ -49,6 +49,7 @@ class Stager:
         credential: the agent's own credential (for ``BlobPut``).
         welcome: what the controller said at connect.
         cache_dir: this agent's own blob directory.
+        stream: fetch and send through the controller even where its directory is visible.
     """
 
     def __init__(
@@ -57,10 +58,12 @@ class Stager:
         credential: str,
         welcome: agent_pb2.AgentWelcome,
         cache_dir: Path,
+        *,
+        stream: bool = False,
     ) -> None:
         self._stub = pb_grpc.ControllerStub(channel)
         self._credential = credential
-        self.shared = sees_store(welcome)
+        self.shared = not stream and sees_store(welcome)
         self.cache_dir = cache_dir
         self._controller_dir = welcome.output_location.address if self.shared else ""
         self.output_location = (

@@ -1,0 +1,302 @@
+"""Agents that dial in, end to end: a real controller (started with the CLI), real
+agent processes (``python -m cobalt_executors.agent``) and real workflows.
+
+Covered: tasks run on an agent attached by hand; an agent killed with SIGKILL has
+its task reported ``agent_lost`` within about a second and retried elsewhere; a
+controller killed while an agent runs a task loses no result and records none
+twice; a client whose versions differ from the agent's gets a message naming both;
+credentials that are wrong or for another executor are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from support import wait_for
+
+import cobalt as ct
+from cobalt import _submit
+
+if TYPE_CHECKING:
+    from conftest import ControllerHome
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def agents_config(port: int, extra: str = "") -> str:
+    return f"""\
+[controller]
+address = "127.0.0.1:{port}"
+dashboard_address = ""
+gateway_address = ""
+retry_backoff_s = 0.05
+
+[executors.local]
+type = "local"
+workers = 1
+
+[executors.remote]
+type = "agents"
+reconnect_grace_s = 20
+{extra}"""
+
+
+class AgentProcess:
+    """One ``python -m cobalt_executors.agent`` process of this test."""
+
+    def __init__(self, home: ControllerHome, work_dir: Path, *args: str, token: str = "") -> None:
+        if not token:
+            token = home.cli("agent-token", "--executor", "remote", "--quiet").stdout.strip()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COBALT_")}
+        env["COBALT_AGENT_TOKEN"] = token
+        self.log = work_dir / "agent.log"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cobalt_executors.agent",
+                "--controller",
+                home.address,
+                "--executor",
+                "remote",
+                "--work-dir",
+                str(work_dir),
+                "--workers",
+                "1",
+                *args,
+            ],
+            env=env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    started: list[AgentProcess] = []
+
+    def start(home: ControllerHome, *args: str, token: str = "") -> AgentProcess:
+        agent = AgentProcess(home, tmp_path / f"agent{len(started)}", *args, token=token)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
+
+
+def _connected(home: ControllerHome, count: int) -> Callable[[], bool]:
+    def check() -> bool:
+        status = home.cli("controller", "status").stdout
+        return status.count("agent ") >= count and "no agent connected" not in status
+
+    return check
+
+
+@ct.electron(executor="remote", retries=1)
+def held(gate: str, log: str) -> str:
+    """Appends this run to ``log``, then waits for ``gate`` to exist."""
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    while not os.path.exists(gate):
+        time.sleep(0.02)
+    return socket.gethostname()
+
+
+@ct.lattice
+def one_held(gate: str, log: str) -> str:
+    return held(gate, log)
+
+
+@ct.electron(executor="remote")
+def double(x: int) -> tuple[int, str]:
+    return 2 * x, os.environ.get("COBALT_GPU_TYPE", "")
+
+
+@ct.electron(executor="remote", gpu="h100")
+def on_gpu(x: int) -> tuple[int, str]:
+    return x, os.environ.get("COBALT_GPU_TYPE", "")
+
+
+@ct.lattice
+def just_double(x: int) -> tuple[int, str]:
+    return double(x)
+
+
+@ct.electron
+def big(n: int) -> bytes:
+    return b"b" * n
+
+
+@ct.electron(executor="remote")
+def length(data: bytes) -> tuple[int, bytes]:
+    return len(data), b"r" * 300_000
+
+
+@ct.lattice
+def mixed(x: int) -> tuple[object, ...]:
+    return double(x), on_gpu(x), length(big(400_000))
+
+
+def _task(dispatch_id: str, name: str) -> ct.TaskRecord:
+    return next(t for t in ct.get_result(dispatch_id).tasks if t.name == name)
+
+
+@pytest.mark.parametrize("payloads", ["shared", "streamed"])
+def test_a_workflow_runs_on_an_agent_attached_by_hand_with_payloads_shared_or_streamed(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+    payloads: str,
+) -> None:
+    home = make_controller_home(agents_config(_free_port()))
+    home.start()
+    args = ["--emulate-gpus", '{"h100": 1}']
+    if payloads == "streamed":
+        args.append("--stream-payloads")
+    agent = agents(home, *args)
+    wait_for(_connected(home, 1), timeout=30, what=f"the agent to attach: {agent.output()}")
+    result = ct.dispatch_sync(mixed)(21)
+    assert result.status == ct.Status.COMPLETED, result.error
+    (doubled, _), (x, gpu), (n, reply) = result.result
+    assert (doubled, x, gpu, n, len(reply)) == (42, 21, "h100", 400_000, 300_000)
+    assert {t.executor for t in result.tasks if t.name != "big"} == {"remote"}
+    fetched = [p for p in (agent.log.parent / "blobs").rglob("*") if p.is_file()]
+    if payloads == "streamed":
+        assert fetched, "the agent fetched the large argument through the controller"
+    else:
+        assert not fetched, "the agent read the controller's blob directory itself"
+
+
+def test_a_killed_agent_is_reported_lost_within_a_second_and_its_task_retried_elsewhere(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    home = make_controller_home(agents_config(_free_port()))
+    home.start()
+    first = agents(home)
+    wait_for(_connected(home, 1), timeout=30, what="the first agent to attach")
+    gate, log = tmp_path / "gate", tmp_path / "runs"
+    dispatch_id = ct.dispatch(one_held)(str(gate), str(log))
+    wait_for(lambda: log.exists(), timeout=30, what="the task to start on the agent")
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(
+        lambda: _task(dispatch_id, "held").reason == "agent_lost",
+        timeout=10,
+        interval=0.02,
+        what="the task to be reported lost",
+    )
+    noticed = time.monotonic() - killed
+    assert noticed < 1.5, f"the lost agent was noticed after {noticed:.2f}s"
+    agents(home)
+    gate.touch()
+    result = ct.get_result(dispatch_id, wait=60)
+    assert result.status == ct.Status.COMPLETED, result.error
+    record = _task(dispatch_id, "held")
+    assert record.attempts == 2
+    assert len(log.read_text().split()) == 2
+    print(f"\nagent killed: its task was reported agent_lost {noticed * 1000:.0f} ms later")
+
+
+def test_a_controller_killed_while_an_agent_runs_a_task_loses_no_result_and_records_none_twice(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    home = make_controller_home(agents_config(_free_port()))
+    home.start()
+    agent = agents(home)
+    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
+    gate, log = tmp_path / "gate", tmp_path / "runs"
+    dispatch_id = ct.dispatch(one_held)(str(gate), str(log))
+    wait_for(lambda: log.exists(), timeout=30, what="the task to start on the agent")
+    os.kill(home.pid, signal.SIGKILL)
+    gate.touch()  # the task ends while no controller listens: the agent keeps its outcome
+    time.sleep(0.5)
+    home.start()
+    result = ct.get_result(dispatch_id, wait=60)
+    assert result.status == ct.Status.COMPLETED, f"{result.error}\n{agent.output()}"
+    assert result.result == socket.gethostname()
+    record = _task(dispatch_id, "held")
+    assert record.attempts == 1, "the task was taken back, not run again"
+    assert len(log.read_text().split()) == 1, "the task ran once"
+
+
+def test_a_client_with_other_versions_gets_a_message_naming_both_sides(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = make_controller_home(agents_config(_free_port()))
+    home.start()
+    agents(home)
+    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
+    real = _submit.runtime_versions()
+    monkeypatch.setattr(
+        _submit, "runtime_versions", lambda: {**real, "python": "3.99", "cloudpickle": "0.1"}
+    )
+    result = ct.get_result(ct.dispatch(just_double)(1), wait=60)
+    assert result.status == ct.Status.FAILED
+    record = _task(result.dispatch_id, "double")
+    assert record.reason == "version_mismatch"
+    assert f"the client runs Python 3.99 but this agent runs Python {real['python']}" in (
+        record.error
+    )
+    assert f"cloudpickle 0.1 but this agent runs cloudpickle {real['cloudpickle']}" in record.error
+
+
+def test_wrong_credentials_and_credentials_for_another_executor_are_refused(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+) -> None:
+    home = make_controller_home(
+        agents_config(_free_port(), '\n[executors.other]\ntype = "agents"\n')
+    )
+    home.start()
+    good = home.cli("agent-token", "--executor", "remote", "--quiet").stdout.strip()
+    forged = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    other = home.cli("agent-token", "--executor", "other", "--quiet").stdout.strip()
+    for token, expected in [
+        (forged, "missing, wrong or expired agent credential"),
+        (other, "this credential attaches agents to executor 'other', not 'remote'"),
+        ("nonsense", "missing, wrong or expired"),
+    ]:
+        agent = agents(home, token=token)
+        assert agent.proc.wait(timeout=30) == 3, agent.output()
+        assert expected in agent.output(), agent.output()
+    refused = home.cli("agent-token", "--executor", "local", check=False)
+    assert refused.returncode == 1
+    assert (
+        "no executor named 'local' takes agents; those that do: other, remote" in (refused.stderr)
+        or "those that do: remote, other" in refused.stderr
+    )
