@@ -59,7 +59,14 @@ reconnect_grace_s = 20
 class AgentProcess:
     """One ``python -m cobalt_executors.agent`` process of this test."""
 
-    def __init__(self, home: ControllerHome, work_dir: Path, *args: str, token: str = "") -> None:
+    def __init__(
+        self,
+        home: ControllerHome,
+        work_dir: Path,
+        *args: str,
+        token: str = "",
+        controller: str = "",
+    ) -> None:
         if not token:
             token = home.cli("agent-token", "--executor", "remote", "--quiet").stdout.strip()
         env = {k: v for k, v in os.environ.items() if not k.startswith("COBALT_")}
@@ -72,7 +79,7 @@ class AgentProcess:
                 "-m",
                 "cobalt_executors.agent",
                 "--controller",
-                home.address,
+                controller or home.address,
                 "--executor",
                 "remote",
                 "--work-dir",
@@ -104,8 +111,11 @@ class AgentProcess:
 def agents(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     started: list[AgentProcess] = []
 
-    def start(home: ControllerHome, *args: str, token: str = "") -> AgentProcess:
-        agent = AgentProcess(home, tmp_path / f"agent{len(started)}", *args, token=token)
+    def start(
+        home: ControllerHome, *args: str, token: str = "", controller: str = ""
+    ) -> AgentProcess:
+        work_dir = tmp_path / f"agent{len(started)}"
+        agent = AgentProcess(home, work_dir, *args, token=token, controller=controller)
         started.append(agent)
         return agent
 
@@ -300,3 +310,61 @@ def test_wrong_credentials_and_credentials_for_another_executor_are_refused(
         "no executor named 'local' takes agents; those that do: other, remote" in (refused.stderr)
         or "those that do: remote, other" in refused.stderr
     )
+
+
+def _machine_address() -> str:
+    """This machine's own non-loopback address: traffic to it stays on this machine."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the interface
+            address = str(s.getsockname()[0])
+        except OSError:
+            address = ""
+    if not address or address.startswith("127."):
+        pytest.skip("this machine has no non-loopback address to listen on")
+    return address
+
+
+def test_beyond_loopback_the_controller_speaks_only_tls_and_agents_pin_its_certificate(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+) -> None:
+    import re
+
+    import grpc
+
+    from cobalt_common.v1 import controller_pb2, controller_pb2_grpc
+
+    host = _machine_address()
+    port = _free_port()
+    home = make_controller_home(
+        agents_config(port).replace(f'address = "127.0.0.1:{port}"', f'address = "{host}:{port}"')
+    )
+    home.start()
+    assert home.address.startswith("127.0.0.1:"), "local clients use a loopback port"
+    printed = home.cli("agent-token", "--executor", "remote").stdout
+    assert f"--controller {host}:{port}" in printed
+    match = re.search(r"--fingerprint ([0-9a-f]{64})", printed)
+    assert match, printed
+    fingerprint = match[1]
+    token = home.cli("agent-token", "--executor", "remote", "--quiet").stdout.strip()
+    external = f"{host}:{port}"
+
+    with grpc.insecure_channel(external) as plain, pytest.raises(grpc.RpcError) as refused:
+        controller_pb2_grpc.ControllerStub(plain).ControllerStatus(
+            controller_pb2.ControllerStatusRequest(), timeout=5
+        )
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, "no plain text beyond loopback"
+
+    wrong = "0" * 64
+    for args, expected in [
+        (("--fingerprint", wrong), f"not the pinned {wrong}: refusing to connect"),
+        ((), "is not on loopback, so the agent needs its certificate's fingerprint"),
+    ]:
+        bad = agents(home, *args, token=token, controller=external)
+        assert bad.proc.wait(timeout=30) == 3, bad.output()
+        assert expected in bad.output(), bad.output()
+    good = agents(home, "--fingerprint", fingerprint, token=token, controller=external)
+    wait_for(_connected(home, 1), timeout=30, what=f"the agent to attach: {good.output()}")
+    result = ct.dispatch_sync(just_double)(5)
+    assert result.result == (10, "")

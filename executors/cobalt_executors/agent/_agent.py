@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from cobalt_common.channel import open_channel
-from cobalt_common.errors import ExecutorError, ProtocolError
+from cobalt_common.errors import ControllerUnavailableError, ExecutorError, ProtocolError
 from cobalt_common.runtime import runtime_versions, version_mismatch
 from cobalt_common.status import Status
 from cobalt_common.v1 import agent_pb2
@@ -141,7 +141,11 @@ class Agent:
     def _serve_once(self) -> bool:
         """One stream, from hello to its end; True if the controller welcomed it."""
         if self._channel is None:
-            self._channel = open_channel(self.config.controller, self.config.fingerprint)
+            try:
+                self._channel = open_channel(self.config.controller, self.config.fingerprint)
+            except ControllerUnavailableError as exc:
+                log.warning("%s; trying again", exc)
+                return False
         stub = agent_grpc.AgentsStub(self._channel)
         connection = _Connection()
         welcomed = False
