@@ -1,0 +1,279 @@
+"""The agent protocol's pieces without processes: wire conversions (hostile input
+refused), version checks, signed agent credentials, and the controller-side pool
+of agents (placement, acknowledgements, losses, tasks taken back after a restart)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from cobalt_common.errors import ExecutorError, ProtocolError
+from cobalt_common.hardware import HardwareGiven, HardwareSpec
+from cobalt_common.runtime import runtime_versions, version_mismatch
+from cobalt_common.status import Status
+from cobalt_common.v1 import agent_pb2
+from cobalt_controller.agents import AgentKeys
+from cobalt_executors import PayloadRef, TaskArg, TaskOutcome, TaskSubmission
+from cobalt_executors._inventory import GpuDevice
+from cobalt_executors.remote import AgentInfo, AgentLink, AgentPool
+from cobalt_executors.remote._pool import fits_walltime
+from cobalt_executors.remote._protocol import (
+    AGENT_LOST,
+    outcome_from_wire,
+    outcome_to_wire,
+    payload_from_wire,
+    task_from_wire,
+    task_to_wire,
+)
+
+pytestmark = pytest.mark.unit
+
+SHA = "ab" * 32
+
+
+def _task(key: str = "d/1/1", **hardware: object) -> TaskSubmission:
+    return TaskSubmission(
+        task_key=key,
+        dispatch_id="d",
+        node_id=1,
+        name="t",
+        hardware=HardwareSpec(**hardware),  # type: ignore[arg-type]
+        function=PayloadRef(SHA, b"fn", 2),
+        args=[TaskArg(0, "", PayloadRef(SHA, b"x", 1)), TaskArg(-1, "k", PayloadRef(SHA, b"y", 1))],
+        env={"A": "1"},
+        client_runtime={"python": "3.11"},
+    )
+
+
+# -- wire ---------------------------------------------------------------------------
+
+
+def test_a_task_and_an_outcome_survive_the_wire_unchanged() -> None:
+    task = _task(cpus=2, gpu="h100", gpus=1, time_limit_s=60)
+    back = task_from_wire(agent_pb2.AgentTask.FromString(task_to_wire(task).SerializeToString()))
+    assert back == task
+    outcome = TaskOutcome(
+        "d/1/1",
+        Status.COMPLETED,
+        output=PayloadRef(SHA, b"out", 3),
+        stdout="o",
+        started_at=1.0,
+        ended_at=2.0,
+        hardware_given=HardwareGiven(2.0, 0, "h100", (1,), True),
+    )
+    assert outcome_from_wire(outcome_to_wire(outcome, 7)) == outcome
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        (lambda m: setattr(m, "status", "SKIPPED"), "is not an outcome"),
+        (lambda m: setattr(m, "status", "DONE"), "unknown status"),
+        (lambda m: setattr(m, "given_json", "{"), "unreadable hardware given"),
+        (lambda m: setattr(m, "given_json", '{"cpus": -1}'), "not a count"),
+        (lambda m: setattr(m, "given_json", '{"gpu_indices": [99999]}'), "bad GPU indices"),
+        (lambda m: setattr(m.output, "sha256", "../../etc/passwd"), "sha256"),
+    ],
+)
+def test_a_malformed_outcome_is_refused_with_what_is_wrong(change: object, complaint: str) -> None:
+    msg = outcome_to_wire(TaskOutcome("k", Status.COMPLETED, PayloadRef(SHA, b"o", 1)), 1)
+    change(msg)  # type: ignore[operator]
+    with pytest.raises(ProtocolError, match=complaint):
+        outcome_from_wire(msg)
+
+
+def test_an_inline_payload_whose_size_disagrees_with_its_bytes_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="size says 5"):
+        payload_from_wire(agent_pb2.AgentPayload(sha256=SHA, data=b"abc", size=5), "arg")
+
+
+def test_versions_that_differ_are_named_on_both_sides_and_equal_ones_pass() -> None:
+    mine = runtime_versions()
+    assert version_mismatch(mine, mine) == ""
+    assert version_mismatch({}, mine) == ""
+    why = version_mismatch({**mine, "cobalt": "0.0.1"}, mine)
+    assert f"the client runs cobalt 0.0.1 but this agent runs cobalt {mine['cobalt']}" in why
+    assert "install the client's versions" in why
+
+
+# -- credentials --------------------------------------------------------------------
+
+
+def test_an_agent_credential_names_its_executor_and_survives_a_new_keys_object(
+    tmp_path: Path,
+) -> None:
+    keys = AgentKeys(tmp_path / "agent.key")
+    token = keys.mint("slurm", "job-42", ttl_s=60)
+    scope = AgentKeys(tmp_path / "agent.key").scope(token)  # as after a restart
+    assert scope is not None and (scope.executor, scope.allocation) == ("slurm", "job-42")
+    assert (tmp_path / "agent.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_forged_expired_foreign_and_malformed_agent_credentials_are_refused(
+    tmp_path: Path,
+) -> None:
+    keys = AgentKeys(tmp_path / "a.key")
+    other = AgentKeys(tmp_path / "b.key")
+    token = keys.mint("remote")
+    claims = token.split(".")[1]
+    forged_claims = json.dumps({"e": "other", "a": "", "x": time.time() + 99})
+    import base64
+
+    forged = (
+        "cba1."
+        + base64.urlsafe_b64encode(forged_claims.encode()).rstrip(b"=").decode()
+        + "."
+        + token.split(".")[2]
+    )
+    expired = keys.mint("remote", ttl_s=0.001)
+    time.sleep(0.01)
+    for bad in (forged, expired, other.mint("remote"), "cba1.", f"cba1.{claims}", "x" * 5000):
+        assert keys.scope(bad) is None, bad[:40]
+    with pytest.raises(ValueError):
+        keys.mint("bad name; rm -rf /")
+
+
+# -- the pool -----------------------------------------------------------------------
+
+
+class FakeLink(AgentLink):
+    def __init__(self) -> None:
+        self.sent: list[agent_pb2.AgentCommand] = []
+        self.closed = ""
+
+    def send(self, command: agent_pb2.AgentCommand) -> None:
+        self.sent.append(command)
+
+    def close(self, message: str) -> None:
+        self.closed = message
+
+    def tasks(self) -> list[str]:
+        return [c.task.task_key for c in self.sent if c.WhichOneof("command") == "task"]
+
+    def acks(self) -> list[int]:
+        return [s for c in self.sent if c.WhichOneof("command") == "ack" for s in c.ack.seqs]
+
+
+def _info(agent_id: str, cpus: float = 2, gpus: int = 0, **kw: object) -> AgentInfo:
+    devices = tuple(GpuDevice(i, "h100", True) for i in range(gpus))
+    return AgentInfo(agent_id, "host", "", cpus, 4096, devices, **kw)  # type: ignore[arg-type]
+
+
+class Pool:
+    def __init__(self, grace: float = 30.0) -> None:
+        self.reports: list[TaskOutcome] = []
+        self.pool = AgentPool("remote", self.reports.append, reconnect_grace_s=grace)
+
+
+def _outcome(key: str, seq: int) -> agent_pb2.AgentOutcome:
+    return outcome_to_wire(TaskOutcome(key, Status.COMPLETED, PayloadRef(SHA, b"o", 1)), seq)
+
+
+def test_tasks_go_to_agents_with_room_and_wait_when_none_has_any() -> None:
+    p = Pool()
+    a, b = FakeLink(), FakeLink()
+    p.pool.attach(a, _info("a", cpus=1))
+    p.pool.attach(b, _info("b", cpus=1, gpus=1))
+    assert p.pool.submit(_task("t1", cpus=1)) is not None
+    assert p.pool.submit(_task("t2", cpus=1)) is not None
+    assert p.pool.submit(_task("t3", cpus=1)) is None
+    assert (a.tasks(), b.tasks()) == (["t1"], ["t2"])
+    assert not p.pool.can_ever_run(HardwareSpec(cpus=2))
+    assert p.pool.can_ever_run(HardwareSpec(gpu="h100", gpus=1))
+
+
+def test_an_outcome_is_reported_once_and_acknowledged_only_after_it_is_stored() -> None:
+    p = Pool()
+    link = FakeLink()
+    p.pool.attach(link, _info("a"))
+    p.pool.submit(_task("t1", cpus=1))
+    p.pool.outcome(link, _outcome("t1", 5))
+    assert [o.task_key for o in p.reports] == ["t1"]
+    assert link.acks() == [], "not before the controller stored it"
+    stored = p.reports[0].on_stored
+    assert stored is not None
+    stored()
+    assert link.acks() == [5]
+    p.pool.outcome(link, _outcome("t1", 5))  # sent again after a reconnect
+    assert len(p.reports) == 1, "a duplicate is not recorded twice"
+    assert link.acks() == [5, 5], "but it is acknowledged, so the agent forgets it"
+
+
+def test_a_closed_stream_reports_each_of_its_tasks_lost_at_once() -> None:
+    p = Pool()
+    link = FakeLink()
+    p.pool.attach(link, _info("a", cpus=2))
+    p.pool.submit(_task("t1", cpus=1))
+    p.pool.submit(_task("t2", cpus=1))
+    p.pool.detach(link, "its stream closed")
+    assert sorted(o.task_key for o in p.reports) == ["t1", "t2"]
+    assert {(o.status, o.reason) for o in p.reports} == {(Status.FAILED, AGENT_LOST)}
+    assert "went away while the task ran (its stream closed)" in p.reports[0].error
+    assert p.pool.submit(_task("t3", cpus=1)) is None, "no agent is left"
+
+
+def test_a_task_taken_back_after_a_restart_is_claimed_by_its_agent_or_lost_after_the_grace() -> (
+    None
+):
+    p = Pool(grace=0.3)
+    p.pool.reclaim("kept", HardwareGiven(1.0, 0))
+    p.pool.reclaim("gone", HardwareGiven(1.0, 0))
+    link = FakeLink()
+    forget = p.pool.attach(link, _info("a", running=("kept", "stale")))
+    assert forget == ["stale"], "a task nobody expects is stopped"
+    p.pool.outcome(link, _outcome("kept", 1))
+    deadline = time.monotonic() + 5
+    while len(p.reports) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    by_key = {o.task_key: o for o in p.reports}
+    assert by_key["kept"].status == Status.COMPLETED
+    assert (by_key["gone"].status, by_key["gone"].reason) == (Status.FAILED, AGENT_LOST)
+    assert "claimed this task within 0.3 s" in by_key["gone"].error
+
+
+def test_an_allocation_too_short_for_a_time_limit_gets_no_task() -> None:
+    now = time.time()
+    assert not fits_walltime(now + 30, HardwareSpec(time_limit_s=60), now)
+    assert fits_walltime(now + 600, HardwareSpec(time_limit_s=60), now)
+    p = Pool()
+    p.pool.attach(FakeLink(), _info("short", expires_at=now + 30))
+    assert p.pool.submit(_task("t", cpus=1, time_limit_s=60)) is None
+
+
+def test_a_stopping_pool_refuses_agents_and_tasks() -> None:
+    p = Pool()
+    link = FakeLink()
+    p.pool.attach(link, _info("a"))
+    p.pool.close("the controller is stopping")
+    assert link.closed == "the controller is stopping"
+    with pytest.raises(ExecutorError, match="stopping"):
+        p.pool.attach(FakeLink(), _info("b"))
+    assert p.pool.submit(_task("t", cpus=1)) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        (lambda h: setattr(h, "cpus", float("nan")), "is not a count"),
+        (lambda h: setattr(h, "cpus", 0), "is not a count"),
+        (lambda h: setattr(h, "memory_mb", 1 << 60), "more than any machine"),
+        (lambda h: setattr(h, "agent_id", "a b"), "not a plain name"),
+        (lambda h: setattr(h, "hostname", "evil\nhost"), "not a host name"),
+        (lambda h: setattr(h, "expires_at", float("inf")), "not a time"),
+        (lambda h: h.gpus.add(index=0, type="h100"), "repeated"),
+        (lambda h: h.gpus.add(index=1, type="quantum9000"), "quantum9000"),
+        (lambda h: h.running.append("k" * 300), "longer than any task key"),
+    ],
+)
+def test_a_hostile_hello_is_refused_with_what_is_wrong(change: object, complaint: str) -> None:
+    from cobalt_controller.agents._service import agent_info
+
+    hello = agent_pb2.AgentHello(agent_id="a1", hostname="h", cpus=2, memory_mb=1024)
+    hello.gpus.add(index=0, type="h100")
+    assert agent_info(hello).gpus == (GpuDevice(0, "h100", False),)
+    change(hello)  # type: ignore[operator]
+    with pytest.raises(ProtocolError, match=complaint):
+        agent_info(hello)
