@@ -13,6 +13,8 @@ Example::
     database_url = "sqlite:////data/cobalt.db"
     retry_backoff_s = 1.0                 # first retry waits this, then doubles
     retry_backoff_max_s = 60.0
+    wait_for_cheaper_s = 0.0              # a ready task waits this long for a cheaper
+                                          # executor (free, on-premises) before a pricier one
     inline_limit = 65536                  # payloads above this go to the blob store
 
     [executors.local]
@@ -47,6 +49,7 @@ _CONTROLLER_KEYS = {
     "blob_dir",
     "retry_backoff_s",
     "retry_backoff_max_s",
+    "wait_for_cheaper_s",
     "inline_limit",
 }
 
@@ -74,6 +77,9 @@ class ControllerConfig:
     blob_dir: Path = Path()
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 60.0
+    wait_for_cheaper_s: float = 0.0
+    """How long a ready task waits for a cheaper executor with room before it
+    goes to a pricier one that has room now (0: it never waits)."""
     inline_limit: int = 64 * 1024
     executors: list[ExecutorConfig] = field(default_factory=list)
 
@@ -150,6 +156,9 @@ def load_config(home: Path, path: Path | None = None) -> ControllerConfig:
         cfg.blob_dir = Path(str(section["blob_dir"])).expanduser()
     if "retry_backoff_s" in section:
         cfg.retry_backoff_s = _number(path, "retry_backoff_s", section["retry_backoff_s"])
+    if "wait_for_cheaper_s" in section:
+        value = section["wait_for_cheaper_s"]
+        cfg.wait_for_cheaper_s = 0.0 if value == 0 else _number(path, "wait_for_cheaper_s", value)
     if "retry_backoff_max_s" in section:
         cfg.retry_backoff_max_s = _number(
             path, "retry_backoff_max_s", section["retry_backoff_max_s"]

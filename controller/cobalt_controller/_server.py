@@ -124,6 +124,7 @@ class ControllerServer:
             placement=self.placement,
             retry_backoff_s=config.retry_backoff_s,
             retry_backoff_max_s=config.retry_backoff_max_s,
+            wait_for_cheaper_s=config.wait_for_cheaper_s,
             credentials=self.credentials,
         )
         self.scheduler.listener = self.hub.publish

@@ -190,3 +190,38 @@ def test_a_running_dispatch_is_marked_running_once_its_first_task_starts(
     wait_for(lambda: d.status == RUNNING)
     stub.complete(key)
     assert world.finished(d).status == COMPLETED
+
+
+@pytest.mark.parametrize("frees_in_time", [False, True])
+def test_a_task_waits_for_the_free_executor_before_it_goes_to_a_priced_one(
+    frees_in_time: bool,
+) -> None:
+    free = StubExecutor("on-prem", {"cpus": 1})
+    priced = StubExecutor("cloud", {"cpus": 1, **PRICED})
+    w = StubWorld(free, priced, manager=False)
+    w.scheduler.wait_for_cheaper_s = 0.6
+    w.start()
+    try:
+        d = w.dispatch([task(0, HardwareSpec(cpus=1)), task(1, HardwareSpec(cpus=1))])
+        first = free.wait_submitted(1)[0]
+        began = time.monotonic()
+        if frees_in_time:
+            time.sleep(0.3)
+            assert priced.submitted == [], "it waits for the free executor"
+            free.complete(first.task_key)
+            second = free.wait_submitted(2)[1]
+            assert priced.submitted == []
+            free.complete(second.task_key)
+            note = w.finished(d).tasks[1].placement
+            assert note.startswith("on-prem at $0.00/h: the cheapest") and "waited" in note
+        else:
+            second = priced.wait_submitted(1)[0]
+            waited = time.monotonic() - began
+            assert 0.5 <= waited < 3, waited
+            priced.complete(second.task_key)
+            free.complete(first.task_key)
+            note = w.finished(d).tasks[1].placement
+            assert note.startswith("cloud at $3.60/h: the cheapest free now"), note
+            assert "for a cheaper one first" in note, note
+    finally:
+        w.stop()

@@ -13,9 +13,21 @@ from cobalt_controller.dispatch._model import ELECTRON, SKIPPED, Dispatch, Ledge
 from cobalt_executors import Executor
 
 
-def placement_note(t: Task, chosen: int) -> str:
-    """Why ``t`` went to its ``chosen`` candidate (candidates are cheapest first)."""
-    return _placement_note(t.candidates, t.hardware, chosen)
+def placement_note(t: Task, chosen: int, waited_s: float = 0.0) -> str:
+    """Why ``t`` went to its ``chosen`` candidate (candidates are cheapest first),
+    and how long it waited for a cheaper one when the controller lets tasks wait."""
+    note = _placement_note(t.candidates, t.hardware, chosen)
+    if waited_s < 0.1:
+        return note
+    if chosen and pricier(t.candidates, t.hardware, chosen):
+        return f"{note}; waited {format_duration(waited_s)} for a cheaper one first"
+    return f"{note}; waited {format_duration(waited_s)} for it"
+
+
+@functools.lru_cache(maxsize=4096)
+def pricier(candidates: tuple[Executor, ...], spec: HardwareSpec, chosen: int) -> bool:
+    """Whether candidate ``chosen`` costs more per hour than the cheapest one."""
+    return candidates[chosen].rate_usd_per_hour(spec) > candidates[0].rate_usd_per_hour(spec)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -57,6 +57,7 @@ class Task:
         "output",
         "placement",
         "rate",
+        "ready_at",
         "reason",
         "reserved",
         "retries",
@@ -107,6 +108,9 @@ class Task:
         self.rate = 0.0
         """USD per hour of the hardware of the latest attempt."""
         self.placement = ""
+        self.ready_at = 0.0
+        """When the task last became ready to run (0: not yet); the wait for a
+        cheaper executor counts from here."""
         self.reserved = 0.0
         """Budget held for the running attempt: its worst-case cost."""
 

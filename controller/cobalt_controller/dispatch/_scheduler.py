@@ -29,7 +29,12 @@ from cobalt_controller._convert import given_to_json
 from cobalt_controller._credentials import Credentials, TaskScope
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._payloads import Payloads
-from cobalt_controller.dispatch._budget import budget_report, exhausted_message, placement_note
+from cobalt_controller.dispatch._budget import (
+    budget_report,
+    exhausted_message,
+    placement_note,
+    pricier,
+)
 from cobalt_controller.dispatch._cost import local_day
 from cobalt_controller.dispatch._intake import worst_case_usd
 from cobalt_controller.dispatch._model import (
@@ -72,6 +77,9 @@ class Scheduler:
         retry_backoff_s: the wait before a failed task's first retry, doubled
             for each later one, up to ``retry_backoff_max_s``.
         credentials: mints each attempt's own credential; None: tasks get none.
+        wait_for_cheaper_s: how long a ready task waits for its cheapest executor to
+            have room before it goes to a pricier one with room now; the placement
+            note says which happened.
     """
 
     def __init__(
@@ -84,6 +92,7 @@ class Scheduler:
         retry_backoff_s: float = 1.0,
         retry_backoff_max_s: float = 60.0,
         credentials: Credentials | None = None,
+        wait_for_cheaper_s: float = 0.0,
     ) -> None:
         self.state = state
         self.placement = placement if placement is not None else Placement()
@@ -95,6 +104,9 @@ class Scheduler:
         self.executors = executors
         self.retry_backoff_s = retry_backoff_s
         self.retry_backoff_max_s = retry_backoff_max_s
+        self.wait_for_cheaper_s = wait_for_cheaper_s
+        self._wakeups: list[float] = []
+        """Times a task's wait for a cheaper executor ends: placement runs again then."""
         self.active: dict[str, Dispatch] = {}
         self.listener: Listener | None = None
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -176,6 +188,10 @@ class Scheduler:
             nearest = min(nearest, self._timers[0][0] - now)
         if self._deadlines:
             nearest = min(nearest, self._deadlines[0][0] - now)
+        while self._wakeups and self._wakeups[0] <= now:
+            heapq.heappop(self._wakeups)
+        if self._wakeups:
+            nearest = min(nearest, self._wakeups[0] - now)
         return max(nearest, 0.0)
 
     def _handle(self, event: tuple[Any, ...]) -> None:
@@ -214,6 +230,7 @@ class Scheduler:
             heapq.heappush(self._deadlines, (t.started_at + t.hardware.time_limit_s, t.task_key))
 
     def _make_ready(self, d: Dispatch, t: Task) -> None:
+        t.ready_at = time.time()
         key = (t.candidates, t.hardware, t.kind == SUBLATTICE)
         q = self._ready.get(key)
         if q is None:
@@ -263,11 +280,15 @@ class Scheduler:
             )
             return True
         submit = self.placement.submit_task
+        waited = time.time() - t.ready_at if t.ready_at else 0.0
         for i, ex in enumerate(t.candidates):
             if i and ledger is not None and t.kind == ELECTRON:
                 worst = worst_case_usd(ex, t)
                 if worst > ledger.left:
                     break
+            if i and waited < self.wait_for_cheaper_s and pricier(t.candidates, t.hardware, i):
+                heapq.heappush(self._wakeups, t.ready_at + self.wait_for_cheaper_s)
+                break
             given = submit(ex, submission)
             if given is None:
                 continue
@@ -277,7 +298,7 @@ class Scheduler:
             t.given = given
             t.started_at = now
             t.rate = rate_usd_per_hour(ex, given) if t.kind == ELECTRON else 0.0
-            t.placement = placement_note(t, i)
+            t.placement = placement_note(t, i, waited if self.wait_for_cheaper_s else 0.0)
             if ledger is not None and worst > 0:
                 t.reserved = worst
                 ledger.held += worst
