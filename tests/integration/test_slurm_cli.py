@@ -104,6 +104,22 @@ def test_a_job_with_the_mapped_gres_sees_its_gpu(
     assert state.state in ("RUNNING", "COMPLETING", "COMPLETED")
 
 
+def test_the_submitting_processs_environment_stays_out_of_the_job(
+    capacity: Capacity,
+    jobs: list[str],
+    slurm_cluster: SlurmCluster,  # noqa: F811
+) -> None:
+    cli = SlurmCli(slurm_cluster.conf, env={"COBALT_TEST_SECRET": "s3cret"}, timeout_s=20)
+    seen = _file(slurm_cluster, "env")
+    script = f"#!/bin/sh\nenv > {seen}.tmp && mv {seen}.tmp {seen}\n"
+    jobs.append(cli.submit(capacity.sbatch_arguments(CPU), script))
+    wait_for(seen.exists, timeout=10, what="the job to write its environment")
+    env = seen.read_text()
+    assert "SLURM_JOB_ID=" in env
+    assert "PATH=" in env
+    assert "s3cret" not in env
+
+
 def test_a_third_gpu_job_waits_for_resources_while_two_hold_both_gpus(
     cli: SlurmCli,
     capacity: Capacity,

@@ -26,6 +26,7 @@ H100 = HardwareSpec(gpu="h100", gpus=1, cpus=1, memory_mb=100)
 def test_a_spec_becomes_gres_cpus_mem_and_time() -> None:
     spec = HardwareSpec(gpu="h100", gpus=2, cpus=1.25, memory_mb=4096, time_limit_s=3600)
     assert SbatchOptions().arguments(spec) == [
+        "--export=NONE",
         "--gres=gpu:h100:2",
         "--cpus-per-task=2",
         "--mem=4096M",
@@ -34,7 +35,10 @@ def test_a_spec_becomes_gres_cpus_mem_and_time() -> None:
 
 
 def test_a_spec_without_gpu_memory_or_limit_asks_for_one_cpu_only() -> None:
-    assert SbatchOptions().arguments(HardwareSpec(cpus=0.25)) == ["--cpus-per-task=1"]
+    assert SbatchOptions().arguments(HardwareSpec(cpus=0.25)) == [
+        "--export=NONE",
+        "--cpus-per-task=1",
+    ]
 
 
 def test_gpu_types_map_cobalt_names_to_the_sites_gres_types() -> None:
@@ -62,6 +66,7 @@ def test_partition_account_qos_name_and_extra_options_pass_through() -> None:
         "--account=team-a",
         "--qos=high",
         "--job-name=cobalt-train_v2",
+        "--export=NONE",
         "--cpus-per-task=1",
         "--constraint=a100&nvlink",
         "--exclusive",
@@ -119,6 +124,7 @@ def test_the_time_never_exceeds_the_partitions_limit() -> None:
         ({"sbatch_options": ["--time=10"]}, "time_limit"),
         ({"sbatch_options": ["--partition=other"]}, "partition option"),
         ({"sbatch_options": ["--wrap=id"]}, "batch script"),
+        ({"sbatch_options": ["--export=ALL"]}, "--export=NONE"),
         ({"time_margin": -5}, "time_margin"),
         ({"time_margin": "soon"}, "time_margin"),
         ({"time_margin": True}, "time_margin"),
@@ -225,6 +231,7 @@ def test_sbatch_arguments_of_an_impossible_spec_raise_before_any_option_is_made(
     assert capacity.sbatch_arguments(H100, name="t") == [
         "--partition=debug",
         "--job-name=cobalt-t",
+        "--export=NONE",
         "--gres=gpu:h100:1",
         "--cpus-per-task=1",
         "--mem=100M",

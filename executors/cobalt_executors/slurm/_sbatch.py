@@ -11,6 +11,10 @@
   added: only a backstop, since cobalt enforces the limit itself.
 - ``partition``, ``account`` and ``qos`` pass through, and ``sbatch_options``
   are added as given, once checked.
+- ``--export=NONE`` always: by default sbatch copies the submitting process's
+  whole environment into the job, and that process is the controller, whose
+  environment may hold credentials. The job gets the user's login environment
+  instead, and its batch script sets what the job needs.
 
 Every value is checked where it enters, with a :class:`SpecError` that lists
 what is accepted.
@@ -20,8 +24,8 @@ Example:
     >>> options = SbatchOptions.from_options(
     ...     {"partition": "gpu", "gpu_types": {"h100": "h100_80g"}}
     ... )
-    >>> options.arguments(HardwareSpec(gpu="h100", gpus=2, cpus=1.5, memory_mb=4096))
-    ['--partition=gpu', '--gres=gpu:h100_80g:2', '--cpus-per-task=2', '--mem=4096M']
+    >>> options.arguments(HardwareSpec(gpu="h100", gpus=2, cpus=1.5, memory_mb=4096))[1:]
+    ['--export=NONE', '--gres=gpu:h100_80g:2', '--cpus-per-task=2', '--mem=4096M']
     >>> job_name("train model (v2)")
     'cobalt-train_model_v2'
 """
@@ -63,6 +67,7 @@ _MANAGED = {
     "account": "the executor's account option",
     "qos": "the executor's qos option",
     "job-name": "the task's name",
+    "export": "the batch script (cobalt passes --export=NONE; the script sets variables)",
     "parsable": "nothing: cobalt always passes it",
     "wrap": "nothing: cobalt writes the batch script",
 }
@@ -196,6 +201,7 @@ class SbatchOptions:
             args.append(f"--qos={self.qos}")
         if name is not None:
             args.append(f"--job-name={job_name(name)}")
+        args.append("--export=NONE")
         gres = self.gres(spec)
         if gres is not None:
             args.append(f"--gres={gres}")
