@@ -72,6 +72,23 @@ def _ended(cli: SlurmCli, job_id: str) -> JobState | None:
     return state if state.ended else None
 
 
+def _scheduled(cli: SlurmCli, job_id: str) -> JobState:
+    """The job's state once a scheduling pass has considered it (a new job waits
+    with reason ``None`` until then)."""
+
+    def considered() -> JobState | None:
+        state = _state(cli, job_id)
+        return (
+            state if state is not None and (state.reason != "None" or not state.pending) else None
+        )
+
+    return wait_for(
+        considered,
+        timeout=10,
+        what=f"a scheduling pass to consider job {job_id}",
+    )
+
+
 def _running(cli: SlurmCli, *job_ids: str) -> bool:
     states = cli.jobs(job_ids)
     return all(job_id in states and states[job_id].running for job_id in job_ids)
@@ -136,9 +153,7 @@ def test_a_third_gpu_job_waits_for_resources_while_two_hold_both_gpus(
     assert sorted(path.read_text().strip() for path in held) == ["0", "1"]
 
     jobs.append(cli.submit(options, "#!/bin/sh\ntrue\n"))
-    third = wait_for(lambda: _state(cli, jobs[2]), timeout=5)
-    time.sleep(1.0)  # past a scheduling pass that could have started it
-    third = _state(cli, jobs[2]) or third
+    third = _scheduled(cli, jobs[2])
     assert (third.state, third.reason) == ("PENDING", "Resources")
 
 
@@ -152,9 +167,8 @@ def test_a_gpu_job_waits_for_a_gpu_while_a_cpu_is_free(
     jobs.append(cli.submit(capacity.sbatch_arguments(both), "#!/bin/sh\nexec sleep 60\n"))
     wait_for(lambda: _running(cli, jobs[0]), timeout=10, what="the 2-GPU job to run")
     jobs.append(cli.submit(capacity.sbatch_arguments(GPU), "#!/bin/sh\ntrue\n"))
-    time.sleep(1.0)  # past a scheduling pass that could have started it
-    gpu_job = _state(cli, jobs[1])
-    assert gpu_job is not None and (gpu_job.state, gpu_job.reason) == ("PENDING", "Resources")
+    gpu_job = _scheduled(cli, jobs[1])
+    assert (gpu_job.state, gpu_job.reason) == ("PENDING", "Resources")
     node = parse_fields(slurm_cluster.run("scontrol", "show", "node", "-o").strip())
     assert (node["CPUAlloc"], node["CPUEfctv"]) == ("1", "2")
 
