@@ -17,6 +17,7 @@ Every error cobalt raises derives from :class:`Error`, exported to users as
     ├── ContentAddressError       a sha256 is not 64 lowercase hex digits, or not its bytes' hash
     ├── ExecutorError             an executor's host, cluster or agent failed (the host named)
     ├── ProtocolError             a message from an agent or a worker is malformed
+    ├── PayloadUnavailableError   a stored payload cannot be read or written where it lives
     ├── WaitTimeoutError          ``get_result(..., wait=seconds)`` ran out of time
     ├── TaskFailedError           a task failed remotely (carries the remote traceback)
     ├── DeploymentError           a deployment's replicas could not start (traceback attached)
@@ -116,6 +117,11 @@ class ExecutorError(Error):
 
 class ProtocolError(Error, ValueError):
     """A message from an agent or a worker is malformed; it is refused whole."""
+
+
+class PayloadUnavailableError(Error, OSError):
+    """A stored payload cannot be read or written where it lives: an object
+    store refused the request or could not be reached, or a URL expired."""
 
 
 class WaitTimeoutError(Error, TimeoutError):

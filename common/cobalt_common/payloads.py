@@ -14,13 +14,19 @@ Kinds of location:
     workers' machines. A blob is the file ``<address>/<sha[:2]>/<sha>``
     (:func:`blob_path`); the controller's local blob store, the worker runtime
     and anything else that reads the directory use this one layout.
+``url``
+    One blob at an HTTP(S) URL that carries its own authorization: a
+    presigned GET of an object store (S3), valid for a limited time. The
+    worker holds no cloud credentials; it downloads the bytes and checks
+    their sha256 before using them. Such a location names one blob, so a
+    store returns one per payload.
 ``controller``
     Only the controller can read it: the bytes travel inline in the task,
     and a worker returns a large output inline too. Today this is how a
     store without a shared directory (the in-memory one) works; a later
     worker fetches such payloads from the controller on its own.
 
-A new kind (an object store, say) is one more value of :data:`LocationKind`,
+A new kind is one more value of :data:`LocationKind`,
 one more branch in the worker runtime's one resolving function
 (``cobalt_executors._runtime.payloads``), and a blob store that returns it;
 no caller branches on a store's type.
@@ -45,11 +51,12 @@ __all__ = [
     "BlobLocation",
     "LocationKind",
     "blob_path",
+    "redact_url",
     "sha256_hex",
     "write_blob",
 ]
 
-LocationKind = Literal["directory", "controller"]
+LocationKind = Literal["directory", "url", "controller"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,21 +66,34 @@ class BlobLocation:
     Example:
         >>> BlobLocation.directory("/srv/cobalt/blobs")
         BlobLocation(kind='directory', address='/srv/cobalt/blobs')
+        >>> BlobLocation.url("https://bucket.s3.example/k/ab/abcd?X-Amz-Signature=f00")
+        BlobLocation(kind='url', address='https://bucket.s3.example/k/ab/abcd?...')
         >>> THROUGH_CONTROLLER.readable_by_workers
         False
     """
 
     kind: LocationKind
     address: str = ""
-    """For ``directory``, the directory's path; empty for ``controller``."""
+    """For ``directory``, the directory's path; for ``url``, the URL (a secret
+    while it is valid: never log it); empty for ``controller``."""
 
     @staticmethod
     def directory(path: str | os.PathLike[str]) -> BlobLocation:
         return BlobLocation("directory", os.fspath(path))
 
+    @staticmethod
+    def url(url: str) -> BlobLocation:
+        """One blob at a self-authorizing URL, such as a presigned S3 GET."""
+        return BlobLocation("url", url)
+
+    def __repr__(self) -> str:
+        address = self.address if self.kind != "url" else redact_url(self.address)
+        return f"BlobLocation(kind={self.kind!r}, address={address!r})"
+
     @property
     def readable_by_workers(self) -> bool:
-        """Whether a worker reads and writes here itself (else the bytes go inline)."""
+        """Whether a worker reads here itself (else the bytes go inline); of an
+        output location, whether a worker writes there."""
         return self.kind != "controller"
 
 
@@ -86,6 +106,12 @@ def blob_path(directory: str | Path, sha256: str) -> Path:
     for any name that is not a content address."""
     validate_sha256(sha256)
     return Path(directory) / sha256[:2] / sha256
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its query, where a presigned URL keeps its signature:
+    what an error message or a log may show of it."""
+    return url.split("?", 1)[0] + ("?..." if "?" in url else "")
 
 
 def sha256_hex(data: bytes) -> str:

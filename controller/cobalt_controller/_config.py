@@ -22,8 +22,18 @@ Example::
     emulate_gpus = { h100 = 2 }
     prices = { base = "list", gpu_hour = { h100 = 2.10 } }   # or "list"; default "zero"
 
+    [blobs]                               # where large payloads live; default: blob_dir
+    type = "s3"                           # or "local" (blob_dir)
+    bucket = "my-cobalt-payloads"         # must exist
+    prefix = "cobalt/blobs"               # objects are <prefix>/<sha[:2]>/<sha>
+    endpoint_url = "http://127.0.0.1:8333"   # an S3-compatible server; omit for AWS
+    region = "us-east-1"
+    presign_ttl_s = 3600                  # how long a worker's download URL stays valid
+
 Every key is optional. Without a file the controller has one executor,
-``local``, with this machine's CPUs, memory and GPUs.
+``local``, with this machine's CPUs, memory and GPUs, and keeps large payloads
+in ``blob_dir``. S3 credentials come from boto3's usual chain (environment,
+``AWS_PROFILE``, an instance role), never from this file.
 """
 
 from __future__ import annotations
@@ -54,6 +64,20 @@ _CONTROLLER_KEYS = {
 }
 
 
+_S3_KEYS = {"type", "bucket", "prefix", "endpoint_url", "region", "presign_ttl_s"}
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """The ``[blobs]`` table with ``type = "s3"``; see :mod:`cobalt_controller.blobs.s3`."""
+
+    bucket: str
+    prefix: str = "cobalt/blobs"
+    endpoint_url: str | None = None
+    region: str | None = None
+    presign_ttl_s: float = 3600.0
+
+
 @dataclass(slots=True)
 class ExecutorConfig:
     name: str
@@ -82,6 +106,8 @@ class ControllerConfig:
     goes to a pricier one that has room now (0: it never waits)."""
     inline_limit: int = 64 * 1024
     executors: list[ExecutorConfig] = field(default_factory=list)
+    s3: S3Settings | None = None
+    """Large payloads in S3 instead of ``blob_dir`` (the ``[blobs]`` table)."""
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -122,11 +148,11 @@ def load_config(home: Path, path: Path | None = None) -> ControllerConfig:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, OSError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    unknown = set(data) - {"controller", "executors"}
+    unknown = set(data) - {"controller", "executors", "blobs"}
     if unknown:
         raise ConfigError(
             f"{path}: unknown section(s) {', '.join(sorted(unknown))}; "
-            "known sections are [controller] and [executors.<name>]."
+            "known sections are [controller], [blobs] and [executors.<name>]."
         )
     section = data.get("controller", {})
     if not isinstance(section, dict):
@@ -165,6 +191,8 @@ def load_config(home: Path, path: Path | None = None) -> ControllerConfig:
         )
     if "inline_limit" in section:
         cfg.inline_limit = int(_number(path, "inline_limit", section["inline_limit"]))
+    if "blobs" in data:
+        cfg.s3 = _blobs(path, data["blobs"])
     executors = data.get("executors", {})
     if not isinstance(executors, dict):
         raise ConfigError(f"{path}: executors must be tables such as [executors.local].")
@@ -178,6 +206,58 @@ def load_config(home: Path, path: Path | None = None) -> ControllerConfig:
             options = {k: v for k, v in table.items() if k != "type"}
             cfg.executors.append(_executor(path, str(name), table["type"], options))
     return cfg
+
+
+def _blobs(path: Path, table: Any) -> S3Settings | None:
+    """The ``[blobs]`` table: None for the local directory, else the S3 settings."""
+    if not isinstance(table, dict) or table.get("type", "local") not in ("local", "s3"):
+        raise ConfigError(f'{path}: [blobs] type must be "local" or "s3".')
+    if table.get("type", "local") == "local":
+        if set(table) - {"type"}:
+            raise ConfigError(
+                f'{path}: [blobs] of type "local" takes no other key; '
+                "its directory is [controller] blob_dir."
+            )
+        return None
+    unknown = sorted(set(table) - _S3_KEYS)
+    if unknown:
+        secret = any("key" in k or "secret" in k or "token" in k for k in unknown)
+        hint = (
+            " Credentials never go in this file: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, in the controller's environment."
+            if secret
+            else ""
+        )
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)} in [blobs]; "
+            f"an s3 blob store accepts: {', '.join(sorted(_S3_KEYS))}.{hint}"
+        )
+    text = {}
+    for key in ("bucket", "prefix", "endpoint_url", "region"):
+        value = table.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"{path}: [blobs] {key} must be non-empty text, got {value!r}.")
+        text[key] = value
+    if text["bucket"] is None:
+        raise ConfigError(f'{path}: [blobs] of type "s3" needs a bucket, e.g. bucket = "payloads".')
+    endpoint = text["endpoint_url"]
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{path}: [blobs] endpoint_url must start with http:// or https://, got {endpoint!r}."
+        )
+    ttl = table.get("presign_ttl_s", 3600)
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 1 <= ttl <= 7 * 86400:
+        raise ConfigError(
+            f"{path}: [blobs] presign_ttl_s must be seconds from 1 to 604800 (7 days, "
+            f"S3's limit), got {ttl!r}."
+        )
+    return S3Settings(
+        bucket=text["bucket"],
+        prefix=text["prefix"] if text["prefix"] is not None else "cobalt/blobs",
+        endpoint_url=endpoint,
+        region=text["region"],
+        presign_ttl_s=float(ttl),
+    )
 
 
 def _executor(path: Path, name: str, type_name: Any, options: dict[str, Any]) -> ExecutorConfig:

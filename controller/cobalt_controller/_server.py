@@ -20,6 +20,7 @@ from cobalt_common.v1 import agent_pb2_grpc as agent_grpc
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
 from cobalt_common.version import __version__
 from cobalt_controller._authorize import Authorizer
+from cobalt_controller._blob_store import open_blob_store
 from cobalt_controller._config import ControllerConfig
 from cobalt_controller._convert import given_from_json, task_from_row
 from cobalt_controller._credentials import Credentials
@@ -35,7 +36,6 @@ from cobalt_controller.agents import (
     AgentTokens,
     ControllerCertificate,
 )
-from cobalt_controller.blobs import LocalBlobStore
 from cobalt_controller.dashboard import Dashboard, deployments_reader
 from cobalt_controller.deploy import DeploymentManager, Gateway, recover
 from cobalt_controller.dispatch._events import EventHub
@@ -71,7 +71,7 @@ class ControllerServer:
         self.credentials = Credentials(self.token, self.agent_keys)
         """Each task attempt's and replica's own credential (see docs/security.md)."""
         self.state = state or SqlStateStore(config.database_url)
-        self.blobs = LocalBlobStore(config.blob_dir)
+        self.blobs = open_blob_store(config)
         self.payloads = Payloads(self.state, self.blobs, config.inline_limit)
         self._stopped = threading.Event()
         limit_grpc_error_logs()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cobalt_common.errors import ConfigError
-from cobalt_controller._config import ControllerConfig, ExecutorConfig, load_config
+from cobalt_controller._config import ControllerConfig, ExecutorConfig, S3Settings, load_config
 
 pytestmark = pytest.mark.unit
 
@@ -198,3 +198,53 @@ def test_a_controller_with_a_bad_file_exits_with_a_line_its_starter_turns_into_t
     assert message is not None, out
     assert message.startswith(f"{home / 'config.toml'}: [controller] inline_limit")
     assert f"cobalt controller: {message}" in out.err, "a person reading the log sees it too"
+
+
+def test_an_s3_blob_store_is_read_from_the_blobs_table(tmp_path: Path) -> None:
+    config = load_config(
+        _home(
+            tmp_path,
+            '[blobs]\ntype = "s3"\nbucket = "payloads"\nprefix = "team/cobalt"\n'
+            'endpoint_url = "http://127.0.0.1:8333"\nregion = "eu-west-1"\npresign_ttl_s = 600\n',
+        )
+    )
+    assert config.s3 == S3Settings(
+        bucket="payloads",
+        prefix="team/cobalt",
+        endpoint_url="http://127.0.0.1:8333",
+        region="eu-west-1",
+        presign_ttl_s=600.0,
+    )
+    assert load_config(_home(tmp_path, '[blobs]\ntype = "local"\n')).s3 is None
+    assert load_config(_home(tmp_path, "")).s3 is None
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ('type = "s3"', 'needs a bucket, e.g. bucket = "payloads"'),
+        ('type = "gcs"\nbucket = "b"', '[blobs] type must be "local" or "s3"'),
+        ('type = "local"\nbucket = "b"', "its directory is [controller] blob_dir"),
+        ('type = "s3"\nbucket = ""', "[blobs] bucket must be non-empty text"),
+        ('type = "s3"\nbucket = "b"\nendpoint_url = "127.0.0.1:8333"', "must start with http://"),
+        ('type = "s3"\nbucket = "b"\npresign_ttl_s = 0', "presign_ttl_s must be seconds from 1"),
+        ('type = "s3"\nbucket = "b"\npresign_ttl_s = 864000', "(7 days, S3's limit)"),
+        ('type = "s3"\nbucket = "b"\nregoin = "x"', "unknown key(s) regoin in [blobs]"),
+    ],
+)
+def test_bad_blob_store_settings_are_named_with_file_and_key(
+    tmp_path: Path, table: str, expected: str
+) -> None:
+    assert expected in _error(tmp_path, f"[blobs]\n{table}\n")
+
+
+def test_credentials_in_the_blobs_table_are_refused_with_where_they_belong(
+    tmp_path: Path,
+) -> None:
+    message = _error(
+        tmp_path,
+        '[blobs]\ntype = "s3"\nbucket = "b"\naws_secret_access_key = "hunter2"\n',
+    )
+    assert "unknown key(s) aws_secret_access_key" in message
+    assert "AWS_SECRET_ACCESS_KEY" in message and "AWS_PROFILE" in message
+    assert "hunter2" not in message

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63obalt/v1/worker.proto\x12\tcobalt.v1\"\x92\x01\n\x0c\x42lobLocation\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.cobalt.v1.BlobLocation.Kind\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"E\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_DIRECTORY\x10\x01\x12\x13\n\x0fKIND_CONTROLLER\x10\x02\"w\n\tWorkerArg\x12\x10\n\x08position\x18\x01 \x01(\x05\x12\x0f\n\x07keyword\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12)\n\x08location\x18\x05 \x01(\x0b\x32\x17.cobalt.v1.BlobLocation\"\xf1\x02\n\nWorkerTask\x12\x10\n\x08task_key\x18\x01 \x01(\t\x12\x17\n\x0f\x66unction_sha256\x18\x02 \x01(\t\x12\x15\n\rfunction_data\x18\x03 \x01(\x0c\x12\"\n\x04\x61rgs\x18\x04 \x03(\x0b\x32\x14.cobalt.v1.WorkerArg\x12+\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x1e.cobalt.v1.WorkerTask.EnvEntry\x12\x14\n\x0cinline_limit\x18\x07 \x01(\x04\x12\x32\n\x11\x66unction_location\x18\x08 \x01(\x0b\x32\x17.cobalt.v1.BlobLocation\x12\x30\n\x0foutput_location\x18\t \x01(\x0b\x32\x17.cobalt.v1.BlobLocation\x12\x18\n\x10\x66orget_functions\x18\n \x03(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x06\x10\x07R\x08\x62lob_dir\"U\n\rWorkerCommand\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x15.cobalt.v1.WorkerTaskH\x00\x12\x12\n\x08shutdown\x18\x02 \x01(\x08H\x00\x42\t\n\x07\x63ommand\"\xd2\x01\n\x0cWorkerResult\x12\x10\n\x08task_key\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x15\n\routput_sha256\x18\x03 \x01(\t\x12\x13\n\x0boutput_data\x18\x04 \x01(\x0c\x12\x13\n\x0boutput_size\x18\x05 \x01(\x04\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0e\n\x06stdout\x18\x07 \x01(\t\x12\x0e\n\x06stderr\x18\x08 \x01(\t\x12\x12\n\nstarted_at\x18\t \x01(\x01\x12\x10\n\x08\x65nded_at\x18\n \x01(\x01\x12\x0e\n\x06reason\x18\x0b \x01(\t\"Z\n\rWorkerMessage\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x17.cobalt.v1.WorkerResultH\x00\x12\x13\n\tready_pid\x18\x02 \x01(\rH\x00\x42\t\n\x07messageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63obalt/v1/worker.proto\x12\tcobalt.v1\"\xa0\x01\n\x0c\x42lobLocation\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.cobalt.v1.BlobLocation.Kind\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"S\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_DIRECTORY\x10\x01\x12\x13\n\x0fKIND_CONTROLLER\x10\x02\x12\x0c\n\x08KIND_URL\x10\x03\"w\n\tWorkerArg\x12\x10\n\x08position\x18\x01 \x01(\x05\x12\x0f\n\x07keyword\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12)\n\x08location\x18\x05 \x01(\x0b\x32\x17.cobalt.v1.BlobLocation\"\xf1\x02\n\nWorkerTask\x12\x10\n\x08task_key\x18\x01 \x01(\t\x12\x17\n\x0f\x66unction_sha256\x18\x02 \x01(\t\x12\x15\n\rfunction_data\x18\x03 \x01(\x0c\x12\"\n\x04\x61rgs\x18\x04 \x03(\x0b\x32\x14.cobalt.v1.WorkerArg\x12+\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x1e.cobalt.v1.WorkerTask.EnvEntry\x12\x14\n\x0cinline_limit\x18\x07 \x01(\x04\x12\x32\n\x11\x66unction_location\x18\x08 \x01(\x0b\x32\x17.cobalt.v1.BlobLocation\x12\x30\n\x0foutput_location\x18\t \x01(\x0b\x32\x17.cobalt.v1.BlobLocation\x12\x18\n\x10\x66orget_functions\x18\n \x03(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x06\x10\x07R\x08\x62lob_dir\"U\n\rWorkerCommand\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x15.cobalt.v1.WorkerTaskH\x00\x12\x12\n\x08shutdown\x18\x02 \x01(\x08H\x00\x42\t\n\x07\x63ommand\"\xd2\x01\n\x0cWorkerResult\x12\x10\n\x08task_key\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x15\n\routput_sha256\x18\x03 \x01(\t\x12\x13\n\x0boutput_data\x18\x04 \x01(\x0c\x12\x13\n\x0boutput_size\x18\x05 \x01(\x04\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0e\n\x06stdout\x18\x07 \x01(\t\x12\x0e\n\x06stderr\x18\x08 \x01(\t\x12\x12\n\nstarted_at\x18\t \x01(\x01\x12\x10\n\x08\x65nded_at\x18\n \x01(\x01\x12\x0e\n\x06reason\x18\x0b \x01(\t\"Z\n\rWorkerMessage\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x17.cobalt.v1.WorkerResultH\x00\x12\x13\n\tready_pid\x18\x02 \x01(\rH\x00\x42\t\n\x07messageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERTASK_ENVENTRY']._loaded_options = None
   _globals['_WORKERTASK_ENVENTRY']._serialized_options = b'8\001'
   _globals['_BLOBLOCATION']._serialized_start=38
-  _globals['_BLOBLOCATION']._serialized_end=184
+  _globals['_BLOBLOCATION']._serialized_end=198
   _globals['_BLOBLOCATION_KIND']._serialized_start=115
-  _globals['_BLOBLOCATION_KIND']._serialized_end=184
-  _globals['_WORKERARG']._serialized_start=186
-  _globals['_WORKERARG']._serialized_end=305
-  _globals['_WORKERTASK']._serialized_start=308
-  _globals['_WORKERTASK']._serialized_end=677
-  _globals['_WORKERTASK_ENVENTRY']._serialized_start=619
-  _globals['_WORKERTASK_ENVENTRY']._serialized_end=661
-  _globals['_WORKERCOMMAND']._serialized_start=679
-  _globals['_WORKERCOMMAND']._serialized_end=764
-  _globals['_WORKERRESULT']._serialized_start=767
-  _globals['_WORKERRESULT']._serialized_end=977
-  _globals['_WORKERMESSAGE']._serialized_start=979
-  _globals['_WORKERMESSAGE']._serialized_end=1069
+  _globals['_BLOBLOCATION_KIND']._serialized_end=198
+  _globals['_WORKERARG']._serialized_start=200
+  _globals['_WORKERARG']._serialized_end=319
+  _globals['_WORKERTASK']._serialized_start=322
+  _globals['_WORKERTASK']._serialized_end=691
+  _globals['_WORKERTASK_ENVENTRY']._serialized_start=633
+  _globals['_WORKERTASK_ENVENTRY']._serialized_end=675
+  _globals['_WORKERCOMMAND']._serialized_start=693
+  _globals['_WORKERCOMMAND']._serialized_end=778
+  _globals['_WORKERRESULT']._serialized_start=781
+  _globals['_WORKERRESULT']._serialized_end=991
+  _globals['_WORKERMESSAGE']._serialized_start=993
+  _globals['_WORKERMESSAGE']._serialized_end=1083
 # @@protoc_insertion_point(module_scope)

@@ -42,6 +42,8 @@ class BlobLocation(_message.Message):
         """the file <address>/<sha[:2]>/<sha>"""
         KIND_CONTROLLER: BlobLocation._Kind.ValueType  # 2
         """only the controller has it: outputs return inline"""
+        KIND_URL: BlobLocation._Kind.ValueType  # 3
+        """one blob at a self-authorizing URL (a presigned GET); the worker checks its sha256"""
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: BlobLocation.Kind.ValueType  # 0
@@ -50,6 +52,8 @@ class BlobLocation(_message.Message):
     """the file <address>/<sha[:2]>/<sha>"""
     KIND_CONTROLLER: BlobLocation.Kind.ValueType  # 2
     """only the controller has it: outputs return inline"""
+    KIND_URL: BlobLocation.Kind.ValueType  # 3
+    """one blob at a self-authorizing URL (a presigned GET); the worker checks its sha256"""
 
     KIND_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
