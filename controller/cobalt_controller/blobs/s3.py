@@ -126,7 +126,17 @@ class S3BlobStore(BlobStore):
         empty = sha256_hex(b"")
         try:
             self._s3.head_bucket(Bucket=self.bucket)
-            self._put_object(empty, b"")
+            try:
+                self._s3.put_object(
+                    Bucket=self.bucket,
+                    Key=self.key(empty),
+                    Body=b"",
+                    IfNoneMatch="*",
+                    ChecksumSHA256=_checksum(empty),
+                )
+            except ClientError as exc:
+                if _code(exc) not in _EXISTS and _status(exc) != 412:
+                    raise
             self._s3.head_object(Bucket=self.bucket, Key=self.key(empty))
         except NoCredentialsError:
             raise ConfigError(
@@ -146,9 +156,10 @@ class S3BlobStore(BlobStore):
                 )
             else:
                 advice = "check [blobs] endpoint_url and region"
+            answer = f"{status} {code}" if code != str(status) else str(status)
             raise ConfigError(
                 f"the S3 blob store cannot use bucket {self.bucket!r} at {self._where}: "
-                f"{status} {code}; {advice}."
+                f"the server answered {answer}; {advice}."
             ) from None
         except BotoCoreError as exc:
             raise ConfigError(
