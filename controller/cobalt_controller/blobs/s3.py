@@ -35,7 +35,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,8 @@ from cobalt_controller.blobs.base import BlobStore
 
 PART_BYTES = 8 << 20
 """A streamed blob larger than this goes up in parts of this size (S3's minimum is 5 MiB)."""
+PARTS_IN_FLIGHT = 3
+"""Parts of one streamed blob that go up at once, while the next one arrives."""
 _EXISTS = {"PreconditionFailed", "ConditionalRequestConflict"}
 _ABSENT = {"404", "NoSuchKey", "NotFound"}
 _WRONG_CONTENT = {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"}
@@ -196,9 +200,10 @@ class S3BlobStore(BlobStore):
             raise self._failed("store", sha256, exc) from None
 
     def put_stream(self, sha256: str, chunks: Iterable[bytes]) -> bool:
-        """Holds at most two parts (``part_bytes`` each) in memory: a blob that fits
-        in one goes up in one conditional PUT once its sha256 is checked, a larger
-        one as a multipart upload that completes only if the sha256 matches."""
+        """A blob that fits in one part (``part_bytes``) goes up in one conditional
+        PUT once its sha256 is checked; a larger one as a multipart upload, with
+        up to :data:`PARTS_IN_FLIGHT` parts going up while the next arrives (so
+        about that many parts in memory), that completes only if the sha256 matches."""
         key = self.key(sha256)
         if self.has(sha256):
             digest = hashlib.sha256()
@@ -231,13 +236,15 @@ class S3BlobStore(BlobStore):
         except (ClientError, BotoCoreError) as exc:
             raise self._failed("store", sha256, exc) from None
         upload_id = upload["UploadId"]
+        in_flight: deque[Future[dict[str, Any]]] = deque()
         done: list[dict[str, Any]] = []
+        pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="cobalt-s3-part")
         try:
             for number, part in enumerate(_chain(first, second, rest, digest), start=1):
-                answer = self._s3.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=part
-                )
-                done.append({"PartNumber": number, "ETag": answer["ETag"]})
+                in_flight.append(pool.submit(self._upload_part, key, upload_id, number, part))
+                if len(in_flight) >= PARTS_IN_FLIGHT:
+                    done.append(in_flight.popleft().result())
+            done.extend(future.result() for future in in_flight)
             if digest.hexdigest() != sha256:
                 self._abort(key, upload_id)
                 return False
@@ -250,18 +257,30 @@ class S3BlobStore(BlobStore):
             )
             return True
         except ClientError as exc:
-            self._abort(key, upload_id)
+            self._abort(key, upload_id, pool)
             if _code(exc) in _EXISTS or _status(exc) == 412:
                 return True
             raise self._failed("store", sha256, exc) from None
         except BotoCoreError as exc:
-            self._abort(key, upload_id)
+            self._abort(key, upload_id, pool)
             raise self._failed("store", sha256, exc) from None
         except BaseException:
-            self._abort(key, upload_id)
+            self._abort(key, upload_id, pool)
             raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
-    def _abort(self, key: str, upload_id: str) -> None:
+    def _upload_part(self, key: str, upload_id: str, number: int, part: bytes) -> dict[str, Any]:
+        answer = self._s3.upload_part(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=part
+        )
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def _abort(self, key: str, upload_id: str, pool: ThreadPoolExecutor | None = None) -> None:
+        """Drops a multipart upload, after the parts still going up (else one could
+        land after the abort and leave its bytes behind)."""
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         # If this fails too, a lifecycle rule for incomplete uploads cleans up the parts.
         with contextlib.suppress(ClientError, BotoCoreError):
             self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
