@@ -57,5 +57,32 @@ AGENTS = ExecutorType(
 )
 """Machines attached by hand: each runs ``cobalt agent`` and dials the controller."""
 
-EXECUTOR_TYPES: dict[str, ExecutorType] = {t.name: t for t in (LOCAL, AGENTS)}
+SLURM = ExecutorType(
+    "slurm",
+    options=frozenset(),
+    config_only=frozenset(
+        {
+            "reconnect_grace_s",
+            "blob_dir",
+            "slurm_conf",
+            "mode",
+            "python",
+            "partition",
+            "account",
+            "qos",
+            "gpu_types",
+            "sbatch_options",
+            "time_margin",
+            "max_pilots",
+            "pilot_cpus",
+            "pilot_memory",
+            "pilot_time",
+            "idle_timeout_s",
+            "emulate_gpus",
+        }
+    ),
+)
+"""A Slurm cluster: agents run in ``sbatch`` allocations (pilots), or one job per task."""
+
+EXECUTOR_TYPES: dict[str, ExecutorType] = {t.name: t for t in (LOCAL, AGENTS, SLURM)}
 """Every executor type, by name."""

@@ -89,7 +89,7 @@ class ExecutorPool:
         found = tuple(ex for ex in pool if ex.can_ever_run(spec))
         if found:
             return found
-        described = "; ".join(f"{ex.name} ({ex.inventory().describe()})" for ex in pool)
+        described = "; ".join(f"{ex.name} ({ex.capacity_words(spec)})" for ex in pool)
         most = max(
             (sum(1 for d in ex.inventory().gpus if d.type == spec.gpu) for ex in pool), default=0
         )

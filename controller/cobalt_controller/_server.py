@@ -115,6 +115,7 @@ class ControllerServer:
             env={"COBALT_CONTROLLER_ADDRESS": self.address},
             work_dir=config.home / "workers",
             agents=AgentEndpoint(self.agent_address, self.fingerprint, self.agent_keys.mint),
+            room=self.placement.room_freed,
         )
         self.executors = ExecutorPool(config.executors, context)
         self.scheduler = Scheduler(

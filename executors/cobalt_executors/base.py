@@ -175,6 +175,9 @@ class ExecutorContext:
     executors that run tasks on it (the local ones) share."""
     agents: AgentEndpoint | None = None
     """How agents reach the controller; None where no controller serves agents (tests)."""
+    room: Callable[[], None] | None = None
+    """Call when room grows without an outcome (an agent attached), so that waiting
+    tasks are placed at once; None: the controller finds out at its next round."""
     work_dir: Path | None = None
     """A folder executors keep their own files in (the controller's
     ``<home>/workers``), so that what a killed controller leaves there is found
@@ -281,6 +284,11 @@ class Executor(ABC):
             allocation = self._adopted.pop(task_key, None)
         if allocation is not None:
             self.inventory().release(allocation)
+
+    def capacity_words(self, spec: HardwareSpec) -> str:
+        """What this executor has, in words, for a message saying why ``spec`` can
+        never run here; an executor that knows the reason better says it."""
+        return self.inventory().describe()
 
     def rate_usd_per_hour(self, spec: HardwareSpec) -> float:
         """What running ``spec`` here costs per hour, before it is placed."""

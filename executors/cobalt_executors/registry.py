@@ -8,9 +8,10 @@ from cobalt_common.errors import SpecError
 from cobalt_executors.base import Executor
 from cobalt_executors.local import LocalExecutor
 from cobalt_executors.remote import AgentsExecutor
+from cobalt_executors.slurm._executor import SlurmExecutor
 
 EXECUTOR_TYPES: dict[str, type[Executor]] = {
-    cls.type_name: cls for cls in (LocalExecutor, AgentsExecutor)
+    cls.type_name: cls for cls in (LocalExecutor, AgentsExecutor, SlurmExecutor)
 }
 
 

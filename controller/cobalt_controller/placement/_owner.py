@@ -260,6 +260,10 @@ class Placement:
             ex.release(task_key)
             self._announce_room()
 
+    def room_freed(self) -> None:
+        """An executor has more room than before (an agent attached): place again."""
+        self._announce_room()
+
     def _announce_room(self) -> None:
         for callback in self._room:
             callback()

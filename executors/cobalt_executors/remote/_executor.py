@@ -74,6 +74,9 @@ class RemoteExecutor(Executor):
     def setup(self, context: ExecutorContext) -> None:
         super().setup(context)
         self._pool = AgentPool(self.name, context.report, reconnect_grace_s=self._grace)
+        room = context.room
+        if room is not None:
+            self._pool.on_attach(lambda _: room())
         if context.output_location.kind == "directory":
             self._store_id = store_id(context.output_location.address)
 

@@ -90,6 +90,10 @@ class _Agent:
     info: AgentInfo
     inventory: Inventory
     running: dict[str, Allocation] = field(default_factory=dict)
+    idle_since: float = 0.0
+    """When its last task ended (or it attached); 0 while it runs tasks."""
+    ran: int = 0
+    """Tasks it has been given."""
 
 
 @dataclass(slots=True)
@@ -160,7 +164,7 @@ class AgentPool:
         """Takes a newly connected agent; returns the tasks it runs that nobody wants
         any more (it stops them)."""
         inventory = Inventory(info.cpus, info.memory_mb, info.gpus)
-        agent = _Agent(link, info, inventory)
+        agent = _Agent(link, info, inventory, idle_since=self._clock())
         forget: list[str] = []
         with self._lock:
             if self._closed:
@@ -209,6 +213,17 @@ class AgentPool:
         with self._lock:
             return [a.info for a in self._agents.values()]
 
+    def idle(self) -> list[tuple[AgentInfo, int, float]]:
+        """Agents running no task: each with how many tasks it ran, and for how long
+        (seconds) it has been idle."""
+        now = self._clock()
+        with self._lock:
+            return [
+                (a.info, a.ran, now - a.idle_since)
+                for a in self._agents.values()
+                if not a.running and a.idle_since
+            ]
+
     # -- tasks ------------------------------------------------------------------------
 
     def submit(self, task: TaskSubmission) -> HardwareGiven | None:
@@ -224,6 +239,8 @@ class AgentPool:
                 if allocation is None:
                     continue
                 agent.running[task.task_key] = allocation
+                agent.idle_since = 0.0
+                agent.ran += 1
                 self._where[task.task_key] = agent
                 break
             else:
@@ -265,6 +282,8 @@ class AgentPool:
                 allocation = agent.running.pop(msg.task_key, None)
                 if allocation is not None:
                     agent.inventory.release(allocation)
+                if not agent.running:
+                    agent.idle_since = self._clock()
         if not known:
             acknowledge()  # a duplicate, or a task reported lost meanwhile
             return
