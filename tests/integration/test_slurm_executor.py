@@ -107,7 +107,8 @@ def _task(dispatch_id: str, name: str) -> ct.TaskRecord:
 
 
 def test_gpu_tasks_run_in_slurm_pilots_and_cpu_tasks_locally(
-    make_controller_home: Callable[..., ControllerHome], slurm_cluster: SlurmCluster  # noqa: F811
+    make_controller_home: Callable[..., ControllerHome],
+    slurm_cluster: SlurmCluster,  # noqa: F811
 ) -> None:
     home = make_controller_home(slurm_config(slurm_cluster))
     home.start()
@@ -124,7 +125,8 @@ def test_gpu_tasks_run_in_slurm_pilots_and_cpu_tasks_locally(
 
 
 def test_what_no_node_could_ever_run_is_refused_at_dispatch(
-    make_controller_home: Callable[..., ControllerHome], slurm_cluster: SlurmCluster  # noqa: F811
+    make_controller_home: Callable[..., ControllerHome],
+    slurm_cluster: SlurmCluster,  # noqa: F811
 ) -> None:
     home = make_controller_home(slurm_config(slurm_cluster))
     home.start()
