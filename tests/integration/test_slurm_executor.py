@@ -224,3 +224,21 @@ def test_a_controller_killed_mid_workflow_loses_no_result_and_runs_nothing_twice
     assert result.status == ct.Status.COMPLETED, result.error
     assert len(_runs(log)) == 1, "the task ran once"
     assert _task(dispatch_id, "held").attempts == 1
+
+
+def test_in_job_per_task_mode_each_task_gets_a_job_of_its_own_that_ends_with_it(
+    make_controller_home: Callable[..., ControllerHome],
+    slurm_cluster: SlurmCluster,  # noqa: F811
+) -> None:
+    config = slurm_config(slurm_cluster, 'mode = "job_per_task"\n')
+    home = make_controller_home(config.replace("idle_timeout_s = 30", "idle_timeout_s = 5"))
+    home.start()
+    result = ct.dispatch_sync(gpu_then_cpu)(2)
+    assert result.result[0] == 1
+    gpu_tasks = [t for t in result.tasks if t.name == "on_gpu"]
+    assert {t.executor for t in gpu_tasks} == {"hpc"}
+    wait_for(
+        lambda: not slurm_cluster.job_ids(),
+        timeout=30,
+        what="each task's job to end with its task",
+    )

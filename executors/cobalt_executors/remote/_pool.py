@@ -149,6 +149,9 @@ class AgentPool:
         self._changed = threading.Condition(self._lock)
         self._closed = False
         self._on_attach: list[Callable[[AgentInfo], None]] = []
+        self.task_limit: Callable[[AgentInfo], int | None] = lambda info: None
+        """How many tasks an agent may be given in its life (None: no limit); an
+        executor that runs one job per task limits its agents to one."""
         self._timer = threading.Thread(
             target=self._expire_reclaimed, name=f"cobalt-agents-{name}", daemon=True
         )
@@ -234,6 +237,9 @@ class AgentPool:
                 return None
             for agent in self._agents.values():
                 if not fits_walltime(agent.info.expires_at, task.hardware, now):
+                    continue
+                limit = self.task_limit(agent.info)
+                if limit is not None and agent.ran >= limit:
                     continue
                 allocation = agent.inventory.allocate(task.hardware)
                 if allocation is None:

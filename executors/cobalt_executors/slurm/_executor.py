@@ -150,6 +150,7 @@ class SlurmExecutor(RemoteExecutor):
         super().setup(context)
         self.refresh_capacity()
         self.pool.on_attach(self._attached)
+        self.pool.task_limit = self._task_limit
         self._watcher = threading.Thread(
             target=self._watch, name=f"cobalt-slurm-{self.name}", daemon=True
         )
@@ -299,6 +300,11 @@ class SlurmExecutor(RemoteExecutor):
             f'exec {quoted} --work-dir "${{TMPDIR:-/tmp}}/cobalt-agent-$SLURM_JOB_ID"\n'
         )
 
+    def _task_limit(self, info: AgentInfo) -> int | None:
+        with self._pilot_lock:
+            pilot = self._pilots.get(info.allocation)
+        return 1 if pilot is not None and pilot.single else None
+
     def _attached(self, info: AgentInfo) -> None:
         with self._pilot_lock:
             pilot = self._pilots.get(info.allocation)
@@ -346,6 +352,8 @@ class SlurmExecutor(RemoteExecutor):
             if pilot.single:
                 if ran:  # one job per task: it ends with its task
                     self._cancel(pilot, "its task ended")
+                elif idle_s >= self.idle_timeout_s:
+                    self._cancel(pilot, f"no task came for {idle_s:.0f} s")
             elif idle_s >= self.idle_timeout_s:
                 self._cancel(pilot, f"idle for {idle_s:.0f} s")
 
