@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import socket
 import ssl
+from typing import Any
 
 import grpc
 
@@ -74,7 +75,9 @@ def fetch_certificate(host: str, port: int, timeout: float = 10.0) -> bytes:
     return der
 
 
-def open_channel(address: str, fingerprint: str) -> grpc.Channel:
+def open_channel(
+    address: str, fingerprint: str, options: list[tuple[str, Any]] | None = None
+) -> grpc.Channel:
     """A channel to the controller at ``address``.
 
     Without a fingerprint only a loopback address is allowed (plain text). With
@@ -89,7 +92,7 @@ def open_channel(address: str, fingerprint: str) -> grpc.Channel:
                 "certificate's fingerprint (--fingerprint; `cobalt agent-token` prints the "
                 "whole command). Traffic beyond loopback is always encrypted."
             )
-        return grpc.insecure_channel(address, options=KEEPALIVE)
+        return grpc.insecure_channel(address, options=[*KEEPALIVE, *(options or [])])
     want = normalize_fingerprint(fingerprint)
     try:
         der = fetch_certificate(host, port)
@@ -106,5 +109,9 @@ def open_channel(address: str, fingerprint: str) -> grpc.Channel:
         )
     pem = ssl.DER_cert_to_PEM_cert(der).encode()
     credentials = grpc.ssl_channel_credentials(root_certificates=pem)
-    options = [*KEEPALIVE, ("grpc.ssl_target_name_override", "cobalt-controller")]
-    return grpc.secure_channel(address, credentials, options=options)
+    pinned = [
+        *KEEPALIVE,
+        *(options or []),
+        ("grpc.ssl_target_name_override", "cobalt-controller"),
+    ]
+    return grpc.secure_channel(address, credentials, options=pinned)

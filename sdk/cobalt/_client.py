@@ -25,6 +25,7 @@ import grpc
 from cobalt._discovery import ControllerInfo, read_controller_info
 from cobalt._embedded import start_controller
 from cobalt_common import errors
+from cobalt_common.channel import open_channel
 from cobalt_common.paths import cobalt_home
 from cobalt_common.processes import pid_running
 from cobalt_common.v1 import controller_pb2 as pb
@@ -84,14 +85,15 @@ class Client:
     def __init__(self, info: ControllerInfo, home: Path | None = None) -> None:
         self.info = info
         self.home = home
-        self._channel = grpc.insecure_channel(
-            info.address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-                ("grpc.enable_http_proxy", 0),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.enable_http_proxy", 0),
+        ]
+        if info.fingerprint:
+            self._channel = open_channel(info.address, info.fingerprint, options)
+        else:
+            self._channel = grpc.insecure_channel(info.address, options=options)
         self.stub = pb_grpc.ControllerStub(self._channel)
         self.metadata = (("authorization", f"Bearer {info.token}"),)
 

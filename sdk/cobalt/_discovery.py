@@ -1,8 +1,10 @@
 """Where to reach the controller: the environment, else ``controller.json``.
 
 A task or a replica is told its controller by ``COBALT_CONTROLLER_ADDRESS`` and
-``COBALT_CONTROLLER_TOKEN``; a notebook reads the file that the controller of
-its ``COBALT_HOME`` writes when it is ready.
+``COBALT_CONTROLLER_TOKEN`` (and ``COBALT_CONTROLLER_FINGERPRINT``, the
+certificate to pin, when the controller is beyond loopback); a notebook reads
+the file that the controller of its ``COBALT_HOME`` writes when it is ready,
+or the same variables.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class ControllerInfo:
     address: str
     token: str
     pid: int = 0
+    fingerprint: str = ""
+    """The SHA-256 of the controller's certificate: TLS pinned to it; empty: plain text."""
 
 
 _read_cache: dict[Path, tuple[tuple[int, int, int], ControllerInfo]] = {}
@@ -34,7 +38,11 @@ def read_controller_info(home: Path | None = None) -> ControllerInfo | None:
     """
     address = os.environ.get("COBALT_CONTROLLER_ADDRESS")
     if address:
-        return ControllerInfo(address, os.environ.get("COBALT_CONTROLLER_TOKEN", ""))
+        return ControllerInfo(
+            address,
+            os.environ.get("COBALT_CONTROLLER_TOKEN", ""),
+            fingerprint=os.environ.get("COBALT_CONTROLLER_FINGERPRINT", ""),
+        )
     path = controller_file(home)
     try:
         st = os.stat(path)

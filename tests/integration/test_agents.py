@@ -368,3 +368,43 @@ def test_beyond_loopback_the_controller_speaks_only_tls_and_agents_pin_its_certi
     wait_for(_connected(home, 1), timeout=30, what=f"the agent to attach: {good.output()}")
     result = ct.dispatch_sync(just_double)(5)
     assert result.result == (10, "")
+
+
+@ct.service(name="echo-remote", executor="remote", cpus=0.5, min_replicas=1, max_replicas=1)
+def echo_remote(prefix: str) -> dict[str, str]:
+    return {"prefix": prefix}
+
+
+@echo_remote.endpoint("/echo")
+def echo(prefix: str, text: str) -> dict[str, object]:
+    return {"echo": f"{prefix}{text}", "pid": os.getpid()}
+
+
+def test_a_deployment_replica_runs_on_an_agent_and_its_traffic_is_authenticated(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+) -> None:
+    import httpx
+
+    from cobalt._client import get_client
+    from cobalt_common.v1 import controller_pb2 as pb
+
+    home = make_controller_home(
+        agents_config(_free_port()).replace(
+            'gateway_address = ""', 'gateway_address = "127.0.0.1:0"'
+        )
+    )
+    home.start()
+    agents(home, "--cpus", "2")
+    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
+    with ct.deploy(echo_remote)(">> ") as dep:
+        assert dep.call("/echo", text="hi")["echo"] == ">> hi"
+        client = get_client()
+        got = client.call(client.stub.DeploymentGet, pb.DeploymentGetRequest(name="echo-remote"))
+        [replica] = [r for r in got.replicas if r.status == "ready"] or list(got.replicas)
+        assert replica.executor == "remote"
+        assert replica.url.startswith("http://127.0.0.1:"), "the address the agent advertised"
+        with httpx.Client(timeout=30) as http:
+            assert http.post(f"{dep.url}/echo", json={"text": "x"}).status_code == 401
+            direct = http.post(f"{replica.url}/echo", json={"text": "x"})
+            assert direct.status_code in (401, 403), "the replica itself wants its secret"

@@ -230,7 +230,7 @@ class Agent:
                     inline_limit=welcome.inline_limit,
                     report=self._finished,
                     output_location=self._stager.output_location,
-                    env={"COBALT_CONTROLLER_ADDRESS": self.config.controller},
+                    env=self._task_env(),
                     machine=Machine(),
                     work_dir=self.config.work_dir / "workers",
                 )
@@ -250,6 +250,17 @@ class Agent:
             self.config.executor,
             self.config.controller,
         )
+
+    def _task_env(self) -> dict[str, str]:
+        """What every task and replica on this agent is told about reaching the
+        controller, and the address a replica advertises to the gateway."""
+        env = {
+            "COBALT_CONTROLLER_ADDRESS": self.config.controller,
+            "COBALT_REPLICA_ADVERTISE": address_toward(self.config.controller),
+        }
+        if self.config.fingerprint:
+            env["COBALT_CONTROLLER_FINGERPRINT"] = self.config.fingerprint
+        return env
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -359,3 +370,17 @@ class Agent:
         """Outcomes not yet acknowledged."""
         with self._lock:
             return len(self._kept)
+
+
+def address_toward(controller: str) -> str:
+    """This machine's address on the route to ``controller``: where the controller's
+    gateway can reach a replica running here."""
+    host, _, port = controller.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((host, int(port or 9)))  # no packet is sent
+            return str(s.getsockname()[0])
+    except (OSError, ValueError):
+        return socket.gethostname()

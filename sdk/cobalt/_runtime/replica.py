@@ -102,6 +102,8 @@ class ReplicaEntry:
         if not deployment:
             return True  # run by hand, outside a controller
         host, port = sock.getsockname()[:2]
+        if host in ("0.0.0.0", "::"):  # listening everywhere: say where it is reached
+            host = os.environ.get("COBALT_REPLICA_ADVERTISE") or socket.gethostname()
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         request = pb.ReplicaReadyRequest(
             deployment=deployment,
