@@ -368,6 +368,26 @@ def test_beyond_loopback_the_controller_speaks_only_tls_and_agents_pin_its_certi
     wait_for(_connected(home, 1), timeout=30, what=f"the agent to attach: {good.output()}")
     result = ct.dispatch_sync(just_double)(5)
     assert result.result == (10, "")
+    info = home.info()
+    assert info is not None
+    remote_client = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from cobalt._client import get_client; print(get_client().status())",
+        ],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("COBALT_")},
+            "COBALT_CONTROLLER_ADDRESS": external,
+            "COBALT_CONTROLLER_TOKEN": info["token"],
+            "COBALT_CONTROLLER_FINGERPRINT": fingerprint,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert remote_client.returncode == 0, remote_client.stderr
+    assert "remote" in remote_client.stdout, "a client elsewhere reaches it over pinned TLS"
 
 
 @ct.service(name="echo-remote", executor="remote", cpus=0.5, min_replicas=1, max_replicas=1)
