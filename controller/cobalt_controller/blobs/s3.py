@@ -11,8 +11,9 @@ their ``endpoint_url``.
   412 means the object is already there, which is success; an object once
   stored is never overwritten.
 - **Workers hold no credentials.** :meth:`S3BlobStore.locate` gives a
-  presigned GET for one object, valid for ``presign_ttl_s`` seconds; the
-  worker downloads it over HTTP and checks the sha256 itself
+  presigned GET for one object, valid for ``presign_ttl_s`` seconds (and
+  handed out again while more than half of that remains); the worker
+  downloads it over HTTP and checks the sha256 itself
   (``cobalt_executors._runtime.payloads``).
 - **Outputs.** A presigned PUT pins the upload to its content: it signs the
   ``x-amz-checksum-sha256`` header, the length and ``If-None-Match``, and the
@@ -35,6 +36,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,6 +57,8 @@ PART_BYTES = 8 << 20
 """A streamed blob larger than this goes up in parts of this size (S3's minimum is 5 MiB)."""
 PARTS_IN_FLIGHT = 3
 """Parts of one streamed blob that go up at once, while the next one arrives."""
+URLS_KEPT = 10_000
+"""Presigned URLs kept for reuse; the oldest go first."""
 _EXISTS = {"PreconditionFailed", "ConditionalRequestConflict"}
 _ABSENT = {"404", "NoSuchKey", "NotFound"}
 _WRONG_CONTENT = {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"}
@@ -95,6 +100,9 @@ class S3BlobStore(BlobStore):
         self.endpoint_url = endpoint_url
         self.presign_ttl_s = presign_ttl_s
         self.part_bytes = max(part_bytes, 5 << 20)
+        self._urls: dict[str, tuple[str, float]] = {}
+        """Presigned GETs by sha256, with when to stop handing them out (monotonic)."""
+        self._lock = threading.Lock()
         self._s3: Any = client or boto3.session.Session().client(
             "s3",
             endpoint_url=endpoint_url,
@@ -311,7 +319,18 @@ class S3BlobStore(BlobStore):
         return True
 
     def locate(self, sha256: str) -> BlobLocation | None:
-        """A presigned GET of the blob, valid for ``presign_ttl_s``; None when absent."""
+        """A presigned GET of the blob; None when absent.
+
+        Every task that reads a blob asks for its location when it is
+        submitted, so a URL is reused while more than half of its
+        ``presign_ttl_s`` remains: the first ask costs a HEAD request, the
+        others a lookup.
+        """
+        now = time.monotonic()
+        with self._lock:
+            cached = self._urls.get(sha256)
+        if cached is not None and now < cached[1]:
+            return BlobLocation.url(cached[0])
         if not self.has(sha256):
             return None
         url = self._s3.generate_presigned_url(
@@ -319,6 +338,10 @@ class S3BlobStore(BlobStore):
             Params={"Bucket": self.bucket, "Key": self.key(sha256)},
             ExpiresIn=int(self.presign_ttl_s),
         )
+        with self._lock:
+            self._urls[sha256] = (url, now + self.presign_ttl_s / 2)
+            while len(self._urls) > URLS_KEPT:
+                del self._urls[next(iter(self._urls))]
         return BlobLocation.url(url)
 
     def presign_put(self, sha256: str, size: int) -> PresignedUpload:
