@@ -202,6 +202,19 @@ def test_an_outcome_is_reported_once_and_acknowledged_only_after_it_is_stored() 
     assert link.acks() == [5, 5], "but it is acknowledged, so the agent forgets it"
 
 
+def test_an_agent_cannot_report_the_outcome_of_a_task_another_agent_runs() -> None:
+    p = Pool()
+    honest, thief = FakeLink(), FakeLink()
+    p.pool.attach(honest, _info("honest"))
+    p.pool.attach(thief, _info("thief"))
+    p.pool.submit(_task("t1", cpus=2))
+    assert honest.tasks() == ["t1"]
+    p.pool.outcome(thief, _outcome("t1", 1))
+    assert p.reports == [] and thief.acks() == [1]
+    p.pool.outcome(honest, _outcome("t1", 9))
+    assert [o.task_key for o in p.reports] == ["t1"]
+
+
 def test_a_closed_stream_reports_each_of_its_tasks_lost_at_once() -> None:
     p = Pool()
     link = FakeLink()
@@ -224,6 +237,7 @@ def test_a_task_taken_back_after_a_restart_is_claimed_by_its_agent_or_lost_after
     link = FakeLink()
     forget = p.pool.attach(link, _info("a", running=("kept", "stale")))
     assert forget == ["stale"], "a task nobody expects is stopped"
+    p.pool.outcome(FakeLink(), _outcome("gone", 1))  # not claimed by that link: dropped
     p.pool.outcome(link, _outcome("kept", 1))
     deadline = time.monotonic() + 5
     while len(p.reports) < 2 and time.monotonic() < deadline:

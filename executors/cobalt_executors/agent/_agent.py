@@ -193,7 +193,8 @@ class Agent:
     def _hello(self) -> agent_pb2.AgentMessage:
         inv = self._local.inventory()
         with self._lock:
-            running = sorted(self._running)
+            # Tasks whose outcomes wait for an acknowledgement are claimed too.
+            running = sorted(self._running | {o.task_key for o in self._kept.values()})
         hello = agent_pb2.AgentHello(
             protocol=PROTOCOL,
             agent_id=self.config.agent_id,

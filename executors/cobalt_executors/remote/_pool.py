@@ -279,19 +279,23 @@ class AgentPool:
             link.send(agent_pb2.AgentCommand(ack=agent_pb2.AgentAck(seqs=[seq])))
 
         with self._lock:
-            agent = self._where.pop(msg.task_key, None)
-            if agent is None:
-                reclaimed = self._reclaimed.pop(msg.task_key, None)
-                known = reclaimed is not None
-            else:
-                known = True
+            agent = self._where.get(msg.task_key)
+            known = agent is not None and agent.link is link
+            if known and agent is not None:
+                del self._where[msg.task_key]
                 allocation = agent.running.pop(msg.task_key, None)
                 if allocation is not None:
                     agent.inventory.release(allocation)
                 if not agent.running:
                     agent.idle_since = self._clock()
         if not known:
-            acknowledge()  # a duplicate, or a task reported lost meanwhile
+            if agent is not None:
+                log.warning(
+                    "executor %s: an agent reported %s, which another agent runs; dropped",
+                    self.name,
+                    msg.task_key,
+                )
+            acknowledge()  # a duplicate, a task reported lost meanwhile, or not its own
             return
         outcome = outcome_from_wire(msg)
         outcome.on_stored = acknowledge
