@@ -157,13 +157,13 @@ class AgentsServicer(agent_grpc.AgentsServicer):
                 f"this credential attaches agents to executor {scope.executor!r}, not "
                 f"{hello.executor[:80]!r}.",
             )
-        if isinstance(scope, AgentScope) and scope.allocation != hello.allocation:
-            if scope.allocation:
-                context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"this credential belongs to allocation {scope.allocation!r}, not "
-                    f"{hello.allocation[:80]!r}.",
-                )
+        bound = isinstance(scope, AgentScope) and scope.allocation
+        if bound and isinstance(scope, AgentScope) and scope.allocation != hello.allocation:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this credential belongs to allocation {scope.allocation!r}, not "
+                f"{hello.allocation[:80]!r}.",
+            )
         executor = self._remote(hello.executor)
         if executor is None:
             names = [ex.name for ex in self._executors() if isinstance(ex, RemoteExecutor)]
