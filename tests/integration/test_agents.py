@@ -296,7 +296,11 @@ def test_wrong_credentials_and_credentials_for_another_executor_are_refused(
     good = home.cli("agent-token", "--executor", "remote", "--quiet").stdout.strip()
     forged = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
     other = home.cli("agent-token", "--executor", "other", "--quiet").stdout.strip()
+    bound = home.cli(
+        "agent-token", "--executor", "remote", "--allocation", "job-7", "--quiet"
+    ).stdout.strip()
     for token, expected in [
+        (bound, "this credential belongs to allocation 'job-7', not ''"),
         (forged, "missing, wrong or expired agent credential"),
         (other, "this credential attaches agents to executor 'other', not 'remote'"),
         ("nonsense", "missing, wrong or expired"),
