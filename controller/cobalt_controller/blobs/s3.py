@@ -59,6 +59,13 @@ PARTS_IN_FLIGHT = 3
 """Parts of one streamed blob that go up at once, while the next one arrives."""
 URLS_KEPT = 10_000
 """Presigned URLs kept for reuse; the oldest go first."""
+_NO_EXTRA_CHECKSUMS = {
+    option: "when_required"
+    for option in ("request_checksum_calculation", "response_checksum_validation")
+    if option in Config.OPTION_DEFAULTS
+}
+"""Writes carry their own sha256 checksum, which the server verifies: no second
+one (CRC32) per request, on a botocore recent enough to add one by default."""
 _EXISTS = {"PreconditionFailed", "ConditionalRequestConflict"}
 _ABSENT = {"404", "NoSuchKey", "NotFound"}
 _WRONG_CONTENT = {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"}
@@ -112,9 +119,7 @@ class S3BlobStore(BlobStore):
                 # Path-style URLs work with every S3-compatible server; AWS keeps its default.
                 s3={"addressing_style": "path"} if endpoint_url else {},
                 retries={"mode": "standard", "max_attempts": 3},
-                # Writes carry their own sha256 checksum; no second one (CRC32) per request.
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
+                **_NO_EXTRA_CHECKSUMS,
             ),
         )
 
