@@ -84,5 +84,14 @@ SLURM = ExecutorType(
 )
 """A Slurm cluster: agents run in ``sbatch`` allocations (pilots), or one job per task."""
 
-EXECUTOR_TYPES: dict[str, ExecutorType] = {t.name: t for t in (LOCAL, AGENTS, SLURM)}
+SSH = ExecutorType(
+    "ssh",
+    options=frozenset(),
+    config_only=frozenset({"hosts", "tunnel", "workers", "reconnect_grace_s", "blob_dir"}),
+)
+"""The user's own machines reached over SSH: the executor starts an agent on each.
+Every option is the controller's to set: a client's descriptor must not make the
+controller log in anywhere with its keys."""
+
+EXECUTOR_TYPES: dict[str, ExecutorType] = {t.name: t for t in (LOCAL, AGENTS, SLURM, SSH)}
 """Every executor type, by name."""

@@ -9,9 +9,10 @@ from cobalt_executors.base import Executor
 from cobalt_executors.local import LocalExecutor
 from cobalt_executors.remote import AgentsExecutor
 from cobalt_executors.slurm._executor import SlurmExecutor
+from cobalt_executors.ssh import SshExecutor
 
 EXECUTOR_TYPES: dict[str, type[Executor]] = {
-    cls.type_name: cls for cls in (LocalExecutor, AgentsExecutor, SlurmExecutor)
+    cls.type_name: cls for cls in (LocalExecutor, AgentsExecutor, SlurmExecutor, SshExecutor)
 }
 
 

@@ -12,9 +12,15 @@ The building blocks live in private modules:
   ``hosts`` option, one table per host.
 - :mod:`cobalt_executors.ssh._remote` connects to one host and runs, watches,
   kills and tunnels for processes there, behind a synchronous, typed API.
+- :mod:`cobalt_executors.ssh._supervisor` keeps one host's agent running.
+- :mod:`cobalt_executors.ssh._executor` is the executor, type ``ssh``.
 
 Host key checking is on unless a host says ``known_hosts = "insecure-accept-any"``,
 which accepts any key that host presents, and so any machine that answers in its
 place: use it only on a network you trust completely, and never for a host whose
 traffic leaves it.
 """
+
+from cobalt_executors.ssh._executor import SshExecutor
+
+__all__ = ["SshExecutor"]

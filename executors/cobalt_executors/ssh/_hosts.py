@@ -27,6 +27,8 @@ Each table takes:
   ``~/`` are under the user's home there. Default: the executor's choice.
 - ``cpus``, ``memory`` (``"64GB"``), ``gpus`` (``{ h100 = 2 }``): the capacity to
   offer; what is left out is detected on the host.
+- ``tunnel``: ``true`` to reach the controller through a reverse SSH tunnel from
+  this host, ``false`` to dial it directly; default: the executor's ``tunnel``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ DEFAULT_PYTHON: Final = "python3"
 
 HOST_FIELDS: Final = frozenset(
     {"host", "port", "user", "key_file", "known_hosts", "python", "work_dir"}
-    | {"cpus", "memory", "gpus"}
+    | {"cpus", "memory", "gpus", "tunnel"}
 )
 """Every field a host table accepts."""
 
@@ -86,6 +88,8 @@ class HostSpec:
         cpus: the CPUs to offer, or ``None`` to detect.
         memory_mb: the memory to offer in MB, or ``None`` to detect.
         gpus: the GPUs to offer as ``(type, count)`` pairs; empty to detect.
+        tunnel: whether the agent there reaches the controller through a reverse
+            SSH tunnel; ``None`` for the executor's choice.
     """
 
     host: str
@@ -98,6 +102,7 @@ class HostSpec:
     cpus: float | None = None
     memory_mb: int | None = None
     gpus: tuple[tuple[str, int], ...] = ()
+    tunnel: bool | None = None
 
     @property
     def address(self) -> str:
@@ -179,6 +184,7 @@ def _parse_host(entry: object, where: str) -> HostSpec:
         cpus=_cpus(entry, bad),
         memory_mb=_memory(entry, where, accepted),
         gpus=_gpus(entry, where, bad),
+        tunnel=_tunnel(entry, bad),
     )
 
 
@@ -224,6 +230,13 @@ def _known_hosts(entry: Mapping[str, object], bad: _BadFn) -> Path | str:
         )
     path = _local_path(entry, "known_hosts", bad)
     return path if path is not None else user_known_hosts()
+
+
+def _tunnel(entry: Mapping[str, object], bad: _BadFn) -> bool | None:
+    value = entry.get("tunnel")
+    if value is None or isinstance(value, bool):
+        return value
+    raise bad("tunnel", "is not true or false")
 
 
 def _cpus(entry: Mapping[str, object], bad: _BadFn) -> float | None:

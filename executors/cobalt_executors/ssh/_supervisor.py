@@ -1,0 +1,292 @@
+"""One host's agent, kept running by a thread of its own.
+
+:class:`HostAgent` connects to its host, checks that the host's interpreter
+has this very version of cobalt, opens a reverse tunnel to the controller when
+asked, writes the agent's credential to a file only its user may read (a
+variable on the command line would show in the host's process list), and
+starts ``python -m cobalt_executors.agent`` there under ``setsid``. When the
+agent exits or the connection drops, it says why and starts it again after a
+backoff that doubles up to :data:`BACKOFF_S`'s bound. :meth:`HostAgent.stop`
+kills the agent's process group from a second exec.
+
+Nothing here blocks the executor: each host's start, however slow or failed,
+runs on the host's own thread, and its state (:class:`HostState`) is what the
+executor reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cobalt_common.errors import Error, HostError
+from cobalt_common.version import __version__
+from cobalt_executors.base import AgentEndpoint
+from cobalt_executors.ssh._hosts import HostSpec
+from cobalt_executors.ssh._loop import LoopRunner
+from cobalt_executors.ssh._process import RemoteProcess, shell_path
+from cobalt_executors.ssh._remote import SshHost
+
+log = logging.getLogger("cobalt.executors")
+
+BACKOFF_S = (1.0, 60.0)
+"""The first and the longest wait before a host's agent is started again."""
+TOKEN_TTL_S = 30 * 86400.0
+"""How long an agent's credential lasts; each start mints a new one."""
+TOKEN_FILE = "agent.token"
+_WATCH_S = 0.5
+"""How often the watching thread looks up from the agent's process to check for stop."""
+_STOP_GRACE_S = 5.0
+
+
+class HostState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLaunch:
+    """What every agent of one executor is started with.
+
+    Attributes:
+        executor: the executor's name, which agents join.
+        endpoint: how agents reach the controller.
+        tunnel: whether hosts that do not say otherwise reach it through a reverse tunnel.
+        workers: warm workers per agent; 0 for the agent's default (one per CPU).
+    """
+
+    executor: str
+    endpoint: AgentEndpoint
+    tunnel: bool = False
+    workers: int = 0
+
+
+def host_label(spec: HostSpec) -> str:
+    """The allocation an agent on ``spec`` names in its hello: ``user@host:port``
+    without brackets, so that it is a plain name in a credential."""
+    return f"{spec.user}@{spec.host}:{spec.port}"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``("127.0.0.1", 50051)`` from ``"127.0.0.1:50051"`` (``[::1]:50051`` for IPv6).
+
+    Example:
+        >>> split_address("[::1]:7")
+        ('::1', 7)
+    """
+    host, _, port = address.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+class HostAgent:
+    """Keeps one agent running on one host until :meth:`stop`.
+
+    Args:
+        spec: the host.
+        launch: what the executor's agents are started with.
+        runner: the event loop shared by the executor's hosts.
+        is_attached: whether this host's agent is connected to the controller now.
+    """
+
+    def __init__(
+        self,
+        spec: HostSpec,
+        launch: AgentLaunch,
+        runner: LoopRunner,
+        is_attached: Callable[[str], bool],
+    ) -> None:
+        self.spec = spec
+        self.label = host_label(spec)
+        digest = hashlib.sha256(f"{launch.executor}/{self.label}".encode()).hexdigest()
+        self.agent_id = f"ssh-{digest[:12]}"
+        """Stable per executor and host, so that restarts name the same agent."""
+        self._launch = launch
+        self._is_attached = is_attached
+        self._host = SshHost(spec, runner=runner)
+        self._lock = threading.Lock()
+        self._state = HostState.STARTING
+        self._message = "connecting"
+        self._process: RemoteProcess | None = None
+        self._stopping = threading.Event()
+        self._attached = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"cobalt-ssh-agent {spec.address}", daemon=True
+        )
+        self.controller = ""
+        """The address the agent was last told to dial (the tunnel's, with a tunnel)."""
+        self.starts = 0
+
+    @property
+    def tunnel(self) -> bool:
+        return self._launch.tunnel if self.spec.tunnel is None else self.spec.tunnel
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def state(self) -> tuple[HostState, str]:
+        """The host's state and what it last did or what went wrong."""
+        if self._is_attached(self.label):
+            return HostState.READY, f"agent {self.agent_id} attached"
+        with self._lock:
+            return self._state, self._message
+
+    def attached(self) -> None:
+        """The agent this host started said hello to the controller."""
+        self._attached.set()
+        with self._lock:
+            self._state, self._message = HostState.READY, f"agent {self.agent_id} attached"
+
+    def pid(self) -> int | None:
+        """The agent's process (and process group) on the host, while it runs."""
+        process = self._process
+        return process.pid if process is not None else None
+
+    # -- the host's thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = BACKOFF_S[0]
+        while not self._stopping.is_set():
+            self._attached.clear()
+            try:
+                process = self._start()
+            except Error as exc:
+                self._failed(str(exc))
+            except Exception as exc:  # an unforeseen failure must not end the thread
+                log.exception("executor %s: starting the agent on %s", self._launch.executor, self)
+                self._failed(f"{self.spec.address}: starting the agent failed: {exc!r}")
+            else:
+                why = self._watch(process)
+                if self._stopping.is_set():
+                    return
+                if self._attached.is_set():
+                    delay = BACKOFF_S[0]
+                log.warning(
+                    "executor %s: the agent on %s stopped (%s); starting it again in %g s",
+                    self._launch.executor,
+                    self.spec.address,
+                    why,
+                    delay,
+                )
+                with self._lock:
+                    failed = self._state is HostState.FAILED or not self._attached.is_set()
+                    self._state = HostState.FAILED if failed else HostState.STARTING
+                    self._message = why
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, BACKOFF_S[1])
+
+    def _failed(self, message: str) -> None:
+        log.warning("executor %s: %s", self._launch.executor, message)
+        with self._lock:
+            self._state, self._message = HostState.FAILED, message
+
+    def _start(self) -> RemoteProcess:
+        host, spec, launch = self._host, self.spec, self._launch
+        previous = self._process
+        self._process = None
+        host.connect()
+        if previous is not None:  # after a dropped connection it may still run there
+            with contextlib.suppress(HostError):
+                host.kill_group(previous.pid, signal.SIGKILL)
+        python = host.check_python(cobalt_version=__version__)
+        controller = launch.endpoint.address
+        if self.tunnel:
+            target_host, target_port = split_address(controller)
+            port = host.forward_remote_port(0, target_host, target_port)
+            controller = f"127.0.0.1:{port}"
+        self.controller = controller
+        work_dir = spec.work_dir or f"~/.cobalt/ssh-{launch.executor}"
+        token = launch.endpoint.mint(launch.executor, self.label, TOKEN_TTL_S)
+        folder = shell_path(work_dir)
+        stored = host.run(
+            [
+                "/bin/sh",
+                "-c",
+                f"umask 077 && mkdir -p {folder} && cat > {folder}/{TOKEN_FILE}",
+            ],
+            input=token.encode(),
+        )
+        if stored.status != 0:
+            raise HostError(
+                f"{spec.address}: cannot write the agent's files in {work_dir} "
+                f"({stored.stderr.strip() or f'exit status {stored.status}'}); set the "
+                "host's work_dir to a folder its user may write.",
+                host=spec.address,
+            )
+        argv = [python.executable, "-m", "cobalt_executors.agent"]
+        argv += ["--controller", controller, "--executor", launch.executor]
+        argv += ["--token-file", TOKEN_FILE, "--work-dir", "."]
+        argv += ["--allocation", self.label, "--agent-id", self.agent_id]
+        if launch.endpoint.fingerprint:
+            argv += ["--fingerprint", launch.endpoint.fingerprint]
+        if launch.workers:
+            argv += ["--workers", str(launch.workers)]
+        if spec.cpus is not None:
+            argv += ["--cpus", f"{spec.cpus:g}"]
+        if spec.memory_mb is not None:
+            argv += ["--memory", f"{spec.memory_mb}MB"]
+        if spec.gpus:
+            argv += ["--emulate-gpus", json.dumps(dict(spec.gpus))]
+        with self._lock:
+            if self._state is not HostState.FAILED:
+                self._state, self._message = HostState.STARTING, "starting the agent"
+        process = host.start(argv, cwd=work_dir)
+        self._process = process
+        self.starts += 1
+        log.info(
+            "executor %s: started agent %s on %s (process group %d, dialling %s)",
+            launch.executor,
+            self.agent_id,
+            spec.address,
+            process.pid,
+            controller,
+        )
+        return process
+
+    def _watch(self, process: RemoteProcess) -> str:
+        """Waits for the agent's exit, or :meth:`stop`; returns why it stopped."""
+        try:
+            while not self._stopping.is_set():
+                status = process.wait(_WATCH_S)
+                if status is not None:
+                    return f"{self.spec.address}: the agent exited with status {status}: " + (
+                        _last_lines(process.stderr_tail()) or "no output"
+                    )
+        except HostError as exc:
+            return str(exc)
+        return "stopping"
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Kills the agent's process group there, and closes the connection."""
+        self._stopping.set()
+        process = self._process
+        if process is not None:
+            with contextlib.suppress(HostError, RuntimeError):
+                if self._host.kill_group(process.pid, signal.SIGTERM):
+                    deadline = time.monotonic() + _STOP_GRACE_S
+                    while process.returncode is None and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    if process.returncode is None:
+                        self._host.kill_group(process.pid, signal.SIGKILL)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=_STOP_GRACE_S)
+        self._host.close()
+
+    def __str__(self) -> str:
+        return self.spec.address
+
+
+def _last_lines(text: str, n: int = 5) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-n:])
