@@ -103,15 +103,20 @@ class SshExecutor(RemoteExecutor):
     def _is_attached(self, label: str) -> bool:
         return label in self._attached()
 
-    def _failures(self) -> list[str] | None:
-        """Each host's problem when every host has failed; None while one works or starts."""
+    def unavailable(self) -> str:
+        """Each host's problem when every host has failed; "" while one works or starts."""
         problems = []
         for agent in self._agents:
             state, message = agent.state()
             if state is not HostState.FAILED:
-                return None
+                return ""
             problems.append(message)
-        return problems if self._agents else None
+        if not problems:
+            return ""
+        return (
+            f"no host of executor {self.name!r} can run tasks: {'; '.join(problems)}. Fix "
+            "the hosts' problems; the executor keeps trying them."
+        )
 
     # -- the executor interface ----------------------------------------------------------
 
@@ -126,22 +131,22 @@ class SshExecutor(RemoteExecutor):
                 return True
         return self.pool.can_ever_run(spec)
 
+    def capacity_words(self, spec: HardwareSpec) -> str:
+        why = self.unavailable()
+        return f"{super().capacity_words(spec)}: {why}" if why else super().capacity_words(spec)
+
     def try_submit(self, task: TaskSubmission) -> HardwareGiven | None:
         given = super().try_submit(task)
         if given is not None:
             return given
-        problems = self._failures()
-        if problems is None:
+        why = self.unavailable()
+        if not why:
             return None
         self.context.report(
             TaskOutcome(
                 task_key=task.task_key,
                 status=Status.FAILED,
-                error=(
-                    f"no host of executor {self.name!r} can run tasks: "
-                    + "; ".join(problems)
-                    + ". Fix the hosts' problems above; the executor keeps trying them."
-                ),
+                error=why,
                 ended_at=time.time(),
                 reason=HOSTS_FAILED,
             )
@@ -151,7 +156,7 @@ class SshExecutor(RemoteExecutor):
     def describe(self) -> tuple[str, str]:
         total, free = super().describe()
         hosts = "; ".join(f"{a.spec.address}: {_state_line(a)}" for a in self._agents)
-        return f"{total} | hosts: {hosts}", free
+        return f"hosts: {hosts} | {total}", free
 
     def teardown(self) -> None:
         super().teardown()
@@ -164,7 +169,7 @@ class SshExecutor(RemoteExecutor):
 
 def _state_line(agent: HostAgent) -> str:
     state, message = agent.state()
-    return state.value if state is HostState.READY else f"{state.value} ({message})"
+    return f"{state.value} ({message})"
 
 
 def _declared_fits(host: HostSpec, spec: HardwareSpec) -> bool:

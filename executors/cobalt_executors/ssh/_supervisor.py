@@ -135,15 +135,20 @@ class HostAgent:
     def state(self) -> tuple[HostState, str]:
         """The host's state and what it last did or what went wrong."""
         if self._is_attached(self.label):
-            return HostState.READY, f"agent {self.agent_id} attached"
+            return HostState.READY, self._ready_message()
         with self._lock:
             return self._state, self._message
+
+    def _ready_message(self) -> str:
+        if self.tunnel:
+            return f"agent {self.agent_id} attached through a reverse tunnel ({self.controller})"
+        return f"agent {self.agent_id} attached, dialling {self.controller}"
 
     def attached(self) -> None:
         """The agent this host started said hello to the controller."""
         self._attached.set()
         with self._lock:
-            self._state, self._message = HostState.READY, f"agent {self.agent_id} attached"
+            self._state, self._message = HostState.READY, self._ready_message()
 
     def pid(self) -> int | None:
         """The agent's process (and process group) on the host, while it runs."""

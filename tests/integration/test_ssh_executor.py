@@ -1,0 +1,346 @@
+"""The SSH executor end to end: a real controller (started with the CLI) logs in to a
+real sshd on loopback, starts an agent there, and runs workflows through it.
+
+The host is this machine, so a process "on the host" is a process here: tests
+read its command line and check its death with local system calls.
+
+Covered: a workflow runs through a host whose agent reaches the controller only
+through a reverse tunnel; a host that refuses the key, one whose port is closed
+and one without the configured Python each get an error naming the host, in
+``cobalt controller status`` and in a refused dispatch, and tasks still run on the
+good host of an executor that has a bad one; a task placed while every host has
+failed fails at once instead of waiting; cancel and a time limit kill the task's
+process on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from executor_contract import Reports
+from service_sshd import SshdServer, sshd_server  # noqa: F401
+from ssh_support import SshRig, host_table
+from support import wait_for
+from test_local_executor_contract import _contract_task, _payload
+
+import cobalt as ct
+from cobalt_common.hardware import HardwareSpec
+from cobalt_common.processes import pid_running
+from cobalt_common.status import Status
+from cobalt_executors import TaskSubmission
+
+if TYPE_CHECKING:
+    from conftest import ControllerHome
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(sys.platform != "linux", reason="sshd and process groups of Linux"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml(value: Any) -> str:
+    """``value`` as a TOML inline value (JSON's strings, numbers and lists are TOML's)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def ssh_config(port: int, executors: dict[str, dict[str, Any]]) -> str:
+    tables = "".join(
+        f'\n[executors.{name}]\ntype = "ssh"\n'
+        + "".join(f"{key} = {_toml(value)}\n" for key, value in options.items())
+        for name, options in executors.items()
+    )
+    return f"""\
+[controller]
+address = "127.0.0.1:{port}"
+dashboard_address = ""
+gateway_address = ""
+retry_backoff_s = 0.05
+
+[executors.local]
+type = "local"
+workers = 1
+{tables}"""
+
+
+def _status(home: ControllerHome) -> str:
+    return home.cli("controller", "status").stdout
+
+
+def _host_line(status: str, address: str) -> str:
+    """What the status says of host ``address``: its state and the start of its message."""
+    found = re.search(re.escape(address) + r": (ready|starting|failed)[^;|]*", status)
+    return found[0] if found else ""
+
+
+def _wrong_key(tmp_path: Path) -> Path:
+    key = tmp_path / "stranger_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return key
+
+
+@ct.electron(executor="lab")
+def where(x: int) -> tuple[int, int, str]:
+    """``x`` doubled, and the agent that ran it: the worker's parent and its command line."""
+    agent = os.getppid()
+    with open(f"/proc/{agent}/cmdline", "rb") as f:
+        cmdline = f.read().replace(b"\0", b" ").decode()
+    return 2 * x, agent, cmdline
+
+
+@ct.lattice
+def fan(n: int) -> list[tuple[int, int, str]]:
+    return [where(i) for i in range(n)]
+
+
+@ct.electron(executor="lab")
+def trivial() -> int:
+    return 1
+
+
+@ct.electron
+def trivial_local() -> int:
+    return 1
+
+
+@ct.lattice
+def one_trivial() -> int:
+    return trivial()
+
+
+@ct.lattice
+def one_trivial_local() -> int:
+    return trivial_local()
+
+
+def _round_trips(lattice: Any, n: int) -> float:
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        result = ct.dispatch_sync(lattice)()
+        times.append(time.perf_counter() - started)
+        assert result.status == ct.Status.COMPLETED, result.error
+    return statistics.median(times)
+
+
+def test_a_workflow_runs_on_a_host_whose_agent_reaches_the_controller_only_by_a_tunnel(
+    make_controller_home: Callable[..., ControllerHome],
+    sshd_server: SshdServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    table = host_table(sshd_server, tmp_path / "host", tunnel=True)
+    home = make_controller_home(ssh_config(port, {"lab": {"hosts": [table], "workers": 2}}))
+    started = time.monotonic()
+    home.start()
+    address = f"{sshd_server.user}@127.0.0.1:{sshd_server.port}"
+    wait_for(
+        lambda: "ready" in _host_line(_status(home), address),
+        timeout=60,
+        interval=0.02,
+        what=f"the agent to attach over SSH: {_status(home)}\n{home.log_tail()}",
+    )
+    attached_s = time.monotonic() - started
+    line = _host_line(_status(home), address)
+    assert "through a reverse tunnel" in line, line
+
+    result = ct.dispatch_sync(fan)(4)
+    assert result.status == ct.Status.COMPLETED, result.error
+    assert [r[0] for r in result.result] == [0, 2, 4, 6]
+    assert {t.executor for t in result.tasks} == {"lab"}
+    cmdlines = {r[2] for r in result.result}
+    assert len(cmdlines) == 1, "one agent ran every task"
+    argv = cmdlines.pop().split()
+    dialled = argv[argv.index("--controller") + 1]
+    assert dialled.startswith("127.0.0.1:") and dialled != f"127.0.0.1:{port}", (
+        f"the agent dials {dialled}, the tunnel's end on the host, not the controller's port"
+    )
+    assert dialled in line
+    assert argv[argv.index("--allocation") + 1] == address
+    assert "COBALT_AGENT_TOKEN" not in " ".join(argv) and "--token-file" in argv
+
+    ssh = _round_trips(one_trivial, 50)
+    local = _round_trips(one_trivial_local, 50)
+    print(
+        f"\ncontroller start to SSH agent attached: {attached_s:.2f} s; round trip of a "
+        f"trivial task (median of 50): ssh {ssh * 1000:.1f} ms, local {local * 1000:.1f} ms "
+        f"({ssh / local:.2f}x)"
+    )
+
+
+def test_bad_hosts_each_get_an_error_naming_them_and_a_good_host_beside_one_still_runs_tasks(
+    make_controller_home: Callable[..., ControllerHome],
+    sshd_server: SshdServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    good = host_table(sshd_server, tmp_path / "good")
+    closed = _free_port()
+    bad = {
+        "nokey": host_table(sshd_server, tmp_path / "a", key_file=str(_wrong_key(tmp_path))),
+        "closed": host_table(sshd_server, tmp_path / "b", port=closed),
+        "nopython": host_table(sshd_server, tmp_path / "c", python="/nonexistent/python3"),
+    }
+    executors = {name: {"hosts": [table]} for name, table in bad.items()}
+    executors["mixed"] = {"hosts": [bad["closed"], good], "workers": 1}
+    home = make_controller_home(ssh_config(_free_port(), executors))
+    home.start()
+    user = sshd_server.user
+    expected = {
+        "nokey": (f"{user}@127.0.0.1:{sshd_server.port}", "refused the key in"),
+        "closed": (f"{user}@127.0.0.1:{closed}", "refused the connection"),
+        "nopython": (
+            f"{user}@127.0.0.1:{sshd_server.port}",
+            "there is no Python interpreter '/nonexistent/python3'",
+        ),
+    }
+
+    def described(status: str, executor: str) -> str:
+        lines = status.splitlines()
+        at = next(i for i, text in enumerate(lines) if text.strip().startswith(executor))
+        return " ".join(lines[at : at + 3])
+
+    def all_failed() -> bool:
+        status = _status(home)
+        return all(
+            "failed" in described(status, name) and problem in described(status, name)
+            for name, (_, problem) in expected.items()
+        ) and "ready" in described(status, "mixed")
+
+    wait_for(all_failed, timeout=60, what=f"every bad host to fail: {_status(home)}")
+    status = _status(home)
+    for name, (address, problem) in expected.items():
+        assert f"{address}: failed" in described(status, name), (name, status)
+        assert problem in described(status, name), (name, status)
+
+    for name, (address, problem) in expected.items():
+
+        @ct.electron(executor=name)
+        def refused() -> int:
+            return 1
+
+        @ct.lattice
+        def flow() -> int:
+            return refused()
+
+        with pytest.raises(ct.UnsatisfiableError) as info:
+            ct.dispatch(flow)()
+        assert f"no host of executor {name!r} can run tasks" in str(info.value)
+        assert address in str(info.value) and problem in str(info.value)
+
+    @ct.electron(executor="mixed")
+    def on_mixed(x: int) -> int:
+        return x + 1
+
+    @ct.lattice
+    def mixed_flow(n: int) -> list[int]:
+        return [on_mixed(i) for i in range(n)]
+
+    result = ct.dispatch_sync(mixed_flow)(3)
+    assert result.status == ct.Status.COMPLETED, result.error
+    assert result.result == [1, 2, 3]
+
+
+@ct.electron(executor="lab")
+def sleeper(pidfile: str) -> None:
+    with open(pidfile, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(300)
+
+
+@ct.electron(executor="lab", time_limit=1.5)
+def limited(pidfile: str) -> None:
+    with open(pidfile, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(300)
+
+
+@ct.lattice
+def sleeps(pidfile: str) -> None:
+    return sleeper(pidfile)
+
+
+@ct.lattice
+def times_out(pidfile: str) -> None:
+    return limited(pidfile)
+
+
+def test_cancel_and_a_time_limit_kill_the_task_s_process_on_the_host(
+    make_controller_home: Callable[..., ControllerHome],
+    sshd_server: SshdServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    table = host_table(sshd_server, tmp_path / "host")
+    home = make_controller_home(ssh_config(_free_port(), {"lab": {"hosts": [table]}}))
+    home.start()
+    address = f"{sshd_server.user}@127.0.0.1:{sshd_server.port}"
+    wait_for(lambda: "ready" in _host_line(_status(home), address), timeout=60)
+
+    cancelled = tmp_path / "cancelled.pid"
+    dispatch_id = ct.dispatch(sleeps)(str(cancelled))
+    wait_for(lambda: cancelled.exists() and cancelled.read_text(), timeout=30)
+    pid = int(cancelled.read_text())
+    assert pid_running(pid)
+    ct.cancel(dispatch_id)
+    wait_for(lambda: not pid_running(pid), timeout=10, what=f"the cancelled task's pid {pid}")
+    assert ct.get_result(dispatch_id, wait=30).status == ct.Status.CANCELLED
+
+    timed = tmp_path / "timed.pid"
+    result = ct.get_result(ct.dispatch(times_out)(str(timed)), wait=60)
+    assert result.status == ct.Status.TIMED_OUT, result.error
+    pid = int(timed.read_text())
+    wait_for(lambda: not pid_running(pid), timeout=10, what=f"the timed-out task's pid {pid}")
+
+
+def test_a_task_waits_while_its_host_starts_and_fails_at_once_when_every_host_has_failed(
+    tmp_path: Path,
+) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    port = silent.getsockname()[1]
+    reports = Reports()
+    table = {"host": "127.0.0.1", "port": port, "known_hosts": "insecure-accept-any"}
+    rig = SshRig(tmp_path, reports, {"hosts": [table]})
+    try:
+        task = TaskSubmission(
+            "t/1/1", "t", 1, "t", HardwareSpec(), _payload(_contract_task), args=[]
+        )
+        assert rig.executor.can_ever_run(HardwareSpec(cpus=64)), "capacity unknown: it waits"
+        assert rig.executor.try_submit(task) is None, "the host still starts: the task waits"
+        assert "starting" in rig.executor.describe()[0]
+        wait_for(lambda: rig.executor.unavailable(), timeout=30, what="the silent host to fail")
+        assert not rig.executor.can_ever_run(HardwareSpec())
+        assert rig.executor.try_submit(task) is not None
+        outcome = reports.wait("t/1/1")["t/1/1"]
+        assert outcome.status == Status.FAILED
+        assert outcome.reason == "host_unreachable"
+        assert f"127.0.0.1:{port} did not answer an SSH connection" in outcome.error
+        assert f"127.0.0.1:{port}: failed" in rig.executor.describe()[0]
+    finally:
+        rig.close()
+        silent.close()
