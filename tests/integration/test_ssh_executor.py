@@ -10,7 +10,8 @@ and one without the configured Python each get an error naming the host, in
 ``cobalt controller status`` and in a refused dispatch, and tasks still run on the
 good host of an executor that has a bad one; a task placed while every host has
 failed fails at once instead of waiting; cancel and a time limit kill the task's
-process on the host.
+process on the host; a deployment's replica runs on the host and answers through
+the gateway, which still asks for the deployment's token.
 """
 
 from __future__ import annotations
@@ -344,3 +345,41 @@ def test_a_task_waits_while_its_host_starts_and_fails_at_once_when_every_host_ha
     finally:
         rig.close()
         silent.close()
+
+
+@ct.service(name="over-ssh", cpus=0.25, min_replicas=1, max_replicas=1, executor="lab")
+def over_ssh() -> dict[str, Any]:
+    return {"started_in": os.getpid()}
+
+
+@over_ssh.endpoint("/whoami")
+def whoami(started_in: int) -> dict[str, Any]:
+    agent = os.getppid()
+    with open(f"/proc/{agent}/cmdline", "rb") as f:
+        cmdline = f.read().replace(b"\0", b" ").decode()
+    return {"pid": os.getpid(), "started_in": started_in, "agent": cmdline}
+
+
+def test_a_deployment_s_replica_runs_on_a_host_and_answers_through_the_gateway(
+    make_controller_home: Callable[..., ControllerHome],
+    sshd_server: SshdServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """On loopback only: the replica advertises the address it binds (0.0.0.0 off the
+    local executor), which reaches it here because the host is this machine."""
+    import httpx
+
+    table = host_table(sshd_server, tmp_path / "host", tunnel=True)
+    config = ssh_config(_free_port(), {"lab": {"hosts": [table], "workers": 1}})
+    home = make_controller_home(config.replace('gateway_address = ""\n', ""))
+    home.start()
+    address = f"{sshd_server.user}@127.0.0.1:{sshd_server.port}"
+    wait_for(lambda: "ready" in _host_line(_status(home), address), timeout=60)
+    with ct.deploy(over_ssh)() as deployment:
+        answer = deployment.whoami()
+        assert answer["pid"] == answer["started_in"], "the replica's own process answered"
+        assert "cobalt_executors.agent" in answer["agent"]
+        assert f"--allocation {address}" in answer["agent"]
+        with httpx.Client(timeout=30, trust_env=False) as http:
+            refused = http.post(f"{deployment.url}/whoami", json={})
+        assert refused.status_code == 401, "the gateway still asks for the deployment's token"

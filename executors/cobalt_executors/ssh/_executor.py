@@ -20,6 +20,7 @@ problem, when every host has failed.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -68,11 +69,12 @@ class SshExecutor(RemoteExecutor):
         self._workers = workers
         self._runner: LoopRunner | None = None
         self._agents: list[HostAgent] = []
-        self.started_at = 0.0
 
     def setup(self, context: ExecutorContext) -> None:
         super().setup(context)
-        self.started_at = time.monotonic()
+        quiet = logging.getLogger("asyncssh")
+        if quiet.level == logging.NOTSET:  # a line per command otherwise; a user's level wins
+            quiet.setLevel(logging.WARNING)
         if context.agents is None:
             raise SpecError(
                 f"executor {self.name!r}: this controller serves no agents, so hosts cannot "

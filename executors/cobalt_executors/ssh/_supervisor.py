@@ -26,14 +26,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cobalt_common.errors import Error, HostError
+from cobalt_common.errors import Error, ExecutorError, HostError
 from cobalt_common.version import __version__
 from cobalt_executors.base import AgentEndpoint
 from cobalt_executors.ssh._hosts import HostSpec
 from cobalt_executors.ssh._loop import LoopRunner
-from cobalt_executors.ssh._process import RemoteProcess, shell_path
-from cobalt_executors.ssh._remote import SshHost
+
+if TYPE_CHECKING:  # asyncssh loads only once an SSH executor starts hosts
+    from cobalt_executors.ssh._process import RemoteProcess
+    from cobalt_executors.ssh._remote import SshHost
 
 log = logging.getLogger("cobalt.executors")
 
@@ -111,7 +114,7 @@ class HostAgent:
         """Stable per executor and host, so that restarts name the same agent."""
         self._launch = launch
         self._is_attached = is_attached
-        self._host = SshHost(spec, runner=runner)
+        self._host = _ssh_host(spec, runner)
         self._lock = threading.Lock()
         self._state = HostState.STARTING
         self._message = "connecting"
@@ -211,6 +214,8 @@ class HostAgent:
         self.controller = controller
         work_dir = spec.work_dir or f"~/.cobalt/ssh-{launch.executor}"
         token = launch.endpoint.mint(launch.executor, self.label, TOKEN_TTL_S)
+        from cobalt_executors.ssh._process import shell_path
+
         folder = shell_path(work_dir)
         stored = host.run(
             [
@@ -290,6 +295,17 @@ class HostAgent:
 
     def __str__(self) -> str:
         return self.spec.address
+
+
+def _ssh_host(spec: HostSpec, runner: LoopRunner) -> SshHost:
+    try:
+        from cobalt_executors.ssh._remote import SshHost
+    except ImportError as exc:
+        raise ExecutorError(
+            f"the ssh executor needs the asyncssh package ({exc}); install cobalt with its "
+            "remote extra: pip install 'cobalt[remote]'."
+        ) from None
+    return SshHost(spec, runner=runner)
 
 
 def _last_lines(text: str, n: int = 5) -> str:
