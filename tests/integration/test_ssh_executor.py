@@ -357,7 +357,8 @@ def whoami(started_in: int) -> dict[str, Any]:
     agent = os.getppid()
     with open(f"/proc/{agent}/cmdline", "rb") as f:
         cmdline = f.read().replace(b"\0", b" ").decode()
-    return {"pid": os.getpid(), "started_in": started_in, "agent": cmdline}
+    advertised = os.environ.get("COBALT_REPLICA_ADVERTISE", "")
+    return {"pid": os.getpid(), "started_in": started_in, "agent": cmdline, "at": advertised}
 
 
 def test_a_deployment_s_replica_runs_on_a_host_and_answers_through_the_gateway(
@@ -365,11 +366,11 @@ def test_a_deployment_s_replica_runs_on_a_host_and_answers_through_the_gateway(
     sshd_server: SshdServer,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    """On loopback only: the replica advertises the address it binds (0.0.0.0 off the
-    local executor), which reaches it here because the host is this machine."""
+    """The replica advertises the host's address on its route to the controller (here
+    loopback, the host being this machine) and the gateway reaches it there."""
     import httpx
 
-    table = host_table(sshd_server, tmp_path / "host", tunnel=True)
+    table = host_table(sshd_server, tmp_path / "host")
     config = ssh_config(_free_port(), {"lab": {"hosts": [table], "workers": 1}})
     home = make_controller_home(config.replace('gateway_address = ""\n', ""))
     home.start()
@@ -380,6 +381,7 @@ def test_a_deployment_s_replica_runs_on_a_host_and_answers_through_the_gateway(
         assert answer["pid"] == answer["started_in"], "the replica's own process answered"
         assert "cobalt_executors.agent" in answer["agent"]
         assert f"--allocation {address}" in answer["agent"]
+        assert answer["at"] == "127.0.0.1"
         with httpx.Client(timeout=30, trust_env=False) as http:
             refused = http.post(f"{deployment.url}/whoami", json={})
         assert refused.status_code == 401, "the gateway still asks for the deployment's token"
