@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from service_s3 import S3Server, s3_server_fixture  # noqa: F401
 from support import wait_for
 
 import cobalt as ct
@@ -432,3 +433,52 @@ def test_a_deployment_replica_runs_on_an_agent_and_its_traffic_is_authenticated(
             assert http.post(f"{dep.url}/echo", json={"text": "x"}).status_code == 401
             direct = http.post(f"{replica.url}/echo", json={"text": "x"})
             assert direct.status_code in (401, 403), "the replica itself wants its secret"
+
+
+def test_an_agent_reads_large_arguments_from_s3_through_presigned_urls(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+    s3_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uuid
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    prefix = f"agents/{uuid.uuid4().hex}"
+    blobs = (
+        f'[blobs]\ntype = "s3"\nbucket = "{s3_server.bucket}"\nprefix = "{prefix}"\n'
+        f'endpoint_url = "{s3_server.endpoint_url}"\nregion = "us-east-1"\n\n'
+    )
+    home = make_controller_home(blobs + agents_config(_free_port()))
+    home.start()
+    agent_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    monkeypatch.setattr(os, "environ", agent_env)  # the agent holds no cloud credentials
+    agent = agents(home)
+    monkeypatch.undo()
+    wait_for(_connected(home, 1), timeout=30, what=f"the agent to attach: {agent.output()}")
+    result = ct.dispatch_sync(s3_flow)(os.urandom(400_000))
+    assert result.result == (400_000, 300_000)
+    listed = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=prefix)
+    sizes = sorted(o["Size"] for o in listed["Contents"])
+    assert any(size > 400_000 for size in sizes), f"the argument went to the bucket: {sizes}"
+    assert any(300_000 < size < 400_000 for size in sizes), f"and the output too: {sizes}"
+    fetched = [p for p in (agent.log.parent / "blobs").rglob("*") if p.is_file()]
+    assert not fetched, "the worker read the argument from its URL, not through the controller"
+
+
+@ct.electron(executor="remote")
+def s3_length(data: bytes) -> tuple[int, bytes]:
+    return len(data), b"s" * 300_000
+
+
+@ct.lattice
+def s3_flow(data: bytes) -> tuple[int, int]:
+    size, reply = s3_length(data)
+    return size, _len(reply)
+
+
+@ct.electron
+def _len(data: bytes) -> int:
+    return len(data)

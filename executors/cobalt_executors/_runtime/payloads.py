@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 
 from cobalt_common.errors import ContentAddressError, PayloadUnavailableError
-from cobalt_common.payloads import BlobLocation, blob_path, redact_url, write_blob
+from cobalt_common.payloads import BlobLocation, LocationKind, blob_path, redact_url, write_blob
 from cobalt_common.v1 import worker_pb2
 
 _KINDS = {
@@ -28,8 +28,21 @@ DOWNLOAD_TIMEOUT_S = 60.0
 """Seconds a URL download may wait for the next bytes (not for all of them)."""
 
 
+_NAMES: dict[int, LocationKind] = {
+    worker_pb2.BlobLocation.KIND_DIRECTORY: "directory",
+    worker_pb2.BlobLocation.KIND_URL: "url",
+    worker_pb2.BlobLocation.KIND_CONTROLLER: "controller",
+}
+
+
 def to_wire(location: BlobLocation) -> worker_pb2.BlobLocation:
     return worker_pb2.BlobLocation(kind=_KINDS[location.kind], address=location.address)
+
+
+def from_wire(location: worker_pb2.BlobLocation) -> BlobLocation | None:
+    """The location a wire message names; None for an unknown kind."""
+    name = _NAMES.get(location.kind)
+    return BlobLocation(name, location.address) if name is not None else None
 
 
 def read_payload(sha256: str, data: bytes, location: worker_pb2.BlobLocation) -> bytes:

@@ -1,7 +1,9 @@
 """Where an agent's workers read payloads and put large outputs.
 
-The controller tells an agent where outputs go and proves which directory it
-means (the ``.cobalt-store`` marker). An agent that sees that directory (a
+A payload in an object store comes with a presigned URL that the worker reads
+itself (checking its content address); the agent holds no cloud credentials.
+For the rest, the controller tells an agent where outputs go and proves which
+directory it means (the ``.cobalt-store`` marker). An agent that sees that directory (a
 shared filesystem, or the same machine) lets its workers read and write it
 directly. Any other agent fetches each payload through the controller with
 the task's own credential, into a cache directory of its own, and sends
@@ -81,8 +83,8 @@ class Stager:
         return replace(task, function=function, args=args)
 
     def _local(self, ref: PayloadRef, token: str) -> PayloadRef:
-        if ref.data is not None or ref.location is None:
-            return ref
+        if ref.data is not None or ref.location is None or ref.location.kind == "url":
+            return ref  # inline, or a presigned URL the worker reads itself
         if self.shared and ref.location.kind == "directory":
             return ref
         path = blob_path(self.cache_dir, ref.sha256)

@@ -15,10 +15,9 @@ from typing import Any
 from cobalt_common.checks import validate_sha256
 from cobalt_common.errors import ProtocolError
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
-from cobalt_common.payloads import BlobLocation
 from cobalt_common.status import OUTCOME_STATUSES, OutcomeStatus, Status
 from cobalt_common.v1 import agent_pb2, worker_pb2
-from cobalt_executors._runtime.payloads import to_wire
+from cobalt_executors._runtime.payloads import from_wire, to_wire
 from cobalt_executors.base import PayloadRef, TaskArg, TaskOutcome, TaskSubmission
 
 PROTOCOL = 1
@@ -26,11 +25,6 @@ PROTOCOL = 1
 
 AGENT_LOST = "agent_lost"
 """The reason of a task whose agent went away while it ran."""
-
-_KINDS = {
-    worker_pb2.BlobLocation.KIND_DIRECTORY: "directory",
-    worker_pb2.BlobLocation.KIND_CONTROLLER: "controller",
-}
 
 
 # -- payloads ---------------------------------------------------------------------------
@@ -55,10 +49,9 @@ def payload_from_wire(msg: agent_pb2.AgentPayload, what: str) -> PayloadRef:
         if msg.size and msg.size != len(msg.data):
             raise ProtocolError(f"{what}: {len(msg.data)} bytes inline, but size says {msg.size}")
         return PayloadRef(msg.sha256, msg.data, len(msg.data))
-    name = _KINDS.get(kind)
-    if name is None:
+    location = from_wire(msg.location)
+    if location is None:
         raise ProtocolError(f"{what}: unknown payload location kind {kind}")
-    location = BlobLocation(name, msg.location.address)  # type: ignore[arg-type]
     return PayloadRef(msg.sha256, None, msg.size, location)
 
 
