@@ -11,12 +11,14 @@ and one without the configured Python each get an error naming the host, in
 good host of an executor that has a bad one; a task placed while every host has
 failed fails at once instead of waiting; cancel and a time limit kill the task's
 process on the host; a deployment's replica runs on the host and answers through
-the gateway, which still asks for the deployment's token.
+the gateway, which still asks for the deployment's token; an agent killed, or
+whose SSH connection drops, is started again and the log says why.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -39,7 +41,7 @@ import cobalt as ct
 from cobalt_common.hardware import HardwareSpec
 from cobalt_common.processes import pid_running
 from cobalt_common.status import Status
-from cobalt_executors import TaskSubmission
+from cobalt_executors import TaskArg, TaskSubmission
 
 if TYPE_CHECKING:
     from conftest import ControllerHome
@@ -385,3 +387,62 @@ def test_a_deployment_s_replica_runs_on_a_host_and_answers_through_the_gateway(
         with httpx.Client(timeout=30, trust_env=False) as http:
             refused = http.post(f"{deployment.url}/whoami", json={})
         assert refused.status_code == 401, "the gateway still asks for the deployment's token"
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _one_task_runs(rig: SshRig, reports: Reports, key: str) -> None:
+    args = [TaskArg(i, "", _payload(value)) for i, value in enumerate((key, "", ""))]
+    task = TaskSubmission(key, "d", 0, key, HardwareSpec(), _payload(_contract_task), args)
+    assert rig.executor.try_submit(task) is not None
+    outcome = reports.wait(key)[key]
+    assert outcome.status == Status.COMPLETED, outcome.error
+
+
+def test_an_agent_that_dies_or_loses_its_connection_is_started_again_saying_why(
+    sshd_server: SshdServer,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cobalt.executors")
+    reports = Reports()
+    rig = SshRig(tmp_path, reports, {"hosts": [host_table(sshd_server, tmp_path / "host")]})
+    try:
+        rig.wait_attached()
+        (keeper,) = rig.executor.host_agents
+        first = keeper.pid()
+        assert first is not None and pid_running(first)
+        _one_task_runs(rig, reports, "before")
+
+        os.killpg(first, 9)
+        wait_for(
+            lambda: keeper.pid() not in (None, first) and rig.executor.pool.agents(),
+            timeout=30,
+            what=f"the killed agent to be started again: {rig.executor.describe()[0]}",
+        )
+        _one_task_runs(rig, reports, "after-kill")
+
+        second = keeper.pid()
+        assert second is not None
+        session = _parent(_parent(second))  # the sshd process of the executor's connection
+        with open(f"/proc/{session}/cmdline", "rb") as f:
+            assert b"sshd" in f.read(), "the agent's grandparent is the SSH session"
+        os.kill(session, 9)
+        wait_for(
+            lambda: keeper.pid() not in (None, second) and not pid_running(second),
+            timeout=60,
+            what=f"a new agent after the dropped connection: {rig.executor.describe()[0]}",
+        )
+        rig.wait_attached()
+        _one_task_runs(rig, reports, "after-drop")
+        assert keeper.starts == 3
+        restarts = [r.getMessage() for r in caplog.records if "starting it again" in r.getMessage()]
+        assert len(restarts) == 2, restarts
+        assert "the agent exited with status 137" in restarts[0], restarts
+        assert "SSH connection" in restarts[1] and "closed" in restarts[1], restarts
+    finally:
+        rig.close()
+    assert keeper.pid() is not None and not pid_running(keeper.pid() or 0)

@@ -163,6 +163,8 @@ class SshExecutor(RemoteExecutor):
     def teardown(self) -> None:
         super().teardown()
         for agent in self._agents:
+            agent.request_stop()
+        for agent in self._agents:
             agent.stop()
         if self._runner is not None:
             self._runner.close()

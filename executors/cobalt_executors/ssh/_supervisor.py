@@ -169,6 +169,8 @@ class HostAgent:
             except Error as exc:
                 self._failed(str(exc))
             except Exception as exc:  # an unforeseen failure must not end the thread
+                if self._stopping.is_set():
+                    return
                 log.exception("executor %s: starting the agent on %s", self._launch.executor, self)
                 self._failed(f"{self.spec.address}: starting the agent failed: {exc!r}")
             else:
@@ -199,8 +201,8 @@ class HostAgent:
 
     def _start(self) -> RemoteProcess:
         host, spec, launch = self._host, self.spec, self._launch
-        previous = self._process
-        self._process = None
+        with self._lock:
+            previous, self._process = self._process, None
         host.connect()
         if previous is not None:  # after a dropped connection it may still run there
             with contextlib.suppress(HostError):
@@ -250,8 +252,14 @@ class HostAgent:
             if self._state is not HostState.FAILED:
                 self._state, self._message = HostState.STARTING, "starting the agent"
         process = host.start(argv, cwd=work_dir)
-        self._process = process
+        with self._lock:
+            self._process = process
+            stopping = self._stopping.is_set()
         self.starts += 1
+        if stopping:  # stop() came while it started, and found no process to kill
+            with contextlib.suppress(HostError):
+                host.kill_group(process.pid, signal.SIGKILL)
+            return process
         log.info(
             "executor %s: started agent %s on %s (process group %d, dialling %s)",
             launch.executor,
@@ -277,10 +285,15 @@ class HostAgent:
 
     # -- stopping ------------------------------------------------------------------------
 
+    def request_stop(self) -> None:
+        """Tells the host's thread to start nothing more (see :meth:`stop`)."""
+        self._stopping.set()
+
     def stop(self) -> None:
         """Kills the agent's process group there, and closes the connection."""
-        self._stopping.set()
-        process = self._process
+        with self._lock:
+            self._stopping.set()
+            process = self._process
         if process is not None:
             with contextlib.suppress(HostError, RuntimeError):
                 if self._host.kill_group(process.pid, signal.SIGTERM):
