@@ -12,7 +12,9 @@ good host of an executor that has a bad one; a task placed while every host has
 failed fails at once instead of waiting; cancel and a time limit kill the task's
 process on the host; a deployment's replica runs on the host and answers through
 the gateway, which still asks for the deployment's token; an agent killed, or
-whose SSH connection drops, is started again and the log says why.
+whose SSH connection drops, is started again or taken back, and the log says why;
+a controller killed while a host's agent runs a task takes the agent back when it
+starts again, and the task's result is kept, not run twice.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -402,12 +405,12 @@ def _one_task_runs(rig: SshRig, reports: Reports, key: str) -> None:
     assert outcome.status == Status.COMPLETED, outcome.error
 
 
-def test_an_agent_that_dies_or_loses_its_connection_is_started_again_saying_why(
+def test_a_killed_agent_is_started_again_and_one_cut_off_from_ssh_is_taken_back(
     sshd_server: SshdServer,  # noqa: F811
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="cobalt.executors")
+    caplog.set_level(logging.INFO, logger="cobalt.executors")
     reports = Reports()
     rig = SshRig(tmp_path, reports, {"hosts": [host_table(sshd_server, tmp_path / "host")]})
     try:
@@ -432,17 +435,145 @@ def test_an_agent_that_dies_or_loses_its_connection_is_started_again_saying_why(
             assert b"sshd" in f.read(), "the agent's grandparent is the SSH session"
         os.kill(session, 9)
         wait_for(
-            lambda: keeper.pid() not in (None, second) and not pid_running(second),
+            lambda: sum("took back agent" in r.getMessage() for r in caplog.records) == 1,
             timeout=60,
-            what=f"a new agent after the dropped connection: {rig.executor.describe()[0]}",
+            what=f"the agent to be taken back: {rig.executor.describe()[0]}",
         )
-        rig.wait_attached()
+        assert keeper.pid() == second and pid_running(second), "the same agent goes on"
         _one_task_runs(rig, reports, "after-drop")
-        assert keeper.starts == 3
-        restarts = [r.getMessage() for r in caplog.records if "starting it again" in r.getMessage()]
+        assert keeper.starts == 2
+        restarts = [r.getMessage() for r in caplog.records if "lost the agent" in r.getMessage()]
         assert len(restarts) == 2, restarts
         assert "the agent exited with status 137" in restarts[0], restarts
         assert "SSH connection" in restarts[1] and "closed" in restarts[1], restarts
     finally:
         rig.close()
     assert keeper.pid() is not None and not pid_running(keeper.pid() or 0)
+
+
+@ct.electron(executor="tls_direct")
+def on_direct() -> str:
+    return os.environ.get("COBALT_CONTROLLER_FINGERPRINT", "")
+
+
+@ct.electron(executor="tls_tunnel")
+def on_tunnel() -> str:
+    return os.environ.get("COBALT_CONTROLLER_FINGERPRINT", "")
+
+
+@ct.lattice
+def both_tls() -> tuple[str, str]:
+    return on_direct(), on_tunnel()
+
+
+def test_beyond_loopback_agents_pin_the_controller_s_certificate_directly_and_through_a_tunnel(
+    make_controller_home: Callable[..., ControllerHome],
+    sshd_server: SshdServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from test_agents import _machine_address
+
+    machine = _machine_address()
+    port = _free_port()
+    executors = {
+        "tls_direct": {"hosts": [host_table(sshd_server, tmp_path / "d")], "workers": 1},
+        "tls_tunnel": {"hosts": [host_table(sshd_server, tmp_path / "t", tunnel=True)]},
+    }
+    config = ssh_config(port, executors).replace(
+        f'address = "127.0.0.1:{port}"', f'address = "{machine}:{port}"'
+    )
+    home = make_controller_home(config)
+    home.start()
+    printed = home.cli("agent-token", "--executor", "tls_direct").stdout
+    fingerprint = re.search(r"--fingerprint ([0-9a-f]{64})", printed)
+    assert fingerprint, printed
+
+    def lines() -> dict[str, str]:
+        status = _status(home)
+        return {
+            name: next((text for text in status.splitlines() if text.startswith(name)), "")
+            for name in executors
+        }
+
+    wait_for(
+        lambda: all("ready (" in text for text in lines().values()),
+        timeout=60,
+        what=f"both agents to attach over TLS: {_status(home)}",
+    )
+    direct, tunnel = lines()["tls_direct"], lines()["tls_tunnel"]
+    assert f"dialling {machine}:{port}" in direct, direct
+    assert "through a reverse tunnel (127.0.0.1:" in tunnel, tunnel
+    result = ct.dispatch_sync(both_tls)()
+    assert result.status == ct.Status.COMPLETED, result.error
+    assert result.result == (fingerprint[1], fingerprint[1])
+
+
+@ct.electron(executor="lab", retries=1)
+def held(gate: str, log: str) -> int:
+    """Appends this run to ``log``, then waits for ``gate`` to exist."""
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    while not os.path.exists(gate):
+        time.sleep(0.02)
+    return os.getppid()
+
+
+@ct.lattice
+def one_held(gate: str, log: str) -> int:
+    return held(gate, log)
+
+
+def _ancestors(pid: int) -> list[int]:
+    found = []
+    while pid > 1:
+        found.append(pid)
+        pid = _parent(pid)
+    return found
+
+
+def _agents_of(work_dir: Path) -> list[int]:
+    """The agent processes running with ``work_dir`` as their folder (not their workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if b"cobalt_executors.agent" in cmdline and cwd == str(work_dir):
+            found.append(int(entry.name))
+    return [pid for pid in found if _parent(pid) not in found]  # not its forked workers
+
+
+@pytest.mark.parametrize("tunnel", [False, True], ids=["direct", "tunnel"])
+def test_a_controller_killed_while_a_host_runs_a_task_takes_the_agent_back_and_loses_nothing(
+    make_controller_home: Callable[..., ControllerHome],
+    sshd_server: SshdServer,  # noqa: F811
+    tmp_path: Path,
+    tunnel: bool,
+) -> None:
+    work_dir = tmp_path / "host"
+    table = host_table(sshd_server, work_dir, tunnel=tunnel)
+    config = ssh_config(_free_port(), {"lab": {"hosts": [table], "reconnect_grace_s": 30}})
+    home = make_controller_home(config)
+    home.start()
+    address = f"{sshd_server.user}@127.0.0.1:{sshd_server.port}"
+    wait_for(lambda: "ready" in _host_line(_status(home), address), timeout=60)
+    (agent,) = _agents_of(work_dir)
+    gate, log = tmp_path / "gate", tmp_path / "runs"
+    dispatch_id = ct.dispatch(one_held)(str(gate), str(log))
+    wait_for(lambda: log.exists(), timeout=30, what="the task to start on the host")
+    os.kill(home.pid, signal.SIGKILL)
+    gate.touch()  # the task ends while no controller listens: the agent keeps its outcome
+    time.sleep(0.5)
+    home.start()
+    result = ct.get_result(dispatch_id, wait=60)
+    assert result.status == ct.Status.COMPLETED, f"{result.error}\n{home.log_tail()}"
+    assert agent in _ancestors(result.result), "the agent that ran it reported it"
+    record = next(t for t in result.tasks if t.name == "held")
+    assert record.attempts == 1, "the task was taken back, not run again"
+    assert len(log.read_text().split()) == 1, "the task ran once"
+    assert _agents_of(work_dir) == [agent], "the agent was taken back, no second one started"
+    assert "took back agent" in (home.path / "controller.log").read_text()

@@ -5,9 +5,12 @@ has this very version of cobalt, opens a reverse tunnel to the controller when
 asked, writes the agent's credential to a file only its user may read (a
 variable on the command line would show in the host's process list), and
 starts ``python -m cobalt_executors.agent`` there under ``setsid``. When the
-agent exits or the connection drops, it says why and starts it again after a
-backoff that doubles up to :data:`BACKOFF_S`'s bound. :meth:`HostAgent.stop`
-kills the agent's process group from a second exec.
+agent exits or the connection drops, it says why and, after a backoff that
+doubles up to :data:`BACKOFF_S`'s bound, connects again. An agent that still
+runs there (the connection dropped, or the controller was restarted) is taken
+back, tunnel port and all, so that the tasks it runs are not lost; one that
+exited is started again. :meth:`HostAgent.stop` kills the agent's process group
+from a second exec.
 
 Nothing here blocks the executor: each host's start, however slow or failed,
 runs on the host's own thread, and its state (:class:`HostState`) is what the
@@ -21,6 +24,7 @@ import enum
 import hashlib
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -45,6 +49,11 @@ BACKOFF_S = (1.0, 60.0)
 TOKEN_TTL_S = 30 * 86400.0
 """How long an agent's credential lasts; each start mints a new one."""
 TOKEN_FILE = "agent.token"
+PID_FILE = "agent.pid"
+"""The agent's process group on the host, so that the next start (after a dropped
+connection, or by a restarted controller) takes back an agent that still runs."""
+_POLL_S = 1.0
+"""How often an agent taken back, whose exit no channel reports, is checked on."""
 _WATCH_S = 0.5
 """How often the watching thread looks up from the agent's process to check for stop."""
 _STOP_GRACE_S = 5.0
@@ -119,6 +128,9 @@ class HostAgent:
         self._state = HostState.STARTING
         self._message = "connecting"
         self._process: RemoteProcess | None = None
+        """The agent started by this executor's connection; None for one taken back."""
+        self._pgid: int | None = None
+        """The agent's process group there, started or taken back."""
         self._stopping = threading.Event()
         self._attached = threading.Event()
         self._thread = threading.Thread(
@@ -154,9 +166,8 @@ class HostAgent:
             self._state, self._message = HostState.READY, self._ready_message()
 
     def pid(self) -> int | None:
-        """The agent's process (and process group) on the host, while it runs."""
-        process = self._process
-        return process.pid if process is not None else None
+        """The agent's process (and process group) on the host."""
+        return self._pgid
 
     # -- the host's thread -----------------------------------------------------------------
 
@@ -180,7 +191,8 @@ class HostAgent:
                 if self._attached.is_set():
                     delay = BACKOFF_S[0]
                 log.warning(
-                    "executor %s: the agent on %s stopped (%s); starting it again in %g s",
+                    "executor %s: lost the agent on %s (%s); in %g s it is taken back if it "
+                    "still runs there, or started again",
                     self._launch.executor,
                     self.spec.address,
                     why,
@@ -199,32 +211,26 @@ class HostAgent:
         with self._lock:
             self._state, self._message = HostState.FAILED, message
 
-    def _start(self) -> RemoteProcess:
+    def _start(self) -> RemoteProcess | None:
+        """Starts the agent, or takes back one that still runs there (returns None)."""
         host, spec, launch = self._host, self.spec, self._launch
         with self._lock:
-            previous, self._process = self._process, None
+            self._process = None
         host.connect()
-        if previous is not None:  # after a dropped connection it may still run there
-            with contextlib.suppress(HostError):
-                host.kill_group(previous.pid, signal.SIGKILL)
         python = host.check_python(cobalt_version=__version__)
-        controller = launch.endpoint.address
-        if self.tunnel:
-            target_host, target_port = split_address(controller)
-            port = host.forward_remote_port(0, target_host, target_port)
-            controller = f"127.0.0.1:{port}"
-        self.controller = controller
         work_dir = spec.work_dir or f"~/.cobalt/ssh-{launch.executor}"
-        token = launch.endpoint.mint(launch.executor, self.label, TOKEN_TTL_S)
         from cobalt_executors.ssh._process import shell_path
 
         folder = shell_path(work_dir)
+        if self._take_back(folder):
+            return None
+        controller = launch.endpoint.address
+        if self.tunnel:
+            controller = self._open_tunnel(0)
+        self.controller = controller
+        token = launch.endpoint.mint(launch.executor, self.label, TOKEN_TTL_S)
         stored = host.run(
-            [
-                "/bin/sh",
-                "-c",
-                f"umask 077 && mkdir -p {folder} && cat > {folder}/{TOKEN_FILE}",
-            ],
+            ["/bin/sh", "-c", f"umask 077 && mkdir -p {folder} && cat > {folder}/{TOKEN_FILE}"],
             input=token.encode(),
         )
         if stored.status != 0:
@@ -234,7 +240,26 @@ class HostAgent:
                 "host's work_dir to a folder its user may write.",
                 host=spec.address,
             )
-        argv = [python.executable, "-m", "cobalt_executors.agent"]
+        with self._lock:
+            if self._state is not HostState.FAILED:
+                self._state, self._message = HostState.STARTING, "starting the agent"
+        process = host.start(self._argv(python.executable, controller), cwd=work_dir)
+        self.starts += 1
+        host.run(["/bin/sh", "-c", f"echo {process.pid} > {folder}/{PID_FILE}"])
+        if self._hold(process.pid, process):
+            log.info(
+                "executor %s: started agent %s on %s (process group %d, dialling %s)",
+                launch.executor,
+                self.agent_id,
+                spec.address,
+                process.pid,
+                controller,
+            )
+        return process
+
+    def _argv(self, python: str, controller: str) -> list[str]:
+        spec, launch = self.spec, self._launch
+        argv = [python, "-m", "cobalt_executors.agent"]
         argv += ["--controller", controller, "--executor", launch.executor]
         argv += ["--token-file", TOKEN_FILE, "--work-dir", "."]
         argv += ["--allocation", self.label, "--agent-id", self.agent_id]
@@ -248,40 +273,85 @@ class HostAgent:
             argv += ["--memory", f"{spec.memory_mb}MB"]
         if spec.gpus:
             argv += ["--emulate-gpus", json.dumps(dict(spec.gpus))]
-        with self._lock:
-            if self._state is not HostState.FAILED:
-                self._state, self._message = HostState.STARTING, "starting the agent"
-        process = host.start(argv, cwd=work_dir)
-        with self._lock:
-            self._process = process
-            stopping = self._stopping.is_set()
-        self.starts += 1
-        if stopping:  # stop() came while it started, and found no process to kill
-            with contextlib.suppress(HostError):
-                host.kill_group(process.pid, signal.SIGKILL)
-            return process
-        log.info(
-            "executor %s: started agent %s on %s (process group %d, dialling %s)",
-            launch.executor,
-            self.agent_id,
-            spec.address,
-            process.pid,
-            controller,
-        )
-        return process
+        return argv
 
-    def _watch(self, process: RemoteProcess) -> str:
+    def _open_tunnel(self, port: int) -> str:
+        """Listens on ``port`` (0: any) of the host's loopback for the controller."""
+        target_host, target_port = split_address(self._launch.endpoint.address)
+        return f"127.0.0.1:{self._host.forward_remote_port(port, target_host, target_port)}"
+
+    def _hold(self, pgid: int, process: RemoteProcess | None) -> bool:
+        """Records the agent's group; False (and kills it) when :meth:`stop` came meanwhile
+        and found nothing to kill."""
+        with self._lock:
+            self._process, self._pgid = process, pgid
+            stopping = self._stopping.is_set()
+        if stopping:
+            with contextlib.suppress(HostError):
+                self._host.kill_group(pgid, signal.SIGKILL)
+        return not stopping
+
+    def _take_back(self, folder: str) -> bool:
+        """Takes back the agent this executor left running on the host (its connection
+        dropped, or its controller restarted); True when one runs and dials here again."""
+        host = self._host
+        found = host.run(["/bin/sh", "-c", f"cat {folder}/{PID_FILE} 2>/dev/null || true"])
+        text = found.stdout.strip()
+        if not text.isdigit() or int(text) < 2:
+            return False
+        pgid = int(text)
+        args = host.run(["ps", "-o", "args=", "-p", str(pgid)]).stdout
+        if f"--agent-id {self.agent_id}" not in args:
+            return False  # gone, or the number now belongs to another process
+        dialled = re.search(r"--controller (\S+)", args)
+        controller = dialled[1] if dialled else ""
+        try:
+            if self.tunnel and controller.startswith("127.0.0.1:"):
+                self._open_tunnel(int(controller.rpartition(":")[2]))
+            elif self.tunnel or controller != self._launch.endpoint.address:
+                raise HostError(f"it dials {controller}", host=self.spec.address)
+        except HostError as exc:
+            log.warning(
+                "executor %s: the agent left running on %s cannot be taken back (%s); "
+                "starting a new one",
+                self._launch.executor,
+                self.spec.address,
+                exc,
+            )
+            host.kill_group(pgid, signal.SIGKILL)
+            return False
+        self.controller = controller
+        if self._hold(pgid, None):
+            log.info(
+                "executor %s: took back agent %s still running on %s (process group %d)",
+                self._launch.executor,
+                self.agent_id,
+                self.spec.address,
+                pgid,
+            )
+        return True
+
+    def _watch(self, process: RemoteProcess | None) -> str:
         """Waits for the agent's exit, or :meth:`stop`; returns why it stopped."""
+        pgid = self._pgid
         try:
             while not self._stopping.is_set():
-                status = process.wait(_WATCH_S)
-                if status is not None:
-                    return f"{self.spec.address}: the agent exited with status {status}: " + (
-                        _last_lines(process.stderr_tail()) or "no output"
-                    )
+                if process is not None:
+                    status = process.wait(_WATCH_S)
+                    if status is not None:
+                        return f"{self.spec.address}: the agent exited with status {status}: " + (
+                            _last_lines(process.stderr_tail()) or "no output"
+                        )
+                elif not self._alive(pgid):
+                    return f"{self.spec.address}: the agent (process group {pgid}) exited"
+                else:
+                    self._stopping.wait(_POLL_S)
         except HostError as exc:
             return str(exc)
         return "stopping"
+
+    def _alive(self, pgid: int | None) -> bool:
+        return pgid is not None and self._host.run(["kill", "-0", "--", f"-{pgid}"]).status == 0
 
     # -- stopping ------------------------------------------------------------------------
 
@@ -293,15 +363,16 @@ class HostAgent:
         """Kills the agent's process group there, and closes the connection."""
         with self._lock:
             self._stopping.set()
-            process = self._process
-        if process is not None:
+            process, pgid = self._process, self._pgid
+        if pgid is not None:
             with contextlib.suppress(HostError, RuntimeError):
-                if self._host.kill_group(process.pid, signal.SIGTERM):
+                if self._host.kill_group(pgid, signal.SIGTERM):
                     deadline = time.monotonic() + _STOP_GRACE_S
-                    while process.returncode is None and time.monotonic() < deadline:
+                    while time.monotonic() < deadline and (
+                        process.returncode is None if process is not None else self._alive(pgid)
+                    ):
                         time.sleep(0.05)
-                    if process.returncode is None:
-                        self._host.kill_group(process.pid, signal.SIGKILL)
+                    self._host.kill_group(pgid, signal.SIGKILL)
         if self._thread.ident is not None:
             self._thread.join(timeout=_STOP_GRACE_S)
         self._host.close()
