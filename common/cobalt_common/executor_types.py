@@ -53,7 +53,7 @@ LOCAL = ExecutorType(
 AGENTS = ExecutorType(
     "agents",
     options=frozenset(),
-    config_only=frozenset({"reconnect_grace_s", "blob_dir"}),
+    config_only=frozenset({"reconnect_grace_s", "blob_dir", "prefetch"}),
 )
 """Machines attached by hand: each runs ``cobalt agent`` and dials the controller."""
 
@@ -64,6 +64,7 @@ SLURM = ExecutorType(
         {
             "reconnect_grace_s",
             "blob_dir",
+            "prefetch",
             "slurm_conf",
             "mode",
             "python",
@@ -78,6 +79,7 @@ SLURM = ExecutorType(
             "pilot_memory",
             "pilot_time",
             "idle_timeout_s",
+            "pilot_log_dir",
             "emulate_gpus",
         }
     ),

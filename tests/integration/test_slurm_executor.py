@@ -56,6 +56,7 @@ pilot_memory = "1GB"
 pilot_time = "10min"
 idle_timeout_s = 30
 reconnect_grace_s = 20
+pilot_log_dir = "{cluster.tmp}"
 {extra}"""
 
 
@@ -121,6 +122,9 @@ def test_gpu_tasks_run_in_slurm_pilots_and_cpu_tasks_locally(
     gpu_tasks = [t for t in result.tasks if t.name == "on_gpu"]
     assert {t.executor for t in gpu_tasks} == {"hpc"}
     assert all(t.hardware_given.gpu == "h100" for t in gpu_tasks)
+    logs = list(slurm_cluster.tmp.glob("cobalt-pilot-*.out"))
+    assert logs, "each pilot's own output goes to pilot_log_dir"
+    assert not list(Path.cwd().glob("slurm-*.out")), "and never to the working directory"
     print(f"\n4 GPU tasks through Slurm pilots and one local task: {took:.1f} s")
 
 

@@ -291,3 +291,19 @@ def test_a_hostile_hello_is_refused_with_what_is_wrong(change: object, complaint
     change(hello)  # type: ignore[operator]
     with pytest.raises(ProtocolError, match=complaint):
         agent_info(hello)
+
+
+def test_with_prefetch_an_agent_holds_cpu_tasks_queued_beyond_its_room_in_order() -> None:
+    p = Pool()
+    p.pool.prefetch = 2
+    link = FakeLink()
+    p.pool.attach(link, _info("a", cpus=1))
+    assert p.pool.submit(_task("run", cpus=1)) is not None
+    queued = [p.pool.submit(_task(f"q{i}", cpus=1)) for i in range(3)]
+    assert queued[:2] == [HardwareGiven(cpus=1.0)] * 2 and queued[2] is None, "two ahead"
+    assert p.pool.submit(_task("g", gpu="h100", gpus=1)) is None, "GPU tasks never wait ahead"
+    assert link.tasks() == ["run", "q0", "q1"]
+    p.pool.outcome(link, _outcome("run", 1))
+    assert p.pool.submit(_task("q2", cpus=1)) is not None, "q0 took the room; q2 queues"
+    p.pool.detach(link, "gone")
+    assert sorted(o.task_key for o in p.reports if o.reason == AGENT_LOST) == ["q0", "q1", "q2"]

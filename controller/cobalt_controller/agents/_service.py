@@ -12,6 +12,7 @@ what to change.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -37,7 +38,7 @@ from cobalt_controller.agents._tokens import (
 from cobalt_executors._inventory import GpuDevice
 from cobalt_executors.base import Executor
 from cobalt_executors.remote import AgentInfo, AgentLink, RemoteExecutor
-from cobalt_executors.remote._protocol import PROTOCOL
+from cobalt_executors.remote._protocol import BATCH, PROTOCOL, batch_commands
 
 log = logging.getLogger("cobalt.controller")
 
@@ -47,19 +48,38 @@ MAX_GPUS = 1024
 MAX_RUNNING = 100_000
 
 _CLOSE = object()
+_ACKS = object()
 UNKNOWN_AGENT_CREDENTIAL = (
     "missing, wrong or expired agent credential; `cobalt agent-token --executor NAME` on the "
     "controller's machine prints a new one."
 )
 
 
+ACK_DELAY_S = 0.05
+"""How long an acknowledgement waits to go with other traffic before it goes alone."""
+
+
 class _StreamLink(AgentLink):
     def __init__(self) -> None:
         self.outgoing: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.closing = ""
+        self._acks: list[int] = []
+        self._acks_lock = threading.Lock()
 
     def send(self, command: agent_pb2.AgentCommand) -> None:
         self.outgoing.put(command)
+
+    def acknowledge(self, seq: int) -> None:
+        with self._acks_lock:
+            self._acks.append(seq)
+            first = len(self._acks) == 1
+        if first:
+            self.outgoing.put(_ACKS)  # wakes the sender, which waits a little for company
+
+    def take_acks(self) -> list[int]:
+        with self._acks_lock:
+            acks, self._acks = self._acks, []
+        return acks
 
     def close(self, message: str) -> None:
         self.closing = message
@@ -203,13 +223,28 @@ class AgentsServicer(agent_grpc.AgentsServicer):
             daemon=True,
         ).start()
         yield agent_pb2.AgentCommand(welcome=welcome)
+        outgoing = link.outgoing
         while True:
-            command = link.outgoing.get()
-            if command is _CLOSE:
+            first = outgoing.get()
+            queued = [first]
+            if first is _ACKS:
+                # Only acknowledgements: give a task a moment to come and carry them.
+                with contextlib.suppress(queue.Empty):
+                    queued.append(outgoing.get(timeout=ACK_DELAY_S))
+            while queued[-1] is not _CLOSE and len(queued) < BATCH:
+                try:
+                    queued.append(outgoing.get_nowait())
+                except queue.Empty:
+                    break
+            closing = queued[-1] is _CLOSE
+            commands = [c for c in queued if c is not _CLOSE and c is not _ACKS]
+            command = batch_commands(commands, link.take_acks())
+            if command is not None:
+                yield command
+            if closing:
                 if link.closing:
                     context.abort(grpc.StatusCode.UNAVAILABLE, link.closing)
                 return
-            yield command
 
     @staticmethod
     def _read(
@@ -220,11 +255,17 @@ class AgentsServicer(agent_grpc.AgentsServicer):
     ) -> None:
         try:
             for message in messages:
-                if message.WhichOneof("message") != "outcome":
+                which = message.WhichOneof("message")
+                if which == "outcome":
+                    outcomes = [message.outcome]
+                elif which == "outcomes":
+                    outcomes = list(message.outcomes.outcomes)
+                else:
                     link.close("an agent sends its hello once, then only outcomes")
                     break
                 try:
-                    executor.outcome(link, message.outcome)
+                    for outcome in outcomes:
+                        executor.outcome(link, outcome)
                 except ProtocolError as exc:
                     log.warning("executor %s: refused an agent's outcome: %s", executor.name, exc)
                     link.close(f"malformed outcome: {exc}")

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,13 @@ from cobalt_executors._machine import Machine
 from cobalt_executors.agent._staging import Stager
 from cobalt_executors.base import ExecutorContext, TaskOutcome, TaskSubmission
 from cobalt_executors.local import LocalExecutor
-from cobalt_executors.remote._protocol import PROTOCOL, outcome_to_wire, task_from_wire
+from cobalt_executors.remote._protocol import (
+    BATCH,
+    PROTOCOL,
+    coalesce_messages,
+    outcome_to_wire,
+    task_from_wire,
+)
 
 log = logging.getLogger("cobalt.agent")
 
@@ -86,11 +93,25 @@ class _Connection:
 
     def messages(self, hello: agent_pb2.AgentMessage) -> Iterator[agent_pb2.AgentMessage]:
         yield hello
+        outgoing = self.outgoing
         while True:
-            message = self.outgoing.get()
-            if message is None:
+            first = outgoing.get()
+            if first is None:
                 return
-            yield message
+            queued = [first]
+            ended = False
+            while len(queued) < BATCH:
+                try:
+                    message = outgoing.get_nowait()
+                except queue.Empty:
+                    break
+                if message is None:
+                    ended = True
+                    break
+                queued.append(message)
+            yield from coalesce_messages(queued)
+            if ended:
+                return
 
 
 class Agent:
@@ -115,6 +136,8 @@ class Agent:
         self._channel: grpc.Channel | None = None
         self._call: Any = None
         self.connected = threading.Event()
+        self._fetchers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cobalt-fetch")
+        """Fetch payloads through the controller, off the stream's thread."""
 
     # -- the connection loop ---------------------------------------------------------------
 
@@ -160,6 +183,8 @@ class Agent:
                 if which == "welcome":
                     welcomed = True
                     self._welcomed(command.welcome, connection)
+                elif which == "batch":
+                    self._batch(command.batch)
                 elif which == "task":
                     self._task(command.task)
                 elif which == "cancel":
@@ -189,6 +214,16 @@ class Agent:
             connection.outgoing.put(None)
             self._call = None
         return welcomed
+
+    def _batch(self, batch: agent_pb2.AgentBatch) -> None:
+        for task in batch.tasks:
+            self._task(task)
+        for cancel in batch.cancels:
+            self._local_cancel(cancel.task_key, cancel.reason)
+        if batch.acks:
+            with self._lock:
+                for seq in batch.acks:
+                    self._kept.pop(seq, None)
 
     def _hello(self) -> agent_pb2.AgentMessage:
         inv = self._local.inventory()
@@ -287,7 +322,11 @@ class Agent:
                 )
             )
             return
-        threading.Thread(target=self._start, args=(task,), daemon=True).start()
+        assert self._stager is not None
+        if self._stager.needs_fetch(task):
+            self._fetchers.submit(self._start, task)
+        else:
+            self._start(task)
 
     def _start(self, task: TaskSubmission) -> None:
         """Stages the task's payloads, then starts it or queues it until room frees."""
@@ -362,6 +401,7 @@ class Agent:
         self._start_waiting()
 
     def _shutdown(self) -> None:
+        self._fetchers.shutdown(wait=False, cancel_futures=True)
         if self._started:
             self._local.teardown()
         if self._channel is not None:

@@ -82,6 +82,17 @@ class Stager:
         args = [TaskArg(a.position, a.keyword, self._local(a.payload, token)) for a in task.args]
         return replace(task, function=function, args=args)
 
+    def needs_fetch(self, task: TaskSubmission) -> bool:
+        """Whether a payload of ``task`` must come through the controller first."""
+        return any(self._remote(ref) for ref in (task.function, *(a.payload for a in task.args)))
+
+    def _remote(self, ref: PayloadRef) -> bool:
+        if ref.data is not None or ref.location is None or ref.location.kind == "url":
+            return False
+        if self.shared and ref.location.kind == "directory":
+            return False
+        return not blob_path(self.cache_dir, ref.sha256).exists()
+
     def _local(self, ref: PayloadRef, token: str) -> PayloadRef:
         if ref.data is not None or ref.location is None or ref.location.kind == "url":
             return ref  # inline, or a presigned URL the worker reads itself

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cobalt_common.errors import SpecError
 from cobalt_common.executor_types import AGENTS
@@ -53,7 +53,13 @@ class RemoteExecutor(Executor):
         blob_dir: where agents see the controller's blob directory on a shared
             filesystem (default: the same path). Agents that do not see it fetch
             and store payloads through the controller.
+        prefetch: CPU tasks each agent may hold queued beyond its free room, so
+            that a worker that frees starts the next task at once (default 0 here;
+            Slurm pilots default to their worker count). A queued task is billed
+            from when it really starts.
     """
+
+    default_prefetch: ClassVar[int] = 0
 
     def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(name, options)
@@ -68,12 +74,21 @@ class RemoteExecutor(Executor):
         if not isinstance(blob_dir, str) or "\n" in blob_dir:
             raise SpecError(f"executor {name!r}: blob_dir must be a path, not {blob_dir!r}.")
         self._blob_dir = blob_dir
+        prefetch = self.options.get("prefetch", self.default_prefetch)
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 <= prefetch <= 1024:
+            raise SpecError(
+                f"executor {name!r}: prefetch must be a whole number from 0 to 1024, "
+                f"not {prefetch!r}."
+            )
+        self._prefetch = prefetch
         self._pool: AgentPool | None = None
         self._store_id = ""
 
     def setup(self, context: ExecutorContext) -> None:
         super().setup(context)
-        self._pool = AgentPool(self.name, context.report, reconnect_grace_s=self._grace)
+        self._pool = AgentPool(
+            self.name, context.report, reconnect_grace_s=self._grace, prefetch=self._prefetch
+        )
         room = context.room
         if room is not None:
             self._pool.on_attach(lambda _: room())

@@ -52,6 +52,11 @@ class AgentLink(ABC):
     def close(self, message: str) -> None:
         """Ends the stream (the agent reconnects unless the message refused it)."""
 
+    def acknowledge(self, seq: int) -> None:
+        """Tells the agent that outcome ``seq`` is stored; a link may hold it
+        briefly to send it with the next message."""
+        self.send(agent_pb2.AgentCommand(ack=agent_pb2.AgentAck(seqs=[seq])))
+
 
 @dataclass(slots=True)
 class AgentInfo:
@@ -94,6 +99,8 @@ class _Agent:
     """When its last task ended (or it attached); 0 while it runs tasks."""
     ran: int = 0
     """Tasks it has been given."""
+    queued: dict[str, HardwareSpec] = field(default_factory=dict)
+    """Tasks sent ahead to wait in the agent's own queue (see ``prefetch``), in order."""
 
 
 @dataclass(slots=True)
@@ -133,11 +140,16 @@ class AgentPool:
         report: Callable[[TaskOutcome], None],
         *,
         reconnect_grace_s: float = 30.0,
+        prefetch: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self._report = report
         self._grace = reconnect_grace_s
+        self.prefetch = prefetch
+        """CPU tasks an agent may hold queued beyond its room, so that the next one
+        starts the moment a worker frees instead of a round trip later; 0: none.
+        A queued task counts as started (its outcome says when it really ran)."""
         self._clock = clock
         self._lock = threading.Lock()
         self._agents: dict[AgentLink, _Agent] = {}
@@ -192,10 +204,11 @@ class AgentPool:
             agent = self._agents.pop(link, None)
             if agent is None:
                 return
-            lost = list(agent.running)
+            lost = [*agent.running, *agent.queued]
             for key in lost:
                 self._where.pop(key, None)
             agent.running.clear()
+            agent.queued.clear()
         log.warning("executor %s: %s went away (%s)", self.name, agent.info.where(), why)
         now = self._clock()
         for key in lost:
@@ -224,7 +237,7 @@ class AgentPool:
             return [
                 (a.info, a.ran, now - a.idle_since)
                 for a in self._agents.values()
-                if not a.running and a.idle_since
+                if not a.running and not a.queued and a.idle_since
             ]
 
     # -- tasks ------------------------------------------------------------------------
@@ -245,15 +258,49 @@ class AgentPool:
                 if allocation is None:
                     continue
                 agent.running[task.task_key] = allocation
-                agent.idle_since = 0.0
-                agent.ran += 1
-                self._where[task.task_key] = agent
+                given = allocation.given()
                 break
             else:
-                return None
-        given = allocation.given()
+                ahead = self._queue_ahead(task, now)
+                if ahead is None:
+                    return None
+                agent = ahead
+                spec = task.hardware
+                given = HardwareGiven(cpus=spec.cpus, memory_mb=spec.memory_mb)
+            agent.idle_since = 0.0
+            agent.ran += 1
+            self._where[task.task_key] = agent
         agent.link.send(agent_pb2.AgentCommand(task=task_to_wire(task)))
         return given
+
+    def _queue_ahead(self, task: TaskSubmission, now: float) -> _Agent | None:
+        """The agent whose queue takes ``task`` ahead of room (under the lock)."""
+        spec = task.hardware
+        if not self.prefetch or spec.gpu:
+            return None
+        best = None
+        for agent in self._agents.values():
+            limit = self.task_limit(agent.info)
+            if (
+                len(agent.queued) < self.prefetch
+                and (limit is None or agent.ran < limit)
+                and agent.inventory.can_ever_fit(spec)
+                and fits_walltime(agent.info.expires_at, spec, now)
+                and (best is None or len(agent.queued) < len(best.queued))
+            ):
+                best = agent
+        if best is not None:
+            best.queued[task.task_key] = spec
+        return best
+
+    def _promote(self, agent: _Agent) -> None:
+        """Queued tasks that fit now take their room, in order (under the lock)."""
+        for key, spec in list(agent.queued.items()):
+            allocation = agent.inventory.allocate(spec)
+            if allocation is None:
+                return
+            del agent.queued[key]
+            agent.running[key] = allocation
 
     def cancel(self, task_key: str, reason: str) -> None:
         with self._lock:
@@ -276,7 +323,7 @@ class AgentPool:
         seq = msg.seq
 
         def acknowledge() -> None:
-            link.send(agent_pb2.AgentCommand(ack=agent_pb2.AgentAck(seqs=[seq])))
+            link.acknowledge(seq)
 
         with self._lock:
             agent = self._where.get(msg.task_key)
@@ -284,9 +331,12 @@ class AgentPool:
             if known and agent is not None:
                 del self._where[msg.task_key]
                 allocation = agent.running.pop(msg.task_key, None)
+                agent.queued.pop(msg.task_key, None)
                 if allocation is not None:
                     agent.inventory.release(allocation)
-                if not agent.running:
+                if agent.queued:
+                    self._promote(agent)
+                if not agent.running and not agent.queued:
                     agent.idle_since = self._clock()
         if not known:
             if agent is not None:

@@ -8,6 +8,7 @@ arrives from the wire is checked here before it becomes a typed value.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -58,13 +59,24 @@ def payload_from_wire(msg: agent_pb2.AgentPayload, what: str) -> PayloadRef:
 # -- tasks ------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
+def _hardware_json(spec: HardwareSpec) -> str:
+    return json.dumps(spec.to_dict())
+
+
+@functools.lru_cache(maxsize=1024)
+def _hardware(text: str) -> HardwareSpec:
+    """A task's hardware from the wire, checked once per distinct text."""
+    return HardwareSpec.from_dict(json.loads(text))
+
+
 def task_to_wire(task: TaskSubmission) -> agent_pb2.AgentTask:
     msg = agent_pb2.AgentTask(
         task_key=task.task_key,
         dispatch_id=task.dispatch_id,
         node_id=task.node_id,
         name=task.name,
-        hardware_json=json.dumps(task.hardware.to_dict()),
+        hardware_json=_hardware_json(task.hardware),
         function=payload_to_wire(task.function),
         env=task.env,
         long_running=task.long_running,
@@ -82,7 +94,7 @@ def task_to_wire(task: TaskSubmission) -> agent_pb2.AgentTask:
 def task_from_wire(msg: agent_pb2.AgentTask) -> TaskSubmission:
     what = f"task {msg.task_key!r}"
     try:
-        hardware = HardwareSpec.from_dict(json.loads(msg.hardware_json))
+        hardware = _hardware(msg.hardware_json)
     except (ValueError, TypeError) as exc:
         raise ProtocolError(f"{what}: unreadable hardware: {exc}") from None
     args = [
@@ -179,3 +191,49 @@ def outcome_from_wire(msg: agent_pb2.AgentOutcome) -> TaskOutcome:
         reason=msg.reason,
         hardware_given=given,
     )
+
+
+# -- batching ---------------------------------------------------------------------------
+
+BATCH = 512
+"""The most queued messages one send coalesces."""
+
+
+def batch_commands(
+    queued: list[agent_pb2.AgentCommand], acks: list[int]
+) -> agent_pb2.AgentCommand | None:
+    """``queued`` commands and pending acknowledgements as one message (None: nothing
+    to send); a lone command goes as it is."""
+    if len(queued) == 1 and not acks:
+        return queued[0]
+    if not queued and not acks:
+        return None
+    batch = agent_pb2.AgentBatch(acks=acks)
+    for command in queued:
+        which = command.WhichOneof("command")
+        if which == "task":
+            batch.tasks.append(command.task)
+        elif which == "cancel":
+            batch.cancels.append(command.cancel)
+        elif which == "ack":
+            batch.acks.extend(command.ack.seqs)
+        else:
+            raise ValueError(f"a {which} command is not batched")
+    return agent_pb2.AgentCommand(batch=batch)
+
+
+def coalesce_messages(queued: list[agent_pb2.AgentMessage]) -> list[agent_pb2.AgentMessage]:
+    """``queued`` with each run of outcomes as one ``AgentOutcomes``, in order."""
+    out: list[agent_pb2.AgentMessage] = []
+    for message in queued:
+        if message.WhichOneof("message") != "outcome":
+            out.append(message)
+            continue
+        last = out[-1] if out else None
+        if last is not None and last.WhichOneof("message") == "outcomes":
+            last.outcomes.outcomes.append(message.outcome)
+        else:
+            out.append(
+                agent_pb2.AgentMessage(outcomes=agent_pb2.AgentOutcomes(outcomes=[message.outcome]))
+            )
+    return out

@@ -100,13 +100,16 @@ class SlurmExecutor(RemoteExecutor):
     task's time limit for ``--time``; cobalt enforces the limit itself),
     ``python`` (the interpreter with cobalt on the compute nodes; default this
     one's path), ``max_pilots`` (8), ``pilot_cpus`` (1), ``pilot_memory``
-    ("1GB"), ``pilot_time`` ("1h"), ``idle_timeout_s`` (60), ``emulate_gpus``
+    ("1GB"), ``pilot_time`` ("1h"), ``idle_timeout_s`` (60), ``pilot_log_dir`` (a
+    folder the compute nodes can write each pilot's own output to; default: none),
+    ``emulate_gpus``
     (true on clusters whose GPUs are stand-ins: agents then label them emulated),
     and the remote executors' ``reconnect_grace_s`` and ``blob_dir``.
     """
 
     type_name = SLURM.name
     accepted_options = SLURM.options | SLURM.config_only
+    default_prefetch = 2
 
     def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(name, options)
@@ -133,6 +136,10 @@ class SlurmExecutor(RemoteExecutor):
         if not isinstance(emulate, bool):
             raise SpecError(f"executor {name!r}: emulate_gpus must be true or false.")
         self.emulate_gpus = emulate
+        log_dir = opts.get("pilot_log_dir", "")
+        if not isinstance(log_dir, str) or "\n" in log_dir or "%" in log_dir:
+            raise SpecError(f"executor {name!r}: pilot_log_dir must be a folder, not {log_dir!r}.")
+        self.pilot_log_dir = log_dir
         conf = opts.get("slurm_conf")
         self.cli = SlurmCli(str(conf) if conf else None)
         self.capacity: Capacity | None = None
@@ -245,6 +252,7 @@ class SlurmExecutor(RemoteExecutor):
             self._pilots[pilot_id] = pilot
         try:
             arguments = self.capacity.sbatch_arguments(shape, name=f"{self.name}-{pilot_id}")
+            arguments.append(f"--output={self._pilot_output()}")
             pilot.job_id = self.cli.submit(arguments, self._script(pilot))
         except Error as exc:
             with self._pilot_lock:
@@ -259,6 +267,13 @@ class SlurmExecutor(RemoteExecutor):
             pilot.job_id,
             shape.describe(),
         )
+
+    def _pilot_output(self) -> str:
+        """Where a pilot's own output goes: ``pilot_log_dir`` (a folder the compute
+        nodes can write), else nowhere; never the controller's working directory."""
+        if not self.pilot_log_dir:
+            return "/dev/null"
+        return f"{self.pilot_log_dir.rstrip('/')}/cobalt-pilot-%j.out"
 
     def _script(self, pilot: _Pilot) -> str:
         endpoint = self.context.agents
@@ -276,8 +291,6 @@ class SlurmExecutor(RemoteExecutor):
             "--executor",
             self.name,
             "--allocation",
-            pilot.pilot_id,
-            "--agent-id",
             pilot.pilot_id,
             "--cpus",
             f"{shape.cpus:g}",
@@ -297,7 +310,8 @@ class SlurmExecutor(RemoteExecutor):
             "#!/bin/sh\n"
             f"# cobalt pilot {pilot.pilot_id} of executor {self.name}\n"
             f"export COBALT_AGENT_TOKEN={shlex.quote(token)}\n"
-            f'exec {quoted} --work-dir "${{TMPDIR:-/tmp}}/cobalt-agent-$SLURM_JOB_ID"\n'
+            f'exec {quoted} --agent-id "{pilot.pilot_id}-$SLURM_JOB_ID" '
+            f'--work-dir "${{TMPDIR:-/tmp}}/cobalt-agent-$SLURM_JOB_ID"\n'
         )
 
     def _task_limit(self, info: AgentInfo) -> int | None:
@@ -308,6 +322,8 @@ class SlurmExecutor(RemoteExecutor):
     def _attached(self, info: AgentInfo) -> None:
         with self._pilot_lock:
             pilot = self._pilots.get(info.allocation)
+            if pilot is None:
+                pilot = self._adopt(info)
             if pilot is not None:
                 pilot.attached = True
                 log.info(
@@ -316,6 +332,32 @@ class SlurmExecutor(RemoteExecutor):
                     pilot.pilot_id,
                     time.time() - pilot.submitted_at,
                 )
+
+    def _adopt(self, info: AgentInfo) -> _Pilot | None:
+        """A pilot a previous controller submitted, whose agent came back: this
+        controller looks after it from now on (under the lock)."""
+        prefix = f"{info.allocation}-"
+        job_id = info.agent_id[len(prefix) :] if info.agent_id.startswith(prefix) else ""
+        if not info.allocation or not job_id.isdigit():
+            return None
+        shape = HardwareSpec(
+            cpus=info.cpus,
+            memory_mb=info.memory_mb,
+            gpu=info.gpus[0].type if info.gpus else None,
+            gpus=len(info.gpus),
+        )
+        pilot = _Pilot(
+            info.allocation,
+            job_id,
+            shape,
+            time.time(),
+            info.expires_at,
+            single=self.mode == "job_per_task",
+        )
+        pilot.attached = True
+        self._pilots[info.allocation] = pilot
+        log.info("executor %s: took over pilot %s (job %s)", self.name, info.allocation, job_id)
+        return pilot
 
     def _cancel(self, pilot: _Pilot, why: str) -> None:
         pilot.cancelled = True
