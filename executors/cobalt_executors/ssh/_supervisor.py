@@ -152,7 +152,10 @@ class HostAgent:
         if self._is_attached(self.label):
             return HostState.READY, self._ready_message()
         with self._lock:
-            return self._state, self._message
+            state, message = self._state, self._message
+        if state is HostState.READY:  # its stream closed; the agent dials again by itself
+            return HostState.STARTING, f"agent {self.agent_id} is reconnecting to the controller"
+        return state, message
 
     def _ready_message(self) -> str:
         if self.tunnel:
@@ -245,8 +248,9 @@ class HostAgent:
                 self._state, self._message = HostState.STARTING, "starting the agent"
         process = host.start(self._argv(python.executable, controller), cwd=work_dir)
         self.starts += 1
+        held = self._hold(process.pid, process)
         host.run(["/bin/sh", "-c", f"echo {process.pid} > {folder}/{PID_FILE}"])
-        if self._hold(process.pid, process):
+        if held:
             log.info(
                 "executor %s: started agent %s on %s (process group %d, dialling %s)",
                 launch.executor,
