@@ -1,9 +1,11 @@
-"""Install and measure peer frameworks (Ray, Dask, Covalent, Ray Serve), each in its own venv.
+"""Install and measure peer frameworks (Ray, Dask, Covalent, Ray Serve, submitit,
+dask-jobqueue), each in its own venv.
 
 Usage: python bench/_peers.py [ray dask covalent] --fanout N --roundtrip R
 
 Task peers (``"bench": "tasks"``) are measured by bench/core.py; the
-deployment peer ``ray-serve`` by bench/deploy.py (``run_peer``). A peer's
+deployment peer ``ray-serve`` by bench/deploy.py (``run_peer``); the Slurm
+peers ``submitit`` and ``dask-jobqueue`` by bench/slurm.py. A peer's
 script is ``bench/peers/<name with - as _>_bench.py``.
 """
 
@@ -48,6 +50,14 @@ PEERS: dict[str, dict[str, Any]] = {
         "requirements": ["ray[serve]>=2.9,<3"],
         "module": "ray.serve, fastapi, starlette, uvicorn",
         "bench": "deploy",
+    },
+    # Slurm peers (bench/slurm.py): their scripts take the cluster's slurm.conf
+    # and a folder that the jobs share with the client.
+    "submitit": {"requirements": ["submitit"], "module": "submitit", "bench": "slurm"},
+    "dask-jobqueue": {
+        "requirements": ["dask-jobqueue", "distributed>=2024.1"],
+        "module": "dask_jobqueue, distributed",
+        "bench": "slurm",
     },
 }
 TASK_PEERS = [name for name, spec in PEERS.items() if spec["bench"] == "tasks"]
