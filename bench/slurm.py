@@ -1,8 +1,9 @@
 """Trivial tasks through Slurm: cobalt's pilots against its job-per-task mode, its
 local executor, submitit and dask-jobqueue, on one cluster, in one run.
 
-    .venv/bin/python bench/slurm.py           # about 5 minutes
-    .venv/bin/python bench/slurm.py --quick   # small counts, well under a minute
+    .venv/bin/python bench/slurm.py           # about 7 minutes on 2 cores
+    .venv/bin/python bench/slurm.py --quick   # small counts, under a minute
+    .venv/bin/python bench/slurm.py --peers   # cobalt alone
 
 It starts a throwaway single-node Slurm cluster (2 CPUs, as the integration
 tests do; needs root and Debian's munge, slurmctld, slurmd and slurm-client from
@@ -12,15 +13,17 @@ so that one pilot uses the node as the local executor does; ``cold`` releases it
 pilot after 1 s idle) and ``jobs`` (Slurm, one job per task). The tasks name their
 executor and ask for no GPU. Measured, in this order:
 
-- **start from an idle cluster**: with no pilot, no worker and no job, one task
-  dispatched at a random moment; seconds until it runs (it returns its own
-  clock) and until its result is back. cobalt's ``cold`` executor, submitit's
-  ``submit`` and dask-jobqueue's ``scale(jobs=1)`` with one task submitted at once.
-- **fan-out**: ``--fanout`` tasks dispatched at once, until every result is back
-  (tasks/s; no reduce task). cobalt: one workflow of that many tasks; submitit: one
+- **start from an idle cluster** (5 times): with no pilot, no worker and no job,
+  one task dispatched at a random moment; seconds until it runs (it returns its
+  own clock) and until its result is back. cobalt's ``cold`` executor, submitit's
+  ``submit``, and dask-jobqueue's ``scale(jobs=1)`` with one task submitted at once.
+- **fan-out**: 500 tasks dispatched at once, until every result is back (tasks/s;
+  no reduce task). cobalt: one workflow of 500 tasks (median of 3); submitit: one
   job array (``map_array``); dask-jobqueue: ``client.map`` and ``gather`` on 2
-  running workers. One job per task runs ``--jobs`` tasks (about 2 jobs/s).
-- **round trip**: one task, dispatch to result, median after a warm-up.
+  running workers (median of 3). One job per task runs 20 tasks (about 2 jobs/s).
+- **round trip**: one task, dispatch to result, median of 30 after a warm-up;
+  of 10 where each is a Slurm job (job per task, submitit), each of cobalt's
+  job-per-task ones from an idle cluster.
 
 Peers are installed in their own virtual environments under a temporary folder
 (bench/_peers.py). Prints a table of figures and ratios (how many times cobalt's
@@ -69,11 +72,10 @@ class Counts:
     jobs: int
     job_roundtrip: int
     cold: int
-    peer_roundtrip: int
 
 
-FULL = Counts(fanout=500, roundtrip=30, jobs=20, job_roundtrip=10, cold=5, peer_roundtrip=10)
-QUICK = Counts(fanout=10, roundtrip=3, jobs=2, job_roundtrip=1, cold=1, peer_roundtrip=1)
+FULL = Counts(fanout=500, roundtrip=30, jobs=20, job_roundtrip=10, cold=5)
+QUICK = Counts(fanout=10, roundtrip=3, jobs=2, job_roundtrip=1, cold=1)
 
 
 def _free_port() -> int:
@@ -278,17 +280,17 @@ def measure_jobs(cluster: SlurmCluster, counts: Counts) -> dict[str, Any]:
     """One job per task: a fan-out, then round trips each from an idle cluster (a task
     dispatched just after another may otherwise run in that one's job, which is
     still there for up to half a second). Jobs the executor leaves after the
-    fan-out are cancelled after 5 s, and counted."""
+    fan-out are cancelled after 3 s, and counted."""
     flows = workflows("jobs")
     fanout_jobs: set[str] = set()
     fanout_s = _fanout(flows, counts.jobs, fanout_jobs)
-    left = settle(cluster, 5)
+    left = settle(cluster, 3)
     rt_jobs: set[str] = set()
     samples = []
     for _ in range(counts.job_roundtrip + 1):
-        left += settle(cluster, 5)
+        left += settle(cluster, 3)
         samples += _roundtrips(flows, 1, rt_jobs)
-    left += settle(cluster, 5)
+    left += settle(cluster, 3)
     return _report(
         counts.jobs,
         fanout_s,
@@ -351,7 +353,7 @@ def measure_peers(
             f"--slurm-conf={cluster.conf}",
             f"--folder={folder}",
             f"--fanout={counts.fanout}",
-            f"--roundtrip={counts.peer_roundtrip}",
+            f"--roundtrip={counts.job_roundtrip if name == 'submitit' else counts.roundtrip}",
             f"--cold={counts.cold}",
         ]
         results[name] = run_peer(name, args, timeout_s=1200)
@@ -362,8 +364,11 @@ def measure_peers(
 # -- the table -------------------------------------------------------------------------
 
 
+_BEGAN = time.monotonic()
+
+
 def log(*parts: object) -> None:
-    print(*parts, file=sys.stderr, flush=True)
+    print(f"[{time.monotonic() - _BEGAN:4.0f} s]", *parts, file=sys.stderr, flush=True)
 
 
 def _median(values: list[float] | None) -> str:
@@ -416,7 +421,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         )
         if jobs["jobs_left"]:
             lines.append(
-                f"  {len(jobs['jobs_left'])} jobs it submitted were still there 5 s after "
+                f"  {len(jobs['jobs_left'])} jobs it submitted were still there 3 s after "
                 "the last task (never given a task): the benchmark cancelled them"
             )
     for name in PEERS:
@@ -434,10 +439,14 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def _exit_on_sigterm() -> None:
+    """SIGTERM and Ctrl-C (even where a shell started this with SIGINT ignored)
+    unwind, so that every process and job it started is stopped."""
+
     def handler(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv: list[str] | None = None) -> int:
