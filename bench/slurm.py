@@ -85,11 +85,9 @@ def _free_port() -> int:
 
 
 def controller_config(conf: Path, job_logs: Path) -> str:
-    # Without --output, sbatch writes slurm-<job>.out into the controller's
-    # working directory.
     slurm = f"""type = "slurm"
 slurm_conf = "{conf}"
-sbatch_options = ["--output={job_logs}/slurm-%j.out"]"""
+pilot_log_dir = "{job_logs}\""""
     pilots = f"""{slurm}
 pilot_cpus = 2
 pilot_memory = "2GB"
