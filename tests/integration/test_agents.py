@@ -482,3 +482,46 @@ def s3_flow(data: bytes) -> tuple[int, int]:
 @ct.electron
 def _len(data: bytes) -> int:
     return len(data)
+
+
+@ct.electron(executor="remote", cpus=0.25)
+def quarter(i: int, log: str) -> int:
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{os.environ['COBALT_ATTEMPT_ID']}\n".encode())
+    finally:
+        os.close(fd)
+    return i
+
+
+@ct.electron(executor="remote")
+def whole(i: int) -> int:
+    return i
+
+
+@ct.lattice
+def quarters(n: int, log: str) -> list[int]:
+    return [quarter(i, log) for i in range(n)]
+
+
+@ct.lattice
+def wholes(n: int) -> list[int]:
+    return [whole(i) for i in range(n)]
+
+
+def test_a_fan_out_of_small_tasks_on_an_agent_runs_each_once_and_leaks_no_room(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    home = make_controller_home(agents_config(_free_port()))
+    home.start()
+    agents(home, "--cpus", "2", "--workers", "2")
+    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
+    log = tmp_path / "runs"
+    assert ct.dispatch_sync(quarters)(300, str(log)).result == list(range(300))
+    runs = log.read_text().split()
+    assert len(runs) == len(set(runs)) == 300, "every task ran exactly once"
+    assert ct.get_result(ct.dispatch(wholes)(50), wait=60).result == list(range(50)), (
+        "whole-CPU tasks still find all the room the small ones used"
+    )

@@ -19,6 +19,7 @@ import grpc
 
 from cobalt_common.channel import open_channel
 from cobalt_common.errors import ControllerUnavailableError, ExecutorError, ProtocolError
+from cobalt_common.payloads import BlobLocation
 from cobalt_common.runtime import runtime_versions, version_mismatch
 from cobalt_common.status import Status
 from cobalt_common.v1 import agent_pb2
@@ -49,6 +50,8 @@ REFUSED = frozenset(
 )
 """Answers that reconnecting cannot change: the agent stops and says why."""
 BACKOFF_S = (0.05, 5.0)
+DEFAULT_INLINE_LIMIT = 64 * 1024
+"""Outputs inlined before the controller says its own limit (no task runs before)."""
 """The first and the longest wait before reconnecting."""
 
 
@@ -138,6 +141,21 @@ class Agent:
         self.connected = threading.Event()
         self._fetchers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cobalt-fetch")
         """Fetch payloads through the controller, off the stream's thread."""
+        self._starting = threading.RLock()
+        """Held while waiting tasks are handed to the local executor, and while one is
+        cancelled: a task is handed over once, and never after its cancel."""
+        # Warm workers start now, while the agent connects; where outputs go is
+        # settled when the controller says (see _welcomed).
+        self._local.setup(
+            ExecutorContext(
+                inline_limit=DEFAULT_INLINE_LIMIT,
+                report=self._finished,
+                output_location=BlobLocation.directory(config.work_dir / "blobs"),
+                env=self._task_env(),
+                machine=Machine(),
+                work_dir=config.work_dir / "workers",
+            )
+        )
 
     # -- the connection loop ---------------------------------------------------------------
 
@@ -261,16 +279,7 @@ class Agent:
                 self.config.work_dir / "blobs",
                 stream=self.config.stream_payloads,
             )
-            self._local.setup(
-                ExecutorContext(
-                    inline_limit=welcome.inline_limit,
-                    report=self._finished,
-                    output_location=self._stager.output_location,
-                    env=self._task_env(),
-                    machine=Machine(),
-                    work_dir=self.config.work_dir / "workers",
-                )
-            )
+            self._local.set_outputs(welcome.inline_limit, self._stager.output_location)
             self._started = True
         for key in welcome.forget:
             self._local_cancel(key, "cancelled")
@@ -353,27 +362,34 @@ class Agent:
         self._start_waiting()
 
     def _start_waiting(self) -> None:
-        while True:
-            with self._lock:
-                if not self._waiting:
+        """Hands waiting tasks, in order, to the local executor while it has room.
+
+        One thread at a time does this (``_starting``): a task leaves the queue in
+        the same step that hands it over, so no two threads start it twice. A
+        thread that finds no room returns; whoever frees room next calls this again.
+        """
+        with self._starting:
+            while True:
+                with self._lock:
+                    if not self._waiting:
+                        return
+                    task = self._waiting[0]
+                if self._local.try_submit(task) is None:
                     return
-                task = self._waiting[0]
-            if self._local.try_submit(task) is None:
-                return
-            with self._lock:
-                if self._waiting and self._waiting[0] is task:
+                with self._lock:
                     self._waiting.pop(0)
 
     def _local_cancel(self, task_key: str, reason: str) -> None:
-        with self._lock:
-            waiting = next((t for t in self._waiting if t.task_key == task_key), None)
-            if waiting is not None:
-                self._waiting.remove(waiting)
-        if waiting is not None:
-            status = Status.TIMED_OUT if reason == "time_limit" else Status.CANCELLED
-            self._finished(TaskOutcome(task_key, status, ended_at=time.time(), reason=reason))  # type: ignore[arg-type]
-        else:
-            self._local.cancel(task_key, reason)
+        with self._starting:
+            with self._lock:
+                waiting = next((t for t in self._waiting if t.task_key == task_key), None)
+                if waiting is not None:
+                    self._waiting.remove(waiting)
+            if waiting is None:
+                self._local.cancel(task_key, reason)
+                return
+        status = Status.TIMED_OUT if reason == "time_limit" else Status.CANCELLED
+        self._finished(TaskOutcome(task_key, status, ended_at=time.time(), reason=reason))  # type: ignore[arg-type]
 
     def _finished(self, outcome: TaskOutcome) -> None:
         """An outcome of this agent's: kept until the controller acknowledges it."""
@@ -402,8 +418,7 @@ class Agent:
 
     def _shutdown(self) -> None:
         self._fetchers.shutdown(wait=False, cancel_futures=True)
-        if self._started:
-            self._local.teardown()
+        self._local.teardown()
         if self._channel is not None:
             self._channel.close()
 

@@ -7,13 +7,14 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from cobalt_common.errors import SpecError
 from cobalt_common.executor_types import LOCAL
 from cobalt_common.hardware import HardwareGiven, format_memory, parse_gpu_type, parse_memory_mb
+from cobalt_common.payloads import BlobLocation
 from cobalt_common.status import Status
 from cobalt_common.v1 import worker_pb2
 from cobalt_executors._inventory import Allocation, GpuDevice, Inventory, describe_hardware
@@ -162,6 +163,12 @@ class LocalExecutor(Executor):
                 retire += self._keep_idle(self._spawn(""))
         for stop in retire:
             stop()
+
+    def set_outputs(self, inline_limit: int, location: BlobLocation) -> None:
+        """Changes where later tasks put large outputs (an agent learns it from the
+        controller after its workers have started)."""
+        self._context = replace(self.context, inline_limit=inline_limit, output_location=location)
+        self._output_location = to_wire(location) if location.readable_by_workers else None
 
     def inventory(self) -> Inventory:
         return self._inventory

@@ -234,10 +234,13 @@ class SlurmExecutor(RemoteExecutor):
             return
         shape = self._shape(spec)
         with self._pilot_lock:
-            queued = [p for p in self._pilots.values() if not p.attached and not p.cancelled]
-            if any(_covers(p.shape, spec) for p in queued) and self.mode == "pilot":
+            live = [p for p in self._pilots.values() if not p.cancelled]
+            # One job on its way that fits is enough: the scheduler asks again each
+            # round while the task waits, and in job-per-task mode the next job is
+            # submitted once this one has started.
+            if any(not p.attached and _covers(p.shape, spec) for p in live):
                 return
-            if len(self._pilots) >= self.max_pilots:
+            if len(live) >= self.max_pilots:
                 return
             pilot_id = f"p{uuid.uuid4().hex[:10]}"
             now = time.time()
