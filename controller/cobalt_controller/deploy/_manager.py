@@ -123,7 +123,8 @@ class DeploymentManager:
         self._lock = self.book.lock
         self._changed = self.book.changed
         self._stop = threading.Event()
-        self._outcomes: queue.SimpleQueue[TaskOutcome] = queue.SimpleQueue()
+        self._outcomes: queue.SimpleQueue[TaskOutcome | None] = queue.SimpleQueue()
+        """Replica outcomes to handle; None only wakes the maintenance thread to stop."""
         self._thread = threading.Thread(target=self._run, name="cobalt-deployments", daemon=True)
         self._ended_logs: dict[str, deque[ReplicaLogs]] = {}
         self.placement.route(WorkKind.REPLICA, self.report)
@@ -487,11 +488,14 @@ class DeploymentManager:
         while not self._stop.is_set():
             try:
                 try:
-                    self.on_outcome(self._outcomes.get(timeout=RETRY_S))
-                    while True:
-                        self.on_outcome(self._outcomes.get_nowait())
+                    outcome = self._outcomes.get(timeout=RETRY_S)
+                    while outcome is not None:
+                        self.on_outcome(outcome)
+                        outcome = self._outcomes.get_nowait()
                 except queue.Empty:
                     pass
+                if self._stop.is_set():
+                    break
                 if time.monotonic() - last_retry >= RETRY_S:
                     last_retry = time.monotonic()
                     self._retry()
@@ -525,6 +529,7 @@ class DeploymentManager:
     def stop(self, timeout: float = 5.0) -> None:
         """Stops every replica (the deployments stay, and start again with the controller)."""
         self._stop.set()
+        self._outcomes.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         with self._lock:
@@ -537,7 +542,9 @@ class DeploymentManager:
         deadline = time.monotonic() + timeout
         while self.book.by_key and time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):
-                self.on_outcome(self._outcomes.get(timeout=0.1))
+                outcome = self._outcomes.get(timeout=0.1)
+                if outcome is not None:
+                    self.on_outcome(outcome)
         with self._lock:
             for d, r in list(self.book.by_key.values()):
                 self.lifecycle.ended(d, r, "stopped", time.time())

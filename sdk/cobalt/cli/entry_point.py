@@ -20,6 +20,7 @@ from cobalt_common.errors import ControllerUnavailableError, Error
 from cobalt_common.hardware import format_duration, gpu_label
 from cobalt_common.paths import cobalt_home
 from cobalt_common.pricing import format_usd
+from cobalt_common.processes import pid_running
 from cobalt_common.spend import spend_by, total
 from cobalt_common.v1 import controller_pb2 as pb
 
@@ -43,11 +44,8 @@ def _stop(_: argparse.Namespace) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
-    while info.pid and time.monotonic() < deadline:
-        try:
-            os.kill(info.pid, 0)
-        except ProcessLookupError:
-            break
+    # An exited controller that its parent has not reaped yet (a zombie) has stopped.
+    while info.pid and pid_running(info.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     print(f"controller (pid {info.pid}) stopped")
     return 0
