@@ -1,4 +1,5 @@
-"""Words for cost decisions: why a task went where it did, and why a budget stopped a run."""
+"""Messages about dispatches: why a task went where it did, what stopped a budget, and
+why a dispatch ended as it did."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ from collections import Counter
 from cobalt_common.hardware import HardwareSpec, format_duration
 from cobalt_common.pricing import format_usd
 from cobalt_controller.dispatch._intake import worst_case_usd
-from cobalt_controller.dispatch._model import ELECTRON, SKIPPED, Dispatch, Ledger, Task
+from cobalt_controller.dispatch._model import (
+    BUDGET_EXCEEDED,
+    CANCELLED,
+    COMPLETED,
+    ELECTRON,
+    FAILED,
+    SKIPPED,
+    TIMED_OUT,
+    Dispatch,
+    Ledger,
+    Task,
+)
 from cobalt_executors import Executor
 
 
@@ -92,3 +104,20 @@ def budget_report(d: Dispatch) -> str:
         "or lower time limits, which set each task's worst case, to run the rest."
     )
     return "\n".join(lines)
+
+
+def dispatch_error(d: Dispatch) -> str:
+    """Why a dispatch that ended did not complete, for its record ("" when it did)."""
+    if d.status == COMPLETED:
+        return ""
+    if d.status == CANCELLED:
+        return "The dispatch was cancelled."
+    if d.status == BUDGET_EXCEEDED:
+        return budget_report(d)
+    failed = [t for t in d.tasks if t.status in (FAILED, TIMED_OUT)]
+    if not failed:
+        return f"The dispatch's output node {d.output_node} did not complete."
+    parts = [f"Task {t.name!r} (node {t.node_id}) {t.status}:\n{t.error}" for t in failed[:5]]
+    if len(failed) > 5:
+        parts.append(f"... and {len(failed) - 5} more failed tasks.")
+    return "\n".join(parts)

@@ -30,7 +30,7 @@ from cobalt_controller._credentials import Credentials, TaskScope
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.dispatch._budget import (
-    budget_report,
+    dispatch_error,
     exhausted_message,
     placement_note,
     pricier,
@@ -561,7 +561,7 @@ class Scheduler:
         else:
             d.status = COMPLETED
         d.ended_at = time.time()
-        d.error = _dispatch_error(d)
+        d.error = dispatch_error(d)
         self._batch.update_dispatch(
             d.dispatch_id, status=d.status, ended_at=d.ended_at, error=d.error
         )
@@ -689,19 +689,3 @@ class Scheduler:
         if d not in self._finished:
             self._finished.append(d)
         self._changed.append((d, None))
-
-
-def _dispatch_error(d: Dispatch) -> str:
-    if d.status == COMPLETED:
-        return ""
-    if d.status == CANCELLED:
-        return "The dispatch was cancelled."
-    if d.status == BUDGET_EXCEEDED:
-        return budget_report(d)
-    failed = [t for t in d.tasks if t.status in (FAILED, TIMED_OUT)]
-    if not failed:
-        return f"The dispatch's output node {d.output_node} did not complete."
-    parts = [f"Task {t.name!r} (node {t.node_id}) {t.status}:\n{t.error}" for t in failed[:5]]
-    if len(failed) > 5:
-        parts.append(f"... and {len(failed) - 5} more failed tasks.")
-    return "\n".join(parts)
