@@ -14,7 +14,7 @@ from support import wait_for
 from cobalt_common.payloads import BlobLocation
 from cobalt_common.v1 import agent_pb2_grpc
 from cobalt_controller.agents import AgentKeys, AgentsServicer
-from cobalt_executors import ExecutorContext, TaskOutcome
+from cobalt_executors import ExecutorContext
 from cobalt_executors._machine import Machine
 from cobalt_executors.agent._agent import Agent, AgentConfig
 from cobalt_executors.remote import AgentsExecutor
@@ -78,9 +78,3 @@ class AgentRig:
             agent.stop()
             thread.join(timeout=10)
         self.server.stop(grace=0)
-
-
-def collect() -> tuple[list[TaskOutcome], Any]:
-    """A ``report`` callback and the list it fills."""
-    got: list[TaskOutcome] = []
-    return got, got.append

@@ -307,3 +307,27 @@ def test_with_prefetch_an_agent_holds_cpu_tasks_queued_beyond_its_room_in_order(
     assert p.pool.submit(_task("q2", cpus=1)) is not None, "q0 took the room; q2 queues"
     p.pool.detach(link, "gone")
     assert sorted(o.task_key for o in p.reports if o.reason == AGENT_LOST) == ["q0", "q1", "q2"]
+
+
+def test_an_executor_with_blob_dir_names_stored_payloads_where_its_agents_see_them(
+    tmp_path: Path,
+) -> None:
+    from cobalt_common.payloads import BlobLocation
+    from cobalt_executors.remote._executor import _relocated
+
+    stored = PayloadRef(SHA, None, 10, BlobLocation.directory(tmp_path / "blobs"))
+    url = PayloadRef(SHA, None, 10, BlobLocation("url", "https://bucket/key?sig"))
+    task = _task()
+    task.function = stored
+    task.args = [
+        TaskArg(0, "", stored),
+        TaskArg(1, "", url),
+        TaskArg(2, "", PayloadRef(SHA, b"x", 1)),
+    ]
+    moved = _relocated(task, "/mnt/cobalt/blobs")
+    assert moved.function.location == BlobLocation.directory("/mnt/cobalt/blobs")
+    assert [a.payload.location for a in moved.args] == [
+        BlobLocation.directory("/mnt/cobalt/blobs"),
+        url.location,
+        None,
+    ]

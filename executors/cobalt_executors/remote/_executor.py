@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,7 +16,7 @@ from cobalt_common.payloads import BlobLocation
 from cobalt_common.v1 import agent_pb2
 from cobalt_executors._inventory import Inventory
 from cobalt_executors._runtime.payloads import to_wire
-from cobalt_executors.base import Executor, ExecutorContext, TaskSubmission
+from cobalt_executors.base import Executor, ExecutorContext, PayloadRef, TaskArg, TaskSubmission
 from cobalt_executors.remote._pool import AgentInfo, AgentLink, AgentPool
 
 STORE_MARKER = ".cobalt-store"
@@ -159,9 +160,6 @@ class RemoteExecutor(Executor):
 
 def _relocated(task: TaskSubmission, blob_dir: str) -> TaskSubmission:
     """``task`` with directory locations at the path agents see them."""
-    from dataclasses import replace
-
-    from cobalt_executors.base import PayloadRef, TaskArg
 
     def moved(ref: PayloadRef) -> PayloadRef:
         if ref.location is None or ref.location.kind != "directory":
