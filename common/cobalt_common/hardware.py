@@ -409,6 +409,16 @@ class HardwareGiven:
     gpu_indices: tuple[int, ...] = ()
     emulated: bool = False
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, as stored with a task and sent by an agent."""
+        return {
+            "cpus": self.cpus,
+            "memory_mb": self.memory_mb,
+            "gpu": self.gpu,
+            "gpu_indices": list(self.gpu_indices),
+            "emulated": self.emulated,
+        }
+
     def describe(self) -> str:
         parts: list[str] = []
         if self.gpu:

@@ -36,15 +36,7 @@ def given_to_json(given: HardwareGiven | None) -> str:
     """The hardware a task or replica got, as stored; "" before placement."""
     if given is None:
         return ""
-    return json.dumps(
-        {
-            "cpus": given.cpus,
-            "memory_mb": given.memory_mb,
-            "gpu": given.gpu,
-            "gpu_indices": list(given.gpu_indices),
-            "emulated": given.emulated,
-        }
-    )
+    return json.dumps(given.to_dict())
 
 
 @functools.lru_cache(maxsize=4096)

@@ -118,16 +118,6 @@ def task_from_wire(msg: agent_pb2.AgentTask) -> TaskSubmission:
 # -- outcomes ---------------------------------------------------------------------------
 
 
-def given_to_dict(given: HardwareGiven) -> dict[str, Any]:
-    return {
-        "cpus": given.cpus,
-        "memory_mb": given.memory_mb,
-        "gpu": given.gpu,
-        "gpu_indices": list(given.gpu_indices),
-        "emulated": given.emulated,
-    }
-
-
 def given_from_dict(data: Mapping[str, Any]) -> HardwareGiven:
     gpu = data.get("gpu")
     indices = data.get("gpu_indices") or []
@@ -158,7 +148,7 @@ def outcome_to_wire(outcome: TaskOutcome, seq: int) -> agent_pb2.AgentOutcome:
         started_at=outcome.started_at,
         ended_at=outcome.ended_at,
         reason=outcome.reason,
-        given_json=json.dumps(given_to_dict(outcome.hardware_given)),
+        given_json=json.dumps(outcome.hardware_given.to_dict()),
     )
     if outcome.output is not None:
         msg.output.CopyFrom(payload_to_wire(outcome.output))
