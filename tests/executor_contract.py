@@ -14,11 +14,16 @@ The executor must have exactly :data:`CPUS` CPUs, :data:`MEMORY_MB` of memory
 and :data:`GPUS` emulated GPUs of type :data:`GPU` (and no other GPU of that
 type). The harness says how a task is made to return, raise or hold until the
 test lets it go; everything else (what the executor reports, and when) is
-observed through its ``report`` callback.
+observed through its ``report`` callback. An executor that can queue tasks
+ahead of their room (the remote executors' ``prefetch``) joins with that off,
+since the contract checks that a full executor refuses.
 
 Members today: the stub executor (tests/unit/test_stub_executor.py, no
-processes) and the local executor (tests/integration/test_local_executor_contract.py,
-real worker processes running pickled functions).
+processes), the local executor (tests/integration/test_local_executor_contract.py,
+real worker processes running pickled functions), and the remote ones, whose
+agents run that local executor: agents attached over gRPC
+(tests/integration/test_agents_executor_contract.py) and the SSH executor
+(tests/integration/test_ssh_executor_contract.py).
 """
 
 from __future__ import annotations

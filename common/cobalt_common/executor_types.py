@@ -89,7 +89,9 @@ SLURM = ExecutorType(
 SSH = ExecutorType(
     "ssh",
     options=frozenset(),
-    config_only=frozenset({"hosts", "tunnel", "workers", "reconnect_grace_s", "blob_dir"}),
+    config_only=frozenset(
+        {"hosts", "tunnel", "workers", "reconnect_grace_s", "blob_dir", "prefetch"}
+    ),
 )
 """The user's own machines reached over SSH: the executor starts an agent on each.
 Every option is the controller's to set: a client's descriptor must not make the

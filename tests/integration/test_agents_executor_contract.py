@@ -22,7 +22,9 @@ class AgentHarness(LocalHarness):
         self.gates = tmp_path / "gates"
         self.gates.mkdir()
         self.reports = Reports()
-        self.rig = AgentRig(tmp_path, self.reports)
+        # Queueing ahead accepts tasks beyond the room the contract checks; it has
+        # its own tests (tests/unit/test_agent_protocol.py).
+        self.rig = AgentRig(tmp_path, self.reports, options={"prefetch": 0})
         self.executor = self.rig.executor
         self.reports.executor = self.executor
         self.rig.start_agent(

@@ -31,7 +31,7 @@ class SshHarness(LocalHarness):
         table = host_table(
             server, tmp_path / "host", cpus=CPUS, memory=f"{MEMORY_MB}MB", gpus={GPU: GPUS}
         )
-        self.rig = SshRig(tmp_path, self.reports, {"hosts": [table], "workers": 2})
+        self.rig = SshRig(tmp_path, self.reports, {"hosts": [table], "workers": 2, "prefetch": 0})
         self.executor = self.rig.executor
         self.reports.executor = self.executor
         self.rig.wait_attached()

@@ -5,6 +5,7 @@ of agents (placement, acknowledgements, losses, tasks taken back after a restart
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -307,6 +308,77 @@ def test_with_prefetch_an_agent_holds_cpu_tasks_queued_beyond_its_room_in_order(
     assert p.pool.submit(_task("q2", cpus=1)) is not None, "q0 took the room; q2 queues"
     p.pool.detach(link, "gone")
     assert sorted(o.task_key for o in p.reports if o.reason == AGENT_LOST) == ["q0", "q1", "q2"]
+
+
+def _ran(key: str, seq: int, seconds: float) -> agent_pb2.AgentOutcome:
+    return outcome_to_wire(
+        TaskOutcome(
+            key,
+            Status.COMPLETED,
+            PayloadRef(SHA, b"o", 1),
+            started_at=100.0,
+            ended_at=100.0 + seconds,
+        ),
+        seq,
+    )
+
+
+def _fill(p: Pool, link: FakeLink, prefix: str) -> int:
+    """Submits CPU tasks until the pool refuses; how many went ahead of the room."""
+    ahead = 0
+    while p.pool.submit(_task(f"{prefix}{ahead}", cpus=1)) is not None:
+        ahead += 1
+        assert ahead < 1000
+    return ahead - 2  # the agent's two CPUs took the first two
+
+
+@pytest.mark.parametrize(
+    ("run_s", "depth"),
+    [(0.0001, 64), (0.002, 20), (0.05, 1), (30.0, 1)],
+)
+def test_an_agent_queues_about_20_ms_of_its_work_ahead_at_most_prefetch(
+    run_s: float, depth: int
+) -> None:
+    p = Pool()
+    p.pool.prefetch = 64
+    link = FakeLink()
+    p.pool.attach(link, _info("a", cpus=2))
+    assert _fill(p, link, "first") == 2, "two ahead before any task has ended"
+    for seq, key in enumerate(link.tasks(), start=1):
+        p.pool.outcome(link, _ran(key, seq, run_s))
+    assert _fill(p, link, "then") == depth
+
+
+def test_an_outcome_waits_for_others_only_while_tasks_wait_for_a_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cobalt_executors.agent import _agent
+
+    monkeypatch.setattr(_agent, "LINGER_S", 2.0)
+    busy = True
+    connection = _agent._Connection(lambda: busy)
+    hello = agent_pb2.AgentMessage(hello=agent_pb2.AgentHello(agent_id="a"))
+    messages = connection.messages(hello)
+    assert next(messages) is hello
+
+    def outcome(key: str) -> agent_pb2.AgentMessage:
+        return agent_pb2.AgentMessage(outcome=_outcome(key, 1))
+
+    connection.send(outcome("a"))
+    threading.Timer(0.1, connection.send, [outcome("b")]).start()
+    together = next(messages)
+    assert [o.task_key for o in together.outcomes.outcomes] == ["a", "b"]
+
+    busy = False  # nothing waits: a worker idles until the controller hears
+    connection.send(outcome("c"))
+    threading.Timer(0.5, connection.send, [outcome("d")]).start()
+    started = time.monotonic()
+    alone = next(messages)
+    assert [o.task_key for o in alone.outcomes.outcomes] == ["c"]
+    assert time.monotonic() - started < 0.4
+    assert [o.task_key for o in next(messages).outcomes.outcomes] == ["d"]
+    connection.outgoing.put(None)  # the stream ends
+    assert list(messages) == []
 
 
 def test_an_executor_with_blob_dir_names_stored_payloads_where_its_agents_see_them(

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,8 @@ REFUSED = frozenset(
 )
 """Answers that reconnecting cannot change: the agent stops and says why."""
 BACKOFF_S = (0.05, 5.0)
+LINGER_S = 0.005
+"""How long an outcome waits for those of tasks still running, to travel with them."""
 DEFAULT_INLINE_LIMIT = 64 * 1024
 """Outputs inlined before the controller says its own limit (no task runs before)."""
 """The first and the longest wait before reconnecting."""
@@ -86,10 +88,17 @@ class AgentConfig:
 
 
 class _Connection:
-    """One open stream: its outgoing queue."""
+    """One open stream: its outgoing queue.
 
-    def __init__(self) -> None:
+    An outcome that leaves while other tasks still run waits up to
+    :data:`LINGER_S` for theirs, so that a fan-out's outcomes travel in batches (one
+    message, and one scheduling round at the controller, for several). It waits only
+    while ``busy`` (tasks queued here for a worker), so that no worker idles for it.
+    """
+
+    def __init__(self, busy: Callable[[], bool]) -> None:
         self.outgoing: queue.SimpleQueue[agent_pb2.AgentMessage | None] = queue.SimpleQueue()
+        self._busy = busy
 
     def send(self, message: agent_pb2.AgentMessage) -> None:
         self.outgoing.put(message)
@@ -103,11 +112,18 @@ class _Connection:
                 return
             queued = [first]
             ended = False
+            deadline = time.monotonic() + LINGER_S
             while len(queued) < BATCH:
                 try:
                     message = outgoing.get_nowait()
                 except queue.Empty:
-                    break
+                    wait = deadline - time.monotonic()
+                    if wait <= 0 or not self._busy():
+                        break
+                    try:
+                        message = outgoing.get(timeout=wait)
+                    except queue.Empty:
+                        break
                 if message is None:
                     ended = True
                     break
@@ -188,7 +204,7 @@ class Agent:
                 log.warning("%s; trying again", exc)
                 return False
         stub = agent_grpc.AgentsStub(self._channel)
-        connection = _Connection()
+        connection = _Connection(self._busy)
         welcomed = False
         try:
             call = stub.AgentConnect(
@@ -421,6 +437,12 @@ class Agent:
         self._local.teardown()
         if self._channel is not None:
             self._channel.close()
+
+    def _busy(self) -> bool:
+        """Whether tasks wait here for a worker: then every worker is busy, and an
+        outcome held back a moment leaves none idle."""
+        with self._lock:
+            return bool(self._waiting)
 
     def kept(self) -> int:
         """Outcomes not yet acknowledged."""

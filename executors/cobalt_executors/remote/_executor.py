@@ -54,13 +54,15 @@ class RemoteExecutor(Executor):
         blob_dir: where agents see the controller's blob directory on a shared
             filesystem (default: the same path). Agents that do not see it fetch
             and store payloads through the controller.
-        prefetch: CPU tasks each agent may hold queued beyond its free room, so
-            that a worker that frees starts the next task at once (default 0 here;
-            Slurm pilots default to their worker count). A queued task is billed
-            from when it really starts.
+        prefetch: CPU tasks each agent may hold queued beyond its free room, at
+            most, so that a worker that frees starts the next task at once
+            (default 64; 0: none). An agent holds only about 20 ms of its work
+            queued, judged by how long its tasks run, so long tasks do not pile up
+            on one agent while another has room. A queued task is billed from when
+            it really starts.
     """
 
-    default_prefetch: ClassVar[int] = 0
+    default_prefetch: ClassVar[int] = 64
 
     def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(name, options)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -39,6 +40,11 @@ log = logging.getLogger("cobalt.executors")
 WALLTIME_MARGIN_S = 10.0
 """A task goes to an agent whose allocation ends at least this long after the
 task's time limit would."""
+PREFETCH_WINDOW_S = 0.02
+"""About how much of an agent's work its queue holds: tasks queued ahead wait at
+most about this long for a worker, however short or long they run."""
+PREFETCH_UNKNOWN = 2
+"""Tasks queued ahead on an agent none of whose tasks has ended yet."""
 
 
 class AgentLink(ABC):
@@ -101,6 +107,24 @@ class _Agent:
     """Tasks it has been given."""
     queued: dict[str, HardwareSpec] = field(default_factory=dict)
     """Tasks sent ahead to wait in the agent's own queue (see ``prefetch``), in order."""
+    mean_run_s: float = 0.0
+    """How long its tasks run, a moving average; 0 before the first ends."""
+
+    def queue_depth(self, prefetch: int) -> int:
+        """How many tasks it may hold queued ahead: enough to keep its workers busy
+        for :data:`PREFETCH_WINDOW_S`, at most ``prefetch``."""
+        if not self.mean_run_s:
+            return min(prefetch, PREFETCH_UNKNOWN)
+        busy = max(len(self.running), 1)
+        wanted = busy * PREFETCH_WINDOW_S / self.mean_run_s
+        return min(prefetch, max(1, math.ceil(wanted - 1e-9)))
+
+    def ran_for(self, seconds: float) -> None:
+        """A task of its ran ``seconds`` (from its outcome; nonsense is ignored)."""
+        if not 0.0 <= seconds < 1e7:
+            return
+        seconds = max(seconds, 1e-4)
+        self.mean_run_s = seconds if not self.mean_run_s else 0.8 * self.mean_run_s + 0.2 * seconds
 
 
 @dataclass(slots=True)
@@ -147,9 +171,11 @@ class AgentPool:
         self._report = report
         self._grace = reconnect_grace_s
         self.prefetch = prefetch
-        """CPU tasks an agent may hold queued beyond its room, so that the next one
-        starts the moment a worker frees instead of a round trip later; 0: none.
-        A queued task counts as started (its outcome says when it really ran)."""
+        """CPU tasks an agent may hold queued beyond its room, at most, so that the
+        next one starts the moment a worker frees instead of a round trip later; 0:
+        none. How many it holds follows how long its tasks run (see
+        :meth:`_Agent.queue_depth`). A queued task counts as started (its outcome
+        says when it really ran)."""
         self._clock = clock
         self._lock = threading.Lock()
         self._agents: dict[AgentLink, _Agent] = {}
@@ -282,7 +308,7 @@ class AgentPool:
         for agent in self._agents.values():
             limit = self.task_limit(agent.info)
             if (
-                len(agent.queued) < self.prefetch
+                len(agent.queued) < agent.queue_depth(self.prefetch)
                 and (limit is None or agent.ran < limit)
                 and agent.inventory.can_ever_fit(spec)
                 and fits_walltime(agent.info.expires_at, spec, now)
@@ -330,6 +356,8 @@ class AgentPool:
             known = agent is not None and agent.link is link
             if known and agent is not None:
                 del self._where[msg.task_key]
+                if msg.started_at and msg.ended_at:
+                    agent.ran_for(msg.ended_at - msg.started_at)
                 allocation = agent.running.pop(msg.task_key, None)
                 agent.queued.pop(msg.task_key, None)
                 if allocation is not None:

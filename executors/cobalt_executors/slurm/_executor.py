@@ -109,7 +109,6 @@ class SlurmExecutor(RemoteExecutor):
 
     type_name = SLURM.name
     accepted_options = SLURM.options | SLURM.config_only
-    default_prefetch = 2
 
     def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(name, options)
