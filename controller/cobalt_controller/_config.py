@@ -16,6 +16,8 @@ Example::
     wait_for_cheaper_s = 0.0              # a ready task waits this long for a cheaper
                                           # executor (free, on-premises) before a pricier one
     inline_limit = 65536                  # payloads above this go to the blob store
+    max_agents = 256                      # agents connected at once; more are refused
+                                          # (and retry) so that they never starve clients
 
     [executors.local]
     type = "local"
@@ -61,6 +63,7 @@ _CONTROLLER_KEYS = {
     "retry_backoff_max_s",
     "wait_for_cheaper_s",
     "inline_limit",
+    "max_agents",
 }
 
 
@@ -105,6 +108,10 @@ class ControllerConfig:
     """How long a ready task waits for a cheaper executor with room before it
     goes to a pricier one that has room now (0: it never waits)."""
     inline_limit: int = 64 * 1024
+    max_agents: int = 256
+    """Agents connected at once. Each holds one of the controller's RPC threads for
+    as long as it is connected; the pool has this many more than the clients use,
+    and an agent beyond it is refused (it retries), so agents never starve clients."""
     executors: list[ExecutorConfig] = field(default_factory=list)
     s3: S3Settings | None = None
     """Large payloads in S3 instead of ``blob_dir`` (the ``[blobs]`` table)."""
@@ -191,6 +198,14 @@ def load_config(home: Path, path: Path | None = None) -> ControllerConfig:
         )
     if "inline_limit" in section:
         cfg.inline_limit = int(_number(path, "inline_limit", section["inline_limit"]))
+    if "max_agents" in section:
+        value = section["max_agents"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+            raise ConfigError(
+                f"{path}: [controller] max_agents must be a whole number from 1 to 4096, "
+                f"got {value!r}."
+            )
+        cfg.max_agents = value
     if "blobs" in data:
         cfg.s3 = _blobs(path, data["blobs"])
     executors = data.get("executors", {})

@@ -56,6 +56,8 @@ from cobalt_executors.base import AgentEndpoint
 
 log = logging.getLogger("cobalt.controller")
 MAX_MESSAGE = 1 << 30
+RPC_THREADS = 64
+"""Threads for clients', workers' and replicas' calls, beyond those agents hold."""
 
 
 class ControllerServer:
@@ -76,7 +78,10 @@ class ControllerServer:
         self._stopped = threading.Event()
         limit_grpc_error_logs()
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="cobalt-rpc"),
+            # Each connected agent holds a thread; clients keep RPC_THREADS of their own.
+            futures.ThreadPoolExecutor(
+                max_workers=RPC_THREADS + config.max_agents, thread_name_prefix="cobalt-rpc"
+            ),
             interceptors=[
                 MalformedRequestInterceptor(),
                 CredentialInterceptor(Authorizer(self.credentials, self.state)),
@@ -163,7 +168,10 @@ class ControllerServer:
         )
         pb_grpc.add_ControllerServicer_to_server(servicer, self._server)
         agent_grpc.add_AgentsServicer_to_server(
-            AgentsServicer(self.executors.all, self.agent_keys, self.token), self._server
+            AgentsServicer(
+                self.executors.all, self.agent_keys, self.token, max_agents=config.max_agents
+            ),
+            self._server,
         )
 
     def _listen(self, config: ControllerConfig) -> tuple[str, str, str]:

@@ -317,6 +317,34 @@ def test_wrong_credentials_and_credentials_for_another_executor_are_refused(
     )
 
 
+def test_an_agent_beyond_max_agents_is_refused_and_attaches_once_another_leaves(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+) -> None:
+    home = make_controller_home(
+        agents_config(_free_port()).replace("retry_backoff_s", "max_agents = 1\nretry_backoff_s")
+    )
+    home.start()
+    first = agents(home)
+    wait_for(_connected(home, 1), timeout=30, what=f"the first agent: {first.output()}")
+    second = agents(home)
+    wait_for(
+        lambda: "its max_agents" in second.output(),
+        timeout=30,
+        what=f"the second agent to be refused: {second.output()}",
+    )
+    assert second.proc.poll() is None, "a full controller is no reason to give up"
+    assert "the controller holds 1 agents, its max_agents" in second.output()
+    result = ct.dispatch_sync(just_double)(4)  # clients' calls still have their threads
+    assert result.status == ct.Status.COMPLETED and result.result[0] == 8, result.error
+    first.stop()
+    wait_for(
+        lambda: "joined executor remote" in second.output(),
+        timeout=30,
+        what=f"the second agent to attach once the first left: {second.output()}",
+    )
+
+
 def _machine_address() -> str:
     """This machine's own non-loopback address: traffic to it stays on this machine."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

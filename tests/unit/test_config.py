@@ -49,6 +49,7 @@ def test_every_key_of_a_full_file_is_read(tmp_path: Path) -> None:
         retry_backoff_s = 0.05
         retry_backoff_max_s = 2
         inline_limit = 1024
+        max_agents = 16
 
         [executors.local]
         type = "local"
@@ -67,6 +68,7 @@ def test_every_key_of_a_full_file_is_read(tmp_path: Path) -> None:
     assert config.retry_backoff_s == 0.05
     assert config.retry_backoff_max_s == 2.0
     assert config.inline_limit == 1024
+    assert config.max_agents == 16
     assert config.executors == [
         ExecutorConfig("local", "local", {"workers": 4}),
         ExecutorConfig("gpu", "local", {"emulate_gpus": {"h100": 2}, "memory": "256GB"}),
@@ -102,6 +104,14 @@ def test_a_number_that_is_not_positive_is_named(tmp_path: Path, key: str, value:
     message = _error(tmp_path, f"[controller]\n{key} = {value}\n")
     assert f"[controller] {key}" in message
     assert "positive number" in message
+
+
+@pytest.mark.parametrize("value", ["0", "5000", "2.5", '"many"', "true"])
+def test_max_agents_that_is_not_a_whole_number_in_range_is_named(
+    tmp_path: Path, value: str
+) -> None:
+    message = _error(tmp_path, f"[controller]\nmax_agents = {value}\n")
+    assert "[controller] max_agents must be a whole number from 1 to 4096" in message
 
 
 def test_an_executor_without_a_type_is_named(tmp_path: Path) -> None:

@@ -136,14 +136,46 @@ class AgentsServicer(agent_grpc.AgentsServicer):
         executors: every executor the controller has now (looked up per call).
         keys: checks agent credentials.
         user_token: the user's token, which may attach agents to any executor.
+        max_agents: streams held at once; one more is refused, and its agent retries.
     """
 
     def __init__(
-        self, executors: Callable[[], list[Executor]], keys: AgentKeys, user_token: str
+        self,
+        executors: Callable[[], list[Executor]],
+        keys: AgentKeys,
+        user_token: str,
+        *,
+        max_agents: int = 256,
     ) -> None:
         self._executors = executors
         self._keys = keys
         self._user = user_token
+        self._max_agents = max_agents
+        self._open = 0
+        self._open_lock = threading.Lock()
+
+    def _hold_slot(self, context: grpc.ServicerContext) -> None:
+        """Counts this stream among those held, until it ends; refuses it when
+        ``max_agents`` are held already."""
+        with self._open_lock:
+            full = self._open >= self._max_agents
+            if not full:
+                self._open += 1
+        if full:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the controller holds {self._max_agents} agents, its max_agents; this "
+                "agent retries until one leaves. Raise max_agents in [controller] of "
+                "config.toml to hold more.",
+            )
+        released = threading.Lock()
+
+        def release() -> None:
+            if released.acquire(blocking=False):
+                with self._open_lock:
+                    self._open -= 1
+
+        context.add_callback(release)
 
     def _remote(self, name: str) -> RemoteExecutor | None:
         for ex in self._executors():
@@ -194,6 +226,7 @@ class AgentsServicer(agent_grpc.AgentsServicer):
                 f"no executor named {hello.executor[:80]!r} takes agents; those that do: {known}.",
             )
         assert executor is not None
+        self._hold_slot(context)
         try:
             info = agent_info(hello)
         except ProtocolError as exc:
