@@ -21,15 +21,27 @@ import grpc
 
 from cobalt_common.errors import ControllerError, ControllerUnavailableError
 
-KEEPALIVE = [
-    ("grpc.keepalive_time_ms", 2000),
-    ("grpc.keepalive_timeout_ms", 2000),
+PING_INTERVAL_MS = 2000
+PING_TIMEOUT_MS = 6000
+"""A peer that has not answered a ping this long is gone: its connection closes.
+Generous, so that a ping queued behind a large payload on a slow link is not
+taken for a dead peer."""
+PINGS = [
+    ("grpc.keepalive_time_ms", PING_INTERVAL_MS),
+    ("grpc.keepalive_timeout_ms", PING_TIMEOUT_MS),
+    # gRPC enforces a ping's timeout with this one (default a minute).
+    ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+]
+"""Both ends ping: a peer that vanished without closing anything (a machine
+switched off, a network cut, a frozen process) is noticed within
+``PING_INTERVAL_MS + PING_TIMEOUT_MS`` even when no message flows."""
+KEEPALIVE = [
+    *PINGS,
     ("grpc.max_receive_message_length", 1 << 30),
     ("grpc.max_send_message_length", 1 << 30),
 ]
-"""A dead peer is noticed within seconds even when no message flows."""
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -13,7 +13,7 @@ from concurrent import futures
 
 import grpc
 
-from cobalt_common.channel import is_loopback
+from cobalt_common.channel import PINGS, is_loopback
 from cobalt_common.paths import controller_file
 from cobalt_common.status import Status
 from cobalt_common.v1 import agent_pb2_grpc as agent_grpc
@@ -90,8 +90,9 @@ class ControllerServer:
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
                 ("grpc.so_reuseport", 0),
-                # Agents ping every 2 s so that a vanished machine is noticed.
-                ("grpc.keepalive_permit_without_calls", 1),
+                # Agents ping, and are pinged: a machine that vanishes closes
+                # nothing, and its stream ends when a ping goes unanswered.
+                *PINGS,
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
                 ("grpc.http2.max_ping_strikes", 0),
             ],

@@ -239,6 +239,42 @@ def test_a_killed_agent_is_reported_lost_within_a_second_and_its_task_retried_el
     print(f"\nagent killed: its task was reported agent_lost {noticed * 1000:.0f} ms later")
 
 
+def test_an_agent_that_stops_answering_without_closing_its_stream_is_reported_lost(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    """A machine that vanishes (powered off, cut off) closes nothing: its stream looks
+    open until keepalive pings go unanswered. SIGSTOP does the same to an agent."""
+    home = make_controller_home(agents_config(_free_port()))
+    home.start()
+    frozen = agents(home)
+    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
+    gate, log = tmp_path / "gate", tmp_path / "runs"
+    dispatch_id = ct.dispatch(one_held)(str(gate), str(log))
+    wait_for(lambda: log.exists(), timeout=30, what="the task to start on the agent")
+    os.killpg(frozen.proc.pid, signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        wait_for(
+            lambda: _task(dispatch_id, "held").reason == "agent_lost",
+            timeout=20,
+            interval=0.05,
+            what="the task of the silent agent to be reported lost",
+        )
+        noticed = time.monotonic() - stopped
+        assert noticed < 12, f"the silent agent was noticed after {noticed:.1f}s"
+    finally:
+        os.killpg(frozen.proc.pid, signal.SIGKILL)
+        os.killpg(frozen.proc.pid, signal.SIGCONT)
+    agents(home)
+    gate.touch()
+    result = ct.get_result(dispatch_id, wait=60)
+    assert result.status == ct.Status.COMPLETED, result.error
+    assert _task(dispatch_id, "held").attempts == 2
+    print(f"\nagent stopped: its task was reported agent_lost {noticed:.1f} s later")
+
+
 def test_a_controller_killed_while_an_agent_runs_a_task_loses_no_result_and_records_none_twice(
     make_controller_home: Callable[..., ControllerHome],
     agents: Callable[..., AgentProcess],
