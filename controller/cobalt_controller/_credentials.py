@@ -5,8 +5,11 @@ every replica gets its own credential instead, minted here when it is
 submitted and revoked when it ends; :mod:`cobalt_controller._authorize`
 decides what each may call.
 
-Credentials live only in this process's memory: a controller that restarts
-mints new ones for the tasks it runs again. Each is 32 random bytes from
+Credentials live only in this process's memory, and the SHA-256 of a task
+attempt's is stored with the task: a controller that restarts mints new ones
+for the tasks it runs again, and recognizes again (by that hash) the
+credential of a task that still runs on an agent and is taken back. Each is
+32 random bytes from
 :mod:`secrets`, independent of every other, so none can be derived from
 another. A presented credential is looked up by its SHA-256 (a timing
 difference in the lookup says nothing about the credential's bytes) and
@@ -58,12 +61,19 @@ Scope = UserScope | TaskScope | ReplicaScope | AgentScope
 @dataclass(slots=True)
 class _Entry:
     key: str
-    credential: str
+    digest: bytes
     scope: TaskScope | ReplicaScope
+    credential: str | None
+    """None for one restored from its hash (:meth:`Credentials.restore`)."""
 
 
 def _digest(credential: str) -> bytes:
     return hashlib.sha256(credential.encode("utf-8", "surrogatepass")).digest()
+
+
+def credential_sha256(credential: str) -> str:
+    """What the state store keeps of a task attempt's credential (hex)."""
+    return _digest(credential).hex()
 
 
 class Credentials:
@@ -81,21 +91,32 @@ class Credentials:
     def mint(self, key: str, scope: TaskScope | ReplicaScope) -> str:
         """A new credential for ``key``; one minted before for the same key is revoked."""
         credential = secrets.token_urlsafe(32)
-        entry = _Entry(key, credential, scope)
-        with self._lock:
-            old = self._by_key.pop(key, None)
-            if old is not None:
-                self._by_digest.pop(_digest(old.credential), None)
-            self._by_key[key] = entry
-            self._by_digest[_digest(credential)] = entry
+        self._put(_Entry(key, _digest(credential), scope, credential))
         return credential
+
+    def restore(self, key: str, sha256_hex: str, scope: TaskScope) -> None:
+        """Accepts again the credential whose SHA-256 is ``sha256_hex``: the one a
+        previous controller minted for ``key``, a task attempt taken back after a
+        restart, which still holds it."""
+        digest = bytes.fromhex(sha256_hex)
+        if len(digest) != hashlib.sha256().digest_size:
+            raise ValueError(f"{sha256_hex!r} is not a SHA-256")
+        self._put(_Entry(key, digest, scope, None))
+
+    def _put(self, entry: _Entry) -> None:
+        with self._lock:
+            old = self._by_key.pop(entry.key, None)
+            if old is not None:
+                self._by_digest.pop(old.digest, None)
+            self._by_key[entry.key] = entry
+            self._by_digest[entry.digest] = entry
 
     def revoke(self, key: str) -> None:
         """Ends ``key``'s credential, if it has one: it is refused from now on."""
         with self._lock:
             entry = self._by_key.pop(key, None)
             if entry is not None:
-                self._by_digest.pop(_digest(entry.credential), None)
+                self._by_digest.pop(entry.digest, None)
 
     def scope(self, credential: str) -> Scope | None:
         """What ``credential`` reaches; None when it is unknown, expired or revoked."""
@@ -105,7 +126,10 @@ class Credentials:
             return self.agents.scope(credential) if self.agents is not None else None
         with self._lock:
             entry = self._by_digest.get(_digest(credential))
-        if entry is None or not secrets.compare_digest(
+        if entry is None:
+            return None
+        # A restored entry knows only the hash, which the lookup matched.
+        if entry.credential is not None and not secrets.compare_digest(
             entry.credential.encode(), credential.encode("utf-8", "surrogatepass")
         ):
             return None

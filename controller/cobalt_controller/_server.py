@@ -306,6 +306,12 @@ class ControllerServer:
             t.executor = ex.name
             t.given = given
             t.started_at = node.started_at or time.time()
+            if node.credential_sha256:  # the task may still call this controller
+                t.credential_sha256 = node.credential_sha256
+                try:
+                    self.credentials.restore(key, node.credential_sha256, t.scope(dispatch_id))
+                except ValueError:
+                    log.warning("task %s: its stored credential hash is unreadable", key)
             log.info("task %s still runs on executor %s: awaiting its outcome", key, ex.name)
 
     def request_stop(self) -> None:

@@ -149,6 +149,22 @@ def one_held(gate: str, log: str) -> str:
 
 
 @ct.electron(executor="remote")
+def held_then_asks(gate: str, log: str) -> str:
+    """As :func:`held`, then asks the controller, with the attempt's own credential,
+    how its own dispatch stands."""
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    while not os.path.exists(gate):
+        time.sleep(0.02)
+    return str(ct.get_result(os.environ["COBALT_DISPATCH_ID"]).status)
+
+
+@ct.lattice
+def one_asking(gate: str, log: str) -> str:
+    return held_then_asks(gate, log)
+
+
+@ct.electron(executor="remote")
 def double(x: int) -> tuple[int, str]:
     return 2 * x, os.environ.get("COBALT_GPU_TYPE", "")
 
@@ -297,6 +313,28 @@ def test_a_controller_killed_while_an_agent_runs_a_task_loses_no_result_and_reco
     record = _task(dispatch_id, "held")
     assert record.attempts == 1, "the task was taken back, not run again"
     assert len(log.read_text().split()) == 1, "the task ran once"
+
+
+def test_a_task_taken_back_after_a_restart_still_reaches_the_controller_with_its_credential(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    home = make_controller_home(agents_config(_free_port()))
+    home.start()
+    agents(home)
+    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
+    gate, log = tmp_path / "gate", tmp_path / "runs"
+    dispatch_id = ct.dispatch(one_asking)(str(gate), str(log))
+    wait_for(lambda: log.exists(), timeout=30, what="the task to start on the agent")
+    os.kill(home.pid, signal.SIGKILL)
+    home.start()
+    wait_for(_connected(home, 1), timeout=30, what="the agent to come back")
+    gate.touch()  # now the task calls the new controller with the old one's credential
+    result = ct.get_result(dispatch_id, wait=60)
+    assert result.status == ct.Status.COMPLETED, result.error
+    assert result.result == "RUNNING"
+    assert _task(dispatch_id, "held_then_asks").attempts == 1, "taken back, not run again"
 
 
 def test_a_client_with_other_versions_gets_a_message_naming_both_sides(

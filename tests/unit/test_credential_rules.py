@@ -14,6 +14,7 @@ from cobalt_controller._credentials import (
     ReplicaScope,
     TaskScope,
     UserScope,
+    credential_sha256,
 )
 from cobalt_controller.state import DispatchRow, MemoryStateStore, NodeRow, WriteBatch
 
@@ -93,6 +94,24 @@ def test_a_credential_names_its_holder_until_it_is_revoked(world: World) -> None
     answer = world.authorizer.authorize(credential, "BlobGet", pb.BlobGetRequest(sha256=ROOT_OUT))
     assert isinstance(answer, Denied) and answer.status == "unauthenticated"
     assert "expired" in answer.message
+
+
+def test_a_restarted_controller_accepts_a_taken_back_attempt_s_credential_by_its_hash(
+    world: World,
+) -> None:
+    credential = world.task()
+    key = f"{world.root}/1/1"
+    after = Credentials(USER)  # a new controller: nothing in memory
+    assert after.scope(credential) is None
+    after.restore(key, credential_sha256(credential), TaskScope(key, world.root, 1))
+    scope = after.scope(credential)
+    assert isinstance(scope, TaskScope) and scope.attempt_id == key
+    assert after.scope(credential[:-1] + ("A" if credential[-1] != "A" else "B")) is None
+    assert after.scope(credential_sha256(credential)) is None, "the hash is no credential"
+    after.revoke(key)
+    assert after.scope(credential) is None
+    with pytest.raises(ValueError, match="not a SHA-256"):
+        after.restore(key, "abcd", TaskScope(key, world.root, 1))
 
 
 def test_minting_again_for_the_same_attempt_replaces_the_credential(world: World) -> None:

@@ -7,8 +7,10 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cobalt_common.deploy import deploy_task_service
 from cobalt_common.hardware import HardwareSpec
 from cobalt_common.status import TASK_ENDED, Status
+from cobalt_controller._credentials import TaskScope
 
 if TYPE_CHECKING:
     from cobalt_executors import Executor, HardwareGiven, PayloadRef
@@ -42,6 +44,7 @@ class Task:
         "candidates",
         "children",
         "cost_usd",
+        "credential_sha256",
         "ended_at",
         "error",
         "executor",
@@ -113,6 +116,13 @@ class Task:
         cheaper executor counts from here."""
         self.reserved = 0.0
         """Budget held for the running attempt: its worst-case cost."""
+        self.credential_sha256 = ""
+        """The running attempt's credential's SHA-256 (see NodeRow)."""
+
+    def scope(self, dispatch_id: str) -> TaskScope:
+        """What the credential of its running attempt reaches."""
+        deploys = deploy_task_service(self.function_key) if self.kind == ELECTRON else ""
+        return TaskScope(self.task_key, dispatch_id, self.node_id, deploys)
 
     def inputs_json(self) -> str:
         return json.dumps([[i.parent, i.position, i.keyword, i.wait_only] for i in self.inputs])

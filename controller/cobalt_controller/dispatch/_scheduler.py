@@ -23,10 +23,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from cobalt_common.deploy import deploy_task_service
 from cobalt_common.status import Status
 from cobalt_controller._convert import given_to_json
-from cobalt_controller._credentials import Credentials, TaskScope
+from cobalt_controller._credentials import Credentials, credential_sha256
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.dispatch._budget import (
@@ -386,9 +385,9 @@ class Scheduler:
             "COBALT_WORKING_DIR": d.working_dir,
         }
         if self.credentials is not None:
-            deploys = deploy_task_service(t.function_key) if t.kind == ELECTRON else ""
-            scope = TaskScope(t.task_key, d.dispatch_id, t.node_id, deploys)
-            env["COBALT_CONTROLLER_TOKEN"] = self.credentials.mint(t.task_key, scope)
+            token = self.credentials.mint(t.task_key, t.scope(d.dispatch_id))
+            env["COBALT_CONTROLLER_TOKEN"] = token
+            t.credential_sha256 = credential_sha256(token)
         return env
 
     def _revoke(self, task_key: str) -> None:
@@ -601,6 +600,7 @@ class Scheduler:
                 "gpu_type": (t.given.gpu or "") if t.given is not None else "",
                 "emulated": t.given is not None and t.given.emulated,
                 "ended_day": local_day(t.ended_at) if t.ended_at else "",
+                "credential_sha256": t.credential_sha256 if t.status == RUNNING else "",
             }
             if logs is not None:
                 row.update(logs)

@@ -36,6 +36,7 @@ NODE_UPDATE_FIELDS = (
     "gpu_type",
     "emulated",
     "ended_day",
+    "credential_sha256",
 )
 DISPATCH_UPDATE_FIELDS = ("status", "started_at", "ended_at", "error", "cost_usd", "emulated")
 
@@ -100,6 +101,9 @@ class NodeRow:
     emulated: bool = False
     ended_day: str = ""
     """``YYYY-MM-DD`` in the controller's local time; groups cost by day."""
+    credential_sha256: str = ""
+    """The SHA-256 of the running attempt's credential, so that a restarted
+    controller that takes the attempt back accepts it again; never the credential."""
 
 
 @dataclass(slots=True)

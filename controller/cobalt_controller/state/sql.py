@@ -81,6 +81,7 @@ nodes = sa.Table(
     sa.Column("gpu_type", sa.String(32), nullable=False, default=""),
     sa.Column("emulated", sa.Boolean, nullable=False, default=False),
     sa.Column("ended_day", sa.String(10), nullable=False, default="", index=True),
+    sa.Column("credential_sha256", sa.String(64), nullable=False, default=""),
 )
 
 _NODE_COLUMNS = list(nodes.c)
