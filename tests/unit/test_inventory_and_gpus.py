@@ -232,11 +232,40 @@ def _fake_nvidia_smi(directory: Path, output: str, *, exit_code: int = 0) -> Pat
     return script
 
 
+@pytest.fixture(autouse=True)
+def _all_gpus_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
 def test_detect_gpus_runs_nvidia_smi_with_the_csv_query(tmp_path: Path) -> None:
     script = _fake_nvidia_smi(tmp_path / "bin", H100_SMI)
     assert detect_gpus(str(script)) == [GpuDevice(0, "h100"), GpuDevice(1, "h100")]
     args = (tmp_path / "bin" / "args").read_text().split()
-    assert args == ["--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"]
+    assert args == ["--query-gpu=index,name,memory.total,uuid", "--format=csv,noheader,nounits"]
+
+
+FOUR_SMI = "".join(f"{i}, NVIDIA H100 80GB HBM3, 81559, GPU-{i}{i}aa-{i}\n" for i in range(4))
+
+
+@pytest.mark.parametrize(
+    ("cuda_visible", "indices"),
+    [
+        ("2,3", [2, 3]),  # a Slurm job's GPUs on a node that does not confine them
+        ("3,1", [3, 1]),
+        ("GPU-11aa-1,GPU-33", [1, 3]),  # UUIDs, or their prefixes, as CUDA takes them
+        ("1,7,2", [1]),  # as for CUDA, the list ends at an entry that names no GPU
+        ("1,1", [1]),
+        ("", []),
+        ("-1", []),
+        ("NoDevFiles", []),
+    ],
+)
+def test_an_agent_offers_only_the_gpus_cuda_visible_devices_leaves_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cuda_visible: str, indices: list[int]
+) -> None:
+    script = _fake_nvidia_smi(tmp_path / "bin", FOUR_SMI)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", cuda_visible)
+    assert [d.index for d in detect_gpus(str(script))] == indices
 
 
 def test_detect_gpus_finds_nvidia_smi_on_the_path(
