@@ -372,3 +372,49 @@ def test_the_environment_carries_slurm_conf_over_the_process_environment() -> No
     assert cli.env["PATH"] == os.environ["PATH"]
     with pytest.raises(ValueError, match="timeout_s"):
         SlurmCli(timeout_s=0)
+
+
+class _Cluster:
+    """Stands in for Slurm's commands: which nodes it has, or why it cannot answer."""
+
+    def __init__(self) -> None:
+        self.nodes_now: list[NodeInfo] | None = None
+        self.reads = 0
+
+    def nodes(self) -> list[NodeInfo]:
+        self.reads += 1
+        if self.nodes_now is None:
+            raise ConfigError("slurmctld at 127.0.0.1:6817 does not answer")
+        return self.nodes_now
+
+    def partitions(self) -> list[PartitionInfo]:
+        return [DEBUG]
+
+
+def test_the_executor_reads_the_cluster_again_and_sees_nodes_added_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cobalt_executors.slurm import _executor
+
+    executor = _executor.SlurmExecutor("hpc", {})
+    cluster = _Cluster()
+    executor.cli = cluster  # type: ignore[assignment]
+    executor.refresh_capacity()
+    assert not executor.can_ever_run(H100)
+    assert "slurmctld at 127.0.0.1:6817 does not answer" in executor.capacity_words(H100)
+    executor.reread_when_due()
+    assert cluster.reads == 1, "retried only after a pause"
+    monkeypatch.setattr(_executor, "CAPACITY_RETRY_S", 0.0)
+    cluster.nodes_now = [NodeInfo("vm", 2, 8000, partitions=("debug",))]
+    executor.reread_when_due()
+    assert executor.capacity is not None and not executor.problem
+    assert not executor.can_ever_run(H100), "no GPU node yet"
+    cluster.nodes_now.append(NodeInfo("gpu1", 8, 64000, gres={"h100": 2}, partitions=("debug",)))
+    executor.reread_when_due()
+    assert cluster.reads == 2, "a readable cluster is read again only every minute"
+    monkeypatch.setattr(_executor, "CAPACITY_EVERY_S", 0.0)
+    executor.reread_when_due()
+    assert executor.can_ever_run(H100)
+    cluster.nodes_now = None  # unreadable now: what was read last still counts
+    executor.reread_when_due()
+    assert executor.can_ever_run(H100) and "does not answer" in executor.problem

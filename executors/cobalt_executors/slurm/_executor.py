@@ -68,6 +68,11 @@ WATCH_S = 0.5
 """How often pilots are looked after (idle ones cancelled, squeue read)."""
 SQUEUE_EVERY_S = 3.0
 """How often ``squeue`` is asked about pilots that have not attached yet."""
+CAPACITY_EVERY_S = 60.0
+"""How often the partition's nodes are read again, so that nodes added, resized or
+removed count without a restart."""
+CAPACITY_RETRY_S = 5.0
+"""How often they are read while the cluster cannot be read at all."""
 
 
 @dataclass(slots=True)
@@ -149,6 +154,7 @@ class SlurmExecutor(RemoteExecutor):
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self._squeued = 0.0
+        self._capacity_read = 0.0
 
     # -- life ------------------------------------------------------------------------
 
@@ -163,13 +169,25 @@ class SlurmExecutor(RemoteExecutor):
         self._watcher.start()
 
     def refresh_capacity(self) -> None:
-        """Reads the partition's nodes again (``scontrol show node``)."""
+        """Reads the partition's nodes again (``scontrol show node``). When they cannot
+        be read, what was read last still counts, and :attr:`problem` says why."""
+        self._capacity_read = time.monotonic()
         try:
-            self.capacity = Capacity.of(self.cli.nodes(), self.cli.partitions(), self.sbatch)
-            self.problem = ""
+            capacity = Capacity.of(self.cli.nodes(), self.cli.partitions(), self.sbatch)
         except Error as exc:
+            if str(exc) != self.problem:  # once per problem, not once per try
+                log.error("executor %s: cannot read the Slurm cluster: %s", self.name, exc)
             self.problem = str(exc)
-            log.error("executor %s: cannot read the Slurm cluster: %s", self.name, exc)
+            return
+        before = self.capacity.describe_largest() if self.capacity is not None else ""
+        if before and capacity.describe_largest() != before:
+            log.info(
+                "executor %s: the cluster changed; largest node now %s",
+                self.name,
+                capacity.describe_largest(),
+            )
+        self.capacity = capacity
+        self.problem = ""
 
     def teardown(self) -> None:
         self._stopping.set()
@@ -380,12 +398,26 @@ class SlurmExecutor(RemoteExecutor):
     def _watch(self) -> None:
         while not self._stopping.wait(WATCH_S):
             try:
-                self._release_idle()
-                if time.time() - self._squeued >= SQUEUE_EVERY_S:
-                    self._squeued = time.time()
-                    self._forget_ended()
+                self.look_after()
             except Exception:
                 log.exception("executor %s: looking after pilots failed", self.name)
+
+    def look_after(self) -> None:
+        """One round of the watcher: idle pilots go, ended ones are forgotten, and
+        the cluster's nodes are read again when it is time."""
+        self._release_idle()
+        if time.time() - self._squeued >= SQUEUE_EVERY_S:
+            self._squeued = time.time()
+            self._forget_ended()
+        self.reread_when_due()
+
+    def reread_when_due(self) -> None:
+        """Reads the cluster's nodes again every :data:`CAPACITY_EVERY_S`, or every
+        :data:`CAPACITY_RETRY_S` while they cannot be read."""
+        readable = self.capacity is not None and not self.problem
+        every = CAPACITY_EVERY_S if readable else CAPACITY_RETRY_S
+        if time.monotonic() - self._capacity_read >= every:
+            self.refresh_capacity()
 
     def _release_idle(self) -> None:
         for info, ran, idle_s in self.pool.idle():
