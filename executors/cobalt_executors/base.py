@@ -285,6 +285,16 @@ class Executor(ABC):
         if allocation is not None:
             self.inventory().release(allocation)
 
+    def reachable_url(self, task_key: str, url: str) -> str:
+        """Where the controller reaches ``url``, which the replica ``task_key`` running
+        here reported as its own. The URL itself, unless the executor tunnels to
+        where its replicas run (an SSH host behind a reverse tunnel).
+
+        Raises:
+            cobalt.ExecutorError: the replica cannot be reached from the controller.
+        """
+        return url
+
     def capacity_words(self, spec: HardwareSpec) -> str:
         """What this executor has, in words, for a message saying why ``spec`` can
         never run here; an executor that knows the reason better says it."""

@@ -366,16 +366,38 @@ def whoami(started_in: int) -> dict[str, Any]:
     return {"pid": os.getpid(), "started_in": started_in, "agent": cmdline, "at": advertised}
 
 
+def _listener_pid(port: int) -> int | None:
+    """The process listening on TCP ``port`` of 127.0.0.1 here, if any (from /proc)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and int(local.rpartition(":")[2], 16) == port:  # 0A: LISTEN
+            inodes.add(f"socket:[{inode}]")
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
+                return int(fd_dir.parent.name)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("tunnel", [False, True], ids=["direct", "tunnel"])
 def test_a_deployment_s_replica_runs_on_a_host_and_answers_through_the_gateway(
     make_controller_home: Callable[..., ControllerHome],
     sshd_server: SshdServer,  # noqa: F811
     tmp_path: Path,
+    tunnel: bool,
 ) -> None:
     """The replica advertises the host's address on its route to the controller (here
-    loopback, the host being this machine) and the gateway reaches it there."""
+    loopback, the host being this machine) and the gateway reaches it there. Behind a
+    reverse tunnel that route is the host's own loopback, which only the host reaches:
+    the controller reaches the replica through a tunnel of its own, over the same SSH
+    connection, and closes it when the replica stops."""
     import httpx
 
-    table = host_table(sshd_server, tmp_path / "host")
+    table = host_table(sshd_server, tmp_path / "host", tunnel=tunnel)
     config = ssh_config(_free_port(), {"lab": {"hosts": [table], "workers": 1}})
     home = make_controller_home(config.replace('gateway_address = ""\n', ""))
     home.start()
@@ -390,6 +412,19 @@ def test_a_deployment_s_replica_runs_on_a_host_and_answers_through_the_gateway(
         with httpx.Client(timeout=30, trust_env=False) as http:
             refused = http.post(f"{deployment.url}/whoami", json={})
         assert refused.status_code == 401, "the gateway still asks for the deployment's token"
+        events = home.cli("deployments", "events", "over-ssh").stdout
+        found = re.search(r"is ready at http://127\.0\.0\.1:(\d+)", events)
+        assert found, events
+        port = int(found.group(1))
+        holder = _listener_pid(port)
+        expected = home.pid if tunnel else answer["pid"]
+        assert holder == expected, f"port {port} is held by {holder}, not {expected}"
+    if tunnel:
+        wait_for(
+            lambda: _listener_pid(port) is None,
+            timeout=30,
+            what="the tunnel to the stopped replica to close",
+        )
 
 
 def _parent(pid: int) -> int:

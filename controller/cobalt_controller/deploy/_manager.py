@@ -382,6 +382,16 @@ class DeploymentManager:
         with self._lock:
             d = self.live.get(name)
             r = d.replicas.get(replica_id) if d is not None else None
+            ex = r.executor if r is not None else None
+        if ex is not None and r is not None:  # outside the lock: it may open a tunnel
+            try:
+                url = ex.reachable_url(r.task_key, url)
+            except Exception as exc:
+                log.error("replica %s at %s cannot be reached: %s", r.task_key, url, exc)
+                return False
+        with self._lock:
+            d = self.live.get(name)
+            r = d.replicas.get(replica_id) if d is not None else None
             if d is None or r is None or r.stopping or d.status == STOPPED or self.book.closing:
                 return False
             now = time.time()

@@ -255,6 +255,12 @@ class AgentPool:
         with self._lock:
             return [a.info for a in self._agents.values()]
 
+    def agent_of(self, task_key: str) -> AgentInfo | None:
+        """The agent that runs ``task_key`` now; None when none does."""
+        with self._lock:
+            agent = self._where.get(task_key)
+            return agent.info if agent is not None else None
+
     def idle(self) -> list[tuple[AgentInfo, int, float]]:
         """Agents running no task: each with how many tasks it ran, and for how long
         (seconds) it has been idle."""

@@ -21,16 +21,19 @@ problem, when every host has failed.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
-from cobalt_common.errors import SpecError
+from cobalt_common.errors import ExecutorError, SpecError
 from cobalt_common.executor_types import SSH
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.status import Status
+from cobalt_common.v1 import agent_pb2
 from cobalt_executors._inventory import Inventory
 from cobalt_executors.base import ExecutorContext, TaskOutcome, TaskSubmission
-from cobalt_executors.remote import AgentInfo, RemoteExecutor
+from cobalt_executors.remote import AgentInfo, AgentLink, RemoteExecutor
 from cobalt_executors.ssh._hosts import HostSpec, parse_hosts
 from cobalt_executors.ssh._loop import LoopRunner
 from cobalt_executors.ssh._supervisor import AgentLaunch, HostAgent, HostState
@@ -69,6 +72,9 @@ class SshExecutor(RemoteExecutor):
         self._workers = workers
         self._runner: LoopRunner | None = None
         self._agents: list[HostAgent] = []
+        self._forwards: dict[str, tuple[HostAgent, int]] = {}
+        """The tunnel to each replica on a host behind a reverse tunnel, by task key."""
+        self._forwards_lock = threading.Lock()
 
     def setup(self, context: ExecutorContext) -> None:
         super().setup(context)
@@ -154,6 +160,43 @@ class SshExecutor(RemoteExecutor):
             )
         )
         return HardwareGiven()
+
+    def reachable_url(self, task_key: str, url: str) -> str:
+        """A replica on a host behind a reverse tunnel advertises the host's loopback,
+        which only the host reaches: the controller reaches it through a tunnel of
+        its own over the same SSH connection, closed when the replica's task ends."""
+        info = self.pool.agent_of(task_key)
+        agent = next((a for a in self._agents if info and a.label == info.allocation), None)
+        if agent is None or not agent.tunnel:
+            return url
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or not parts.port:
+            raise ExecutorError(f"replica {task_key} reported {url!r}, not http://host:port")
+        local = agent.forward_to(parts.hostname, parts.port)
+        with self._forwards_lock:
+            old = self._forwards.pop(task_key, None)
+            self._forwards[task_key] = (agent, local)
+        if old is not None:
+            old[0].stop_forward(old[1])
+        return f"http://127.0.0.1:{local}"
+
+    def outcome(self, link: AgentLink, msg: agent_pb2.AgentOutcome) -> None:
+        super().outcome(link, msg)
+        self._close_forwards()
+
+    def detach(self, link: AgentLink, why: str) -> None:
+        super().detach(link, why)
+        self._close_forwards()
+
+    def _close_forwards(self) -> None:
+        """Closes the tunnels of replicas that no agent runs any more."""
+        with self._forwards_lock:
+            if not self._forwards:
+                return
+            ended = [k for k in self._forwards if self.pool.agent_of(k) is None]
+            closing = [self._forwards.pop(k) for k in ended]
+        for agent, port in closing:
+            agent.stop_forward(port)
 
     def describe(self) -> tuple[str, str]:
         total, free = super().describe()

@@ -334,6 +334,41 @@ class SshHost:
 
         return self._call(forward, timeout_s, "open a tunnel")
 
+    def forward_local_port(
+        self, remote_host: str, remote_port: int, *, timeout_s: float = 10.0
+    ) -> int:
+        """Tunnels connections to a port on 127.0.0.1 here to ``remote_host:remote_port``
+        as the host sees it (a replica listening on the host's loopback), until
+        :meth:`close` or :meth:`stop_forward`.
+
+        Returns:
+            The port it listens on here.
+
+        Raises:
+            HostError: the connection failed.
+        """
+
+        async def forward(conn: asyncssh.SSHClientConnection) -> int:
+            listener = await conn.forward_local_port("127.0.0.1", 0, remote_host, remote_port)
+            self._listeners.append(listener)
+            return listener.get_port()
+
+        return self._call(forward, timeout_s, "open a tunnel to a replica")
+
+    def stop_forward(self, local_port: int) -> None:
+        """Closes the tunnel :meth:`forward_local_port` opened on ``local_port``."""
+        with self._lock:
+            found = [x for x in self._listeners if x.get_port() == local_port]
+            self._listeners = [x for x in self._listeners if x not in found]
+
+        async def close() -> None:
+            for listener in found:
+                listener.close()
+
+        if found:
+            with contextlib.suppress(TimeoutError, RuntimeError, OSError, asyncssh.Error):
+                self._runner.call(close(), 5.0)
+
     def close(self) -> None:
         """Closes the tunnels and the connection (processes started here keep running)."""
         with self._lock:

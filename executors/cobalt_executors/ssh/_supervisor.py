@@ -279,6 +279,14 @@ class HostAgent:
             argv += ["--emulate-gpus", json.dumps(dict(spec.gpus))]
         return argv
 
+    def forward_to(self, host: str, port: int) -> int:
+        """A port on the controller's loopback that tunnels to ``host:port`` as this
+        host sees it (see :meth:`~._remote.SshHost.forward_local_port`)."""
+        return self._host.forward_local_port(host, port)
+
+    def stop_forward(self, local_port: int) -> None:
+        self._host.stop_forward(local_port)
+
     def _open_tunnel(self, port: int) -> str:
         """Listens on ``port`` (0: any) of the host's loopback for the controller."""
         target_host, target_port = split_address(self._launch.endpoint.address)
