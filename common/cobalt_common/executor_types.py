@@ -78,6 +78,7 @@ SLURM = ExecutorType(
             "pilot_cpus",
             "pilot_memory",
             "pilot_time",
+            "replica_time",
             "idle_timeout_s",
             "pilot_log_dir",
             "emulate_gpus",

@@ -117,6 +117,10 @@ class TaskSubmission:
     long_running: bool = False
     """True for tasks that mostly wait on others (sublattices): they must not
     take a worker slot that the tasks they wait on need."""
+    replica: bool = False
+    """True for a deployment's replica, a long-running task that serves until it is
+    stopped: an executor whose allocations end (a Slurm pilot's walltime) starts it
+    only where it has long to live. It stays on the controller's side of the wire."""
     client_runtime: dict[str, str] = field(default_factory=dict)
     """The Python, cloudpickle and cobalt versions of the client that pickled the
     task; an executor whose workers run another interpreter checks them."""

@@ -258,6 +258,34 @@ def test_an_allocation_too_short_for_a_time_limit_gets_no_task() -> None:
     assert p.pool.submit(_task("t", cpus=1, time_limit_s=60)) is None
 
 
+def test_a_replica_goes_only_to_an_agent_with_the_walltime_a_replica_asks_left() -> None:
+    now = time.time()
+    p = Pool()
+    p.pool.replica_time_left_s = lambda: 900.0
+    short, long = FakeLink(), FakeLink()
+    p.pool.attach(short, _info("short", cpus=1, expires_at=now + 600))
+    replica = _task("replica/d/r1", cpus=1)
+    replica.long_running = replica.replica = True
+    assert p.pool.submit(replica) is None, "a replica has no limit, yet asks for 15 min"
+    assert p.pool.submit(_task("t", cpus=1)) is not None, "a task without a limit fits"
+    p.pool.attach(long, _info("long", cpus=1, expires_at=now + 3600))
+    assert p.pool.submit(replica) is not None
+    assert (short.tasks(), long.tasks()) == (["t"], ["replica/d/r1"])
+
+
+def test_a_long_running_task_never_waits_in_an_agents_queue() -> None:
+    p = Pool()
+    p.pool.prefetch = 8
+    link = FakeLink()
+    p.pool.attach(link, _info("a", cpus=1))
+    assert p.pool.submit(_task("run", cpus=1)) is not None
+    replica = _task("replica/d/r1", cpus=1)
+    replica.long_running = replica.replica = True
+    assert p.pool.submit(replica) is None, "it waits for room, where an executor may make some"
+    assert p.pool.submit(_task("short", cpus=1)) is not None, "short work still queues ahead"
+    assert link.tasks() == ["run", "short"]
+
+
 def test_a_stopping_pool_refuses_agents_and_tasks() -> None:
     p = Pool()
     link = FakeLink()

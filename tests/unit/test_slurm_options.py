@@ -1,5 +1,6 @@
 """A hardware spec and a Slurm executor's options as sbatch options; what a partition can
-ever run; and how failures of Slurm's commands reach cobalt (with stand-in commands)."""
+ever run; the walltime of a replica's pilot; and how failures of Slurm's commands reach
+cobalt (with stand-in commands)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 
 from cobalt_common.errors import ConfigError, DispatchError, SpecError, UnsatisfiableError
 from cobalt_common.hardware import HardwareSpec
+from cobalt_executors import PayloadRef, TaskSubmission
 from cobalt_executors.slurm._capacity import Capacity
 from cobalt_executors.slurm._cli import SlurmCli
+from cobalt_executors.slurm._executor import SlurmExecutor
 from cobalt_executors.slurm._parse import NodeInfo, PartitionInfo
 from cobalt_executors.slurm._sbatch import SbatchOptions, job_name
 
@@ -222,6 +225,42 @@ def test_a_time_limit_beyond_the_partitions_is_refused() -> None:
     reason = capacity.refusal(HardwareSpec(time_limit_s=7200))
     assert reason is not None and "at most 1h" in reason and "2h" in reason
     assert capacity.sbatch_arguments(HardwareSpec(time_limit_s=3590))[-1] == "--time=60"
+
+
+def _replica(cpus: float = 1.0) -> TaskSubmission:
+    return TaskSubmission(
+        "replica/d/r1",
+        "",
+        0,
+        "d replica r1",
+        HardwareSpec(cpus=cpus),
+        PayloadRef("ab" * 32, b"f", 1),
+        [],
+        long_running=True,
+        replica=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("max_time_s", "walltime_s", "time"),
+    [(None, 12 * 3600, "--time=721"), (4 * 3600, 4 * 3600 - 60, "--time=240")],
+)
+def test_a_replica_gets_a_pilot_of_replica_time_within_the_partitions_limit(
+    max_time_s: float | None, walltime_s: float, time: str
+) -> None:
+    executor = SlurmExecutor("hpc", {"replica_time": "12h", "pilot_time": "1h"})
+    partition = PartitionInfo("debug", default=True, max_time_s=max_time_s)
+    executor.capacity = capacity = Capacity.of([NODE], [partition])
+    shape = executor._shape(_replica())
+    assert shape.time_limit_s == walltime_s
+    assert capacity.sbatch_arguments(shape)[-1] == time, "and Slurm's limit is kept"
+    needs = executor._needs(_replica())
+    assert needs.time_limit_s == walltime_s / 2, "it goes to a pilot with half of it left"
+    assert executor._shape(_task_of(HardwareSpec(cpus=1))).time_limit_s == 3600
+
+
+def _task_of(spec: HardwareSpec) -> TaskSubmission:
+    return TaskSubmission("d/1/1", "d", 1, "t", spec, PayloadRef("ab" * 32, b"f", 1), [])
 
 
 def test_sbatch_arguments_of_an_impossible_spec_raise_before_any_option_is_made() -> None:

@@ -134,6 +134,7 @@ class ReplicaLifecycle:
                     **credential,
                 },
                 long_running=True,
+                replica=True,
             )
             try:
                 given = self.placement.submit_replica(ex, submission)

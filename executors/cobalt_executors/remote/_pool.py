@@ -133,19 +133,24 @@ class _Reclaimed:
     deadline: float
 
 
-def fits_walltime(expires_at: float, spec: HardwareSpec, now: float) -> bool:
+def fits_walltime(
+    expires_at: float, spec: HardwareSpec, now: float, *, at_least_s: float = 0.0
+) -> bool:
     """Whether an allocation ending at ``expires_at`` (0: never) leaves room for ``spec``'s
-    time limit, with :data:`WALLTIME_MARGIN_S` to spare.
+    time limit, and for ``at_least_s`` (what a replica, which has no limit, asks),
+    with :data:`WALLTIME_MARGIN_S` to spare.
 
     Example:
         >>> fits_walltime(0, HardwareSpec(time_limit_s=60), now=100)
         True
         >>> fits_walltime(150, HardwareSpec(time_limit_s=60), now=100)
         False
+        >>> fits_walltime(1000, HardwareSpec(), now=100, at_least_s=3600)
+        False
     """
     if not expires_at:
         return True
-    return expires_at - now >= (spec.time_limit_s or 0.0) + WALLTIME_MARGIN_S
+    return expires_at - now >= max(spec.time_limit_s or 0.0, at_least_s) + WALLTIME_MARGIN_S
 
 
 class AgentPool:
@@ -190,6 +195,11 @@ class AgentPool:
         self.task_limit: Callable[[AgentInfo], int | None] = lambda info: None
         """How many tasks an agent may be given in its life (None: no limit); an
         executor that runs one job per task limits its agents to one."""
+        self.replica_time_left_s: Callable[[], float] = lambda: 0.0
+        """The walltime an agent must have left to be given a deployment's replica,
+        which has no time limit but serves until stopped (0: any agent that has not
+        expired). An executor whose allocations end sets it, so that a replica does
+        not start on one about to end."""
         self._timer = threading.Thread(
             target=self._expire_reclaimed, name=f"cobalt-agents-{name}", daemon=True
         )
@@ -277,11 +287,12 @@ class AgentPool:
     def submit(self, task: TaskSubmission) -> HardwareGiven | None:
         """Starts ``task`` on the first agent with room (and walltime) for it."""
         now = self._clock()
+        least = self.replica_time_left_s() if task.replica else 0.0
         with self._lock:
             if self._closed:
                 return None
             for agent in self._agents.values():
-                if not fits_walltime(agent.info.expires_at, task.hardware, now):
+                if not fits_walltime(agent.info.expires_at, task.hardware, now, at_least_s=least):
                     continue
                 limit = self.task_limit(agent.info)
                 if limit is not None and agent.ran >= limit:
@@ -306,9 +317,13 @@ class AgentPool:
         return given
 
     def _queue_ahead(self, task: TaskSubmission, now: float) -> _Agent | None:
-        """The agent whose queue takes ``task`` ahead of room (under the lock)."""
+        """The agent whose queue takes ``task`` ahead of room (under the lock).
+
+        Only short CPU work queues ahead. A long-running task (a replica, a
+        sublattice) would wait there behind tasks of any length, counted as started,
+        while an agent with room, or a new one, could run it now."""
         spec = task.hardware
-        if not self.prefetch or spec.gpu:
+        if not self.prefetch or spec.gpu or task.long_running:
             return None
         best = None
         for agent in self._agents.values():

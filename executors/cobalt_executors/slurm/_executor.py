@@ -9,6 +9,14 @@ second or more that Slurm takes to start a job. Pilots grow while tasks wait, up
 ``max_pilots``. A pilot is cancelled after it has been idle for ``idle_timeout_s``.
 A task goes only to a pilot whose remaining walltime covers its time limit.
 
+**Replicas.** A deployment's replica serves until it is stopped, so it has no
+time limit to fit: it goes only to a pilot with at least half of ``replica_time``
+left, and the pilot submitted for it has a walltime of ``replica_time`` (within
+the partition's limit). A pilot that runs a replica is never idle, so the idle
+timeout does not cancel it; once the replica stops (undeployed, scaled down), the
+pilot is idle and is cancelled like any other. When its walltime ends, Slurm ends
+the job, the replica is reported lost, and the deployment starts another.
+
 **Job-per-task mode** (``mode = "job_per_task"``). Each task gets a job sized
 exactly for it, and the job ends with the task. Use it for long, isolated GPU jobs,
 where a fresh allocation is worth its start-up time.
@@ -24,6 +32,7 @@ closes its agent's stream, and its tasks are reported ``agent_lost`` and retried
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shlex
@@ -73,6 +82,8 @@ CAPACITY_EVERY_S = 60.0
 removed count without a restart."""
 CAPACITY_RETRY_S = 5.0
 """How often they are read while the cluster cannot be read at all."""
+REPLICA_SHARE = 0.5
+"""A replica goes only to a pilot with at least this share of ``replica_time`` left."""
 
 
 @dataclass(slots=True)
@@ -82,6 +93,7 @@ class _Pilot:
     shape: HardwareSpec
     submitted_at: float
     expires_at: float
+    """When its walltime ends if it starts at once (its agent counts from its start)."""
     single: bool
     attached: bool = False
     cancelled: bool = False
@@ -105,11 +117,12 @@ class SlurmExecutor(RemoteExecutor):
     task's time limit for ``--time``; cobalt enforces the limit itself),
     ``python`` (the interpreter with cobalt on the compute nodes; default this
     one's path), ``max_pilots`` (8), ``pilot_cpus`` (1), ``pilot_memory``
-    ("1GB"), ``pilot_time`` ("1h"), ``idle_timeout_s`` (60), ``pilot_log_dir`` (a
-    folder the compute nodes can write each pilot's own output to; default: none),
-    ``emulate_gpus``
-    (true on clusters whose GPUs are stand-ins: agents then label them emulated),
-    and the remote executors' ``reconnect_grace_s`` and ``blob_dir``.
+    ("1GB"), ``pilot_time`` ("1h"), ``replica_time`` (the walltime of a pilot
+    submitted for a deployment's replica; "12h"), ``idle_timeout_s`` (60),
+    ``pilot_log_dir`` (a folder the compute nodes can write each pilot's own
+    output to; default: none), ``emulate_gpus`` (true on clusters whose GPUs are
+    stand-ins: agents then label them emulated), and the remote executors'
+    ``reconnect_grace_s`` and ``blob_dir``.
     """
 
     type_name = SLURM.name
@@ -134,6 +147,9 @@ class SlurmExecutor(RemoteExecutor):
         )
         self.pilot_time_s = parse_duration_s(
             opts.get("pilot_time", "1h"), option=f"executor {name!r} pilot_time"
+        )
+        self.replica_time_s = parse_duration_s(
+            opts.get("replica_time", "12h"), option=f"executor {name!r} replica_time"
         )
         self.idle_timeout_s = _positive(opts, "idle_timeout_s", 60, name)
         emulate = opts.get("emulate_gpus", False)
@@ -163,6 +179,7 @@ class SlurmExecutor(RemoteExecutor):
         self.refresh_capacity()
         self.pool.on_attach(self._attached)
         self.pool.task_limit = self._task_limit
+        self.pool.replica_time_left_s = lambda: REPLICA_SHARE * self._replica_walltime_s()
         self._watcher = threading.Thread(
             target=self._watch, name=f"cobalt-slurm-{self.name}", daemon=True
         )
@@ -211,7 +228,7 @@ class SlurmExecutor(RemoteExecutor):
     def try_submit(self, task: TaskSubmission) -> HardwareGiven | None:
         given = super().try_submit(task)
         if given is None and not self._stopping.is_set():
-            self._grow(task.hardware)
+            self._grow(task)
         return given
 
     def describe(self) -> tuple[str, str]:
@@ -227,35 +244,56 @@ class SlurmExecutor(RemoteExecutor):
 
     # -- pilots ------------------------------------------------------------------------
 
-    def _shape(self, spec: HardwareSpec) -> HardwareSpec:
+    def _replica_walltime_s(self) -> float:
+        """The walltime of a pilot submitted for a replica: ``replica_time``, within
+        the partition's limit less the margin that ``--time`` adds."""
+        most = self.capacity.max_time_s if self.capacity is not None else None
+        if most is None:
+            return self.replica_time_s
+        return min(self.replica_time_s, max(most - self.sbatch.time_margin_s, most / 2))
+
+    def _shape(self, task: TaskSubmission) -> HardwareSpec:
+        """The pilot (or job) to submit for ``task``: its walltime is the agent's
+        to use; ``--time`` adds the margin to it."""
+        spec = task.hardware
         limit = spec.time_limit_s or 0.0
         if self.mode == "job_per_task":
+            walltime = self._replica_walltime_s() if task.replica else self.pilot_time_s
             return HardwareSpec(
                 cpus=max(spec.cpus, 1.0),
                 memory_mb=spec.memory_mb or self.pilot_memory_mb,
                 gpu=spec.gpu,
                 gpus=spec.gpus,
-                time_limit_s=(limit or self.pilot_time_s) + self.sbatch.time_margin_s,
+                time_limit_s=(limit or walltime) + self.sbatch.time_margin_s,
             )
+        walltime = max(self.pilot_time_s, limit + 2 * self.sbatch.time_margin_s)
         return HardwareSpec(
             cpus=max(spec.cpus, self.pilot_cpus),
             memory_mb=max(spec.memory_mb, self.pilot_memory_mb),
             gpu=spec.gpu,
             gpus=spec.gpus,
-            time_limit_s=max(self.pilot_time_s, limit + 2 * self.sbatch.time_margin_s),
+            time_limit_s=self._replica_walltime_s() if task.replica else walltime,
         )
 
-    def _grow(self, spec: HardwareSpec) -> None:
+    def _needs(self, task: TaskSubmission) -> HardwareSpec:
+        """What a pilot must offer ``task``: its hardware, and as time, its limit or,
+        for a replica, the walltime an agent must have left to be given it."""
+        if not task.replica:
+            return task.hardware
+        least = REPLICA_SHARE * self._replica_walltime_s()
+        return dataclasses.replace(task.hardware, time_limit_s=least)
+
+    def _grow(self, task: TaskSubmission) -> None:
         """Submits a pilot for a task that found no room, unless one on its way fits it."""
-        if self.capacity is None or not self.capacity.can_ever_run(spec):
+        if self.capacity is None or not self.capacity.can_ever_run(task.hardware):
             return
-        shape = self._shape(spec)
+        shape, needs = self._shape(task), self._needs(task)
         with self._pilot_lock:
             live = [p for p in self._pilots.values() if not p.cancelled]
             # One job on its way that fits is enough: the scheduler asks again each
             # round while the task waits, and in job-per-task mode the next job is
             # submitted once this one has started.
-            if any(not p.attached and _covers(p.shape, spec) for p in live):
+            if any(not p.attached and _covers(p.shape, needs) for p in live):
                 return
             if len(live) >= self.max_pilots:
                 return
@@ -318,20 +356,22 @@ class SlurmExecutor(RemoteExecutor):
             str(max(1, int(shape.cpus))),
             "--memory",
             f"{shape.memory_mb}MB",
-            "--expires-at",
-            f"{pilot.expires_at:.0f}",
         ]
         if endpoint.fingerprint:
             argv += ["--fingerprint", endpoint.fingerprint]
         if self.emulate_gpus and shape.gpu:
             argv += ["--emulate-gpus", json.dumps({shape.gpu: shape.gpus})]
         quoted = " ".join(shlex.quote(a) for a in argv)
+        # The walltime counts from the job's start, not from sbatch: a pilot that
+        # waited in the queue still has all of it.
+        walltime = round(pilot.expires_at - pilot.submitted_at)
         return (
             "#!/bin/sh\n"
             f"# cobalt pilot {pilot.pilot_id} of executor {self.name}\n"
             f"export COBALT_AGENT_TOKEN={shlex.quote(token)}\n"
             f'exec {quoted} --agent-id "{pilot.pilot_id}-$SLURM_JOB_ID" '
-            f'--work-dir "${{TMPDIR:-/tmp}}/cobalt-agent-$SLURM_JOB_ID"\n'
+            f'--work-dir "${{TMPDIR:-/tmp}}/cobalt-agent-$SLURM_JOB_ID" '
+            f'--expires-at "$(($(date +%s) + {walltime}))"\n'
         )
 
     def _task_limit(self, info: AgentInfo) -> int | None:
