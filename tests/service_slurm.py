@@ -10,7 +10,8 @@ Test modules import the fixture by name::
 
     from service_slurm import slurm_cluster  # noqa: F401
 
-and a benchmark may start one with :func:`running_slurm_cluster`.
+and write a controller's ``config.toml`` for it with :func:`slurm_config`. A
+benchmark may start one with :func:`running_slurm_cluster`.
 
 Without the daemons, or without root (slurmd runs jobs as their user and
 needs root for it), the tests skip, and fail under ``CI=true``.
@@ -115,6 +116,39 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def slurm_config(cluster: SlurmCluster, extra: str = "", *, gateway: bool = False) -> str:
+    """A controller's ``config.toml`` with a local executor and a Slurm executor
+    ``hpc`` on ``cluster`` (emulated GPUs, short pilots, each pilot's output in the
+    cluster's folder); ``extra`` lines go into ``hpc``'s table, and ``gateway``
+    turns the deployments' gateway on, on loopback, with autoscaling ticks of 0.2 s."""
+    front = (
+        'gateway_address = "127.0.0.1:0"\nautoscale_interval_s = 0.2'
+        if gateway
+        else ('gateway_address = ""')
+    )
+    return f"""\
+[controller]
+address = "127.0.0.1:{_free_port()}"
+dashboard_address = ""
+{front}
+retry_backoff_s = 0.05
+
+[executors.local]
+type = "local"
+workers = 1
+
+[executors.hpc]
+type = "slurm"
+slurm_conf = "{cluster.conf}"
+emulate_gpus = true
+pilot_memory = "1GB"
+pilot_time = "10min"
+idle_timeout_s = 30
+reconnect_grace_s = 20
+pilot_log_dir = "{cluster.tmp}"
+{extra}"""
 
 
 def why_slurm_cannot_start() -> str:

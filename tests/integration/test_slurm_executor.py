@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from service_slurm import SlurmCluster, slurm_cluster  # noqa: F401
+from service_slurm import SlurmCluster, slurm_cluster, slurm_config  # noqa: F401
 from support import wait_for
 
 import cobalt as ct
@@ -28,36 +27,6 @@ if TYPE_CHECKING:
     from conftest import ControllerHome
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def slurm_config(cluster: SlurmCluster, extra: str = "") -> str:
-    return f"""\
-[controller]
-address = "127.0.0.1:{_free_port()}"
-dashboard_address = ""
-gateway_address = ""
-retry_backoff_s = 0.05
-
-[executors.local]
-type = "local"
-workers = 1
-
-[executors.hpc]
-type = "slurm"
-slurm_conf = "{cluster.conf}"
-emulate_gpus = true
-pilot_memory = "1GB"
-pilot_time = "10min"
-idle_timeout_s = 30
-reconnect_grace_s = 20
-pilot_log_dir = "{cluster.tmp}"
-{extra}"""
 
 
 @ct.electron(gpu="h100")
