@@ -297,6 +297,23 @@ def test_a_stopping_pool_refuses_agents_and_tasks() -> None:
     assert p.pool.submit(_task("t", cpus=1)) is None
 
 
+def test_an_agent_holding_an_adopted_replica_is_idle_only_from_when_it_is_released() -> None:
+    now = [100.0]
+    pool = AgentPool("remote", lambda _: None, clock=lambda: now[0])
+    link = FakeLink()
+    pool.attach(link, _info("a", cpus=2, gpus=1))
+    held = HardwareGiven(cpus=1.0, gpu="h100", gpu_indices=(0,), emulated=True)
+    assert pool.adopt("replica", held)
+    now[0] = 200.0
+    assert pool.idle() == [], "a replica holds hardware there: it is not idle"
+    pool.release("replica")
+    now[0] = 230.0
+    assert [(info.agent_id, ran, idle_s) for info, ran, idle_s in pool.idle()] == [("a", 0, 30.0)]
+    assert pool.adopt("replica", held) and pool.adopt("replica", held) is False
+    pool.release("replica")
+    assert pool.summary().free_now()[0] == 2.0, "adopted once, released once"
+
+
 @pytest.mark.parametrize(
     ("change", "complaint"),
     [

@@ -102,13 +102,19 @@ class _Agent:
     inventory: Inventory
     running: dict[str, Allocation] = field(default_factory=dict)
     idle_since: float = 0.0
-    """When its last task ended (or it attached); 0 while it runs tasks."""
+    """When it last became idle (see :meth:`is_idle`), or attached; 0 while it runs tasks."""
     ran: int = 0
     """Tasks it has been given."""
     queued: dict[str, HardwareSpec] = field(default_factory=dict)
     """Tasks sent ahead to wait in the agent's own queue (see ``prefetch``), in order."""
     mean_run_s: float = 0.0
     """How long its tasks run, a moving average; 0 before the first ends."""
+    adopted: int = 0
+    """Replicas that outlived a controller and hold hardware here (see ``adopt``)."""
+
+    def is_idle(self) -> bool:
+        """Whether nothing runs here: no task, none queued, no adopted replica."""
+        return not self.running and not self.queued and not self.adopted
 
     def queue_depth(self, prefetch: int) -> int:
         """How many tasks it may hold queued ahead: enough to keep its workers busy
@@ -272,14 +278,14 @@ class AgentPool:
             return agent.info if agent is not None else None
 
     def idle(self) -> list[tuple[AgentInfo, int, float]]:
-        """Agents running no task: each with how many tasks it ran, and for how long
-        (seconds) it has been idle."""
+        """Agents running nothing (no task, and no adopted replica holding hardware):
+        each with how many tasks it ran, and for how long (seconds) it has been idle."""
         now = self._clock()
         with self._lock:
             return [
                 (a.info, a.ran, now - a.idle_since)
                 for a in self._agents.values()
-                if not a.running and not a.queued and a.idle_since
+                if a.is_idle() and a.idle_since
             ]
 
     # -- tasks ------------------------------------------------------------------------
@@ -385,7 +391,7 @@ class AgentPool:
                     agent.inventory.release(allocation)
                 if agent.queued:
                     self._promote(agent)
-                if not agent.running and not agent.queued:
+                if agent.is_idle():
                     agent.idle_since = self._clock()
         if not known:
             if agent is not None:
@@ -459,20 +465,32 @@ class AgentPool:
 
     def adopt(self, task_key: str, given: HardwareGiven) -> bool:
         """Holds ``given`` for a replica that outlived the controller, on the agent
-        that has that hardware free."""
+        that has that hardware free; that agent is not idle until it is released."""
         with self._lock:
             for agent in self._agents.values():
                 allocation = agent.inventory.reserve(given)
                 if allocation is not None:
+                    self._unhold(task_key)
                     self._adopted[task_key] = (agent, allocation)
+                    agent.adopted += 1
+                    agent.idle_since = 0.0
                     return True
         return False
 
     def release(self, task_key: str) -> None:
         with self._lock:
-            held = self._adopted.pop(task_key, None)
-            if held is not None:
-                held[0].inventory.release(held[1])
+            self._unhold(task_key)
+
+    def _unhold(self, task_key: str) -> None:
+        """Frees what ``task_key`` holds by :meth:`adopt`, if anything (under the lock)."""
+        held = self._adopted.pop(task_key, None)
+        if held is None:
+            return
+        agent, allocation = held
+        agent.inventory.release(allocation)
+        agent.adopted -= 1
+        if agent.is_idle():
+            agent.idle_since = self._clock()
 
     def describe(self) -> tuple[str, str]:
         with self._lock:
