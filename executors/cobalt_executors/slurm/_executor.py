@@ -289,6 +289,8 @@ class SlurmExecutor(RemoteExecutor):
             return
         shape, needs = self._shape(task), self._needs(task)
         with self._pilot_lock:
+            if self._stopping.is_set():
+                return
             live = [p for p in self._pilots.values() if not p.cancelled]
             # One job on its way that fits is enough: the scheduler asks again each
             # round while the task waits, and in job-per-task mode the next job is
@@ -325,6 +327,8 @@ class SlurmExecutor(RemoteExecutor):
             pilot.job_id,
             shape.describe(),
         )
+        if pilot.cancelled:  # teardown came while sbatch ran, before the job had an id
+            self._cancel(pilot, "the controller stopped while it was submitted")
 
     def _pilot_output(self) -> str:
         """Where a pilot's own output goes: ``pilot_log_dir`` (a folder the compute
