@@ -16,14 +16,19 @@ type). The harness says how a task is made to return, raise or hold until the
 test lets it go; everything else (what the executor reports, and when) is
 observed through its ``report`` callback. An executor that can queue tasks
 ahead of their room (the remote executors' ``prefetch``) joins with that off,
-since the contract checks that a full executor refuses.
+since the contract checks that a full executor refuses. An executor whose room
+comes on demand (a Slurm executor has none until a pilot job runs) is brought to
+the contract's size by its harness before a test begins, as a scheduler would:
+by offering a task of the whole size, which starts the room it then has.
 
 Members today: the stub executor (tests/unit/test_stub_executor.py, no
 processes), the local executor (tests/integration/test_local_executor_contract.py,
 real worker processes running pickled functions), and the remote ones, whose
 agents run that local executor: agents attached over gRPC
-(tests/integration/test_agents_executor_contract.py) and the SSH executor
-(tests/integration/test_ssh_executor_contract.py).
+(tests/integration/test_agents_executor_contract.py), the SSH executor
+(tests/integration/test_ssh_executor_contract.py) and the Slurm executor, whose
+agent runs in an ``sbatch`` pilot on a real cluster of the contract's size
+(tests/integration/test_slurm_executor_contract.py).
 """
 
 from __future__ import annotations

@@ -4,9 +4,12 @@
 (``scripts/services`` installs them) under a temporary folder of its own: its
 own munge key and socket, free loopback ports, a cluster name no other cluster
 uses. The node has 2 CPUs, 8000 MB and two H100s declared as gres on dummy
-device files, as the cluster the Slurm executor is tested on.
+device files (:data:`TEST_NODE`), as the cluster the Slurm executor is tested
+on. :func:`slurm_contract_cluster` starts a second one whose node is the size
+the executor contract asks for (:data:`CONTRACT_NODE`: 4 CPUs, 8192 MB, two
+L4s); it runs beside the first in the same session.
 
-Test modules import the fixture by name::
+Test modules import a fixture by name::
 
     from service_slurm import slurm_cluster  # noqa: F401
 
@@ -20,6 +23,7 @@ needs root for it), the tests skip, and fail under ``CI=true``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -27,8 +31,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,7 +45,7 @@ _HINT = "run scripts/services as root to install munge, slurmctld, slurmd and sl
 _READY_TIMEOUT_S = 30.0
 
 SLURM_CONF = """\
-ClusterName=cobalt-test
+ClusterName={cluster}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
@@ -67,11 +72,48 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc={tmp}/log/jobcomp.txt
 MinJobAge=300
-NodeName={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=8000 Gres=gpu:h100:2 State=UNKNOWN
+{overrides}NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} \
+Gres=gpu:{gpu}:{gpus} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
-GRES_CONF = "NodeName={host} Name=gpu Type=h100 File={tmp}/dev/nvidia[0-1]\n"
+GRES_CONF = "NodeName={host} Name=gpu Type={gpu} File={tmp}/dev/nvidia[0-{last}]\n"
+
+OVERRIDES = "SlurmdParameters=config_overrides\n"
+"""Makes slurmd take the node's size from ``slurm.conf``, not from the machine: a
+node declaring more CPUs or memory than the machine has is otherwise registered
+INVAL and drained (Slurm 22.05's behaviour; the option is for testing)."""
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    """The one node of a test cluster, and the cluster's name.
+
+    Attributes:
+        cluster: the ``ClusterName``; two clusters running at once differ in it.
+        cpus: the node's CPUs.
+        memory_mb: its ``RealMemory``.
+        gpu: the gres type of its GPUs (dummy device files).
+        gpus: how many.
+        as_declared: whether slurmd takes the node's size from ``slurm.conf``
+            whatever the machine has (see :data:`OVERRIDES`).
+    """
+
+    cluster: str
+    cpus: int
+    memory_mb: int
+    gpu: str
+    gpus: int
+    as_declared: bool = False
+
+
+TEST_NODE = NodeShape("cobalt-test", cpus=2, memory_mb=8000, gpu="h100", gpus=2)
+"""The node the Slurm executor's own tests and the Slurm benchmark run on."""
+CONTRACT_NODE = NodeShape(
+    "cobalt-contract", cpus=4, memory_mb=8192, gpu="l4", gpus=2, as_declared=True
+)
+"""A node of exactly the executor contract's size (``tests/executor_contract.py``),
+on a machine of any size."""
 
 
 @dataclass
@@ -118,11 +160,35 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def slurm_config(cluster: SlurmCluster, extra: str = "", *, gateway: bool = False) -> str:
+def slurm_options(cluster: SlurmCluster, **overrides: Any) -> dict[str, Any]:
+    """A pilot-mode Slurm executor's options on ``cluster``: its GPUs are the dummy
+    gres devices (emulated), pilots are small and short, each pilot's own output
+    goes to the cluster's folder; ``overrides`` replace or add options. Tests that
+    build an executor and those that start a controller set it up alike."""
+    return {
+        "slurm_conf": str(cluster.conf),
+        "emulate_gpus": True,
+        "pilot_memory": "1GB",
+        "pilot_time": "10min",
+        "idle_timeout_s": 30,
+        "reconnect_grace_s": 20,
+        "pilot_log_dir": str(cluster.tmp),
+        **overrides,
+    }
+
+
+def toml_lines(options: dict[str, Any]) -> str:
+    """``options`` (strings, numbers and booleans) as the lines of a TOML table."""
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.items())
+
+
+def slurm_config(
+    cluster: SlurmCluster, extra: str = "", *, gateway: bool = False, **options: Any
+) -> str:
     """A controller's ``config.toml`` with a local executor and a Slurm executor
-    ``hpc`` on ``cluster`` (emulated GPUs, short pilots, each pilot's output in the
-    cluster's folder); ``extra`` lines go into ``hpc``'s table, and ``gateway``
-    turns the deployments' gateway on, on loopback, with autoscaling ticks of 0.2 s."""
+    ``hpc`` on ``cluster`` (:func:`slurm_options`, with ``options`` over them);
+    ``extra`` lines go into ``hpc``'s table, and ``gateway`` turns the deployments'
+    gateway on, on loopback, with autoscaling ticks of 0.2 s."""
     front = (
         'gateway_address = "127.0.0.1:0"\nautoscale_interval_s = 0.2'
         if gateway
@@ -141,14 +207,7 @@ workers = 1
 
 [executors.hpc]
 type = "slurm"
-slurm_conf = "{cluster.conf}"
-emulate_gpus = true
-pilot_memory = "1GB"
-pilot_time = "10min"
-idle_timeout_s = 30
-reconnect_grace_s = 20
-pilot_log_dir = "{cluster.tmp}"
-{extra}"""
+{toml_lines(slurm_options(cluster, **options))}{extra}"""
 
 
 def why_slurm_cannot_start() -> str:
@@ -166,10 +225,10 @@ def why_slurm_cannot_start() -> str:
     return ""
 
 
-def _write_files(tmp: Path, host: str) -> Path:
+def _write_files(tmp: Path, host: str, node: NodeShape) -> Path:
     for folder in ("munge", "state", "spool", "run", "log", "dev"):
         (tmp / folder).mkdir(mode=0o700)
-    for index in (0, 1):  # dummy character devices (/dev/null's numbers) as the GPUs
+    for index in range(node.gpus):  # dummy character devices (/dev/null's numbers) as the GPUs
         os.mknod(tmp / "dev" / f"nvidia{index}", 0o600 | 0o020000, os.makedev(1, 3))
     subprocess.run(
         [MUNGEKEY, "--create", f"--keyfile={tmp / 'munge' / 'munge.key'}"],
@@ -179,8 +238,13 @@ def _write_files(tmp: Path, host: str) -> Path:
     )
     conf = tmp / "slurm.conf"
     ports = {"ctld_port": _free_port(), "slurmd_port": _free_port()}
-    conf.write_text(SLURM_CONF.format(host=host, tmp=tmp, **ports))
-    (tmp / "gres.conf").write_text(GRES_CONF.format(host=host, tmp=tmp))
+    overrides = OVERRIDES if node.as_declared else ""
+    conf.write_text(
+        SLURM_CONF.format(host=host, tmp=tmp, overrides=overrides, **asdict(node), **ports)
+    )
+    (tmp / "gres.conf").write_text(
+        GRES_CONF.format(host=host, tmp=tmp, gpu=node.gpu, last=node.gpus - 1)
+    )
     return conf
 
 
@@ -252,9 +316,9 @@ def _cancel_all(cluster: SlurmCluster) -> None:
 
 
 @contextlib.contextmanager
-def running_slurm_cluster(tmp: Path) -> Iterator[SlurmCluster]:
-    """Starts the cluster in the empty folder ``tmp``, and stops its daemons by pid
-    (cancelling what jobs remain) when the block ends, also on failure.
+def running_slurm_cluster(tmp: Path, node: NodeShape = TEST_NODE) -> Iterator[SlurmCluster]:
+    """Starts the cluster of ``node`` in the empty folder ``tmp``, and stops its daemons
+    by pid (cancelling what jobs remain) when the block ends, also on failure.
 
     Raises:
         RuntimeError: a daemon exited or the node was not IDLE in time; the
@@ -264,7 +328,7 @@ def running_slurm_cluster(tmp: Path) -> Iterator[SlurmCluster]:
     host = subprocess.run(
         ["hostname", "-s"], capture_output=True, text=True, check=True, timeout=10
     ).stdout.strip()
-    conf = _write_files(tmp, host)
+    conf = _write_files(tmp, host, node)
     cluster = SlurmCluster(
         conf=conf, env={**os.environ, "SLURM_CONF": str(conf)}, tmp=tmp, host=host
     )
@@ -303,17 +367,41 @@ def running_slurm_cluster(tmp: Path) -> Iterator[SlurmCluster]:
             _stop(process)
 
 
+def _session_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+    requires_service: Callable[..., None],
+    node: NodeShape,
+    folder: str,
+) -> Iterator[SlurmCluster]:
+    """The cluster of ``node`` in a session folder named after ``folder``; skipped (or
+    failed under ``CI=true``) where Slurm cannot start."""
+    missing = why_slurm_cannot_start()
+    requires_service("Slurm", not missing, missing)
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(
+                running_slurm_cluster(tmp_path_factory.mktemp(folder), node)
+            )
+        except PermissionError as exc:
+            requires_service("Slurm", False, f"cannot create the dummy GPU devices ({exc})")
+        yield cluster
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(
     tmp_path_factory: pytest.TempPathFactory, requires_service: Callable[..., None]
 ) -> Iterator[SlurmCluster]:
     """A running single-node Slurm cluster (2 CPUs, 8000 MB, gres gpu:h100:2), stopped
     at the end of the session."""
-    missing = why_slurm_cannot_start()
-    requires_service("Slurm", not missing, missing)
-    with contextlib.ExitStack() as stack:
-        try:
-            cluster = stack.enter_context(running_slurm_cluster(tmp_path_factory.mktemp("slurm")))
-        except PermissionError as exc:
-            requires_service("Slurm", False, f"cannot create the dummy GPU devices ({exc})")
-        yield cluster
+    yield from _session_cluster(tmp_path_factory, requires_service, TEST_NODE, "slurm")
+
+
+@pytest.fixture(scope="session")
+def slurm_contract_cluster(
+    tmp_path_factory: pytest.TempPathFactory, requires_service: Callable[..., None]
+) -> Iterator[SlurmCluster]:
+    """A running single-node Slurm cluster of the executor contract's size (4 CPUs,
+    8192 MB, gres gpu:l4:2, declared whatever the machine has), stopped at the end of
+    the session; it has its own folder, ports, munge and name, so it runs beside
+    :func:`slurm_cluster`."""
+    yield from _session_cluster(tmp_path_factory, requires_service, CONTRACT_NODE, "slurm-contract")

@@ -203,8 +203,8 @@ def test_in_job_per_task_mode_each_task_gets_a_job_of_its_own_that_ends_with_it(
     make_controller_home: Callable[..., ControllerHome],
     slurm_cluster: SlurmCluster,  # noqa: F811
 ) -> None:
-    config = slurm_config(slurm_cluster, 'mode = "job_per_task"\n')
-    home = make_controller_home(config.replace("idle_timeout_s = 30", "idle_timeout_s = 5"))
+    config = slurm_config(slurm_cluster, mode="job_per_task", idle_timeout_s=5)
+    home = make_controller_home(config)
     home.start()
     result = ct.dispatch_sync(gpu_then_cpu)(2)
     assert result.result[0] == 1
