@@ -259,6 +259,17 @@ def test_a_replica_gets_a_pilot_of_replica_time_within_the_partitions_limit(
     assert executor._shape(_task_of(HardwareSpec(cpus=1))).time_limit_s == 3600
 
 
+@pytest.mark.parametrize("mode", ["pilot", "job_per_task"])
+def test_a_pilot_time_beyond_the_partitions_limit_is_cut_to_fit_it(mode: str) -> None:
+    executor = SlurmExecutor("hpc", {"pilot_time": "2h", "mode": mode})
+    partition = PartitionInfo("debug", default=True, max_time_s=1800)
+    executor.capacity = capacity = Capacity.of([NODE], [partition])
+    shape = executor._shape(_task_of(HardwareSpec(cpus=1)))
+    assert capacity.sbatch_arguments(shape)[-1] == "--time=30"
+    longer = executor._shape(_task_of(HardwareSpec(cpus=1, time_limit_s=1500)))
+    assert longer.time_limit_s is not None and longer.time_limit_s >= 1500, "its limit still fits"
+
+
 def _task_of(spec: HardwareSpec) -> TaskSubmission:
     return TaskSubmission("d/1/1", "d", 1, "t", spec, PayloadRef("ab" * 32, b"f", 1), [])
 

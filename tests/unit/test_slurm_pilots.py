@@ -64,3 +64,30 @@ def test_a_pilot_whose_sbatch_answers_after_teardown_began_is_cancelled_all_the_
     offered.join(10)
     assert slurm.cancelled == ["7"], "once it has one, the job is cancelled"
     assert executor.try_submit(task) is None and slurm.cancelled == ["7"], "and none follows"
+
+
+def test_a_pilot_s_credential_outlasts_a_week_in_the_queue_and_its_walltime() -> None:
+    slurm = HeldSbatch()
+    slurm.answer.set()
+    minted: list[float] = []
+
+    def mint(executor: str, allocation: str, ttl_s: float) -> str:
+        minted.append(ttl_s)
+        return "credential"
+
+    executor = SlurmExecutor("hpc", {"pilot_time": "30min"})
+    executor.cli = slurm  # type: ignore[assignment]
+    executor.setup(
+        ExecutorContext(
+            inline_limit=1024,
+            report=lambda _: None,
+            agents=AgentEndpoint("127.0.0.1:1", "", mint),
+        )
+    )
+    try:
+        task = TaskSubmission("t", "d", 0, "t", HardwareSpec(), PayloadRef("0" * 64, b"f", 1), [])
+        assert executor.try_submit(task) is None, "no pilot yet: one is submitted"
+        (ttl,) = minted
+        assert 7 * 86400 + 29 * 60 < ttl <= 7 * 86400 + 40 * 60, ttl
+    finally:
+        executor.teardown()

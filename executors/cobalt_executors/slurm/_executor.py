@@ -82,6 +82,10 @@ CAPACITY_EVERY_S = 60.0
 removed count without a restart."""
 CAPACITY_RETRY_S = 5.0
 """How often they are read while the cluster cannot be read at all."""
+QUEUE_ALLOWANCE_S = 7 * 86400.0
+"""How long a pilot may wait in Slurm's queue and still attach: its credential lasts
+its walltime plus this. A pilot that waited longer is refused, ends, and a new one
+(with a new credential) is submitted if tasks still wait."""
 REPLICA_SHARE = 0.5
 """A replica goes only to a pilot with at least this share of ``replica_time`` left."""
 
@@ -244,13 +248,19 @@ class SlurmExecutor(RemoteExecutor):
 
     # -- pilots ------------------------------------------------------------------------
 
-    def _replica_walltime_s(self) -> float:
-        """The walltime of a pilot submitted for a replica: ``replica_time``, within
-        the partition's limit less the margin that ``--time`` adds."""
+    def _within_partition(self, walltime: float, *, needed: float = 0.0) -> float:
+        """``walltime`` within the partition's limit less the margin that ``--time``
+        adds (a ``pilot_time`` beyond it would make every pilot's ``sbatch`` fail),
+        but never below ``needed``."""
         most = self.capacity.max_time_s if self.capacity is not None else None
         if most is None:
-            return self.replica_time_s
-        return min(self.replica_time_s, max(most - self.sbatch.time_margin_s, most / 2))
+            return walltime
+        return max(min(walltime, max(most - self.sbatch.time_margin_s, most / 2)), needed)
+
+    def _replica_walltime_s(self) -> float:
+        """The walltime of a pilot submitted for a replica: ``replica_time``, within
+        the partition's limit."""
+        return self._within_partition(self.replica_time_s)
 
     def _shape(self, task: TaskSubmission) -> HardwareSpec:
         """The pilot (or job) to submit for ``task``: its walltime is the agent's
@@ -258,7 +268,11 @@ class SlurmExecutor(RemoteExecutor):
         spec = task.hardware
         limit = spec.time_limit_s or 0.0
         if self.mode == "job_per_task":
-            walltime = self._replica_walltime_s() if task.replica else self.pilot_time_s
+            walltime = (
+                self._replica_walltime_s()
+                if task.replica
+                else self._within_partition(self.pilot_time_s)
+            )
             return HardwareSpec(
                 cpus=max(spec.cpus, 1.0),
                 memory_mb=spec.memory_mb or self.pilot_memory_mb,
@@ -266,7 +280,8 @@ class SlurmExecutor(RemoteExecutor):
                 gpus=spec.gpus,
                 time_limit_s=(limit or walltime) + self.sbatch.time_margin_s,
             )
-        walltime = max(self.pilot_time_s, limit + 2 * self.sbatch.time_margin_s)
+        needed = limit + 2 * self.sbatch.time_margin_s
+        walltime = self._within_partition(max(self.pilot_time_s, needed), needed=needed)
         return HardwareSpec(
             cpus=max(spec.cpus, self.pilot_cpus),
             memory_mb=max(spec.memory_mb, self.pilot_memory_mb),
@@ -341,7 +356,8 @@ class SlurmExecutor(RemoteExecutor):
         endpoint = self.context.agents
         if endpoint is None:
             raise SpecError(f"executor {self.name!r} needs a controller that serves agents.")
-        ttl = (pilot.expires_at - time.time()) + 3600
+        # The job may wait in the queue before its walltime starts to run.
+        ttl = (pilot.expires_at - time.time()) + QUEUE_ALLOWANCE_S
         token = endpoint.mint(self.name, pilot.pilot_id, ttl)
         shape = pilot.shape
         argv = [
