@@ -26,6 +26,7 @@ from support import wait_for
 
 import cobalt as ct
 from cobalt import _submit
+from cobalt_common.processes import pid_running
 
 if TYPE_CHECKING:
     from conftest import ControllerHome
@@ -245,6 +246,12 @@ def test_a_killed_agent_is_reported_lost_within_a_second_and_its_task_retried_el
     )
     noticed = time.monotonic() - killed
     assert noticed < 1.5, f"the lost agent was noticed after {noticed:.2f}s"
+    orphan = int(log.read_text().split()[0])
+    wait_for(
+        lambda: not pid_running(orphan),
+        timeout=10,
+        what="the killed agent's worker to end its task: it runs again elsewhere",
+    )
     agents(home)
     gate.touch()
     result = ct.get_result(dispatch_id, wait=60)

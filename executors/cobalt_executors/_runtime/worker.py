@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -192,6 +195,36 @@ def _preload() -> None:
         import cobalt  # noqa: F401
 
 
+class _Orphaned:
+    """Ends the worker's process group when its executor (the controller, an agent)
+    dies while a task runs: the task is reported lost there and runs again
+    elsewhere, so this copy must not go on beside it. A replica is spared: a
+    restarted controller adopts the replicas that outlived it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sparing = False
+        """Whether the task running now is a deployment's replica."""
+        hangup = getattr(select, "POLLRDHUP", 0)
+        if not hangup:  # not Linux: orphans run to their end
+            return
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), hangup)
+        threading.Thread(target=self._watch, name="cobalt-orphan-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._poller.poll():
+            pass
+        # The executor's end closed. Between tasks, the main thread reads the end of
+        # the stream and exits; during one, only this thread notices.
+        time.sleep(0.2)
+        if self.sparing:
+            return
+        if os.getpgid(0) == os.getpid():  # its own group: the task's processes too
+            os.killpg(os.getpid(), signal.SIGKILL)
+        kill_descendants(os.getpid())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main(argv: list[str]) -> int:
     fd, out_path, err_path = int(argv[0]), argv[1], argv[2]
     sock = socket.socket(fileno=fd)
@@ -201,10 +234,12 @@ def main(argv: list[str]) -> int:
     _preload()
     worker = Worker()
     sock.sendall(encode(worker_pb2.WorkerMessage(ready_pid=os.getpid())))
+    orphaned = _Orphaned(sock)
     command = worker_pb2.WorkerCommand()
     while read_message(stream, command) is not None:
         if command.WhichOneof("command") != "task":
             break
+        orphaned.sparing = "COBALT_DEPLOYMENT" in command.task.env
         result = worker.run(command.task, capture)
         sock.sendall(encode(worker_pb2.WorkerMessage(result=result)))
         command.Clear()
