@@ -179,7 +179,7 @@ class Authorizer:
     def _agent(scope: AgentScope, rpc: str) -> str | None:
         """An agent opens its stream and sends outputs; it reads payloads with the
         credential of the task that needs them."""
-        if rpc in ("AgentConnect", "BlobPut", "BlobHas"):
+        if rpc in ("AgentConnect", "BlobPut", "BlobHas", "BlobUploadUrl"):
             return None
         return f"from an agent of executor {scope.executor!r}"
 

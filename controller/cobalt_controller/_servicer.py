@@ -34,6 +34,8 @@ from cobalt_controller.state import DispatchRow
 
 log = logging.getLogger("cobalt.controller")
 CHUNK = 1 << 20
+MAX_UPLOAD_URL_BYTES = 5 << 30
+"""The largest output an agent uploads in one presigned PUT (S3's limit for one)."""
 
 
 class ControllerServicer(pb_grpc.ControllerServicer):
@@ -134,6 +136,32 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         if not self.payloads.blobs.put_stream(sha, chunks()):
             context.abort(grpc.StatusCode.DATA_LOSS, f"blob content does not match sha256 {sha}")
         return pb.BlobPutResponse(sha256=sha)
+
+    def BlobUploadUrl(
+        self, request: pb.BlobUploadUrlRequest, context: Any
+    ) -> pb.BlobUploadUrlResponse:
+        """A presigned PUT for an agent's large output, when the blob store takes them:
+        the object store then checks the bytes against ``sha256``, and they never
+        pass through the controller."""
+        try:
+            sha = validate_sha256(request.sha256)
+        except errors.Error as exc:
+            abort(context, exc)
+        if not 0 <= request.size <= MAX_UPLOAD_URL_BYTES:
+            abort(
+                context,
+                errors.SpecError(
+                    f"size must be a number of bytes from 0 to {MAX_UPLOAD_URL_BYTES}, "
+                    f"not {request.size}"
+                ),
+            )
+        blobs = self.payloads.blobs
+        if blobs.has(sha):
+            return pb.BlobUploadUrlResponse(stored=True)
+        upload = blobs.upload_url(sha, request.size)
+        if upload is None:
+            return pb.BlobUploadUrlResponse()
+        return pb.BlobUploadUrlResponse(url=upload.url, headers=upload.headers)
 
     def BlobGet(self, request: pb.BlobGetRequest, context: Any) -> Iterator[pb.BlobChunk]:
         try:

@@ -519,7 +519,7 @@ def test_a_deployment_replica_runs_on_an_agent_and_its_traffic_is_authenticated(
             assert direct.status_code in (401, 403), "the replica itself wants its secret"
 
 
-def test_an_agent_reads_large_arguments_from_s3_through_presigned_urls(
+def test_an_agent_reads_and_writes_large_payloads_in_s3_through_presigned_urls(
     make_controller_home: Callable[..., ControllerHome],
     agents: Callable[..., AgentProcess],
     s3_server: S3Server,
@@ -550,6 +550,9 @@ def test_an_agent_reads_large_arguments_from_s3_through_presigned_urls(
     assert any(300_000 < size < 400_000 for size in sizes), f"and the output too: {sizes}"
     fetched = [p for p in (agent.log.parent / "blobs").rglob("*") if p.is_file()]
     assert not fetched, "the worker read the argument from its URL, not through the controller"
+    assert "bytes) went straight to the object store" in agent.output(), (
+        "the agent uploaded the output with a presigned PUT, not through the controller"
+    )
 
 
 @ct.electron(executor="remote")

@@ -160,3 +160,24 @@ def test_time_limits_are_still_enforced_after_a_nan_limit_was_sent(raw: Raw) -> 
 
     assert result.status == ct.Status.TIMED_OUT
     assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize(
+    ("sha256", "size", "field"),
+    [("nope", 10, "sha256"), ("ab" * 32, -1, "size"), ("ab" * 32, 6 << 30, "size")],
+)
+def test_an_upload_url_for_a_bad_hash_or_size_is_refused(
+    raw: Raw, sha256: str, size: int, field: str
+) -> None:
+    error = raw.refusal("BlobUploadUrl", pb.BlobUploadUrlRequest(sha256=sha256, size=size))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (error.details() or "")
+
+
+def test_a_blob_directory_gives_no_upload_url_so_outputs_go_through_the_controller(
+    raw: Raw,
+) -> None:
+    answer = raw.stub.BlobUploadUrl(
+        pb.BlobUploadUrlRequest(sha256="cd" * 32, size=10), metadata=raw.metadata, timeout=20
+    )
+    assert (answer.stored, answer.url) == (False, "")

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -28,7 +29,7 @@ from cobalt_common.errors import ConfigError, ContentAddressError, PayloadUnavai
 from cobalt_common.payloads import BlobLocation
 from cobalt_controller.blobs import BlobStore
 from cobalt_controller.blobs.s3 import S3BlobStore
-from cobalt_executors._runtime.payloads import read_payload, to_wire
+from cobalt_executors._runtime.payloads import put_file, read_payload, to_wire
 
 if TYPE_CHECKING:
     from conftest import ControllerHome
@@ -287,3 +288,23 @@ def test_a_presigned_put_stores_exactly_its_blob_and_nothing_else(s3_env: S3Serv
     assert store.get(_sha(data)) == data
     again = httpx.put(upload.url, content=data, headers=upload.headers)
     assert again.status_code == 412, "a stored blob is never written twice"
+
+
+def test_an_agent_uploads_an_output_with_the_stores_upload_url_once_and_only_its_bytes(
+    s3_env: S3Server, tmp_path: Path
+) -> None:
+    store = _store(s3_env)
+    data = os.urandom(300_000)
+    upload = store.upload_url(_sha(data), len(data))
+    assert upload is not None
+    wrong = tmp_path / "wrong"
+    wrong.write_bytes(bytes(reversed(data)))
+    with pytest.raises(PayloadUnavailableError, match=r"was refused: 400 \(BadDigest\)") as refused:
+        put_file(upload.url, upload.headers, wrong, len(data))
+    assert "Signature=" not in str(refused.value) and s3_env.secret_key not in str(refused.value)
+    assert not store.has(_sha(data))
+    right = tmp_path / "right"
+    right.write_bytes(data)
+    put_file(upload.url, upload.headers, right, len(data))
+    assert store.get(_sha(data)) == data
+    put_file(upload.url, upload.headers, right, len(data))  # 412: stored already, as good

@@ -238,6 +238,7 @@ ADMIN_ONLY = {
     "DeploymentLogs": pb.DeploymentLogsRequest(name="svc"),
     "DeploymentMetrics": pb.DeploymentGetRequest(name="svc"),
     "ReplicaReady": pb.ReplicaReadyRequest(deployment="svc", replica_id="r1"),
+    "BlobUploadUrl": pb.BlobUploadUrlRequest(sha256=ROOT_OUT, size=10),
 }
 
 

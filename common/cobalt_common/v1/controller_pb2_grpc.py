@@ -59,6 +59,11 @@ class ControllerStub:
                 request_serializer=cobalt_dot_v1_dot_controller__pb2.BlobChunk.SerializeToString,
                 response_deserializer=cobalt_dot_v1_dot_controller__pb2.BlobPutResponse.FromString,
                 _registered_method=True)
+        self.BlobUploadUrl = channel.unary_unary(
+                '/cobalt.v1.Controller/BlobUploadUrl',
+                request_serializer=cobalt_dot_v1_dot_controller__pb2.BlobUploadUrlRequest.SerializeToString,
+                response_deserializer=cobalt_dot_v1_dot_controller__pb2.BlobUploadUrlResponse.FromString,
+                _registered_method=True)
         self.BlobGet = channel.unary_stream(
                 '/cobalt.v1.Controller/BlobGet',
                 request_serializer=cobalt_dot_v1_dot_controller__pb2.BlobGetRequest.SerializeToString,
@@ -186,6 +191,14 @@ class ControllerServicer:
 
     def BlobPut(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BlobUploadUrl(self, request, context):
+        """Where an agent uploads a large output itself (a presigned PUT to the object
+        store), so the bytes do not pass through the controller; no URL: use BlobPut.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -333,6 +346,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.BlobPut,
                     request_deserializer=cobalt_dot_v1_dot_controller__pb2.BlobChunk.FromString,
                     response_serializer=cobalt_dot_v1_dot_controller__pb2.BlobPutResponse.SerializeToString,
+            ),
+            'BlobUploadUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.BlobUploadUrl,
+                    request_deserializer=cobalt_dot_v1_dot_controller__pb2.BlobUploadUrlRequest.FromString,
+                    response_serializer=cobalt_dot_v1_dot_controller__pb2.BlobUploadUrlResponse.SerializeToString,
             ),
             'BlobGet': grpc.unary_stream_rpc_method_handler(
                     servicer.BlobGet,
@@ -565,6 +583,33 @@ class Controller:
             '/cobalt.v1.Controller/BlobPut',
             cobalt_dot_v1_dot_controller__pb2.BlobChunk.SerializeToString,
             cobalt_dot_v1_dot_controller__pb2.BlobPutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BlobUploadUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cobalt.v1.Controller/BlobUploadUrl',
+            cobalt_dot_v1_dot_controller__pb2.BlobUploadUrlRequest.SerializeToString,
+            cobalt_dot_v1_dot_controller__pb2.BlobUploadUrlResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,10 @@ class ControllerStub:
     """A credential for agents of one executor, and how they reach this controller."""
     BlobHas: _grpc.UnaryUnaryMultiCallable[_controller_pb2.BlobHasRequest, _controller_pb2.BlobHasResponse]
     BlobPut: _grpc.StreamUnaryMultiCallable[_controller_pb2.BlobChunk, _controller_pb2.BlobPutResponse]
+    BlobUploadUrl: _grpc.UnaryUnaryMultiCallable[_controller_pb2.BlobUploadUrlRequest, _controller_pb2.BlobUploadUrlResponse]
+    """Where an agent uploads a large output itself (a presigned PUT to the object
+    store), so the bytes do not pass through the controller; no URL: use BlobPut.
+    """
     BlobGet: _grpc.UnaryStreamMultiCallable[_controller_pb2.BlobGetRequest, _controller_pb2.BlobChunk]
     DispatchCreate: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DispatchCreateRequest, _controller_pb2.DispatchCreateResponse]
     DispatchGet: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DispatchGetRequest, _controller_pb2.DispatchGetResponse]
@@ -72,6 +76,10 @@ class ControllerAsyncStub(ControllerStub):
     """A credential for agents of one executor, and how they reach this controller."""
     BlobHas: _aio.UnaryUnaryMultiCallable[_controller_pb2.BlobHasRequest, _controller_pb2.BlobHasResponse]  # type: ignore[assignment]
     BlobPut: _aio.StreamUnaryMultiCallable[_controller_pb2.BlobChunk, _controller_pb2.BlobPutResponse]  # type: ignore[assignment]
+    BlobUploadUrl: _aio.UnaryUnaryMultiCallable[_controller_pb2.BlobUploadUrlRequest, _controller_pb2.BlobUploadUrlResponse]  # type: ignore[assignment]
+    """Where an agent uploads a large output itself (a presigned PUT to the object
+    store), so the bytes do not pass through the controller; no URL: use BlobPut.
+    """
     BlobGet: _aio.UnaryStreamMultiCallable[_controller_pb2.BlobGetRequest, _controller_pb2.BlobChunk]  # type: ignore[assignment]
     DispatchCreate: _aio.UnaryUnaryMultiCallable[_controller_pb2.DispatchCreateRequest, _controller_pb2.DispatchCreateResponse]  # type: ignore[assignment]
     DispatchGet: _aio.UnaryUnaryMultiCallable[_controller_pb2.DispatchGetRequest, _controller_pb2.DispatchGetResponse]  # type: ignore[assignment]
@@ -130,6 +138,16 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_controller_pb2.BlobChunk],
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.BlobPutResponse, _abc.Awaitable[_controller_pb2.BlobPutResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BlobUploadUrl(
+        self,
+        request: _controller_pb2.BlobUploadUrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.BlobUploadUrlResponse, _abc.Awaitable[_controller_pb2.BlobUploadUrlResponse]]:
+        """Where an agent uploads a large output itself (a presigned PUT to the object
+        store), so the bytes do not pass through the controller; no URL: use BlobPut.
+        """
 
     @_abc_1.abstractmethod
     def BlobGet(

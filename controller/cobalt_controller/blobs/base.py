@@ -17,8 +17,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from cobalt_common.payloads import THROUGH_CONTROLLER, BlobLocation
+
+
+@dataclass(frozen=True)
+class PresignedUpload:
+    """A PUT that stores one blob without credentials: send exactly these
+    headers and exactly the blob's bytes; a 412 answer means it is already stored."""
+
+    url: str
+    headers: dict[str, str]
 
 
 class BlobStore(ABC):
@@ -48,6 +58,12 @@ class BlobStore(ABC):
     def locate(self, sha256: str) -> BlobLocation | None:
         """Where a worker reads this blob itself; None when the blob is not
         stored here, or workers cannot reach this store (it then travels inline)."""
+        return None
+
+    def upload_url(self, sha256: str, size: int) -> PresignedUpload | None:
+        """Where a machine without this store's credentials uploads the ``size`` bytes
+        of ``sha256`` itself; None when this store takes no such uploads (they go
+        through the controller)."""
         return None
 
     def output_location(self) -> BlobLocation:

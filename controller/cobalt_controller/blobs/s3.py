@@ -41,7 +41,6 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -51,7 +50,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from cobalt_common.checks import validate_sha256
 from cobalt_common.errors import ConfigError, ContentAddressError, PayloadUnavailableError
 from cobalt_common.payloads import BlobLocation, sha256_hex
-from cobalt_controller.blobs.base import BlobStore
+from cobalt_controller.blobs.base import BlobStore, PresignedUpload
 
 PART_BYTES = 8 << 20
 """A streamed blob larger than this goes up in parts of this size (S3's minimum is 5 MiB)."""
@@ -69,15 +68,6 @@ one (CRC32) per request, on a botocore recent enough to add one by default."""
 _EXISTS = {"PreconditionFailed", "ConditionalRequestConflict"}
 _ABSENT = {"404", "NoSuchKey", "NotFound"}
 _WRONG_CONTENT = {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"}
-
-
-@dataclass(frozen=True, slots=True)
-class PresignedUpload:
-    """A PUT that stores one blob without credentials: send exactly these
-    headers and exactly the blob's bytes; a 412 answer means it is already stored."""
-
-    url: str
-    headers: dict[str, str]
 
 
 class S3BlobStore(BlobStore):
@@ -373,6 +363,9 @@ class S3BlobStore(BlobStore):
             "if-none-match": "*",
         }
         return PresignedUpload(url, headers)
+
+    def upload_url(self, sha256: str, size: int) -> PresignedUpload | None:
+        return self.presign_put(sha256, size)
 
     def _failed(self, action: str, sha256: str, exc: Exception) -> PayloadUnavailableError:
         detail = f"{_status(exc)} {_code(exc)}" if isinstance(exc, ClientError) else str(exc)

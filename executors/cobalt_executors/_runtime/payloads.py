@@ -14,6 +14,7 @@ task asked for.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from cobalt_common.errors import ContentAddressError, PayloadUnavailableError
 from cobalt_common.payloads import BlobLocation, LocationKind, blob_path, redact_url, write_blob
@@ -105,6 +106,46 @@ def download(sha256: str, url: str, *, timeout_s: float = DOWNLOAD_TIMEOUT_S) ->
             "the bytes are not the ones the task asked for, so they were not used."
         )
     return data
+
+
+def put_file(
+    url: str,
+    headers: dict[str, str],
+    path: Path,
+    size: int,
+    *,
+    timeout_s: float = DOWNLOAD_TIMEOUT_S,
+) -> None:
+    """Uploads the ``size`` bytes at ``path`` with a presigned PUT and exactly ``headers``
+    (the object store checks them against the checksum the URL was signed with). A
+    412 answer means the blob is stored already, which is as good.
+
+    Raises:
+        PayloadUnavailableError: the server refused the upload or could not be
+            reached; the message shows the URL without its signature.
+    """
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    where = redact_url(url)
+    if not url.startswith(("https://", "http://")):
+        raise PayloadUnavailableError(f"an upload location that is not a URL: {where}")
+    try:
+        with path.open("rb") as body:
+            request = urllib.request.Request(url, data=body, headers=headers, method="PUT")
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 412:  # IfNoneMatch: someone stored these very bytes first
+            return
+        text = exc.read(4096).decode(errors="replace")
+        raise PayloadUnavailableError(
+            f"the upload of {size} bytes to {where} was refused: {exc.code} {_error_code(text)}"
+        ) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise PayloadUnavailableError(f"the upload to {where} failed: {reason}") from None
 
 
 def _error_code(body: str) -> str:

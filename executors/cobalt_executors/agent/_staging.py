@@ -6,26 +6,32 @@ For the rest, the controller tells an agent where outputs go and proves which
 directory it means (the ``.cobalt-store`` marker). An agent that sees that directory (a
 shared filesystem, or the same machine) lets its workers read and write it
 directly. Any other agent fetches each payload through the controller with
-the task's own credential, into a cache directory of its own, and sends
-large outputs back with ``BlobPut``; every fetched payload is checked against
-its content address before a worker sees it.
+the task's own credential, into a cache directory of its own, and uploads
+large outputs straight to the object store with a presigned PUT where the
+controller's store is one (the store checks the bytes against their content
+address), else sends them back with ``BlobPut``; every fetched payload is
+checked against its content address before a worker sees it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
 
-from cobalt_common.errors import ContentAddressError
+from cobalt_common.errors import ContentAddressError, PayloadUnavailableError
 from cobalt_common.payloads import BlobLocation, blob_path, write_blob
 from cobalt_common.v1 import agent_pb2, controller_pb2, worker_pb2
 from cobalt_common.v1 import controller_pb2_grpc as pb_grpc
+from cobalt_executors._runtime.payloads import put_file
 from cobalt_executors.base import PayloadRef, TaskArg, TaskOutcome, TaskSubmission
 from cobalt_executors.remote._executor import STORE_MARKER
+
+log = logging.getLogger("cobalt.agent")
 
 CHUNK = 1 << 20
 RPC_TIMEOUT_S = 600.0
@@ -121,14 +127,38 @@ class Stager:
         return b"".join(parts)
 
     def finish(self, outcome: TaskOutcome) -> TaskOutcome:
-        """Sends a large output this agent's worker stored to the controller."""
+        """Sends a large output this agent's worker stored to the controller's blob
+        store: straight to the object store where it takes presigned uploads, else
+        through the controller."""
         out = outcome.output
         if out is None or out.data is not None or self.shared:
             return outcome
         path = blob_path(self.cache_dir, out.sha256)
-        self._put(out.sha256, path)
+        if not self._upload(out.sha256, path):
+            self._put(out.sha256, path)
         path.unlink(missing_ok=True)
         return outcome
+
+    def _upload(self, sha256: str, path: Path) -> bool:
+        """Uploads ``path`` with the presigned PUT the controller gives, if it gives one;
+        False: send it through the controller instead."""
+        size = path.stat().st_size
+        answer = self._stub.BlobUploadUrl(
+            controller_pb2.BlobUploadUrlRequest(sha256=sha256, size=size),
+            metadata=(("authorization", f"Bearer {self._credential}"),),
+            timeout=RPC_TIMEOUT_S,
+        )
+        if answer.stored:
+            return True
+        if not answer.url:
+            return False
+        try:
+            put_file(answer.url, dict(answer.headers), path, size)
+        except PayloadUnavailableError as exc:
+            log.warning("output %s: %s; sending it through the controller", sha256, exc)
+            return False
+        log.info("output %s (%d bytes) went straight to the object store", sha256, size)
+        return True
 
     def _put(self, sha256: str, path: Path) -> None:
         def chunks() -> Iterator[controller_pb2.BlobChunk]:
