@@ -98,5 +98,26 @@ SSH = ExecutorType(
 Every option is the controller's to set: a client's descriptor must not make the
 controller log in anywhere with its keys."""
 
-EXECUTOR_TYPES: dict[str, ExecutorType] = {t.name: t for t in (LOCAL, AGENTS, SLURM, SSH)}
+DASK = ExecutorType(
+    "dask",
+    options=frozenset(),
+    config_only=frozenset(
+        {
+            "address",
+            "gpu_resources",
+            "emulate_gpus",
+            "python",
+            "workers",
+            "connect_timeout_s",
+            "reconnect_grace_s",
+            "blob_dir",
+            "prefetch",
+        }
+    ),
+)
+"""A user's running Dask cluster: the executor starts an agent on each worker, as a
+long-running Dask task. Every option is the controller's: a client's descriptor must
+not point the controller at a cluster."""
+
+EXECUTOR_TYPES: dict[str, ExecutorType] = {t.name: t for t in (LOCAL, AGENTS, SLURM, SSH, DASK)}
 """Every executor type, by name."""

@@ -267,6 +267,16 @@ class AgentPool:
                 )
             )
 
+    def drop(self, allocation: str, why: str) -> None:
+        """Detaches the agents of ``allocation`` at once and closes their streams: their
+        machine is known to be gone, so their tasks are reported lost now rather than
+        when the stream times out."""
+        with self._lock:
+            links = [link for link, a in self._agents.items() if a.info.allocation == allocation]
+        for link in links:
+            self.detach(link, why)
+            link.close(why)
+
     def agents(self) -> list[AgentInfo]:
         with self._lock:
             return [a.info for a in self._agents.values()]
