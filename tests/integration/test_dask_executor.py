@@ -194,3 +194,36 @@ def test_a_dask_worker_killed_mid_task_has_its_task_reported_lost_and_retried(
     assert killed not in result.result, "the retry ran under the worker the nanny restarted"
     assert _worker_pids(dask_cluster) & set(result.result)
     assert _task(dispatch_id, "held").attempts == 2
+
+
+def _agent_of(parents: list[int]) -> int:
+    """The cobalt agent among a task process's parents."""
+    for pid in parents:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"cobalt_executors.agent" in f.read():
+                return pid
+    raise AssertionError(f"no cobalt agent among {parents}")
+
+
+def test_a_killed_controller_leaves_no_agent_behind_and_its_task_is_retried_after_restart(
+    make_controller_home: Callable[..., ControllerHome],
+    dask_cluster: DaskCluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    home = make_controller_home(dask_config(dask_cluster, "reconnect_grace_s = 1\n"))
+    home.start()
+    gate, log = tmp_path / "gate", tmp_path / "runs"
+    dispatch_id = ct.dispatch(one_held)(str(gate), str(log))
+    wait_for(lambda: _runs(log), timeout=60, what="the task to start on the Dask worker")
+    first_pid, *first_parents = _runs(log)[0]
+    agent = _agent_of(first_parents)
+    os.kill(home.pid, signal.SIGKILL)
+    wait_for(lambda: not _alive(agent), timeout=30, what="the orphaned agent to stop")
+    wait_for(lambda: not _alive(first_pid), timeout=10, what="and its task's process with it")
+    home.start()
+    wait_for(lambda: len(_runs(log)) > 1, timeout=60, what="the retry to start on a new agent")
+    gate.touch()
+    result = ct.get_result(dispatch_id, wait=60)
+    assert result.status == ct.Status.COMPLETED, result.error
+    assert agent not in result.result
+    assert _task(dispatch_id, "held").attempts == 2

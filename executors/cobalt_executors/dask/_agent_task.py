@@ -6,7 +6,9 @@ worker's own tasks, and starts the agent with its credential in the
 environment, never on its command line. The agent is sent SIGTERM when the
 worker process dies (``PR_SET_PDEATHSIG``): it then closes its stream, so that
 the controller reports its tasks lost, and kills them. The controller stops
-the agent by setting a Dask :class:`~distributed.Event`.
+the agent by setting a Dask :class:`~distributed.Event`; a controller that is
+gone without setting it (killed) leaves its Dask tasks released by the
+scheduler, and each agent stops once its worker marks its task cancelled.
 
 Only the standard library and ``distributed`` are imported here: this module
 is loaded in the worker's interpreter.
@@ -22,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 TOKEN_VARIABLE = "COBALT_AGENT_TOKEN"
@@ -38,12 +41,30 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def _still_wanted(distributed: Any) -> Callable[[], bool]:
+    """Whether the scheduler still wants this task: once the controller's client is
+    gone (the controller stopped or was killed), the scheduler releases the task and
+    the worker marks it cancelled, and the agent stops with it."""
+    try:
+        worker = distributed.get_worker()
+        key = worker.get_current_task()
+    except (ValueError, AttributeError):  # not inside a Dask task: a direct call
+        return lambda: True
+
+    def wanted() -> bool:
+        task = worker.state.tasks.get(key)
+        return task is not None and task.state not in ("cancelled", "released", "forgotten")
+
+    return wanted
+
+
 def run_agent(argv: list[str], token: str, stop_event: str) -> int:
     """Runs the agent ``argv`` until it ends or ``stop_event`` is set; its exit code.
 
     The agent's own folder is made here, in the worker machine's temporary folder.
     """
     distributed: Any = importlib.import_module("distributed")
+    wanted = _still_wanted(distributed)
     with contextlib.suppress(ValueError, KeyError):  # not inside a Dask task: a direct call
         distributed.secede()
     allocation = argv[argv.index("--allocation") + 1] if "--allocation" in argv else "agent"
@@ -63,7 +84,7 @@ def run_agent(argv: list[str], token: str, stop_event: str) -> int:
                 stopping = stop.is_set()
             except Exception:  # the scheduler is unreachable: keep the agent for now
                 stopping = False
-            if stopping:
+            if stopping or not wanted():
                 break
     finally:
         if process.poll() is None:
