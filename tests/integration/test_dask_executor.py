@@ -19,10 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from service_dask import DaskCluster, dask_cluster, dask_config  # noqa: F401
+from agent_support import ServedRig
+from executor_contract import Reports
+from service_dask import GPU_RESOURCE, DaskCluster, dask_cluster, dask_config  # noqa: F401
 from support import wait_for
+from test_local_executor_contract import _contract_task, _payload
 
 import cobalt as ct
+from cobalt_common.hardware import HardwareSpec
+from cobalt_executors.base import TaskSubmission
+from cobalt_executors.dask import DaskExecutor
 
 if TYPE_CHECKING:
     from conftest import ControllerHome
@@ -227,3 +233,38 @@ def test_a_killed_controller_leaves_no_agent_behind_and_its_task_is_retried_afte
     assert result.status == ct.Status.COMPLETED, result.error
     assert agent not in result.result
     assert _task(dispatch_id, "held").attempts == 2
+
+
+def test_workers_whose_agent_cannot_start_refuse_tasks_with_the_reason(
+    dask_cluster: DaskCluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    options = {
+        "address": dask_cluster.address,
+        "gpu_resources": {"h100": GPU_RESOURCE},
+        "python": str(tmp_path / "no-such-python"),
+    }
+    reports = Reports()
+    rig = ServedRig(tmp_path, DaskExecutor("broken", options), reports)
+    executor = rig.executor
+    reports.executor = executor
+    try:
+        wait_for(executor.unavailable, timeout=30, what="the agent's failure to be noticed")
+        spec = HardwareSpec(cpus=1)
+        assert not executor.can_ever_run(spec)
+        assert "no-such-python" in executor.capacity_words(spec)
+        task = TaskSubmission(
+            task_key="t1",
+            dispatch_id="d",
+            node_id=0,
+            name="t1",
+            hardware=spec,
+            function=_payload(_contract_task),
+            args=[],
+        )
+        assert executor.try_submit(task) is not None, "taken, to be failed at once"
+        outcome = reports.wait("t1")["t1"]
+        assert outcome.status == ct.Status.FAILED and outcome.reason == "agent_failed"
+        assert "see that worker's log" in outcome.error
+    finally:
+        rig.close()

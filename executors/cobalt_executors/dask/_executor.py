@@ -29,13 +29,15 @@ import json
 import logging
 import sys
 import threading
+import time
 import uuid
 from typing import Any
 
 from cobalt_common.errors import ExecutorError, SpecError
 from cobalt_common.executor_types import DASK
-from cobalt_common.hardware import HardwareSpec
-from cobalt_executors.base import ExecutorContext
+from cobalt_common.hardware import HardwareGiven, HardwareSpec
+from cobalt_common.status import Status
+from cobalt_executors.base import ExecutorContext, TaskOutcome, TaskSubmission
 from cobalt_executors.dask._agent_task import STOP_GRACE_S, run_agent
 from cobalt_executors.dask._workers import WorkerShape, gpu_resources
 from cobalt_executors.remote import RemoteExecutor
@@ -46,6 +48,8 @@ WATCH_S = 1.0
 """How often the scheduler's workers are read."""
 AGENT_TTL_S = 30 * 86400.0
 """How long an agent's credential lasts: an agent lives as long as its worker."""
+AGENTS_FAILED = "agent_failed"
+"""The reason of a task failed because no worker of its executor has a working agent."""
 EXTRA_HINT = "install cobalt's dask extra (pip install 'cobalt[dask]') on the controller's machine"
 
 
@@ -118,6 +122,8 @@ class DaskExecutor(RemoteExecutor):
         self._allocations: dict[str, str] = {}
         """The allocation id of each worker's agent, by worker address."""
         self._futures: dict[str, Any] = {}
+        self._failed: dict[str, str] = {}
+        """Why the agent of a worker ended while the worker stayed, by worker address."""
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self.problem = ""
@@ -170,6 +176,8 @@ class DaskExecutor(RemoteExecutor):
             joined = [w for a, w in current.items() if a not in self._workers]
             left = [a for a in self._workers if a not in current]
             self._workers = current
+            for address in left:
+                self._failed.pop(address, None)
         for address in left:
             self._forget(address)
         for worker in joined:
@@ -244,17 +252,17 @@ class DaskExecutor(RemoteExecutor):
         future.add_done_callback(lambda f: self._agent_ended(worker.address, allocation, f))
 
     def _agent_ended(self, address: str, allocation: str, future: Any) -> None:
-        if self._stopping.is_set():
-            return
-        # Its answer is never read: the client refuses pickled answers, and the
-        # agent's own log is the worker's.
-        log.warning(
-            "executor %s: agent %s on Dask worker %s ended (%s); see the worker's log",
-            self.name,
-            allocation,
-            address,
-            future.status,
-        )
+        with self._lock:
+            if self._stopping.is_set() or self._allocations.get(address) != allocation:
+                return  # stopping, or the worker left and its agent was dropped
+            # Its answer is never read: the client refuses pickled answers, and the
+            # agent's own output is in the worker's log.
+            why = (
+                f"the agent on Dask worker {address} ended ({future.status}); see that "
+                f"worker's log (the agent runs {self.python} -m cobalt_executors.agent)"
+            )
+            self._failed[address] = why
+        log.error("executor %s: %s", self.name, why)
 
     def _forget(self, address: str) -> None:
         with self._lock:
@@ -266,24 +274,58 @@ class DaskExecutor(RemoteExecutor):
             self.pool.drop(allocation, f"Dask worker {address} left the cluster")
 
     def worker_shapes(self) -> list[WorkerShape]:
-        """The scheduler's workers, as read last."""
+        """The scheduler's workers as read last, less those whose agent ended."""
         with self._lock:
-            return list(self._workers.values())
+            return [w for a, w in self._workers.items() if a not in self._failed]
+
+    def unavailable(self) -> str:
+        """Why no worker can run tasks when every worker's agent ended; "" otherwise."""
+        with self._lock:
+            if not self._workers or len(self._failed) < len(self._workers):
+                return ""
+            problems = list(self._failed.values())
+        if self.pool.agents():
+            return ""
+        return (
+            f"no worker of executor {self.name!r} can run tasks: {'; '.join(problems)}. Fix "
+            "the workers' cobalt (or the executor's python option) and restart them."
+        )
 
     # -- the executor interface --------------------------------------------------------
 
     def can_ever_run(self, spec: HardwareSpec) -> bool:
         workers = self.worker_shapes()
-        if not workers and not self.pool.agents():
+        if not workers and not self.pool.agents() and not self.unavailable():
             return True  # an empty (e.g. adaptive) cluster: tasks wait for workers
         return self.pool.can_ever_run(spec) or any(w.fits(spec) for w in workers)
 
     def capacity_words(self, spec: HardwareSpec) -> str:
         if self.problem:
             return self.problem
+        why = self.unavailable()
+        if why:
+            return why
         workers = self.worker_shapes()
         shapes = "; ".join(sorted({w.describe() for w in workers})) or "none"
         return f"Dask cluster at {self.address}, workers: {shapes}"
+
+    def try_submit(self, task: TaskSubmission) -> HardwareGiven | None:
+        given = super().try_submit(task)
+        if given is not None:
+            return given
+        why = self.unavailable()
+        if not why:
+            return None
+        self.context.report(
+            TaskOutcome(
+                task_key=task.task_key,
+                status=Status.FAILED,
+                error=why,
+                ended_at=time.time(),
+                reason=AGENTS_FAILED,
+            )
+        )
+        return HardwareGiven()
 
     def describe(self) -> tuple[str, str]:
         total, free = super().describe()
