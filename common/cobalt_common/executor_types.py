@@ -119,5 +119,25 @@ DASK = ExecutorType(
 long-running Dask task. Every option is the controller's: a client's descriptor must
 not point the controller at a cluster."""
 
-EXECUTOR_TYPES: dict[str, ExecutorType] = {t.name: t for t in (LOCAL, AGENTS, SLURM, SSH, DASK)}
+RAY = ExecutorType(
+    "ray",
+    options=frozenset(),
+    config_only=frozenset(
+        {
+            "address",
+            "token_file",
+            "gpu_resources",
+            "python",
+            "reconnect_grace_s",
+            "blob_dir",
+            "prefetch",
+        }
+    ),
+)
+"""A user's Ray cluster: the executor starts an agent in an actor on each node. Every
+option is the controller's to set: a client must not point it at another cluster."""
+
+EXECUTOR_TYPES: dict[str, ExecutorType] = {
+    t.name: t for t in (LOCAL, AGENTS, SLURM, SSH, DASK, RAY)
+}
 """Every executor type, by name."""

@@ -8,13 +8,21 @@ from cobalt_common.errors import SpecError
 from cobalt_executors.base import Executor
 from cobalt_executors.dask import DaskExecutor
 from cobalt_executors.local import LocalExecutor
+from cobalt_executors.ray import RayExecutor
 from cobalt_executors.remote import AgentsExecutor
 from cobalt_executors.slurm._executor import SlurmExecutor
 from cobalt_executors.ssh import SshExecutor
 
 EXECUTOR_TYPES: dict[str, type[Executor]] = {
     cls.type_name: cls
-    for cls in (LocalExecutor, AgentsExecutor, SlurmExecutor, SshExecutor, DaskExecutor)
+    for cls in (
+        LocalExecutor,
+        AgentsExecutor,
+        SlurmExecutor,
+        SshExecutor,
+        DaskExecutor,
+        RayExecutor,
+    )
 }
 
 
