@@ -242,16 +242,25 @@ def running_ray_cluster(node: NodeShape = NODE) -> Iterator[RayCluster]:
     """
     tmp = Path(tempfile.mkdtemp(prefix="cr", dir="/tmp"))
     token_file = tmp / "auth_token"
-    port = _free_port()
+    low = _free_port()
+    taken = set(range(low, low + 201))
+
+    def port() -> int:
+        """A free loopback port outside the workers' range and not handed out yet."""
+        while (chosen := _free_port()) in taken:
+            pass
+        taken.add(chosen)
+        return chosen
+
+    gcs_port = port()
     cluster = RayCluster(
-        address=f"127.0.0.1:{port}", token_file=token_file, tmp=tmp, pid=0, node=node
+        address=f"127.0.0.1:{gcs_port}", token_file=token_file, tmp=tmp, pid=0, node=node
     )
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(secrets.token_hex(32))
     ray = _ray_binary()
     assert ray is not None
-    low = _free_port()
     argv = [
         ray,
         "start",
@@ -259,7 +268,7 @@ def running_ray_cluster(node: NodeShape = NODE) -> Iterator[RayCluster]:
         "--block",
         "--disable-usage-stats",
         "--node-ip-address=127.0.0.1",
-        f"--port={port}",
+        f"--port={gcs_port}",
         f"--temp-dir={tmp / 'ray'}",
         f"--num-cpus={node.cpus}",
         "--num-gpus=0",
@@ -268,13 +277,13 @@ def running_ray_cluster(node: NodeShape = NODE) -> Iterator[RayCluster]:
         f"--resources={json.dumps({node.resource: node.gpus})}",
         "--include-dashboard=false",
         "--dashboard-host=127.0.0.1",
-        f"--node-manager-port={_free_port()}",
-        f"--object-manager-port={_free_port()}",
-        f"--ray-client-server-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}",
+        f"--node-manager-port={port()}",
+        f"--object-manager-port={port()}",
+        f"--ray-client-server-port={port()}",
+        f"--dashboard-agent-listen-port={port()}",
+        f"--dashboard-agent-grpc-port={port()}",
+        f"--metrics-export-port={port()}",
+        f"--runtime-env-agent-port={port()}",
         f"--min-worker-port={low}",
         f"--max-worker-port={low + 200}",
     ]

@@ -128,6 +128,7 @@ RAY = ExecutorType(
             "token_file",
             "gpu_resources",
             "python",
+            "agents_per_node",
             "reconnect_grace_s",
             "blob_dir",
             "prefetch",

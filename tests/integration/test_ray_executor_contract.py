@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 from agent_support import ServedRig
-from executor_contract import ExecutorContract, ExecutorHarness, Reports
+from executor_contract import CPUS, GPU, GPUS, MEMORY_MB, ExecutorContract, ExecutorHarness, Reports
 from service_ray import RayCluster, ray_cluster, ray_options  # noqa: F401
 from test_local_executor_contract import LocalHarness, _contract_task, _payload
 
+from cobalt_common.hardware import HardwareSpec
 from cobalt_executors.ray import RayExecutor
 
 pytestmark = pytest.mark.integration
@@ -66,3 +67,26 @@ class TestRayExecutorContract(ExecutorContract):
         harness = RayHarness(tmp_path, ray_cluster)
         yield harness
         harness.close()
+
+
+def test_agents_per_node_splits_the_node_into_equal_agents_none_larger_than_its_share(
+    tmp_path: Path,
+    ray_cluster: RayCluster,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in ray_cluster.driver_env.items():
+        monkeypatch.setenv(key, value)
+    executor = RayExecutor("cluster", ray_options(ray_cluster, agents_per_node=2))
+    rig = ServedRig(tmp_path, executor, Reports())
+    try:
+        rig.wait_attached(2)
+        agents = executor.pool.agents()
+        assert len(agents) == 2
+        whole = executor.inventory()
+        assert (whole.cpus, whole.memory_mb) == (CPUS, MEMORY_MB)
+        assert sorted(d.type for d in whole.gpus) == [GPU] * GPUS
+        assert executor.can_ever_run(HardwareSpec(cpus=CPUS / 2, gpu=GPU, gpus=GPUS // 2))
+        assert not executor.can_ever_run(HardwareSpec(gpu=GPU, gpus=GPUS))
+        assert not executor.can_ever_run(HardwareSpec(cpus=CPUS))
+    finally:
+        rig.close()

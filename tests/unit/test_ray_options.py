@@ -94,3 +94,16 @@ def test_cobalt_s_executors_import_without_importing_ray() -> None:
     probe = "import sys, cobalt_executors.registry; print('ray' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_share_of_a_node_holds_whole_gpus_and_none_when_too_few() -> None:
+    node = NodeShape("n", 8.0, 16384, "l4", 2, "GPU_L4")
+    assert node.share(2) == NodeShape("n", 4.0, 8192, "l4", 1, "GPU_L4")
+    assert node.share(4) == NodeShape("n", 2.0, 4096, None, 0, "")
+    assert node.share(1) is node
+
+
+@pytest.mark.parametrize("value", [0, 65, 1.5, True, "2"])
+def test_agents_per_node_must_be_a_whole_number_from_1_to_64(value: object) -> None:
+    with pytest.raises(SpecError, match="agents_per_node must be a whole number"):
+        RayExecutor("cluster", {"address": "a:1", "agents_per_node": value})

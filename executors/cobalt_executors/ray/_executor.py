@@ -60,7 +60,9 @@ class RayExecutor(RemoteExecutor):
     ``"GPU"`` for Ray's own GPUs, any other name for a custom resource counted
     as emulated GPUs), ``python`` (the interpreter with cobalt on the nodes;
     default: the Ray worker's), and the remote executors' ``reconnect_grace_s``,
-    ``blob_dir`` and ``prefetch``.
+    ``blob_dir`` and ``prefetch``. ``agents_per_node`` (default 1) splits each
+    node into that many agents, each holding an equal share of its CPUs, memory
+    and GPUs (GPUs that do not divide evenly are left to Ray).
     """
 
     type_name = RAY.name
@@ -84,11 +86,19 @@ class RayExecutor(RemoteExecutor):
         if not isinstance(python, str) or "\n" in python:
             raise SpecError(f"executor {name!r}: python must be a path, not {python!r}.")
         self.python = python
+        share = self.options.get("agents_per_node", 1)
+        if isinstance(share, bool) or not isinstance(share, int) or not 1 <= share <= 64:
+            raise SpecError(
+                f"executor {name!r}: agents_per_node must be a whole number from 1 to 64, "
+                f"not {share!r}."
+            )
+        self.agents_per_node = share
         self.problem = ""
         self.nodes: dict[str, NodeShape] = {}
-        """The alive nodes' agents, by Ray node id, as last reported."""
+        """Each alive node's agents (one shape for all of a node's agents), by Ray
+        node id, as last reported."""
         self._agents: dict[str, str] = {}
-        """Ray node id -> the allocation of its agent."""
+        """``<Ray node id>/<index>`` -> the allocation of the agent in that slot."""
         self._ended_at: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -123,16 +133,22 @@ class RayExecutor(RemoteExecutor):
     def teardown(self) -> None:
         self._stopping.set()
         driver = self._driver
-        if driver is not None and driver.stdin is not None:
-            with contextlib.suppress(OSError, ValueError):
-                driver.stdin.close()  # the driver stops its agents and exits
         if driver is not None:
+            self._close_stdin(driver)  # the driver stops its agents and exits
             try:
                 driver.wait(_STOP_DRIVER_S)
             except subprocess.TimeoutExpired:
                 driver.kill()
                 driver.wait()
+        if self._keeper is not None:
+            self._keeper.join(_STOP_DRIVER_S)
         super().teardown()
+
+    @staticmethod
+    def _close_stdin(driver: subprocess.Popen[str]) -> None:
+        if driver.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                driver.stdin.close()
 
     def _log_path(self) -> Path | None:
         folder = self.context.work_dir
@@ -172,13 +188,14 @@ class RayExecutor(RemoteExecutor):
                 if not isinstance(stderr, int):
                     stderr.close()
             self._driver = driver
+            if self._stopping.is_set():  # teardown came while it started
+                self._close_stdin(driver)
             assert driver.stdout is not None
             for line in driver.stdout:
                 self._on_message(line)
             status = driver.wait()
-            with self._lock:
+            with self._lock:  # its actors ended with it; the nodes seen last still count
                 self._agents.clear()
-                self.nodes = {}
             if self._stopping.is_set():
                 return
             self.problem = self.problem or f"the Ray driver exited with status {status}"
@@ -215,37 +232,39 @@ class RayExecutor(RemoteExecutor):
 
     def _on_nodes(self, nodes: list[dict[str, Any]]) -> None:
         shapes = {
-            str(node["id"]): NodeShape.of(str(node["id"]), node["resources"], self.gpu_resources)
+            str(node["id"]): NodeShape.of(
+                str(node["id"]), node["resources"], self.gpu_resources
+            ).share(self.agents_per_node)
             for node in nodes
         }
         now = time.monotonic()
-        starts: list[NodeShape] = []
+        starts: list[tuple[str, NodeShape]] = []
         with self._lock:
             self.nodes = shapes
             for node_id, shape in shapes.items():
-                recent = now - self._ended_at.get(node_id, -RESTART_AFTER_S) < RESTART_AFTER_S
-                if node_id not in self._agents and shape.cpus >= 1 and not recent:
-                    self._agents[node_id] = f"ray-{node_id[:12]}-{uuid.uuid4().hex[:6]}"
-                    starts.append(shape)
+                for index in range(self.agents_per_node if shape.cpus >= 1 else 0):
+                    slot = f"{node_id}/{index}"
+                    recent = now - self._ended_at.get(slot, -RESTART_AFTER_S) < RESTART_AFTER_S
+                    if slot not in self._agents and not recent:
+                        self._agents[slot] = f"ray-{node_id[:12]}-{index}-{uuid.uuid4().hex[:6]}"
+                        starts.append((self._agents[slot], shape))
         self.problem = ""
-        for shape in starts:
-            self._start_agent(shape)
+        for allocation, shape in starts:
+            self._start_agent(allocation, shape)
         self._reported.set()
 
     def _on_ended(self, allocation: str, why: str) -> None:
         with self._lock:
-            for node_id, held in list(self._agents.items()):
+            for slot, held in list(self._agents.items()):
                 if held == allocation:
-                    del self._agents[node_id]
-                    self._ended_at[node_id] = time.monotonic()
+                    del self._agents[slot]
+                    self._ended_at[slot] = time.monotonic()
         if not self._stopping.is_set():
             log.warning("executor %s: agent %s ended: %s", self.name, allocation, why)
 
-    def _start_agent(self, shape: NodeShape) -> None:
+    def _start_agent(self, allocation: str, shape: NodeShape) -> None:
         endpoint = self.context.agents
         assert endpoint is not None
-        with self._lock:
-            allocation = self._agents[shape.node_id]
         argv = [
             "--controller",
             endpoint.address,

@@ -105,6 +105,26 @@ class NodeShape:
         GPUs are asked for by their own actor options)."""
         return {self.gpu_resource: float(self.gpus)} if self.emulated else {}
 
+    def share(self, parts: int) -> NodeShape:
+        """One of ``parts`` equal agents of this node: a share of its CPUs, memory
+        and GPUs, the GPUs in whole devices (none when fewer than ``parts``).
+
+        Example:
+            >>> NodeShape("n", 8.0, 16384, "l4", 2, "GPU_L4").share(2).describe()
+            '4 CPUs, 8192 MB, 1 x l4 (emulated)'
+        """
+        if parts <= 1:
+            return self
+        gpus = self.gpus // parts
+        return NodeShape(
+            self.node_id,
+            self.cpus / parts,
+            self.memory_mb // parts,
+            self.gpu if gpus else None,
+            gpus,
+            self.gpu_resource if gpus else "",
+        )
+
     def covers(self, spec: HardwareSpec) -> bool:
         """Whether this node's agent could ever run ``spec``."""
         if spec.cpus > self.cpus + 1e-9 or spec.memory_mb > self.memory_mb:
