@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from agent_support import ServedRig
 from executor_contract import CPUS, GPU, GPUS, MEMORY_MB, ExecutorContract, ExecutorHarness, Reports
@@ -26,6 +27,16 @@ from cobalt_common.hardware import HardwareSpec
 from cobalt_executors.ray import RayExecutor
 
 pytestmark = pytest.mark.integration
+
+
+def _agent_processes(controller: str) -> list[psutil.Process]:
+    """The agents that dial ``controller``, found by their command lines."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        argv = process.info["cmdline"] or []
+        if "cobalt_executors.agent" in argv and controller in argv:
+            found.append(process)
+    return found
 
 
 class RayHarness(LocalHarness):
@@ -88,5 +99,10 @@ def test_agents_per_node_splits_the_node_into_equal_agents_none_larger_than_its_
         assert executor.can_ever_run(HardwareSpec(cpus=CPUS / 2, gpu=GPU, gpus=GPUS // 2))
         assert not executor.can_ever_run(HardwareSpec(gpu=GPU, gpus=GPUS))
         assert not executor.can_ever_run(HardwareSpec(cpus=CPUS))
+        processes = _agent_processes(rig.address)
+        assert len(processes) == 2
+        for process in processes:
+            assert not any(arg.startswith("--token") for arg in process.cmdline())
+            assert process.environ().get("COBALT_AGENT_TOKEN"), "the credential is in its env"
     finally:
         rig.close()
