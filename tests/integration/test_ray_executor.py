@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,10 +20,15 @@ from typing import TYPE_CHECKING
 
 import psutil
 import pytest
-from service_ray import RayCluster, ray_cluster, ray_config  # noqa: F401
+from agent_support import ServedRig
+from executor_contract import Reports
+from service_ray import RayCluster, ray_cluster, ray_config, why_ray_cannot_start  # noqa: F401
 from support import wait_for
 
 import cobalt as ct
+from cobalt_common.hardware import HardwareSpec
+from cobalt_executors.ray import _executor
+from cobalt_executors.ray._executor import RayExecutor
 
 if TYPE_CHECKING:
     from conftest import ControllerHome
@@ -211,3 +217,31 @@ def test_an_agent_whose_ray_actor_is_killed_has_its_task_reported_lost_and_retri
     second_actor = _runs(log)[1][1]
     assert second_actor not in (0, first_actor) and result.result == second_actor
     assert _task(dispatch_id, "held").attempts == 2
+
+
+def test_a_cluster_that_does_not_answer_leaves_tasks_refused_with_the_reason(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    requires_service: Callable[..., None],
+) -> None:
+    why = why_ray_cannot_start()
+    requires_service("Ray", not why, why)
+    monkeypatch.setattr(_executor, "CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(_executor, "_STOP_DRIVER_S", 2.0)
+    with socket.socket() as sock:  # a loopback port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+        executor = RayExecutor("cluster", {"address": address})
+        began = time.monotonic()
+        rig = ServedRig(tmp_path, executor, Reports())
+        try:
+            assert time.monotonic() - began < 10, "setup does not wait for Ray's own timeout"
+            spec = HardwareSpec(cpus=1)
+            assert not executor.can_ever_run(spec)
+            assert executor.capacity_words(spec) == (
+                f"the Ray cluster at {address} cannot be read: "
+                f"still connecting to the Ray cluster at {address}"
+            )
+        finally:
+            rig.close()
+    assert executor._driver is not None and executor._driver.poll() is not None, "driver ended"

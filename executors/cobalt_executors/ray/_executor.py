@@ -41,8 +41,11 @@ from cobalt_executors.remote import RemoteExecutor
 
 log = logging.getLogger("cobalt.executors")
 
-CONNECT_TIMEOUT_S = 60.0
-"""How long setup waits for the driver's first report of the cluster's nodes."""
+CONNECT_TIMEOUT_S = 20.0
+"""How long setup waits for the driver's first report of the cluster's nodes. Ray's
+``ray.init`` waits minutes for an address where nothing answers; the controller
+starts after this long regardless, and the executor refuses tasks, saying why,
+until the driver reports the nodes."""
 RESTART_AFTER_S = 5.0
 """How long after an agent ended a new one is started on its node."""
 AGENT_TTL_S = 30 * 86400.0
@@ -93,7 +96,9 @@ class RayExecutor(RemoteExecutor):
                 f"not {share!r}."
             )
         self.agents_per_node = share
-        self.problem = ""
+        self._connecting = f"still connecting to the Ray cluster at {address}"
+        self.problem = self._connecting
+        """Why no node is known, or "" once the driver reports them."""
         self.nodes: dict[str, NodeShape] = {}
         """Each alive node's agents (one shape for all of a node's agents), by Ray
         node id, as last reported."""
@@ -127,7 +132,7 @@ class RayExecutor(RemoteExecutor):
                 self.name,
                 self.address,
                 CONNECT_TIMEOUT_S,
-                self.problem or "the driver is still connecting",
+                self.problem,
             )
 
     def teardown(self) -> None:
@@ -167,26 +172,14 @@ class RayExecutor(RemoteExecutor):
     def _keep_driver(self) -> None:
         """Runs the driver, and a new one after it ends, until teardown."""
         while not self._stopping.is_set():
-            path = self._log_path()
-            stderr: IO[bytes] | int = open(path, "ab") if path else subprocess.DEVNULL  # noqa: SIM115
             try:
-                driver = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "cobalt_executors.ray._driver",
-                        "--address",
-                        self.address,
-                    ],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=stderr,
-                    env=self._environment(),
-                    text=True,
-                )
-            finally:
-                if not isinstance(stderr, int):
-                    stderr.close()
+                driver = self._start_driver()
+            except OSError as exc:
+                self.problem = f"the Ray driver could not start: {exc}"
+                self._reported.set()
+                log.error("executor %s: %s", self.name, self.problem)
+                self._stopping.wait(RESTART_AFTER_S)
+                continue
             self._driver = driver
             if self._stopping.is_set():  # teardown came while it started
                 self._close_stdin(driver)
@@ -198,10 +191,27 @@ class RayExecutor(RemoteExecutor):
                 self._agents.clear()
             if self._stopping.is_set():
                 return
-            self.problem = self.problem or f"the Ray driver exited with status {status}"
+            if self.problem in ("", self._connecting):
+                self.problem = f"the Ray driver exited with status {status}"
             self._reported.set()
             log.error("executor %s: %s; starting another", self.name, self.problem)
             self._stopping.wait(RESTART_AFTER_S)
+
+    def _start_driver(self) -> subprocess.Popen[str]:
+        path = self._log_path()
+        stderr: IO[bytes] | int = open(path, "ab") if path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "cobalt_executors.ray._driver", "--address", self.address],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=self._environment(),
+                text=True,
+            )
+        finally:
+            if not isinstance(stderr, int):
+                stderr.close()
 
     def _send(self, message: dict[str, Any]) -> None:
         driver = self._driver
