@@ -32,13 +32,23 @@ def _node(node_id: str, cpus: float = 4.0, l4: int = 2) -> dict[str, Any]:
     }
 
 
+class Recorded(RayExecutor):
+    """A Ray executor whose driver is a list of the commands it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__("cluster", {"address": "a:1", "gpu_resources": {"l4": "GPU_L4"}})
+        self.sent: list[dict[str, Any]] = []
+
+    def _keep_driver(self) -> None:
+        self._reported.set()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+
 @pytest.fixture
-def executor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> RayExecutor:
-    monkeypatch.setattr(RayExecutor, "_keep_driver", lambda self: self._reported.set())
-    executor = RayExecutor("cluster", {"address": "a:1", "gpu_resources": {"l4": "GPU_L4"}})
-    sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(executor, "_send", sent.append)
-    executor.sent = sent  # type: ignore[attr-defined]
+def executor(tmp_path: Path) -> Recorded:
+    executor = Recorded()
     executor.setup(
         ExecutorContext(
             inline_limit=1024,
@@ -50,11 +60,11 @@ def executor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> RayExecutor:
     return executor
 
 
-def _starts(executor: RayExecutor) -> list[dict[str, Any]]:
-    return [m for m in executor.sent if m["kind"] == "start"]  # type: ignore[attr-defined]
+def _starts(executor: Recorded) -> list[dict[str, Any]]:
+    return [m for m in executor.sent if m["kind"] == "start"]
 
 
-def test_a_node_that_joins_gets_one_agent_holding_its_resources(executor: RayExecutor) -> None:
+def test_a_node_that_joins_gets_one_agent_holding_its_resources(executor: Recorded) -> None:
     executor._on_nodes([_node("n1")])
     executor._on_nodes([_node("n1")])
     assert [m["node"] for m in _starts(executor)] == ["n1"], "one agent per node, once"
@@ -70,7 +80,7 @@ def test_a_node_that_joins_gets_one_agent_holding_its_resources(executor: RayExe
 
 
 def test_an_agent_that_ended_is_started_again_after_a_pause_while_its_node_lives(
-    executor: RayExecutor, monkeypatch: pytest.MonkeyPatch
+    executor: Recorded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
     monkeypatch.setattr(_executor.time, "monotonic", lambda: now[0])
@@ -86,7 +96,7 @@ def test_an_agent_that_ended_is_started_again_after_a_pause_while_its_node_lives
 
 
 def test_what_no_reported_node_could_hold_is_refused_with_the_nodes_named(
-    executor: RayExecutor,
+    executor: Recorded,
 ) -> None:
     executor._on_nodes([_node("n1"), _node("n2", cpus=2.0, l4=1)])
     assert executor.can_ever_run(HardwareSpec(cpus=4, gpu="l4", gpus=2))
@@ -96,6 +106,6 @@ def test_what_no_reported_node_could_hold_is_refused_with_the_nodes_named(
     )
 
 
-def test_a_node_with_less_than_one_cpu_gets_no_agent(executor: RayExecutor) -> None:
+def test_a_node_with_less_than_one_cpu_gets_no_agent(executor: Recorded) -> None:
     executor._on_nodes([_node("n1", cpus=0.5, l4=0)])
     assert _starts(executor) == []
