@@ -3,8 +3,9 @@
 The lattice names an executor, ``remote``; only what ``config.toml`` says that
 executor is changes from one run to the next: this machine's own workers, an
 agent attached by hand, an SSH host (a real sshd on loopback), Slurm pilots
-(a real cluster), or the workers of a Dask cluster (a real scheduler and
-worker). The results, and where each task ran, are the same.
+(a real cluster), the workers of a Dask cluster (a real scheduler and worker),
+or a Ray cluster's node (a real head, confined to loopback). The results, and
+where each task ran, are the same.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from service_dask import dask_cluster  # noqa: F401
+from service_ray import ray_cluster, ray_options  # noqa: F401
 from service_slurm import slurm_cluster, slurm_options, toml_lines  # noqa: F401
 from service_sshd import sshd_server  # noqa: F401
 from ssh_support import host_table
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-KINDS = ["local", "agents", "ssh", "slurm", "dask"]
+KINDS = ["local", "agents", "ssh", "slurm", "dask", "ray"]
 
 
 @ct.electron(executor="remote")
@@ -66,6 +68,13 @@ def _remote_table(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
         server = request.getfixturevalue("sshd_server")
         options: dict[str, Any] = {"hosts": [host_table(server, tmp_path / "host")], "workers": 2}
         return 'type = "ssh"\n' + "".join(f"{k} = {_toml(v)}\n" for k, v in options.items())
+    if kind == "ray":
+        ray = request.getfixturevalue("ray_cluster")
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        for key, value in ray.driver_env.items():  # the executor's driver stays on loopback
+            monkeypatch.setenv(key, value)
+        options = ray_options(ray)
+        return 'type = "ray"\n' + "".join(f"{k} = {_toml(v)}\n" for k, v in options.items())
     if kind == "dask":
         dask = request.getfixturevalue("dask_cluster")
         return f'type = "dask"\naddress = "{dask.address}"\n'
