@@ -63,8 +63,10 @@ class DeploymentRpcs:
             manifest = Manifest.from_json(request.manifest_json)
         except errors.Error as exc:
             abort(context, exc)
-        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError, AttributeError) as exc:
             abort(context, errors.SpecError(f"the deployment's manifest is not valid: {exc}"))
+        except RecursionError:
+            abort(context, errors.SpecError("the deployment's manifest is nested too deeply"))
         if request.name and request.name != manifest.name:
             abort(
                 context,

@@ -76,6 +76,8 @@ def test_a_task_and_an_outcome_survive_the_wire_unchanged() -> None:
         (lambda m: setattr(m, "given_json", "{"), "unreadable hardware given"),
         (lambda m: setattr(m, "given_json", '{"cpus": -1}'), "not a count"),
         (lambda m: setattr(m, "given_json", '{"gpu_indices": [99999]}'), "bad GPU indices"),
+        (lambda m: setattr(m, "given_json", "[1, 2]"), "list, not an object"),
+        (lambda m: setattr(m, "given_json", "[" * 100_000 + "]" * 100_000), "unreadable"),
         (lambda m: setattr(m.output, "sha256", "../../etc/passwd"), "sha256"),
     ],
 )
@@ -84,6 +86,14 @@ def test_a_malformed_outcome_is_refused_with_what_is_wrong(change: object, compl
     change(msg)  # type: ignore[operator]
     with pytest.raises(ProtocolError, match=complaint):
         outcome_from_wire(msg)
+
+
+@pytest.mark.parametrize("hardware", ["{", "[]", "[" * 100_000 + "]" * 100_000, '{"cpus": "x"}'])
+def test_a_task_with_unreadable_hardware_is_refused(hardware: str) -> None:
+    msg = task_to_wire(_task())
+    msg.hardware_json = hardware
+    with pytest.raises(ProtocolError, match="unreadable hardware"):
+        task_from_wire(msg)
 
 
 def test_an_inline_payload_whose_size_disagrees_with_its_bytes_is_refused() -> None:

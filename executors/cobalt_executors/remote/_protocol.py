@@ -67,7 +67,10 @@ def _hardware_json(spec: HardwareSpec) -> str:
 @functools.lru_cache(maxsize=1024)
 def _hardware(text: str) -> HardwareSpec:
     """A task's hardware from the wire, checked once per distinct text."""
-    return HardwareSpec.from_dict(json.loads(text))
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise TypeError(f"{type(data).__name__}, not an object")
+    return HardwareSpec.from_dict(data)
 
 
 def task_to_wire(task: TaskSubmission) -> agent_pb2.AgentTask:
@@ -95,7 +98,7 @@ def task_from_wire(msg: agent_pb2.AgentTask) -> TaskSubmission:
     what = f"task {msg.task_key!r}"
     try:
         hardware = _hardware(msg.hardware_json)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise ProtocolError(f"{what}: unreadable hardware: {exc}") from None
     args = [
         TaskArg(a.position, a.keyword, payload_from_wire(a.payload, f"{what} argument"))
@@ -164,8 +167,11 @@ def outcome_from_wire(msg: agent_pb2.AgentOutcome) -> TaskOutcome:
     if status not in OUTCOME_STATUSES:
         raise ProtocolError(f"{what}: status {msg.status!r} is not an outcome")
     try:
-        given = given_from_dict(json.loads(msg.given_json or "{}"))
-    except (ValueError, TypeError) as exc:
+        data = json.loads(msg.given_json or "{}")
+        if not isinstance(data, dict):
+            raise TypeError(f"{type(data).__name__}, not an object")
+        given = given_from_dict(data)
+    except (ValueError, TypeError, RecursionError) as exc:
         raise ProtocolError(f"{what}: unreadable hardware given: {exc}") from None
     output = payload_from_wire(msg.output, what) if msg.HasField("output") else None
     typed: OutcomeStatus = status
