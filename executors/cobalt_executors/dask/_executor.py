@@ -29,15 +29,13 @@ import json
 import logging
 import sys
 import threading
-import time
 import uuid
 from typing import Any
 
 from cobalt_common.errors import ExecutorError, SpecError
 from cobalt_common.executor_types import DASK
-from cobalt_common.hardware import HardwareGiven, HardwareSpec
-from cobalt_common.status import Status
-from cobalt_executors.base import ExecutorContext, TaskOutcome, TaskSubmission
+from cobalt_common.hardware import HardwareSpec
+from cobalt_executors.base import ExecutorContext
 from cobalt_executors.dask._agent_task import STOP_GRACE_S, run_agent
 from cobalt_executors.dask._workers import WorkerShape, gpu_resources
 from cobalt_executors.remote import RemoteExecutor
@@ -83,6 +81,7 @@ class DaskExecutor(RemoteExecutor):
 
     type_name = DASK.name
     accepted_options = DASK.options | DASK.config_only
+    unavailable_reason = AGENTS_FAILED
 
     def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(name, options)
@@ -308,24 +307,6 @@ class DaskExecutor(RemoteExecutor):
         workers = self.worker_shapes()
         shapes = "; ".join(sorted({w.describe() for w in workers})) or "none"
         return f"Dask cluster at {self.address}, workers: {shapes}"
-
-    def try_submit(self, task: TaskSubmission) -> HardwareGiven | None:
-        given = super().try_submit(task)
-        if given is not None:
-            return given
-        why = self.unavailable()
-        if not why:
-            return None
-        self.context.report(
-            TaskOutcome(
-                task_key=task.task_key,
-                status=Status.FAILED,
-                error=why,
-                ended_at=time.time(),
-                reason=AGENTS_FAILED,
-            )
-        )
-        return HardwareGiven()
 
     def describe(self) -> tuple[str, str]:
         total, free = super().describe()

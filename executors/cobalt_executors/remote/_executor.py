@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,10 +14,18 @@ from cobalt_common.errors import SpecError
 from cobalt_common.executor_types import AGENTS
 from cobalt_common.hardware import HardwareGiven, HardwareSpec
 from cobalt_common.payloads import BlobLocation
+from cobalt_common.status import Status
 from cobalt_common.v1 import agent_pb2
 from cobalt_executors._inventory import Inventory
 from cobalt_executors._runtime.payloads import to_wire
-from cobalt_executors.base import Executor, ExecutorContext, PayloadRef, TaskArg, TaskSubmission
+from cobalt_executors.base import (
+    Executor,
+    ExecutorContext,
+    PayloadRef,
+    TaskArg,
+    TaskOutcome,
+    TaskSubmission,
+)
 from cobalt_executors.remote._pool import AgentInfo, AgentLink, AgentPool
 
 STORE_MARKER = ".cobalt-store"
@@ -63,6 +72,8 @@ class RemoteExecutor(Executor):
     """
 
     default_prefetch: ClassVar[int] = 64
+    unavailable_reason: ClassVar[str] = "agent_failed"
+    """The reason of a task failed at once because :meth:`unavailable` says why."""
 
     def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(name, options)
@@ -134,10 +145,33 @@ class RemoteExecutor(Executor):
     def can_ever_run(self, spec: HardwareSpec) -> bool:
         return self.pool.can_ever_run(spec)
 
+    def unavailable(self) -> str:
+        """Why none of this executor's machines can run tasks, until someone fixes
+        them (every host refused, every agent failed to start); "" while one can,
+        or may once it has started."""
+        return ""
+
     def try_submit(self, task: TaskSubmission) -> HardwareGiven | None:
+        """Starts ``task`` on an agent with room; when :meth:`unavailable` says none
+        ever will, the task fails at once with that reason instead of waiting."""
         if self._blob_dir:
             task = _relocated(task, self._blob_dir)
-        return self.pool.submit(task)
+        given = self.pool.submit(task)
+        if given is not None:
+            return given
+        why = self.unavailable()
+        if not why:
+            return None
+        self.context.report(
+            TaskOutcome(
+                task_key=task.task_key,
+                status=Status.FAILED,
+                error=why,
+                ended_at=time.time(),
+                reason=self.unavailable_reason,
+            )
+        )
+        return HardwareGiven()
 
     def cancel(self, task_key: str, reason: str) -> None:
         self.pool.cancel(task_key, reason)

@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from cobalt_common.errors import ExecutorError, SpecError
 from cobalt_common.executor_types import SSH
-from cobalt_common.hardware import HardwareGiven, HardwareSpec
-from cobalt_common.status import Status
+from cobalt_common.hardware import HardwareSpec
 from cobalt_common.v1 import agent_pb2
 from cobalt_executors._inventory import Inventory
-from cobalt_executors.base import ExecutorContext, TaskOutcome, TaskSubmission
+from cobalt_executors.base import ExecutorContext
 from cobalt_executors.remote import AgentInfo, AgentLink, RemoteExecutor
 from cobalt_executors.ssh._hosts import HostSpec, parse_hosts
 from cobalt_executors.ssh._loop import LoopRunner
@@ -55,6 +53,7 @@ class SshExecutor(RemoteExecutor):
 
     type_name = SSH.name
     accepted_options = SSH.options | SSH.config_only
+    unavailable_reason = HOSTS_FAILED
 
     def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(name, options)
@@ -142,24 +141,6 @@ class SshExecutor(RemoteExecutor):
     def capacity_words(self, spec: HardwareSpec) -> str:
         why = self.unavailable()
         return f"{super().capacity_words(spec)}: {why}" if why else super().capacity_words(spec)
-
-    def try_submit(self, task: TaskSubmission) -> HardwareGiven | None:
-        given = super().try_submit(task)
-        if given is not None:
-            return given
-        why = self.unavailable()
-        if not why:
-            return None
-        self.context.report(
-            TaskOutcome(
-                task_key=task.task_key,
-                status=Status.FAILED,
-                error=why,
-                ended_at=time.time(),
-                reason=HOSTS_FAILED,
-            )
-        )
-        return HardwareGiven()
 
     def reachable_url(self, task_key: str, url: str) -> str:
         """A replica on a host behind a reverse tunnel advertises the host's loopback,
