@@ -138,7 +138,46 @@ RAY = ExecutorType(
 """A user's Ray cluster: the executor starts an agent in an actor on each node. Every
 option is the controller's to set: a client must not point it at another cluster."""
 
+KUBERNETES = ExecutorType(
+    "kubernetes",
+    options=frozenset(),
+    config_only=frozenset(
+        {
+            "kubeconfig",
+            "context",
+            "namespace",
+            "image",
+            "image_pull_policy",
+            "image_pull_secrets",
+            "service_account",
+            "labels",
+            "annotations",
+            "node_selector",
+            "gpu_types",
+            "gpu_label",
+            "gpu_resource",
+            "largest_node",
+            "time_margin",
+            "ttl_after_finished_s",
+            "mode",
+            "python",
+            "max_pilots",
+            "pilot_cpus",
+            "pilot_memory",
+            "pilot_time",
+            "replica_time",
+            "idle_timeout_s",
+            "emulate_gpus",
+            "reconnect_grace_s",
+            "blob_dir",
+            "prefetch",
+        }
+    ),
+)
+"""A Kubernetes cluster: agents run in pilot pods, or one Job per task. Every option is
+the controller's: a client's descriptor must not point the controller at a cluster."""
+
 EXECUTOR_TYPES: dict[str, ExecutorType] = {
-    t.name: t for t in (LOCAL, AGENTS, SLURM, SSH, DASK, RAY)
+    t.name: t for t in (LOCAL, AGENTS, SLURM, SSH, KUBERNETES, DASK, RAY)
 }
 """Every executor type, by name."""

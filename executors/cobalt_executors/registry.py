@@ -7,6 +7,7 @@ from typing import Any
 from cobalt_common.errors import SpecError
 from cobalt_executors.base import Executor
 from cobalt_executors.dask import DaskExecutor
+from cobalt_executors.kubernetes import KubernetesExecutor
 from cobalt_executors.local import LocalExecutor
 from cobalt_executors.ray import RayExecutor
 from cobalt_executors.remote import AgentsExecutor
@@ -20,6 +21,7 @@ EXECUTOR_TYPES: dict[str, type[Executor]] = {
         AgentsExecutor,
         SlurmExecutor,
         SshExecutor,
+        KubernetesExecutor,
         DaskExecutor,
         RayExecutor,
     )

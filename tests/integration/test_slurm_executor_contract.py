@@ -27,7 +27,8 @@ from test_local_executor_contract import LocalHarness, _contract_task, _payload
 
 from cobalt_common.hardware import HardwareSpec
 from cobalt_executors import Allocation
-from cobalt_executors.slurm._executor import WATCH_S, SlurmExecutor
+from cobalt_executors.remote._pilots import WATCH_S
+from cobalt_executors.slurm._executor import SlurmExecutor
 
 pytestmark = pytest.mark.integration
 

@@ -251,12 +251,12 @@ def test_a_replica_gets_a_pilot_of_replica_time_within_the_partitions_limit(
     executor = SlurmExecutor("hpc", {"replica_time": "12h", "pilot_time": "1h"})
     partition = PartitionInfo("debug", default=True, max_time_s=max_time_s)
     executor.capacity = capacity = Capacity.of([NODE], [partition])
-    shape = executor._shape(_replica())
+    shape = executor.shape_for(_replica())
     assert shape.time_limit_s == walltime_s
     assert capacity.sbatch_arguments(shape)[-1] == time, "and Slurm's limit is kept"
-    needs = executor._needs(_replica())
+    needs = executor.needs_of(_replica())
     assert needs.time_limit_s == walltime_s / 2, "it goes to a pilot with half of it left"
-    assert executor._shape(_task_of(HardwareSpec(cpus=1))).time_limit_s == 3600
+    assert executor.shape_for(_task_of(HardwareSpec(cpus=1))).time_limit_s == 3600
 
 
 @pytest.mark.parametrize("mode", ["pilot", "job_per_task"])
@@ -264,9 +264,9 @@ def test_a_pilot_time_beyond_the_partitions_limit_is_cut_to_fit_it(mode: str) ->
     executor = SlurmExecutor("hpc", {"pilot_time": "2h", "mode": mode})
     partition = PartitionInfo("debug", default=True, max_time_s=1800)
     executor.capacity = capacity = Capacity.of([NODE], [partition])
-    shape = executor._shape(_task_of(HardwareSpec(cpus=1)))
+    shape = executor.shape_for(_task_of(HardwareSpec(cpus=1)))
     assert capacity.sbatch_arguments(shape)[-1] == "--time=30"
-    longer = executor._shape(_task_of(HardwareSpec(cpus=1, time_limit_s=1500)))
+    longer = executor.shape_for(_task_of(HardwareSpec(cpus=1, time_limit_s=1500)))
     assert longer.time_limit_s is not None and longer.time_limit_s >= 1500, "its limit still fits"
 
 

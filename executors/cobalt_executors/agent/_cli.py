@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--expires-at", type=float, default=0.0, help="when the allocation ends (unix seconds)"
     )
+    parser.add_argument(
+        "--walltime",
+        type=float,
+        default=0.0,
+        help="seconds from now until the allocation ends (instead of --expires-at)",
+    )
     parser.add_argument("--agent-id", default="", help="a stable id (default: a random one)")
     parser.add_argument(
         "--stream-payloads",
@@ -84,7 +90,7 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         fingerprint=args.fingerprint,
         options=options,
         allocation=args.allocation,
-        expires_at=args.expires_at,
+        expires_at=args.expires_at or (time.time() + args.walltime if args.walltime > 0 else 0.0),
         stream_payloads=args.stream_payloads,
     )
     if args.agent_id:

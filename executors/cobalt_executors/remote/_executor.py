@@ -160,8 +160,11 @@ class RemoteExecutor(Executor):
         if given is not None:
             return given
         why = self.unavailable()
-        if not why:
-            return None
+        return self.fail_now(task, why) if why else None
+
+    def fail_now(self, task: TaskSubmission, why: str) -> HardwareGiven:
+        """Fails ``task`` at once with ``why`` (and :attr:`unavailable_reason`); what
+        :meth:`try_submit` returns for it."""
         self.context.report(
             TaskOutcome(
                 task_key=task.task_key,
