@@ -3,7 +3,8 @@
 The lattice names an executor, ``remote``; only what ``config.toml`` says that
 executor is changes from one run to the next: this machine's own workers, an
 agent attached by hand, an SSH host (a real sshd on loopback), Slurm pilots
-(a real cluster), the workers of a Dask cluster (a real scheduler and worker),
+(a real cluster), pods of a Kubernetes cluster (the fake API server, whose
+pods run as local processes), the workers of a Dask cluster (a real scheduler and worker),
 or a Ray cluster's node (a real head, confined to loopback). The results, and
 where each task ran, are the same.
 """
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from service_dask import dask_cluster  # noqa: F401
+from service_kubernetes import kube, kube_options  # noqa: F401
 from service_ray import ray_cluster, ray_options  # noqa: F401
 from service_slurm import slurm_cluster, slurm_options, toml_lines  # noqa: F401
 from service_sshd import sshd_server  # noqa: F401
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-KINDS = ["local", "agents", "ssh", "slurm", "dask", "ray"]
+KINDS = ["local", "agents", "ssh", "slurm", "kubernetes", "dask", "ray"]
 
 
 @ct.electron(executor="remote")
@@ -75,6 +77,10 @@ def _remote_table(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
             monkeypatch.setenv(key, value)
         options = ray_options(ray)
         return 'type = "ray"\n' + "".join(f"{k} = {_toml(v)}\n" for k, v in options.items())
+    if kind == "kubernetes":
+        fake = request.getfixturevalue("kube")
+        options = kube_options(fake, tmp_path, pilot_cpus=2)
+        return 'type = "kubernetes"\n' + "".join(f"{k} = {_toml(v)}\n" for k, v in options.items())
     if kind == "dask":
         dask = request.getfixturevalue("dask_cluster")
         return f'type = "dask"\naddress = "{dask.address}"\n'
