@@ -26,9 +26,12 @@ processes), the local executor (tests/integration/test_local_executor_contract.p
 real worker processes running pickled functions), and the remote ones, whose
 agents run that local executor: agents attached over gRPC
 (tests/integration/test_agents_executor_contract.py), the SSH executor
-(tests/integration/test_ssh_executor_contract.py) and the Slurm executor, whose
+(tests/integration/test_ssh_executor_contract.py), the Slurm executor, whose
 agent runs in an ``sbatch`` pilot on a real cluster of the contract's size
-(tests/integration/test_slurm_executor_contract.py).
+(tests/integration/test_slurm_executor_contract.py), the Kubernetes executor, whose
+agent runs in a pilot pod of the fake API server (tests/kube_fake;
+tests/integration/test_kubernetes_executor_contract.py), and the Dask and Ray
+executors on real loopback clusters.
 """
 
 from __future__ import annotations
