@@ -10,12 +10,14 @@ a pod that ends before its agent attached each fail the task at once with the
 cluster's reason; an evicted pod's task is retried on a new pod and completes; in
 job-per-task mode each task gets a Job, deleted with ``propagationPolicy=Background``;
 a Job whose pod the quota refuses fails its task with the ``FailedCreate`` message; a
-deployment's replica answers from a pod through the gateway.
+deployment's replica answers from a pod through the gateway; a controller killed
+while a pod runs a task takes the pod back and the task runs once.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -352,3 +354,25 @@ def test_a_gpu_type_with_no_gpu_types_entry_is_refused_with_what_to_add(
     _home(make_controller_home, kube, tmp_path, gpu_types={"h100": "NVIDIA-H100"})
     with pytest.raises(ct.UnsatisfiableError, match="no gpu_types entry for 'l4'"):
         ct.dispatch(gpu_then_cpu)(1)
+
+
+def test_a_controller_killed_while_a_pod_runs_a_task_takes_the_pod_back_and_loses_nothing(
+    make_controller_home: Callable[..., ControllerHome],
+    kube: FakeKubernetes,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    home = _home(make_controller_home, kube, tmp_path)
+    gate, log = tmp_path / "gate", tmp_path / "runs"
+    dispatch_id = ct.dispatch(one_held)(str(gate), str(log))
+    wait_for(lambda: log.exists(), timeout=30, what="the task to start in a pod")
+    os.kill(home.pid, signal.SIGKILL)
+    gate.touch()
+    time.sleep(0.5)
+    home.start()
+    result = ct.get_result(dispatch_id, wait=60)
+    assert result.status == ct.Status.COMPLETED, result.error
+    (pod,) = log.read_text().split()
+    assert result.result == pod, "the task ran once, in the pod it started in"
+    (task,) = result.tasks
+    assert task.attempts == 1
+    wait_for(lambda: _gone(kube), timeout=30, what="the adopted pod to be released when idle")
