@@ -351,6 +351,7 @@ class KubernetesExecutor(PilotExecutor):
             else (_terminated(pod) or ("deleted" if kind == "DELETED" else "ended"))
         )
         self._pending.pop(pilot.pilot_id, None)
+        self._seen.discard(pilot.pilot_id)
         self.forget(pilot)
         if pilot.attached and not pilot.cancelled:
             # Evicted, past its deadline, or deleted from outside: its tasks are lost
