@@ -18,45 +18,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_support import ServedRig
-from executor_contract import CPUS, GPU, GPUS, MEMORY_MB, ExecutorContract, ExecutorHarness, Reports
+from executor_contract import ExecutorContract, ExecutorHarness
 from kube_fake import FakeKubernetes
+from pilot_harness import PilotHarness
 from service_kubernetes import NAMESPACE, check_manifests, fake_cluster, kube_options
 from support import wait_for
-from test_local_executor_contract import LocalHarness, _contract_task, _payload
 
-from cobalt_common.hardware import HardwareSpec
 from cobalt_executors.kubernetes import KubernetesExecutor
 
 pytestmark = pytest.mark.integration
 
 
-class KubernetesHarness(LocalHarness):
+class KubernetesHarness(PilotHarness):
     """The local harness's tasks and gates, run by an agent in a pilot pod."""
 
     def __init__(self, tmp_path: Path, fake: FakeKubernetes, **options: Any) -> None:
         self.fake = fake
-        self.blob_dir = tmp_path / "blobs"
-        self.gates = tmp_path / "gates"
-        self.gates.mkdir()
-        self.reports = Reports()
-        # Queueing ahead accepts tasks beyond the room the contract checks; it has
-        # its own tests (tests/unit/test_agent_protocol.py).
-        executor = KubernetesExecutor("k8s", kube_options(fake, tmp_path, prefetch=0, **options))
-        self.rig = ServedRig(tmp_path, executor, self.reports)
-        self.executor = self.rig.executor
-        self.reports.executor = self.executor
-        self._function = _payload(_contract_task)
-        whole = HardwareSpec(cpus=CPUS, memory_mb=MEMORY_MB, gpu=GPU, gpus=GPUS)
-        try:
-            assert self.executor.try_submit(self.task("pilot", whole)) is None, "no pilot yet"
-            self.rig.wait_attached()
-        except BaseException:
-            self.close()
-            raise
+        options = kube_options(fake, tmp_path, prefetch=0, **options)
+        super().__init__(tmp_path, KubernetesExecutor("k8s", options))
 
-    def close(self) -> None:
-        self.rig.close()
+    def wait_gone(self) -> None:
         wait_for(
             lambda: not self.fake.pods(NAMESPACE) and not self.fake.processes(),
             timeout=30,

@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_support import ServedRig
-from executor_contract import CPUS, GPU, GPUS, MEMORY_MB, ExecutorContract, ExecutorHarness, Reports
+from executor_contract import GPU, ExecutorContract, ExecutorHarness
+from pilot_harness import PilotHarness
 from service_slurm import SlurmCluster, slurm_contract_cluster, slurm_options  # noqa: F401
 from support import wait_for
-from test_local_executor_contract import LocalHarness, _contract_task, _payload
 
-from cobalt_common.hardware import HardwareSpec
 from cobalt_executors import Allocation
 from cobalt_executors.remote._pilots import WATCH_S
 from cobalt_executors.slurm._executor import SlurmExecutor
@@ -33,33 +31,21 @@ from cobalt_executors.slurm._executor import SlurmExecutor
 pytestmark = pytest.mark.integration
 
 
-class SlurmHarness(LocalHarness):
+class SlurmHarness(PilotHarness):
     """The local harness's tasks and gates, run by an agent in a Slurm pilot."""
 
     def __init__(self, tmp_path: Path, cluster: SlurmCluster, **options: Any) -> None:
         self.cluster = cluster
-        self.blob_dir = tmp_path / "blobs"
-        self.gates = tmp_path / "gates"
-        self.gates.mkdir()
-        self.reports = Reports()
-        # Queueing ahead accepts tasks beyond the room the contract checks; it has
-        # its own tests (tests/unit/test_agent_protocol.py).
-        executor = SlurmExecutor("hpc", slurm_options(cluster, prefetch=0, **options))
-        self.rig = ServedRig(tmp_path, executor, self.reports)
-        self.executor = self.rig.executor
-        self.reports.executor = self.executor
-        self._function = _payload(_contract_task)
-        whole = HardwareSpec(cpus=CPUS, memory_mb=MEMORY_MB, gpu=GPU, gpus=GPUS)
+        super().__init__(
+            tmp_path, SlurmExecutor("hpc", slurm_options(cluster, prefetch=0, **options))
+        )
         try:
-            assert self.executor.try_submit(self.task("pilot", whole)) is None, "no pilot yet"
-            self.rig.wait_attached()
             (self.pilot_job,) = cluster.job_ids()
         except BaseException:
             self.close()
             raise
 
-    def close(self) -> None:
-        self.rig.close()
+    def wait_gone(self) -> None:
         wait_for(
             lambda: not self.cluster.job_ids(),
             timeout=30,
