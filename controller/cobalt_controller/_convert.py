@@ -13,7 +13,15 @@ from cobalt_controller.state import DispatchRow, NodeRow
 
 KIND_TO_PB = {
     name.lower(): getattr(pb, f"NODE_KIND_{name}")
-    for name in ("ELECTRON", "PARAMETER", "COLLECTION", "GETATTR", "GETITEM", "SUBLATTICE")
+    for name in (
+        "ELECTRON",
+        "PARAMETER",
+        "COLLECTION",
+        "GETATTR",
+        "GETITEM",
+        "SUBLATTICE",
+        "OPERATION",
+    )
 }
 PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}
 

@@ -5,8 +5,14 @@ While :meth:`Lattice.build_graph` runs the lattice function, a
 then records a node and returns a :class:`NodeRef`, a placeholder for the
 task's output. Every argument of a node is a parent node: literals become
 ``PARAMETER`` nodes, lists, tuples and dicts holding refs become
-``COLLECTION`` nodes, and ``ref.attr`` / ``ref[key]`` become ``GETATTR`` /
-``GETITEM`` nodes.
+``COLLECTION`` nodes, ``ref.attr`` / ``ref[key]`` become ``GETATTR`` /
+``GETITEM`` nodes, and operators (``ref + 1``, ``ref == 10``) become
+``OPERATION`` nodes.
+
+Node ids are numbered as Covalent numbers them: a node gets its id before
+the nodes made from its arguments, so in ``return add(1, 2)`` node 0 is
+``add`` and nodes 1 and 2 its parameters. A parent may therefore have a
+larger id than its child; the graph is acyclic all the same.
 
 Example:
     >>> from cobalt._electron import electron
@@ -14,7 +20,7 @@ Example:
     >>> add = electron(lambda x, y: x + y)
     >>> graph = lattice(lambda a: [add(a, 1)]).build_graph(5)
     >>> [f"{node.kind}:{node.name}" for node in graph.nodes]
-    ['parameter::parameter:', 'parameter::parameter:', 'electron:<lambda>', 'collection::list:']
+    ['electron:<lambda>', 'parameter::parameter:', 'parameter::parameter:', 'collection::list:']
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, NoReturn, SupportsIndex, TypeVar, cast
 
+from cobalt import _operators
 from cobalt._options import Options, TaskOptions
 from cobalt_common.errors import GraphError
 from cobalt_common.hardware import HardwareSpec
@@ -47,10 +54,11 @@ class NodeKind(enum.StrEnum):
     GETATTR = "getattr"
     GETITEM = "getitem"
     SUBLATTICE = "sublattice"
+    OPERATION = "operation"
 
 
 BUILTIN_OPTIONS = TaskOptions(HardwareSpec(cpus=0), retries=0, executor=None)
-"""Options of the nodes cobalt adds itself (parameters, collections, lookups)."""
+"""Options of the nodes cobalt adds itself (parameters, collections, lookups, operators)."""
 
 
 @dataclass(slots=True)
@@ -97,9 +105,12 @@ class NodeRef:
     """The future output of a task, returned by electrons called inside a lattice.
 
     Attribute access and indexing record ``GETATTR`` / ``GETITEM`` nodes;
-    ``a, b = ref`` records one ``GETITEM`` per name. Anything that needs the
-    real value now (truth value, ``len``, iterating without a known length,
-    pickling) raises :class:`GraphError`.
+    ``a, b = ref`` records one ``GETITEM`` per name. Arithmetic, comparisons
+    and unary operators record ``OPERATION`` nodes (see :mod:`cobalt._operators`),
+    so ``return out == 10`` returns the real comparison. Anything that needs the
+    real value now (truth value, ``len``, ``int()``, iterating without a known
+    length, calling, pickling) raises :class:`GraphError`. A ref hashes by
+    identity, since ``==`` builds a node rather than comparing.
     """
 
     __slots__ = ("_builder", "_node_id")
@@ -128,10 +139,51 @@ class NodeRef:
         return iter([self[index] for index in range(count)])
 
     def __bool__(self) -> bool:
-        self._unknown("used in if/while/and/or", "Move the condition into an electron")
+        self._unknown(
+            "used in if/while/and/or/not (nor in `if out == 10:`: comparing an output "
+            "records a node, it does not compare now)",
+            "Move the condition into an electron, or the branches into a sublattice "
+            "(ct.electron(ct.lattice(f))) that receives the value",
+        )
 
     def __len__(self) -> int:
         self._unknown("measured with len()", "Return the length from an electron")
+
+    def __contains__(self, item: object) -> bool:
+        self._unknown("searched with `in`", "Do the membership test inside an electron")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._unknown(
+            "called (a method call such as out.keys(), or dict(out), needs the value)",
+            "Call it inside an electron",
+        )
+
+    def __int__(self) -> NoReturn:
+        self._converted("int()")
+
+    def __float__(self) -> NoReturn:
+        self._converted("float()")
+
+    def __complex__(self) -> NoReturn:
+        self._converted("complex()")
+
+    def __index__(self) -> NoReturn:
+        self._converted("an integer index (operator.index, range, slicing a list)")
+
+    def __round__(self, ndigits: int | None = None) -> NoReturn:
+        self._converted("round()")
+
+    def __trunc__(self) -> NoReturn:
+        self._converted("math.trunc()")
+
+    def __floor__(self) -> NoReturn:
+        self._converted("math.floor()")
+
+    def __ceil__(self) -> NoReturn:
+        self._converted("math.ceil()")
+
+    def __hash__(self) -> int:
+        return id(self)
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._unknown("given attributes", "Build the object inside an electron")
@@ -152,12 +204,45 @@ class NodeRef:
     def __repr__(self) -> str:
         return f"<NodeRef {self._node_id}: {self._name()}>"
 
+    def _converted(self, how: str) -> NoReturn:
+        self._unknown(
+            f"converted with {how}",
+            "Convert it inside the electron that uses it, or use arithmetic (out + 1), "
+            "which cobalt records as a node",
+        )
+
     def _unknown(self, what: str, instead: str) -> NoReturn:
         raise GraphError(
             f"the output of task '{self._name()}' cannot be {what} while lattice "
             f"'{self._builder.name}' is being built: it is not computed yet. {instead}; "
             "electrons receive real values."
         )
+
+
+def _binary(op: _operators.BinaryOperator, reflected: bool) -> Callable[[NodeRef, Any], Any]:
+    def method(self: NodeRef, other: Any) -> NodeRef:
+        operands = (other, self) if reflected else (self, other)
+        return self._builder.operation(op.function, op.symbol, operands)
+
+    method.__name__ = op.reflected if reflected else op.forward
+    return method
+
+
+def _unary(op: _operators.UnaryOperator) -> Callable[[NodeRef], Any]:
+    def method(self: NodeRef) -> NodeRef:
+        return self._builder.operation(op.function, op.template, (self,))
+
+    method.__name__ = op.method
+    return method
+
+
+for _op in _operators.ARITHMETIC:
+    setattr(NodeRef, _op.forward, _binary(_op, reflected=False))
+    setattr(NodeRef, _op.reflected, _binary(_op, reflected=True))
+for _op in _operators.COMPARISONS:
+    setattr(NodeRef, _op.forward, _binary(_op, reflected=False))
+for _unary_op in _operators.UNARY:
+    setattr(NodeRef, _unary_op.method, _unary(_unary_op))
 
 
 def _unpack_count(frame: FrameType) -> int | None:
@@ -238,20 +323,40 @@ class GraphBuilder:
         kwargs: Mapping[str, Any],
         options: TaskOptions,
     ) -> NodeRef:
-        """Add a task node whose parents are made from the call's arguments."""
-        arg_ids = [self.node_of(value, f"argument {i} of {name}") for i, value in enumerate(args)]
-        kwarg_ids = {k: self.node_of(v, f"argument {k!r} of {name}") for k, v in kwargs.items()}
-        node_id = len(self.nodes)
-        self.nodes.append(
-            GraphNode(node_id, kind, name, function, None, arg_ids, kwarg_ids, [], options)
+        """Add a task node, then the parents made from the call's arguments."""
+        node = self._reserve(kind, name, function, options)
+        node.args = [self.node_of(value, f"argument {i} of {name}") for i, value in enumerate(args)]
+        node.kwargs = {k: self.node_of(v, f"argument {k!r} of {name}") for k, v in kwargs.items()}
+        return NodeRef(self, node.node_id)
+
+    def operation(
+        self, function: Callable[..., Any], template: str, operands: Sequence[Any]
+    ) -> NodeRef:
+        """Add an ``OPERATION`` node applying ``function`` to ``operands`` (see
+        :mod:`cobalt._operators`); ``template`` is ``"-{}"`` or a binary symbol."""
+        labels = [_operators.operand_label(value, self._operand_name) for value in operands]
+        name = f" {template} ".join(labels) if len(labels) == 2 else template.format(*labels)
+        node = self._reserve(NodeKind.OPERATION, name, function, BUILTIN_OPTIONS)
+        node.args = [
+            self.node_of(value, f"operand {i} of {name}") for i, value in enumerate(operands)
+        ]
+        return NodeRef(self, node.node_id)
+
+    def _operand_name(self, value: Any) -> str | None:
+        if not isinstance(value, NodeRef) or value._builder is not self:
+            return None
+        node = self.nodes[value._node_id]
+        return (
+            f"({node.name})" if node.kind is NodeKind.OPERATION and " " in node.name else node.name
         )
-        return NodeRef(self, node_id)
 
     def lookup(self, kind: NodeKind, parent: NodeRef, key: Any) -> NodeRef:
         """Add (once per parent and key) a ``GETATTR`` or ``GETITEM`` node."""
         parent_id = parent._node_id
         try:
-            memo_key: Hashable = (kind, parent_id, type(key), key)
+            # A ref key stands for its node: comparing refs would build nodes.
+            same = key._node_id if isinstance(key, NodeRef) else key
+            memo_key: Hashable = (kind, parent_id, type(key), same)
             hash(memo_key)
         except TypeError:
             memo_key = object()
@@ -262,7 +367,9 @@ class GraphBuilder:
         label = key._name() if isinstance(key, NodeRef) else repr(key)
         name = f"{parent}.{key}" if kind is NodeKind.GETATTR else f"{parent}[{label}]"
         function = getattr if kind is NodeKind.GETATTR else operator.getitem
-        return self._add(kind, name, function, [parent_id, self.node_of(key, f"the key of {name}")])
+        node = self._reserve(kind, name, function)
+        node.args = [parent_id, self.node_of(key, f"the key of {name}")]
+        return node.node_id
 
     def node_of(self, value: Any, where: str) -> int:
         """Return the node giving ``value``: the ref's node, a collection or a parameter."""
@@ -274,17 +381,23 @@ class GraphBuilder:
 
     def _collection(self, value: list[Any] | tuple[Any, ...] | dict[Any, Any], where: str) -> int:
         if isinstance(value, dict):
+            node = self._reserve(NodeKind.COLLECTION, ":dict:", _collect_dict)
             keys = self._parameter(list(value))
             items = [self.node_of(item, f"{where}[{key!r}]") for key, item in value.items()]
-            return self._add(NodeKind.COLLECTION, ":dict:", _collect_dict, [keys, *items])
-        items = [self.node_of(item, f"{where}[{i}]") for i, item in enumerate(value)]
-        if isinstance(value, list):
-            return self._add(NodeKind.COLLECTION, ":list:", _collect_list, items)
-        if not hasattr(value, "_fields"):
-            return self._add(NodeKind.COLLECTION, ":tuple:", _collect_tuple, items)
-        cls = self._parameter(type(value))
-        name = f":{type(value).__name__}:"
-        return self._add(NodeKind.COLLECTION, name, _collect_namedtuple, [cls, *items])
+            node.args = [keys, *items]
+        elif isinstance(value, list):
+            node = self._reserve(NodeKind.COLLECTION, ":list:", _collect_list)
+            node.args = [self.node_of(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        elif not hasattr(value, "_fields"):
+            node = self._reserve(NodeKind.COLLECTION, ":tuple:", _collect_tuple)
+            node.args = [self.node_of(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        else:
+            name = f":{type(value).__name__}:"
+            node = self._reserve(NodeKind.COLLECTION, name, _collect_namedtuple)
+            cls = self._parameter(type(value))
+            items = [self.node_of(item, f"{where}[{i}]") for i, item in enumerate(value)]
+            node.args = [cls, *items]
+        return node.node_id
 
     def _own(self, ref: NodeRef, where: str) -> int:
         if ref._builder is not self:
@@ -294,11 +407,18 @@ class GraphBuilder:
             )
         return ref._node_id
 
-    def _add(
-        self, kind: NodeKind, name: str, function: Callable[..., Any] | None, args: list[int]
-    ) -> int:
-        self.nodes.append(GraphNode(len(self.nodes), kind, name, function, args=args))
-        return len(self.nodes) - 1
+    def _reserve(
+        self,
+        kind: NodeKind,
+        name: str,
+        function: Callable[..., Any],
+        options: TaskOptions = BUILTIN_OPTIONS,
+    ) -> GraphNode:
+        """Number a node before its parents are made, as Covalent does; the caller
+        then fills in its ``args`` and ``kwargs``."""
+        node = GraphNode(len(self.nodes), kind, name, function, options=options)
+        self.nodes.append(node)
+        return node
 
     def _parameter(self, value: Any) -> int:
         self.nodes.append(

@@ -18,7 +18,7 @@ Example:
     >>> squares(3)
     [0, 1, 4]
     >>> graph = squares.build_graph(3)
-    >>> graph.nodes[graph.output].name, graph.nodes[1].options.hardware.describe()
+    >>> graph.nodes[graph.output].name, graph.nodes[0].options.hardware.describe()
     (':list:', '1x L4, 1 CPU, limit 1h')
 """
 

@@ -24,6 +24,7 @@ _PB_KIND = {
     pb.NODE_KIND_GETATTR: "getattr",
     pb.NODE_KIND_GETITEM: "getitem",
     pb.NODE_KIND_SUBLATTICE: "sublattice",
+    pb.NODE_KIND_OPERATION: "operation",
 }
 
 

@@ -34,12 +34,13 @@ _KIND = {
     NodeKind.GETATTR: pb.NODE_KIND_GETATTR,
     NodeKind.GETITEM: pb.NODE_KIND_GETITEM,
     NodeKind.SUBLATTICE: pb.NODE_KIND_SUBLATTICE,
+    NodeKind.OPERATION: pb.NODE_KIND_OPERATION,
 }
 
 
 def _consumer_path(graph: Graph, node_id: int) -> tuple[str, str]:
     """How a user names a parameter: ``args[0]`` of task ``train``."""
-    for node in graph.nodes[node_id + 1 :]:
+    for node in graph.nodes:  # a consumer is numbered before its parameters
         for position, parent in enumerate(node.args):
             if parent == node_id:
                 return f"args[{position}]", f"argument args[{position}] of task {node.name!r}"

@@ -271,9 +271,10 @@ def test_a_failed_task_reruns_locally_with_the_inputs_it_received() -> None:
     frames = [f.name for f in traceback.extract_tb(local.value.__traceback__)]
     assert frames[-1] == "scale", "the exception comes from the user's own function, here"
     made = next(t for t in exc.result.tasks if t.name == "make_values")
+    assert (made.node_id, exc.node_id) == (0, 2), "numbered as Covalent numbers them"
     assert exc.result.rerun_locally(made.node_id) == [0, 1, 2, 3, 4, 5]
-    with pytest.raises(ct.NotFoundError, match="not an electron"):
-        exc.result.rerun_locally(0)
+    with pytest.raises(ct.NotFoundError, match="is a parameter, not an electron"):
+        exc.result.rerun_locally(1)  # n=6, made after make_values
 
 
 @ct.electron(retries=2)

@@ -203,3 +203,55 @@ def test_a_dispatch_of_only_parameters_has_an_empty_graph() -> None:
 
 def test_the_module_example_runs() -> None:
     assert doctest.testmod(_graph).failed == 0
+
+
+def rows_of(graph: Any) -> list[NodeRow]:
+    """The rows the controller stores for a lattice the SDK built."""
+    rows = []
+    for node in graph.nodes:
+        inputs = [[p, i, "", False] for i, p in enumerate(node.args)]
+        inputs += [[p, -1, k, False] for k, p in node.kwargs.items()]
+        rows.append(
+            NodeRow(
+                "d", node.node_id, node.name, node.kind.value, "PENDING", inputs=json.dumps(inputs)
+            )
+        )
+    return rows
+
+
+def test_a_task_numbered_before_its_collections_is_grouped_by_its_real_parents() -> None:
+    import cobalt as ct
+
+    @ct.electron
+    def square(x: int) -> int:
+        return x * x
+
+    @ct.electron
+    def cube(x: int) -> int:
+        return x**3
+
+    @ct.electron
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    @ct.lattice
+    def wf() -> list[list[int]]:
+        squares = [total([square(i)]) for i in range(4)]
+        cubes = [total([cube(i)]) for i in range(4)]
+        return [squares, cubes]
+
+    built = wf.build_graph()
+    assert [n.name for n in built.nodes[:2]] == ["square", ":parameter:"], "Covalent's ids"
+    graph = _graph.build(rows_of(built))
+
+    assert labels(graph) == [
+        group("square", 4),
+        group("total", 4),
+        group("cube", 4),
+        group("total", 4),
+    ]
+    assert edges(graph) == {
+        (group("square", 4), group("total", 4)),
+        (group("cube", 4), group("total", 4)),
+    }
+    assert [n["y"] for n in graph["nodes"]] == [12, 96, 12, 96]

@@ -36,17 +36,22 @@ Point = namedtuple("Point", ["x", "y"])
 
 
 def evaluate(graph: Graph) -> Any:
-    """Run a graph in this process, node by node, as a dispatcher would."""
+    """Run a graph in this process, each node once its parents ran, as a dispatcher would."""
     values: dict[int, Any] = {}
-    for node in graph.nodes:
-        if node.kind is NodeKind.PARAMETER:
-            values[node.node_id] = node.value
-            continue
-        assert node.function is not None
-        args = [values[i] for i in node.args]
-        kwargs = {key: values[i] for key, i in node.kwargs.items()}
-        values[node.node_id] = node.function(*args, **kwargs)
-    return values[graph.output]
+
+    def value(node_id: int) -> Any:
+        if node_id not in values:
+            node = graph.nodes[node_id]
+            if node.kind is NodeKind.PARAMETER:
+                values[node_id] = node.value
+            else:
+                assert node.function is not None
+                args = [value(i) for i in node.args]
+                kwargs = {key: value(i) for key, i in node.kwargs.items()}
+                values[node_id] = node.function(*args, **kwargs)
+        return values[node_id]
+
+    return value(graph.output)
 
 
 @electron
@@ -68,7 +73,7 @@ def kinds(graph: Graph) -> list[tuple[str, str]]:
     return [(node.kind.value, node.name) for node in graph.nodes]
 
 
-def test_node_ids_are_indexes_and_parents_come_first() -> None:
+def test_node_ids_are_indexes_and_a_task_is_numbered_before_its_parameters() -> None:
     @lattice
     def wf(a: int) -> int:
         return add(add(a, 1), y=2)
@@ -77,15 +82,67 @@ def test_node_ids_are_indexes_and_parents_come_first() -> None:
     assert graph.name == "wf"
     assert [node.node_id for node in graph.nodes] == list(range(len(graph.nodes)))
     assert kinds(graph) == [
+        ("electron", "add"),
         ("parameter", ":parameter:"),
         ("parameter", ":parameter:"),
         ("electron", "add"),
         ("parameter", ":parameter:"),
-        ("electron", "add"),
     ]
-    assert graph.nodes[4].args == [2] and graph.nodes[4].kwargs == {"y": 3}
-    assert graph.output == 4
+    assert graph.nodes[0].args == [1, 2]
+    assert graph.nodes[3].args == [0] and graph.nodes[3].kwargs == {"y": 4}
+    assert graph.output == 3
     assert evaluate(graph) == 8
+
+
+def test_the_first_electron_of_covalents_first_experiment_is_node_zero() -> None:
+    @electron
+    def join_words(a: str, b: str) -> str:
+        return ", ".join([a, b])
+
+    @electron
+    def excitement(a: str) -> str:
+        return f"{a}!"
+
+    @lattice
+    def simple_workflow(a: str, b: str) -> str:
+        phrase = join_words(a, b)
+        return excitement(phrase)
+
+    graph = simple_workflow.build_graph("Hello", "World")
+    assert kinds(graph) == [
+        ("electron", "join_words"),
+        ("parameter", ":parameter:"),
+        ("parameter", ":parameter:"),
+        ("electron", "excitement"),
+    ]
+    assert evaluate(graph) == "Hello, World!"
+
+
+def test_collections_and_lookups_are_numbered_before_what_they_are_made_of() -> None:
+    @lattice
+    def wf() -> Any:
+        low, _high = pair(1)
+        return identity([low, 2, {"k": low}, (low, 3)])
+
+    graph = wf.build_graph()
+    assert kinds(graph) == [
+        ("electron", "pair"),
+        ("parameter", ":parameter:"),
+        ("getitem", "pair[0]"),
+        ("parameter", ":parameter:"),
+        ("getitem", "pair[1]"),
+        ("parameter", ":parameter:"),
+        ("electron", "identity"),
+        ("collection", ":list:"),
+        ("parameter", ":parameter:"),
+        ("collection", ":dict:"),
+        ("parameter", ":parameter:"),
+        ("collection", ":tuple:"),
+        ("parameter", ":parameter:"),
+    ]
+    assert graph.nodes[6].args == [7] and graph.nodes[7].args == [2, 8, 9, 11]
+    assert graph.nodes[9].args == [10, 2] and graph.nodes[11].args == [2, 12]
+    assert evaluate(graph) == [1, 2, {"k": 1}, (1, 3)]
 
 
 def test_lattice_arguments_are_plain_values_and_each_literal_is_a_parameter() -> None:
@@ -118,8 +175,8 @@ def test_a_structure_without_refs_is_one_parameter() -> None:
         return identity({"a": [1, 2, (3, 4)], "b": None})
 
     graph = wf.build_graph()
-    assert kinds(graph) == [("parameter", ":parameter:"), ("electron", "identity")]
-    assert graph.nodes[0].value == {"a": [1, 2, (3, 4)], "b": None}
+    assert kinds(graph) == [("electron", "identity"), ("parameter", ":parameter:")]
+    assert graph.nodes[1].value == {"a": [1, 2, (3, 4)], "b": None}
 
 
 def test_nested_structures_with_refs_become_nested_collections() -> None:
@@ -160,7 +217,8 @@ def test_lattice_output_can_be_a_ref_a_structure_or_a_literal() -> None:
         add(1)
         return "done"
 
-    assert returns_ref.build_graph().nodes[-1].kind is NodeKind.ELECTRON
+    returned = returns_ref.build_graph()
+    assert returned.output == 0 and returned.nodes[0].kind is NodeKind.ELECTRON
     listed = returns_list.build_graph()
     assert listed.nodes[listed.output].name == ":list:" and evaluate(listed) == [1, 2]
     literal = returns_literal.build_graph()
@@ -348,8 +406,8 @@ def test_wait_adds_ordering_only_parents() -> None:
 
     graph = wf.build_graph()
     node = graph.nodes[graph.output]
-    assert node.waits == [1, 3]
-    assert node.args == [4]
+    assert node.waits == [0, 2]
+    assert node.args == [5]
 
 
 def test_wait_outside_a_build_returns_the_child_unchanged() -> None:
@@ -568,7 +626,7 @@ def test_sublattice_call_survives_a_cloudpickle_round_trip() -> None:
     assert isinstance(restored, SublatticeCall)
     graph = restored.lattice.build_graph(4)
     assert evaluate(graph) == 5
-    assert graph.nodes[2].options.hardware.cpus == 2
+    assert graph.nodes[0].options.hardware.cpus == 2
 
 
 def test_a_lattice_can_build_while_another_builds() -> None:
@@ -620,10 +678,10 @@ def test_graph_nodes_follow_the_ir_contract() -> None:
     def wf() -> int:
         return add(1)
 
-    node = wf.build_graph().nodes[1]
+    node = wf.build_graph().nodes[0]
     assert isinstance(node, GraphNode)
-    assert (node.node_id, node.kind, node.name, node.value) == (1, NodeKind.ELECTRON, "add", None)
-    assert (node.args, node.kwargs, node.waits) == ([0], {}, [])
+    assert (node.node_id, node.kind, node.name, node.value) == (0, NodeKind.ELECTRON, "add", None)
+    assert (node.args, node.kwargs, node.waits) == ([1], {}, [])
     assert NodeKind("sublattice") is NodeKind.SUBLATTICE
     assert isinstance(NodeKind.ELECTRON, str) and f"{NodeKind.ELECTRON}" == "electron"
 
@@ -631,7 +689,7 @@ def test_graph_nodes_follow_the_ir_contract() -> None:
 def test_node_ref_repr_names_the_node() -> None:
     @lattice
     def wf() -> None:
-        assert repr(add(1)) == "<NodeRef 1: add>"
+        assert repr(add(1)) == "<NodeRef 0: add>"
         assert isinstance(add(1), NodeRef)
 
     wf.build_graph()

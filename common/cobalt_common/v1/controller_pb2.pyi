@@ -71,6 +71,8 @@ class _NodeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeKind.Val
     NODE_KIND_GETATTR: _NodeKind.ValueType  # 4
     NODE_KIND_GETITEM: _NodeKind.ValueType  # 5
     NODE_KIND_SUBLATTICE: _NodeKind.ValueType  # 6
+    NODE_KIND_OPERATION: _NodeKind.ValueType  # 7
+    """an operator on task outputs, such as `out + 1` or `out == 10`"""
 
 class NodeKind(_NodeKind, metaclass=_NodeKindEnumTypeWrapper): ...
 
@@ -81,6 +83,8 @@ NODE_KIND_COLLECTION: NodeKind.ValueType  # 3
 NODE_KIND_GETATTR: NodeKind.ValueType  # 4
 NODE_KIND_GETITEM: NodeKind.ValueType  # 5
 NODE_KIND_SUBLATTICE: NodeKind.ValueType  # 6
+NODE_KIND_OPERATION: NodeKind.ValueType  # 7
+"""an operator on task outputs, such as `out + 1` or `out == 10`"""
 Global___NodeKind: _TypeAlias = NodeKind  # noqa: Y015
 
 class _DeploymentStatus:

@@ -93,9 +93,36 @@ def _union(sets: list[frozenset[int]]) -> frozenset[int]:
     return frozenset().union(*sets)
 
 
+def _parents_first(nodes: Sequence[NodeRow], parents: dict[int, list[int]]) -> list[NodeRow]:
+    """The nodes with every parent before its children. Ids do not give this order:
+    a task is numbered before the parameters and collections made from its arguments."""
+    by_id = {n.node_id: n for n in nodes}
+    placed: set[int] = set()
+    expanded_ids: set[int] = set()
+    ordered: list[NodeRow] = []
+    for n in nodes:
+        stack = [(n.node_id, False)]
+        while stack:
+            node_id, expanded = stack.pop()
+            if node_id in placed or node_id not in by_id:
+                continue
+            if expanded:
+                placed.add(node_id)
+                ordered.append(by_id[node_id])
+                continue
+            if node_id in expanded_ids:  # only a malformed, cyclic graph comes back here
+                continue
+            expanded_ids.add(node_id)
+            stack.append((node_id, True))
+            stack.extend((p, False) for p in reversed(parents[node_id]) if p not in placed)
+    return ordered
+
+
 class _Builder:
     def __init__(self, nodes: Sequence[NodeRow]) -> None:
         self.parents = {n.node_id: _parents(n) for n in nodes}
+        nodes = _parents_first(nodes, self.parents)
+        self.rank = {n.node_id: i for i, n in enumerate(nodes)}
         self.group_of: dict[int, int] = {}
         self.groups: list[_Group] = []
         self._hidden_groups: dict[int, frozenset[int]] = {}
@@ -134,7 +161,7 @@ class _Builder:
                 continue
             todo.add(p)
             pending.extend(q for q in self.parents.get(p, ()) if q not in self.group_of)
-        for h in sorted(todo):  # parents come before their children
+        for h in sorted(todo, key=lambda h: self.rank.get(h, -1)):  # parents before their children
             self._hidden_tasks[h] = self._direct(h)
         return self._direct(node_id)
 

@@ -65,10 +65,9 @@ def build_tasks(
             raise DispatchError(f"node {i} has no kind.")
         inputs = []
         for inp in node.inputs:
-            if inp.parent >= i:
-                raise DispatchError(
-                    f"node {i} depends on node {inp.parent}, which is not before it."
-                )
+            if inp.parent >= n or inp.parent == i:
+                what = "itself" if inp.parent == i else f"node {inp.parent}, which does not exist"
+                raise DispatchError(f"node {i} depends on {what}.")
             inputs.append(Input(inp.parent, inp.position, inp.keyword, inp.wait_only))
         ref_json = ""
         if node.HasField("executor") and node.executor.name:
@@ -113,12 +112,37 @@ def build_tasks(
                 candidates[ckey] = found
             t.candidates = found
             t.function_key = node.function_key
-            t.waiting = len({inp.parent for inp in inputs if tasks[inp.parent].kind != PARAMETER})
-            for parent in {inp.parent for inp in inputs}:
-                if tasks[parent].kind != PARAMETER:
-                    tasks[parent].children.append(i)
         tasks.append(t)
+    link(tasks)
     return tasks
+
+
+def link(tasks: list[Task]) -> None:
+    """Gives each task its children and the count of parents it waits for, and refuses
+    a cycle. Ids are not an order: a task is numbered before the parameters and
+    collections made from its arguments, so a parent may come after its child."""
+    for t in tasks:
+        if t.kind == PARAMETER:
+            continue
+        parents = sorted({inp.parent for inp in t.inputs if tasks[inp.parent].kind != PARAMETER})
+        t.waiting = len(parents)
+        for parent in parents:
+            tasks[parent].children.append(t.node_id)
+    left = [t.waiting for t in tasks]
+    ready = [t.node_id for t in tasks if t.kind != PARAMETER and t.waiting == 0]
+    reached = 0
+    while ready:
+        reached += 1
+        for child in tasks[ready.pop()].children:
+            left[child] -= 1
+            if left[child] == 0:
+                ready.append(child)
+    if reached < sum(1 for t in tasks if t.kind != PARAMETER):
+        stuck = next(t for t in tasks if t.kind != PARAMETER and left[t.node_id] > 0)
+        raise DispatchError(
+            f"node {stuck.node_id} ({brief(stuck.name)}) is in, or after, a cycle of inputs, "
+            "so it could never start; a workflow's graph must be acyclic."
+        )
 
 
 def build_dispatch(
