@@ -256,6 +256,11 @@ def test_the_dispatch_example_waits_for_its_result(pages: Pages) -> None:
     assert out[1].startswith("3 ")
 
 
+def test_the_operators_example_computes_and_numbers_nodes_as_covalent(pages: Pages) -> None:
+    out = pages.find(DOCS / "workflows.md", "count == 2").stdout.splitlines()
+    assert out == ["[20, True]", "join_words"]
+
+
 def test_the_classifier_serves_streams_and_answers_plain_http(pages: Pages) -> None:
     lines = pages.find(DOCS / "deployments.md", "@classifier.endpoint").stdout.splitlines()
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/classifier \['/predict', '/stream'\]", lines[0])
