@@ -236,6 +236,7 @@ def _unary(op: _operators.UnaryOperator) -> Callable[[NodeRef], Any]:
     return method
 
 
+# The operator methods come from the tables of cobalt._operators, the one list of them.
 for _op in _operators.ARITHMETIC:
     setattr(NodeRef, _op.forward, _binary(_op, reflected=False))
     setattr(NodeRef, _op.reflected, _binary(_op, reflected=True))
@@ -243,6 +244,7 @@ for _op in _operators.COMPARISONS:
     setattr(NodeRef, _op.forward, _binary(_op, reflected=False))
 for _unary_op in _operators.UNARY:
     setattr(NodeRef, _unary_op.method, _unary(_unary_op))
+del _op, _unary_op
 
 
 def _unpack_count(frame: FrameType) -> int | None:
@@ -336,6 +338,11 @@ class GraphBuilder:
         :mod:`cobalt._operators`); ``template`` is ``"-{}"`` or a binary symbol."""
         labels = [_operators.operand_label(value, self._operand_name) for value in operands]
         name = f" {template} ".join(labels) if len(labels) == 2 else template.format(*labels)
+        if current_builder() is not self:
+            raise GraphError(
+                f"`{name}` uses an output of lattice '{self.name}' after its build ended; "
+                "operators on task outputs work only inside the lattice function."
+            )
         node = self._reserve(NodeKind.OPERATION, name, function, BUILTIN_OPTIONS)
         node.args = [
             self.node_of(value, f"operand {i} of {name}") for i, value in enumerate(operands)

@@ -249,6 +249,18 @@ def test_refs_hash_by_identity_so_they_work_as_dict_keys_and_in_sets() -> None:
     wf.build_graph()
 
 
+def test_an_operator_on_an_output_kept_past_its_build_is_refused() -> None:
+    kept: list[Any] = []
+
+    @lattice
+    def wf() -> None:
+        kept.append(ten())
+
+    wf.build_graph()
+    with pytest.raises(GraphError, match=r"`ten \+ 1` uses an output of lattice 'wf' after"):
+        kept[0] + 1
+
+
 def test_a_ref_as_an_index_key_is_looked_up_once_without_comparing_refs() -> None:
     @lattice
     def wf() -> Any:
