@@ -97,10 +97,16 @@ def _parents_first(nodes: Sequence[NodeRow], parents: dict[int, list[int]]) -> l
     """The nodes with every parent before its children. Ids do not give this order:
     a task is numbered before the parameters and collections made from its arguments."""
     by_id = {n.node_id: n for n in nodes}
-    placed: set[int] = set()
+    ordered = [n for n in nodes if not parents[n.node_id]]  # parameters, mostly
+    placed = {n.node_id for n in ordered}
     expanded_ids: set[int] = set()
-    ordered: list[NodeRow] = []
     for n in nodes:
+        if n.node_id in placed:
+            continue
+        if all(p in placed for p in parents[n.node_id]):  # the common case: no search
+            placed.add(n.node_id)
+            ordered.append(n)
+            continue
         stack = [(n.node_id, False)]
         while stack:
             node_id, expanded = stack.pop()
