@@ -13,7 +13,7 @@ from cobalt_common.deploy_metrics import MetricsSummary
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.wire import spec_from_pb, spec_to_pb
 from cobalt_controller._convert import given_to_json, given_to_pb
-from cobalt_controller._executors import ExecutorPool
+from cobalt_controller._executors import ExecutorPool, ref_json
 from cobalt_controller._grpc_errors import abort
 from cobalt_controller._numbers import wait_seconds
 from cobalt_controller._payloads import Payloads
@@ -78,10 +78,7 @@ class DeploymentRpcs:
         try:
             wait_seconds(request.wait_s, "wait_s")
             spec = spec_from_pb(request.hardware)
-            ref = ""
-            if request.HasField("executor") and request.executor.name:
-                e = request.executor
-                ref = json.dumps({"name": e.name, "type": e.type, "options_json": e.options_json})
+            ref = ref_json(request.executor) if request.HasField("executor") else ""
             candidates = candidates_for(self.executors, spec, ref, manifest.name)
             args = [(a.position, a.keyword, a.sha256) for a in request.args]
             self._store_payloads(request, {request.service_sha256, *(a[2] for a in args)})

@@ -11,7 +11,7 @@ Example:
 
 import inspect
 
-from cobalt import llm
+from cobalt import executor, llm
 from cobalt._deploy import deploy, get_deployment, list_deployments
 from cobalt._deployment import Deployment
 from cobalt._deployment_metrics import DeploymentMetrics
@@ -97,6 +97,7 @@ __all__ = [
     "dispatch_sync",
     "electron",
     "estimate",
+    "executor",
     "get_deployment",
     "get_result",
     "last_failure",

@@ -24,6 +24,8 @@ from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar, Unpack, cast, o
 
 from cobalt import _html as h
 from cobalt._deps import DepsCall
+from cobalt._executor_args import TaskSettings
+from cobalt._executors import Executor
 from cobalt._graph import GraphBuilder, NodeKind, NodeRef, current_builder
 from cobalt._lattice import Lattice, check_arguments, signature_of
 from cobalt._options import Options, OptionsKwargs, TaskOptions, misuse_message, parse_options
@@ -112,7 +114,15 @@ class Electron(Generic[P, R]):
         injected = tuple(
             dep.retval_keyword for dep in before if isinstance(dep, DepsCall) and dep.retval_keyword
         )
-        task = TaskCallable(self.function, before, after)
+        executor = merged.executor
+        settings = executor.settings if isinstance(executor, Executor) else TaskSettings()
+        task = TaskCallable(
+            self.function,
+            before,
+            after,
+            workdir=settings.workdir,
+            log_files=(settings.log_stdout, settings.log_stderr),
+        )
         options = merged.task_options(owner=owner)
         return _Prepared(NodeKind.ELECTRON, self._name, task, options, injected)
 

@@ -83,8 +83,9 @@ def _executor(value: Any, option: str) -> ExecutorLike | None:
     if value is None or isinstance(value, Executor) or (isinstance(value, str) and value):
         return value
     raise SpecError(
-        f"{option}={value!r} must name an executor of the controller's config (such as "
-        '"local"), be an executor such as ct.LocalExecutor(...), or be None.'
+        f"{option}={value!r} must name an executor of the controller's config or an "
+        'executor type (such as "local"), be an executor such as ct.LocalExecutor(...), '
+        "or be None."
     )
 
 
@@ -141,10 +142,21 @@ class Options:
             merged.pop("gpus", None)
         return Options(**merged)
 
+    def _executor_defaults(self) -> dict[str, Any]:
+        """What a Covalent-style executor descriptor gives its tasks (``gres``,
+        ``cpus-per-task``...), for options the electron and lattice leave unset."""
+        return self.executor.defaults if isinstance(self.executor, Executor) else {}
+
     def hardware(self, *, default_cpus: float = 1.0, owner: str = "") -> HardwareSpec:
         """Resolve the hardware spec, unset options taking their defaults."""
-        gpu = _or(self.gpu, None)
-        gpus = _or(self.gpus, 1 if gpu else 0)
+        defaults = self._executor_defaults()
+        given_gpu, given_gpus = self.gpu, self.gpus
+        if given_gpu is UNSET:  # a GPU type and its count inherit together
+            given_gpu = defaults.get("gpu", UNSET)
+            if given_gpus is UNSET:
+                given_gpus = defaults.get("gpus", UNSET)
+        gpu = _or(given_gpu, None)
+        gpus = _or(given_gpus, 1 if gpu else 0)
         if gpu is None and gpus:
             raise SpecError(
                 f'{owner}: gpus={gpus} asks for GPUs but no GPU type is set; add gpu="h100" '
@@ -153,15 +165,16 @@ class Options:
         return HardwareSpec(
             gpu=gpu,
             gpus=gpus,
-            cpus=_or(self.cpus, default_cpus),
-            memory_mb=_or(self.memory, 0),
-            time_limit_s=_or(self.time_limit, None),
+            cpus=_or(self.cpus, defaults.get("cpus", default_cpus)),
+            memory_mb=_or(self.memory, defaults.get("memory", 0)),
+            time_limit_s=_or(self.time_limit, defaults.get("time_limit")),
         )
 
     def task_options(self, *, default_cpus: float = 1.0, owner: str = "") -> TaskOptions:
         """Resolve everything a node carries: hardware, retries and executor."""
         hardware = self.hardware(default_cpus=default_cpus, owner=owner)
-        return TaskOptions(hardware, _or(self.retries, 0), _or(self.executor, None))
+        retries = _or(self.retries, self._executor_defaults().get("retries", 0))
+        return TaskOptions(hardware, retries, _or(self.executor, None))
 
     def hooks(self) -> tuple[tuple[Deps, ...], tuple[Deps, ...]]:
         """Return (before, after): deps_bash, deps_pip and call_before; then call_after."""

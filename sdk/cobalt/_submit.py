@@ -62,7 +62,10 @@ def executor_ref(executor: str | Executor | None) -> pb.ExecutorRef | None:
     if isinstance(executor, str):
         return pb.ExecutorRef(name=executor)
     return pb.ExecutorRef(
-        name=executor.name, type=executor.type_name, options_json=executor.options_json()
+        name=executor.name,
+        type=executor.type_name,
+        options_json=executor.options_json(),
+        match_json=executor.match_json(),
     )
 
 

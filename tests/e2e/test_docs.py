@@ -261,6 +261,15 @@ def test_the_operators_example_computes_and_numbers_nodes_as_covalent(pages: Pag
     assert out == ["[20, True]", "join_words"]
 
 
+def test_covalent_style_executors_run_and_an_unconfigured_cluster_is_refused(
+    pages: Pages,
+) -> None:
+    out = pages.find(DOCS / "executors.md", "ct.executor.LocalExecutor").stdout.splitlines()
+    assert out[:2] == ["42 ['local', 'local']", "hello 42"]
+    assert "matches no executor of this controller" in out[2]
+    assert 'address = "tcp://10.0.0.5:8786"' in out
+
+
 def test_the_classifier_serves_streams_and_answers_plain_http(pages: Pages) -> None:
     lines = pages.find(DOCS / "deployments.md", "@classifier.endpoint").stdout.splitlines()
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/classifier \['/predict', '/stream'\]", lines[0])

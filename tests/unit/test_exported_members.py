@@ -37,6 +37,7 @@ PUBLIC_SURFACE = {
     # executors
     "Executor",
     "LocalExecutor",
+    "executor",
     "HardwareSpec",
     # dispatching and results
     "dispatch",

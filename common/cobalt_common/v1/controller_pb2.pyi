@@ -191,22 +191,30 @@ class ExecutorRef(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     OPTIONS_JSON_FIELD_NUMBER: _builtins.int
+    MATCH_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """a configured executor's name, or the descriptor's name"""
     type: _builtins.str
     """set for descriptors sent by the client ("local", ...)"""
     options_json: _builtins.str
     """descriptor options as JSON"""
+    match_json: _builtins.str
+    """Set for Covalent-style descriptors of a cluster type (SlurmExecutor(...)): a JSON
+    object of what the client named (address, partition...). The controller picks the
+    one configured executor of `type` that matches it; it never connects to a place a
+    client names. "{}" picks the sole configured executor of that type.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         type: _builtins.str = ...,
         options_json: _builtins.str = ...,
+        match_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "options_json", b"options_json", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_json", b"match_json", "name", b"name", "options_json", b"options_json", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,6 +23,7 @@ from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_controller import _numbers
 from cobalt_controller._convert import PB_TO_KIND, spec_to_json
 from cobalt_controller._executors import ExecutorPool
+from cobalt_controller._executors import ref_json as ref_json_of
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.dispatch._model import (
     COMPLETED,
@@ -69,15 +70,7 @@ def build_tasks(
                 what = "itself" if inp.parent == i else f"node {inp.parent}, which does not exist"
                 raise DispatchError(f"node {i} depends on {what}.")
             inputs.append(Input(inp.parent, inp.position, inp.keyword, inp.wait_only))
-        ref_json = ""
-        if node.HasField("executor") and node.executor.name:
-            ref_json = json.dumps(
-                {
-                    "name": node.executor.name,
-                    "type": node.executor.type,
-                    "options_json": node.executor.options_json,
-                }
-            )
+        ref_json = ref_json_of(node.executor) if node.HasField("executor") else ""
         sha = node.value_sha256 if kind == PARAMETER else node.function_sha256
         if not sha:
             raise DispatchError(f"node {i} ({brief(node.name)}) carries no payload.")

@@ -6,6 +6,7 @@ dependency kinds.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,10 @@ class TaskCallable:
             return value to ``fn`` under that keyword.
         after: run in order after ``fn`` returns (call_after); not run when
             ``fn`` raises.
+        workdir: the directory to run in, created when missing ("" to stay
+            where the worker starts the task).
+        log_files: files (stdout, stderr; "" for none) that the worker appends
+            the task's output to once it ends, on the machine where it ran.
 
     Example:
         >>> from cobalt._deps import DepsCall
@@ -31,16 +36,28 @@ class TaskCallable:
         6
     """
 
-    __slots__ = ("after", "before", "fn")
+    __slots__ = ("after", "before", "fn", "log_files", "workdir")
 
     def __init__(
-        self, fn: Callable[..., Any], before: tuple[Deps, ...] = (), after: tuple[Deps, ...] = ()
+        self,
+        fn: Callable[..., Any],
+        before: tuple[Deps, ...] = (),
+        after: tuple[Deps, ...] = (),
+        *,
+        workdir: str = "",
+        log_files: tuple[str, str] = ("", ""),
     ) -> None:
         self.fn = fn
         self.before = before
         self.after = after
+        self.workdir = workdir
+        self.log_files = log_files
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.workdir:  # the worker returns to its own directory after every task
+            path = os.path.expanduser(self.workdir)
+            os.makedirs(path, exist_ok=True)
+            os.chdir(path)
         for dep in self.before:
             value = dep.run()
             if isinstance(dep, DepsCall) and dep.retval_keyword:
