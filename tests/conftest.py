@@ -71,7 +71,9 @@ def mypy_by_comment(snippet: str, folder: Path) -> dict[str, str]:
     """
     from mypy import api
 
-    path = folder / "snippet.py"
+    # A module name never checked before: for a module its cache holds as fresh,
+    # mypy reports the notes under the path the module had when it was cached.
+    path = folder / f"snippet_{os.getpid()}_{time.monotonic_ns()}.py"
     path.write_text(snippet)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(ROOT)
@@ -302,3 +304,44 @@ def dispatch_ids() -> set[str]:
 def registered_dispatches() -> Callable[[], set[str]]:
     """A function listing the current controller's dispatch ids (``cobalt dispatches``)."""
     return dispatch_ids
+
+
+SERVICE_GROUPS = {
+    "slurm_cluster": "slurm",
+    "slurm_contract_cluster": "slurm",
+    "sshd_server": "sshd",
+    "dask_cluster": "dask",
+    "dask_contract_cluster": "dask",
+    "ray_cluster": "ray",
+    "s3_server": "s3",
+}
+"""The session fixtures of real services, by the group of tests that share one instance."""
+
+SHARED_CACHE_MODULES = {"test_typing": "mypy", "test_typing_deploy": "mypy"}
+"""Modules that share a cache on disk (mypy's), so they run in one process."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup``, keep what must share a process together.
+
+    Each test that uses a real service's session fixture runs in that service's
+    group, so one process starts the service once and no two processes share
+    its nodes; every other test runs with the rest of its module, sharing the
+    module's controller. Those groups go first, largest first, so that the
+    longest runs start early instead of finishing last. A run without ``-n``
+    keeps the usual order.
+    """
+    groups: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        module = item.module.__name__ if isinstance(item, pytest.Function) else item.nodeid
+        module = module.rpartition(".")[2]
+        fixtures = getattr(item, "fixturenames", ())
+        service = next((SERVICE_GROUPS[f] for f in fixtures if f in SERVICE_GROUPS), None)
+        group = service or SHARED_CACHE_MODULES.get(module, module)
+        item.add_marker(pytest.mark.xdist_group(group))
+        groups.setdefault(group, []).append(item)
+    if not getattr(config.option, "numprocesses", None):
+        return
+    services = set(SERVICE_GROUPS.values())
+    ordered = sorted(groups, key=lambda g: (g not in services, -len(groups[g])))
+    items[:] = [item for group in ordered for item in groups[group]]

@@ -332,8 +332,10 @@ class ControllerServicer(pb_grpc.ControllerServicer):
                 ),
             )
         resp = pb.NodeGetResponse(task=node_row_to_pb(row))
-        if request.include_output and row.output_sha256:
-            resp.output.CopyFrom(self._output(row.output_sha256))
+        # A parameter's output is its value, as the tasks that take it receive it.
+        output = row.output_sha256 or (row.value_sha256 if row.kind == "parameter" else "")
+        if request.include_output and output:
+            resp.output.CopyFrom(self._output(output))
         return resp
 
     # -- deployments: handed to DeploymentRpcs ---------------------------------------

@@ -11,12 +11,12 @@ Example:
 
 import inspect
 
-from cobalt import executor, llm
+from cobalt import executor, llm, status
 from cobalt._deploy import deploy, get_deployment, list_deployments
 from cobalt._deployment import Deployment
 from cobalt._deployment_metrics import DeploymentMetrics
 from cobalt._deps import DepsBash, DepsCall, DepsPip
-from cobalt._dispatch import cancel, dispatch, dispatch_sync, get_result
+from cobalt._dispatch import cancel, dispatch, dispatch_sync, get_result, sync
 from cobalt._electron import Electron, electron
 from cobalt._estimate import Estimate, TaskEstimate, estimate
 from cobalt._executors import Executor, LocalExecutor
@@ -106,6 +106,8 @@ __all__ = [
     "llm",
     "optimize",
     "service",
+    "status",
+    "sync",
     "wait",
 ]
 

@@ -181,14 +181,24 @@ class Client:
         req = pb.DispatchCancelRequest(dispatch_id=dispatch_id)
         return cast(pb.DispatchCancelResponse, self.call(self.stub.DispatchCancel, req))
 
-    def task_list(self, dispatch_id: str) -> list[pb.TaskRecord]:
-        """Every task of a dispatch, with its logs, in node order."""
-        req = pb.TaskListRequest(dispatch_id=dispatch_id, include_logs=True)
+    def task_list(
+        self, dispatch_id: str, *, include_parameters: bool = False
+    ) -> list[pb.TaskRecord]:
+        """Every task of a dispatch (and parameter node, when asked), with its logs,
+        in node order."""
+        req = pb.TaskListRequest(
+            dispatch_id=dispatch_id, include_logs=True, include_parameters=include_parameters
+        )
         return list(cast(pb.TaskListResponse, self.call(self.stub.TaskList, req)).tasks)
 
-    def node_get(self, dispatch_id: str, node_id: int) -> tuple[pb.TaskRecord, bytes | None]:
-        """One node's record and its pickled output (None when it has none)."""
-        req = pb.NodeGetRequest(dispatch_id=dispatch_id, node_id=node_id, include_output=True)
+    def node_get(
+        self, dispatch_id: str, node_id: int, *, include_output: bool = True
+    ) -> tuple[pb.TaskRecord, bytes | None]:
+        """One node's record and its pickled output (None when it has none, or
+        when ``include_output`` is False)."""
+        req = pb.NodeGetRequest(
+            dispatch_id=dispatch_id, node_id=node_id, include_output=include_output
+        )
         resp = cast(pb.NodeGetResponse, self.call(self.stub.NodeGet, req))
         output = self.fetch_payload(resp.output) if resp.output.sha256 else None
         return resp.task, output

@@ -9,15 +9,15 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 from cobalt._client import get_client
 from cobalt._electron import Electron
 from cobalt._lattice import Lattice
 from cobalt._progress import wants_view
-from cobalt._result import Result
+from cobalt._result import Fetch, Result
 from cobalt._submit import WAIT_CHUNK_S, dispatch_graph, wait_showing, wait_until_ended
-from cobalt_common.errors import GraphError, SpecError
+from cobalt_common.errors import ConfigError, GraphError, SpecError
 from cobalt_common.v1 import controller_pb2 as pb
 
 
@@ -124,13 +124,54 @@ def dispatch_sync(
     return run
 
 
+@overload
 def get_result(
     dispatch_id: str,
     wait: bool | float = False,
+    dispatcher_addr: str | None = None,
+    status_only: Literal[False] = False,
     *,
     raise_on_failure: bool = False,
     progress: bool | None = None,
-) -> Result:
+    workflow_output: bool = True,
+    intermediate_outputs: bool = True,
+    sublattice_results: bool = True,
+    results_dir: str | None = None,
+    qelectron_db: bool = False,
+) -> Result: ...
+
+
+@overload
+def get_result(
+    dispatch_id: str,
+    wait: bool | float = False,
+    dispatcher_addr: str | None = None,
+    *,
+    status_only: Literal[True],
+    raise_on_failure: bool = False,
+    progress: bool | None = None,
+    workflow_output: bool = True,
+    intermediate_outputs: bool = True,
+    sublattice_results: bool = True,
+    results_dir: str | None = None,
+    qelectron_db: bool = False,
+) -> dict[str, Any]: ...
+
+
+def get_result(
+    dispatch_id: str,
+    wait: bool | float = False,
+    dispatcher_addr: str | None = None,
+    status_only: bool = False,
+    *,
+    raise_on_failure: bool = False,
+    progress: bool | None = None,
+    workflow_output: bool = True,
+    intermediate_outputs: bool = True,
+    sublattice_results: bool = True,
+    results_dir: str | None = None,
+    qelectron_db: bool = False,
+) -> Any:
     """The :class:`Result` of a dispatch.
 
     Args:
@@ -138,21 +179,70 @@ def get_result(
         wait: ``False`` returns the current state at once; ``True`` waits until
             the dispatch ends; a number waits at most that many seconds and
             then raises :class:`~cobalt.WaitTimeoutError`.
+        dispatcher_addr: Covalent's server address. cobalt reaches its
+            controller through ``COBALT_HOME``, or ``COBALT_CONTROLLER_ADDRESS``
+            and ``COBALT_CONTROLLER_TOKEN``; anything but ``None`` is refused
+            with that advice.
+        status_only: return only ``{"id": dispatch_id, "status": status}``,
+            as Covalent does.
         raise_on_failure: raise :class:`~cobalt.TaskFailedError` (with the
             remote traceback) when a task failed, instead of returning.
         progress: while waiting, show live progress (a widget in a notebook,
             a bar on a terminal); ``False`` turns it off.
+        workflow_output: ``False``: ``result.result`` stays ``None`` and the
+            lattice's output is never downloaded.
+        intermediate_outputs: ``False``: ``get_node_result`` and
+            ``get_all_node_outputs`` give ``None`` outputs, never downloaded.
+        sublattice_results: ``False``: ``get_node_result``'s
+            ``"sublattice_result"`` is ``None``.
+        results_dir: accepted for Covalent code and unused: the controller
+            keeps results, and a Result fetches them when read.
+        qelectron_db: must be ``False``: cobalt has no quantum electrons.
+
+    Raises:
+        ConfigError: ``dispatcher_addr`` or ``qelectron_db`` was given.
+        NotFoundError: no dispatch has this id.
     """
+    del results_dir  # results stay with the controller; see the docstring.
+    if dispatcher_addr is not None:
+        raise ConfigError(
+            f"ct.get_result(dispatcher_addr={dispatcher_addr!r}): cobalt reaches its "
+            "controller through COBALT_HOME, or COBALT_CONTROLLER_ADDRESS and "
+            "COBALT_CONTROLLER_TOKEN for one elsewhere; set those and leave dispatcher_addr out."
+        )
+    if qelectron_db:
+        raise ConfigError(
+            "ct.get_result(qelectron_db=True): cobalt has no quantum electrons; leave it out."
+        )
     client = get_client()
     if wait is False or wait == 0:
-        result = Result.from_pb(client.dispatch_get(dispatch_id, include_output=True), client)
+        include = workflow_output and not status_only
+        result = Result.from_pb(client.dispatch_get(dispatch_id, include_output=include), client)
     else:
         timeout = None if wait is True else float(wait)
         if wants_view(progress):
             result = wait_showing(client, dispatch_id, timeout, progress)
         else:
             result = wait_until_ended(client, dispatch_id, timeout)
+    if status_only:
+        return {"id": result.dispatch_id, "status": result.status}
+    result._fetch = Fetch(workflow_output, intermediate_outputs, sublattice_results)
     return result.raise_for_status() if raise_on_failure else result
+
+
+def sync(dispatch_id: str | list[str]) -> None:
+    """Waits until the dispatch, or each of a list of dispatches, has ended.
+
+    Raises:
+        SpecError: ``dispatch_id`` is neither a string nor a list of strings.
+        NotFoundError: no dispatch has one of the ids.
+    """
+    ids = [dispatch_id] if isinstance(dispatch_id, str) else dispatch_id
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise SpecError(f"ct.sync takes a dispatch id or a list of them, got {dispatch_id!r}.")
+    client = get_client()
+    for one in ids:
+        wait_until_ended(client, one, None)
 
 
 def cancel(dispatch_id: str) -> Result:

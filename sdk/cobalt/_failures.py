@@ -16,7 +16,7 @@ import cloudpickle
 from cobalt._client import Client
 from cobalt._deps import DepsCall
 from cobalt._records import Status, TaskRecord
-from cobalt._runtime.task import TaskCallable
+from cobalt._runtime.task import TaskCallable, as_keywords
 from cobalt_common.errors import NotFoundError, TaskFailedError
 from cobalt_common.v1 import controller_pb2 as pb
 
@@ -174,9 +174,8 @@ def rerun_locally(client: Client, dispatch_id: str, node_id: int) -> Any:
     if isinstance(function, TaskCallable):
         # Only the hooks that hand the function a value run here; deps_pip and
         # deps_bash prepared the remote machine, not this one.
-        for dep in function.before:
-            if isinstance(dep, DepsCall) and dep.retval_keyword:
-                kwargs[dep.retval_keyword] = dep.run()
+        hooks = [d for d in function.before if isinstance(d, DepsCall) and d.retval_keyword]
+        kwargs.update(as_keywords((str(d.retval_keyword), d.run()) for d in hooks))
         function = function.fn
     return function(*ordered, **kwargs)
 

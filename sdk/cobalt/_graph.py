@@ -293,11 +293,17 @@ class GraphBuilder:
     Args:
         name: the lattice's name.
         defaults: the lattice's options, inherited by the electrons it calls.
+        builtin_options: the options of the nodes cobalt adds (collections,
+            lookups): no hardware, no retries, and the lattice's
+            ``workflow_executor``.
     """
 
-    def __init__(self, name: str, defaults: Options) -> None:
+    def __init__(
+        self, name: str, defaults: Options, builtin_options: TaskOptions = BUILTIN_OPTIONS
+    ) -> None:
         self.name = name
         self.defaults = defaults
+        self.builtin_options = builtin_options
         self.nodes: list[GraphNode] = []
         self._memo: dict[Hashable, Any] = {}
 
@@ -343,7 +349,7 @@ class GraphBuilder:
                 f"`{name}` uses an output of lattice '{self.name}' after its build ended; "
                 "operators on task outputs work only inside the lattice function."
             )
-        node = self._reserve(NodeKind.OPERATION, name, function, BUILTIN_OPTIONS)
+        node = self._reserve(NodeKind.OPERATION, name, function)
         node.args = [
             self.node_of(value, f"operand {i} of {name}") for i, value in enumerate(operands)
         ]
@@ -419,10 +425,12 @@ class GraphBuilder:
         kind: NodeKind,
         name: str,
         function: Callable[..., Any],
-        options: TaskOptions = BUILTIN_OPTIONS,
+        options: TaskOptions | None = None,
     ) -> GraphNode:
         """Number a node before its parents are made, as Covalent does; the caller
-        then fills in its ``args`` and ``kwargs``."""
+        then fills in its ``args`` and ``kwargs``. Without ``options`` it is a node
+        cobalt adds, with the lattice's options for those."""
+        options = options or self.builtin_options
         node = GraphNode(len(self.nodes), kind, name, function, options=options)
         self.nodes.append(node)
         return node

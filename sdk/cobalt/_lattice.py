@@ -24,13 +24,21 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
-from cobalt._graph import Graph, GraphBuilder, current_builder
-from cobalt._options import Options, OptionsKwargs, misuse_message, parse_options
+from cobalt._executors import ExecutorLike
+from cobalt._graph import BUILTIN_OPTIONS, Graph, GraphBuilder, current_builder
+from cobalt._options import (
+    Options,
+    OptionsKwargs,
+    misuse_message,
+    parse_executor,
+    parse_options,
+)
 from cobalt_common.errors import GraphError, SpecError
 
 P = ParamSpec("P")
@@ -71,16 +79,25 @@ class Lattice(Generic[P, R]):
         function: the decorated function.
         options: the options the user set, inherited by the lattice's
             electrons; :data:`~cobalt._sentinel.UNSET` for the others.
+        workflow_executor: where the nodes cobalt adds to assemble values
+            (collections, lookups) run; ``None``: wherever the controller
+            places them.
     """
 
     __name__: str
     __qualname__: str
     __wrapped__: Callable[P, R]
 
-    def __init__(self, function: Callable[P, R], options: Options) -> None:
+    def __init__(
+        self,
+        function: Callable[P, R],
+        options: Options,
+        workflow_executor: ExecutorLike | None = None,
+    ) -> None:
         functools.update_wrapper(self, function, updated=())
         self.function = function
         self.options = options
+        self.workflow_executor = workflow_executor
         self._name: str = getattr(function, "__name__", repr(function))
         self._signature = signature_of(function)
         options.hardware(owner=f"lattice '{self._name}'")
@@ -105,7 +122,8 @@ class Lattice(Generic[P, R]):
                 the function uses a task's output in a way that needs its value.
         """
         check_arguments("lattice", self._name, self._signature, args, kwargs)
-        builder = GraphBuilder(self._name, self.options)
+        builtin = dataclasses.replace(BUILTIN_OPTIONS, executor=self.workflow_executor)
+        builder = GraphBuilder(self._name, self.options, builtin)
         with builder.active():
             result = self.function(*args, **kwargs)
         return builder.finish(result)
@@ -117,20 +135,37 @@ class Lattice(Generic[P, R]):
 
 
 @overload
-def lattice(function: Callable[P, R], /, **options: Unpack[OptionsKwargs]) -> Lattice[P, R]: ...
+def lattice(
+    function: Callable[P, R],
+    /,
+    *,
+    workflow_executor: ExecutorLike | None = None,
+    **options: Unpack[OptionsKwargs],
+) -> Lattice[P, R]: ...
 
 
 @overload
 def lattice(
-    function: None = None, /, **options: Unpack[OptionsKwargs]
+    function: None = None,
+    /,
+    *,
+    workflow_executor: ExecutorLike | None = None,
+    **options: Unpack[OptionsKwargs],
 ) -> Callable[[Callable[P, R]], Lattice[P, R]]: ...
 
 
-def lattice(function: object = None, /, **options: Any) -> Any:
+def lattice(function: object = None, /, *, workflow_executor: Any = None, **options: Any) -> Any:
     """Make a function a workflow: bare (``@ct.lattice``) or with default options.
 
     Args:
         function: the workflow function (given when used bare).
+        workflow_executor: where the nodes cobalt adds to assemble values run
+            (the lists, tuples and dicts of task outputs, and lookups such as
+            ``out["key"]``): an executor's name or descriptor, as ``executor=``.
+            This is what Covalent's option of that name becomes: Covalent runs
+            the lattice function again there to assemble its output, while
+            cobalt assembles it in these nodes. ``None`` (the default): the
+            controller places them.
         **options: the same options as :func:`~cobalt._electron.electron`;
             they are the defaults of the electrons the lattice calls.
 
@@ -148,13 +183,15 @@ def lattice(function: object = None, /, **options: Any) -> Any:
     if function is not None and not callable(function):
         raise SpecError(misuse_message("lattice", function))
     name = getattr(function, "__name__", None)
-    parsed = parse_options(f"lattice '{name}'" if name else "@ct.lattice(...)", options)
+    owner = f"lattice '{name}'" if name else "@ct.lattice(...)"
+    parsed = parse_options(owner, options)
+    where = parse_executor(workflow_executor, f"{owner} workflow_executor")
     if function is not None:
-        return Lattice(function, parsed)
+        return Lattice(function, parsed, where)
 
     def decorate(function: Callable[P, R]) -> Lattice[P, R]:
         if not callable(function):
             raise SpecError(misuse_message("lattice", function))
-        return Lattice(function, parsed)
+        return Lattice(function, parsed, where)
 
     return decorate

@@ -79,7 +79,8 @@ def _cpus(value: Any, option: str) -> float:
     return float(value)
 
 
-def _executor(value: Any, option: str) -> ExecutorLike | None:
+def parse_executor(value: Any, option: str) -> ExecutorLike | None:
+    """An executor's name, a descriptor, or ``None`` (the controller places the task)."""
     if value is None or isinstance(value, Executor) or (isinstance(value, str) and value):
         return value
     raise SpecError(
@@ -96,7 +97,7 @@ _PARSERS: Mapping[str, Callable[[Any, str], Any]] = {
     "memory": lambda value, option: parse_memory_mb(value, option=option),
     "time_limit": lambda value, option: parse_duration_s(value, option=option),
     "retries": _count(0, MAX_RETRIES),
-    "executor": _executor,
+    "executor": parse_executor,
     "deps_pip": as_deps_pip,
     "deps_bash": as_deps_bash,
     "call_before": as_hooks,

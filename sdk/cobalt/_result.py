@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import cloudpickle
 
 from cobalt import _html as h
+from cobalt import status as status_names
 from cobalt._client import Client, get_client
 from cobalt._failures import (
     FAILED,
@@ -39,12 +40,26 @@ class Result:
     the one this Result was read from (kept in ``_client``, and followed if it
     restarts). A Result made by hand, without one, asks the controller of the
     current ``COBALT_HOME``.
+
+    The status constants are Covalent's names: ``result.status ==
+    Result.COMPLETED``. The three post-processing statuses are never reached:
+    a lattice's output is computed by the graph, with no post-processing step.
     """
+
+    NEW_OBJ: ClassVar[str] = status_names.NEW_OBJECT
+    RUNNING: ClassVar[str] = status_names.RUNNING
+    COMPLETED: ClassVar[str] = status_names.COMPLETED
+    FAILED: ClassVar[str] = status_names.FAILED
+    CANCELLED: ClassVar[str] = status_names.CANCELLED
+    PENDING_POSTPROCESSING: ClassVar[str] = status_names.PENDING_POSTPROCESSING
+    POSTPROCESSING: ClassVar[str] = status_names.POSTPROCESSING
+    POSTPROCESSING_FAILED: ClassVar[str] = status_names.POSTPROCESSING_FAILED
 
     dispatch_id: str
     name: str
     status: Status
-    error: str
+    error: str | None
+    """Why the dispatch failed; ``None`` when nothing failed."""
     start_time: datetime | None
     end_time: datetime | None
     task_count: int
@@ -59,6 +74,7 @@ class Result:
     _value: Any = field(default=None, repr=False)
     _loaded: bool = field(default=False, repr=False)
     _tasks: list[TaskRecord] | None = field(default=None, repr=False)
+    _fetch: Fetch = field(default_factory=lambda: Fetch(), repr=False)
 
     @classmethod
     def from_pb(cls, resp: pb.DispatchGetResponse, client: Client) -> Result:
@@ -67,7 +83,7 @@ class Result:
             dispatch_id=d.dispatch_id,
             name=d.name,
             status=status_from_pb(d.status),
-            error=d.error,
+            error=d.error or None,
             start_time=datetime_of(d.started_at or d.created_at),
             end_time=datetime_of(d.ended_at),
             task_count=d.task_count,
@@ -81,8 +97,9 @@ class Result:
 
     @property
     def result(self) -> Any:
-        """The lattice's return value; None until the dispatch completed."""
-        if self.status != Status.COMPLETED:
+        """The lattice's return value; None until the dispatch completed (or when
+        ``ct.get_result(..., workflow_output=False)`` read this Result)."""
+        if self.status != Status.COMPLETED or not self._fetch.workflow_output:
             return None
         if not self._loaded:
             self._value = cloudpickle.loads(self._payload_bytes())
@@ -136,7 +153,8 @@ class Result:
         controller), so the error is the task that actually raised."""
         failed = [t for t in self.tasks if t.status in FAILED]
         if not failed:
-            return dispatch_failure(self.dispatch_id, self.name, self.status, self.error, self)
+            error = self.error or ""
+            return dispatch_failure(self.dispatch_id, self.name, self.status, error, self)
         task = failed[0]
         if task.kind == "sublattice" and task.sublattice_dispatch_id:
             client = self._controller()
@@ -146,16 +164,34 @@ class Result:
         return task_failure(self.dispatch_id, task, more=len(failed) - 1, result=self)
 
     def get_node_result(self, node_id: int) -> dict[str, Any]:
-        """A node's output, status, error, logs and times (Covalent's keys)."""
-        task, output = self._controller().node_get(self.dispatch_id, node_id)
+        """A node's output, status, error, logs and times, under Covalent's keys.
+
+        ``"sublattice_result"`` is the child dispatch's :class:`Result` for a
+        sublattice node, ``None`` for any other. ``"output"`` is ``None`` when
+        ``ct.get_result(..., intermediate_outputs=False)`` read this Result, and
+        ``"sublattice_result"`` when ``sublattice_results=False`` did.
+
+        Raises:
+            NotFoundError: the dispatch has no node ``node_id``.
+        """
+        client = self._controller()
+        task, output = client.node_get(
+            self.dispatch_id, node_id, include_output=self._fetch.intermediate_outputs
+        )
         record = TaskRecord.from_pb(task)
         value = cloudpickle.loads(output) if output is not None else None
+        child = None
+        if record.sublattice_dispatch_id and self._fetch.sublattice_results:
+            resp = client.dispatch_get(record.sublattice_dispatch_id, include_output=True)
+            child = Result.from_pb(resp, client)
+            child._fetch = self._fetch
         return {
             "node_id": record.node_id,
             "node_name": record.name,
             "output": value,
             "status": record.status,
             "error": record.error or None,
+            "sublattice_result": child,
             "stdout": record.stdout,
             "stderr": record.stderr,
             "start_time": record.start_time,
@@ -164,6 +200,27 @@ class Result:
             "hardware_requested": record.hardware_requested,
             "hardware_given": record.hardware_given,
         }
+
+    def _node_ids(self) -> list[int]:
+        """Every node of the graph, parameters and collections included, in id order."""
+        records = self._controller().task_list(self.dispatch_id, include_parameters=True)
+        return sorted(record.node_id for record in records)
+
+    def get_all_node_outputs(self) -> dict[str, Any]:
+        """Every node's output, keyed ``"name(node_id)"`` as Covalent keys them.
+
+        Parameter nodes give their values and lookup nodes what they picked out;
+        a node that has not completed gives ``None``.
+        """
+        outputs: dict[str, Any] = {}
+        for node_id in self._node_ids():
+            node = self.get_node_result(node_id)
+            outputs[f"{node['node_name']}({node_id})"] = node["output"]
+        return outputs
+
+    def get_all_node_results(self) -> list[dict[str, Any]]:
+        """:meth:`get_node_result` of every node, in node id order."""
+        return [self.get_node_result(node_id) for node_id in self._node_ids()]
 
     def task_table(self) -> str:
         """A plain-text table: hardware requested and given, duration (and billed), cost, status."""
@@ -215,6 +272,17 @@ class Result:
         if self.error:
             lines.append(self.error)
         return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """What a :class:`Result` fetches from the controller when it is read
+    (``ct.get_result``'s ``workflow_output``, ``intermediate_outputs`` and
+    ``sublattice_results``): all of it unless the caller said otherwise."""
+
+    workflow_output: bool = True
+    intermediate_outputs: bool = True
+    sublattice_results: bool = True
 
 
 def _requested(spec: HardwareSpec) -> str:

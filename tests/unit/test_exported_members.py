@@ -44,6 +44,8 @@ PUBLIC_SURFACE = {
     "dispatch_sync",
     "get_result",
     "cancel",
+    "sync",
+    "status",
     "last_failure",
     "Result",
     "Status",
@@ -123,6 +125,16 @@ def test_exceptions_derive_from_one_root() -> None:
     assert issubclass(ct.UnsatisfiableError, ct.DispatchError)
     assert issubclass(ct.AuthenticationError, ct.ControllerError)
     assert issubclass(ct.ControllerUnavailableError, ct.ControllerError)
+
+
+def test_status_names_match_covalents() -> None:
+    """``ct.status`` and ``Result``'s constants carry Covalent's names."""
+    assert ct.status.COMPLETED == "COMPLETED" == ct.Result.COMPLETED
+    assert ct.status.NEW_OBJECT is ct.Status.NEW is ct.Result.NEW_OBJ
+    for name in ("RUNNING", "FAILED", "CANCELLED", "POSTPROCESSING", "PENDING_POSTPROCESSING"):
+        assert getattr(ct.Result, name) == getattr(ct.status, name) == name
+    assert ct.status.POSTPROCESSING_FAILED == ct.Result.POSTPROCESSING_FAILED
+    assert set(ct.status.__all__) >= {s.name for s in ct.Status}
 
 
 def test_llm_surface_is_exact_and_lazy() -> None:

@@ -62,14 +62,18 @@ class FakeController(Client):
             resp.output.CopyFrom(pb.Payload(sha256="out", data=output, size=len(output)))
         return resp
 
-    def task_list(self, dispatch_id: str) -> list[pb.TaskRecord]:
+    def task_list(
+        self, dispatch_id: str, *, include_parameters: bool = False
+    ) -> list[pb.TaskRecord]:
         self.calls.append(("task_list", dispatch_id))
         return self.tasks[dispatch_id]
 
-    def node_get(self, dispatch_id: str, node_id: int) -> tuple[pb.TaskRecord, bytes | None]:
+    def node_get(
+        self, dispatch_id: str, node_id: int, *, include_output: bool = True
+    ) -> tuple[pb.TaskRecord, bytes | None]:
         self.calls.append(("node_get", dispatch_id, str(node_id)))
         task = next(t for t in self.tasks[dispatch_id] if t.node_id == node_id)
-        return task, self.outputs.get((dispatch_id, node_id))
+        return task, self.outputs.get((dispatch_id, node_id)) if include_output else None
 
     def fetch_payload(self, payload: pb.Payload) -> bytes:
         self.calls.append(("fetch_payload", payload.sha256))
