@@ -74,8 +74,11 @@ class TaskCallable:
         self.log_files = log_files
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-import os
-from collections.abc import Callable, Iterable
+        if self.workdir:  # the worker returns to its own directory after every task
+            path = os.path.expanduser(self.workdir)
+            os.makedirs(path, exist_ok=True)
+            os.chdir(path)
+        returned = []
         for dep in self.before:
             value = dep.run()
             if isinstance(dep, DepsCall) and dep.retval_keyword:
