@@ -12,8 +12,9 @@ The rules, for the credential of one attempt of node N of dispatch D:
   its sublattices produced), and those it sent itself with BlobPut;
 - BlobPut: allowed (a sublattice uploads its payloads);
 - DispatchCreate: only a sublattice, ``parent_dispatch_id`` = D (with
-  ``parent_node_id`` = N) or a dispatch below D, whose payloads are sent
-  inline, uploaded with this credential, or readable as above;
+  ``parent_node_id`` = N) or a dispatch below D, whose payloads (its lattice
+  and inputs included) are sent inline, uploaded with this credential, or
+  readable as above, and which reuses no other dispatch's results;
 - DispatchGet, TaskList, NodeGet: D and the dispatches below it;
   DispatchWatch, DispatchCancel: the dispatches below D only;
 - a lattice's deploy task (node function key ``cobalt._deploy.deploy <name>``):
@@ -148,8 +149,11 @@ class Authorizer:
                 f"of a sublattice of dispatch {brief(parent)}, which is not dispatch "
                 f"{scope.dispatch_id} or below it, {holder}"
             )
+        if request.reuse_dispatch_id:
+            return f"reusing the results of dispatch {brief(request.reuse_dispatch_id)} {holder}"
         shas = [n.value_sha256 or n.function_sha256 for n in request.nodes]
         shas += [n.function_sha256 for n in request.nodes if n.value_sha256 and n.function_sha256]
+        shas += [request.lattice_sha256, request.inputs_sha256]
         return self._unheld(scope, shas, request.payloads, holder)
 
     def _unheld(self, scope: TaskScope, shas: list[str], inline: Any, holder: str) -> str | None:

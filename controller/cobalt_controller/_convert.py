@@ -93,6 +93,8 @@ def dispatch_row_to_pb(row: DispatchRow, counts: dict[str, int] | None = None) -
         cost_usd=row.cost_usd,
         budget_usd=row.budget_usd or 0.0,
         emulated=row.emulated,
+        lattice_sha256=row.lattice_sha256,
+        inputs_sha256=row.inputs_sha256,
     )
 
 
@@ -111,6 +113,8 @@ def dispatch_to_pb(d: Dispatch, *, counts: bool = True) -> pb.Dispatch:
         cost_usd=d.cost_usd,
         budget_usd=d.budget_usd or 0.0,
         emulated=d.emulated,
+        lattice_sha256=d.lattice_sha256,
+        inputs_sha256=d.inputs_sha256,
     )
 
 

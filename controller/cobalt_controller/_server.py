@@ -286,6 +286,7 @@ class ControllerServer:
                 d.budget_usd = row.budget_usd
                 d.working_dir = row.working_dir
                 d.client_runtime = json.loads(row.client_runtime) if row.client_runtime else {}
+                d.lattice_sha256, d.inputs_sha256 = row.lattice_sha256, row.inputs_sha256
                 d.cost_usd = row.cost_usd
                 d.emulated = row.emulated
                 self.scheduler.submit_dispatch(d)

@@ -28,9 +28,10 @@ from cobalt_controller.deploy import DeploymentManager
 from cobalt_controller.dispatch._cost import estimate, local_day
 from cobalt_controller.dispatch._events import EventHub
 from cobalt_controller.dispatch._intake import build_dispatch
-from cobalt_controller.dispatch._model import COMPLETED, PARAMETER
+from cobalt_controller.dispatch._model import COMPLETED, PARAMETER, TERMINAL
 from cobalt_controller.dispatch._scheduler import Scheduler
-from cobalt_controller.state import DispatchRow
+from cobalt_controller.dispatch._task_cancel import check_task_ids
+from cobalt_controller.state import DispatchRow, NodeRow
 
 log = logging.getLogger("cobalt.controller")
 CHUNK = 1 << 20
@@ -180,7 +181,8 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         self, request: pb.DispatchCreateRequest, context: Any
     ) -> pb.DispatchCreateResponse:
         try:
-            d, batch = build_dispatch(request, self.payloads, self.executors)
+            previous = self._reused(request.reuse_dispatch_id)
+            d, batch = build_dispatch(request, self.payloads, self.executors, previous)
         except errors.Error as exc:
             abort(context, exc)
         try:
@@ -204,6 +206,19 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             )
             resp.result.CopyFrom(self.DispatchGet(get, context))
         return resp
+
+    def _reused(self, dispatch_id: str) -> tuple[str, list[NodeRow]] | None:
+        """The dispatch whose results a new one may take over, and its nodes."""
+        if not dispatch_id:
+            return None
+        if self.state.get_dispatch(dispatch_id) is None:
+            raise errors.NotFoundError(
+                f"no dispatch with id {brief(dispatch_id)} on this controller to reuse results "
+                "from; results are reused only from a dispatch of the controller that runs the "
+                "new one (`cobalt dispatches` lists them). Redispatch without "
+                "reuse_previous_results, or point COBALT_HOME at that dispatch's controller."
+            )
+        return dispatch_id, self.state.get_nodes(dispatch_id, include_logs=False)
 
     def _output(self, sha: str) -> pb.Payload:
         data = self.payloads.get_bytes(sha)
@@ -267,9 +282,27 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             row = self.state.get_dispatch(request.dispatch_id)
             if row is None:
                 abort(context, errors.NotFoundError(_unknown(request.dispatch_id)))
+            if request.task_ids:  # ended: nothing to stop, but wrong ids are still wrong
+                kinds = [n.kind for n in self.state.get_nodes(row.dispatch_id, include_logs=False)]
+                try:
+                    check_task_ids(row.dispatch_id, kinds, request.task_ids)
+                except errors.Error as exc:
+                    abort(context, exc)
             return pb.DispatchCancelResponse(dispatch=self._dispatch_row_pb(row))
-        self.scheduler.cancel(d.dispatch_id)
-        d.done.wait(5.0)
+        if not request.task_ids:
+            self.scheduler.cancel(d.dispatch_id)
+            d.done.wait(5.0)
+            return pb.DispatchCancelResponse(dispatch=dispatch_to_pb(d))
+        try:
+            ids = check_task_ids(d.dispatch_id, [t.kind for t in d.tasks], request.task_ids)
+        except errors.Error as exc:
+            abort(context, exc)
+        self.scheduler.cancel_tasks(d.dispatch_id, ids)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not d.done.is_set():
+            if all(d.tasks[i].status in TERMINAL for i in ids):
+                break
+            time.sleep(0.02)
         return pb.DispatchCancelResponse(dispatch=dispatch_to_pb(d))
 
     def DispatchWatch(

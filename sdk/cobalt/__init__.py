@@ -26,6 +26,7 @@ from cobalt._lattice import Lattice, lattice
 from cobalt._optimize import optimize
 from cobalt._optimize_report import OptimizationReport
 from cobalt._records import Status, TaskRecord
+from cobalt._redispatch import redispatch
 from cobalt._result import Result
 from cobalt._sentinel import UNSET
 from cobalt._service import Service, service
@@ -105,6 +106,7 @@ __all__ = [
     "list_deployments",
     "llm",
     "optimize",
+    "redispatch",
     "service",
     "status",
     "sync",

@@ -177,8 +177,11 @@ class Client:
             return cast(pb.DispatchGetResponse, self.call_interruptibly(self.stub.DispatchGet, req))
         return cast(pb.DispatchGetResponse, self.call(self.stub.DispatchGet, req))
 
-    def dispatch_cancel(self, dispatch_id: str) -> pb.DispatchCancelResponse:
-        req = pb.DispatchCancelRequest(dispatch_id=dispatch_id)
+    def dispatch_cancel(
+        self, dispatch_id: str, task_ids: list[int] | None = None
+    ) -> pb.DispatchCancelResponse:
+        """Cancels the dispatch, or only ``task_ids`` (node ids) of it."""
+        req = pb.DispatchCancelRequest(dispatch_id=dispatch_id, task_ids=task_ids or [])
         return cast(pb.DispatchCancelResponse, self.call(self.stub.DispatchCancel, req))
 
     def task_list(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, overload
 
 from cobalt._client import get_client
@@ -81,7 +81,8 @@ def dispatch(
     @functools.wraps(lat.function)
     def submit(*args: Any, **kwargs: Any) -> str:
         graph = lat.build_graph(*args, **kwargs)
-        return dispatch_graph(graph, budget_usd=budget)[1].dispatch_id
+        source = (lat, args, kwargs)
+        return dispatch_graph(graph, budget_usd=budget, source=source)[1].dispatch_id
 
     return submit
 
@@ -110,12 +111,15 @@ def dispatch_sync(
     @functools.wraps(lat.function)
     def run(*args: Any, **kwargs: Any) -> Result:
         graph = lat.build_graph(*args, **kwargs)
+        source = (lat, args, kwargs)
         if wants_view(progress):
-            client, resp = dispatch_graph(graph, budget_usd=budget)
+            client, resp = dispatch_graph(graph, budget_usd=budget, source=source)
             result = wait_showing(client, resp.dispatch_id, None, progress)
         else:
             # One request creates the dispatch and waits for it (a first stretch of it).
-            client, resp = dispatch_graph(graph, wait_s=WAIT_CHUNK_S, budget_usd=budget)
+            client, resp = dispatch_graph(
+                graph, wait_s=WAIT_CHUNK_S, budget_usd=budget, source=source
+            )
             result = Result.from_pb(resp.result, client)
             if not result.status.ended:
                 result = wait_until_ended(client, resp.dispatch_id, None)
@@ -245,8 +249,47 @@ def sync(dispatch_id: str | list[str]) -> None:
         wait_until_ended(client, one, None)
 
 
-def cancel(dispatch_id: str) -> Result:
-    """Cancels a dispatch: stops its running tasks and starts no more."""
+def cancel(dispatch_id: str, task_ids: Iterable[int] | int | None = None) -> Result:
+    """Cancels a dispatch, or only some of its tasks.
+
+    Args:
+        dispatch_id: what :func:`dispatch` returned.
+        task_ids: node ids of electrons or sublattices (``Result.tasks`` lists
+            them). Those running are stopped and those pending never start;
+            what depends on them does not run (it ends ``SKIPPED``), and the
+            other tasks go on. Tasks that already ended are left as they are.
+            The dispatch then ends ``CANCELLED``, unless a task failed.
+            Leave it out to cancel the whole dispatch: its running tasks are
+            stopped and no more start.
+
+    Raises:
+        SpecError: a task id is not a node id of an electron or sublattice of
+            the dispatch.
+        NotFoundError: the controller knows no such dispatch.
+    """
+    ids = check_task_ids(task_ids)
     client = get_client()
-    resp = client.dispatch_cancel(dispatch_id)
+    resp = client.dispatch_cancel(dispatch_id, ids)
     return Result.from_pb(pb.DispatchGetResponse(dispatch=resp.dispatch), client)
+
+
+def check_task_ids(task_ids: Iterable[int] | int | None) -> list[int]:
+    """``task_ids`` as a list of node ids (none: the whole dispatch), or a SpecError."""
+    if task_ids is None:
+        return []
+    items = [task_ids] if isinstance(task_ids, int) else task_ids
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise SpecError(f"task_ids must be a list of node ids, such as [1, 3]; got {task_ids!r}.")
+    ids = list(items)
+    for node_id in ids:
+        if isinstance(node_id, bool) or not isinstance(node_id, int) or not 0 <= node_id < 2**32:
+            raise SpecError(
+                f"task_ids holds {node_id!r}, which is not a node id: node ids are whole "
+                "numbers from 0 (Result.tasks lists each task's node_id)."
+            )
+    if not ids:
+        raise SpecError(
+            "task_ids is empty, so there is no task to cancel; leave it out to cancel the "
+            "whole dispatch."
+        )
+    return ids

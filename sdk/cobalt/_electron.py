@@ -89,6 +89,16 @@ class Electron(Generic[P, R]):
     def _record(
         self, builder: GraphBuilder, args: Sequence[Any], kwargs: dict[str, Any]
     ) -> NodeRef:
+        swap = builder.replacements.get(self._name)
+        if swap is not None and swap is not self:
+            builder.replaced.add(self._name)
+            if not isinstance(swap, Electron):
+                wrap = functools.partial(Electron, swap, self.options)
+                swap = builder.memo(("replacement", self._name), wrap)
+            if swap is not self:
+                ref = swap._record(builder, args, kwargs)
+                builder.replaced_nodes.add(ref._node_id)
+                return ref
         defaults = builder.defaults
         prepared = builder.memo((self, id(defaults)), lambda: self._prepare(defaults))
         clash = sorted(set(kwargs) & set(prepared.injected))

@@ -83,6 +83,13 @@ class Graph:
     name: str
     nodes: list[GraphNode]
     output: int
+    replaced: set[int] = field(default_factory=set)
+    """Nodes whose electron was swapped for another (``ct.redispatch``)."""
+    stored_functions: dict[str, str] = field(default_factory=dict)
+    """sha256 of the pickled function already stored on the controller, by function
+    key, for the electrons not in ``replaced``: a function that came back from a
+    stored lattice is sent by that address, not pickled again, since pickling the
+    same function twice can give other bytes (pickle's memo follows object identity)."""
 
 
 def _collect_list(*items: Any) -> list[Any]:
@@ -306,6 +313,11 @@ class GraphBuilder:
         self.builtin_options = builtin_options
         self.nodes: list[GraphNode] = []
         self._memo: dict[Hashable, Any] = {}
+        self.replacements: Mapping[str, Callable[..., Any]] = {}
+        """Electrons to call instead of those of these names (``ct.redispatch``)."""
+        self.replaced: set[str] = set()
+        """The names in ``replacements`` that the build called."""
+        self.replaced_nodes: set[int] = set()
 
     @contextlib.contextmanager
     def active(self) -> Iterator[GraphBuilder]:
@@ -457,7 +469,7 @@ class GraphBuilder:
     def finish(self, output: Any) -> Graph:
         """Return the graph, with ``output`` (the lattice's return value) as its result."""
         output_id = self.node_of(output, f"the return value of lattice '{self.name}'")
-        return Graph(self.name, self.nodes, output_id)
+        return Graph(self.name, self.nodes, output_id, self.replaced_nodes)
 
 
 def wait(child: T, parents: Any) -> T:

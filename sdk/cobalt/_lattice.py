@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from cobalt._executors import ExecutorLike
-from cobalt._graph import BUILTIN_OPTIONS, Graph, GraphBuilder, current_builder
+from cobalt._graph import BUILTIN_OPTIONS, Graph, GraphBuilder, NodeKind, current_builder
 from cobalt._options import (
     Options,
     OptionsKwargs,
@@ -121,11 +121,36 @@ class Lattice(Generic[P, R]):
             GraphError: the arguments do not fit the lattice's signature, or
                 the function uses a task's output in a way that needs its value.
         """
+        return self.build_replacing({}, args, kwargs)
+
+    def build_replacing(
+        self,
+        replacements: Mapping[str, Callable[..., Any]],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> Graph:
+        """:meth:`build_graph`, calling ``replacements[name]`` wherever the function
+        calls an electron of that name (a plain function there keeps the options of
+        the electron it replaces).
+
+        Raises:
+            GraphError: as :meth:`build_graph`, or a name in ``replacements`` is not
+                the name of an electron the lattice calls.
+        """
         check_arguments("lattice", self._name, self._signature, args, kwargs)
         builtin = dataclasses.replace(BUILTIN_OPTIONS, executor=self.workflow_executor)
         builder = GraphBuilder(self._name, self.options, builtin)
+        builder.replacements = replacements
         with builder.active():
             result = self.function(*args, **kwargs)
+        unused = sorted(set(replacements) - builder.replaced)
+        if unused:
+            called = sorted({n.name for n in builder.nodes if n.kind is NodeKind.ELECTRON})
+            raise GraphError(
+                f"replace_electrons names {', '.join(map(repr, unused))}, but lattice "
+                f"'{self._name}' calls no electron of that name; it calls "
+                f"{', '.join(map(repr, called)) or 'none'}. Keys are the electrons' function names."
+            )
         return builder.finish(result)
 
     def __repr__(self) -> str:

@@ -51,6 +51,19 @@ def dumps(obj: Any, describe: Callable[[], tuple[str, str]]) -> bytes:
         ) from None
 
 
+def loads(data: bytes, what: str) -> Any:
+    """The object pickled in ``data``; a PicklingError naming ``what`` when it cannot be
+    rebuilt here (a module it needs is not installed, or another Python wrote it)."""
+    try:
+        return cloudpickle.loads(data)
+    except Exception as exc:
+        raise PicklingError(
+            f"cannot unpickle {what} here ({type(exc).__name__}: {exc}). Install what it "
+            "imports in this environment, with the Python and cloudpickle versions that "
+            "dispatched it."
+        ) from None
+
+
 def _code_with_filename(
     constructor: Callable[..., types.CodeType], args: tuple[Any, ...], filename: str
 ) -> types.CodeType:

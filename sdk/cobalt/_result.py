@@ -25,6 +25,7 @@ from cobalt._failures import (
     rerun_locally,
     task_failure,
 )
+from cobalt._pickling import loads as unpickle
 from cobalt._records import Status, TaskRecord, datetime_of, status_from_pb
 from cobalt_common.errors import Error, TaskFailedError
 from cobalt_common.hardware import GPU_TYPES, HardwareSpec, format_duration, format_memory
@@ -75,6 +76,8 @@ class Result:
     _loaded: bool = field(default=False, repr=False)
     _tasks: list[TaskRecord] | None = field(default=None, repr=False)
     _fetch: Fetch = field(default_factory=lambda: Fetch(), repr=False)
+    _inputs_sha256: str = field(default="", repr=False)
+    _inputs: dict[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
     def from_pb(cls, resp: pb.DispatchGetResponse, client: Client) -> Result:
@@ -93,6 +96,7 @@ class Result:
             cost_emulated=d.emulated,
             _client=client,
             _output=resp.output if resp.HasField("output") else None,
+            _inputs_sha256=d.inputs_sha256,
         )
 
     @property
@@ -105,6 +109,19 @@ class Result:
             self._value = cloudpickle.loads(self._payload_bytes())
             self._loaded = True
         return self._value
+
+    @property
+    def inputs(self) -> dict[str, Any] | None:
+        """The lattice's arguments as dispatched: ``{"args": [...], "kwargs": {...}}``
+        (Covalent's ``Result.inputs``), fetched when first read.
+
+        None for a dispatch that kept none: made by an older cobalt, or whose
+        lattice could not be pickled when it was dispatched.
+        """
+        if self._inputs is None and self._inputs_sha256:
+            data = self._controller().fetch_payload(pb.Payload(sha256=self._inputs_sha256))
+            self._inputs = unpickle(data, f"the inputs of dispatch {self.dispatch_id}")
+        return self._inputs
 
     def _controller(self) -> Client:
         return self._client.current() if self._client is not None else get_client()

@@ -12,6 +12,8 @@ import functools
 import os
 import time
 import uuid
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from cobalt._client import Client, get_client
@@ -20,7 +22,7 @@ from cobalt._graph import Graph, GraphNode, NodeKind
 from cobalt._pickling import dumps, sha256_hex
 from cobalt._progress import LiveProgress, choose_view
 from cobalt._result import Result
-from cobalt_common.errors import ControllerUnavailableError, WaitTimeoutError
+from cobalt_common.errors import ControllerUnavailableError, PicklingError, WaitTimeoutError
 from cobalt_common.runtime import runtime_versions
 from cobalt_common.v1 import controller_pb2 as pb
 from cobalt_common.wire import spec_to_pb
@@ -83,14 +85,16 @@ def build_request(graph: Graph) -> tuple[pb.DispatchCreateRequest, dict[str, byt
             msg.value_sha256 = sha
             continue
         sha_or_none = functions.get(id(node.function))
+        if node.kind in (NodeKind.ELECTRON, NodeKind.SUBLATTICE):
+            msg.function_key = _function_key(node)
+            if node.node_id not in graph.replaced:
+                sha_or_none = graph.stored_functions.get(msg.function_key, sha_or_none)
         if sha_or_none is None:
             data = dumps(node.function, functools.partial(_function_path, node.name))
             sha_or_none = sha256_hex(data)
             payloads[sha_or_none] = data
             functions[id(node.function)] = sha_or_none
         msg.function_sha256 = sha_or_none
-        if node.kind in (NodeKind.ELECTRON, NodeKind.SUBLATTICE):
-            msg.function_key = _function_key(node)
         _add_inputs(msg, node)
         msg.hardware.CopyFrom(spec_to_pb(node.options.hardware))
         msg.retries = node.options.retries
@@ -131,16 +135,52 @@ def _add_inputs(msg: pb.Node, node: GraphNode) -> None:
         msg.inputs.add(parent=parent, position=-1, wait_only=True)
 
 
+Source = tuple[Any, Sequence[Any], Mapping[str, Any]]
+"""What a graph was built from: the lattice, and the arguments it was called with."""
+
+
+def add_source(req: pb.DispatchCreateRequest, source: Source, large: dict[str, bytes]) -> None:
+    """Names the pickled lattice and its pickled inputs in ``req``, so that the dispatch
+    can run again (``ct.redispatch``) and ``Result.inputs`` can give the arguments back.
+
+    A lattice that cannot be pickled as a whole (a global it uses holds a lock, say)
+    still runs, since its tasks were pickled one by one; it is kept without them.
+    """
+    lattice, args, kwargs = source
+    name = getattr(lattice, "__name__", "workflow")
+    try:
+        lattice_data = dumps(lattice, lambda: (name, f"lattice {name!r}"))
+        inputs = {"args": list(args), "kwargs": dict(kwargs)}
+        inputs_data = dumps(inputs, lambda: ("inputs", f"the inputs of lattice {name!r}"))
+    except PicklingError as exc:
+        warnings.warn(
+            f"{exc} The dispatch runs, but without its lattice kept, so ct.redispatch cannot "
+            "run it again and Result.inputs is None.",
+            stacklevel=4,
+        )
+        return
+    req.lattice_sha256, req.inputs_sha256 = sha256_hex(lattice_data), sha256_hex(inputs_data)
+    kept = {req.lattice_sha256: lattice_data, req.inputs_sha256: inputs_data}
+    large.update(split_payloads(req.payloads, kept))
+
+
 def create(
     client: Client,
     graph: Graph,
     parent: tuple[str, int] | None = None,
     wait_s: float = 0.0,
     budget_usd: float | None = None,
+    source: Source | None = None,
+    reuse: str = "",
 ) -> pb.DispatchCreateResponse:
     """Sends ``graph`` as one DispatchCreate (large payloads uploaded first); ``parent`` is
-    the (dispatch, node) of the sublattice task it runs for; ``wait_s`` waits that long."""
+    the (dispatch, node) of the sublattice task it runs for; ``wait_s`` waits that long;
+    ``source`` is kept with it (:func:`add_source`); ``reuse`` names a dispatch whose
+    completed tasks with the same function and inputs are not run again."""
     req, large = build_request(graph)
+    if source is not None:
+        add_source(req, source, large)
+    req.reuse_dispatch_id = reuse
     if parent is not None:
         req.parent_dispatch_id, req.parent_node_id = parent
     if budget_usd is not None:
@@ -172,16 +212,22 @@ def interrupted(dispatch_id: str) -> str:
 
 
 def dispatch_graph(
-    graph: Graph, wait_s: float = 0.0, budget_usd: float | None = None
+    graph: Graph,
+    wait_s: float = 0.0,
+    budget_usd: float | None = None,
+    source: Source | None = None,
 ) -> tuple[Client, pb.DispatchCreateResponse]:
     """Creates the dispatch on the current home's controller, starting one if none runs."""
+    send = functools.partial(
+        create, graph=graph, wait_s=wait_s, budget_usd=budget_usd, source=source
+    )
     client = get_client(start=True)
     try:
-        return client, create(client, graph, wait_s=wait_s, budget_usd=budget_usd)
+        return client, send(client)
     except ControllerUnavailableError:
         # The controller went away since we last saw it: start a new one, once.
         client = get_client(start=True)
-        return client, create(client, graph, wait_s=wait_s, budget_usd=budget_usd)
+        return client, send(client)
 
 
 def wait_showing(

@@ -46,6 +46,7 @@ PUBLIC_SURFACE = {
     "cancel",
     "sync",
     "status",
+    "redispatch",
     "last_failure",
     "Result",
     "Status",

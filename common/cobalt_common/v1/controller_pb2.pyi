@@ -368,6 +368,9 @@ class DispatchCreateRequest(_message.Message):
     DISPATCH_ID_FIELD_NUMBER: _builtins.int
     WORKING_DIR_FIELD_NUMBER: _builtins.int
     CLIENT_RUNTIME_FIELD_NUMBER: _builtins.int
+    LATTICE_SHA256_FIELD_NUMBER: _builtins.int
+    INPUTS_SHA256_FIELD_NUMBER: _builtins.int
+    REUSE_DISPATCH_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     output_node: _builtins.int
     parent_dispatch_id: _builtins.str
@@ -381,6 +384,16 @@ class DispatchCreateRequest(_message.Message):
     """chosen by the client (32 hex digits), or empty"""
     working_dir: _builtins.str
     """the client's directory: tasks start there when it exists"""
+    lattice_sha256: _builtins.str
+    """The pickled lattice and its pickled inputs ({"args": [...], "kwargs": {...}}), inline
+    in payloads or sent with BlobPut; kept with the dispatch so that it can run again.
+    Empty: not kept (a client that could not pickle them, or an older one).
+    """
+    inputs_sha256: _builtins.str
+    reuse_dispatch_id: _builtins.str
+    """A dispatch of this controller whose completed tasks are taken over, without
+    running again, by the tasks of this one with the same function and inputs.
+    """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]: ...
     @_builtins.property
@@ -405,10 +418,13 @@ class DispatchCreateRequest(_message.Message):
         dispatch_id: _builtins.str = ...,
         working_dir: _builtins.str = ...,
         client_runtime: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        lattice_sha256: _builtins.str = ...,
+        inputs_sha256: _builtins.str = ...,
+        reuse_dispatch_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_usd", b"budget_usd", "client_runtime", b"client_runtime", "dispatch_id", b"dispatch_id", "name", b"name", "nodes", b"nodes", "output_node", b"output_node", "parent_dispatch_id", b"parent_dispatch_id", "parent_node_id", b"parent_node_id", "payloads", b"payloads", "wait_s", b"wait_s", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_usd", b"budget_usd", "client_runtime", b"client_runtime", "dispatch_id", b"dispatch_id", "inputs_sha256", b"inputs_sha256", "lattice_sha256", b"lattice_sha256", "name", b"name", "nodes", b"nodes", "output_node", b"output_node", "parent_dispatch_id", b"parent_dispatch_id", "parent_node_id", b"parent_node_id", "payloads", b"payloads", "reuse_dispatch_id", b"reuse_dispatch_id", "wait_s", b"wait_s", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -476,6 +492,8 @@ class Dispatch(_message.Message):
     COST_USD_FIELD_NUMBER: _builtins.int
     BUDGET_USD_FIELD_NUMBER: _builtins.int
     EMULATED_FIELD_NUMBER: _builtins.int
+    LATTICE_SHA256_FIELD_NUMBER: _builtins.int
+    INPUTS_SHA256_FIELD_NUMBER: _builtins.int
     dispatch_id: _builtins.str
     name: _builtins.str
     status: Global___Status.ValueType
@@ -491,6 +509,10 @@ class Dispatch(_message.Message):
     """0: none"""
     emulated: _builtins.bool
     """some of the cost is for emulated GPUs"""
+    lattice_sha256: _builtins.str
+    """the pickled lattice; empty when it was not kept"""
+    inputs_sha256: _builtins.str
+    """its pickled inputs; empty when they were not kept"""
     @_builtins.property
     def status_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     def __init__(
@@ -509,10 +531,12 @@ class Dispatch(_message.Message):
         cost_usd: _builtins.float = ...,
         budget_usd: _builtins.float = ...,
         emulated: _builtins.bool = ...,
+        lattice_sha256: _builtins.str = ...,
+        inputs_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_usd", b"budget_usd", "cost_usd", b"cost_usd", "created_at", b"created_at", "dispatch_id", b"dispatch_id", "emulated", b"emulated", "ended_at", b"ended_at", "error", b"error", "name", b"name", "parent_dispatch_id", b"parent_dispatch_id", "started_at", b"started_at", "status", b"status", "status_counts", b"status_counts", "task_count", b"task_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_usd", b"budget_usd", "cost_usd", b"cost_usd", "created_at", b"created_at", "dispatch_id", b"dispatch_id", "emulated", b"emulated", "ended_at", b"ended_at", "error", b"error", "inputs_sha256", b"inputs_sha256", "lattice_sha256", b"lattice_sha256", "name", b"name", "parent_dispatch_id", b"parent_dispatch_id", "started_at", b"started_at", "status", b"status", "status_counts", b"status_counts", "task_count", b"task_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -614,15 +638,23 @@ class DispatchCancelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    TASK_IDS_FIELD_NUMBER: _builtins.int
     dispatch_id: _builtins.str
+    @_builtins.property
+    def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Cancel only these tasks (node ids of electrons or sublattices); their dependents
+        do not run, the rest of the dispatch goes on. Empty: the whole dispatch.
+        """
+
     def __init__(
         self,
         *,
         dispatch_id: _builtins.str = ...,
+        task_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id", "task_ids", b"task_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

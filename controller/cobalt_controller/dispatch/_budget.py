@@ -110,8 +110,15 @@ def dispatch_error(d: Dispatch) -> str:
     """Why a dispatch that ended did not complete, for its record ("" when it did)."""
     if d.status == COMPLETED:
         return ""
-    if d.status == CANCELLED:
+    if d.status == CANCELLED and d.cancelled:
         return "The dispatch was cancelled."
+    if d.status == CANCELLED:
+        names = [f"{t.name!r} (node {t.node_id})" for t in d.tasks if t.status == CANCELLED]
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        return (
+            f"Task{'s' if len(names) > 1 else ''} {', '.join(names[:5])}{more} cancelled; "
+            "what depended on them did not run, the other tasks ran."
+        )
     if d.status == BUDGET_EXCEEDED:
         return budget_report(d)
     failed = [t for t in d.tasks if t.status in (FAILED, TIMED_OUT)]

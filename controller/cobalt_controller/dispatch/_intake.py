@@ -13,7 +13,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from cobalt_common.checks import brief, check_content, validate_sha256
 from cobalt_common.errors import DispatchError, SpecError
@@ -34,6 +34,7 @@ from cobalt_controller.dispatch._model import (
     Input,
     Task,
 )
+from cobalt_controller.dispatch._reuse import reuse_results
 from cobalt_controller.state import DispatchRow, NodeRow, WriteBatch
 from cobalt_executors import Executor, PayloadRef
 
@@ -139,8 +140,17 @@ def link(tasks: list[Task]) -> None:
 
 
 def build_dispatch(
-    req: pb.DispatchCreateRequest, payloads: Payloads, executors: ExecutorPool
+    req: pb.DispatchCreateRequest,
+    payloads: Payloads,
+    executors: ExecutorPool,
+    previous: tuple[str, Sequence[NodeRow]] | None = None,
 ) -> tuple[Dispatch, WriteBatch]:
+    """Checks the request and makes the dispatch and its first write.
+
+    ``previous`` is the dispatch named by ``reuse_dispatch_id`` and its nodes:
+    tasks it completed with the same function and inputs are not run again
+    (:mod:`._reuse`).
+    """
     budget = req.budget_usd
     if not (budget == 0 or (math.isfinite(budget) and budget > 0)):
         raise SpecError(f"budget_usd must be a positive number of US dollars, got {budget!r}.")
@@ -155,10 +165,16 @@ def build_dispatch(
     for p in req.payloads:
         check_content(p.sha256, p.data)
     inline = {p.sha256: p.data for p in req.payloads}
+    source = {
+        what: validate_sha256(sha, f"the {what}")
+        for what, sha in (("lattice", req.lattice_sha256), ("inputs", req.inputs_sha256))
+        if sha
+    }
     tasks = build_tasks(req, executors, inline)
     if budget:
         check_budget(tasks, budget)
     wanted = {t.output.sha256 if t.kind == PARAMETER and t.output else t.fn_sha for t in tasks}
+    wanted |= set(source.values())
     missing = payloads.missing(wanted - inline.keys())
     if missing:
         raise DispatchError(
@@ -174,6 +190,8 @@ def build_dispatch(
     for t in tasks:
         if t.kind == PARAMETER and t.output is not None and t.output.data is None:
             t.output = payloads.ref(t.output.sha256)
+    if previous is not None:
+        reuse_results(tasks, previous[0], previous[1], payloads)
     now = time.time()
     d = Dispatch(
         dispatch_id,
@@ -188,6 +206,8 @@ def build_dispatch(
     d.budget_usd = budget or None
     d.working_dir = req.working_dir
     d.client_runtime = client_runtime(req.client_runtime)
+    d.lattice_sha256 = source.get("lattice", "")
+    d.inputs_sha256 = source.get("inputs", "")
     batch = WriteBatch()
     batch.payloads.update({s: b for s, b in inline.items() if len(b) <= payloads.inline_limit})
     row = DispatchRow(
@@ -202,6 +222,8 @@ def build_dispatch(
         budget_usd=d.budget_usd,
         working_dir=d.working_dir,
         client_runtime=json.dumps(d.client_runtime) if d.client_runtime else "",
+        lattice_sha256=d.lattice_sha256,
+        inputs_sha256=d.inputs_sha256,
     )
     node_rows = [
         NodeRow(
@@ -218,6 +240,9 @@ def build_dispatch(
             executor_ref=t.executor_ref,
             output_sha256=t.output.sha256 if t.output else "",
             function_key=t.function_key,
+            ended_at=t.ended_at,
+            reason=t.reason,
+            placement=t.placement,
         )
         for t in tasks
     ]

@@ -164,6 +164,8 @@ class Dispatch:
         "emulated",
         "ended_at",
         "error",
+        "inputs_sha256",
+        "lattice_sha256",
         "ledger",
         "name",
         "output_node",
@@ -207,6 +209,8 @@ class Dispatch:
         self.ledger: Ledger | None = None
         self.working_dir = ""
         self.client_runtime: dict[str, str] = {}
+        self.lattice_sha256 = ""
+        self.inputs_sha256 = ""
 
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -127,6 +127,9 @@ class Scheduler:
         them is written or announced."""
         self._ledgers: set[Ledger] = set()
         """Ledgers with tasks held back by their budget."""
+        self._cancelling: set[tuple[str, int]] = set()
+        """Running tasks cancelled one by one, by (dispatch id, node id): they end
+        CANCELLED, not retried, unless they complete first."""
         self._thread = threading.Thread(target=self._run, name="cobalt-scheduler", daemon=True)
         self._stopping = False
 
@@ -144,6 +147,10 @@ class Scheduler:
 
     def cancel(self, dispatch_id: str) -> None:
         self._events.put(("cancel", dispatch_id))
+
+    def cancel_tasks(self, dispatch_id: str, node_ids: list[int]) -> None:
+        """Cancels these tasks (checked by :func:`._task_cancel.check_task_ids`) only."""
+        self._events.put(("cancel_tasks", dispatch_id, node_ids))
 
     def _room_freed(self) -> None:
         self._events.put(("room",))
@@ -201,6 +208,8 @@ class Scheduler:
             self._on_dispatch(event[1])
         elif kind == "cancel":
             self._on_cancel(event[1])
+        elif kind == "cancel_tasks":
+            self._on_cancel_tasks(event[1], event[2])
         elif kind == "link":
             self._on_link(*event[1:])
         elif kind == "stop":
@@ -404,6 +413,8 @@ class Scheduler:
         if o.on_stored is not None:
             self._stored.append(o.on_stored)
         d, t = entry
+        cancelled = (d.dispatch_id, t.node_id) in self._cancelling
+        self._cancelling.discard((d.dispatch_id, t.node_id))
         t.ended_at = o.ended_at or time.time()
         if o.started_at:
             t.started_at = o.started_at
@@ -431,6 +442,8 @@ class Scheduler:
         else:
             status = FAILED if o.status == COMPLETED else o.status  # completed, no output
             retry = status in (FAILED, TIMED_OUT) and t.attempts <= t.retries and not d.cancelled
+            if cancelled:
+                status, retry = CANCELLED, False
             if retry:
                 delay = min(self.retry_backoff_s * 2 ** (t.attempts - 1), self.retry_backoff_max_s)
                 t.status = PENDING
@@ -438,6 +451,8 @@ class Scheduler:
                 t.reason = o.reason
                 heapq.heappush(self._timers, (time.time() + delay, next(self._seq), d, t))
                 self._touch(d, t, logs)
+            elif cancelled:
+                self._fail(d, t, CANCELLED, o.error or "cancelled while it ran", "cancelled", logs)
             else:
                 self._fail(d, t, status, o.error, o.reason or status.lower(), logs)
         if d.remaining == 0:
@@ -504,6 +519,21 @@ class Scheduler:
         if d.remaining == 0:
             self._finish(d)
 
+    def _on_cancel_tasks(self, dispatch_id: str, node_ids: list[int]) -> None:
+        """Stops these tasks; what depends on them is skipped, the rest goes on."""
+        d = self.active.get(dispatch_id)
+        if d is None or d.cancelled:
+            return
+        for t in (d.tasks[i] for i in node_ids):
+            if t.status == RUNNING and t.task_key in self._submitted:
+                self._cancelling.add((dispatch_id, t.node_id))
+                self._revoke(t.task_key)
+                self.placement.cancel(t.task_key, "cancelled")
+                if t.sublattice_dispatch_id:
+                    self._on_cancel(t.sublattice_dispatch_id)
+            elif t.status == PENDING:
+                self._fail(d, t, CANCELLED, "cancelled before it started", "cancelled")
+
     def _check_budgets(self) -> None:
         """Ends dispatches whose held-back task can never fit.
 
@@ -555,6 +585,8 @@ class Scheduler:
             d.status = FAILED
         elif TIMED_OUT in statuses:
             d.status = TIMED_OUT
+        elif CANCELLED in statuses:
+            d.status = CANCELLED
         elif d.tasks[d.output_node].status != COMPLETED:
             d.status = FAILED
         else:

@@ -62,6 +62,10 @@ class DispatchRow:
     """The client's directory when it dispatched; tasks start there when it exists."""
     client_runtime: str = ""
     """JSON of the client's Python, cloudpickle and cobalt versions (cobalt_common.runtime)."""
+    lattice_sha256: str = ""
+    """The pickled lattice, so that it can run again; "" when it was not kept."""
+    inputs_sha256: str = ""
+    """Its pickled ``{"args": [...], "kwargs": {...}}``; "" when they were not kept."""
 
 
 @dataclass(slots=True)

@@ -46,6 +46,8 @@ dispatches = sa.Table(
     sa.Column("emulated", sa.Boolean, nullable=False, default=False),
     sa.Column("working_dir", sa.Text, nullable=False, default=""),
     sa.Column("client_runtime", sa.Text, nullable=False, default=""),
+    sa.Column("lattice_sha256", sa.String(64), nullable=False, default=""),
+    sa.Column("inputs_sha256", sa.String(64), nullable=False, default=""),
 )
 
 nodes = sa.Table(

@@ -47,7 +47,7 @@ def run_sublattice(
     parent = None
     if os.environ.get("COBALT_DISPATCH_ID"):
         parent = (os.environ["COBALT_DISPATCH_ID"], int(os.environ.get("COBALT_NODE_ID", "0")))
-    dispatch_id = create(client, graph, parent).dispatch_id
+    dispatch_id = create(client, graph, parent, source=(lattice, args, kwargs)).dispatch_id
     result = wait_until_ended(client, dispatch_id, None)
     if result.status.value != "COMPLETED":
         raise TaskFailedError(

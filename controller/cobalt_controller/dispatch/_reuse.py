@@ -1,0 +1,127 @@
+"""A new dispatch takes over the results of an earlier one where nothing changed.
+
+``ct.redispatch(..., reuse_previous_results=True)`` names the earlier dispatch.
+Each node gets a Merkle key: a parameter's is the sha256 of its pickled value;
+any other node's is the sha256 of its kind, its pickled function's sha256 and,
+for each input, its position, keyword, whether it only orders, and the key of
+the node it comes from. Equal keys mean the same function of the same values,
+all the way up. A task of the new dispatch whose key is that of a task the
+earlier one completed is marked completed with that task's output, at no cost
+and with no attempt; a changed function or argument changes the keys of every
+task below it, so those run again.
+
+The controller compares content addresses only; it never unpickles anything.
+A task that draws random numbers or reads the clock gives other results on
+another run, which reuse cannot know: such workflows should not reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import TypeAlias
+
+from cobalt_controller._payloads import Payloads
+from cobalt_controller.dispatch._model import COMPLETED, PARAMETER, Task
+from cobalt_controller.state import NodeRow
+from cobalt_executors import PayloadRef
+
+InputShape: TypeAlias = tuple[int, int, str, bool]
+"""One input: parent node id, position (-1 for a keyword), keyword, wait only."""
+NodeShape: TypeAlias = tuple[str, str, str, Sequence[InputShape]]
+"""What a node's key is made of: kind, function sha256, value sha256, inputs."""
+
+REUSED = "reused"
+"""The ``reason`` of a task whose output was taken over from an earlier dispatch."""
+
+
+def merkle_keys(nodes: Iterable[NodeShape]) -> list[str]:
+    """One key per node, in node order; parents come before their children.
+
+    Example:
+        >>> call = ("electron", "f", "", [(0, 0, "", False)])
+        >>> a = merkle_keys([("parameter", "", "v1", ()), call])
+        >>> b = merkle_keys([("parameter", "", "v2", ()), call])
+        >>> a[1] == b[1], len(a[1])
+        (False, 64)
+    """
+    keys: list[str] = []
+    for kind, function_sha, value_sha, inputs in nodes:
+        if kind == PARAMETER:
+            parts: list[object] = [PARAMETER, value_sha]
+        else:
+            # A parent at or after the node cannot be keyed: such a node matches nothing.
+            edges = sorted(
+                (position, keyword, wait_only, keys[parent] if parent < len(keys) else "?")
+                for parent, position, keyword, wait_only in inputs
+            )
+            parts = [kind, function_sha, edges]
+        text = json.dumps(parts, separators=(",", ":"))
+        keys.append(hashlib.sha256(text.encode()).hexdigest())
+    return keys
+
+
+def task_shapes(tasks: Sequence[Task]) -> list[NodeShape]:
+    """The shapes of a new dispatch's tasks, as :func:`merkle_keys` takes them."""
+    return [
+        (
+            t.kind,
+            t.fn_sha,
+            t.output.sha256 if t.kind == PARAMETER and t.output is not None else "",
+            [(i.parent, i.position, i.keyword, i.wait_only) for i in t.inputs],
+        )
+        for t in tasks
+    ]
+
+
+def row_shapes(rows: Sequence[NodeRow]) -> list[NodeShape]:
+    """The shapes of a stored dispatch's nodes; unreadable inputs match nothing."""
+    shapes: list[NodeShape] = []
+    for row in rows:
+        try:
+            stored = json.loads(row.inputs)
+            inputs = [(int(p), int(pos), str(kw), bool(w)) for p, pos, kw, w in stored]
+        except (ValueError, TypeError):
+            inputs = [(len(shapes), 0, "", False)]
+        shapes.append((row.kind, row.function_sha256, row.value_sha256, inputs))
+    return shapes
+
+
+def reuse_results(
+    tasks: list[Task], previous_id: str, previous: Sequence[NodeRow], payloads: Payloads
+) -> int:
+    """Marks the tasks of a new dispatch that the earlier one already completed.
+
+    A task is reused when its key is the key of a completed node of
+    ``previous`` whose output is still stored, and every task it depends on
+    was reused too. Each waiting count is then recounted. Returns how many
+    tasks were reused.
+    """
+    done: dict[str, NodeRow] = {}
+    for key, row in zip(merkle_keys(row_shapes(previous)), previous, strict=True):
+        if row.kind != PARAMETER and row.status == COMPLETED and row.output_sha256:
+            done.setdefault(key, row)
+    if not done:
+        return 0
+    gone = payloads.missing({row.output_sha256 for row in done.values()})
+    now = time.time()
+    reused = 0
+    for t, key in zip(tasks, merkle_keys(task_shapes(tasks)), strict=True):
+        match = done.get(key)
+        if t.kind == PARAMETER or match is None or match.output_sha256 in gone:
+            continue
+        if any(tasks[i.parent].status != COMPLETED for i in t.inputs):
+            continue
+        t.status = COMPLETED
+        t.output = PayloadRef(match.output_sha256, None, 0)
+        t.reason = REUSED
+        t.placement = f"reused from dispatch {previous_id} node {match.node_id}"
+        t.ended_at = now
+        reused += 1
+    if reused:
+        for t in tasks:
+            if t.status != COMPLETED:
+                t.waiting = len({i.parent for i in t.inputs if tasks[i.parent].status != COMPLETED})
+    return reused
