@@ -155,3 +155,23 @@ def test_a_dispatch_that_kept_no_lattice_has_no_inputs_and_cannot_be_redispatche
     assert result.inputs is None
     with pytest.raises(ct.DispatchError, match="kept no lattice"):
         ct.redispatch(resp.dispatch_id)()
+
+
+@ct.lattice
+def inner(v: int) -> int:
+    return double(v)
+
+
+@ct.lattice
+def outer(v: int) -> int:
+    return add(ct.electron(inner)(v), 1)
+
+
+def test_a_sublattice_keeps_its_inputs_and_is_reused_whole(controller_home: ControllerHome) -> None:
+    first = _finish(ct.dispatch(outer)(3))
+    assert first.result == 7
+    (sub,) = [t for t in first.tasks if t.kind == "sublattice"]
+    assert ct.get_result(sub.sublattice_dispatch_id).inputs == {"args": [3], "kwargs": {}}
+    again = _finish(ct.redispatch(first.dispatch_id, reuse_previous_results=True)())
+    assert again.result == 7
+    assert _reused(again) == {":sublattice:inner": [True], "add": [True]}

@@ -204,6 +204,23 @@ def test_a_sublattice_may_not_name_a_payload_its_task_cannot_read(world: World) 
     assert world.allowed(credential, "DispatchCreate", stolen), "uploaded: it holds it"
 
 
+def test_a_sublattice_keeps_only_a_lattice_and_inputs_its_task_may_read_and_reuses_nothing(
+    world: World,
+) -> None:
+    credential = world.task()
+    own = _sublattice(world.root, 1, ROOT_OUT, ROOT_FN, inline=UNKNOWN)
+    own.lattice_sha256, own.inputs_sha256 = UNKNOWN, ROOT_OUT
+    assert world.allowed(credential, "DispatchCreate", own)
+    stolen = _sublattice(world.root, 1, ROOT_OUT, ROOT_FN)
+    stolen.inputs_sha256 = OTHER_INPUT
+    assert not world.allowed(credential, "DispatchCreate", stolen)
+    reusing = _sublattice(world.root, 1, ROOT_OUT, ROOT_FN)
+    reusing.reuse_dispatch_id = world.other
+    assert not world.allowed(credential, "DispatchCreate", reusing)
+    reusing.reuse_dispatch_id = world.root
+    assert not world.allowed(credential, "DispatchCreate", reusing)
+
+
 def test_a_task_reads_its_own_dispatch_and_reads_or_cancels_its_sublattices(
     world: World,
 ) -> None:

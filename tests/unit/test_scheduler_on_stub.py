@@ -125,6 +125,51 @@ def test_cancelling_a_dispatch_stops_its_running_task_and_never_starts_the_rest(
     assert d.status == CANCELLED and len(stub.submitted) == 1
 
 
+def test_a_cancelled_running_task_is_not_retried_its_dependents_skip_and_the_rest_runs(
+    world: StubWorld, stub: StubExecutor
+) -> None:
+    d = world.dispatch([task(0, retries=2), task(1), task(2, after=[0]), task(3, after=[1])])
+    first, second = stub.wait_submitted(2)
+    world.scheduler.cancel_tasks(d.dispatch_id, [0])
+    wait_for(lambda: d.tasks[0].status == CANCELLED, what="task 0 to end cancelled")
+    assert stub.cancels == [(first.task_key, "cancelled")]
+    assert d.tasks[2].status == SKIPPED and "node 0" in d.tasks[2].error
+    stub.complete(second.task_key)
+    stub.complete(stub.wait_submitted(3)[2].task_key)
+    world.finished(d)
+    assert [t.status for t in d.tasks] == [CANCELLED, COMPLETED, SKIPPED, COMPLETED]
+    assert (d.tasks[0].attempts, d.tasks[0].reason) == (1, "cancelled")
+    assert d.status == CANCELLED and "'task0' (node 0)" in d.error
+    assert len(stub.submitted) == 3, "the cancelled task was not retried"
+
+
+def test_a_cancelled_pending_task_never_starts_and_an_ended_one_is_left_as_it_was(
+    world: StubWorld, stub: StubExecutor
+) -> None:
+    d = world.dispatch([task(0), task(1, after=[0]), task(2)])
+    first, third = stub.wait_submitted(2)
+    stub.complete(third.task_key)
+    wait_for(lambda: d.tasks[2].status == COMPLETED, what="task 2 to complete")
+    world.scheduler.cancel_tasks(d.dispatch_id, [1, 2])
+    wait_for(lambda: d.tasks[1].status == CANCELLED, what="task 1 to be cancelled")
+    stub.complete(first.task_key)
+    world.finished(d)
+    assert [t.status for t in d.tasks] == [COMPLETED, CANCELLED, COMPLETED]
+    assert d.tasks[1].attempts == 0 and d.tasks[1].error == "cancelled before it started"
+    assert len(stub.submitted) == 2 and stub.cancels == []
+
+
+def test_a_running_task_that_completes_before_its_cancel_lands_stays_completed(
+    world: StubWorld, stub: StubExecutor
+) -> None:
+    d = world.dispatch([task(0)])
+    key = stub.wait_submitted(1)[0].task_key
+    stub.complete(key)
+    world.scheduler.cancel_tasks(d.dispatch_id, [0])
+    world.finished(d)
+    assert (d.status, d.tasks[0].status) == (COMPLETED, COMPLETED)
+
+
 def test_a_task_is_billed_once_for_its_run_at_its_executors_rate(
     world: StubWorld, stub: StubExecutor
 ) -> None:

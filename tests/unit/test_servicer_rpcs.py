@@ -85,3 +85,17 @@ def test_registration_hands_every_deployment_rpc_to_the_deployment_handlers() ->
             registry.handlers[name].unary_unary(request, context)
         assert context.code == grpc.StatusCode.FAILED_PRECONDITION, name
         assert "does not run deployments" in context.details, name
+
+
+def test_reusing_the_results_of_an_unknown_dispatch_is_not_found_with_advice() -> None:
+    from cobalt_controller.state.memory import MemoryStateStore
+
+    servicer = _servicer()
+    servicer.state = MemoryStateStore()
+    context = _Context()
+    request = pb.DispatchCreateRequest(reuse_dispatch_id="0" * 32)
+    with pytest.raises(_Aborted):
+        servicer.DispatchCreate(request, context)
+    assert context.code == grpc.StatusCode.NOT_FOUND
+    assert "to reuse results from" in context.details
+    assert "`cobalt dispatches` lists them" in context.details

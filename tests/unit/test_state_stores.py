@@ -462,6 +462,20 @@ def test_cost_fields_of_dispatches_and_nodes_read_back(store: StateStore) -> Non
     assert node.placement == "gpu: cheapest"
 
 
+def test_a_dispatch_keeps_its_lattice_and_inputs_and_a_reused_tasks_marks(
+    store: StateStore,
+) -> None:
+    row, nodes = _dispatch()
+    row.lattice_sha256, row.inputs_sha256 = "1" * 64, "2" * 64
+    nodes[1].status, nodes[1].reason, nodes[1].output_sha256 = "COMPLETED", "reused", "3" * 64
+    nodes[1].placement = f"reused from dispatch {'e' * 32} node 1"
+    nodes[1].ended_at = 1234.5
+    _apply_new(store, (row, nodes))
+    read = store.get_dispatch(row.dispatch_id)
+    assert read is not None and (read.lattice_sha256, read.inputs_sha256) == ("1" * 64, "2" * 64)
+    assert store.get_node(row.dispatch_id, 1) == nodes[1]
+
+
 def test_an_older_sqlite_database_gains_the_new_columns(tmp_path: Path) -> None:
     import sqlite3
 
@@ -481,6 +495,7 @@ def test_an_older_sqlite_database_gains_the_new_columns(tmp_path: Path) -> None:
     read = store.get_dispatch("old")
     assert read is not None and read.cost_usd == 0.0 and read.budget_usd is None
     assert read.emulated is False
+    assert (read.lattice_sha256, read.inputs_sha256) == ("", "")
     store.close()
 
 

@@ -9,6 +9,7 @@ from collections import Counter
 
 from cobalt_common.hardware import HardwareSpec, format_duration
 from cobalt_common.pricing import format_usd
+from cobalt_common.status import Status
 from cobalt_controller.dispatch._intake import worst_case_usd
 from cobalt_controller.dispatch._model import (
     BUDGET_EXCEEDED,
@@ -104,6 +105,21 @@ def budget_report(d: Dispatch) -> str:
         "or lower time limits, which set each task's worst case, to run the rest."
     )
     return "\n".join(lines)
+
+
+def ended_status(d: Dispatch) -> Status:
+    """How a dispatch whose tasks have all ended ends: cancelled as a whole, stopped by
+    its budget, failed or timed out by a task, cancelled by a task cancelled alone (the
+    others ran), failed when its output did not complete, else completed."""
+    statuses = {t.status for t in d.tasks}
+    if d.cancelled:
+        return CANCELLED
+    if d.ledger is not None and d.ledger.exhausted:
+        return BUDGET_EXCEEDED
+    for status in (FAILED, TIMED_OUT, CANCELLED):
+        if status in statuses:
+            return status
+    return COMPLETED if d.tasks[d.output_node].status == COMPLETED else FAILED
 
 
 def dispatch_error(d: Dispatch) -> str:

@@ -30,6 +30,7 @@ from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.dispatch._budget import (
     dispatch_error,
+    ended_status,
     exhausted_message,
     placement_note,
     pricier,
@@ -37,7 +38,6 @@ from cobalt_controller.dispatch._budget import (
 from cobalt_controller.dispatch._cost import local_day
 from cobalt_controller.dispatch._intake import worst_case_usd
 from cobalt_controller.dispatch._model import (
-    BUDGET_EXCEEDED,
     CANCELLED,
     COMPLETED,
     ELECTRON,
@@ -576,21 +576,7 @@ class Scheduler:
     def _finish(self, d: Dispatch) -> None:
         if d in self._finished or d.ended_at is not None:
             return
-        statuses = {t.status for t in d.tasks}
-        if d.cancelled:
-            d.status = CANCELLED
-        elif d.ledger is not None and d.ledger.exhausted:
-            d.status = BUDGET_EXCEEDED
-        elif FAILED in statuses:
-            d.status = FAILED
-        elif TIMED_OUT in statuses:
-            d.status = TIMED_OUT
-        elif CANCELLED in statuses:
-            d.status = CANCELLED
-        elif d.tasks[d.output_node].status != COMPLETED:
-            d.status = FAILED
-        else:
-            d.status = COMPLETED
+        d.status = ended_status(d)
         d.ended_at = time.time()
         d.error = dispatch_error(d)
         self._batch.update_dispatch(
