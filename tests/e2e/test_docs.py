@@ -270,6 +270,14 @@ def test_covalent_style_executors_run_and_an_unconfigured_cluster_is_refused(
     assert 'address = "tcp://10.0.0.5:8786"' in out
 
 
+def test_the_redispatch_example_reuses_what_did_not_change(pages: Pages) -> None:
+    out = pages.find(DOCS / "workflows.md", "ct.redispatch(").stdout.splitlines()
+    assert out == [
+        "6 {'args': [4], 'kwargs': {}}",
+        "14 [('load', 'reused'), ('total_of_squares', 'ran')]",
+    ]
+
+
 def test_the_classifier_serves_streams_and_answers_plain_http(pages: Pages) -> None:
     lines = pages.find(DOCS / "deployments.md", "@classifier.endpoint").stdout.splitlines()
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/classifier \['/predict', '/stream'\]", lines[0])

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 from support import wait_for
 
 import cobalt as ct
+
+if TYPE_CHECKING:
+    from conftest import ControllerHome
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("controller_home")]
 
@@ -88,6 +92,21 @@ def test_cancelling_without_task_ids_still_cancels_the_whole_dispatch() -> None:
     assert result.status == ct.Status.CANCELLED
     assert result.error == "The dispatch was cancelled."
     assert {t.status for t in result.tasks} == {ct.Status.CANCELLED}
+
+
+def test_the_command_line_cancels_one_task(controller_home: ControllerHome) -> None:
+    dispatch_id = ct.dispatch(two_branches)(60, 0.1)
+    slow = wait_for(
+        lambda: (t := _tasks(dispatch_id)["nap"][0]).status == ct.Status.RUNNING and t,
+        what="the slow task to start",
+    )
+    out = controller_home.cli("dispatches", "cancel", dispatch_id, "--task", str(slow.node_id))
+    assert f"cancelled task(s) {slow.node_id} of dispatch {dispatch_id}" in out.stdout
+    result = ct.get_result(dispatch_id, wait=30)
+    assert result.status == ct.Status.CANCELLED
+    assert [t.status for t in _tasks(dispatch_id)["shout"]] == ["SKIPPED", "COMPLETED"]
+    listing = controller_home.cli("dispatches").stdout
+    assert dispatch_id in listing
 
 
 def test_ids_that_are_not_tasks_of_the_dispatch_are_refused_with_the_reason() -> None:

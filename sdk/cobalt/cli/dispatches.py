@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cobalt._client import get_client
+from cobalt._dispatch import cancel
 from cobalt._records import count_words, status_from_pb
 from cobalt._result import format_cost, format_table
 from cobalt_common.hardware import format_duration
@@ -95,8 +96,27 @@ def _dispatches(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cancel(args: argparse.Namespace) -> int:
+    result = cancel(args.dispatch_id, args.task or None)
+    what = f"task(s) {', '.join(map(str, args.task))} of " if args.task else ""
+    print(f"cancelled {what}dispatch {result.dispatch_id}: now {result.status}")
+    return 0
+
+
 def add_parser(sub: Any) -> None:
-    """Adds ``cobalt dispatches`` to the command line."""
+    """Adds ``cobalt dispatches`` (and ``cobalt dispatches cancel``) to the command line."""
     ls = sub.add_parser("dispatches", help="list recent dispatches with their cost")
     ls.add_argument("--limit", type=int, default=20)
     ls.set_defaults(fn=_dispatches)
+    actions = ls.add_subparsers(dest="action")
+    stop = actions.add_parser("cancel", help="cancel a dispatch, or only some of its tasks")
+    stop.add_argument("dispatch_id")
+    stop.add_argument(
+        "--task",
+        type=int,
+        action="append",
+        default=[],
+        metavar="NODE_ID",
+        help="cancel only this task (repeat for more); its dependents do not run",
+    )
+    stop.set_defaults(fn=_cancel)
