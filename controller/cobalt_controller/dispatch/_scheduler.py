@@ -532,6 +532,8 @@ class Scheduler:
                 if t.sublattice_dispatch_id:
                     self._on_cancel(t.sublattice_dispatch_id)
             elif t.status == PENDING:
+                if d.ledger is not None:  # no longer waiting for room in the budget
+                    d.ledger.blocked.pop((dispatch_id, t.node_id), None)
                 self._fail(d, t, CANCELLED, "cancelled before it started", "cancelled")
 
     def _check_budgets(self) -> None:
