@@ -213,6 +213,10 @@ class Client:
         chunks = self.stream(self.stub.BlobGet, pb.BlobGetRequest(sha256=payload.sha256))
         return b"".join(c.data for c in chunks)
 
+    def fetch_sha256(self, sha256: str) -> bytes:
+        """A stored payload's bytes, by its sha256."""
+        return self.fetch_payload(pb.Payload(sha256=sha256))
+
     def upload(self, payloads: Mapping[str, bytes]) -> None:
         """Puts the payloads the blob store lacks, in chunks of 1 MiB, by their sha256."""
         if not payloads:

@@ -9,7 +9,7 @@ import pickle
 import sys
 import types
 from collections import ChainMap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cloudpickle
@@ -26,7 +26,9 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def dumps(obj: Any, describe: Callable[[], tuple[str, str]]) -> bytes:
+def dumps(
+    obj: Any, describe: Callable[[], tuple[str, str]], refs: Mapping[int, str] | None = None
+) -> bytes:
     """cloudpickle bytes of ``obj``; on failure a PicklingError naming the path.
 
     Args:
@@ -34,11 +36,15 @@ def dumps(obj: Any, describe: Callable[[], tuple[str, str]]) -> bytes:
         describe: called only on failure; returns how the user would name the
             object (``"args[0]"``) and a phrase for the message
             (``"argument args[0] of task 'train'"``).
+        refs: objects already stored as payloads, by ``id``: each is written as
+            the sha256 of its payload, not again (:func:`loads` with ``fetch``
+            reads it back).
     """
     _register_local_modules()
     try:
         buffer = io.BytesIO()
-        _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        pickler = _RefPickler(buffer, refs) if refs else _Pickler(buffer, pickle.HIGHEST_PROTOCOL)
+        pickler.dump(obj)
         return buffer.getvalue()
     except Exception as exc:
         path, what = describe()
@@ -51,11 +57,19 @@ def dumps(obj: Any, describe: Callable[[], tuple[str, str]]) -> bytes:
         ) from None
 
 
-def loads(data: bytes, what: str) -> Any:
+def loads(data: bytes, what: str, fetch: Callable[[str], bytes] | None = None) -> Any:
     """The object pickled in ``data``; a PicklingError naming ``what`` when it cannot be
-    rebuilt here (a module it needs is not installed, or another Python wrote it)."""
+    rebuilt here (a module it needs is not installed, or another Python wrote it).
+
+    ``fetch`` gives the bytes of a payload by sha256, for objects that :func:`dumps`
+    wrote as references (``refs``).
+    """
     try:
-        return cloudpickle.loads(data)
+        if fetch is None:
+            return cloudpickle.loads(data)
+        return _RefUnpickler(io.BytesIO(data), lambda sha: loads(fetch(sha), what, fetch)).load()
+    except PicklingError:
+        raise
     except Exception as exc:
         raise PicklingError(
             f"cannot unpickle {what} here ({type(exc).__name__}: {exc}). Install what it "
@@ -99,6 +113,28 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         dispatch_table = ChainMap(
             {types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table
         )
+
+
+class _RefPickler(_Pickler):
+    """Writes the objects in ``refs`` (by ``id``) as the sha256 of their stored payload."""
+
+    def __init__(self, file: io.BytesIO, refs: Mapping[int, str]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.refs = refs
+
+    def persistent_id(self, obj: Any) -> str | None:
+        return self.refs.get(id(obj))
+
+
+class _RefUnpickler(pickle.Unpickler):
+    """Reads what :class:`_RefPickler` wrote, loading each reference with ``load_ref``."""
+
+    def __init__(self, file: io.BytesIO, load_ref: Callable[[str], Any]) -> None:
+        super().__init__(file)
+        self.load_ref = load_ref
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self.load_ref(str(pid))
 
 
 def _register_local_modules() -> None:

@@ -76,7 +76,9 @@ def redispatch(
         )
         if not args and not kwargs and earlier.inputs_sha256:
             inputs = loads(
-                _fetch(client, earlier.inputs_sha256), f"the inputs of dispatch {dispatch_id}"
+                _fetch(client, earlier.inputs_sha256),
+                f"the inputs of dispatch {dispatch_id}",
+                client.fetch_sha256,
             )
             args, kwargs = tuple(inputs["args"]), dict(inputs["kwargs"])
         graph = lattice.build_replacing(replacements, args, kwargs)
@@ -141,4 +143,4 @@ def _stored_functions(client: Client, dispatch_id: str) -> dict[str, str]:
 
 
 def _fetch(client: Client, sha256: str) -> bytes:
-    return client.fetch_payload(pb.Payload(sha256=sha256))
+    return client.fetch_sha256(sha256)

@@ -119,8 +119,10 @@ class Result:
         lattice could not be pickled when it was dispatched.
         """
         if self._inputs is None and self._inputs_sha256:
-            data = self._controller().fetch_payload(pb.Payload(sha256=self._inputs_sha256))
-            self._inputs = unpickle(data, f"the inputs of dispatch {self.dispatch_id}")
+            client = self._controller()
+            data = client.fetch_payload(pb.Payload(sha256=self._inputs_sha256))
+            what = f"the inputs of dispatch {self.dispatch_id}"
+            self._inputs = unpickle(data, what, client.fetch_sha256)
         return self._inputs
 
     def _controller(self) -> Client:

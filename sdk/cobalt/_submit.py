@@ -139,19 +139,29 @@ Source = tuple[Any, Sequence[Any], Mapping[str, Any]]
 """What a graph was built from: the lattice, and the arguments it was called with."""
 
 
-def add_source(req: pb.DispatchCreateRequest, source: Source, large: dict[str, bytes]) -> None:
+def add_source(
+    req: pb.DispatchCreateRequest,
+    source: Source,
+    large: dict[str, bytes],
+    graph: Graph | None = None,
+) -> None:
     """Names the pickled lattice and its pickled inputs in ``req``, so that the dispatch
     can run again (``ct.redispatch``) and ``Result.inputs`` can give the arguments back.
+
+    An argument passed straight to a task is a parameter of ``graph`` already; when
+    its payload is too large to go inline, the inputs name that payload instead of
+    holding its bytes a second time (read back by ``loads(..., fetch=...)``).
 
     A lattice that cannot be pickled as a whole (a global it uses holds a lock, say)
     still runs, since its tasks were pickled one by one; it is kept without them.
     """
     lattice, args, kwargs = source
     name = getattr(lattice, "__name__", "workflow")
+    refs = _stored_arguments(req, graph, large, [*args, *kwargs.values()])
     try:
         lattice_data = dumps(lattice, lambda: (name, f"lattice {name!r}"))
         inputs = {"args": list(args), "kwargs": dict(kwargs)}
-        inputs_data = dumps(inputs, lambda: ("inputs", f"the inputs of lattice {name!r}"))
+        inputs_data = dumps(inputs, lambda: ("inputs", f"the inputs of lattice {name!r}"), refs)
     except PicklingError as exc:
         warnings.warn(
             f"{exc} The dispatch runs, but without its lattice kept, so ct.redispatch cannot "
@@ -162,6 +172,22 @@ def add_source(req: pb.DispatchCreateRequest, source: Source, large: dict[str, b
     req.lattice_sha256, req.inputs_sha256 = sha256_hex(lattice_data), sha256_hex(inputs_data)
     kept = {req.lattice_sha256: lattice_data, req.inputs_sha256: inputs_data}
     large.update(split_payloads(req.payloads, kept))
+
+
+def _stored_arguments(
+    req: pb.DispatchCreateRequest, graph: Graph | None, large: dict[str, bytes], values: list[Any]
+) -> dict[int, str]:
+    """The arguments that are large parameters of ``graph``: their sha256, by ``id``."""
+    if graph is None:
+        return {}
+    wanted = {id(v) for v in values}
+    return {
+        id(node.value): msg.value_sha256
+        for node, msg in zip(graph.nodes, req.nodes, strict=True)
+        if node.kind == NodeKind.PARAMETER
+        and id(node.value) in wanted
+        and msg.value_sha256 in large
+    }
 
 
 def create(
@@ -179,7 +205,7 @@ def create(
     completed tasks with the same function and inputs are not run again."""
     req, large = build_request(graph)
     if source is not None:
-        add_source(req, source, large)
+        add_source(req, source, large, graph)
     req.reuse_dispatch_id = reuse
     if parent is not None:
         req.parent_dispatch_id, req.parent_node_id = parent

@@ -175,3 +175,24 @@ def test_a_sublattice_keeps_its_inputs_and_is_reused_whole(controller_home: Cont
     again = _finish(ct.redispatch(first.dispatch_id, reuse_previous_results=True)())
     assert again.result == 7
     assert _reused(again) == {":sublattice:inner": [True], "add": [True]}
+
+
+@ct.electron
+def size(data: bytes) -> int:
+    return len(data)
+
+
+@ct.lattice
+def measure(data: bytes) -> int:
+    return size(data)
+
+
+def test_a_large_argument_comes_back_as_an_input_and_runs_again(
+    controller_home: ControllerHome,
+) -> None:
+    data = bytes(range(256)) * 1024  # kept once, in the blob store
+    first = _finish(ct.dispatch(measure)(data))
+    assert first.inputs == {"args": [data], "kwargs": {}}
+    again = _finish(ct.redispatch(first.dispatch_id, reuse_previous_results=True)())
+    assert again.result == len(data)
+    assert _reused(again) == {"size": [True]}

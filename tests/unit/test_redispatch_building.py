@@ -128,3 +128,33 @@ def test_task_ids_that_are_not_node_ids_are_refused_before_any_call(
 ) -> None:
     with pytest.raises(ct.SpecError, match=message):
         check_task_ids(task_ids)  # type: ignore[arg-type]
+
+
+@ct.electron
+def size(data: bytes) -> int:
+    return len(data)
+
+
+@ct.lattice
+def measure(data: bytes, label: str) -> int:
+    return size(data)
+
+
+def test_a_large_argument_passed_to_a_task_is_kept_once_and_the_inputs_name_it() -> None:
+    from cobalt._pickling import loads
+
+    data = bytes(range(256)) * 1024  # 256 KiB: too large to go inline
+    graph = measure.build_graph(data, label="x")
+    req, large = build_request(graph)
+    (param_sha,) = [sha for sha, blob in large.items() if len(blob) > len(data)]
+    add_source(req, (measure, (data,), {"label": "x"}), large, graph)
+    inputs_blob = next(p.data for p in req.payloads if p.sha256 == req.inputs_sha256)
+    assert len(inputs_blob) < 1024, "the argument's bytes are not pickled a second time"
+    fetched: list[str] = []
+
+    def fetch(sha: str) -> bytes:
+        fetched.append(sha)
+        return large[sha]
+
+    assert loads(inputs_blob, "inputs", fetch) == {"args": [data], "kwargs": {"label": "x"}}
+    assert fetched == [param_sha]
