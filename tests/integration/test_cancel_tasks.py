@@ -9,6 +9,8 @@ import pytest
 from support import wait_for
 
 import cobalt as ct
+from cobalt._client import get_client
+from cobalt_common.v1 import controller_pb2 as pb
 
 if TYPE_CHECKING:
     from conftest import ControllerHome
@@ -115,8 +117,13 @@ def test_ids_that_are_not_tasks_of_the_dispatch_are_refused_with_the_reason() ->
     assert result.status == ct.Status.COMPLETED
     with pytest.raises(ct.SpecError, match="has no task 99: its node ids run from 0 to"):
         ct.cancel(dispatch_id, task_ids=[99])
+    client = get_client()
+    listed = client.call(
+        client.stub.TaskList, pb.TaskListRequest(dispatch_id=dispatch_id, include_parameters=True)
+    )
+    parameter = next(t.node_id for t in listed.tasks if t.kind == pb.NODE_KIND_PARAMETER)
     with pytest.raises(ct.SpecError, match="is a parameter, not a task"):
-        ct.cancel(dispatch_id, task_ids=[0])
+        ct.cancel(dispatch_id, task_ids=[parameter])
     with pytest.raises(ct.SpecError, match="not a node id"):
         ct.cancel(dispatch_id, task_ids=[-1])
     with pytest.raises(ct.NotFoundError):

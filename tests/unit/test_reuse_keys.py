@@ -67,9 +67,15 @@ def test_an_ordering_only_edge_is_part_of_the_key() -> None:
     assert plain[2] != waiting[2]
 
 
-def test_a_parent_that_does_not_come_first_matches_nothing_rather_than_failing() -> None:
-    keys = merkle_keys([("electron", "f", "", [(5, 0, "", False)])])
-    assert len(keys) == 1
+def test_keys_do_not_depend_on_how_the_nodes_are_numbered() -> None:
+    parameters_first = merkle_keys([param(A), call("f", 0), call("g", 1)])
+    tasks_first = merkle_keys([call("g", 1), call("f", 2), param(A)])
+    assert parameters_first == [tasks_first[2], tasks_first[1], tasks_first[0]]
+
+
+def test_a_node_in_a_cycle_or_below_a_missing_input_matches_nothing() -> None:
+    keys = merkle_keys([call("f", 1), call("g", 0), call("h", 1), call("k", 7), param(A)])
+    assert keys[:4] == ["", "", "", ""] and keys[4]
 
 
 class StoredPayloads:
@@ -172,3 +178,20 @@ def test_a_task_id_outside_the_dispatch_or_of_a_node_that_is_no_task_is_refused(
         check_task_ids("d" * 32, kinds, [4])
     with pytest.raises(SpecError, match=r"node 2 of dispatch d+ is a collection, not a task"):
         check_task_ids("d" * 32, kinds, [2])
+
+
+def test_a_task_numbered_before_the_task_it_depends_on_is_reused_too() -> None:
+    def workflow() -> list[Task]:
+        tasks = [
+            task(0, after=[1]),
+            task(1, after=[2]),
+            Task(2, ":parameter:", PARAMETER, "", (), task(0).hardware, 0, ""),
+        ]
+        tasks[2].status, tasks[2].output = COMPLETED, PayloadRef(A, None, 0)
+        tasks[0].waiting = 1
+        tasks[1].children.append(0)
+        return tasks
+
+    tasks = workflow()
+    assert reuse_results(tasks, "e" * 32, _stored(workflow()), StoredPayloads()) == 2  # type: ignore[arg-type]
+    assert [t.reason for t in tasks[:2]] == [REUSED, REUSED]

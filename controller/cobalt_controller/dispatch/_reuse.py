@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TypeAlias
 
 from cobalt_controller._payloads import Payloads
@@ -37,30 +37,60 @@ REUSED = "reused"
 """The ``reason`` of a task whose output was taken over from an earlier dispatch."""
 
 
-def merkle_keys(nodes: Iterable[NodeShape]) -> list[str]:
-    """One key per node, in node order; parents come before their children.
+def merkle_keys(nodes: Sequence[NodeShape]) -> list[str]:
+    """One key per node, in node order.
+
+    Ids are not an order (a task is numbered before the parameters made from
+    its arguments), so each key is made after its parents'. A node in a cycle,
+    or with an input that is not a node, gets "", as does every node below it:
+    "" matches nothing.
 
     Example:
-        >>> call = ("electron", "f", "", [(0, 0, "", False)])
-        >>> a = merkle_keys([("parameter", "", "v1", ()), call])
-        >>> b = merkle_keys([("parameter", "", "v2", ()), call])
-        >>> a[1] == b[1], len(a[1])
+        >>> call = ("electron", "f", "", [(1, 0, "", False)])
+        >>> a = merkle_keys([call, ("parameter", "", "v1", ())])
+        >>> b = merkle_keys([call, ("parameter", "", "v2", ())])
+        >>> a[0] == b[0], len(a[0])
         (False, 64)
     """
-    keys: list[str] = []
-    for kind, function_sha, value_sha, inputs in nodes:
-        if kind == PARAMETER:
-            parts: list[object] = [PARAMETER, value_sha]
-        else:
-            # A parent at or after the node cannot be keyed: such a node matches nothing.
-            edges = sorted(
-                (position, keyword, wait_only, keys[parent] if parent < len(keys) else "?")
-                for parent, position, keyword, wait_only in inputs
-            )
-            parts = [kind, function_sha, edges]
-        text = json.dumps(parts, separators=(",", ":"))
-        keys.append(hashlib.sha256(text.encode()).hexdigest())
-    return keys
+    return _walk(nodes)[0]
+
+
+def _walk(nodes: Sequence[NodeShape]) -> tuple[list[str], list[int]]:
+    """The keys, and the node ids with every parent before its children."""
+    n = len(nodes)
+    keys = [""] * n
+    order: list[int] = []
+    state = [0] * n  # 0: not seen, 1: its parents are being keyed, 2: keyed
+    for root in range(n):
+        stack = [(root, False)]
+        while stack:
+            i, parents_keyed = stack.pop()
+            if state[i] == 2:
+                continue
+            if parents_keyed or state[i] == 1:  # state 1 here: i is its own ancestor
+                keys[i] = _key(nodes[i], keys) if parents_keyed else ""
+                state[i] = 2
+                order.append(i)
+                continue
+            state[i] = 1
+            stack.append((i, True))
+            stack.extend((p, False) for p, *_ in nodes[i][3] if 0 <= p < n and state[p] != 2)
+    return keys, order
+
+
+def _key(node: NodeShape, keys: list[str]) -> str:
+    kind, function_sha, value_sha, inputs = node
+    if kind == PARAMETER:
+        parts: list[object] = [PARAMETER, value_sha]
+    else:
+        edges = []
+        for parent, position, keyword, wait_only in inputs:
+            parent_key = keys[parent] if 0 <= parent < len(keys) else ""
+            if not parent_key:
+                return ""
+            edges.append((position, keyword, wait_only, parent_key))
+        parts = [kind, function_sha, sorted(edges)]
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
 
 
 def task_shapes(tasks: Sequence[Task]) -> list[NodeShape]:
@@ -84,7 +114,7 @@ def row_shapes(rows: Sequence[NodeRow]) -> list[NodeShape]:
             stored = json.loads(row.inputs)
             inputs = [(int(p), int(pos), str(kw), bool(w)) for p, pos, kw, w in stored]
         except (ValueError, TypeError):
-            inputs = [(len(shapes), 0, "", False)]
+            inputs = [(-1, 0, "", False)]
         shapes.append((row.kind, row.function_sha256, row.value_sha256, inputs))
     return shapes
 
@@ -101,15 +131,16 @@ def reuse_results(
     """
     done: dict[str, NodeRow] = {}
     for key, row in zip(merkle_keys(row_shapes(previous)), previous, strict=True):
-        if row.kind != PARAMETER and row.status == COMPLETED and row.output_sha256:
+        if key and row.kind != PARAMETER and row.status == COMPLETED and row.output_sha256:
             done.setdefault(key, row)
     if not done:
         return 0
     gone = payloads.missing({row.output_sha256 for row in done.values()})
     now = time.time()
     reused = 0
-    for t, key in zip(tasks, merkle_keys(task_shapes(tasks)), strict=True):
-        match = done.get(key)
+    keys, order = _walk(task_shapes(tasks))
+    for t in (tasks[i] for i in order):
+        match = done.get(keys[t.node_id]) if keys[t.node_id] else None
         if t.kind == PARAMETER or match is None or match.output_sha256 in gone:
             continue
         if any(tasks[i.parent].status != COMPLETED for i in t.inputs):
