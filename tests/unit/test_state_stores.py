@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from cobalt_controller.state import (
+    REUSED,
     DeploymentEventRow,
     DeploymentRow,
     DispatchRow,
@@ -417,6 +418,24 @@ def test_recent_run_times_are_the_electron_s_completed_runs_newest_first(
     assert store.recent_run_times("pkg.train") == [5.0, 2.0]
     assert store.recent_run_times("pkg.train", limit=1) == [5.0]
     assert store.recent_run_times("pkg.none") == []
+
+
+def test_a_reused_result_is_no_run_time(store: StateStore) -> None:
+    """A task whose output came from an earlier dispatch took no time to run."""
+    row, nodes = _dispatch(n=3)
+    for n in nodes[1:]:
+        n.function_key = "pkg.train"
+    nodes[2].reason = REUSED
+    _apply_new(store, (row, nodes))
+    _ended(
+        store,
+        row,
+        {
+            1: {"status": "COMPLETED", "started_at": 10.0, "ended_at": 14.0},
+            2: {"status": "COMPLETED", "started_at": 20.0, "ended_at": 20.0},
+        },
+    )
+    assert store.recent_run_times("pkg.train") == [4.0]
 
 
 def test_cost_summary_groups_spend_by_day_executor_and_gpu(store: StateStore) -> None:

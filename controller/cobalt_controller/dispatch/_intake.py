@@ -240,6 +240,7 @@ def build_dispatch(
             executor_ref=t.executor_ref,
             output_sha256=t.output.sha256 if t.output else "",
             function_key=t.function_key,
+            started_at=t.started_at,
             ended_at=t.ended_at,
             reason=t.reason,
             placement=t.placement,

@@ -25,16 +25,13 @@ from typing import TypeAlias
 
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.dispatch._model import COMPLETED, PARAMETER, Task
-from cobalt_controller.state import NodeRow
+from cobalt_controller.state import REUSED, NodeRow
 from cobalt_executors import PayloadRef
 
 InputShape: TypeAlias = tuple[int, int, str, bool]
 """One input: parent node id, position (-1 for a keyword), keyword, wait only."""
 NodeShape: TypeAlias = tuple[str, str, str, Sequence[InputShape]]
 """What a node's key is made of: kind, function sha256, value sha256, inputs."""
-
-REUSED = "reused"
-"""The ``reason`` of a task whose output was taken over from an earlier dispatch."""
 
 
 def merkle_keys(nodes: Sequence[NodeShape]) -> list[str]:
@@ -149,7 +146,8 @@ def reuse_results(
         t.output = PayloadRef(match.output_sha256, None, 0)
         t.reason = REUSED
         t.placement = f"reused from dispatch {previous_id} node {match.node_id}"
-        t.ended_at = now
+        # It took no time: its start is its end, as Covalent marks a reused node.
+        t.started_at = t.ended_at = now
         reused += 1
     if reused:
         for t in tasks:

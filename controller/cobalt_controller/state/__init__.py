@@ -2,6 +2,7 @@
 
 from cobalt_controller.state.base import (
     LIVE_REPLICA_STATUSES,
+    REUSED,
     CostRow,
     DeploymentEventRow,
     DeploymentRow,
@@ -16,6 +17,7 @@ from cobalt_controller.state.sql import SqlStateStore
 
 __all__ = [
     "LIVE_REPLICA_STATUSES",
+    "REUSED",
     "CostRow",
     "DeploymentEventRow",
     "DeploymentRow",

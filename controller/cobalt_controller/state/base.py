@@ -38,6 +38,10 @@ NODE_UPDATE_FIELDS = (
     "ended_day",
     "credential_sha256",
 )
+REUSED = "reused"
+"""The ``reason`` of a task whose output was taken over from an earlier dispatch: it
+did not run, so its zero run time is no estimate of how long the function takes."""
+
 DISPATCH_UPDATE_FIELDS = ("status", "started_at", "ended_at", "error", "cost_usd", "emulated")
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from cobalt_common.status import DISPATCH_ENDED, Status
 from cobalt_controller.state.base import (
     LIVE_REPLICA_STATUSES,
+    REUSED,
     CostRow,
     DeploymentEventRow,
     DeploymentRow,
@@ -130,6 +131,7 @@ class MemoryStateStore(StateStore):
             for n in nodes
             if n.function_key == function_key
             and n.status == Status.COMPLETED
+            and n.reason != REUSED
             and n.started_at is not None
             and n.ended_at is not None
         ]

@@ -15,6 +15,7 @@ from cobalt_common.errors import ConfigError
 from cobalt_common.status import DISPATCH_ENDED, Status
 from cobalt_controller.state._sql_deploy import DEPLOY_TABLES, DeploymentTables, deploy_meta
 from cobalt_controller.state.base import (
+    REUSED,
     CostRow,
     DeploymentEventRow,
     DeploymentRow,
@@ -403,6 +404,7 @@ class SqlStateStore(StateStore):
                 sa.select(nodes.c.started_at, nodes.c.ended_at)
                 .where(nodes.c.function_key == function_key)
                 .where(nodes.c.status == Status.COMPLETED.value)
+                .where(nodes.c.reason != REUSED)
                 .where(nodes.c.started_at.is_not(None) & nodes.c.ended_at.is_not(None))
                 .order_by(nodes.c.ended_at.desc())
                 .limit(limit)
