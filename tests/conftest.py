@@ -304,4 +304,3 @@ def dispatch_ids() -> set[str]:
 def registered_dispatches() -> Callable[[], set[str]]:
     """A function listing the current controller's dispatch ids (``cobalt dispatches``)."""
     return dispatch_ids
-

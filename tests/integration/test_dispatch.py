@@ -106,7 +106,7 @@ def test_a_result_carries_status_value_error_and_times() -> None:
     after = time.time()
     assert result.status == ct.Status.COMPLETED
     assert result.result == 5
-    assert result.error == ""
+    assert result.error is None
     assert result.name == "fan_out_and_reduce"
     assert isinstance(result.start_time, datetime) and isinstance(result.end_time, datetime)
     assert before - 1 <= result.start_time.timestamp() <= result.end_time.timestamp() <= after + 1
