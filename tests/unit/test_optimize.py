@@ -505,6 +505,28 @@ def test_per_token_linear_matches_the_float_layer_closely() -> None:
     assert layer.weight_int8.dtype == torch.int8
 
 
+def test_per_token_linear_gives_the_same_result_through_either_matmul(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where ``torch._int_mm`` is slower than float32, the int8 values are multiplied as
+    float32: integer products, so the same result up to float32 rounding."""
+    from cobalt import _optimize_int8
+
+    if not _optimize_int8.int_mm_available():
+        pytest.skip("torch._int_mm does not run on this build of torch")
+    assert isinstance(_optimize_int8.int_mm_is_faster(), bool)  # measured here, once
+    torch.manual_seed(0)
+    layer = _optimize_int8.PerTokenInt8Linear(nn.Linear(384, 1536))
+    x = torch.randn(2, 7, 384)
+    x[1, 3] *= 40
+    results = []
+    for faster in (True, False):
+        monkeypatch.setattr(_optimize_int8, "int_mm_is_faster", lambda faster=faster: faster)
+        with torch.inference_mode():
+            results.append(layer(x))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-5)
+
+
 def test_int8_rows_do_not_depend_on_the_rest_of_the_batch(
     mlp: nn.Module, batches: list[torch.Tensor]
 ) -> None:
