@@ -99,6 +99,8 @@ class PerTokenInt8Linear(nn.Module):
         super().__init__()
         weight = linear.weight.detach().float()
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        # Chosen here, not in forward, so that torch.compile traces no measurement.
+        self.use_int_mm = int_mm_is_faster()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
         quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
         self.register_buffer("weight_int8", quantized.t().contiguous())
@@ -118,7 +120,7 @@ class PerTokenInt8Linear(nn.Module):
         scale = (high - low).clamp_(min=1e-12).div_(255)
         zero = low.div(scale).neg_().round_().sub_(128)  # int8 zero point, in [-128, 127]
         q = rows.mul_(scale.reciprocal()).add_(zero).round_().clamp_(-128, 127).to(torch.int8)
-        if int_mm_is_faster():
+        if self.use_int_mm:
             y = torch._int_mm(q, self.weight_int8).float()
         else:
             y = torch.mm(q.float(), self.weight_int8.float())
