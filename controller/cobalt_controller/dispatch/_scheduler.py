@@ -25,7 +25,7 @@ from typing import Any
 
 from cobalt_common.status import Status
 from cobalt_controller._convert import given_to_json
-from cobalt_controller._credentials import Credentials, credential_sha256
+from cobalt_controller._credentials import Credentials
 from cobalt_controller._executors import ExecutorPool
 from cobalt_controller._payloads import Payloads
 from cobalt_controller.dispatch._budget import (
@@ -52,9 +52,10 @@ from cobalt_controller.dispatch._model import (
     Ledger,
     Task,
 )
+from cobalt_controller.dispatch._submission import build_submission
 from cobalt_controller.placement import Placement, WorkKind, charge, rate_usd_per_hour
 from cobalt_controller.state import StateStore, WriteBatch
-from cobalt_executors import TaskArg, TaskOutcome, TaskSubmission
+from cobalt_executors import TaskOutcome
 
 log = logging.getLogger("cobalt.controller")
 
@@ -280,7 +281,7 @@ class Scheduler:
         t.attempts += 1
         t.task_key = f"{d.dispatch_id}/{t.node_id}/{t.attempts}"
         try:
-            submission = self._submission(d, t)
+            submission = build_submission(d, t, self.payloads, self.credentials)
         except KeyError as exc:
             t.attempts -= 1
             self._fail(
@@ -355,49 +356,6 @@ class Scheduler:
             if node is not None and parent_node is not None:
                 node.tasks[parent_node].cost_usd += cost
                 self._touch(node, node.tasks[parent_node], notify=False)
-
-    def _submission(self, d: Dispatch, t: Task) -> TaskSubmission:
-        args = []
-        tasks = d.tasks
-        for i in t.inputs:
-            if not i.wait_only:
-                out = tasks[i.parent].output
-                assert out is not None
-                ref = out if out.data is not None else self.payloads.ref(out.sha256)
-                args.append(TaskArg(i.position, i.keyword, ref))
-        return TaskSubmission(
-            task_key=t.task_key,
-            dispatch_id=d.dispatch_id,
-            node_id=t.node_id,
-            name=t.name,
-            hardware=t.hardware,
-            function=self.payloads.ref(t.fn_sha),
-            args=args,
-            env=self._task_env(d, t),
-            long_running=t.kind == SUBLATTICE,
-            client_runtime=d.client_runtime,
-        )
-
-    def _task_env(self, d: Dispatch, t: Task) -> dict[str, str]:
-        """The variables of one attempt: where it belongs, and its own credential.
-
-        ``COBALT_ATTEMPT_ID`` (``<dispatch>/<node>/<attempt>``) is stable for the
-        attempt. Tasks run at least once (one that was running when the
-        controller stopped runs again, as a new attempt), so a task keys side
-        effects that must not repeat on it, or on its ``<dispatch>/<node>``
-        part for once per task (docs/security.md).
-        """
-        env = {
-            "COBALT_DISPATCH_ID": d.dispatch_id,
-            "COBALT_NODE_ID": str(t.node_id),
-            "COBALT_ATTEMPT_ID": t.task_key,
-            "COBALT_WORKING_DIR": d.working_dir,
-        }
-        if self.credentials is not None:
-            token = self.credentials.mint(t.task_key, t.scope(d.dispatch_id))
-            env["COBALT_CONTROLLER_TOKEN"] = token
-            t.credential_sha256 = credential_sha256(token)
-        return env
 
     def _revoke(self, task_key: str) -> None:
         if self.credentials is not None:
