@@ -273,7 +273,7 @@ def test_bad_prompts_and_options_are_refused(lm: tuple[object, object], engine: 
         Engine(model, tokenizer, speculative_tokens=0)
     with pytest.raises(ct.SpecError, match="tokenizer"):
         Engine(model)
-    with pytest.raises(ct.SpecError, match="no model directory"):
+    with pytest.raises(ct.SpecError, match="no model folder"):
         Engine("/nonexistent/model")
     try:
         import vllm  # noqa: F401
@@ -286,3 +286,32 @@ def test_bad_prompts_and_options_are_refused(lm: tuple[object, object], engine: 
         Engine(model, tokenizer, draft=bigger)
     # the engine that refused requests still serves
     assert engine.generate("hi", max_tokens=2, temperature=0).completion_tokens == 2
+
+
+def test_prompt_lookup_speculation_is_exact_and_pays_on_repetitive_text(
+    lm: tuple[object, object], alone: list[tuple[int, ...]]
+) -> None:
+    """draft="ngram" needs no second model; greedy output stays the target's, alone and
+    batched, and a request that repeats text has its proposals accepted."""
+    model, tokenizer = lm
+    e = Engine(model, tokenizer, draft="ngram", prefix_cache=False)
+    try:
+        assert e.speculation == "ngram" and "speculation='ngram'" in repr(e)
+        assert [
+            e.generate(p, max_tokens=24, temperature=0).token_ids for p in PROMPTS[:4]
+        ] == alone[:4]
+        batched = _concurrently(e, PROMPTS, max_tokens=24, temperature=0)
+        assert [r.token_ids for r in batched] == alone
+        plain = Engine(model, tokenizer, prefix_cache=False)
+        try:
+            echo = plain.generate("one two three four " * 6, max_tokens=40, temperature=0)
+        finally:
+            plain.close()
+        before = e.metrics().get("speculative", {}).get("accepted", 0)
+        again = e.generate("one two three four " * 6, max_tokens=40, temperature=0)
+        assert again.token_ids == echo.token_ids
+        assert e.metrics()["speculative"]["accepted"] > before
+        sampled = e.generate(PROMPTS[0], max_tokens=16, temperature=0.9, seed=5)
+        assert sampled.completion_tokens == 16
+    finally:
+        e.close()

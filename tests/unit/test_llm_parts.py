@@ -25,12 +25,15 @@ MODULES = [
     "cobalt.llm._embedder",
     "cobalt.llm._engine",
     "cobalt.llm._kv",
+    "cobalt.llm._llama",
+    "cobalt.llm._lookup",
     "cobalt.llm._prefix",
     "cobalt.llm._sampling",
     "cobalt.llm._stats",
     "cobalt.llm._text",
     "cobalt.llm._tiny",
     "cobalt.llm._types",
+    "cobalt.llm._weights",
     "cobalt_common.histogram",
 ]
 

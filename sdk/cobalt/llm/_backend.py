@@ -14,12 +14,17 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+import re
 import warnings
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from cobalt.llm._weights import WeightFormat
 from cobalt_common.errors import SpecError
+
+if TYPE_CHECKING:
+    from cobalt.llm._llama import FastLlama
 
 Backend = Literal["auto", "torch", "vllm"]
 _BACKENDS = ("auto", "torch", "vllm")
@@ -49,7 +54,7 @@ def resolve_backend(backend: str, model: Any) -> Literal["torch", "vllm"]:
 
 
 def load(model: Any, tokenizer: Any) -> tuple[Any, Any]:
-    """The model and tokenizer, read from a local path when ``model`` is one."""
+    """The model and tokenizer, read from a local folder or GGUF file when ``model`` is one."""
     if not isinstance(model, str | os.PathLike):
         if tokenizer is None:
             raise SpecError("pass the model's tokenizer too: Engine(model, tokenizer).")
@@ -57,15 +62,77 @@ def load(model: Any, tokenizer: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = os.fspath(model)
+    if path.endswith(".gguf") and os.path.isfile(path):
+        if importlib.util.find_spec("gguf") is None:
+            raise SpecError(
+                "reading a .gguf file needs the gguf package: pip install 'cobalt[llm]'."
+            )
+        folder, file = os.path.split(os.path.abspath(path))
+        options: dict[str, Any] = {"gguf_file": file, "local_files_only": True}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **options)
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(folder, **options)
+        return loaded, tokenizer
     if not os.path.isdir(path):
         raise SpecError(
-            f"no model directory at {path!r}; pass a directory written by save_pretrained "
-            "(models are never downloaded at run time)."
+            f"no model folder or .gguf file at {path!r}; pass a folder written by "
+            "save_pretrained or a GGUF file (models are never downloaded at run time)."
         )
     loaded = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return loaded, tokenizer
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
+
+
+def checked_name(name: object) -> str:
+    """A model name clients may see: letters, digits and ``._:+-``, never a path."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise SpecError(
+            f"name must be 1 to 128 letters, digits and '._:+-', starting with a letter or "
+            f"digit (a model name, not a path), not {name!r}."
+        )
+    return name
+
+
+def model_name(model: Any) -> str:
+    """The name a model is served under by default: its folder's or file's name, or its type.
+
+    >>> model_name("/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    'SmolLM2-135M-Instruct.Q4_1'
+    """
+    if isinstance(model, str | os.PathLike):
+        source = os.fspath(model)
+    else:
+        config = getattr(model, "config", None)
+        source = str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", ""))
+    base = os.path.basename(source.rstrip("/\\"))
+    base = base[: -len(".gguf")] if base.endswith(".gguf") else base
+    cleaned = re.sub(r"[^A-Za-z0-9._:+-]", "-", base).lstrip("._:+-")[:128]
+    return cleaned or "model"
+
+
+def fast_forward(model: Any, weights: WeightFormat) -> FastLlama | None:
+    """cobalt's own forward pass for ``model`` in ``weights``, where it can run one.
+
+    Raises:
+        SpecError: a low-bit format was asked for a model that cannot use one.
+    """
+    from cobalt.llm._llama import FastLlama, unsupported
+
+    reason = unsupported(model)
+    if reason is None:
+        return FastLlama(model, weights)
+    if weights != "fp32":
+        raise SpecError(
+            f"weights={weights!r} needs a Llama-family model on a CPU, and {reason}; "
+            "use weights='fp32'."
+        )
+    return None
 
 
 def int8_copy(model: Any) -> Any:

@@ -20,7 +20,15 @@ from typing import Any, overload
 
 import torch
 
-from cobalt.llm._backend import Backend, int8_copy, load, resolve_backend
+from cobalt.llm._backend import (
+    Backend,
+    checked_name,
+    fast_forward,
+    int8_copy,
+    load,
+    model_name,
+    resolve_backend,
+)
 from cobalt.llm._embedder import mean_pooled
 from cobalt.llm._prefix import PrefixCache
 from cobalt.llm._runner import Runner
@@ -28,6 +36,7 @@ from cobalt.llm._sequence import Sequence as Running
 from cobalt.llm._stats import Stats
 from cobalt.llm._types import Chunk, Completion, Prompt, SamplingParams
 from cobalt.llm._vllm import VllmRunner, completion_of
+from cobalt.llm._weights import WeightFormat, checked_format
 from cobalt_common.errors import SpecError
 
 _FALLBACK_CHAT = "{role}: {content}\n"
@@ -43,17 +52,29 @@ class Engine:
     for token what the target alone would give.
 
     Args:
-        model: a ``transformers`` causal LM, or the path of one saved with
-            ``save_pretrained`` (read without a network).
-        tokenizer: its tokenizer (read from ``model``'s path when it is one).
+        model: a ``transformers`` causal LM, or the path of a folder written
+            by ``save_pretrained`` or of a ``.gguf`` file (read without a
+            network; a GGUF model's weights are dequantized).
+        tokenizer: its tokenizer (read from ``model``'s path when it is one,
+            with its chat template).
         backend: ``"torch"`` runs the model with ``transformers`` on its
             device (CPU or CUDA); ``"vllm"`` hands a model path to vLLM's
             asynchronous engine, which then does the batching, caching and
             speculation itself; ``"auto"`` picks vLLM when it is installed,
             a CUDA GPU is present and ``model`` is a path, and ``"torch"``
             otherwise.
-        draft: a smaller causal LM with the same tokenizer, or ``"int8"`` for
-            an int8 copy of ``model``; ``None`` turns speculation off.
+        draft: a smaller causal LM with the same tokenizer, ``"int8"`` for
+            an int8 copy of ``model``, or ``"ngram"`` to propose the tokens
+            that followed the latest earlier occurrence of the text's last
+            few tokens (no second model; each request speculates only while
+            its measured acceptance pays for the wider pass); ``None`` turns
+            speculation off.
+        weights: the format a Llama-family model's weights are held in on a
+            CPU, where decoding is bound by the bytes of weights read per
+            token: ``"fp32"`` (exactly the model), ``"bf16"``, ``"int8"``
+            (per output channel) or ``"int4"`` (groups of 32, GGUF's Q4_1
+            layout). Each format's agreement with fp32 is measured in
+            ``docs/llm.md``. Other models, and GPUs, run as given.
         speculative_tokens: tokens the draft proposes per step.
         speculative_max_batch: speculate only while at most this many
             requests run; a larger batch is compute-bound, and there plain
@@ -61,7 +82,8 @@ class Engine:
         max_batch_size: most sequences decoded together; more wait their turn.
         prefix_cache: keep prompts' keys and values for reuse.
         prefix_cache_tokens: how many prompt tokens the prefix cache holds.
-        name: the model name reported to clients (``/v1/models``).
+        name: the model name reported to clients (``/v1/models``); by
+            default the model's folder or file name, never its full path.
 
     Raises:
         SpecError: an option is out of range, or the backend is not available.
@@ -80,6 +102,7 @@ class Engine:
         prefix_cache: bool = True,
         prefix_cache_tokens: int = 16384,
         name: str | None = None,
+        weights: WeightFormat = "fp32",
     ) -> None:
         for option, value in (
             ("speculative_tokens", speculative_tokens),
@@ -89,6 +112,9 @@ class Engine:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(f"{option} must be a whole number of at least 1, not {value!r}.")
+        self.weights = checked_format(weights)
+        if name is not None:
+            name = checked_name(name)
         self.backend = resolve_backend(backend, model)
         self._stats = Stats("text")
         self._vllm: VllmRunner | None = None
@@ -97,9 +123,13 @@ class Engine:
                 str(model), tokenizer, draft, speculative_tokens, max_batch_size, prefix_cache, name
             )
             return
+        default_name = model_name(model)
         model, tokenizer = load(model, tokenizer)
         model.eval()
-        if draft == "int8":
+        lookup = draft == "ngram"
+        if lookup:
+            draft = None
+        elif draft == "int8":
             draft = int8_copy(model)
         elif isinstance(draft, str):
             draft, _ = load(draft, tokenizer)
@@ -111,24 +141,27 @@ class Engine:
                     f"model's {model.config.vocab_size}; a draft must share the tokenizer."
                 )
         self.model, self.tokenizer, self.draft = model, tokenizer, draft
+        self.speculation = "ngram" if lookup else ("draft" if draft is not None else None)
         config = model.config
-        self.name = name or str(getattr(config, "_name_or_path", "") or config.model_type)
+        self.name = name or default_name
+        self.fast = fast_forward(model, self.weights)
         self.max_length = int(
             getattr(config, "max_position_embeddings", None)
             or getattr(config, "n_positions", None)
             or 2048
         )
-        if draft is not None:  # a speculative step reads up to k + 1 positions ahead
+        if draft is not None or lookup:  # a speculative step reads up to k + 1 positions ahead
             self.max_length -= speculative_tokens + 1
         self._eos = _eos_ids(model, tokenizer)
         self._runner = Runner(
-            model,
+            self.fast or model,
             draft=draft,
             speculative_tokens=speculative_tokens,
             max_batch_size=max_batch_size,
             prefix_cache=PrefixCache(prefix_cache_tokens) if prefix_cache else None,
             stats=self._stats,
             speculative_max_batch=speculative_max_batch,
+            lookup=lookup,
         )
 
     def _start_vllm(
@@ -152,7 +185,7 @@ class Engine:
         self.model, self.draft = None, draft
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True)
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-        self.name = name or path.rstrip("/").rsplit("/", 1)[-1]
+        self.name = name or model_name(path)
         self.max_length = int(getattr(config, "max_position_embeddings", None) or 2048)
         self._vllm = VllmRunner(
             path,
@@ -164,8 +197,9 @@ class Engine:
         )
 
     def __repr__(self) -> str:
-        draft = ", speculative" if self.draft is not None else ""
-        return f"Engine({self.name!r}, backend={self.backend!r}{draft})"
+        draft = f", speculation={self.speculation!r}" if getattr(self, "speculation", None) else ""
+        weights = f", weights={self.weights!r}" if self.backend == "torch" else ""
+        return f"Engine({self.name!r}, backend={self.backend!r}{weights}{draft})"
 
     # -- text ---------------------------------------------------------------
 

@@ -28,8 +28,78 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 LayerKV = tuple[torch.Tensor, torch.Tensor]
+
+_SPARE = 64
+"""Columns a layer's buffer grows by, at least, when a step does not fit."""
+
+
+class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
+    """A cache layer that appends in place, into a buffer with spare columns.
+
+    ``transformers``' own layer concatenates on every step, copying the whole
+    cache of every layer each time; this one copies only when its buffer is
+    full, and then doubles it. ``keys`` and ``values`` read as the filled
+    columns; setting them replaces the buffer.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.device = keys.device
+        self.is_initialized = True
+        self._keys, self._values, self._filled = keys, values, int(keys.shape[2])
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._keys[:, :, : self._filled]
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        if value is not None:
+            self._keys, self._filled = value, int(value.shape[2])
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._values[:, :, : self._filled]
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        if value is not None:
+            self._values = value
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self._filled
+        end = start + int(key_states.shape[2])
+        if end > self._keys.shape[2]:
+            room = max(end + _SPARE, 2 * start)
+            self._keys = _grown(self._keys, start, room)
+            self._values = _grown(self._values, start, room)
+        self._keys[:, :, start:end] = key_states
+        self._values[:, :, start:end] = value_states
+        self._filled = end
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._filled
+
+
+def _grown(buffer: torch.Tensor, filled: int, room: int) -> torch.Tensor:
+    shape = list(buffer.shape)
+    shape[2] = room
+    grown = buffer.new_empty(shape)
+    grown[:, :, :filled] = buffer[:, :, :filled]
+    return grown
+
+
+def growing_cache(layers: Sequence[LayerKV]) -> DynamicCache:
+    """A cache holding these layers' keys and values, appended to in place."""
+    cache = DynamicCache()
+    cache.layers = [GrowingLayer(k, v) for k, v in layers]
+    return cache
 
 
 class BatchKV:
@@ -161,7 +231,7 @@ class BatchKV:
 
     def _set(self, layers: list[LayerKV]) -> None:
         if self.cache is None:
-            self.cache = DynamicCache(ddp_cache_data=layers)
+            self.cache = growing_cache(layers)
             return
         for layer, (k, v) in zip(_layers(self.cache), layers, strict=True):
             layer.keys, layer.values = k, v

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from cobalt.llm._kv import BatchKV, LayerKV, row_layers
+from cobalt.llm._lookup import Gate, NgramIndex, RowStats, lookup_step
 from cobalt.llm._prefix import PrefixCache
 from cobalt.llm._sampling import pick
 from cobalt.llm._sequence import Sequence
@@ -84,8 +85,11 @@ class Runner:
         prefix_cache: PrefixCache | None,
         stats: Stats,
         speculative_max_batch: int = 4,
+        lookup: bool = False,
     ) -> None:
         self.model = model
+        self.lookup = Gate() if lookup else None
+        self._lookups: dict[Sequence, tuple[NgramIndex, RowStats]] = {}
         self.device = next(model.parameters()).device
         self.draft = (
             _SingleThreaded(draft) if draft is not None and self.device.type == "cpu" else draft
@@ -148,6 +152,7 @@ class Runner:
                     if not sequence.done:
                         sequence.sink(exc)
                 self._running, self._kv = [], BatchKV.empty()
+                self._lookups.clear()
                 self._next, self._pending = self._next[:0], self._pending[:0]
                 if self._draft_kv is not None:
                     self._draft_kv = BatchKV.empty()
@@ -250,6 +255,7 @@ class Runner:
             past_key_values=DynamicCache(ddp_cache_data=past),
             position_ids=positions,
             use_cache=True,
+            logits_to_keep=1,
         )
         return row_layers(out.past_key_values), out.logits[:, -1]
 
@@ -265,7 +271,13 @@ class Runner:
             ids[row, width - len(prompt) :] = torch.tensor(prompt, device=self.device)
             mask[row, width - len(prompt) :] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         return [
             (row_layers(out.past_key_values, row, len(prompt)), out.logits[row : row + 1, -1])
             for row, prompt in enumerate(prompts)
@@ -274,7 +286,6 @@ class Runner:
     def _step(self) -> None:
         rows = len(self._running)
         self.stats.batch(rows)
-        now: float
         if self.draft is not None and self._draft_kv is not None:
             emitted, self._next, self._pending = speculative_step(
                 self.model,
@@ -287,7 +298,10 @@ class Runner:
                 self.speculative_tokens,
                 self.stats,
             )
+        elif self.lookup is not None and self._lookup_step():
+            return
         else:
+            started = time.perf_counter()
             mask, positions = self._kv.step_inputs(1)
             out = self.model(
                 input_ids=self._next[:, None],
@@ -301,10 +315,42 @@ class Runner:
             generators = [s.generator for s in self._running]
             self._next = pick(out.logits[:, -1], params, generators)
             emitted = [[t] for t in self._next.tolist()]
+            if self.lookup is not None:
+                self.lookup.timed_plain(rows, time.perf_counter() - started)
+        self._emit(emitted)
+
+    def _emit(self, emitted: list[list[int]]) -> None:
         now = time.perf_counter()
         for sequence, tokens in zip(self._running, emitted, strict=True):
             for gap in sequence.add(tokens, now):
                 self.stats.gap(gap)
+
+    def _lookup_step(self) -> bool:
+        """A step that verifies proposals looked up in each sequence, when the gate expects
+        it to pay; ``False`` (having done nothing) when a plain step is better."""
+        assert self.lookup is not None
+        rows = []
+        for sequence in self._running:
+            if sequence not in self._lookups:
+                self._lookups[sequence] = (NgramIndex(), RowStats())
+            index, row = self._lookups[sequence]
+            known = len(sequence.prompt_ids) + len(sequence.output_ids)
+            if len(index.tokens) < known:
+                index.extend((sequence.prompt_ids + sequence.output_ids)[len(index.tokens) :])
+            rows.append((index, row))
+        offered = [index.propose(self.speculative_tokens) for index, _ in rows]
+        chosen = self.lookup.choose([row for _, row in rows], offered)
+        if not any(chosen):
+            return False
+        started = time.perf_counter()
+        emitted, self._next, counts = lookup_step(
+            self.model, self._kv, self._next, self._running, chosen, self.stats
+        )
+        self.lookup.timed_verify(len(rows), time.perf_counter() - started)
+        for (_, row), proposals, kept in zip(rows, chosen, counts, strict=True):
+            row.record(len(proposals), kept)
+        self._emit(emitted)
+        return True
 
     def _retire(self) -> None:
         """Drop finished and cancelled rows from the batch."""
@@ -314,6 +360,7 @@ class Runner:
         for sequence in self._running:
             if sequence.done:
                 self._finish(sequence)
+                self._lookups.pop(sequence, None)
         self._running = [self._running[i] for i in keep]
         self._kv.keep_rows(keep)
         if self._draft_kv is not None:

@@ -45,7 +45,13 @@ class VllmRunner:
             "max_num_seqs": max_batch_size,
             "enable_prefix_caching": prefix_cache,
         }
-        if draft is not None:
+        if draft == "ngram":  # vLLM's own prompt lookup
+            options["speculative_config"] = {
+                "method": "ngram",
+                "num_speculative_tokens": speculative_tokens,
+                "prompt_lookup_max": 3,
+            }
+        elif draft is not None:
             options["speculative_config"] = {
                 "model": draft,
                 "num_speculative_tokens": speculative_tokens,
