@@ -234,7 +234,9 @@ def optimize(
         if layers:
             applied.append(
                 f"sparsity {level:g}: smallest-magnitude weights zeroed in {layers} Linear/Conv "
-                "layer(s), per layer; stored densely"
+                "layer(s), per layer; stored and multiplied densely, so the zeros give no "
+                "speed and no size here (unstructured zeros need sparse kernels that torch's "
+                "CPU matmuls do not use)"
             )
         else:
             skipped.append("sparsity: the model has no Linear or Conv layer to prune")
@@ -296,6 +298,14 @@ def optimize(
             applied.append(f"compile: torch.compile, checked on {first}")
         else:
             skipped.append(f"compile: {failure}; the model runs eagerly")
+    if _generates(model) and measured_on:
+        skipped.append(
+            "decode latency: the latency above is of whole-input passes, but a causal LM "
+            "generates one token per pass, with a cache, where a format's speed differs; "
+            "serving speed is not measured here. ct.llm.Engine(..., weights='int8' or "
+            "'int4') serves a Llama with decode-step kernels, and docs/llm.md gives each "
+            "format's measured decode speed and next-token agreement"
+        )
 
     measured: dict[str, Any] = {}
     if before is not None:
@@ -336,3 +346,10 @@ def optimize(
             report=report,
         )
     return optimized, report
+
+
+def _generates(model: object) -> bool:
+    """Whether ``model`` is a ``transformers`` causal LM (it generates text token by token)."""
+    return callable(getattr(model, "generate", None)) and type(model).__name__.endswith(
+        "ForCausalLM"
+    )

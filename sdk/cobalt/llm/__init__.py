@@ -22,12 +22,14 @@ from cobalt.llm._types import Chunk, Completion, SamplingParams
 if TYPE_CHECKING:
     from cobalt.llm._embedder import Embedder
     from cobalt.llm._engine import Engine
+    from cobalt.llm._example import example_model
     from cobalt.llm._openai import openai_routes
     from cobalt.llm._tiny import random_model, random_tokenizer
 
 _LAZY = {
     "Embedder": "cobalt.llm._embedder",
     "Engine": "cobalt.llm._engine",
+    "example_model": "cobalt.llm._example",
     "openai_routes": "cobalt.llm._openai",
     "random_model": "cobalt.llm._tiny",
     "random_tokenizer": "cobalt.llm._tiny",
@@ -39,6 +41,7 @@ __all__ = [
     "Embedder",
     "Engine",
     "SamplingParams",
+    "example_model",
     "openai_routes",
     "random_model",
     "random_tokenizer",

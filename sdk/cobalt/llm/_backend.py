@@ -63,9 +63,10 @@ def load(model: Any, tokenizer: Any) -> tuple[Any, Any]:
 
     path = os.fspath(model)
     if path.endswith(".gguf") and os.path.isfile(path):
-        if importlib.util.find_spec("gguf") is None:
+        missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+        if missing:
             raise SpecError(
-                "reading a .gguf file needs the gguf package: pip install 'cobalt[llm]'."
+                f"reading a .gguf file needs {' and '.join(missing)}: pip install 'cobalt[models]'."
             )
         folder, file = os.path.split(os.path.abspath(path))
         options: dict[str, Any] = {"gguf_file": file, "local_files_only": True}
