@@ -67,7 +67,7 @@ def test_cobalts_forward_pass_is_the_models_own(smollm2: tuple[str, Any, Any]) -
     assert bool((got.argmax(-1) == want.argmax(-1)).all())
 
 
-@pytest.mark.parametrize(("fmt", "least"), [("int8", 0.9), ("int4", 0.7)])
+@pytest.mark.parametrize(("fmt", "least"), [("int8", 0.8), ("int4", 0.7)])
 def test_low_bit_weights_keep_most_next_tokens(
     smollm2: tuple[str, Any, Any], fmt: str, least: float
 ) -> None:

@@ -143,23 +143,42 @@ def test_ngram_index_proposes_what_followed_the_latest_longest_match() -> None:
     assert run.propose(3) == [8, 8, 8], "a run repeats its period past the tail"
 
 
-def test_the_gate_speculates_only_where_expected_tokens_beat_the_wider_pass() -> None:
+def test_the_gate_verifies_the_number_of_proposals_that_pays_best() -> None:
     gate = Gate()
-    good, bad = RowStats(rate=0.9, tried=True), RowStats(rate=0.05, tried=True)
+    good, bad = RowStats(rate=0.9), RowStats(rate=0.05)
     assert gate.choose([good], [[1, 2, 3, 4]]) == [[1, 2, 3, 4]]
-    assert gate.choose([bad], [[1, 2, 3, 4]]) == [[]], "a row whose proposals fail stops proposing"
-    gate.timed_plain(1, 0.01)
-    gate.timed_verify(1, 0.05)  # a verifying pass measured 5x a plain one
-    assert gate.choose([good], [[1, 2, 3, 4]]) == [[]], "4.1 expected tokens do not pay for 5x"
-    new = RowStats()
-    assert gate.choose([new], [[1, 2]]) == [[1, 2]], "a new request's proposals are checked"
-    bad.idle = 16  # after a while a failing request's proposals are checked again
-    assert gate.choose([good, bad], [[1, 2], [3, 4]]) == [[1, 2], [3, 4]]
-    row = RowStats()
-    row.record(4, 4)
-    assert row.tried and row.rate > 0.5 and row.expected(2) > 2
-    row.record(0, 0)
-    assert row.idle == 1
+    assert gate.choose([bad], [[1, 2, 3, 4]]) == [[]], "proposals that fail are not verified"
+    gate.timed_plain(1, 0.010)
+    gate.timed_verify(1, 5, 0.030)  # four extra columns cost twice a plain step: slope 0.5
+    assert gate.slopes[1] == 0.5
+    # expected tokens per unit of time: 1.27, 1.36, 1.38, 1.37 for one to four proposals
+    assert gate.choose([good], [[1, 2, 3, 4]]) == [[1, 2, 3]]
+    gate.timed_verify(1, 5, 0.250)
+    assert gate.choose([RowStats(rate=0.9)], [[1, 2, 3, 4]]) == [[]], "too costly to pay at all"
+
+
+def test_a_request_not_expected_to_pay_is_probed_with_one_proposal_less_often_each_time() -> None:
+    gate = Gate()
+    row = RowStats(rate=0.05)
+    waits = []
+    for _ in range(3):
+        steps = 0
+        while gate.choose([row], [[7, 8, 9]]) == [[]]:
+            steps += 1
+        waits.append(steps)
+        assert gate.choose([row], [[7, 8, 9]]) == [[7]], "a probe checks one proposal"
+        row.record(1, 0)
+    assert waits == [8, 16, 32]
+    row.record(1, 1)
+    assert row.probe_every == 8 and row.rate > 0.05
+
+
+def test_new_requests_start_from_the_acceptance_seen_so_far() -> None:
+    gate = Gate()
+    for _ in range(30):
+        gate.observed(4, 0)
+    assert gate.new_row().rate < 0.1
+    assert gate.choose([gate.new_row()], [[1, 2, 3, 4]]) == [[]]
 
 
 class _Counter:

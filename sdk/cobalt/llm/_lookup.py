@@ -7,11 +7,11 @@ comes next. :class:`NgramIndex` finds that occurrence in constant time per
 token, and the target model checks all proposals in one pass, exactly as it
 checks a draft model's (:mod:`cobalt.llm._speculative`).
 
-Whether a step speculates is decided online, by :class:`Gate`: each request
-keeps its own acceptance rate, and the engine keeps the measured cost of a
-verifying pass relative to a plain one. A step speculates only when the
-tokens it is expected to yield per second beat a plain step's, so free
-writing, where lookups rarely match, runs as plain decoding.
+Whether a step speculates, and with how many proposals, is decided online
+by :class:`Gate`: each request keeps its own acceptance rate, and the engine
+measures what a wider pass costs. A step speculates only when the tokens it
+is expected to yield per second beat a plain step's, so free writing, where
+lookups rarely match, runs as plain decoding.
 
 Example:
     >>> index = NgramIndex()
@@ -77,6 +77,13 @@ class NgramIndex:
         return []
 
 
+_FIRST_PROBE = 8
+"""Plain steps before a request whose proposals are not paying has one checked again."""
+
+_LAST_PROBE = 128
+"""The longest that wait grows to, doubling after each probe that keeps nothing."""
+
+
 @dataclass
 class RowStats:
     """One request's record of its proposals."""
@@ -84,11 +91,11 @@ class RowStats:
     rate: float = 0.5
     """Exponentially weighted fraction of proposed tokens accepted."""
 
-    tried: bool = False
-    """Whether this request has had proposals verified yet."""
-
     idle: int = 0
     """Steps since this request last had proposals verified."""
+
+    probe_every: int = _FIRST_PROBE
+    """Steps after which its proposals are checked even when not expected to pay."""
 
     def expected(self, proposals: int) -> float:
         """Tokens a step is expected to yield with this many proposals (1 without any)."""
@@ -99,58 +106,80 @@ class RowStats:
             self.idle += 1
             return
         self.rate = 0.7 * self.rate + 0.3 * (accepted / proposed)
-        self.tried, self.idle = True, 0
+        self.idle = 0
+        self.probe_every = _FIRST_PROBE if accepted else min(2 * self.probe_every, _LAST_PROBE)
+
+    @property
+    def due(self) -> bool:
+        return self.idle >= self.probe_every
 
 
-_PROBE_EVERY = 16
-"""Steps after which a request whose proposals stopped paying has them checked again."""
+_FIRST_SLOPE = 0.25
+"""Extra cost of each verified column, over a plain step's, assumed until measured."""
 
-_FIRST_RATIO = 1.5
-"""The verifying pass's cost over a plain step's assumed until one is measured."""
+_MARGIN = 1.05
+"""Expected speed over plain decoding a step must promise to speculate (noise aside)."""
 
 
 @dataclass
 class Gate:
-    """Decides, step by step, which rows propose and whether the step speculates.
+    """Decides, step by step, how many proposals each row has verified, if any.
 
-    A step speculates when the tokens it is expected to yield, over the
-    measured cost of the wider pass, beat a plain step's one token per row.
-    A request's first proposals, and a failing request's every
-    :data:`_PROBE_EVERY` steps, are checked regardless, so each request's
-    acceptance is measured rather than assumed; that costs at most one
-    wider pass in :data:`_PROBE_EVERY` steps.
+    The cost of a verifying pass is measured online, per batch size, as a
+    plain step's time plus a slope per extra column; each request keeps its
+    own acceptance rate, starting from what requests have seen so far. A
+    step verifies ``n`` proposals per row for the ``n`` that maximizes
+    expected tokens per unit of time, and only when that beats a plain step
+    by :data:`_MARGIN`. A request that is not expected to pay has a single
+    proposal checked now and then (a two-column pass, after a wait that
+    doubles while nothing is kept), so its rate follows its text.
     """
 
     plain_s: dict[int, float] = field(default_factory=dict)
     """Seconds per plain step, by batch size."""
 
-    ratios: dict[int, float] = field(default_factory=dict)
-    """A verifying pass's time over a plain step's, by batch size (measured)."""
+    slopes: dict[int, float] = field(default_factory=dict)
+    """Each extra column's cost over a plain step's, by batch size (measured)."""
+
+    prior: float = 0.5
+    """Acceptance across all requests so far: a new request's starting rate."""
+
+    def new_row(self) -> RowStats:
+        return RowStats(rate=self.prior)
 
     def choose(self, stats: list[RowStats], proposals: list[list[int]]) -> list[list[int]]:
         """The proposals to verify this step: none where speculation is not expected to pay."""
-        chosen: list[list[int]] = []
-        probing = False
-        for row, offered in zip(stats, proposals, strict=True):
-            due = bool(offered) and (not row.tried or row.idle >= _PROBE_EVERY)
-            probing = probing or due
-            chosen.append(offered if offered and (row.rate >= 0.2 or due) else [])
-        gain = sum(row.expected(len(p)) for row, p in zip(stats, chosen, strict=True))
-        if not any(chosen) or (
-            not probing and gain / self.ratios.get(len(stats), _FIRST_RATIO) <= len(stats)
-        ):
+        rows = len(stats)
+        slope = self.slopes.get(rows, _FIRST_SLOPE)
+        widest = max((len(p) for p in proposals), default=0)
+        best, best_value = 0, _MARGIN
+        for n in range(1, widest + 1):
+            tokens = sum(
+                row.expected(min(n, len(p))) for row, p in zip(stats, proposals, strict=True)
+            )
+            value = tokens / (rows * (1 + slope * n))
+            if value > best_value:
+                best, best_value = n, value
+        if best:
+            return [p[:best] for p in proposals]
+        probes = [p[:1] if p and row.due else [] for row, p in zip(stats, proposals, strict=True)]
+        if not any(probes):
             for row in stats:
                 row.idle += 1
-            return [[] for _ in chosen]
-        return chosen
+        return probes
 
     def timed_plain(self, rows: int, seconds: float) -> None:
         self.plain_s[rows] = _blend(self.plain_s.get(rows), seconds)
 
-    def timed_verify(self, rows: int, seconds: float) -> None:
+    def timed_verify(self, rows: int, width: int, seconds: float) -> None:
         plain = self.plain_s.get(rows)
-        if plain:
-            self.ratios[rows] = _blend(self.ratios.get(rows), seconds / plain)
+        if plain and width > 1:
+            slope = max(0.0, (seconds / plain - 1) / (width - 1))
+            self.slopes[rows] = _blend(self.slopes.get(rows), slope)
+
+    def observed(self, proposed: int, accepted: int) -> None:
+        if proposed:
+            self.prior = 0.9 * self.prior + 0.1 * (accepted / proposed)
 
 
 def _blend(old: float | None, new: float) -> float:

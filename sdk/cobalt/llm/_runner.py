@@ -332,7 +332,7 @@ class Runner:
         rows = []
         for sequence in self._running:
             if sequence not in self._lookups:
-                self._lookups[sequence] = (NgramIndex(), RowStats())
+                self._lookups[sequence] = (NgramIndex(), self.lookup.new_row())
             index, row = self._lookups[sequence]
             known = len(sequence.prompt_ids) + len(sequence.output_ids)
             if len(index.tokens) < known:
@@ -346,9 +346,11 @@ class Runner:
         emitted, self._next, counts = lookup_step(
             self.model, self._kv, self._next, self._running, chosen, self.stats
         )
-        self.lookup.timed_verify(len(rows), time.perf_counter() - started)
+        width = 1 + max(len(p) for p in chosen)
+        self.lookup.timed_verify(len(rows), width, time.perf_counter() - started)
         for (_, row), proposals, kept in zip(rows, chosen, counts, strict=True):
             row.record(len(proposals), kept)
+            self.lookup.observed(len(proposals), kept)
         self._emit(emitted)
         return True
 
