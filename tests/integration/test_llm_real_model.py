@@ -104,3 +104,24 @@ def test_prompt_lookup_is_exact_and_accepts_on_a_copying_task(
     finally:
         plain.close()
         lookup.close()
+
+
+def test_a_gguf_model_is_converted_once_and_read_from_the_copy_after(
+    smollm2: tuple[str, Any, Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cobalt.llm import _gguf
+
+    path, model, tokenizer = smollm2
+    monkeypatch.setenv("COBALT_MODEL_CACHE", "off")
+    assert _gguf.cache_root() is None
+    monkeypatch.setenv("COBALT_MODEL_CACHE", str(tmp_path))
+    saved = tmp_path / _gguf.file_sha256(path)
+    _gguf._keep(model, tokenizer, saved)
+    assert (saved / "model.safetensors").is_file() and not list(tmp_path.glob(".partial-*"))
+    again, read = _gguf.load_gguf(path, None)  # from the copy: seconds, not a conversion
+    ids = tokenizer(LISTING, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        assert torch.equal(again(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert read.chat_template == tokenizer.chat_template
+    (tmp_path / "blocked").write_text("a file where a folder should go")
+    _gguf._keep(model, tokenizer, tmp_path / "blocked" / "x")  # an unwritable cache is skipped

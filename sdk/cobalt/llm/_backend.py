@@ -68,14 +68,9 @@ def load(model: Any, tokenizer: Any) -> tuple[Any, Any]:
             raise SpecError(
                 f"reading a .gguf file needs {' and '.join(missing)}: pip install 'cobalt[models]'."
             )
-        folder, file = os.path.split(os.path.abspath(path))
-        options: dict[str, Any] = {"gguf_file": file, "local_files_only": True}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **options)
-            if tokenizer is None:
-                tokenizer = AutoTokenizer.from_pretrained(folder, **options)
-        return loaded, tokenizer
+        from cobalt.llm._gguf import load_gguf
+
+        return load_gguf(path, tokenizer)
     if not os.path.isdir(path):
         raise SpecError(
             f"no model folder or .gguf file at {path!r}; pass a folder written by "
