@@ -33,6 +33,7 @@ import torch
 from cobalt.llm._kv import BatchKV
 from cobalt.llm._sampling import draw, probabilities
 from cobalt.llm._sequence import Sequence
+from cobalt.llm._speculative import verify
 from cobalt.llm._stats import Stats
 
 MAX_NGRAM = 3
@@ -211,15 +212,7 @@ def lookup_step(
     for r, offered in enumerate(proposals):
         if offered:
             proposed[r, : len(offered)] = torch.tensor(offered, device=next_tokens.device)
-    feed = torch.cat([next_tokens[:, None], proposed.clamp(min=0)], dim=1)
-    mask, positions = kv.step_inputs(width)
-    logits = target(
-        input_ids=feed,
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=kv.cache,
-        use_cache=True,
-    ).logits
+    logits = verify(target, kv, torch.cat([next_tokens[:, None], proposed.clamp(min=0)], dim=1))
     best = logits.argmax(dim=-1)
     accepted = (best[:, : width - 1] == proposed).long().cumprod(dim=1).sum(dim=1)
     bonus = best.gather(1, accepted[:, None])[:, 0]

@@ -76,15 +76,7 @@ def speculative_step(
             )
         proposals.append(token)
     proposed = torch.stack(proposals, dim=1)
-    feed = torch.cat([next_tokens[:, None], proposed], dim=1)
-    mask, positions = kv.step_inputs(k + 1)
-    logits = target(
-        input_ids=feed,
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=kv.cache,
-        use_cache=True,
-    ).logits
+    logits = verify(target, kv, torch.cat([next_tokens[:, None], proposed], dim=1))
     if greedy:
         best = logits.argmax(dim=-1)
         accepted = (best[:, :k] == proposed).long().cumprod(dim=1).sum(dim=1)
@@ -101,6 +93,19 @@ def speculative_step(
     bonuses = bonus.tolist()
     emitted = [[*listed[r][: counts[r]], bonuses[r]] for r in range(rows)]
     return emitted, bonus, pending
+
+
+def verify(target: Any, kv: BatchKV, feed: torch.Tensor) -> torch.Tensor:
+    """The target's logits for ``feed`` (each row's next token, then its proposals), in one
+    pass that appends them all to the cache."""
+    mask, positions = kv.step_inputs(int(feed.shape[1]))
+    return target(  # type: ignore[no-any-return]
+        input_ids=feed,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=kv.cache,
+        use_cache=True,
+    ).logits
 
 
 def _draft_with_pending(
