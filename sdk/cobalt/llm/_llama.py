@@ -135,16 +135,18 @@ class FastLlama(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones(rows, total, dtype=torch.long)
         mask = _mask(attention_mask, width)
-        cos = self.cos[position_ids][:, None]  # [rows, 1, width, head_dim]
-        sin = self.sin[position_ids][:, None]
+        cos = self.cos[position_ids][:, :, None]  # [rows, width, 1, head_dim]
+        sin = self.sin[position_ids][:, :, None]
         x = self.embed(input_ids)
-        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        heads, kv_heads = self.heads, self.kv_heads
+        q_size = heads * self.head_dim
         for index, layer in enumerate(self.blocks):
             h = nn.functional.rms_norm(x, (x.shape[-1],), layer.attn_norm, self.eps)
-            q, k, v = layer.qkv(h).split([q_size, kv_size, kv_size], dim=-1)
-            q = _rotate(q.view(rows, width, self.heads, self.head_dim).transpose(1, 2), cos, sin)
-            k = _rotate(k.view(rows, width, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-            v = v.view(rows, width, self.kv_heads, self.head_dim).transpose(1, 2)
+            qkv = layer.qkv(h).view(rows, width, heads + 2 * kv_heads, self.head_dim)
+            qk = _rotate(qkv[:, :, : heads + kv_heads], cos, sin)  # queries and keys at once
+            q = qk[:, :, :heads].transpose(1, 2)
+            k = qk[:, :, heads:].transpose(1, 2)
+            v = qkv[:, :, heads + kv_heads :].transpose(1, 2)
             keys, values = cache.update(k, v, index)
             attended = nn.functional.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, enable_gqa=self.kv_heads != self.heads
