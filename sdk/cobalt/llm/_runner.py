@@ -334,9 +334,11 @@ class Runner:
             if sequence not in self._lookups:
                 self._lookups[sequence] = (NgramIndex(), self.lookup.new_row())
             index, row = self._lookups[sequence]
-            known = len(sequence.prompt_ids) + len(sequence.output_ids)
-            if len(index.tokens) < known:
-                index.extend((sequence.prompt_ids + sequence.output_ids)[len(index.tokens) :])
+            prompt, seen = sequence.prompt_ids, len(index.tokens)
+            if seen < len(prompt):
+                index.extend(prompt[seen:])
+                seen = len(prompt)
+            index.extend(sequence.output_ids[seen - len(prompt) :])  # only tokens new since
             rows.append((index, row))
         offered = [index.propose(self.speculative_tokens) for index, _ in rows]
         chosen = self.lookup.choose([row for _, row in rows], offered)
