@@ -183,6 +183,7 @@ class Engine:
                 "(int8 copies are made for the torch backend on CPUs)."
             )
         self.model, self.draft = None, draft
+        self.speculation = "ngram" if draft == "ngram" else ("draft" if draft else None)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True)
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         self.name = name or model_name(path)
@@ -197,7 +198,7 @@ class Engine:
         )
 
     def __repr__(self) -> str:
-        draft = f", speculation={self.speculation!r}" if getattr(self, "speculation", None) else ""
+        draft = f", speculation={self.speculation!r}" if self.speculation else ""
         weights = f", weights={self.weights!r}" if self.backend == "torch" else ""
         return f"Engine({self.name!r}, backend={self.backend!r}{weights}{draft})"
 
