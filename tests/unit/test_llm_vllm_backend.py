@@ -30,6 +30,7 @@ WORDS = ["Hello", " there", ",", " friend", "!"]
 class FakeEngine:
     created: list[dict[str, Any]] = []
     aborted: list[str] = []
+    adapters: list[Any] = []
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
@@ -40,7 +41,10 @@ class FakeEngine:
         cls.created.append(args.options)
         return cls(args.options)
 
-    async def generate(self, request: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+    async def generate(
+        self, request: Any, params: Any, request_id: str, lora_request: Any = None
+    ) -> AsyncIterator[Any]:
+        self.adapters.append(lora_request)
         prompt_ids = request["prompt_token_ids"]
         n = min(params.options["max_tokens"], len(WORDS))
         for i in range(1, n + 1):
@@ -76,9 +80,14 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     module.AsyncLLMEngine = FakeEngine  # type: ignore[attr-defined]
     module.SamplingParams = Options  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "vllm", module)
+    lora = types.ModuleType("vllm.lora.request")
+    lora.LoRARequest = lambda *fields: fields  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", lora)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     FakeEngine.created.clear()
     FakeEngine.aborted.clear()
+    FakeEngine.adapters.clear()
     yield
 
 
@@ -147,3 +156,35 @@ def test_without_vllm_a_path_runs_on_torch(model_dir: Path) -> None:
         assert engine.generate("Hi", max_tokens=3, temperature=0).completion_tokens == 3
     finally:
         engine.close()
+
+
+def test_vllm_serves_lora_adapters_per_request(
+    fake_vllm: None, model_dir: Path, tmp_path: Path
+) -> None:
+    folders = {}
+    for name, rank in (("sql", 8), ("poet", 16)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(
+            '{"peft_type": "LORA", "r": %d, "lora_alpha": 16}' % rank
+        )
+        folders[name] = str(folder)
+    engine = ct.llm.Engine(str(model_dir), adapters=folders)
+    try:
+        (options,) = FakeEngine.created
+        assert options["enable_lora"] is True
+        assert options["max_loras"] == 2 and options["max_lora_rank"] == 16
+        engine.generate("Hi", max_tokens=2, adapter="poet")
+        engine.with_adapter("sql").generate("Hi", max_tokens=2)
+        engine.generate("Hi", max_tokens=2)
+        assert FakeEngine.adapters == [
+            ("poet", 2, folders["poet"]),
+            ("sql", 1, folders["sql"]),
+            None,
+        ]
+        with pytest.raises(ct.SpecError, match="'prose' is not served"):
+            engine.generate("Hi", max_tokens=2, adapter="prose")
+    finally:
+        engine.close()
+    with pytest.raises(ct.SpecError, match="adapter_config.json"):
+        ct.llm.Engine(str(model_dir), adapters={"none": str(tmp_path / "missing")})

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from cobalt.llm._embedder import Embedder
     from cobalt.llm._engine import Engine
     from cobalt.llm._example import example_model
+    from cobalt.llm._finetune import TrainedAdapter, train_lora
     from cobalt.llm._openai import openai_routes
     from cobalt.llm._tiny import random_model, random_tokenizer
 
@@ -30,6 +31,8 @@ _LAZY = {
     "Embedder": "cobalt.llm._embedder",
     "Engine": "cobalt.llm._engine",
     "example_model": "cobalt.llm._example",
+    "train_lora": "cobalt.llm._finetune",
+    "TrainedAdapter": "cobalt.llm._finetune",
     "openai_routes": "cobalt.llm._openai",
     "random_model": "cobalt.llm._tiny",
     "random_tokenizer": "cobalt.llm._tiny",
@@ -41,10 +44,12 @@ __all__ = [
     "Embedder",
     "Engine",
     "SamplingParams",
+    "TrainedAdapter",
     "example_model",
     "openai_routes",
     "random_model",
     "random_tokenizer",
+    "train_lora",
 ]
 
 

@@ -13,9 +13,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, overload
 
 import torch
@@ -30,6 +31,7 @@ from cobalt.llm._backend import (
     resolve_backend,
 )
 from cobalt.llm._embedder import mean_pooled
+from cobalt.llm._lora import MAX_ADAPTERS
 from cobalt.llm._prefix import PrefixCache
 from cobalt.llm._runner import Runner
 from cobalt.llm._sequence import Sequence as Running
@@ -84,6 +86,12 @@ class Engine:
         prefix_cache_tokens: how many prompt tokens the prefix cache holds.
         name: the model name reported to clients (``/v1/models``); by
             default the model's folder or file name, never its full path.
+        adapters: LoRA adapters to serve on this one base, as names to the
+            folders ``peft``'s ``save_pretrained`` wrote. A request picks one
+            with ``adapter=`` (or, through OpenAI's API, by sending its name
+            as ``model``); requests for different adapters decode in the same
+            batch, and each gets what the adapter merged into the base gives.
+            Served unmerged on Llama-family models on CPUs, and by vLLM.
 
     Raises:
         SpecError: an option is out of range, or the backend is not available.
@@ -103,6 +111,7 @@ class Engine:
         prefix_cache_tokens: int = 16384,
         name: str | None = None,
         weights: WeightFormat = "fp32",
+        adapters: Mapping[str, str | os.PathLike[str]] | None = None,
     ) -> None:
         for option, value in (
             ("speculative_tokens", speculative_tokens),
@@ -115,13 +124,23 @@ class Engine:
         self.weights = checked_format(weights)
         if name is not None:
             name = checked_name(name)
+        served = _checked_adapters(adapters)
+        self.adapters: tuple[str, ...] = tuple(served)
         self.backend = resolve_backend(backend, model)
         self._stats = Stats("text")
         self._vllm: VllmRunner | None = None
         if self.backend == "vllm":
             self._start_vllm(
-                str(model), tokenizer, draft, speculative_tokens, max_batch_size, prefix_cache, name
+                str(model),
+                tokenizer,
+                draft,
+                speculative_tokens,
+                max_batch_size,
+                prefix_cache,
+                name,
+                served,
             )
+            self._check_names()
             return
         default_name = model_name(model)
         model, tokenizer = load(model, tokenizer)
@@ -145,6 +164,17 @@ class Engine:
         config = model.config
         self.name = name or default_name
         self.fast = fast_forward(model, self.weights)
+        if served:
+            if self.fast is None:
+                from cobalt.llm._llama import unsupported
+
+                raise SpecError(
+                    f"LoRA adapters are served unmerged on Llama-family models on CPUs, and "
+                    f"{unsupported(model)}; merge each adapter with peft's merge_and_unload "
+                    "and serve it as its own Engine, or use backend='vllm' on a GPU."
+                )
+            self.fast.load_adapters(served)
+        self._check_names()
         self.max_length = int(
             getattr(config, "max_position_embeddings", None)
             or getattr(config, "n_positions", None)
@@ -173,6 +203,7 @@ class Engine:
         max_batch_size: int,
         prefix_cache: bool,
         name: str | None,
+        adapters: dict[str, str],
     ) -> None:
         """vLLM runs the model; this engine keeps the tokenizer for prompts and chats."""
         from transformers import AutoConfig, AutoTokenizer
@@ -195,12 +226,44 @@ class Engine:
             max_batch_size=max_batch_size,
             prefix_cache=prefix_cache,
             stats=self._stats,
+            adapters=adapters,
         )
+
+    def _check_names(self) -> None:
+        if self.name in self.adapters:
+            raise SpecError(
+                f"an adapter is named {self.name!r}, as the base model is; requests could not "
+                "tell them apart, so give the adapter another name."
+            )
 
     def __repr__(self) -> str:
         draft = f", speculation={self.speculation!r}" if self.speculation else ""
         weights = f", weights={self.weights!r}" if self.backend == "torch" else ""
-        return f"Engine({self.name!r}, backend={self.backend!r}{weights}{draft})"
+        served = f", adapters={list(self.adapters)!r}" if self.adapters else ""
+        return f"Engine({self.name!r}, backend={self.backend!r}{weights}{draft}{served})"
+
+    def with_adapter(self, adapter: str | None) -> AdapterView:
+        """This engine answering with one of its LoRA adapters (``None``: the base).
+
+        The view has the engine's generating methods; its requests share the
+        engine's batches.
+
+        Raises:
+            SpecError: the engine serves no adapter of that name.
+        """
+        self._adapter_index(adapter)
+        return AdapterView(self, adapter)
+
+    def _adapter_index(self, adapter: str | None) -> int:
+        if adapter is None or adapter == self.name:
+            return 0
+        if adapter not in self.adapters:
+            served = ", ".join(map(repr, self.adapters)) or "none"
+            raise SpecError(
+                f"adapter {adapter!r} is not served by this engine (adapters: {served}); "
+                "pass it in Engine(adapters={name: folder})."
+            )
+        return self.adapters.index(adapter) + 1
 
     # -- text ---------------------------------------------------------------
 
@@ -240,35 +303,56 @@ class Engine:
         lines = [_FALLBACK_CHAT.format(role=m["role"], content=m["content"]) for m in messages]
         return "".join(lines) + "assistant:"
 
-    def _start(self, prompt: Prompt, params: SamplingParams, sink: Any) -> Running:
+    def _start(
+        self, prompt: Prompt, params: SamplingParams, sink: Any, adapter: str | None
+    ) -> Running:
         sequence = Running.new(
-            self.encode(prompt), params, sink, self.tokenizer, self._eos, self.max_length
+            self.encode(prompt),
+            params,
+            sink,
+            self.tokenizer,
+            self._eos,
+            self.max_length,
+            self._adapter_index(adapter),
         )
         self._runner.submit(sequence)
         return sequence
 
     def stream(
-        self, prompt: Prompt, params: SamplingParams | None = None, **sampling: Any
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        adapter: str | None = None,
+        **sampling: Any,
     ) -> Iterator[Chunk]:
         """Generate, yielding text as it comes; the last chunk has ``finish_reason``.
 
         Takes a :class:`SamplingParams` or its fields as keywords
-        (``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``).
+        (``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``), and
+        the name of one of the engine's LoRA adapters as ``adapter``.
         """
         params = params or SamplingParams.checked(**sampling)
         if self._vllm is not None:
-            return self._vllm.stream(self.encode(prompt), params)
+            self._adapter_index(adapter)
+            return self._vllm.stream(self.encode(prompt), params, adapter)
         items: queue.SimpleQueue[Chunk | Completion | BaseException] = queue.SimpleQueue()
-        sequence = self._start(prompt, params, items.put)
+        sequence = self._start(prompt, params, items.put, adapter)
         return _drain(items, sequence)
 
     def astream(
-        self, prompt: Prompt, params: SamplingParams | None = None, **sampling: Any
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        adapter: str | None = None,
+        **sampling: Any,
     ) -> AsyncIterator[Chunk]:
         """:meth:`stream` for ``async for``; the event loop is never blocked."""
         params = params or SamplingParams.checked(**sampling)
         if self._vllm is not None:
-            return self._vllm.astream(self.encode(prompt), params)
+            self._adapter_index(adapter)
+            return self._vllm.astream(self.encode(prompt), params, adapter)
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[Chunk | Completion | BaseException] = asyncio.Queue()
 
@@ -278,45 +362,67 @@ class Engine:
             except RuntimeError:  # the loop has closed: nobody is listening
                 sequence.cancelled = True
 
-        sequence = self._start(prompt, params, sink)
+        sequence = self._start(prompt, params, sink, adapter)
         return _adrain(items, sequence)
 
     @overload
     def generate(
-        self, prompt: Prompt, params: SamplingParams | None = None, **sampling: Any
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        adapter: str | None = None,
+        **sampling: Any,
     ) -> Completion: ...
 
     @overload
     def generate(
-        self, prompt: list[str], params: SamplingParams | None = None, **sampling: Any
+        self,
+        prompt: list[str],
+        params: SamplingParams | None = None,
+        *,
+        adapter: str | None = None,
+        **sampling: Any,
     ) -> list[Completion]: ...
 
     def generate(
-        self, prompt: Prompt | list[str], params: SamplingParams | None = None, **sampling: Any
+        self,
+        prompt: Prompt | list[str],
+        params: SamplingParams | None = None,
+        *,
+        adapter: str | None = None,
+        **sampling: Any,
     ) -> Completion | list[Completion]:
         """Generate to the end; a list of string prompts runs as one batch."""
         params = params or SamplingParams.checked(**sampling)
         many = isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], str)
         prompts: list[Prompt] = list(prompt) if many else [prompt]  # type: ignore[arg-type,list-item]
         if self._vllm is not None:
-            done = self._vllm.generate_all([self.encode(p) for p in prompts], params)
+            self._adapter_index(adapter)
+            done = self._vllm.generate_all([self.encode(p) for p in prompts], params, adapter)
             return done if many else done[0]
         waits = []
         for one in prompts:
             items: queue.SimpleQueue[Chunk | Completion | BaseException] = queue.SimpleQueue()
-            waits.append((items, self._start(one, params, items.put)))
+            waits.append((items, self._start(one, params, items.put, adapter)))
         done = [_completion(items, sequence) for items, sequence in waits]
         return done if many else done[0]
 
     async def agenerate(
-        self, prompt: Prompt, params: SamplingParams | None = None, **sampling: Any
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        adapter: str | None = None,
+        **sampling: Any,
     ) -> Completion:
         """:meth:`generate` for one prompt, awaited."""
         params = params or SamplingParams.checked(**sampling)
         if self._vllm is not None:
+            self._adapter_index(adapter)
             started = time.perf_counter()
             ids = self.encode(prompt)
-            chunks = [c async for c in self._vllm.astream(ids, params)]
+            chunks = [c async for c in self._vllm.astream(ids, params, adapter)]
             return completion_of(chunks, len(ids), started)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Completion] = loop.create_future()
@@ -326,7 +432,7 @@ class Engine:
                 return
             loop.call_soon_threadsafe(_settle, future, item)
 
-        self._start(prompt, params, sink)
+        self._start(prompt, params, sink, adapter)
         return await future
 
     # -- embeddings ---------------------------------------------------------
@@ -359,6 +465,67 @@ class Engine:
             self._vllm.close()
         else:
             self._runner.close()
+
+
+class AdapterView:
+    """An :class:`Engine` answering with one LoRA adapter (see :meth:`Engine.with_adapter`)."""
+
+    def __init__(self, engine: Engine, adapter: str | None) -> None:
+        self.engine, self.adapter = engine, adapter
+        self.name = adapter or engine.name
+
+    def __repr__(self) -> str:
+        return f"{self.engine!r}.with_adapter({self.adapter!r})"
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        return self.engine.encode(prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+    def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> str:
+        return self.engine.chat_prompt(messages)
+
+    def stream(
+        self, prompt: Prompt, params: SamplingParams | None = None, **sampling: Any
+    ) -> Iterator[Chunk]:
+        return self.engine.stream(prompt, params, adapter=self.adapter, **sampling)
+
+    def astream(
+        self, prompt: Prompt, params: SamplingParams | None = None, **sampling: Any
+    ) -> AsyncIterator[Chunk]:
+        return self.engine.astream(prompt, params, adapter=self.adapter, **sampling)
+
+    def generate(
+        self, prompt: Prompt, params: SamplingParams | None = None, **sampling: Any
+    ) -> Completion:
+        return self.engine.generate(prompt, params, adapter=self.adapter, **sampling)
+
+    async def agenerate(
+        self, prompt: Prompt, params: SamplingParams | None = None, **sampling: Any
+    ) -> Completion:
+        return await self.engine.agenerate(prompt, params, adapter=self.adapter, **sampling)
+
+
+def _checked_adapters(adapters: object) -> dict[str, str]:
+    """``Engine(adapters=)`` as names to folder paths, checked."""
+    if adapters is None:
+        return {}
+    if not isinstance(adapters, Mapping):
+        raise SpecError(
+            f"adapters takes a mapping of names to adapter folders, such as "
+            f"{{'sql': 'adapters/sql'}}, not a {type(adapters).__name__}."
+        )
+    if len(adapters) > MAX_ADAPTERS:
+        raise SpecError(f"an engine serves at most {MAX_ADAPTERS} adapters; {len(adapters)} given.")
+    served = {}
+    for name, folder in adapters.items():
+        if not isinstance(name, str):
+            raise SpecError(f"adapter names are strings, not {name!r}.")
+        if not isinstance(folder, str | os.PathLike):
+            raise SpecError(f"adapter {name!r} takes the path of a folder, not {folder!r}.")
+        served[checked_name(name)] = os.fspath(folder)
+    return served
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

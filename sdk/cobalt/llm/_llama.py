@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from cobalt.llm._lora import LoraBank, read_adapter
 from cobalt.llm._weights import PackedLinear, WeightFormat
 
 
@@ -111,6 +112,37 @@ class FastLlama(nn.Module):
         scaling = float(getattr(rotary, "attention_scaling", 1.0))
         self.cos = table.cos() * scaling
         self.sin = table.sin() * scaling
+        hidden, q_size = int(config.hidden_size), self.heads * self.head_dim
+        kv_size, inter = self.kv_heads * self.head_dim, self.blocks[0].intermediate
+        self._projections = {
+            "q_proj": (q_size, hidden),
+            "k_proj": (kv_size, hidden),
+            "v_proj": (kv_size, hidden),
+            "o_proj": (hidden, q_size),
+            "gate_proj": (inter, hidden),
+            "up_proj": (inter, hidden),
+            "down_proj": (hidden, inter),
+        }
+        self._fused = {
+            "qkv": (hidden, [q_size, kv_size, kv_size]),
+            "out": (q_size, [hidden]),
+            "gate_up": (hidden, [inter, inter]),
+            "down": (inter, [hidden]),
+        }
+        self.lora = LoraBank.empty(len(self.blocks), self._fused)
+
+    def load_adapters(self, adapters: dict[str, str]) -> None:
+        """Serve these LoRA adapters (name to ``peft`` folder); requests pick one by its
+        number in :attr:`lora`'s ``adapters``, counting from 1, in ``forward(adapters=)``.
+
+        Raises:
+            SpecError: a folder is not a LoRA adapter this model can serve.
+        """
+        read = [
+            read_adapter(name, path, len(self.blocks), self._projections)
+            for name, path in adapters.items()
+        ]
+        self.lora = LoraBank.build(read, len(self.blocks), self._fused)
 
     def weight_bytes(self) -> int:
         """Bytes of weights one decoding step reads (the embedding is looked up, not read)."""
@@ -124,8 +156,11 @@ class FastLlama(nn.Module):
         past_key_values: DynamicCache | None = None,
         use_cache: bool = True,
         logits_to_keep: int = 0,
+        adapters: torch.Tensor | None = None,
         **_: Any,
     ) -> Output:
+        """One pass; ``adapters`` gives each row's adapter (0 for none, see
+        :meth:`load_adapters`)."""
         cache = past_key_values if past_key_values is not None else DynamicCache()
         rows, width = input_ids.shape
         past = cache.get_seq_length() if past_key_values is not None else 0
@@ -140,9 +175,22 @@ class FastLlama(nn.Module):
         x = self.embed(input_ids)
         heads, kv_heads = self.heads, self.kv_heads
         q_size = heads * self.head_dim
+        masks = None
+        if adapters is not None and self.lora.adapters and bool(adapters.any()):
+            masks = self.lora.masks(adapters)
+
+        def project(linear: PackedLinear, index: int, fused: str, h: torch.Tensor) -> torch.Tensor:
+            y: torch.Tensor = linear(h)
+            if masks is not None:
+                delta = self.lora.delta(index, fused, h, masks)
+                if delta is not None:
+                    y = y + delta
+            return y
+
         for index, layer in enumerate(self.blocks):
             h = nn.functional.rms_norm(x, (x.shape[-1],), layer.attn_norm, self.eps)
-            qkv = layer.qkv(h).view(rows, width, heads + 2 * kv_heads, self.head_dim)
+            qkv = project(layer.qkv, index, "qkv", h)
+            qkv = qkv.view(rows, width, heads + 2 * kv_heads, self.head_dim)
             qk = _rotate(qkv[:, :, : heads + kv_heads], cos, sin)  # queries and keys at once
             q = qk[:, :, :heads].transpose(1, 2)
             k = qk[:, :, heads:].transpose(1, 2)
@@ -151,10 +199,12 @@ class FastLlama(nn.Module):
             attended = nn.functional.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, enable_gqa=self.kv_heads != self.heads
             )
-            x = x + layer.out(attended.transpose(1, 2).reshape(rows, width, q_size))
+            attended = attended.transpose(1, 2).reshape(rows, width, q_size)
+            x = x + project(layer.out, index, "out", attended)
             h = nn.functional.rms_norm(x, (x.shape[-1],), layer.mlp_norm, self.eps)
-            gate, up = layer.gate_up(h).split([layer.intermediate, layer.intermediate], dim=-1)
-            x = x + layer.down(nn.functional.silu(gate) * up)
+            gate_up = project(layer.gate_up, index, "gate_up", h)
+            gate, up = gate_up[..., : layer.intermediate], gate_up[..., layer.intermediate :]
+            x = x + project(layer.down, index, "down", nn.functional.silu(gate) * up)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         x = nn.functional.rms_norm(x, (x.shape[-1],), self.norm, self.eps)

@@ -71,12 +71,15 @@ class OpenAIServer:
         self.embeds = callable(getattr(engine, "aembed", None)) or callable(
             getattr(engine, "embed", None)
         )
+        adapters = getattr(engine, "adapters", ()) if self.generates else ()
+        self.adapters: tuple[str, ...] = tuple(a for a in adapters if isinstance(a, str))
 
     # -- routes --------------------------------------------------------------------------
 
     async def models(self, request: RawRequest) -> RawResponse:
         card = {"id": self.model, "object": "model", "created": self.created, "owned_by": "cobalt"}
-        return RawResponse.json({"object": "list", "data": [card]})
+        cards = [card] + [{**card, "id": name, "parent": self.model} for name in self.adapters]
+        return RawResponse.json({"object": "list", "data": cards})
 
     async def completions(self, request: RawRequest) -> RawResponse:
         return await self._guard(request, lambda: self._completions(request))
@@ -91,39 +94,40 @@ class OpenAIServer:
 
     async def _completions(self, request: RawRequest) -> RawResponse:
         body = parse(CompletionRequest, request.body)
-        self._check(body.model, "/v1/completions", self.generates, "generate text")
+        engine, name = self._check(body.model, "/v1/completions", self.generates, "generate text")
         refuse_unsupported(body)
         params = _sampling(body, body.max_tokens, DEFAULT_COMPLETION_TOKENS)
         prompts = _prompts(body.prompt)
         ident, created = "cmpl-" + secrets.token_hex(12), int(time.time())
+        head = self._head(ident, "text_completion", created, name)
         if body.stream:
-            stream = self._stream(request, ident, "text_completion", created, body.include_usage)
+            stream = self._stream(request, engine, head, body.include_usage)
             return await primed(completion_events(stream, prompts, params))
-        done = await asyncio.gather(*(generate(self.engine, p, params) for p in prompts))
+        done = await asyncio.gather(*(generate(engine, p, params) for p in prompts))
         choices = [
             {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
             for i, (text, _, finish) in enumerate(done)
         ]
         prompt_tokens = sum(self._count(p) for p in prompts)
-        answer = self._head(ident, "text_completion", created)
+        answer = head
         answer["choices"] = choices
         answer["usage"] = usage(prompt_tokens, sum(n for _, n, _ in done))
         return RawResponse.json(answer)
 
     async def _chat(self, request: RawRequest) -> RawResponse:
         body = parse(ChatRequest, request.body)
-        self._check(body.model, "/v1/chat/completions", self.chats, "chat")
+        engine, name = self._check(body.model, "/v1/chat/completions", self.chats, "chat")
         refuse_unsupported(body)
         limit = body.max_completion_tokens if body.max_tokens is None else body.max_tokens
         params = _sampling(body, limit, DEFAULT_CHAT_TOKENS)
         prompt = self.engine.chat_prompt(_messages(body.messages))
         ident, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
         if body.stream:
-            kind = "chat.completion.chunk"
-            stream = self._stream(request, ident, kind, created, body.include_usage)
+            head = self._head(ident, "chat.completion.chunk", created, name)
+            stream = self._stream(request, engine, head, body.include_usage)
             return await primed(chat_events(stream, prompt, params))
-        text, tokens, finish = await generate(self.engine, prompt, params)
-        answer = self._head(ident, "chat.completion", created)
+        text, tokens, finish = await generate(engine, prompt, params)
+        answer = self._head(ident, "chat.completion", created, name)
         message = {"role": "assistant", "content": text}
         answer["choices"] = [
             {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
@@ -134,6 +138,14 @@ class OpenAIServer:
     async def _embeddings(self, request: RawRequest) -> RawResponse:
         body = parse(EmbeddingRequest, request.body)
         self._check(body.model, "/v1/embeddings", self.embeds, "embed text")
+        if body.model in self.adapters:
+            raise OpenAIError(
+                404,
+                f"{body.model!r} is a LoRA adapter, which serves text generation only; ask "
+                f"for embeddings from {self.model!r}.",
+                param="model",
+                code="model_not_supported",
+            )
         given = body.input
         texts = [given] if isinstance(given, str) else given
         if not texts:
@@ -178,28 +190,29 @@ class OpenAIServer:
         return len(prompt)
 
     def _stream(
-        self, request: RawRequest, ident: str, kind: str, created: int, include_usage: bool
+        self, request: RawRequest, engine: Any, head: dict[str, Any], include_usage: bool
     ) -> Stream:
         fail = functools.partial(self._error, request)
-        return Stream(
-            self.engine, self._head(ident, kind, created), self._count, fail, include_usage
-        )
+        return Stream(engine, head, self._count, fail, include_usage)
 
-    def _head(self, ident: str, kind: str, created: int) -> dict[str, Any]:
+    def _head(self, ident: str, kind: str, created: int, model: str) -> dict[str, Any]:
         return {
             "id": ident,
             "object": kind,
             "created": created,
-            "model": self.model,
+            "model": model,
             "system_fingerprint": None,
         }
 
-    def _check(self, model: str | None, route: str, able: bool, what: str) -> None:
-        if model is not None and model != self.model:
+    def _check(self, model: str | None, route: str, able: bool, what: str) -> tuple[Any, str]:
+        """The engine that answers a request naming ``model`` (an adapter's view for an
+        adapter's name), and the name answers carry."""
+        if model is not None and model != self.model and model not in self.adapters:
+            served = ", ".join(map(repr, (self.model, *self.adapters)))
             raise OpenAIError(
                 404,
-                f"model {model!r} is not served here; this deployment serves {self.model!r} "
-                "(GET /v1/models lists it).",
+                f"model {model!r} is not served here; this deployment serves {served} "
+                "(GET /v1/models lists them).",
                 param="model",
                 code="model_not_found",
             )
@@ -217,6 +230,9 @@ class OpenAIServer:
                 param="model",
                 code="model_not_supported",
             )
+        if model is None or model == self.model:
+            return self.engine, self.model
+        return self.engine.with_adapter(model), model
 
     def _error(self, request: RawRequest, exc: Exception) -> OpenAIError:
         if isinstance(exc, OpenAIError):

@@ -6,7 +6,8 @@ common start with any kept prompt, so only its remainder is run through the
 model. A system prompt shared by every chat request is computed once.
 
 Keys and values of a prefix depend only on the prefix (the models are
-causal), so reuse changes nothing but the time to the first token.
+causal) and on the LoRA adapter that computed them, so entries are kept per
+adapter, and reuse changes nothing but the time to the first token.
 
 Example:
     >>> import torch
@@ -42,11 +43,13 @@ class PrefixCache:
 
     def __init__(self, max_tokens: int = 16384) -> None:
         self.max_tokens = max_tokens
-        self._entries: OrderedDict[tuple[int, ...], list[LayerKV]] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, tuple[int, ...]], list[LayerKV]] = OrderedDict()
         self._tokens = 0
 
-    def lookup(self, prompt: Sequence[int]) -> tuple[int, list[LayerKV]]:
+    def lookup(self, prompt: Sequence[int], adapter: int = 0) -> tuple[int, list[LayerKV]]:
         """The number of prompt tokens covered, and their layers; (0, []) on a miss.
+
+        Only prompts prefilled with the same ``adapter`` are reused.
 
         At least the prompt's last token is always left to compute, since its
         logits give the first generated token.
@@ -54,9 +57,10 @@ class PrefixCache:
         best, best_key = 0, None
         query = tuple(prompt[:-1])
         for key in self._entries:
-            if min(len(key), len(query)) <= best:
+            owner, tokens = key
+            if owner != adapter or min(len(tokens), len(query)) <= best:
                 continue
-            common = _common_start(key, query)
+            common = _common_start(tokens, query)
             if common > best:
                 best, best_key = common, key
         if best_key is None or best < _MIN_REUSE:
@@ -65,16 +69,17 @@ class PrefixCache:
         layers = self._entries[best_key]
         return best, [(k[:, :, :best], v[:, :, :best]) for k, v in layers]
 
-    def store(self, prompt: Sequence[int], layers: list[LayerKV]) -> None:
+    def store(self, prompt: Sequence[int], layers: list[LayerKV], adapter: int = 0) -> None:
         """Keep a prefilled prompt's layers (one row, no padding)."""
-        key = tuple(prompt)
-        if len(key) < _MIN_REUSE or len(key) > self.max_tokens:
+        tokens = tuple(prompt)
+        if len(tokens) < _MIN_REUSE or len(tokens) > self.max_tokens:
             return
+        key = (adapter, tokens)
         if key in self._entries:
             self._entries.move_to_end(key)
             return
         self._entries[key] = layers
-        self._tokens += len(key)
+        self._tokens += len(tokens)
         while self._tokens > self.max_tokens:
-            old, _ = self._entries.popitem(last=False)
+            (_, old), _ = self._entries.popitem(last=False)
             self._tokens -= len(old)

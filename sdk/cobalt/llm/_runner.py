@@ -56,6 +56,21 @@ class _SingleThreaded:
             torch.set_num_threads(threads)
 
 
+class _Adapted:
+    """The target model called with each row's LoRA adapter (see :mod:`cobalt.llm._lora`)."""
+
+    def __init__(self, model: Any, rows: torch.Tensor) -> None:
+        self.model, self.rows = model, rows
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, adapters=self.rows, **kwargs)
+
+
+def _with(model: Any, rows: torch.Tensor) -> Any:
+    """``model``, called with these rows' adapters when any row has one."""
+    return _Adapted(model, rows) if bool(rows.any()) else model
+
+
 def stop_at_exit(owner: Any) -> None:
     """Call ``owner.close()`` when the interpreter exits, unless it is gone by then.
 
@@ -103,6 +118,7 @@ class Runner:
         self._running: list[Sequence] = []
         self._next = torch.zeros(0, dtype=torch.long, device=self.device)
         self._pending = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._adapters = torch.zeros(0, dtype=torch.long, device=self.device)
         self._kv = BatchKV.empty()
         self._draft_kv = BatchKV.empty() if draft is not None else None
         self._wake = threading.Condition()
@@ -154,6 +170,7 @@ class Runner:
                 self._running, self._kv = [], BatchKV.empty()
                 self._lookups.clear()
                 self._next, self._pending = self._next[:0], self._pending[:0]
+                self._adapters = self._adapters[:0]
                 if self._draft_kv is not None:
                     self._draft_kv = BatchKV.empty()
         for sequence in failed:
@@ -185,9 +202,13 @@ class Runner:
         live = [s for s in sequences if not s.cancelled]
         if not live:
             return
-        prefilled = self._prefill(self.model, live, self.prefix_cache)
-        drafted = self._prefill(self.draft, live, None) if self._draft_kv is not None else None
-        rows, lengths, firsts, draft_rows = [], [], [], []
+        prefilled = self._prefill(self.model, live, self.prefix_cache, adapted=True)
+        drafted = (
+            self._prefill(self.draft, live, None, adapted=False)
+            if self._draft_kv is not None
+            else None
+        )
+        rows, lengths, firsts, draft_rows, adapters = [], [], [], [], []
         for i, sequence in enumerate(live):
             layers, logits = prefilled[i]
             first = int(pick(logits, [sequence.params], [sequence.generator])[0])
@@ -199,6 +220,7 @@ class Runner:
             rows.append(layers)
             lengths.append(len(sequence.prompt_ids))
             firsts.append(first)
+            adapters.append(sequence.adapter)
             if drafted is not None:
                 draft_rows.append(drafted[i][0])
             self._running.append(sequence)
@@ -210,21 +232,32 @@ class Runner:
         added = torch.tensor(firsts, dtype=torch.long, device=self.device)
         self._next = torch.cat([self._next, added])
         self._pending = torch.cat([self._pending, torch.full_like(added, -1)])
+        self._adapters = torch.cat([self._adapters, torch.tensor(adapters).to(self._adapters)])
 
     def _prefill(
-        self, model: Any, sequences: list[Sequence], cache: PrefixCache | None
+        self, model: Any, sequences: list[Sequence], cache: PrefixCache | None, *, adapted: bool
     ) -> list[tuple[list[LayerKV], torch.Tensor]]:
         """Each prompt's layers and last logits. Prompts with a cached prefix run alone on
-        the rest; the others run together, left-padded, in groups of bounded size."""
+        the rest; the others run together, left-padded, in groups of bounded size. With
+        ``adapted``, each prompt runs with its request's LoRA adapter."""
+
+        def rows(indices: list[int]) -> torch.Tensor:
+            chosen = [sequences[i].adapter if adapted else 0 for i in indices]
+            return torch.tensor(chosen, dtype=torch.long, device=self.device)
+
         done: dict[int, tuple[list[LayerKV], torch.Tensor]] = {}
         fresh: list[int] = []
         for i, sequence in enumerate(sequences):
-            reused, past = cache.lookup(sequence.prompt_ids) if cache is not None else (0, [])
+            reused, past = (
+                cache.lookup(sequence.prompt_ids, sequence.adapter)
+                if cache is not None
+                else (0, [])
+            )
             if not reused:
                 fresh.append(i)
                 continue
             sequence.cached_tokens = reused
-            done[i] = self._forward_rest(model, sequence.prompt_ids, reused, past)
+            done[i] = self._forward_rest(_with(model, rows([i])), sequence.prompt_ids, reused, past)
         group: list[int] = []
         for i in [*fresh, -1]:
             width = max([len(sequences[j].prompt_ids) for j in group] or [0])
@@ -233,14 +266,15 @@ class Runner:
                 and max(width, len(sequences[i].prompt_ids)) * (len(group) + 1) > _PREFILL_TOKENS
             ):
                 prompts = [sequences[j].prompt_ids for j in group]
-                for j, result in zip(group, self._forward_padded(model, prompts), strict=True):
+                passed = self._forward_padded(_with(model, rows(group)), prompts)
+                for j, result in zip(group, passed, strict=True):
                     done[j] = result
                 group = []
             if i != -1:
                 group.append(i)
         if cache is not None:
             for i, sequence in enumerate(sequences):
-                cache.store(sequence.prompt_ids, done[i][0])
+                cache.store(sequence.prompt_ids, done[i][0], sequence.adapter)
         return [done[i] for i in range(len(sequences))]
 
     def _forward_rest(
@@ -288,7 +322,7 @@ class Runner:
         self.stats.batch(rows)
         if self.draft is not None and self._draft_kv is not None:
             emitted, self._next, self._pending = speculative_step(
-                self.model,
+                _with(self.model, self._adapters),
                 self.draft,
                 self._kv,
                 self._draft_kv,
@@ -303,7 +337,7 @@ class Runner:
         else:
             started = time.perf_counter()
             mask, positions = self._kv.step_inputs(1)
-            out = self.model(
+            out = _with(self.model, self._adapters)(
                 input_ids=self._next[:, None],
                 attention_mask=mask,
                 position_ids=positions,
@@ -346,7 +380,12 @@ class Runner:
             return False
         started = time.perf_counter()
         emitted, self._next, counts = lookup_step(
-            self.model, self._kv, self._next, self._running, chosen, self.stats
+            _with(self.model, self._adapters),
+            self._kv,
+            self._next,
+            self._running,
+            chosen,
+            self.stats,
         )
         width = 1 + max(len(p) for p in chosen)
         self.lookup.timed_verify(len(rows), width, time.perf_counter() - started)
@@ -371,6 +410,7 @@ class Runner:
             self._draft_kv.keep_rows(keep)
         self._next = self._next[keep] if keep else self._next[:0]
         self._pending = self._pending[keep] if keep else self._pending[:0]
+        self._adapters = self._adapters[keep] if keep else self._adapters[:0]
 
     def _finish(self, sequence: Sequence) -> None:
         if sequence.finish_reason is not None:

@@ -36,6 +36,8 @@ class Sequence:
     first_token_at: float | None = None
     last_token_at: float | None = None
     cached_tokens: int = 0
+    adapter: int = 0
+    """The LoRA adapter the request asked for, counting from 1; 0 is the base model."""
     finish_reason: FinishReason | None = None
     cancelled: bool = False
 
@@ -48,6 +50,7 @@ class Sequence:
         tokenizer: Any,
         eos_ids: frozenset[int],
         max_length: int,
+        adapter: int = 0,
     ) -> Sequence:
         generator = None
         if not params.greedy:
@@ -64,6 +67,7 @@ class Sequence:
             eos_ids=eos_ids,
             max_length=max_length,
             generator=generator,
+            adapter=adapter,
         )
 
     @property

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cobalt.llm._stats import Stats
 from cobalt.llm._types import Chunk, Completion, FinishReason, Prompt, SamplingParams
+from cobalt_common.errors import SpecError
 
 T = TypeVar("T")
 _ids = itertools.count()
@@ -37,6 +40,7 @@ class VllmRunner:
         max_batch_size: int,
         prefix_cache: bool,
         stats: Stats,
+        adapters: dict[str, str] | None = None,
     ) -> None:
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
@@ -56,6 +60,17 @@ class VllmRunner:
                 "model": draft,
                 "num_speculative_tokens": speculative_tokens,
             }
+        self._adapters: dict[str, Any] = {}
+        if adapters:  # vLLM's own multi-LoRA batching
+            from vllm.lora.request import LoRARequest
+
+            options["enable_lora"] = True
+            options["max_loras"] = len(adapters)
+            options["max_lora_rank"] = max(lora_rank(path) for path in adapters.values())
+            self._adapters = {
+                name: LoRARequest(name, number, path)
+                for number, (name, path) in enumerate(adapters.items(), start=1)
+            }
         self.stats = stats
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -65,7 +80,9 @@ class VllmRunner:
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    async def chunks(self, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Chunk, None]:
+    async def chunks(
+        self, prompt: Prompt, params: SamplingParams, adapter: str | None = None
+    ) -> AsyncGenerator[Chunk, None]:
         """Chunks of one generation, read on the backend's own loop."""
         from vllm import SamplingParams as VllmParams
 
@@ -81,7 +98,9 @@ class VllmRunner:
         arrived, first, last = time.perf_counter(), None, None
         text_sent, tokens_sent = 0, 0
         try:
-            async for output in self._engine.generate(request, vllm_params, request_id):
+            lora = self._adapters.get(adapter) if adapter is not None else None
+            outputs = self._engine.generate(request, vllm_params, request_id, lora_request=lora)
+            async for output in outputs:
                 now = time.perf_counter()
                 done = output.outputs[0]
                 new_tokens = tuple(done.token_ids[tokens_sent:])
@@ -102,8 +121,10 @@ class VllmRunner:
         finally:
             await self._engine.abort(request_id)
 
-    def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[Chunk]:
-        agen = self.chunks(prompt, params)
+    def stream(
+        self, prompt: Prompt, params: SamplingParams, adapter: str | None = None
+    ) -> Iterator[Chunk]:
+        agen = self.chunks(prompt, params, adapter)
         try:
             while True:
                 try:
@@ -113,8 +134,10 @@ class VllmRunner:
         finally:
             self._run(agen.aclose())
 
-    async def astream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Chunk]:
-        agen = self.chunks(prompt, params)
+    async def astream(
+        self, prompt: Prompt, params: SamplingParams, adapter: str | None = None
+    ) -> AsyncIterator[Chunk]:
+        agen = self.chunks(prompt, params, adapter)
         try:
             while True:
                 future = asyncio.run_coroutine_threadsafe(_next(agen), self._loop)
@@ -125,12 +148,14 @@ class VllmRunner:
         finally:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(agen.aclose(), self._loop))
 
-    def generate_all(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
+    def generate_all(
+        self, prompts: Sequence[Prompt], params: SamplingParams, adapter: str | None = None
+    ) -> list[Completion]:
         """Several generations at once, vLLM batching them."""
 
         async def one(prompt: Prompt) -> Completion:
             started = time.perf_counter()
-            chunks = [c async for c in self.chunks(prompt, params)]
+            chunks = [c async for c in self.chunks(prompt, params, adapter)]
             count = len(prompt) if not isinstance(prompt, str) else 0
             return completion_of(chunks, count, started)
 
@@ -145,6 +170,18 @@ class VllmRunner:
             shutdown()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+
+
+def lora_rank(path: str) -> int:
+    """The largest rank in a ``peft`` adapter's config (vLLM sizes its buffers by it)."""
+    try:
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+        ranks = [config["r"], *(config.get("rank_pattern") or {}).values()]
+        return max(int(r) for r in ranks)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SpecError(
+            f"{path} is not a LoRA adapter folder with a readable adapter_config.json: {exc}"
+        ) from exc
 
 
 async def _next(agen: AsyncGenerator[Chunk, None]) -> Chunk:
