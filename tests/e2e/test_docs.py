@@ -315,10 +315,18 @@ def test_the_batched_endpoint_gives_each_caller_its_own_result(pages: Pages) -> 
 
 
 def test_the_llm_example_streams_through_the_openai_client(pages: Pages) -> None:
-    out = pages.find(DOCS / "llm.md", "openai_routes").stdout
+    out = pages.find(DOCS / "llm.md", "capital of France").stdout
     answer, streamed, name = out.splitlines()
     assert "Paris" in answer, answer
     assert (streamed, name) == ("True", "smollm2")
+
+
+def test_the_adapter_example_fine_tunes_deploys_and_answers_in_its_style(pages: Pages) -> None:
+    out = pages.find(DOCS / "llm.md", "train_lora(base, PIRATE").stdout
+    models, pirate, base = out.splitlines()
+    assert models == "['smollm2', 'pirate']"
+    assert pirate.startswith("pirate: Arr, the food is good"), pirate
+    assert base.startswith("smollm2: ") and "Arr" not in base, base
 
 
 def test_the_budget_example_estimates_and_bills_each_task(pages: Pages) -> None:
