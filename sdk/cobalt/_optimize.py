@@ -170,7 +170,11 @@ def optimize(
             fidelity (and ``min_fidelity``) are measured on instead of the
             calibration inputs, so that the figures are for inputs the
             optimization was not tuned on. ``report.fidelity_source`` says
-            which set the figures come from.
+            which set the figures come from. For a causal LM (a
+            ``transformers`` ``*ForCausalLM``) given token ids, each row is a
+            prompt run at batch 1: ``report.causal_lm`` has its prefill and
+            decode-step latency and next-token agreement, and
+            ``report.speedup`` is the decode step's.
         min_fidelity: raise :class:`cobalt.FidelityError` (with the report) if
             the fidelity is below this: the minimum cosine similarity, or the
             top-1 agreement with ``fidelity="top1"``.
@@ -198,6 +202,7 @@ def optimize(
         quantize, sparsity, compile, calibration, min_fidelity, fidelity, evaluation
     )
     try:
+        from cobalt import _optimize_causal as oc
         from cobalt import _optimize_torch as ot
     except ImportError as exc:
         raise ModuleNotFoundError(
@@ -212,6 +217,14 @@ def optimize(
     held_out = list(evaluation or [])
     ot.check_calibration(held_out, "evaluation")
     measured_on = held_out or items
+    generates = _generates(model) and bool(measured_on)
+    prompts: list[Any] = []
+    no_prompts = ""
+    if generates:  # its speed is a decode step's, measured on token ids: refuse bad ones now
+        source = "evaluation" if held_out else "calibration"
+        prompts, no_prompts = oc.token_prompts(model, measured_on, source)
+        if held_out and items:
+            oc.token_prompts(model, items, "calibration")
     if quantize_ == "int8" and ot.device_of(model).type != "cpu":
         raise SpecError(
             f"quantize='int8' runs on the CPU and the model is on {ot.device_of(model)}: "
@@ -224,7 +237,7 @@ def optimize(
     before = reference = None
     if measured_on:
         with ot.eval_mode(model):
-            before = ot.run_all(model, measured_on)
+            before = ot.run_all(model, measured_on, timed=not generates)
             reference = before if not held_out else None
             if held_out and items and quantize_ == "int8":
                 reference = ot.run_all(model, items, timed=False)
@@ -298,18 +311,16 @@ def optimize(
             applied.append(f"compile: torch.compile, checked on {first}")
         else:
             skipped.append(f"compile: {failure}; the model runs eagerly")
-    if _generates(model) and measured_on:
-        skipped.append(
-            "decode latency: the latency above is of whole-input passes, but a causal LM "
-            "generates one token per pass, with a cache, where a format's speed differs; "
-            "serving speed is not measured here. ct.llm.Engine(..., weights='int8' or "
-            "'int4') serves a Llama with decode-step kernels, and docs/llm.md gives each "
-            "format's measured decode speed and next-token agreement"
-        )
+    causal = None
+    if prompts:
+        causal, notes = oc.compare(model, optimized, prompts)
+        skipped.extend(notes)
+    elif generates:
+        skipped.append(no_prompts)
 
     measured: dict[str, Any] = {}
     if before is not None:
-        after = ot.run_all(optimized, measured_on, input_dtype)
+        after = ot.run_all(optimized, measured_on, input_dtype, timed=not generates)
         samples = ot.fidelity_samples(before, after, measured_on, metric)
         if metric == "cosine":
             measured.update(cosine_min=float(samples.min()), cosine_mean=float(samples.mean()))
@@ -319,8 +330,8 @@ def optimize(
             calibration_items=len(items),
             evaluation_items=len(held_out),
             fidelity_source="evaluation" if held_out else "calibration",
-            latency_ms_before=before.median_ms,
-            latency_ms_after=after.median_ms,
+            latency_ms_before=None if generates else before.median_ms,
+            latency_ms_after=None if generates else after.median_ms,
             fidelity_metric=metric,
             fidelity=ot.headline(samples, metric),
             samples=samples.numel(),
@@ -333,6 +344,7 @@ def optimize(
         skipped=tuple(skipped),
         size_bytes_before=size_before,
         size_bytes_after=size_after,
+        causal_lm=causal,
         **measured,
     )
     if threshold is not None and report.fidelity is not None and report.fidelity < threshold:

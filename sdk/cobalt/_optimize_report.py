@@ -42,6 +42,129 @@ def _ratio(before: float | None, after: float | None, better: str, worse: str) -
     return f"{ratio:.2f}x {better}" if ratio >= 1 else f"{1 / ratio:.2f}x {worse}"
 
 
+def _speed(name: str, ratio: float) -> str:
+    """``'decode step 0.79x: slower'``: the ratio of before to after, and what it means."""
+    verdict = "about the same" if abs(ratio - 1) < 0.005 else "faster" if ratio > 1 else "slower"
+    return f"{name} {ratio:.2f}x: {verdict}"
+
+
+@dataclass(frozen=True, slots=True)
+class CausalLMFigures:
+    """What serving a causal LM sees: prefill and decode-step latency, next-token agreement.
+
+    A model that generates text runs one forward pass per new token, reading
+    the KV cache of what came before, so generation is bound by that decode
+    step, whose speed a whole-prompt pass does not show (int8 kernels that win
+    on a prompt's matmuls can lose on one token's). Both models run each
+    prompt (each row of each measured input, its padding removed) at batch 1:
+    a prefill, one forward over the prompt with ``use_cache=True``; then
+    greedy decoding, one token per step on the KV cache of the step
+    before. Latencies are medians, each prompt or step keeping its fastest
+    of the repeats.
+    """
+
+    prompts: int
+    """Prompts measured: every row of every input of ``fidelity_source``."""
+    prefill_ms_before: float | None
+    prefill_ms_after: float | None
+    """Median milliseconds of a prefill over the prompts; None if it failed."""
+    positions: int = 0
+    next_token_agreement: float | None = None
+    """Fraction of the ``positions`` (every token of every prompt) where the argmax of the
+    optimized model's prefill logits, its next token, is the original's."""
+    decode_ms_before: float | None = None
+    decode_ms_after: float | None = None
+    """Median milliseconds of one decode step (one new token, batch 1, with the KV cache)
+    over ``decode_steps`` steps; None if not measured (``skipped`` says why)."""
+    decode_steps: int = 0
+    greedy_prompts: int = 0
+    """Prompts (the first ones) continued greedily by both models."""
+    greedy_tokens: int = 0
+    """Tokens each continuation has: the prefill's and one per decode step."""
+    greedy_agreement: float | None = None
+    """Of all continued tokens, the fraction before each prompt's first difference."""
+    greedy_identical: int = 0
+    """Prompts whose greedy continuation is the same token for token."""
+
+    @property
+    def decode_speedup(self) -> float | None:
+        """How many times faster a decode step is (below 1: slower); None if not measured."""
+        if not self.decode_ms_before or not self.decode_ms_after:
+            return None
+        return self.decode_ms_before / self.decode_ms_after
+
+    @property
+    def prefill_speedup(self) -> float | None:
+        """How many times faster a prefill is (below 1: slower); None if not measured."""
+        if not self.prefill_ms_before or not self.prefill_ms_after:
+            return None
+        return self.prefill_ms_before / self.prefill_ms_after
+
+    def speed_text(self) -> str:
+        """``'decode step 0.79x: slower (generation speed), prefill 1.20x: faster'``."""
+        parts = []
+        if self.decode_speedup is not None:
+            parts.append(_speed("decode step", self.decode_speedup) + " (generation speed)")
+        else:
+            parts.append("decode step not measured (see skipped), so no speedup is given")
+        if self.prefill_speedup is not None:
+            parts.append(_speed("prefill", self.prefill_speedup) + " (time to first token)")
+        return ", ".join(parts)
+
+    def method_text(self) -> str:
+        """How the figures were measured, in one line."""
+        plural = "s" if self.prompts != 1 else ""
+        text = f"{self.prompts} prompt{plural} at batch 1, each prefilled with use_cache=True"
+        if self.greedy_prompts:
+            which = f"the first {self.greedy_prompts}"
+            if self.greedy_prompts == self.prompts:
+                which = "each"
+            text += (
+                f", {which} then decoded greedily to {self.greedy_tokens} tokens, one decode "
+                "step per token after the first"
+            )
+        return text + f"; next-token agreement over all {self.positions} prompt positions"
+
+    def rows(self, source: str) -> list[tuple[str, str, str, str]]:
+        """The table rows: latencies with their ratios, then agreements."""
+        rows = [
+            (
+                f"prefill (median of {self.prompts})",
+                _ms(self.prefill_ms_before),
+                _ms(self.prefill_ms_after),
+                _ratio(self.prefill_ms_before, self.prefill_ms_after, "faster", "slower"),
+            )
+        ]
+        if self.decode_ms_before is not None or self.decode_ms_after is not None:
+            rows.append(
+                (
+                    f"decode step (median of {self.decode_steps})",
+                    _ms(self.decode_ms_before),
+                    _ms(self.decode_ms_after),
+                    _ratio(self.decode_ms_before, self.decode_ms_after, "faster", "slower"),
+                )
+            )
+        if self.next_token_agreement is not None:
+            rows.append(
+                (
+                    f"next-token agreement ({source})",
+                    "1.0000",
+                    f"{self.next_token_agreement:.4f}",
+                    f"{self.positions} positions",
+                )
+            )
+        if self.greedy_agreement is not None:
+            rows.append(
+                (
+                    f"greedy {self.greedy_tokens} tokens ({source})",
+                    "1.0000",
+                    f"{self.greedy_agreement:.4f}",
+                    f"{self.greedy_identical} of {self.greedy_prompts} identical",
+                )
+            )
+        return rows
+
+
 @dataclass(frozen=True, slots=True)
 class OptimizationReport:
     """Size, latency and fidelity of an optimized model next to the original's.
@@ -85,7 +208,7 @@ class OptimizationReport:
     latency_ms_before: float | None = None
     latency_ms_after: float | None = None
     """Median milliseconds per input of ``fidelity_source``, after a warm-up; None if not
-    measured."""
+    measured, and for a causal LM, whose speed is in ``causal_lm`` instead."""
     fidelity_metric: FidelityMetric | None = None
     fidelity: float | None = None
     """The value ``min_fidelity`` is checked against: min cosine similarity or top-1 agreement."""
@@ -94,6 +217,9 @@ class OptimizationReport:
     top1_agreement: float | None = None
     samples: int = 0
     """How many output rows (or positions, for ``top1``) the fidelity is measured over."""
+    causal_lm: CausalLMFigures | None = None
+    """For a model that generates text (a ``transformers`` ``*ForCausalLM``) measured on
+    token ids: prefill and decode-step latency and next-token agreement; else None."""
 
     @property
     def size_ratio(self) -> float:
@@ -102,7 +228,13 @@ class OptimizationReport:
 
     @property
     def speedup(self) -> float | None:
-        """How many times faster per calibration input (below 1: slower); None if not measured."""
+        """How many times faster per input (below 1: slower); None if not measured.
+
+        For a causal LM, how many times faster a decode step is, which is what
+        generating text is bound by (never a whole-prompt pass's ratio).
+        """
+        if self.causal_lm is not None:
+            return self.causal_lm.decode_speedup
         if not self.latency_ms_before or not self.latency_ms_after:
             return None
         return self.latency_ms_before / self.latency_ms_after
@@ -167,7 +299,20 @@ class OptimizationReport:
             source = "held-out" if self.fidelity_source == "evaluation" else "calibration"
             name = f"{name} ({source})"
             rows.append((name, "1.0000", f"{self.fidelity:.4f}", f"{self.samples} samples"))
+        if self.causal_lm is not None:
+            source = "held-out" if self.fidelity_source == "evaluation" else "calibration"
+            rows[1:1] = self.causal_lm.rows(source)
         return rows
+
+    def _summary(self) -> list[str]:
+        """The lines under the table: the fidelity, and a causal LM's speed."""
+        lines = [f"fidelity: {self.fidelity_text()}"]
+        if self.causal_lm is not None:
+            lines += [
+                f"speed: {self.causal_lm.speed_text()}",
+                f"causal LM: {self.causal_lm.method_text()}",
+            ]
+        return lines
 
     def _notes(self) -> list[str]:
         return [f"applied: {a}" for a in self.applied] + [f"skipped: {s}" for s in self.skipped]
@@ -176,18 +321,18 @@ class OptimizationReport:
         lines = [
             f"ct.optimize: {self.describe()}",
             format_table(self._HEADER, self._rows(), right=(1, 2, 3)),
-            f"fidelity: {self.fidelity_text()}",
+            *self._summary(),
             *self._notes(),
         ]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         rows = [tuple(h.esc(c) for c in row) for row in self._rows()]
+        summary = "".join(f"<div>{h.esc(line)}</div>" for line in self._summary())
         notes = "".join(f"<li>{h.esc(n)}</li>" for n in self._notes())
         return (
             f"<div><div><b>ct.optimize</b>: {h.esc(self.describe())}</div>"
-            f"{h.table(self._HEADER, rows, right=(1, 2, 3))}"
-            f"<div>fidelity: {h.esc(self.fidelity_text())}</div>"
+            f"{h.table(self._HEADER, rows, right=(1, 2, 3))}{summary}"
             f'<ul style="margin:4px 0">{notes}</ul></div>'
         )
 
