@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.machinery
+import json
 import sys
 import types
 from collections.abc import AsyncIterator, Iterator
@@ -166,7 +167,7 @@ def test_vllm_serves_lora_adapters_per_request(
         folder = tmp_path / name
         folder.mkdir()
         (folder / "adapter_config.json").write_text(
-            '{"peft_type": "LORA", "r": %d, "lora_alpha": 16}' % rank
+            json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 16})
         )
         folders[name] = str(folder)
     engine = ct.llm.Engine(str(model_dir), adapters=folders)
@@ -186,5 +187,5 @@ def test_vllm_serves_lora_adapters_per_request(
             engine.generate("Hi", max_tokens=2, adapter="prose")
     finally:
         engine.close()
-    with pytest.raises(ct.SpecError, match="adapter_config.json"):
+    with pytest.raises(ct.SpecError, match=r"adapter_config\.json"):
         ct.llm.Engine(str(model_dir), adapters={"none": str(tmp_path / "missing")})

@@ -84,6 +84,10 @@ class Engine:
         max_batch_size: most sequences decoded together; more wait their turn.
         prefix_cache: keep prompts' keys and values for reuse.
         prefix_cache_tokens: how many prompt tokens the prefix cache holds.
+        prefill_chunk_tokens: a prompt that arrives while others decode,
+            and is longer than this, is prefilled this many tokens per step,
+            between the running requests' steps, so it never stalls them
+            for longer than one chunk.
         name: the model name reported to clients (``/v1/models``); by
             default the model's folder or file name, never its full path.
         adapters: LoRA adapters to serve on this one base, as names to the
@@ -109,6 +113,7 @@ class Engine:
         max_batch_size: int = 32,
         prefix_cache: bool = True,
         prefix_cache_tokens: int = 16384,
+        prefill_chunk_tokens: int = 512,
         name: str | None = None,
         weights: WeightFormat = "fp32",
         adapters: Mapping[str, str | os.PathLike[str]] | None = None,
@@ -118,6 +123,7 @@ class Engine:
             ("speculative_max_batch", speculative_max_batch),
             ("max_batch_size", max_batch_size),
             ("prefix_cache_tokens", prefix_cache_tokens),
+            ("prefill_chunk_tokens", prefill_chunk_tokens),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(f"{option} must be a whole number of at least 1, not {value!r}.")
@@ -192,6 +198,7 @@ class Engine:
             stats=self._stats,
             speculative_max_batch=speculative_max_batch,
             lookup=lookup,
+            prefill_chunk=prefill_chunk_tokens,
         )
 
     def _start_vllm(

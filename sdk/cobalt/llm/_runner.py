@@ -4,7 +4,9 @@ One thread owns the model. Each turn it admits waiting requests (prefilling
 their prompts, reusing cached prefixes), then runs one decoding step for
 every running sequence together, so a request joins the batch as soon as it
 arrives and leaves it as soon as it ends, instead of waiting for a whole
-batch to finish. With a draft model each step is speculative: the draft
+batch to finish. A long prompt that arrives while others decode is prefilled
+in chunks, one per turn, between their steps, so it never stalls them for
+longer than one chunk. With a draft model each step is speculative: the draft
 proposes tokens and the target checks them all in one pass
 (:mod:`cobalt.llm._speculative`).
 """
@@ -18,6 +20,7 @@ import time
 import traceback
 import weakref
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +35,15 @@ from cobalt.llm._stats import Stats
 
 _PREFILL_TOKENS = 4096
 """Most tokens (padding included) in one batched prefill."""
+
+
+@dataclass
+class _Partial:
+    """A prompt being prefilled a chunk per turn: its keys and values for ``done`` tokens."""
+
+    sequence: Sequence
+    layers: list[LayerKV]
+    done: int
 
 
 class _SingleThreaded:
@@ -101,8 +113,11 @@ class Runner:
         stats: Stats,
         speculative_max_batch: int = 4,
         lookup: bool = False,
+        prefill_chunk: int = 512,
     ) -> None:
         self.model = model
+        self.prefill_chunk = prefill_chunk
+        self._partial: deque[_Partial] = deque()
         self.lookup = Gate() if lookup else None
         self._lookups: dict[Sequence, tuple[NgramIndex, RowStats]] = {}
         self.device = next(model.parameters()).device
@@ -143,20 +158,31 @@ class Runner:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and not self._waiting and not self._running:
+                while (
+                    not self._closed
+                    and not self._waiting
+                    and not self._running
+                    and not self._partial
+                ):
                     self._wake.wait()
                 if self._closed:
                     failed = list(self._waiting) + self._running
+                    failed += [part.sequence for part in self._partial]
                     self._waiting.clear()
                     break
                 admitted: list[Sequence] = []
-                while self._waiting and len(self._running) + len(admitted) < self.max_batch_size:
+                while (
+                    self._waiting
+                    and len(self._running) + len(self._partial) + len(admitted)
+                    < self.max_batch_size
+                ):
                     admitted.append(self._waiting.popleft())
             try:
                 started = time.perf_counter()
                 with torch.inference_mode():
-                    self._choose_mode(len(self._running) + len(admitted))
+                    self._choose_mode(len(self._running) + len(self._partial) + len(admitted))
                     self._admit(admitted)
+                    self._advance_partial()
                     self._retire()
                     if self._running:
                         self._step()
@@ -164,9 +190,11 @@ class Runner:
                 self.stats.busy(time.perf_counter() - started)
             except Exception as exc:  # a model error fails the requests it touched, not the engine
                 print(f"the engine's step failed:\n{traceback.format_exc()}", file=sys.stderr)
-                for sequence in admitted + self._running:
+                touched = admitted + self._running + [part.sequence for part in self._partial]
+                for sequence in touched:
                     if not sequence.done:
                         sequence.sink(exc)
+                self._partial.clear()
                 self._running, self._kv = [], BatchKV.empty()
                 self._lookups.clear()
                 self._next, self._pending = self._next[:0], self._pending[:0]
@@ -200,9 +228,50 @@ class Runner:
 
     def _admit(self, sequences: list[Sequence]) -> None:
         live = [s for s in sequences if not s.cancelled]
+        if self._running or self._partial:  # others are decoding: chunk what would stall them
+            live = [s for s in live if not self._chunked(s)]
         if not live:
             return
         prefilled = self._prefill(self.model, live, self.prefix_cache, adapted=True)
+        self._join(live, prefilled)
+
+    def _chunked(self, sequence: Sequence) -> bool:
+        """Queue ``sequence`` for prefilling a chunk per turn when the rest of its prompt
+        (after any cached prefix) is longer than a chunk."""
+        prompt = sequence.prompt_ids
+        cache = self.prefix_cache
+        reused, past = cache.lookup(prompt, sequence.adapter) if cache is not None else (0, [])
+        if len(prompt) - reused <= self.prefill_chunk:
+            return False
+        sequence.cached_tokens = reused
+        self._partial.append(_Partial(sequence, past, reused))
+        return True
+
+    def _advance_partial(self) -> None:
+        """Prefill one chunk of the first queued prompt; a prompt done joins the batch."""
+        while self._partial and self._partial[0].sequence.cancelled:
+            self._partial.popleft()
+        if not self._partial:
+            return
+        part = self._partial[0]
+        prompt, sequence = part.sequence.prompt_ids, part.sequence
+        end = min(part.done + self.prefill_chunk, len(prompt))
+        rows = torch.tensor([sequence.adapter], dtype=torch.long, device=self.device)
+        part.layers, logits = self._forward_rest(
+            _with(self.model, rows), prompt[:end], part.done, part.layers
+        )
+        part.done = end
+        if end < len(prompt):
+            return
+        self._partial.popleft()
+        if self.prefix_cache is not None:
+            self.prefix_cache.store(prompt, part.layers, sequence.adapter)
+        self._join([sequence], [(part.layers, logits)])
+
+    def _join(
+        self, live: list[Sequence], prefilled: list[tuple[list[LayerKV], torch.Tensor]]
+    ) -> None:
+        """Prefilled sequences take their first token and join the running batch."""
         drafted = (
             self._prefill(self.draft, live, None, adapted=False)
             if self._draft_kv is not None
@@ -286,7 +355,7 @@ class Runner:
         positions = torch.arange(reused, len(prompt), device=self.device)[None, :]
         out = model(
             input_ids=ids,
-            past_key_values=DynamicCache(ddp_cache_data=past),
+            past_key_values=DynamicCache(ddp_cache_data=past) if past else DynamicCache(),
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,
