@@ -182,9 +182,8 @@ class FastLlama(nn.Module):
         def project(linear: PackedLinear, index: int, fused: str, h: torch.Tensor) -> torch.Tensor:
             y: torch.Tensor = linear(h)
             if masks is not None:
-                delta = self.lora.delta(index, fused, h, masks)
-                if delta is not None:
-                    y = y + delta
+                y = y.contiguous()
+                self.lora.add(index, fused, h, y, masks)
             return y
 
         for index, layer in enumerate(self.blocks):

@@ -261,11 +261,18 @@ class LoraBank:
             for fused, owner in self._owner.items()
         }
 
-    def delta(
-        self, layer: int, fused: str, x: torch.Tensor, masks: Mapping[str, torch.Tensor]
-    ) -> torch.Tensor | None:
-        """What the rows' adapters add to projection ``fused`` of ``layer`` for input ``x``."""
+    def add(
+        self,
+        layer: int,
+        fused: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        masks: Mapping[str, torch.Tensor],
+    ) -> None:
+        """Add what the rows' adapters change in projection ``fused`` of ``layer`` to its
+        output ``y`` (contiguous, ``[rows, width, out]``) for input ``x``, in place."""
         a = self._a[(layer, fused)]
         if not a.shape[0]:
-            return None
-        return ((x @ a.T) * masks[fused]) @ self._b[(layer, fused)].T
+            return
+        low = (x @ a.T).mul_(masks[fused])
+        y.view(-1, y.shape[-1]).addmm_(low.view(-1, low.shape[-1]), self._b[(layer, fused)].T)
