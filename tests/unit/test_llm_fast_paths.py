@@ -16,7 +16,7 @@ from cobalt.llm._lookup import Gate, NgramIndex, RowStats, lookup_step  # noqa: 
 from cobalt.llm._sequence import Sequence  # noqa: E402
 from cobalt.llm._stats import Stats  # noqa: E402
 from cobalt.llm._types import SamplingParams  # noqa: E402
-from cobalt.llm._weights import PackedLinear, checked_format  # noqa: E402
+from cobalt.llm._weights import DEQUANTIZE_ROWS, PackedLinear, checked_format  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -39,6 +39,19 @@ def test_each_weight_format_multiplies_close_to_fp32(fmt: str, tolerance: float)
     assert out.shape == reference.shape and out.dtype == torch.float32
     assert float((out - reference).norm() / reference.norm()) < tolerance
     assert layer.fmt == fmt
+
+
+def test_an_int8_prefill_multiplies_the_same_weights_in_fp32() -> None:
+    """Many rows take fp32's kernels on the expanded int8 weight: the same quantized
+    weights as the few-row kernel, with fp32 activations instead of bf16."""
+    torch.manual_seed(0)
+    weight = torch.randn(96, 128)
+    layer = PackedLinear.of(weight, "int8")
+    rows = torch.randn(DEQUANTIZE_ROWS, 128)
+    quantized = layer.weight.float() * layer.scale.float()[:, None]
+    assert torch.allclose(layer(rows), rows @ quantized.T, atol=1e-4)
+    few = layer(rows[:4])  # the int8 kernel, bf16 activations
+    assert float((few - rows[:4] @ quantized.T).norm() / few.norm()) < 0.01
 
 
 def test_int4_falls_back_to_fp32_where_the_shape_does_not_suit_it() -> None:

@@ -35,6 +35,10 @@ WeightFormat = Literal["fp32", "bf16", "int8", "int4"]
 FORMATS: tuple[WeightFormat, ...] = ("fp32", "bf16", "int8", "int4")
 GROUP = 32
 """Inputs sharing one 4-bit scale and zero point (GGUF's Q4_1 block)."""
+DEQUANTIZE_ROWS = 128
+"""From this many input rows (a prefill), an int8 weight is expanded to fp32 for the one
+multiply: fp32's matrix kernels then beat the int8 kernel, which is made for a few rows
+(1,024 rows of a 576 -> 1,536 layer, measured on 2 AVX2 cores: 21 ms against 37 ms)."""
 
 
 def checked_format(value: object) -> WeightFormat:
@@ -79,6 +83,9 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fmt == "fp32":
             return nn.functional.linear(x, self.weight)
+        if self.fmt == "int8" and x.numel() >= DEQUANTIZE_ROWS * self.in_features:
+            expanded = self.weight.float() * self.scale.float()[:, None]
+            return nn.functional.linear(x, expanded)
         shape = x.shape
         flat = x.reshape(-1, shape[-1]).to(torch.bfloat16)
         if self.fmt == "bf16":
