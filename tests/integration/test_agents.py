@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -147,6 +148,15 @@ def held(gate: str, log: str) -> str:
 @ct.lattice
 def one_held(gate: str, log: str) -> str:
     return held(gate, log)
+
+
+@ct.lattice
+def held_after(first_gate: str, gate: str, log: str) -> str:
+    """:func:`held` once a first task, held at ``first_gate``, has ended."""
+    first = held(first_gate, log)
+    second = held(gate, f"{log}.second")
+    ct.wait(second, [first])
+    return second
 
 
 @ct.electron(executor="remote")
@@ -295,6 +305,41 @@ def test_a_controller_killed_while_an_agent_runs_a_task_loses_no_result_and_reco
     record = _task(dispatch_id, "held")
     assert record.attempts == 1, "the task was taken back, not run again"
     assert len(log.read_text().split()) == 1, "the task ran once"
+
+
+def test_a_task_started_by_a_controller_killed_before_storing_that_is_not_started_twice(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    """The controller sends a task, then dies before it stores that the task started:
+    the restarted controller starts the same attempt again, and the agent that runs
+    it is asked for its outcome instead of running it a second time."""
+    home = make_controller_home(agents_config(_free_port()))
+    home.start()
+    agent = agents(home)
+    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
+    first_gate, gate, log = tmp_path / "first", tmp_path / "gate", tmp_path / "runs"
+    dispatch_id = ct.dispatch(held_after)(str(first_gate), str(gate), str(log))
+    wait_for(lambda: log.exists(), timeout=30, what="the first task to start on the agent")
+    # The store is locked, so the round that starts the second task cannot store it.
+    store = sqlite3.connect(home.path / "cobalt.db", timeout=10, isolation_level=None)
+    try:
+        store.execute("BEGIN IMMEDIATE")
+        first_gate.touch()
+        second = Path(f"{log}.second")
+        wait_for(second.exists, timeout=30, what="the second task to start on the agent")
+        os.kill(home.pid, signal.SIGKILL)
+    finally:
+        store.close()
+    gate.touch()  # it ends while no controller listens
+    time.sleep(0.5)
+    home.start()
+    result = ct.get_result(dispatch_id, wait=60)
+    assert result.status == ct.Status.COMPLETED, f"{result.error}\n{agent.output()}"
+    assert len(second.read_text().split()) == 1, "the second task ran once"
+    assert [t.attempts for t in result.tasks if t.name == "held"] == [1, 1]
+    assert "taken back, not started again" in (home.path / "controller.log").read_text()
 
 
 def test_a_task_taken_back_after_a_restart_still_reaches_the_controller_with_its_credential(

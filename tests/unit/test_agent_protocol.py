@@ -246,8 +246,7 @@ def test_a_task_taken_back_after_a_restart_is_claimed_by_its_agent_or_lost_after
     p.pool.reclaim("kept", HardwareGiven(1.0, 0))
     p.pool.reclaim("gone", HardwareGiven(1.0, 0))
     link = FakeLink()
-    forget = p.pool.attach(link, _info("a", running=("kept", "stale")))
-    assert forget == ["stale"], "a task nobody expects is stopped"
+    assert p.pool.attach(link, _info("a", running=("kept", "stale"))) == []
     p.pool.outcome(FakeLink(), _outcome("gone", 1))  # not claimed by that link: dropped
     p.pool.outcome(link, _outcome("kept", 1))
     deadline = time.monotonic() + 5
@@ -257,6 +256,72 @@ def test_a_task_taken_back_after_a_restart_is_claimed_by_its_agent_or_lost_after
     assert by_key["kept"].status == Status.COMPLETED
     assert (by_key["gone"].status, by_key["gone"].reason) == (Status.FAILED, AGENT_LOST)
     assert "claimed this task within 0.3 s" in by_key["gone"].error
+    assert _cancels(link) == ["stale"], "a task nobody asked for within the grace is stopped"
+
+
+def _cancels(link: FakeLink) -> list[str]:
+    return [c.cancel.task_key for c in link.sent if c.WhichOneof("command") == "cancel"]
+
+
+def test_a_task_started_again_after_a_restart_is_taken_back_from_the_agent_that_runs_it() -> None:
+    """The previous controller sent ``t/1`` and died before storing that: the new one
+    starts the same attempt again, and the agent that claims it keeps it."""
+    p = Pool()
+    other, link = FakeLink(), FakeLink()
+    p.pool.attach(other, _info("other", cpus=4))
+    assert p.pool.attach(link, _info("a", cpus=1, running=("t/1",))) == []
+    idle = [info.agent_id for info, _, _ in p.pool.idle()]
+    assert idle == ["other"], "an agent with a claimed task is not idle"
+    assert p.pool.submit(_task("t/1", cpus=1)) is not None
+    assert other.tasks() == link.tasks() == [], "nothing is sent: it runs already"
+    runner = p.pool.agent_of("t/1")
+    assert runner is not None and runner.agent_id == "a"
+    p.pool.outcome(link, _outcome("t/1", 3))
+    assert [o.task_key for o in p.reports] == ["t/1"]
+    assert _cancels(link) == []
+
+
+def test_a_claimed_task_that_ended_is_reported_when_asked_for_and_acknowledged_after() -> None:
+    p = Pool()
+    link = FakeLink()
+    p.pool.attach(link, _info("a", running=("t/1",)))
+    p.pool.outcome(link, _outcome("t/1", 7))  # its kept outcome, sent on welcome
+    assert p.reports == [] and link.acks() == [], "held, not dropped: it may be asked for"
+    p.pool.outcome(link, _outcome("t/1", 7))  # sent again after a reconnect
+    assert link.acks() == []
+    assert p.pool.submit(_task("t/1", cpus=1)) is not None
+    assert link.tasks() == [] and [o.task_key for o in p.reports] == ["t/1"]
+    stored = p.reports[0].on_stored
+    assert stored is not None
+    stored()
+    assert link.acks() == [7]
+
+
+def test_a_claimed_outcome_nobody_asks_for_is_dropped_after_the_grace() -> None:
+    p = Pool(grace=0.2)
+    link, thief = FakeLink(), FakeLink()
+    p.pool.attach(link, _info("a", running=("t/1",)))
+    p.pool.attach(thief, _info("b"))
+    p.pool.outcome(thief, _outcome("t/1", 2))  # not the claimant's: dropped at once
+    assert thief.acks() == [2]
+    p.pool.outcome(link, _outcome("t/1", 4))
+    deadline = time.monotonic() + 5
+    while not link.acks() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert link.acks() == [4] and p.reports == [] and _cancels(link) == []
+    assert p.pool.submit(_task("t/1", cpus=1)) is not None
+    assert link.tasks() == ["t/1"] or thief.tasks() == ["t/1"], "after the grace, it runs anew"
+
+
+def test_a_claimed_task_goes_back_to_a_new_agent_when_its_agent_leaves() -> None:
+    p = Pool()
+    gone, fresh = FakeLink(), FakeLink()
+    p.pool.attach(gone, _info("gone", running=("t/1",)))
+    p.pool.detach(gone, "its stream closed")
+    assert p.reports == [], "it was never this controller's to lose"
+    p.pool.attach(fresh, _info("fresh"))
+    assert p.pool.submit(_task("t/1", cpus=1)) is not None
+    assert fresh.tasks() == ["t/1"]
 
 
 def test_an_allocation_too_short_for_a_time_limit_gets_no_task() -> None:

@@ -14,6 +14,13 @@ to ``reconnect_grace_s`` for an agent to come back and claim them in its
 hello, and reports each unclaimed one lost then. An outcome for a task the
 pool no longer knows (a duplicate, or one reported lost meanwhile) is
 acknowledged and dropped, so none is recorded twice.
+
+A task an agent claims that the controller did not reclaim is held as an
+*orphan* for the same grace. The previous controller may have sent it and died
+before it stored that it had: the restarted scheduler then starts the same
+attempt (the same task key) again, and the pool takes the orphan back, with its
+outcome if it has ended, instead of running it a second time. An orphan nobody
+asks for within the grace is stopped, and its outcome dropped.
 """
 
 from __future__ import annotations
@@ -111,10 +118,13 @@ class _Agent:
     """How long its tasks run, a moving average; 0 before the first ends."""
     adopted: int = 0
     """Replicas that outlived a controller and hold hardware here (see ``adopt``)."""
+    orphans: set[str] = field(default_factory=set)
+    """Tasks it claimed that nobody has asked for yet (see :class:`_Orphan`)."""
 
     def is_idle(self) -> bool:
-        """Whether nothing runs here: no task, none queued, no adopted replica."""
-        return not self.running and not self.queued and not self.adopted
+        """Whether nothing runs here: no task, none queued, no adopted replica, no
+        orphan."""
+        return not self.running and not self.queued and not self.adopted and not self.orphans
 
     def queue_depth(self, prefetch: int) -> int:
         """How many tasks it may hold queued ahead: enough to keep its workers busy
@@ -137,6 +147,16 @@ class _Agent:
 class _Reclaimed:
     given: HardwareGiven
     deadline: float
+
+
+@dataclass(slots=True)
+class _Orphan:
+    """A task an agent claims in its hello that this controller did not reclaim."""
+
+    agent: _Agent
+    deadline: float
+    outcome: agent_pb2.AgentOutcome | None = None
+    """Its outcome, held unacknowledged until the task is asked for or expires."""
 
 
 def fits_walltime(
@@ -193,6 +213,7 @@ class AgentPool:
         self._where: dict[str, _Agent] = {}
         """The agent of each task it runs, by task key."""
         self._reclaimed: dict[str, _Reclaimed] = {}
+        self._orphans: dict[str, _Orphan] = {}
         self._adopted: dict[str, tuple[_Agent, Allocation]] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._changed = threading.Condition(self._lock)
@@ -221,19 +242,22 @@ class AgentPool:
         """Takes a newly connected agent; returns the tasks it runs that nobody wants
         any more (it stops them)."""
         inventory = Inventory(info.cpus, info.memory_mb, info.gpus)
-        agent = _Agent(link, info, inventory, idle_since=self._clock())
+        now = self._clock()
+        agent = _Agent(link, info, inventory, idle_since=now)
         forget: list[str] = []
         with self._lock:
             if self._closed:
                 raise ExecutorError(f"executor {self.name!r} is stopping; try again later.")
             for key in info.running:
                 reclaimed = self._reclaimed.pop(key, None)
-                if reclaimed is None:
-                    forget.append(key)
-                    continue
-                allocation = inventory.reserve(reclaimed.given)
-                agent.running[key] = allocation or Allocation(0.0, 0)
-                self._where[key] = agent
+                if reclaimed is not None:
+                    allocation = inventory.reserve(reclaimed.given)
+                    agent.running[key] = allocation or Allocation(0.0, 0)
+                    self._where[key] = agent
+                elif key in self._where or self._grace <= 0:
+                    forget.append(key)  # another agent runs it, or no grace is given
+                else:
+                    self._hold_orphan(key, agent, now + self._grace)
             self._agents[link] = agent
         log.info("executor %s: %s attached with %s", self.name, info.where(), inventory.describe())
         for callback in self._on_attach:
@@ -249,8 +273,11 @@ class AgentPool:
             lost = [*agent.running, *agent.queued]
             for key in lost:
                 self._where.pop(key, None)
+            for key in agent.orphans:  # claimed again if the agent comes back
+                self._orphans.pop(key, None)
             agent.running.clear()
             agent.queued.clear()
+            agent.orphans.clear()
         log.warning("executor %s: %s went away (%s)", self.name, agent.info.where(), why)
         now = self._clock()
         for key in lost:
@@ -307,6 +334,14 @@ class AgentPool:
         with self._lock:
             if self._closed:
                 return None
+            orphan = self._orphans.pop(task.task_key, None) if self._orphans else None
+            if orphan is not None:
+                given = self._take_orphan(task, orphan)
+        if orphan is not None:
+            if orphan.outcome is not None:
+                self.outcome(orphan.agent.link, orphan.outcome)
+            return given
+        with self._lock:
             for agent in self._agents.values():
                 if not fits_walltime(agent.info.expires_at, task.hardware, now, at_least_s=least):
                     continue
@@ -403,6 +438,13 @@ class AgentPool:
                     self._promote(agent)
                 if agent.is_idle():
                     agent.idle_since = self._clock()
+            elif agent is None:
+                orphan = self._orphans.get(msg.task_key)
+                if orphan is not None and orphan.agent.link is link:
+                    earlier, orphan.outcome = orphan.outcome, msg
+                    if earlier is None or earlier.seq == seq:
+                        return  # held until the task is asked for, or expires
+                    seq = earlier.seq  # sent again after a reconnect: the older is dropped
         if not known:
             if agent is not None:
                 log.warning(
@@ -423,15 +465,57 @@ class AgentPool:
         it in its hello takes it back; unclaimed after the grace, it is lost."""
         deadline = self._clock() + self._grace
         with self._lock:
-            for agent in self._agents.values():
-                if task_key in agent.info.running:
-                    allocation = agent.inventory.reserve(given)
-                    agent.running[task_key] = allocation or Allocation(0.0, 0)
-                    self._where[task_key] = agent
-                    return
-            self._reclaimed[task_key] = _Reclaimed(given, deadline)
-            heapq.heappush(self._deadlines, (deadline, task_key))
-            self._changed.notify()
+            orphan = self._orphans.pop(task_key, None)
+            if orphan is None:
+                self._reclaimed[task_key] = _Reclaimed(given, deadline)
+                heapq.heappush(self._deadlines, (deadline, task_key))
+                self._changed.notify()
+                return
+            agent = orphan.agent
+            agent.orphans.discard(task_key)
+            allocation = agent.inventory.reserve(given)
+            agent.running[task_key] = allocation or Allocation(0.0, 0)
+            self._where[task_key] = agent
+            agent.idle_since = 0.0
+        if orphan.outcome is not None:
+            self.outcome(agent.link, orphan.outcome)
+
+    # -- tasks an agent claims that nobody reclaimed ------------------------------------
+
+    def _hold_orphan(self, key: str, agent: _Agent, deadline: float) -> None:
+        """Holds ``key``, which ``agent`` claims, until ``deadline`` (under the lock)."""
+        self._orphans[key] = _Orphan(agent, deadline)
+        agent.orphans.add(key)
+        agent.idle_since = 0.0
+        heapq.heappush(self._deadlines, (deadline, key))
+        self._changed.notify()
+
+    def _take_orphan(self, task: TaskSubmission, orphan: _Orphan) -> HardwareGiven:
+        """``task`` is the attempt ``orphan`` is: it runs, or ran, on the agent that
+        claims it, so that agent keeps it and nothing is sent (under the lock; the
+        caller reports the orphan's held outcome, if any, after it)."""
+        key = task.task_key
+        agent = orphan.agent
+        agent.orphans.discard(key)
+        allocation = agent.inventory.allocate(task.hardware)
+        if allocation is None:  # it runs there already, beside what was placed since
+            spec = task.hardware
+            allocation = Allocation(0.0, 0)
+            given = HardwareGiven(cpus=spec.cpus, memory_mb=spec.memory_mb)
+        else:
+            given = allocation.given()
+        agent.running[key] = allocation
+        agent.ran += 1
+        agent.idle_since = 0.0
+        self._where[key] = agent
+        log.info(
+            "executor %s: %s already %s task %s; taken back, not started again",
+            self.name,
+            agent.info.where(),
+            "ran" if orphan.outcome is not None else "runs",
+            key,
+        )
+        return given
 
     def _expire_reclaimed(self) -> None:
         while True:
@@ -443,8 +527,12 @@ class AgentPool:
                     self._changed.wait(timeout=wait)
                 if self._closed:
                     return
-                _, key = heapq.heappop(self._deadlines)
+                deadline, key = heapq.heappop(self._deadlines)
                 reclaimed = self._reclaimed.pop(key, None)
+                orphan = self._orphans.get(key)
+                if orphan is not None and orphan.deadline <= deadline:
+                    del self._orphans[key]
+                    self._drop_orphan(key, orphan)
             if reclaimed is not None:
                 self._report(
                     TaskOutcome(
@@ -459,6 +547,25 @@ class AgentPool:
                         reason=AGENT_LOST,
                     )
                 )
+
+    def _drop_orphan(self, key: str, orphan: _Orphan) -> None:
+        """Nobody asked for ``key`` within the grace: its agent stops it, or forgets its
+        outcome (under the lock)."""
+        agent = orphan.agent
+        agent.orphans.discard(key)
+        if agent.is_idle():
+            agent.idle_since = self._clock()
+        if orphan.outcome is not None:
+            agent.link.acknowledge(orphan.outcome.seq)
+        else:
+            cancel = agent_pb2.AgentCancel(task_key=key, reason="cancelled")
+            agent.link.send(agent_pb2.AgentCommand(cancel=cancel))
+        log.info(
+            "executor %s: %s claimed task %s, which nobody asked for; stopped",
+            self.name,
+            agent.info.where(),
+            key,
+        )
 
     # -- capacity ---------------------------------------------------------------------
 
