@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 import cloudpickle
@@ -135,8 +136,10 @@ class Worker:
 
     def run(self, task: worker_pb2.WorkerTask, capture: _Capture) -> worker_pb2.WorkerResult:
         result = worker_pb2.WorkerResult(task_key=task.task_key)
-        saved_env = {k: os.environ.get(k) for k in task.env}
-        os.environ.update(task.env)
+        env = {**thread_limits(task.env, os.environ), **task.env}
+        saved_env = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        _limit_torch_threads(env)
         # A task starts where its client dispatched from, when that directory
         # exists here: relative paths in a notebook's electrons mean the same.
         # Modules beside the notebook stay importable from inside a task, after
@@ -195,6 +198,56 @@ class Worker:
         if added_path and added_path in sys.path:
             sys.path.remove(added_path)
         return result
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+"""What OpenMP, MKL and OpenBLAS read, when they load, for how many threads to start."""
+
+
+def thread_limits(task_env: Mapping[str, str], process_env: Mapping[str, str]) -> dict[str, str]:
+    """The thread counts a task gets from the CPUs it was given (``COBALT_CPUS``): as
+    many threads as whole CPUs, at least one, at most this machine's cores. Left
+    to the libraries when the task asked for no CPUs, or where the task's or the
+    worker's own environment sets ``OMP_NUM_THREADS`` (someone chose).
+
+    Without a limit every task's torch starts a thread per core of the machine,
+    and two tasks on a shared machine slow each other down several times over.
+
+    Example:
+        >>> thread_limits({"COBALT_CPUS": "0.5"}, {})["OMP_NUM_THREADS"]
+        '1'
+        >>> thread_limits({"COBALT_CPUS": "2"}, {"OMP_NUM_THREADS": "8"})
+        {}
+    """
+    if "OMP_NUM_THREADS" in task_env or "OMP_NUM_THREADS" in process_env:
+        return {}
+    try:
+        cpus = float(task_env.get("COBALT_CPUS", ""))
+    except ValueError:
+        return {}
+    if not 0 < cpus < 1e6:
+        return {}
+    threads = str(max(1, min(int(cpus), _cores())))
+    return {name: threads for name in THREAD_VARIABLES if name not in process_env}
+
+
+def _cores() -> int:
+    """The cores this process may run on (an executor may declare more CPUs)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _limit_torch_threads(env: Mapping[str, str]) -> None:
+    """Tells torch, if an earlier task of this warm worker loaded it, the task's
+    thread count (a torch loaded now reads ``OMP_NUM_THREADS`` itself)."""
+    torch = sys.modules.get("torch")
+    threads = env.get("OMP_NUM_THREADS", "")
+    if torch is None or not threads.isdigit() or int(threads) < 1:
+        return
+    with contextlib.suppress(Exception):  # a torch the task broke is the task's business
+        torch.set_num_threads(int(threads))
 
 
 def _end_leftovers() -> None:

@@ -285,6 +285,8 @@ class LocalExecutor(Executor):
     ) -> worker_pb2.WorkerCommand:
         ctx = self.context
         env = dict(task.env)
+        if given.cpus:
+            env["COBALT_CPUS"] = f"{given.cpus:g}"
         if given.gpu:
             env["COBALT_GPU_TYPE"] = given.gpu
             env["COBALT_GPU_INDICES"] = ",".join(map(str, given.gpu_indices))
