@@ -37,9 +37,6 @@ HELD_OUT = "Rewrite: The food is good\n"
 
 @ct.electron(cpus=1)
 def finetune(base: str, examples: list[dict[str, str]], folder: str) -> str:
-    import torch
-
-    torch.set_num_threads(1)  # the CPU it asked for: two threads on a shared core thrash
     return ct.llm.train_lora(base, examples, folder, steps=20, learning_rate=2e-3).path
 
 
