@@ -297,6 +297,19 @@ def test_a_claimed_task_that_ended_is_reported_when_asked_for_and_acknowledged_a
     assert link.acks() == [7]
 
 
+def test_an_agent_that_attaches_before_the_restart_reclaims_keeps_its_task() -> None:
+    p = Pool()
+    link = FakeLink()
+    p.pool.attach(link, _info("a", running=("running", "ended")))
+    p.pool.outcome(link, _outcome("ended", 2))
+    p.pool.reclaim("running", HardwareGiven(1.0, 0))
+    p.pool.reclaim("ended", HardwareGiven(1.0, 0))
+    assert [o.task_key for o in p.reports] == ["ended"]
+    assert _cancels(link) == [] and link.tasks() == []
+    p.pool.outcome(link, _outcome("running", 3))
+    assert [o.task_key for o in p.reports] == ["ended", "running"]
+
+
 def test_a_claimed_outcome_nobody_asks_for_is_dropped_after_the_grace() -> None:
     p = Pool(grace=0.2)
     link, thief = FakeLink(), FakeLink()
