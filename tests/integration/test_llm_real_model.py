@@ -27,6 +27,18 @@ LISTING = "Copy this list exactly:\n" + "\n".join(
     f"- item {i}: the {c} box on shelf {i % 4}" for i, c in enumerate(["red", "blue", "green"])
 )
 
+COPYING = (
+    "The list:\n"
+    + "\n".join(
+        f"- item {i}: the {c} box on shelf {i % 4}"
+        for i, c in enumerate(["red", "blue", "green", "yellow", "black", "white"])
+    )
+    + "\n\nThe same list, copied exactly:\n"
+)
+"""A completion that copies from its prompt. Asked in a chat to copy a list, the model
+copied it on the machines this test first ran on, but paraphrases it on an Intel Xeon
+with AMX, where its first token is "The" by 1.5 logits, in float32 and float64 alike."""
+
 
 @pytest.fixture(scope="module")
 def smollm2(requires_service: Callable[..., None]) -> tuple[str, Any, Any]:
@@ -95,9 +107,9 @@ def test_prompt_lookup_is_exact_and_accepts_on_a_copying_task(
     plain = ct.llm.Engine(model, tokenizer, prefix_cache=False)
     lookup = ct.llm.Engine(model, tokenizer, draft="ngram", prefix_cache=False)
     try:
-        prompt = plain.chat_prompt([{"role": "user", "content": LISTING}])
-        want = plain.generate(prompt, max_tokens=48, temperature=0)
-        got = lookup.generate(prompt, max_tokens=48, temperature=0)
+        want = plain.generate(COPYING, max_tokens=48, temperature=0)
+        assert want.text.startswith("- item 0: the red box on shelf 0\n- item 1:"), want.text
+        got = lookup.generate(COPYING, max_tokens=48, temperature=0)
         assert got.token_ids == want.token_ids
         speculative = lookup.metrics()["speculative"]
         assert speculative["acceptance_rate"] > 0.5, speculative
