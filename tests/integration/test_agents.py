@@ -564,6 +564,48 @@ def test_a_deployment_replica_runs_on_an_agent_and_its_traffic_is_authenticated(
             assert direct.status_code in (401, 403), "the replica itself wants its secret"
 
 
+def test_a_replica_on_an_agent_outlives_a_controller_killed_and_restarted(
+    make_controller_home: Callable[..., ControllerHome],
+    agents: Callable[..., AgentProcess],
+) -> None:
+    """The restarted controller adopts the replica, which its agent claims when it
+    reconnects: it goes on serving past the reconnect grace, and stops with its
+    deployment."""
+    config = agents_config(_free_port()).replace(
+        'gateway_address = ""', 'gateway_address = "127.0.0.1:0"'
+    )
+    home = make_controller_home(config.replace("reconnect_grace_s = 20", "reconnect_grace_s = 2"))
+    home.start()
+    agent = agents(home, "--cpus", "2")
+    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
+    import httpx
+
+    from cobalt._client import get_client
+    from cobalt_common.v1 import controller_pb2 as pb
+
+    with ct.deploy(echo_remote)(">> ") as dep:
+        pid = dep.call("/echo", text="hi")["pid"]
+        client = get_client()
+        got = client.call(client.stub.DeploymentGet, pb.DeploymentGetRequest(name="echo-remote"))
+        (replica,) = got.replicas
+        os.kill(home.pid, signal.SIGKILL)
+        home.start()
+        wait_for(_connected(home, 1), timeout=30, what="the agent to come back")
+        assert dep.call("/echo", text="again")["pid"] == pid, "the same replica serves"
+        time.sleep(3)  # past the grace, in which a claimed task nobody asked for is stopped
+        assert dep.call("/echo", text="still")["pid"] == pid, f"{agent.output()[-2000:]}"
+        assert "adopted" in home.cli("deployments", "events", "echo-remote").stdout
+
+    def refused() -> bool:
+        try:
+            httpx.get(f"{replica.url}/_cobalt/health", timeout=1, trust_env=False)
+        except httpx.TransportError:
+            return True
+        return False
+
+    wait_for(refused, timeout=30, what="the replica to stop with its deployment")
+
+
 def test_an_agent_reads_and_writes_large_payloads_in_s3_through_presigned_urls(
     make_controller_home: Callable[..., ControllerHome],
     agents: Callable[..., AgentProcess],

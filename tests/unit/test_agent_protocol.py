@@ -310,6 +310,42 @@ def test_an_agent_that_attaches_before_the_restart_reclaims_keeps_its_task() -> 
     assert [o.task_key for o in p.reports] == ["ended", "running"]
 
 
+def _wait_for_cancels(link: FakeLink, seconds: float) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while not _cancels(link) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return _cancels(link)
+
+
+@pytest.mark.parametrize("adopted_first", [True, False])
+def test_a_replica_adopted_after_a_restart_stays_with_the_agent_that_claims_it(
+    adopted_first: bool,
+) -> None:
+    p = Pool(grace=0.2)
+    link = FakeLink()
+    given = HardwareGiven(cpus=1.0, memory_mb=1024)
+    if adopted_first:  # the controller adopts before its agents are back
+        assert p.pool.adopt("replica/r1", given)
+    p.pool.attach(link, _info("a", cpus=2, running=("replica/r1",)))
+    if not adopted_first:
+        assert p.pool.adopt("replica/r1", given)
+    assert p.pool.summary().free_now()[:2] == (1.0, 4096 - 1024), "its hardware is held"
+    assert _wait_for_cancels(link, 0.6) == [], "an adopted replica is not stopped"
+    assert p.pool.idle() == []
+    p.pool.release("replica/r1")
+    assert p.pool.summary().free_now()[:2] == (2.0, 4096)
+
+
+def test_a_replica_adopted_while_no_agent_is_back_is_not_held_once_the_grace_passes() -> None:
+    p = Pool(grace=0.2)
+    assert p.pool.adopt("replica/r1", HardwareGiven(cpus=1.0))
+    time.sleep(0.4)
+    link = FakeLink()
+    p.pool.attach(link, _info("late", cpus=2, running=("replica/r1",)))
+    assert p.pool.summary().free_now()[0] == 2.0
+    assert _wait_for_cancels(link, 2.0) == ["replica/r1"], "then it is an orphan, stopped"
+
+
 def test_a_claimed_outcome_nobody_asks_for_is_dropped_after_the_grace() -> None:
     p = Pool(grace=0.2)
     link, thief = FakeLink(), FakeLink()

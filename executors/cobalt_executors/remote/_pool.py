@@ -21,6 +21,10 @@ before it stored that it had: the restarted scheduler then starts the same
 attempt (the same task key) again, and the pool takes the orphan back, with its
 outcome if it has ended, instead of running it a second time. An orphan nobody
 asks for within the grace is stopped, and its outcome dropped.
+
+A deployment's replica that outlived the controller is *adopted* (see
+:meth:`AgentPool.adopt`): the agent that claims it keeps it running and holds its
+hardware, whether it attached before the adoption or comes back after it.
 """
 
 from __future__ import annotations
@@ -214,6 +218,8 @@ class AgentPool:
         """The agent of each task it runs, by task key."""
         self._reclaimed: dict[str, _Reclaimed] = {}
         self._orphans: dict[str, _Orphan] = {}
+        self._awaited: dict[str, _Reclaimed] = {}
+        """Replicas adopted while no agent was attached, until their agent claims them."""
         self._adopted: dict[str, tuple[_Agent, Allocation]] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._changed = threading.Condition(self._lock)
@@ -249,6 +255,11 @@ class AgentPool:
             if self._closed:
                 raise ExecutorError(f"executor {self.name!r} is stopping; try again later.")
             for key in info.running:
+                awaited = self._awaited.pop(key, None)
+                if awaited is not None:
+                    held = inventory.reserve(awaited.given) or Allocation(0.0, 0)
+                    self._hold_adopted(key, agent, held)
+                    continue
                 reclaimed = self._reclaimed.pop(key, None)
                 if reclaimed is not None:
                     allocation = inventory.reserve(reclaimed.given)
@@ -533,6 +544,9 @@ class AgentPool:
                 if orphan is not None and orphan.deadline <= deadline:
                     del self._orphans[key]
                     self._drop_orphan(key, orphan)
+                awaited = self._awaited.get(key)
+                if awaited is not None and awaited.deadline <= deadline:
+                    del self._awaited[key]  # its agent never came back: nothing to hold
             if reclaimed is not None:
                 self._report(
                     TaskOutcome(
@@ -581,21 +595,47 @@ class AgentPool:
         return Inventory.combined(parts)
 
     def adopt(self, task_key: str, given: HardwareGiven) -> bool:
-        """Holds ``given`` for a replica that outlived the controller, on the agent
-        that has that hardware free; that agent is not idle until it is released."""
+        """Holds ``given`` for a replica that outlived the controller; that agent is
+        not idle until it is released, and the replica is not stopped as an orphan.
+
+        The agent that claims the replica holds it. While no agent is attached (a
+        restarted controller adopts before its agents are back), the replica waits
+        up to the reconnect grace for its agent to claim it. Otherwise the first
+        agent with ``given`` free holds it; False when none has."""
         with self._lock:
+            orphan = self._orphans.pop(task_key, None)
+            if orphan is not None:
+                agent = orphan.agent
+                agent.orphans.discard(task_key)
+                if orphan.outcome is not None:  # it has ended after all
+                    agent.link.acknowledge(orphan.outcome.seq)
+                    return False
+                allocation = agent.inventory.reserve(given) or Allocation(0.0, 0)
+                self._hold_adopted(task_key, agent, allocation)
+                return True
+            if not self._agents and not self._closed:
+                deadline = self._clock() + self._grace
+                self._awaited[task_key] = _Reclaimed(given, deadline)
+                heapq.heappush(self._deadlines, (deadline, task_key))
+                self._changed.notify()
+                return True
             for agent in self._agents.values():
-                allocation = agent.inventory.reserve(given)
-                if allocation is not None:
-                    self._unhold(task_key)
-                    self._adopted[task_key] = (agent, allocation)
-                    agent.adopted += 1
-                    agent.idle_since = 0.0
+                free = agent.inventory.reserve(given)
+                if free is not None:
+                    self._hold_adopted(task_key, agent, free)
                     return True
         return False
 
+    def _hold_adopted(self, task_key: str, agent: _Agent, allocation: Allocation) -> None:
+        """``agent`` holds ``allocation`` for the adopted ``task_key`` (under the lock)."""
+        self._unhold(task_key)
+        self._adopted[task_key] = (agent, allocation)
+        agent.adopted += 1
+        agent.idle_since = 0.0
+
     def release(self, task_key: str) -> None:
         with self._lock:
+            self._awaited.pop(task_key, None)
             self._unhold(task_key)
 
     def _unhold(self, task_key: str) -> None:
