@@ -31,6 +31,7 @@ MODULES = [
     "cobalt.llm._sampling",
     "cobalt.llm._stats",
     "cobalt.llm._text",
+    "cobalt.llm._threads",
     "cobalt.llm._tiny",
     "cobalt.llm._types",
     "cobalt.llm._weights",

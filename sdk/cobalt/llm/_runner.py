@@ -32,6 +32,7 @@ from cobalt.llm._sampling import pick
 from cobalt.llm._sequence import Sequence
 from cobalt.llm._speculative import speculative_step
 from cobalt.llm._stats import Stats
+from cobalt.llm._threads import ThreadChoice
 
 _PREFILL_TOKENS = 4096
 """Most tokens (padding included) in one batched prefill."""
@@ -124,6 +125,7 @@ class Runner:
         self.draft = (
             _SingleThreaded(draft) if draft is not None and self.device.type == "cpu" else draft
         )
+        self._threads = ThreadChoice(torch.get_num_threads()) if self.device.type == "cpu" else None
         self.speculative_max_batch = speculative_max_batch
         self.speculative_tokens = speculative_tokens
         self.max_batch_size = max_batch_size
@@ -405,6 +407,22 @@ class Runner:
             return
         else:
             started = time.perf_counter()
+            emitted = self._plain_step(rows)
+            took = time.perf_counter() - started
+            if self.lookup is not None:
+                self.lookup.timed_plain(rows, took)
+        self._emit(emitted)
+
+    def _plain_step(self, rows: int) -> list[list[int]]:
+        """One token for every running sequence, on the threads measured fastest for
+        ``rows`` rows (see :mod:`cobalt.llm._threads`)."""
+        threads = every = torch.get_num_threads()
+        if self._threads is not None:
+            threads = self._threads.pick(rows)
+            if threads != every:
+                torch.set_num_threads(threads)
+        started = time.perf_counter()
+        try:
             mask, positions = self._kv.step_inputs(1)
             out = _with(self.model, self._adapters)(
                 input_ids=self._next[:, None],
@@ -417,10 +435,12 @@ class Runner:
             params = [s.params for s in self._running]
             generators = [s.generator for s in self._running]
             self._next = pick(out.logits[:, -1], params, generators)
-            emitted = [[t] for t in self._next.tolist()]
-            if self.lookup is not None:
-                self.lookup.timed_plain(rows, time.perf_counter() - started)
-        self._emit(emitted)
+        finally:
+            if threads != every:
+                torch.set_num_threads(every)
+        if self._threads is not None:
+            self._threads.timed(rows, threads, time.perf_counter() - started)
+        return [[t] for t in self._next.tolist()]
 
     def _emit(self, emitted: list[list[int]]) -> None:
         now = time.perf_counter()
