@@ -569,8 +569,8 @@ def test_a_replica_on_an_agent_outlives_a_controller_killed_and_restarted(
     agents: Callable[..., AgentProcess],
 ) -> None:
     """The restarted controller adopts the replica, which its agent claims when it
-    reconnects: it goes on serving past the reconnect grace, and stops with its
-    deployment."""
+    reconnects, later than the reconnect grace: it goes on serving past the grace,
+    and stops with its deployment."""
     config = agents_config(_free_port()).replace(
         'gateway_address = ""', 'gateway_address = "127.0.0.1:0"'
     )
@@ -589,7 +589,12 @@ def test_a_replica_on_an_agent_outlives_a_controller_killed_and_restarted(
         got = client.call(client.stub.DeploymentGet, pb.DeploymentGetRequest(name="echo-remote"))
         (replica,) = got.replicas
         os.kill(home.pid, signal.SIGKILL)
-        home.start()
+        os.kill(agent.proc.pid, signal.SIGSTOP)  # the agent comes back later than the grace
+        try:
+            home.start()
+            time.sleep(3)
+        finally:
+            os.kill(agent.proc.pid, signal.SIGCONT)
         wait_for(_connected(home, 1), timeout=30, what="the agent to come back")
         assert dep.call("/echo", text="again")["pid"] == pid, "the same replica serves"
         time.sleep(3)  # past the grace, in which a claimed task nobody asked for is stopped

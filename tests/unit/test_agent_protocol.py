@@ -336,14 +336,16 @@ def test_a_replica_adopted_after_a_restart_stays_with_the_agent_that_claims_it(
     assert p.pool.summary().free_now()[:2] == (2.0, 4096)
 
 
-def test_a_replica_adopted_while_no_agent_is_back_is_not_held_once_the_grace_passes() -> None:
+def test_a_replica_adopted_while_no_agent_is_back_waits_for_its_agent_until_released() -> None:
     p = Pool(grace=0.2)
     assert p.pool.adopt("replica/r1", HardwareGiven(cpus=1.0))
-    time.sleep(0.4)
+    assert p.pool.adopt("replica/r2", HardwareGiven(cpus=1.0))
+    time.sleep(0.4)  # its agent takes longer than the grace to reconnect
+    p.pool.release("replica/r2")  # the deployment found r2 gone meanwhile
     link = FakeLink()
-    p.pool.attach(link, _info("late", cpus=2, running=("replica/r1",)))
-    assert p.pool.summary().free_now()[0] == 2.0
-    assert _wait_for_cancels(link, 2.0) == ["replica/r1"], "then it is an orphan, stopped"
+    p.pool.attach(link, _info("late", cpus=2, running=("replica/r1", "replica/r2")))
+    assert p.pool.summary().free_now()[0] == 1.0, "r1 is held, r2 is not"
+    assert _wait_for_cancels(link, 2.0) == ["replica/r2"], "only the released one is stopped"
 
 
 def test_a_claimed_outcome_nobody_asks_for_is_dropped_after_the_grace() -> None:

@@ -218,8 +218,9 @@ class AgentPool:
         """The agent of each task it runs, by task key."""
         self._reclaimed: dict[str, _Reclaimed] = {}
         self._orphans: dict[str, _Orphan] = {}
-        self._awaited: dict[str, _Reclaimed] = {}
-        """Replicas adopted while no agent was attached, until their agent claims them."""
+        self._awaited: dict[str, HardwareGiven] = {}
+        """Replicas adopted while no agent was attached, until their agent claims them or
+        they are released."""
         self._adopted: dict[str, tuple[_Agent, Allocation]] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._changed = threading.Condition(self._lock)
@@ -257,7 +258,7 @@ class AgentPool:
             for key in info.running:
                 awaited = self._awaited.pop(key, None)
                 if awaited is not None:
-                    held = inventory.reserve(awaited.given) or Allocation(0.0, 0)
+                    held = inventory.reserve(awaited) or Allocation(0.0, 0)
                     self._hold_adopted(key, agent, held)
                     continue
                 reclaimed = self._reclaimed.pop(key, None)
@@ -544,9 +545,6 @@ class AgentPool:
                 if orphan is not None and orphan.deadline <= deadline:
                     del self._orphans[key]
                     self._drop_orphan(key, orphan)
-                awaited = self._awaited.get(key)
-                if awaited is not None and awaited.deadline <= deadline:
-                    del self._awaited[key]  # its agent never came back: nothing to hold
             if reclaimed is not None:
                 self._report(
                     TaskOutcome(
@@ -600,8 +598,9 @@ class AgentPool:
 
         The agent that claims the replica holds it. While no agent is attached (a
         restarted controller adopts before its agents are back), the replica waits
-        up to the reconnect grace for its agent to claim it. Otherwise the first
-        agent with ``given`` free holds it; False when none has."""
+        for its agent to claim it, however long the agent takes to reconnect, until
+        it is released (the deployment stops it, or finds it gone). Otherwise the
+        first agent with ``given`` free holds it; False when none has."""
         with self._lock:
             orphan = self._orphans.pop(task_key, None)
             if orphan is not None:
@@ -614,10 +613,7 @@ class AgentPool:
                 self._hold_adopted(task_key, agent, allocation)
                 return True
             if not self._agents and not self._closed:
-                deadline = self._clock() + self._grace
-                self._awaited[task_key] = _Reclaimed(given, deadline)
-                heapq.heappush(self._deadlines, (deadline, task_key))
-                self._changed.notify()
+                self._awaited[task_key] = given
                 return True
             for agent in self._agents.values():
                 free = agent.inventory.reserve(given)
