@@ -17,11 +17,19 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from agent_process import (  # noqa: F401
+    AgentProcess,
+    agents,
+    agents_config,
+    connected,
+    free_port,
+    machine_address,
+)
 from service_s3 import S3Server, s3_server_fixture  # noqa: F401
 from support import wait_for
 
@@ -33,106 +41,6 @@ if TYPE_CHECKING:
     from conftest import ControllerHome
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def agents_config(port: int, extra: str = "") -> str:
-    return f"""\
-[controller]
-address = "127.0.0.1:{port}"
-dashboard_address = ""
-gateway_address = ""
-retry_backoff_s = 0.05
-
-[executors.local]
-type = "local"
-workers = 1
-
-[executors.remote]
-type = "agents"
-reconnect_grace_s = 20
-{extra}"""
-
-
-class AgentProcess:
-    """One ``python -m cobalt_executors.agent`` process of this test."""
-
-    def __init__(
-        self,
-        home: ControllerHome,
-        work_dir: Path,
-        *args: str,
-        token: str = "",
-        controller: str = "",
-    ) -> None:
-        if not token:
-            token = home.cli("agent-token", "--executor", "remote", "--quiet").stdout.strip()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COBALT_")}
-        env["COBALT_AGENT_TOKEN"] = token
-        self.log = work_dir / "agent.log"
-        work_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cobalt_executors.agent",
-                "--controller",
-                controller or home.address,
-                "--executor",
-                "remote",
-                "--work-dir",
-                str(work_dir),
-                "--workers",
-                "1",
-                *args,
-            ],
-            env=env,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
-    started: list[AgentProcess] = []
-
-    def start(
-        home: ControllerHome, *args: str, token: str = "", controller: str = ""
-    ) -> AgentProcess:
-        work_dir = tmp_path / f"agent{len(started)}"
-        agent = AgentProcess(home, work_dir, *args, token=token, controller=controller)
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.stop()
-
-
-def _connected(home: ControllerHome, count: int) -> Callable[[], bool]:
-    def check() -> bool:
-        status = home.cli("controller", "status").stdout
-        return status.count("agent ") >= count and "no agent connected" not in status
-
-    return check
 
 
 @ct.electron(executor="remote", retries=1)
@@ -212,16 +120,16 @@ def _task(dispatch_id: str, name: str) -> ct.TaskRecord:
 @pytest.mark.parametrize("payloads", ["shared", "streamed"])
 def test_a_workflow_runs_on_an_agent_attached_by_hand_with_payloads_shared_or_streamed(
     make_controller_home: Callable[..., ControllerHome],
-    agents: Callable[..., AgentProcess],
+    agents: Callable[..., AgentProcess],  # noqa: F811
     payloads: str,
 ) -> None:
-    home = make_controller_home(agents_config(_free_port()))
+    home = make_controller_home(agents_config(free_port()))
     home.start()
     args = ["--emulate-gpus", '{"h100": 1}']
     if payloads == "streamed":
         args.append("--stream-payloads")
     agent = agents(home, *args)
-    wait_for(_connected(home, 1), timeout=30, what=f"the agent to attach: {agent.output()}")
+    wait_for(connected(home, 1), timeout=30, what=f"the agent to attach: {agent.output()}")
     result = ct.dispatch_sync(mixed)(21)
     assert result.status == ct.Status.COMPLETED, result.error
     (doubled, _), (x, gpu), (n, reply) = result.result
@@ -237,7 +145,7 @@ def test_a_workflow_runs_on_an_agent_attached_by_hand_with_payloads_shared_or_st
 @pytest.mark.parametrize(("how", "within_s"), [("killed", 1.5), ("frozen", 12.0)])
 def test_an_agent_killed_or_gone_silent_has_its_task_reported_lost_and_retried_elsewhere(
     make_controller_home: Callable[..., ControllerHome],
-    agents: Callable[..., AgentProcess],
+    agents: Callable[..., AgentProcess],  # noqa: F811
     tmp_path: Path,
     how: str,
     within_s: float,
@@ -245,10 +153,10 @@ def test_an_agent_killed_or_gone_silent_has_its_task_reported_lost_and_retried_e
     """Killed, an agent's stream closes at once. A machine that vanishes (switched off,
     cut off) closes nothing: its stream looks open until pings go unanswered;
     SIGSTOP does the same to an agent."""
-    home = make_controller_home(agents_config(_free_port()))
+    home = make_controller_home(agents_config(free_port()))
     home.start()
     first = agents(home)
-    wait_for(_connected(home, 1), timeout=30, what="the first agent to attach")
+    wait_for(connected(home, 1), timeout=30, what="the first agent to attach")
     gate, log = tmp_path / "gate", tmp_path / "runs"
     dispatch_id = ct.dispatch(one_held)(str(gate), str(log))
     wait_for(lambda: log.exists(), timeout=30, what="the task to start on the agent")
@@ -285,13 +193,13 @@ def test_an_agent_killed_or_gone_silent_has_its_task_reported_lost_and_retried_e
 
 def test_a_controller_killed_while_an_agent_runs_a_task_loses_no_result_and_records_none_twice(
     make_controller_home: Callable[..., ControllerHome],
-    agents: Callable[..., AgentProcess],
+    agents: Callable[..., AgentProcess],  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    home = make_controller_home(agents_config(_free_port()))
+    home = make_controller_home(agents_config(free_port()))
     home.start()
     agent = agents(home)
-    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
+    wait_for(connected(home, 1), timeout=30, what="the agent to attach")
     gate, log = tmp_path / "gate", tmp_path / "runs"
     dispatch_id = ct.dispatch(one_held)(str(gate), str(log))
     wait_for(lambda: log.exists(), timeout=30, what="the task to start on the agent")
@@ -309,16 +217,16 @@ def test_a_controller_killed_while_an_agent_runs_a_task_loses_no_result_and_reco
 
 def test_a_task_started_by_a_controller_killed_before_storing_that_is_not_started_twice(
     make_controller_home: Callable[..., ControllerHome],
-    agents: Callable[..., AgentProcess],
+    agents: Callable[..., AgentProcess],  # noqa: F811
     tmp_path: Path,
 ) -> None:
     """The controller sends a task, then dies before it stores that the task started:
     the restarted controller starts the same attempt again, and the agent that runs
     it is asked for its outcome instead of running it a second time."""
-    home = make_controller_home(agents_config(_free_port()))
+    home = make_controller_home(agents_config(free_port()))
     home.start()
     agent = agents(home)
-    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
+    wait_for(connected(home, 1), timeout=30, what="the agent to attach")
     first_gate, gate, log = tmp_path / "first", tmp_path / "gate", tmp_path / "runs"
     dispatch_id = ct.dispatch(held_after)(str(first_gate), str(gate), str(log))
     wait_for(lambda: log.exists(), timeout=30, what="the first task to start on the agent")
@@ -344,19 +252,19 @@ def test_a_task_started_by_a_controller_killed_before_storing_that_is_not_starte
 
 def test_a_task_taken_back_after_a_restart_still_reaches_the_controller_with_its_credential(
     make_controller_home: Callable[..., ControllerHome],
-    agents: Callable[..., AgentProcess],
+    agents: Callable[..., AgentProcess],  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    home = make_controller_home(agents_config(_free_port()))
+    home = make_controller_home(agents_config(free_port()))
     home.start()
     agents(home)
-    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
+    wait_for(connected(home, 1), timeout=30, what="the agent to attach")
     gate, log = tmp_path / "gate", tmp_path / "runs"
     dispatch_id = ct.dispatch(one_asking)(str(gate), str(log))
     wait_for(lambda: log.exists(), timeout=30, what="the task to start on the agent")
     os.kill(home.pid, signal.SIGKILL)
     home.start()
-    wait_for(_connected(home, 1), timeout=30, what="the agent to come back")
+    wait_for(connected(home, 1), timeout=30, what="the agent to come back")
     gate.touch()  # now the task calls the new controller with the old one's credential
     result = ct.get_result(dispatch_id, wait=60)
     assert result.status == ct.Status.COMPLETED, result.error
@@ -366,13 +274,13 @@ def test_a_task_taken_back_after_a_restart_still_reaches_the_controller_with_its
 
 def test_a_client_with_other_versions_gets_a_message_naming_both_sides(
     make_controller_home: Callable[..., ControllerHome],
-    agents: Callable[..., AgentProcess],
+    agents: Callable[..., AgentProcess],  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    home = make_controller_home(agents_config(_free_port()))
+    home = make_controller_home(agents_config(free_port()))
     home.start()
     agents(home)
-    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
+    wait_for(connected(home, 1), timeout=30, what="the agent to attach")
     real = _submit.runtime_versions()
     monkeypatch.setattr(
         _submit, "runtime_versions", lambda: {**real, "python": "3.99", "cloudpickle": "0.1"}
@@ -389,10 +297,10 @@ def test_a_client_with_other_versions_gets_a_message_naming_both_sides(
 
 def test_wrong_credentials_and_credentials_for_another_executor_are_refused(
     make_controller_home: Callable[..., ControllerHome],
-    agents: Callable[..., AgentProcess],
+    agents: Callable[..., AgentProcess],  # noqa: F811
 ) -> None:
     home = make_controller_home(
-        agents_config(_free_port(), '\n[executors.other]\ntype = "agents"\n')
+        agents_config(free_port(), '\n[executors.other]\ntype = "agents"\n')
     )
     home.start()
     good = home.cli("agent-token", "--executor", "remote", "--quiet").stdout.strip()
@@ -420,14 +328,14 @@ def test_wrong_credentials_and_credentials_for_another_executor_are_refused(
 
 def test_an_agent_beyond_max_agents_is_refused_and_attaches_once_another_leaves(
     make_controller_home: Callable[..., ControllerHome],
-    agents: Callable[..., AgentProcess],
+    agents: Callable[..., AgentProcess],  # noqa: F811
 ) -> None:
     home = make_controller_home(
-        agents_config(_free_port()).replace("retry_backoff_s", "max_agents = 1\nretry_backoff_s")
+        agents_config(free_port()).replace("retry_backoff_s", "max_agents = 1\nretry_backoff_s")
     )
     home.start()
     first = agents(home)
-    wait_for(_connected(home, 1), timeout=30, what=f"the first agent: {first.output()}")
+    wait_for(connected(home, 1), timeout=30, what=f"the first agent: {first.output()}")
     second = agents(home)
     wait_for(
         lambda: "its max_agents" in second.output(),
@@ -446,22 +354,9 @@ def test_an_agent_beyond_max_agents_is_refused_and_attaches_once_another_leaves(
     )
 
 
-def _machine_address() -> str:
-    """This machine's own non-loopback address: traffic to it stays on this machine."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the interface
-            address = str(s.getsockname()[0])
-        except OSError:
-            address = ""
-    if not address or address.startswith("127."):
-        pytest.skip("this machine has no non-loopback address to listen on")
-    return address
-
-
 def test_beyond_loopback_the_controller_speaks_only_tls_and_agents_pin_its_certificate(
     make_controller_home: Callable[..., ControllerHome],
-    agents: Callable[..., AgentProcess],
+    agents: Callable[..., AgentProcess],  # noqa: F811
 ) -> None:
     import re
 
@@ -469,8 +364,8 @@ def test_beyond_loopback_the_controller_speaks_only_tls_and_agents_pin_its_certi
 
     from cobalt_common.v1 import controller_pb2, controller_pb2_grpc
 
-    host = _machine_address()
-    port = _free_port()
+    host = machine_address()
+    port = free_port()
     home = make_controller_home(
         agents_config(port).replace(f'address = "127.0.0.1:{port}"', f'address = "{host}:{port}"')
     )
@@ -499,7 +394,7 @@ def test_beyond_loopback_the_controller_speaks_only_tls_and_agents_pin_its_certi
         assert bad.proc.wait(timeout=30) == 3, bad.output()
         assert expected in bad.output(), bad.output()
     good = agents(home, "--fingerprint", fingerprint, token=token, controller=external)
-    wait_for(_connected(home, 1), timeout=30, what=f"the agent to attach: {good.output()}")
+    wait_for(connected(home, 1), timeout=30, what=f"the agent to attach: {good.output()}")
     result = ct.dispatch_sync(just_double)(5)
     assert result.result == (10, "")
     info = home.info()
@@ -524,96 +419,9 @@ def test_beyond_loopback_the_controller_speaks_only_tls_and_agents_pin_its_certi
     assert "remote" in remote_client.stdout, "a client elsewhere reaches it over pinned TLS"
 
 
-@ct.service(name="echo-remote", executor="remote", cpus=0.5, min_replicas=1, max_replicas=1)
-def echo_remote(prefix: str) -> dict[str, str]:
-    return {"prefix": prefix}
-
-
-@echo_remote.endpoint("/echo")
-def echo(prefix: str, text: str) -> dict[str, object]:
-    return {"echo": f"{prefix}{text}", "pid": os.getpid()}
-
-
-def test_a_deployment_replica_runs_on_an_agent_and_its_traffic_is_authenticated(
-    make_controller_home: Callable[..., ControllerHome],
-    agents: Callable[..., AgentProcess],
-) -> None:
-    import httpx
-
-    from cobalt._client import get_client
-    from cobalt_common.v1 import controller_pb2 as pb
-
-    home = make_controller_home(
-        agents_config(_free_port()).replace(
-            'gateway_address = ""', 'gateway_address = "127.0.0.1:0"'
-        )
-    )
-    home.start()
-    agents(home, "--cpus", "2")
-    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
-    with ct.deploy(echo_remote)(">> ") as dep:
-        assert dep.call("/echo", text="hi")["echo"] == ">> hi"
-        client = get_client()
-        got = client.call(client.stub.DeploymentGet, pb.DeploymentGetRequest(name="echo-remote"))
-        [replica] = [r for r in got.replicas if r.status == "ready"] or list(got.replicas)
-        assert replica.executor == "remote"
-        assert replica.url.startswith("http://127.0.0.1:"), "the address the agent advertised"
-        with httpx.Client(timeout=30) as http:
-            assert http.post(f"{dep.url}/echo", json={"text": "x"}).status_code == 401
-            direct = http.post(f"{replica.url}/echo", json={"text": "x"})
-            assert direct.status_code in (401, 403), "the replica itself wants its secret"
-
-
-def test_a_replica_on_an_agent_outlives_a_controller_killed_and_restarted(
-    make_controller_home: Callable[..., ControllerHome],
-    agents: Callable[..., AgentProcess],
-) -> None:
-    """The restarted controller adopts the replica, which its agent claims when it
-    reconnects, later than the reconnect grace: it goes on serving past the grace,
-    and stops with its deployment."""
-    config = agents_config(_free_port()).replace(
-        'gateway_address = ""', 'gateway_address = "127.0.0.1:0"'
-    )
-    home = make_controller_home(config.replace("reconnect_grace_s = 20", "reconnect_grace_s = 2"))
-    home.start()
-    agent = agents(home, "--cpus", "2")
-    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
-    import httpx
-
-    from cobalt._client import get_client
-    from cobalt_common.v1 import controller_pb2 as pb
-
-    with ct.deploy(echo_remote)(">> ") as dep:
-        pid = dep.call("/echo", text="hi")["pid"]
-        client = get_client()
-        got = client.call(client.stub.DeploymentGet, pb.DeploymentGetRequest(name="echo-remote"))
-        (replica,) = got.replicas
-        os.kill(home.pid, signal.SIGKILL)
-        os.kill(agent.proc.pid, signal.SIGSTOP)  # the agent comes back later than the grace
-        try:
-            home.start()
-            time.sleep(3)
-        finally:
-            os.kill(agent.proc.pid, signal.SIGCONT)
-        wait_for(_connected(home, 1), timeout=30, what="the agent to come back")
-        assert dep.call("/echo", text="again")["pid"] == pid, "the same replica serves"
-        time.sleep(3)  # past the grace, in which a claimed task nobody asked for is stopped
-        assert dep.call("/echo", text="still")["pid"] == pid, f"{agent.output()[-2000:]}"
-        assert "adopted" in home.cli("deployments", "events", "echo-remote").stdout
-
-    def refused() -> bool:
-        try:
-            httpx.get(f"{replica.url}/_cobalt/health", timeout=1, trust_env=False)
-        except httpx.TransportError:
-            return True
-        return False
-
-    wait_for(refused, timeout=30, what="the replica to stop with its deployment")
-
-
 def test_an_agent_reads_and_writes_large_payloads_in_s3_through_presigned_urls(
     make_controller_home: Callable[..., ControllerHome],
-    agents: Callable[..., AgentProcess],
+    agents: Callable[..., AgentProcess],  # noqa: F811
     s3_server: S3Server,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -627,13 +435,13 @@ def test_an_agent_reads_and_writes_large_payloads_in_s3_through_presigned_urls(
         f'[blobs]\ntype = "s3"\nbucket = "{s3_server.bucket}"\nprefix = "{prefix}"\n'
         f'endpoint_url = "{s3_server.endpoint_url}"\nregion = "us-east-1"\n\n'
     )
-    home = make_controller_home(blobs + agents_config(_free_port()))
+    home = make_controller_home(blobs + agents_config(free_port()))
     home.start()
     agent_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     monkeypatch.setattr(os, "environ", agent_env)  # the agent holds no cloud credentials
     agent = agents(home)
     monkeypatch.undo()
-    wait_for(_connected(home, 1), timeout=30, what=f"the agent to attach: {agent.output()}")
+    wait_for(connected(home, 1), timeout=30, what=f"the agent to attach: {agent.output()}")
     result = ct.dispatch_sync(s3_flow)(os.urandom(400_000))
     assert result.result == (400_000, 300_000)
     listed = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=prefix)
@@ -690,13 +498,13 @@ def wholes(n: int) -> list[int]:
 
 def test_a_fan_out_of_small_tasks_on_an_agent_runs_each_once_and_leaks_no_room(
     make_controller_home: Callable[..., ControllerHome],
-    agents: Callable[..., AgentProcess],
+    agents: Callable[..., AgentProcess],  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    home = make_controller_home(agents_config(_free_port()))
+    home = make_controller_home(agents_config(free_port()))
     home.start()
     agents(home, "--cpus", "2", "--workers", "2")
-    wait_for(_connected(home, 1), timeout=30, what="the agent to attach")
+    wait_for(connected(home, 1), timeout=30, what="the agent to attach")
     log = tmp_path / "runs"
     assert ct.dispatch_sync(quarters)(300, str(log)).result == list(range(300))
     runs = log.read_text().split()

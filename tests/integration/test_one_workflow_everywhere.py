@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from agent_process import AgentProcess, connected
 from service_dask import dask_cluster  # noqa: F401
 from service_kubernetes import kube, kube_options  # noqa: F401
 from service_ray import ray_cluster, ray_options  # noqa: F401
@@ -25,7 +26,6 @@ from service_slurm import slurm_cluster, slurm_options, toml_lines  # noqa: F401
 from service_sshd import sshd_server  # noqa: F401
 from ssh_support import host_table
 from support import wait_for
-from test_agents import AgentProcess, _connected
 from test_ssh_executor import _toml
 
 import cobalt as ct
@@ -113,7 +113,7 @@ workers = 1
     agent = AgentProcess(home, tmp_path / "agent") if kind == "agents" else None
     try:
         if agent is not None:
-            wait_for(_connected(home, 1), timeout=30, what=f"the agent: {agent.output()}")
+            wait_for(connected(home, 1), timeout=30, what=f"the agent: {agent.output()}")
         result = ct.dispatch_sync(sum_of_squares)(6)
         assert result.status == ct.Status.COMPLETED, result.error
         answer, squares = result.result

@@ -506,9 +506,9 @@ def test_beyond_loopback_agents_pin_the_controller_s_certificate_directly_and_th
     sshd_server: SshdServer,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    from test_agents import _machine_address
+    from agent_process import machine_address
 
-    machine = _machine_address()
+    machine = machine_address()
     port = _free_port()
     executors = {
         "tls_direct": {"hosts": [host_table(sshd_server, tmp_path / "d")], "workers": 1},
